@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Lint, type-check and test instasal (sets up .venv first when needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
+.venv/bin/mypy src
+.venv/bin/python -m pytest -n 2 -q

@@ -1,0 +1,31 @@
+"""instasal: instance-level quantitative saliency for 3D segmentation networks.
+
+The public API of SPEC §5 is re-exported here.
+"""
+
+from instasal.errors import (
+    ConfigurationError,
+    ImageError,
+    InstasalError,
+    ModelError,
+    OutputExistsError,
+)
+from instasal.instances import Instance, Instances, classify_instances, find_instances
+from instasal.io import Subject, read_subject
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "ImageError",
+    "Instance",
+    "Instances",
+    "InstasalError",
+    "ModelError",
+    "OutputExistsError",
+    "Subject",
+    "__version__",
+    "classify_instances",
+    "find_instances",
+    "read_subject",
+]

@@ -1,0 +1,36 @@
+"""The instasal exception hierarchy.
+
+Every error a user can cause derives from :class:`InstasalError`; its message says what is wrong,
+where (file or argument), the value seen and what was expected, in one line. The command line prints
+exactly that line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ImageError",
+    "InstasalError",
+    "ModelError",
+    "OutputExistsError",
+]
+
+
+class InstasalError(Exception):
+    """Base class of every error instasal raises on bad input or a refused action."""
+
+
+class ImageError(InstasalError, ValueError):
+    """An input image is missing, unreadable, or inconsistent with the others."""
+
+
+class ModelError(InstasalError, ValueError):
+    """A model cannot be found or loaded, or does not match the subject."""
+
+
+class ConfigurationError(InstasalError, ValueError):
+    """An argument is out of its valid range."""
+
+
+class OutputExistsError(InstasalError, FileExistsError):
+    """An output exists already and overwriting was not requested."""

@@ -1,0 +1,396 @@
+"""Reading, validating, normalising and atomically writing NIfTI images.
+
+A :class:`Subject` is one subject's channels stacked on one voxel grid with its affine; whatever
+reads a NIfTI here keeps the affine and checks that grids agree, and whatever writes one writes the
+source geometry back, atomically (a temporary file in the target folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from instasal.errors import ImageError, OutputExistsError
+from instasal.typing import FloatArray, PathLike
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "Subject",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_image",
+    "load_mask",
+    "read_subject",
+    "voxel_to_world",
+    "write_nifti",
+    "zscore_nonzero",
+]
+
+DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1w")
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def voxel_to_world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+    """Map voxel coordinates ``[..., 3]`` to world (RAS mm) coordinates through ``affine``."""
+    voxels = np.asarray(voxels, dtype=np.float64)
+    return voxels @ affine[:3, :3].T + affine[:3, 3]
+
+
+@dataclass(frozen=True, eq=False)
+class Subject:
+    """One subject: ``data`` is float32 ``[C, X, Y, Z]`` on the grid described by ``affine``.
+
+    Parameters
+    ----------
+    data
+        Channels stacked in model order (FLAIR first by default).
+    affine
+        Voxel-to-world (RAS mm) matrix shared by every channel.
+    channel_names
+        One name per channel.
+    paths
+        The files the channels were read from (empty for in-memory subjects).
+    header
+        The first channel's NIfTI header, written back with outputs so that their geometry
+        (qform/sform codes, units) matches the input.
+    """
+
+    data: FloatArray
+    affine: np.ndarray
+    channel_names: tuple[str, ...] = DEFAULT_CHANNELS
+    paths: tuple[Path, ...] = ()
+    header: nib.Nifti1Header | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 4:
+            raise ImageError(f"subject data must be [C, X, Y, Z], got shape {self.data.shape}")
+        if len(self.channel_names) != self.data.shape[0]:
+            raise ImageError(
+                f"subject has {self.data.shape[0]} channels but {len(self.channel_names)} "
+                f"channel names {self.channel_names}"
+            )
+        if self.affine.shape != (4, 4):
+            raise ImageError(f"affine must be 4x4, got shape {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The spatial grid shape ``(X, Y, Z)``."""
+        x, y, z = self.data.shape[1:]
+        return (int(x), int(y), int(z))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis (column norms of the affine)."""
+        sx, sy, sz = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(sx), float(sy), float(sz))
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel in mm³."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    @property
+    def name(self) -> str:
+        """A readable subject name: the first file's stem, else ``"subject"``."""
+        if not self.paths:
+            return "subject"
+        stem = self.paths[0].name
+        for suffix in (".nii.gz", ".nii"):
+            stem = stem.removesuffix(suffix)
+        return stem
+
+    def normalised(self) -> Subject:
+        """A copy z-scored per channel over non-zero voxels (the training normalisation)."""
+        return replace(self, data=zscore_nonzero(self.data))
+
+
+def _nifti_stem(path: Path) -> str:
+    return path.name
+
+
+def load_image(path: PathLike) -> nib.Nifti1Image:
+    """Load a NIfTI file, turning every way it can fail into an :class:`ImageError` naming it.
+
+    The voxel data are read (and so checked) here, not lazily later.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    try:
+        image = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as error:
+        raise ImageError(f"{path}: not a readable NIfTI image ({_one_line(error)})") from error
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise ImageError(f"{path}: not a NIfTI image (read as {type(image).__name__})")
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as error:
+        raise ImageError(f"{path}: truncated or corrupt image data ({_one_line(error)})") from error
+    return nib.Nifti1Image(data, image.affine, header=image.header)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _as_3d(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    data = np.asanyarray(image.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ImageError(f"{path}: expected a 3D image, got shape {data.shape}")
+    return data
+
+
+def _check_finite(data: np.ndarray, path: Path) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise ImageError(f"{path}: contains {int(bad.sum())} NaN/Inf voxels")
+
+
+def _check_not_constant(data: np.ndarray, path: Path) -> None:
+    if data.size == 0 or float(data.min()) == float(data.max()):
+        value = float(data.flat[0]) if data.size else float("nan")
+        raise ImageError(f"{path}: image is constant (every voxel is {value:g})")
+
+
+def _check_same_grid(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    ref_shape: tuple[int, ...],
+    ref_affine: np.ndarray,
+    path: Path,
+    ref_path: Path,
+    tolerance: float,
+) -> None:
+    if tuple(shape) != tuple(ref_shape):
+        raise ImageError(
+            f"{path}: shape {tuple(shape)} differs from {ref_path.name} {tuple(ref_shape)}; "
+            "channels must share one voxel grid"
+        )
+    difference = float(np.max(np.abs(affine - ref_affine)))
+    if difference > tolerance:
+        raise ImageError(
+            f"{path}: affine differs from {ref_path.name} by up to {difference:.4g} "
+            f"(tolerance {tolerance:g}); channels must be co-registered on one grid"
+        )
+
+
+def read_subject(
+    paths: Sequence[PathLike] | PathLike,
+    channel_names: Sequence[str] | None = None,
+    *,
+    tolerance: float = AFFINE_TOLERANCE_MM,
+) -> Subject:
+    """Read one subject from one 3D NIfTI per channel, or from one 4D NIfTI.
+
+    Parameters
+    ----------
+    paths
+        Channel files in model order (FLAIR first, then T1w), or a single 4D file whose last axis
+        holds the channels.
+    channel_names
+        Names of the channels; default ``("FLAIR", "T1w")`` for two channels, else ``ch0, ch1, …``.
+    tolerance
+        Largest allowed absolute difference between channel affines.
+
+    Raises
+    ------
+    ImageError
+        On a missing or unreadable file, a non-3D channel, mismatched shapes or affines, NaN/Inf
+        voxels or a constant channel; the message names the file.
+
+    Examples
+    --------
+    >>> subject = read_subject(["sub-001_FLAIR.nii.gz", "sub-001_T1w.nii.gz"])  # doctest: +SKIP
+    >>> subject.data.shape  # doctest: +SKIP
+    (2, 99, 117, 95)
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    file_paths = [Path(p) for p in paths]
+    if not file_paths:
+        raise ImageError("no image given: pass one 3D NIfTI per channel or one 4D NIfTI")
+    channels: list[np.ndarray] = []
+    channel_paths: list[Path] = []
+    first = load_image(file_paths[0])
+    header = first.header
+    ref_affine = first.affine
+    if len(file_paths) == 1 and np.asanyarray(first.dataobj).ndim == 4:
+        volume = np.asanyarray(first.dataobj)
+        channels = [volume[..., k] for k in range(volume.shape[3])]
+        channel_paths = [file_paths[0]] * len(channels)
+    else:
+        ref_shape = _as_3d(first, file_paths[0]).shape
+        for path in file_paths:
+            image = first if path == file_paths[0] else load_image(path)
+            data = _as_3d(image, path)
+            _check_same_grid(
+                data.shape, image.affine, ref_shape, ref_affine, path, file_paths[0], tolerance
+            )
+            channels.append(data)
+            channel_paths.append(path)
+    for data, path in zip(channels, channel_paths, strict=True):
+        _check_finite(data, path)
+        _check_not_constant(data, path)
+    names = _channel_names(channel_names, len(channels), file_paths[0])
+    stacked = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
+    header = header.copy()
+    header.set_data_dtype(np.float32)
+    return Subject(
+        data=stacked,
+        affine=np.asarray(ref_affine, dtype=np.float64),
+        channel_names=names,
+        paths=tuple(dict.fromkeys(file_paths)),
+        header=header,
+    )
+
+
+def _channel_names(names: Sequence[str] | None, count: int, path: Path) -> tuple[str, ...]:
+    if names is None:
+        if count == len(DEFAULT_CHANNELS):
+            return DEFAULT_CHANNELS
+        return tuple(f"ch{k}" for k in range(count))
+    if len(names) != count:
+        raise ImageError(
+            f"{path}: {count} channel(s) read but {len(names)} channel names given {tuple(names)}"
+        )
+    return tuple(names)
+
+
+def load_mask(path: PathLike, like: Subject, *, tolerance: float = AFFINE_TOLERANCE_MM) -> np.ndarray:
+    """Read a mask on ``like``'s grid as a boolean array (non-zero voxels are ``True``).
+
+    Raises
+    ------
+    ImageError
+        When the file is unreadable, not 3D, holds NaN/Inf, or lies on another grid.
+    """
+    path = Path(path)
+    image = load_image(path)
+    data = _as_3d(image, path)
+    _check_finite(data, path)
+    ref_path = like.paths[0] if like.paths else Path("the subject")
+    _check_same_grid(data.shape, image.affine, like.shape, like.affine, path, ref_path, tolerance)
+    return np.asarray(data) != 0
+
+
+def zscore_nonzero(data: FloatArray) -> FloatArray:
+    """Z-score each channel of ``[C, ...]`` over its non-zero voxels; zero voxels stay zero.
+
+    This is the normalisation the paper's models were trained with (SPEC, Notation).
+    """
+    out = np.zeros_like(data, dtype=np.float32)
+    for k in range(data.shape[0]):
+        channel = data[k]
+        inside = channel != 0
+        if not inside.any():
+            continue
+        values = channel[inside].astype(np.float64)
+        std = values.std()
+        out[k][inside] = ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    return out
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists already (pass overwrite=True / --overwrite)")
+
+
+def atomic_write_bytes(path: PathLike, payload: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    _refuse_existing(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write UTF-8 ``text`` atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def atomic_write_json(path: PathLike, payload: Any, *, overwrite: bool = False) -> Path:
+    """Write ``payload`` as indented JSON atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return atomic_write_text(path, text, overwrite=overwrite)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_nifti(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: PathLike,
+    *,
+    header: nib.Nifti1Header | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a 3D (or 4D) array as NIfTI with ``affine`` (and ``header``'s geometry), atomically.
+
+    The array's dtype is kept (bool is stored as uint8). Both qform and sform carry ``affine`` so
+    that every viewer (FSLeyes, ITK-SNAP, Slicer) places the image where the input was.
+
+    Raises
+    ------
+    OutputExistsError
+        When ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    _refuse_existing(path, overwrite)
+    array = np.asarray(data)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    new_header = header.copy() if header is not None else nib.Nifti1Header()
+    image = nib.Nifti1Image(array, affine, header=new_header)
+    image.set_data_dtype(array.dtype)
+    qcode = int(new_header["qform_code"]) if header is not None else 0
+    scode = int(new_header["sform_code"]) if header is not None else 0
+    image.set_qform(affine, code=qcode or 1)
+    image.set_sform(affine, code=scode or 1)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["scl_slope"] = np.nan
+    image.header["scl_inter"] = np.nan
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

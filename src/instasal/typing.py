@@ -1,0 +1,30 @@
+"""Type aliases shared across instasal."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Aggregation",
+    "Connectivity",
+    "Context",
+    "FloatArray",
+    "IntArray",
+    "BoolArray",
+    "NoiseRange",
+    "PathLike",
+]
+
+PathLike: TypeAlias = str | os.PathLike[str]
+FloatArray: TypeAlias = npt.NDArray[np.floating]
+IntArray: TypeAlias = npt.NDArray[np.integer]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+
+Connectivity: TypeAlias = Literal[6, 18, 26]
+Aggregation: TypeAlias = Literal["max", "mean"]
+Context: TypeAlias = Literal["full", "patch"]
+NoiseRange: TypeAlias = Literal["per_channel", "first_channel"]
