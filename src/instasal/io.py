@@ -272,7 +272,9 @@ def _channel_names(names: Sequence[str] | None, count: int, path: Path) -> tuple
     return tuple(names)
 
 
-def load_mask(path: PathLike, like: Subject, *, tolerance: float = AFFINE_TOLERANCE_MM) -> np.ndarray:
+def load_mask(
+    path: PathLike, like: Subject, *, tolerance: float = AFFINE_TOLERANCE_MM
+) -> np.ndarray:
     """Read a mask on ``like``'s grid as a boolean array (non-zero voxels are ``True``).
 
     Raises

@@ -1,0 +1,44 @@
+"""The typer application and its one-line error handling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import typer
+from rich.console import Console
+
+from instasal.errors import InstasalError
+
+app = typer.Typer(
+    name="instasal",
+    help="Instance-level quantitative saliency for 3D lesion segmentation networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def run_app(argv: Sequence[str]) -> int:
+    """Run the CLI on ``argv``; return the exit status (2, one line, on a user error)."""
+    try:
+        app(args=list(argv), standalone_mode=False)
+    except InstasalError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 2
+    except typer.Abort:
+        console.print("[bold red]aborted[/]")
+        return 130
+    except KeyboardInterrupt:
+        console.print(
+            "[bold red]interrupted[/] (results written so far are kept; run again to resume)"
+        )
+        return 130
+    except Exception as error:
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            return error.exit_code
+        raise
+    return 0

@@ -1,0 +1,178 @@
+"""NIfTI reading, validation, normalisation and atomic writing."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from instasal.errors import ImageError, OutputExistsError
+from instasal.io import load_mask, read_subject, voxel_to_world, write_nifti, zscore_nonzero
+
+
+def test_read_subject_keeps_data_affine_and_geometry(two_channel_files, oblique_affine):
+    paths, data = two_channel_files
+    subject = read_subject(paths)
+    np.testing.assert_array_equal(subject.data, data)
+    np.testing.assert_allclose(subject.affine, oblique_affine, atol=1e-5)
+    assert subject.channel_names == ("FLAIR", "T1w")
+    np.testing.assert_allclose(subject.spacing, (0.9, 1.1, 2.5), rtol=1e-5)
+    assert subject.voxel_volume_mm3 == pytest.approx(0.9 * 1.1 * 2.5, rel=1e-5)
+    assert subject.name == "sub-01_FLAIR"
+
+
+def test_read_subject_from_one_4d_file(tmp_path, two_channel_files, oblique_affine):
+    _, data = two_channel_files
+    path = tmp_path / "stack.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(data, 0, -1), oblique_affine), path)
+    subject = read_subject(path)
+    np.testing.assert_array_equal(subject.data, data)
+
+
+def test_voxel_to_world_matches_nibabel_apply_affine(oblique_affine, rng):
+    voxels = rng.uniform(0, 10, size=(5, 3))
+    expected = nib.affines.apply_affine(oblique_affine, voxels)
+    np.testing.assert_allclose(voxel_to_world(oblique_affine, voxels), expected)
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(ImageError, match=r"nope\.nii\.gz: file not found"):
+        read_subject([tmp_path / "nope.nii.gz"])
+
+
+def test_not_a_nifti_names_it(tmp_path):
+    path = tmp_path / "notes.nii.gz"
+    path.write_text("hello")
+    with pytest.raises(ImageError, match=r"notes\.nii\.gz: not a readable NIfTI"):
+        read_subject([path])
+
+
+def test_truncated_gzip_names_it(tmp_path, two_channel_files):
+    paths, _ = two_channel_files
+    payload = paths[0].read_bytes()
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(ImageError, match=r"cut\.nii\.gz: (truncated|not a readable)"):
+        read_subject([truncated, paths[1]])
+
+
+def test_not_3d_names_it(tmp_path, oblique_affine):
+    path = tmp_path / "plane.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3, 2), np.float32), oblique_affine), path)
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3), np.float32), oblique_affine), other)
+    with pytest.raises(ImageError, match=r"plane\.nii\.gz: expected a 3D image"):
+        read_subject([path, other])
+
+
+def test_shape_mismatch_names_the_file(tmp_path, two_channel_files, oblique_affine, rng):
+    paths, _ = two_channel_files
+    odd = tmp_path / "odd_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random((12, 10, 9)).astype(np.float32), oblique_affine), odd)
+    with pytest.raises(ImageError, match=r"odd_T1w\.nii\.gz: shape \(12, 10, 9\) differs"):
+        read_subject([paths[0], odd])
+
+
+def test_affine_mismatch_reports_max_difference(tmp_path, two_channel_files, oblique_affine):
+    paths, data = two_channel_files
+    shifted = oblique_affine.copy()
+    shifted[0, 3] += 0.5
+    moved = tmp_path / "moved_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(data[1], shifted), moved)
+    with pytest.raises(ImageError, match=r"moved_T1w\.nii\.gz: affine differs .* by up to 0\.5"):
+        read_subject([paths[0], moved])
+
+
+def test_nan_names_the_file(tmp_path, two_channel_files, oblique_affine):
+    paths, data = two_channel_files
+    broken = data[1].copy()
+    broken[1, 2, 3] = np.nan
+    bad = tmp_path / "nan_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(broken, oblique_affine), bad)
+    with pytest.raises(ImageError, match=r"nan_T1w\.nii\.gz: contains 1 NaN/Inf voxels"):
+        read_subject([paths[0], bad])
+
+
+def test_constant_image_names_the_file(tmp_path, two_channel_files, oblique_affine):
+    paths, _ = two_channel_files
+    flat = tmp_path / "flat_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((12, 10, 8), 7.0, np.float32), oblique_affine), flat)
+    with pytest.raises(
+        ImageError, match=r"flat_T1w\.nii\.gz: image is constant \(every voxel is 7\)"
+    ):
+        read_subject([paths[0], flat])
+
+
+def test_mask_on_another_grid_is_refused(tmp_path, two_channel_files):
+    paths, _ = two_channel_files
+    subject = read_subject(paths)
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((12, 10, 8), np.uint8), np.eye(4)), mask_path)
+    with pytest.raises(ImageError, match=r"mask\.nii\.gz: affine differs"):
+        load_mask(mask_path, subject)
+
+
+def test_zscore_nonzero_is_per_channel_and_keeps_zeros(rng):
+    data = np.zeros((2, 6, 6, 6), np.float32)
+    data[0, 1:5, 1:5, 1:5] = rng.normal(50, 10, size=(4, 4, 4))
+    data[1, 2:4, 2:4, 2:4] = rng.normal(-3, 2, size=(2, 2, 2))
+    out = zscore_nonzero(data)
+    for k in range(2):
+        inside = data[k] != 0
+        assert out[k][inside].mean() == pytest.approx(0.0, abs=1e-5)
+        assert out[k][inside].std() == pytest.approx(1.0, abs=1e-5)
+        assert (out[k][~inside] == 0).all()
+
+
+def test_write_nifti_round_trip_through_nibabel_and_simpleitk(tmp_path, two_channel_files):
+    paths, data = two_channel_files
+    subject = read_subject(paths)
+    target = tmp_path / "out" / "map.nii.gz"
+    write_nifti(subject.data[0], subject.affine, target, header=subject.header)
+    back = nib.load(target)
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj), data[0])
+    np.testing.assert_allclose(back.affine, subject.affine, atol=1e-5)
+    # SimpleITK reads (k, j, i) arrays in LPS; a voxel's physical point must be the RAS point
+    # of the same voxel with x and y negated.
+    image = sitk.ReadImage(str(target))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), data[0].transpose(2, 1, 0))
+    for voxel in [(0, 0, 0), (11, 9, 7), (3, 5, 2)]:
+        lps = np.array(image.TransformIndexToPhysicalPoint(voxel))
+        ras = nib.affines.apply_affine(subject.affine, voxel)
+        np.testing.assert_allclose(lps * [-1, -1, 1], ras, atol=1e-4)
+
+
+def test_write_nifti_refuses_to_overwrite_and_leaves_no_temporary(tmp_path, oblique_affine):
+    target = tmp_path / "mask.nii.gz"
+    write_nifti(np.ones((3, 3, 3), bool), oblique_affine, target)
+    with pytest.raises(OutputExistsError, match=r"mask\.nii\.gz: exists already"):
+        write_nifti(np.zeros((3, 3, 3), bool), oblique_affine, target)
+    write_nifti(np.zeros((3, 3, 3), bool), oblique_affine, target, overwrite=True)
+    assert np.asanyarray(nib.load(target).dataobj).sum() == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path, oblique_affine, monkeypatch):
+    target = tmp_path / "map.nii.gz"
+    write_nifti(np.ones((3, 3, 3), np.float32), oblique_affine, target)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_nifti(np.zeros((3, 3, 3), np.float32), oblique_affine, target, overwrite=True)
+    assert np.asanyarray(nib.load(target).dataobj).sum() == 27
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.nii.gz"]
+
+
+def test_gzip_payload_is_valid(tmp_path, oblique_affine):
+    target = tmp_path / "m.nii.gz"
+    write_nifti(np.arange(27, dtype=np.int16).reshape(3, 3, 3), oblique_affine, target)
+    with gzip.open(target) as stream:
+        assert len(stream.read()) > 348
+    assert Path(target).stat().st_size > 0
