@@ -12,6 +12,7 @@ from instasal.errors import (
 )
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import Subject, read_subject
+from instasal.saliency import instance_smoothgrad, instance_smoothgrad_many
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,7 @@ __all__ = [
     "__version__",
     "classify_instances",
     "find_instances",
+    "instance_smoothgrad",
+    "instance_smoothgrad_many",
     "read_subject",
 ]
