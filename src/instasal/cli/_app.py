@@ -22,7 +22,7 @@ console = Console(stderr=True)
 def run_app(argv: Sequence[str]) -> int:
     """Run the CLI on ``argv``; return the exit status (2, one line, on a user error)."""
     try:
-        app(args=list(argv), standalone_mode=False)
+        status = app(args=list(argv), standalone_mode=False)
     except InstasalError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
@@ -41,4 +41,4 @@ def run_app(argv: Sequence[str]) -> int:
             error.show()
             return error.exit_code
         raise
-    return 0
+    return status if isinstance(status, int) else 0

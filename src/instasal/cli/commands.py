@@ -1,0 +1,172 @@
+"""The ``phantom``, ``explain`` and ``demo`` commands (SPEC §6): argument parsing only."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from instasal.cli._app import app, console
+from instasal.cli.progress import pipeline_progress
+from instasal.errors import ConfigurationError
+
+__all__ = ["demo", "explain", "phantom"]
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Folder of the new BIDS-like phantom cohort.")],
+    subjects: Annotated[int, typer.Option("--subjects", "-n", help="Number of subjects.")] = 4,
+    seed: Annotated[int, typer.Option(help="Cohort seed (subjects get derived seeds).")] = 0,
+    resolution: Annotated[int, typer.Option(help="Voxel size in mm: 1 or 2.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cohort.")] = False,
+) -> None:
+    """Generate a phantom MS cohort with ground truth on MNI152 anatomy."""
+    from instasal.phantoms import write_cohort
+
+    if resolution not in (1, 2):
+        raise ConfigurationError(f"--resolution must be 1 or 2, got {resolution}")
+    if subjects < 1:
+        raise ConfigurationError(f"--subjects must be >= 1, got {subjects}")
+    with pipeline_progress(console) as progress:
+
+        def step(done: int, total: int, name: str) -> None:
+            progress(f"generating {name}", done, total)  # type: ignore[operator]
+
+        written = write_cohort(
+            out, subjects, seed=seed, resolution=resolution, overwrite=overwrite, progress=step
+        )
+    console.print(f"wrote {len(written)} phantom subjects to [bold]{out}[/]")
+
+
+def _settings(**values: Any) -> Any:
+    from instasal.pipeline import ExplainSettings
+
+    return ExplainSettings(**values)
+
+
+@app.command()
+def explain(
+    images: Annotated[
+        list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Built-in name or model path.")
+    ] = "unet",
+    reference: Annotated[
+        Path | None, typer.Option(help="Ground-truth lesion mask: TP/FP/FN/TN.")
+    ] = None,
+    tissue_mask: Annotated[Path | None, typer.Option(help="Where TN domains may lie.")] = None,
+    regions: Annotated[Path | None, typer.Option(help="Lesion region label map.")] = None,
+    n_samples: Annotated[int, typer.Option(help="SmoothGrad noise samples N.")] = 50,
+    noise_level: Annotated[float, typer.Option(help="Noise σ as a fraction of range.")] = 0.05,
+    noise_range: Annotated[str, typer.Option(help="per_channel or first_channel.")] = "per_channel",
+    aggregation: Annotated[str, typer.Option(help="max (paper v3) or mean (v1).")] = "max",
+    context: Annotated[
+        str | None, typer.Option(help="patch or full (default: patch when the card has one).")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Default: the model card's.")] = None,
+    max_lesions: Annotated[
+        int | None, typer.Option(help="Explain at most this many domains per type.")
+    ] = None,
+    gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of noise draws and TN sampling.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace results of an earlier run.")] = False,
+) -> None:
+    """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
+    from instasal.pipeline import explain_subject
+
+    settings = _settings(
+        n_samples=n_samples,
+        noise_level=noise_level,
+        noise_range=noise_range,
+        aggregation=aggregation,
+        context=context,
+        threshold=threshold,
+        max_lesions=max_lesions,
+        gradcam=gradcam,
+        seed=seed,
+    )
+    with pipeline_progress(console) as progress:
+        result = explain_subject(
+            images,
+            model,
+            out,
+            reference=reference,
+            tissue_mask=tissue_mask,
+            regions=regions,
+            settings=settings,
+            overwrite=overwrite,
+            progress=progress,  # type: ignore[arg-type]
+        )
+    _print_summary(result)
+
+
+def _print_summary(result: Any) -> None:
+    table = result.table
+    if len(table) == 0:
+        console.print("no lesion found: nothing to explain (the report says so)")
+    else:
+        view = Table(title=f"{len(table)} domains explained", show_lines=False)
+        channels = [c.removeprefix("peak_") for c in table.columns if c.startswith("peak_")]
+        channels = [c for c in channels if not c.endswith("_voxel")]
+        for column in ["id", "type", "volume_mm3", "prob_max", *[f"peak_{c}" for c in channels]]:
+            view.add_column(column, justify="right")
+        for row in table.itertuples(index=False):
+            record = row._asdict()
+            view.add_row(
+                str(record["id"]),
+                str(record["type"]),
+                f"{record['volume_mm3']:.0f}",
+                f"{record['prob_max']:.2f}",
+                *[f"{record[f'peak_{c}']:.3g}" for c in channels],
+            )
+        console.print(view)
+    if result.reused_lesions:
+        console.print(f"reused {result.reused_lesions} lesion(s) from an interrupted run")
+    console.print(f"lesion table: [bold]{result.layout.table}[/]")
+    console.print(f"report: [bold]{result.report}[/]")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("instasal-demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the phantom subject.")] = 7,
+    overwrite: Annotated[bool, typer.Option(help="Regenerate and recompute everything.")] = False,
+) -> None:
+    """Explain a generated phantom subject with the bundled default model (reduced settings)."""
+    from instasal.dataset import discover_dataset
+    from instasal.models import available_models
+    from instasal.phantoms import write_cohort
+    from instasal.pipeline import DEMO_SETTINGS, explain_subject
+
+    started = time.perf_counter()
+    cohort = out / "phantom"
+    model = available_models()[0]
+    console.print(
+        f"instasal demo: model [bold]{model}[/], phantom subject (seed {seed}, 2 mm) in {cohort}\n"
+        f"reduced settings for speed: N = {DEMO_SETTINGS.n_samples} noise samples "
+        f"(paper: 50), at most {DEMO_SETTINGS.max_lesions} domains per type, "
+        f"{DEMO_SETTINGS.n_true_negatives} TN domains"
+    )
+    if overwrite or not (cohort / "participants.tsv").exists():
+        write_cohort(cohort, 1, seed=seed, resolution=2, overwrite=overwrite)
+    (subject,) = discover_dataset(cohort)[:1]
+    with pipeline_progress(console) as progress:
+        result = explain_subject(
+            subject.images,
+            model,
+            out / "explain",
+            reference=subject.lesion_mask,
+            tissue_mask=subject.wm_mask,
+            regions=subject.regions,
+            settings=DEMO_SETTINGS,
+            overwrite=overwrite,
+            progress=progress,  # type: ignore[arg-type]
+        )
+    _print_summary(result)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")

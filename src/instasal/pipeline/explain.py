@@ -1,0 +1,520 @@
+"""Explain one subject: segmentation → lesion instances → per-lesion saliency → outputs and report.
+
+All validation (files, grids, model channels, the output folder's state) happens before any heavy
+computation. Per-lesion results are written atomically as they complete and are reused when an
+interrupted run with the same settings is started again; replacing results needs ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from instasal.errors import ConfigurationError, ImageError, OutputExistsError
+from instasal.instances import Instances, classify_instances, find_instances
+from instasal.io import Subject, atomic_write_json, load_mask, read_subject, write_nifti
+from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
+from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
+from instasal.summaries import lesion_summary
+from instasal.typing import PathLike
+
+__all__ = ["ExplainResult", "ProgressCallback", "explain_subject", "model_fingerprint"]
+
+ProgressCallback = Callable[[str, float, float], None]
+"""``progress(stage, done, total)``: what the run is doing and how far it is."""
+
+REGION_NAMES = {
+    1: "periventricular",
+    2: "juxtacortical",
+    3: "deep white matter",
+    4: "infratentorial",
+}
+LESIONS_PER_BATCH = 4
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """What :func:`explain_subject` produced."""
+
+    out: Path
+    layout: RunLayout
+    table: pd.DataFrame
+    instances: Instances
+    settings: ExplainSettings
+    timings: dict[str, float] = field(default_factory=dict)
+    reused_lesions: int = 0
+
+    @property
+    def report(self) -> Path:
+        return self.layout.report
+
+
+def model_fingerprint(model: Any) -> str:
+    """SHA-256 over a module's parameters and buffers (identifies the weights whatever the path)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _noop(stage: str, done: float, total: float) -> None:
+    return None
+
+
+def _load_subject(
+    images: Sequence[PathLike] | Subject, channel_names: Sequence[str] | None
+) -> Subject:
+    if isinstance(images, Subject):
+        return images
+    return read_subject(images, channel_names)
+
+
+def _optional_mask(path: PathLike | None, subject: Subject) -> np.ndarray | None:
+    return None if path is None else load_mask(path, subject)
+
+
+def _regions(path: PathLike | None, subject: Subject) -> np.ndarray | None:
+    if path is None:
+        return None
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj)
+    if data.shape != subject.shape:
+        raise ImageError(f"{path}: region map shape {data.shape} differs from {subject.shape}")
+    return data.astype(np.int16)
+
+
+def _prepare_out(layout: RunLayout, key: str, overwrite: bool) -> bool:
+    """Check the output folder; return True when a finished run with this key is already there."""
+    import json
+
+    if layout.manifest.exists():
+        manifest = json.loads(layout.manifest.read_text())
+        same = manifest.get("run_key") == key
+        if overwrite:
+            for path in layout.owned_files():
+                path.unlink()
+            return False
+        if not same:
+            raise OutputExistsError(
+                f"{layout.root}: holds results of a run with other inputs or settings "
+                f"(run key {manifest.get('run_key')}, now {key}); pass --overwrite to replace them"
+            )
+        return bool(manifest.get("complete", False))
+    existing = [p for p in (layout.table, layout.probability, layout.report) if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{existing[0]}: exists already and was not written by a resumable run; "
+            "pass --overwrite to replace it"
+        )
+    return False
+
+
+def explain_subject(
+    images: Sequence[PathLike] | Subject,
+    model: str | PathLike | Any,
+    out: PathLike,
+    *,
+    reference: PathLike | None = None,
+    tissue_mask: PathLike | None = None,
+    regions: PathLike | None = None,
+    settings: ExplainSettings | None = None,
+    channel_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: ProgressCallback | None = None,
+) -> ExplainResult:
+    """Segment a subject, find its lesions, and explain each one (SPEC §1–§3; issue 6).
+
+    Parameters
+    ----------
+    images
+        One NIfTI per channel in the model's order (FLAIR first), one 4D NIfTI, or a
+        :class:`~instasal.io.Subject` (raw intensities; normalised here as the card says).
+    model
+        A built-in name, a path :func:`instasal.load_model` understands, or a loaded module.
+    out
+        Output folder (created).
+    reference
+        Ground-truth lesion mask: domains are then typed TP/FP/FN and TN domains sampled.
+    tissue_mask
+        Where TN domains may lie (white matter); default: the non-zero voxels of the first channel.
+    regions
+        Optional region label map (1 periventricular, 2 juxtacortical, 3 deep WM,
+        4 infratentorial) for the table's ``region`` column.
+    settings
+        :class:`ExplainSettings`; default: the paper's settings.
+    overwrite
+        Replace results of an earlier run in ``out``; without it an interrupted run with the same
+        inputs and settings resumes and one with other settings is refused.
+    report
+        Also write the self-contained HTML report.
+    progress
+        Called as ``progress(stage, done, total)``.
+
+    Returns
+    -------
+    ExplainResult
+    """
+    settings = settings or ExplainSettings()
+    progress = progress or _noop
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    subject = _load_subject(images, channel_names)
+    reference_mask = _optional_mask(reference, subject)
+    tissue = _optional_mask(tissue_mask, subject)
+    region_map = _regions(regions, subject)
+    from instasal.models import check_channels, load_model, predict_probability
+
+    network = model if hasattr(model, "state_dict") else load_model(model)
+    card: dict[str, Any] = dict(getattr(network, "card", {}))
+    check_channels(network, subject.channel_names)
+    context = settings.context or ("patch" if card.get("patch_size") else "full")
+    threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
+    target = int(card.get("target", 1))
+    layer = settings.gradcam_layer or card.get("gradcam_layer")
+    if settings.gradcam and not layer:
+        raise ConfigurationError(
+            "gradcam is on but neither settings.gradcam_layer nor the model card names a layer"
+        )
+
+    label = subject_label(subject.paths[0] if subject.paths else None)
+    layout = RunLayout(Path(out), label)
+    inputs = [{"path": str(p), "sha256": file_sha256(p)} for p in subject.paths]
+    extra_inputs = {
+        name: {"path": str(p), "sha256": file_sha256(Path(p))}
+        for name, p in (
+            ("reference", reference),
+            ("tissue_mask", tissue_mask),
+            ("regions", regions),
+        )
+        if p is not None
+    }
+    if not subject.paths:
+        inputs = [{"array_sha256": run_key({"data": subject.data.tobytes().hex()[:4096]})}]
+    key = run_key(
+        {
+            "inputs": inputs,
+            "extra": extra_inputs,
+            "model": model_fingerprint(network),
+            "settings": settings.as_dict(),
+            "context": context,
+            "threshold": threshold,
+        }
+    )
+    already_complete = _prepare_out(layout, key, overwrite)
+    if already_complete:
+        progress("results complete already; reusing them", 1, 1)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.lesion_dir.mkdir(exist_ok=True)
+    timings["validate_s"] = time.perf_counter() - started
+    if not already_complete:
+        atomic_write_json(
+            layout.manifest,
+            {"run_key": key, "complete": False, "started": _now(), "label": label},
+            overwrite=True,
+        )
+
+    normalised = subject.normalised()
+    import torch
+
+    x = torch.from_numpy(normalised.data)
+
+    step = time.perf_counter()
+    progress("segmenting", 0, 1)
+    if layout.probability.exists():  # _prepare_out left only files of this run key
+        probability = np.asarray(nib.load(layout.probability).dataobj, dtype=np.float32)
+    else:
+        probability = predict_probability(network, x)
+        write_nifti(
+            probability, subject.affine, layout.probability, header=subject.header, overwrite=True
+        )
+    progress("segmenting", 1, 1)
+    timings["segment_s"] = time.perf_counter() - step
+
+    predicted = find_instances(
+        probability,
+        subject.affine,
+        threshold=threshold,
+        connectivity=settings.connectivity,
+        min_volume_mm3=settings.min_volume_mm3,
+    )
+    if reference_mask is not None:
+        tissue_region = tissue if tissue is not None else subject.data[0] > 0
+        instances = classify_instances(
+            predicted,
+            reference_mask,
+            connectivity=settings.connectivity,
+            min_volume_mm3=settings.min_volume_mm3,
+            tissue_mask=tissue_region,
+            n_true_negatives=settings.n_true_negatives,
+            seed=settings.seed,
+        )
+    else:
+        instances = predicted
+    write_nifti(
+        probability >= threshold, subject.affine, layout.mask, header=subject.header, overwrite=True
+    )
+    write_nifti(
+        instances.labels.astype(np.int16),
+        subject.affine,
+        layout.instances,
+        header=subject.header,
+        overwrite=True,
+    )
+
+    chosen = _choose(instances, settings.max_lesions)
+    rows: list[dict[str, Any]] = []
+    todo = []
+    reused = 0
+    for record in chosen:
+        stored = layout.read_lesion_record(record.id, key)
+        if stored is None:
+            todo.append(record)
+        else:
+            rows.append(stored["row"])
+            reused += 1
+
+    step = time.perf_counter()
+    _explain_lesions(
+        todo,
+        instances,
+        network,
+        x,
+        subject,
+        probability,
+        region_map,
+        layout,
+        key,
+        settings,
+        context=context,
+        target=target,
+        layer=layer,
+        rows=rows,
+        progress=progress,
+    )
+    timings["saliency_s"] = time.perf_counter() - step
+
+    rows.sort(key=lambda row: int(row["id"]))
+    table = (
+        pd.DataFrame(rows, columns=_columns(subject.channel_names))
+        if rows
+        else pd.DataFrame(columns=_columns(subject.channel_names))
+    )
+    layout.write_table(table, table_sidecar(subject.channel_names))
+    timings["total_s"] = time.perf_counter() - started
+
+    provenance = {
+        "run_key": key,
+        "finished": _now(),
+        "subject": label,
+        "inputs": inputs,
+        "extra_inputs": extra_inputs,
+        "model": {"fingerprint_sha256": model_fingerprint(network), "card": card},
+        "settings": settings.as_dict(),
+        "resolved": {
+            "context": context,
+            "threshold": threshold,
+            "target": target,
+            "gradcam_layer": layer,
+        },
+        "counts": {
+            kind: len(instances.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")
+        },
+        "explained": len(rows),
+        "reused_lesions": reused,
+        "timings": timings,
+        "versions": _versions(),
+    }
+    atomic_write_json(layout.provenance, provenance, overwrite=True)
+    result = ExplainResult(layout.root, layout, table, instances, settings, timings, reused)
+    if report:
+        from instasal.report import write_subject_report
+
+        progress("writing report", 0, 1)
+        write_subject_report(result, subject, provenance)
+        progress("writing report", 1, 1)
+    atomic_write_json(
+        layout.manifest,
+        {"run_key": key, "complete": True, "finished": _now(), "label": label},
+        overwrite=True,
+    )
+    return result
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    import monai
+    import scipy
+    import torch
+
+    import instasal
+
+    return {
+        "instasal": instasal.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "nibabel": nib.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _choose(instances: Instances, max_lesions: int | None) -> list[Any]:
+    if max_lesions is None:
+        return list(instances)
+    chosen = []
+    for kind in ("lesion", "TP", "FP", "FN", "TN"):
+        chosen += instances.of_kind(kind)[:max_lesions]
+    return sorted(chosen, key=lambda r: r.id)
+
+
+def _columns(channel_names: Sequence[str]) -> list[str]:
+    from instasal.summaries import saliency_columns
+
+    base = ["id", "type", "region", "volume_mm3", "n_voxels"]
+    base += ["centroid_i", "centroid_j", "centroid_k", "centroid_x", "centroid_y", "centroid_z"]
+    base += ["prob_mean", "prob_max"]
+    return [*base, *saliency_columns(channel_names), "gradcam_peak", "gradcam_peak_voxel"]
+
+
+def _region_of(region_map: np.ndarray | None, domain: np.ndarray) -> str:
+    if region_map is None:
+        return "n/a"
+    values = region_map[domain]
+    values = values[values > 0]
+    if values.size == 0:
+        return "none"
+    return REGION_NAMES.get(int(np.bincount(values).argmax()), "other")
+
+
+def _explain_lesions(
+    todo: list[Any],
+    instances: Instances,
+    network: Any,
+    x: Any,
+    subject: Subject,
+    probability: np.ndarray,
+    region_map: np.ndarray | None,
+    layout: RunLayout,
+    key: str,
+    settings: ExplainSettings,
+    *,
+    context: str,
+    target: int,
+    layer: str | None,
+    rows: list[dict[str, Any]],
+    progress: ProgressCallback,
+) -> None:
+    """Explain the domains in ``todo`` in small batches sharing noise draws and forward passes."""
+    from instasal.saliency import instance_gradcam, instance_smoothgrad_many, normalise_map
+
+    if not todo:
+        return
+    total_rows = float(sum(r.n_voxels for r in todo) * settings.n_samples)
+    done_rows = 0.0
+    for start in range(0, len(todo), LESIONS_PER_BATCH):
+        batch = todo[start : start + LESIONS_PER_BATCH]
+        domains = {r.id: instances.mask(r.id) for r in batch}
+        offset = done_rows
+        ids = ", ".join(str(r.id) for r in batch)
+
+        def report_rows(done: int, total: int, offset: float = offset, ids: str = ids) -> None:
+            progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
+
+        maps = instance_smoothgrad_many(
+            network,
+            x,
+            domains,
+            target=target,
+            n_samples=settings.n_samples,
+            noise_level=settings.noise_level,
+            noise_range=settings.noise_range,
+            aggregation=settings.aggregation,
+            context=context,
+            seed=settings.seed,
+            engine=settings.engine,
+            progress=report_rows,
+        )
+        done_rows += sum(r.n_voxels for r in batch) * settings.n_samples
+        for record in batch:
+            domain = domains[record.id]
+            saliency = maps[record.id].detach().cpu().numpy()
+            files = []
+            for k, channel in enumerate(subject.channel_names):
+                path = layout.smoothgrad(record.id, channel)
+                write_nifti(
+                    saliency[k], subject.affine, path, header=subject.header, overwrite=True
+                )
+                files.append(path)
+            row: dict[str, Any] = {
+                "id": record.id,
+                "type": record.kind,
+                "region": _region_of(region_map, domain),
+                "volume_mm3": record.volume_mm3,
+                "n_voxels": record.n_voxels,
+                "centroid_i": record.centroid_voxel[0],
+                "centroid_j": record.centroid_voxel[1],
+                "centroid_k": record.centroid_voxel[2],
+                "centroid_x": record.centroid_world[0],
+                "centroid_y": record.centroid_world[1],
+                "centroid_z": record.centroid_world[2],
+                "prob_mean": float(probability[domain].mean()),
+                "prob_max": float(probability[domain].max()),
+            }
+            row |= lesion_summary(saliency, domain, subject.spacing, subject.channel_names)
+            if settings.gradcam and layer:
+                cam = instance_gradcam(
+                    network, x, domain, layer=layer, variant=settings.gradcam_variant, target=target
+                )
+                cam_array = cam.detach().cpu().numpy()
+                write_nifti(
+                    cam_array,
+                    subject.affine,
+                    layout.gradcam(record.id),
+                    header=subject.header,
+                    overwrite=True,
+                )
+                write_nifti(
+                    normalise_map(cam).detach().cpu().numpy(),
+                    subject.affine,
+                    layout.gradcam(record.id, normalised=True),
+                    header=subject.header,
+                    overwrite=True,
+                )
+                files += [layout.gradcam(record.id), layout.gradcam(record.id, normalised=True)]
+                peak = int(np.argmax(cam_array))
+                row["gradcam_peak"] = float(cam_array.ravel()[peak])
+                row["gradcam_peak_voxel"] = ",".join(
+                    str(int(i)) for i in np.unravel_index(peak, cam_array.shape)
+                )
+            else:
+                row["gradcam_peak"] = float("nan")
+                row["gradcam_peak_voxel"] = "n/a"
+            layout.write_lesion_record(
+                record.id,
+                {
+                    "run_key": key,
+                    "row": row,
+                    "files": [str(p.relative_to(layout.root)) for p in files],
+                },
+            )
+            rows.append(row)

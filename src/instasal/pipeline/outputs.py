@@ -1,0 +1,184 @@
+"""Where an explain run writes what: BIDS-derivatives-style names, per-lesion records, the table.
+
+Every file is written atomically; a lesion's summary record is written last, after its maps, so its
+presence (with the run's key) means the lesion is complete and can be reused on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from instasal.io import atomic_write_json, atomic_write_text
+
+__all__ = ["RunLayout", "subject_label", "table_sidecar"]
+
+_CHANNEL_SUFFIX = re.compile(r"_(FLAIR|T1w|T2w|PD|T1|MPRAGE|ch\d+)$", re.IGNORECASE)
+
+
+def subject_label(first_image: Path | None) -> str:
+    """The subject's output prefix: the first image's name without extension and channel suffix."""
+    if first_image is None:
+        return "subject"
+    name = first_image.name
+    for suffix in (".nii.gz", ".nii"):
+        name = name.removesuffix(suffix)
+    return _CHANNEL_SUFFIX.sub("", name) or "subject"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of one subject's explain run under ``root``."""
+
+    root: Path
+    label: str
+
+    @property
+    def lesion_dir(self) -> Path:
+        return self.root / "lesions"
+
+    @property
+    def probability(self) -> Path:
+        return self.root / f"{self.label}_desc-lesion_probseg.nii.gz"
+
+    @property
+    def mask(self) -> Path:
+        return self.root / f"{self.label}_desc-lesion_mask.nii.gz"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / f"{self.label}_desc-instances_dseg.nii.gz"
+
+    @property
+    def table(self) -> Path:
+        return self.root / f"{self.label}_lesions.tsv"
+
+    @property
+    def table_sidecar(self) -> Path:
+        return self.root / f"{self.label}_lesions.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def lesion_prefix(self, lesion_id: int) -> Path:
+        return self.lesion_dir / f"{self.label}_lesion-{lesion_id:03d}"
+
+    def smoothgrad(self, lesion_id: int, channel: str) -> Path:
+        return Path(f"{self.lesion_prefix(lesion_id)}_desc-smoothgrad{channel}_saliency.nii.gz")
+
+    def gradcam(self, lesion_id: int, normalised: bool = False) -> Path:
+        desc = "gradcamppnorm" if normalised else "gradcampp"
+        return Path(f"{self.lesion_prefix(lesion_id)}_desc-{desc}_saliency.nii.gz")
+
+    def lesion_record(self, lesion_id: int) -> Path:
+        return Path(f"{self.lesion_prefix(lesion_id)}_summary.json")
+
+    def owned_files(self) -> list[Path]:
+        """Every file a previous run may have left here (removed before an overwrite)."""
+        fixed = [
+            self.probability,
+            self.mask,
+            self.instances,
+            self.table,
+            self.table_sidecar,
+            self.manifest,
+            self.provenance,
+            self.report,
+        ]
+        lesion_files = (
+            sorted(self.lesion_dir.glob(f"{self.label}_lesion-*"))
+            if self.lesion_dir.exists()
+            else []
+        )
+        return [p for p in fixed if p.exists()] + lesion_files
+
+    def read_lesion_record(self, lesion_id: int, key: str) -> dict[str, Any] | None:
+        """The stored record of a lesion when it was completed by a run with ``key``."""
+        path = self.lesion_record(lesion_id)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if record.get("run_key") != key:
+            return None
+        files = [Path(p) for p in record.get("files", [])]
+        if not all((self.root / p).exists() for p in files):
+            return None
+        return dict(record)
+
+    def write_lesion_record(self, lesion_id: int, record: dict[str, Any]) -> None:
+        atomic_write_json(self.lesion_record(lesion_id), record, overwrite=True)
+
+    def write_table(self, table: pd.DataFrame, sidecar: dict[str, Any]) -> None:
+        atomic_write_text(
+            self.table, table.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
+        )
+        atomic_write_json(self.table_sidecar, sidecar, overwrite=True)
+
+
+def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Units and definitions of every lesion-table column (a BIDS-style JSON sidecar)."""
+    saliency_unit = "logit per unit of normalised input intensity"
+    columns: dict[str, dict[str, str]] = {
+        "id": {"Description": "Domain id; its value in the instances label map"},
+        "type": {
+            "Description": "lesion (no reference), TP, FP (predicted, overlapping a reference "
+            "lesion or not), FN (missed reference lesion), TN (sampled normal tissue)"
+        },
+        "region": {"Description": "Anatomical region from the reference region map, when given"},
+        "volume_mm3": {"Description": "Voxel count times voxel volume", "Units": "mm^3"},
+        "n_voxels": {"Description": "Number of voxels of the domain"},
+        "centroid_i": {"Description": "Centroid, voxel index along axis i", "Units": "voxel"},
+        "centroid_j": {"Description": "Centroid, voxel index along axis j", "Units": "voxel"},
+        "centroid_k": {"Description": "Centroid, voxel index along axis k", "Units": "voxel"},
+        "centroid_x": {"Description": "Centroid, world RAS x", "Units": "mm"},
+        "centroid_y": {"Description": "Centroid, world RAS y", "Units": "mm"},
+        "centroid_z": {"Description": "Centroid, world RAS z", "Units": "mm"},
+        "prob_mean": {"Description": "Mean lesion probability inside the domain"},
+        "prob_max": {"Description": "Maximum lesion probability inside the domain"},
+    }
+    for name in channel_names:
+        columns |= {
+            f"peak_{name}": {
+                "Description": f"Max of the instance SmoothGrad map of {name} (peak saliency)",
+                "Units": saliency_unit,
+            },
+            f"peak_{name}_voxel": {"Description": f"Voxel (i,j,k) of peak_{name}"},
+            f"trough_{name}": {
+                "Description": f"Min of the instance SmoothGrad map of {name}",
+                "Units": saliency_unit,
+            },
+            f"trough_{name}_voxel": {"Description": f"Voxel (i,j,k) of trough_{name}"},
+            f"inside_mean_{name}": {
+                "Description": f"Mean {name} saliency inside the domain",
+                "Units": saliency_unit,
+            },
+            f"ring_mean_{name}": {
+                "Description": f"Mean {name} saliency in the 1-3 mm shell around the domain",
+                "Units": saliency_unit,
+            },
+            f"reliance_{name}": {
+                "Description": f"peak_{name} / sum over channels of |peak|, in [-1, 1]",
+            },
+        }
+    columns |= {
+        "gradcam_peak": {"Description": "Max of the raw instance Grad-CAM++ map (arbitrary units)"},
+        "gradcam_peak_voxel": {"Description": "Voxel (i,j,k) of gradcam_peak"},
+    }
+    return columns

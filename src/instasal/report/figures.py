@@ -1,0 +1,223 @@
+"""Figures of an explain run: per-lesion orthogonal slices and the summary plots.
+
+Saliency maps are quantitative: every lesion is drawn with one diverging colour scale centred on
+zero and shared by all lesions and channels of the run, so colours compare across lesions.
+Images are reoriented to RAS before slicing and shown in neurological convention (L on the left).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+__all__ = [
+    "TYPE_COLOURS",
+    "figure_png",
+    "lesion_figure",
+    "peak_vs_volume_figure",
+    "reliance_figure",
+    "to_ras",
+]
+
+TYPE_COLOURS = {
+    "TP": "#1b9e77",
+    "FP": "#d95f02",
+    "FN": "#7570b3",
+    "TN": "#7f7f7f",
+    "lesion": "#e7298a",
+}
+HALF_WINDOW_MM = 40.0
+
+
+def to_ras(affine: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Reorient 3D arrays to the closest RAS orientation; return the voxel sizes and the arrays."""
+    orientation = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(
+        orientation, nib.orientations.axcodes2ornt(("R", "A", "S"))
+    )
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)[orientation[:, 0].argsort()]
+    return spacing, [nib.orientations.apply_orientation(a, transform) for a in arrays]
+
+
+def figure_png(figure: Figure, dpi: int = 80) -> bytes:
+    """Render a figure to PNG bytes and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _window(centre: float, half: int, size: int) -> slice:
+    start = max(0, min(round(centre) - half, size - 2 * half))
+    return slice(start, min(size, start + 2 * half))
+
+
+def _planes(
+    volume: np.ndarray, centre: Sequence[int], windows: Sequence[slice]
+) -> list[np.ndarray]:
+    i, j, k = centre
+    return [
+        volume[windows[0], windows[1], k].T,  # axial: x right, y up
+        volume[windows[0], j, windows[2]].T,  # coronal: x right, z up
+        volume[i, windows[1], windows[2]].T,  # sagittal: y right, z up
+    ]
+
+
+def lesion_figure(
+    anatomy: Sequence[np.ndarray],
+    channel_names: Sequence[str],
+    saliency: np.ndarray,
+    domain: np.ndarray,
+    affine: np.ndarray,
+    *,
+    scale: float,
+    gradcam: np.ndarray | None = None,
+    title: str = "",
+) -> Figure:
+    """Orthogonal slices through a lesion's centre: anatomy, each channel's saliency, Grad-CAM++.
+
+    Parameters
+    ----------
+    anatomy
+        The input channels (raw intensities), one 3D array each.
+    saliency
+        The lesion's SmoothGrad map ``[C, X, Y, Z]``.
+    domain
+        The lesion domain; its contour is drawn on every panel.
+    scale
+        Half-range of the shared diverging colour scale (logit per intensity unit).
+    gradcam
+        The [0, 1]-normalised Grad-CAM++ map, when computed.
+    """
+    extra = [gradcam] if gradcam is not None else []
+    spacing, oriented = to_ras(affine, *anatomy, *saliency, domain.astype(np.uint8), *extra)
+    n_channels = len(anatomy)
+    images = oriented[:n_channels]
+    maps = oriented[n_channels : 2 * n_channels]
+    mask = oriented[2 * n_channels]
+    cam = oriented[2 * n_channels + 1] if gradcam is not None else None
+    centre = [round(c) for c in np.argwhere(mask).mean(axis=0)]
+    halves = [max(4, int(HALF_WINDOW_MM / s)) for s in spacing]
+    windows = [_window(c, h, n) for c, h, n in zip(centre, halves, mask.shape, strict=True)]
+    aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
+    rows: list[tuple[str, np.ndarray, np.ndarray | None, str]] = []
+    for name, image in zip(channel_names, images, strict=True):
+        rows.append((name, image, None, ""))
+    for name, image, value in zip(channel_names, images, maps, strict=True):
+        rows.append((f"SmoothGrad {name}", image, value, "saliency"))
+    if cam is not None:
+        rows.append(("Grad-CAM++ (normalised)", images[0], cam, "cam"))
+    figure, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.15 * len(rows)), squeeze=False)
+    mask_planes = _planes(mask, centre, windows)
+    saliency_artist = cam_artist = None
+    for row, (label, image, overlay, kind) in enumerate(rows):
+        image_planes = _planes(image, centre, windows)
+        overlay_planes = _planes(overlay, centre, windows) if overlay is not None else [None] * 3
+        for column, (plane, over, outline, aspect) in enumerate(
+            zip(image_planes, overlay_planes, mask_planes, aspects, strict=True)
+        ):
+            axis = axes[row, column]
+            low, high = np.percentile(image[image != 0], [1, 99.5]) if image.any() else (0, 1)
+            axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=high, aspect=aspect)
+            if over is not None and kind == "saliency":
+                saliency_artist = axis.imshow(
+                    np.ma.masked_where(np.abs(over) < 0.02 * scale, over),
+                    cmap="RdBu_r",
+                    vmin=-scale,
+                    vmax=scale,
+                    origin="lower",
+                    aspect=aspect,
+                    alpha=0.85,
+                )
+            elif over is not None:
+                cam_artist = axis.imshow(
+                    np.ma.masked_where(over < 0.05, over),
+                    cmap="inferno",
+                    vmin=0,
+                    vmax=1,
+                    origin="lower",
+                    aspect=aspect,
+                    alpha=0.6,
+                )
+            if outline.any():
+                axis.contour(
+                    outline, levels=[0.5], colors="#39ff14", linewidths=0.8, origin="lower"
+                )
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(("axial", "coronal", "sagittal")[column], fontsize=9)
+            if column == 0:
+                axis.set_ylabel(label, fontsize=8)
+                if row == 0:
+                    axis.text(0.02, 0.02, "L", color="w", fontsize=7, transform=axis.transAxes)
+                    axis.text(0.92, 0.02, "R", color="w", fontsize=7, transform=axis.transAxes)
+    if saliency_artist is not None:
+        bar = figure.colorbar(
+            saliency_artist, ax=axes[:, :].ravel().tolist(), shrink=0.35, pad=0.02, location="right"
+        )
+        bar.set_label("saliency (logit / intensity unit)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    if cam_artist is not None:
+        bar = figure.colorbar(cam_artist, ax=axes[-1, :].tolist(), shrink=0.8, pad=0.02)
+        bar.ax.tick_params(labelsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def peak_vs_volume_figure(table: pd.DataFrame, channel: str) -> Figure:
+    """Peak saliency of ``channel`` against lesion volume, one colour per domain type."""
+    figure, axis = plt.subplots(figsize=(5.0, 3.6))
+    for kind, group in table.groupby("type"):
+        axis.scatter(
+            group["volume_mm3"],
+            group[f"peak_{channel}"],
+            s=22,
+            color=TYPE_COLOURS.get(str(kind), "k"),
+            label=f"{kind} (n={len(group)})",
+            alpha=0.85,
+            edgecolors="none",
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("volume (mm³)")
+    axis.set_ylabel(f"peak {channel} saliency")
+    axis.axhline(0, color="0.6", lw=0.6)
+    axis.legend(fontsize=8, frameon=False)
+    axis.set_title(f"Peak {channel} saliency vs lesion volume", fontsize=10)
+    return figure
+
+
+def reliance_figure(table: pd.DataFrame, channel_names: Sequence[str]) -> Figure:
+    """Peak saliency of the first two channels against each other (modality reliance)."""
+    first, second = channel_names[0], channel_names[1]
+    figure, axis = plt.subplots(figsize=(4.2, 3.8))
+    for kind, group in table.groupby("type"):
+        axis.scatter(
+            group[f"peak_{second}"],
+            group[f"peak_{first}"],
+            s=22,
+            color=TYPE_COLOURS.get(str(kind), "k"),
+            label=str(kind),
+            alpha=0.85,
+            edgecolors="none",
+        )
+    values = table[[f"peak_{first}", f"peak_{second}"]].to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size else 1.0
+    bottom = min(0.0, float(finite.min())) if finite.size else 0.0
+    axis.plot([bottom, top], [bottom, top], color="0.5", lw=0.8, ls="--", label="equal")
+    axis.set_xlabel(f"peak {second} saliency")
+    axis.set_ylabel(f"peak {first} saliency")
+    axis.legend(fontsize=8, frameon=False)
+    axis.set_title(f"{first} vs {second} reliance", fontsize=10)
+    return figure

@@ -1,0 +1,215 @@
+"""The self-contained HTML report of one explain run (images embedded, opens offline)."""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import nibabel as nib
+import numpy as np
+
+from instasal.io import Subject, atomic_write_text
+from instasal.report.figures import (
+    HALF_WINDOW_MM,
+    figure_png,
+    lesion_figure,
+    peak_vs_volume_figure,
+    reliance_figure,
+)
+
+if TYPE_CHECKING:
+    from instasal.pipeline.explain import ExplainResult
+
+__all__ = ["SubjectReport", "write_subject_report"]
+
+TABLE_COLUMNS_BASE = ["id", "type", "region", "volume_mm3", "prob_mean", "prob_max"]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def _shared_scale(result: ExplainResult, channels: tuple[str, ...]) -> float:
+    values = [
+        abs(float(v))
+        for name in channels
+        for column in (f"peak_{name}", f"trough_{name}")
+        for v in result.table[column].to_numpy(dtype=float)
+        if np.isfinite(v)
+    ]
+    return max(values) if values and max(values) > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class SubjectReport:
+    """An explain run's report; ``save_as_html`` writes it, notebooks show it inline."""
+
+    html: str
+
+    def save_as_html(self, path: Any, *, overwrite: bool = True) -> None:
+        """Write the report atomically."""
+        atomic_write_text(path, self.html, overwrite=overwrite)
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def build_subject_report(
+    result: ExplainResult, subject: Subject, provenance: dict[str, Any]
+) -> SubjectReport:
+    """Render the report of ``result`` (maps are read back from the run's NIfTI outputs)."""
+    channels = subject.channel_names
+    table = result.table
+    layout = result.layout
+    scale = _shared_scale(result, channels) if len(table) else 1.0
+    lesions = []
+    for row in table.to_dict(orient="records"):
+        lesion_id = int(row["id"])
+        saliency = np.stack(
+            [
+                np.asarray(nib.load(layout.smoothgrad(lesion_id, name)).dataobj, np.float32)
+                for name in channels
+            ]
+        )
+        cam_path = layout.gradcam(lesion_id, normalised=True)
+        cam = np.asarray(nib.load(cam_path).dataobj, np.float32) if cam_path.exists() else None
+        figure = lesion_figure(
+            list(subject.data),
+            channels,
+            saliency,
+            result.instances.mask(lesion_id),
+            subject.affine,
+            scale=scale,
+            gradcam=cam,
+            title=f"domain {lesion_id} ({row['type']})",
+        )
+        facts = [
+            ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
+            ("region", row["region"]),
+            (
+                "centroid (RAS mm)",
+                f"{row['centroid_x']:.1f}, {row['centroid_y']:.1f}, {row['centroid_z']:.1f}",
+            ),
+            ("probability mean / max", f"{row['prob_mean']:.3f} / {row['prob_max']:.3f}"),
+        ]
+        for name in channels:
+            facts.append(
+                (
+                    f"{name} peak / trough",
+                    f"{_format(row[f'peak_{name}'])} / {_format(row[f'trough_{name}'])}",
+                )
+            )
+            facts.append(
+                (
+                    f"{name} inside / ring mean",
+                    f"{_format(row[f'inside_mean_{name}'])} / {_format(row[f'ring_mean_{name}'])}",
+                )
+            )
+            facts.append((f"{name} reliance", _format(row[f"reliance_{name}"])))
+        facts.append(("Grad-CAM++ peak (raw)", _format(row["gradcam_peak"])))
+        lesions.append(
+            {
+                "id": lesion_id,
+                "type": row["type"],
+                "figure": _b64(figure_png(figure)),
+                "facts": facts,
+            }
+        )
+    summary_figures = []
+    if len(table):
+        summary_figures.append(
+            {
+                "alt": "peak saliency vs volume",
+                "data": _b64(figure_png(peak_vs_volume_figure(table, channels[0]), dpi=90)),
+            }
+        )
+        if len(channels) >= 2:
+            summary_figures.append(
+                {
+                    "alt": "modality reliance",
+                    "data": _b64(figure_png(reliance_figure(table, channels), dpi=90)),
+                }
+            )
+    settings = provenance["settings"]
+    resolved = provenance["resolved"]
+    card = provenance["model"]["card"]
+    counts = {k: v for k, v in provenance["counts"].items() if v}
+    counts_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no lesion"
+    run_rows = [
+        ("subject", provenance["subject"]),
+        ("inputs", ", ".join(i.get("path", "in memory") for i in provenance["inputs"])),
+        ("model", f"{card.get('name', 'user model')} — {card.get('architecture', '')}"),
+        ("channels", ", ".join(channels)),
+        ("threshold", resolved["threshold"]),
+        (
+            "SmoothGrad",
+            f"N = {settings['n_samples']}, noise {settings['noise_level']:.0%} "
+            f"({settings['noise_range']}), {settings['aggregation']} aggregation, "
+            f"{resolved['context']} context, engine {settings['engine']}",
+        ),
+        (
+            "Grad-CAM",
+            f"{settings['gradcam_variant']} at layer {resolved['gradcam_layer']}"
+            if settings["gradcam"]
+            else "off",
+        ),
+        ("seed", settings["seed"]),
+        ("domains", counts_text),
+        ("run time", f"{provenance['timings'].get('total_s', float('nan')):.1f} s"),
+        (
+            "versions",
+            ", ".join(f"{k} {v}" for k, v in provenance["versions"].items() if k != "platform"),
+        ),
+    ]
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template_text = (
+        resources.files("instasal.report").joinpath("templates/subject.html").read_text("utf-8")
+    )
+    columns = (
+        TABLE_COLUMNS_BASE
+        + [c for name in channels for c in (f"peak_{name}", f"trough_{name}", f"reliance_{name}")]
+        + ["gradcam_peak"]
+    )
+    rows = [{c: _format(r[c]) for c in columns} for r in table.to_dict(orient="records")]
+    html = environment.from_string(template_text).render(
+        subject=provenance["subject"],
+        model_name=card.get("name", "user model"),
+        counts_text=counts_text,
+        finished=provenance["finished"],
+        version=provenance["versions"]["instasal"],
+        reduced=settings["reduced"],
+        n_samples=settings["n_samples"],
+        max_lesions=settings["max_lesions"],
+        run_rows=[(k, _format(v)) for k, v in run_rows],
+        rows=rows,
+        columns=columns,
+        threshold=resolved["threshold"],
+        has_reference="reference" in provenance["extra_inputs"],
+        aggregation=settings["aggregation"],
+        summary_figures=summary_figures,
+        lesions=lesions,
+        scale=f"{scale:.3g}",
+        window_mm=int(2 * HALF_WINDOW_MM),
+    )
+    return SubjectReport(html)
+
+
+def write_subject_report(
+    result: ExplainResult, subject: Subject, provenance: dict[str, Any]
+) -> SubjectReport:
+    """Build the report of ``result`` and write it to the run's ``report.html``."""
+    report = build_subject_report(result, subject, provenance)
+    report.save_as_html(result.layout.report)
+    return report
