@@ -13,7 +13,7 @@ from instasal.cli._app import app, console
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 
-__all__ = ["demo", "explain", "phantom"]
+__all__ = ["cohort", "demo", "explain", "phantom"]
 
 
 @app.command()
@@ -170,3 +170,62 @@ def demo(
         )
     _print_summary(result)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+@app.command()
+def cohort(
+    dataset: Annotated[
+        Path, typer.Argument(help="BIDS-like dataset (e.g. from instasal phantom).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort output folder.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Built-in name or model path.")
+    ] = "unet",
+    executor: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    with_mean: Annotated[
+        bool, typer.Option(help="Also compute mean-aggregation maps (aggregation vs size).")
+    ] = False,
+    n_samples: Annotated[int, typer.Option(help="SmoothGrad noise samples N.")] = 50,
+    context: Annotated[str | None, typer.Option(help="patch or full.")] = None,
+    max_lesions: Annotated[
+        int | None, typer.Option(help="Explain at most this many domains per type.")
+    ] = None,
+    n_true_negatives: Annotated[int, typer.Option(help="TN domains per subject.")] = 10,
+    gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
+    seed: Annotated[int, typer.Option(help="Cohort seed (per-subject seeds derive from it).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Recompute everything.")] = False,
+) -> None:
+    """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
+    from instasal.pipeline.cohort import run_cohort
+
+    if executor not in ("local", "ray"):
+        raise ConfigurationError(f"--executor must be local or ray, got {executor!r}")
+    settings = _settings(
+        n_samples=n_samples,
+        context=context,
+        max_lesions=max_lesions,
+        n_true_negatives=n_true_negatives,
+        gradcam=gradcam,
+        seed=seed,
+    )
+    with pipeline_progress(console) as progress:
+        result = run_cohort(
+            dataset,
+            model,
+            out,
+            settings=settings,
+            executor=executor,  # type: ignore[arg-type]
+            address=address,
+            with_mean=with_mean,
+            overwrite=overwrite,
+            progress=progress,  # type: ignore[arg-type]
+        )
+    console.print(
+        f"{len(result.done)} subject(s) done ({len(result.skipped)} reused), "
+        f"{len(result.failed)} failed; {len(result.table)} domains in [bold]{result.table_path}[/]"
+    )
+    for subject_id, error in result.failed.items():
+        console.print(f"[red]failed[/] {subject_id}: {error}")
+    if result.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,308 @@
+"""Explain every subject of a BIDS-like dataset and gather one cohort lesion table.
+
+Survives reality: every subject's outputs and its status record are written atomically, so a run
+killed at any moment (even ``kill -9``) resumes where it stopped with nothing lost or corrupted; a
+failing subject is recorded and reported without stopping the others; seeds are derived per subject
+so results do not depend on the order or the executor. Executors: in-process (default) or Ray
+(``pip install instasal[ray]``), one task per subject.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from instasal.dataset import SubjectFiles, discover_dataset
+from instasal.errors import ConfigurationError, InstasalError, OutputExistsError
+from instasal.io import atomic_write_json, atomic_write_text
+from instasal.pipeline.explain import explain_subject, model_fingerprint
+from instasal.pipeline.settings import ExplainSettings, run_key
+from instasal.typing import PathLike
+
+__all__ = ["CohortResult", "Executor", "run_cohort", "subject_seed"]
+
+Executor = Literal["local", "ray"]
+CohortProgress = Callable[[str, float, float], None]
+
+
+def subject_seed(seed: int, subject_id: str) -> int:
+    """A seed for one subject, from the cohort seed and the subject id (order-independent)."""
+    sequence = np.random.SeedSequence([seed, zlib.crc32(subject_id.encode("utf-8"))])
+    return int(sequence.generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class CohortResult:
+    """What :func:`run_cohort` produced."""
+
+    out: Path
+    table: pd.DataFrame
+    done: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+    seconds_per_subject: float
+
+    @property
+    def table_path(self) -> Path:
+        return self.out / "lesions.tsv"
+
+
+def _status_path(out: Path, subject_id: str) -> Path:
+    return out / "status" / f"{subject_id}.json"
+
+
+def _read_status(out: Path, subject_id: str, key: str) -> dict[str, Any] | None:
+    path = _status_path(out, subject_id)
+    if not path.exists():
+        return None
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return dict(status) if status.get("cohort_key") == key else None
+
+
+def _explain_one(
+    subject: SubjectFiles,
+    model: Any,
+    out: Path,
+    settings: ExplainSettings,
+    key: str,
+    overwrite: bool,
+    with_mean: bool,
+) -> dict[str, Any]:
+    """Explain one subject (max aggregation, and mean when asked); return its status record."""
+    started = time.perf_counter()
+    subject_settings = replace(settings, seed=subject_seed(settings.seed, subject.subject_id))
+    status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
+    try:
+        runs = [("max", out / subject.subject_id)]
+        if with_mean:
+            runs.append(("mean", out / subject.subject_id / "mean"))
+        for aggregation, folder in runs:
+            explain_subject(
+                subject.images,
+                model,
+                folder,
+                reference=subject.lesion_mask,
+                tissue_mask=subject.wm_mask or subject.brain_mask,
+                regions=subject.regions,
+                settings=replace(
+                    subject_settings, aggregation=aggregation, gradcam=aggregation == "max"
+                ),
+                overwrite=overwrite,
+                report=aggregation == "max",
+            )
+        status |= {"state": "done"}
+    except InstasalError as error:
+        status |= {"state": "failed", "error": str(error)}
+    except Exception as error:  # a bug: recorded with its traceback, the cohort goes on
+        status |= {
+            "state": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+        }
+    status["seconds"] = time.perf_counter() - started
+    atomic_write_json(_status_path(out, subject.subject_id), status, overwrite=True)
+    return status
+
+
+def _gather(out: Path, subjects: Sequence[str], folder: str = "") -> pd.DataFrame:
+    frames = []
+    for subject_id in subjects:
+        root = out / subject_id / folder if folder else out / subject_id
+        tables = sorted(root.glob("*_lesions.tsv"))
+        if not tables:
+            continue
+        frame = pd.read_csv(tables[0], sep="\t", na_values=["n/a"], keep_default_na=False)
+        frame.insert(0, "subject", subject_id)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_cohort(
+    dataset: PathLike,
+    model: str,
+    out: PathLike,
+    *,
+    settings: ExplainSettings | None = None,
+    executor: Executor = "local",
+    address: str | None = None,
+    with_mean: bool = False,
+    overwrite: bool = False,
+    subjects: Sequence[str] | None = None,
+    progress: CohortProgress | None = None,
+) -> CohortResult:
+    """Run :func:`~instasal.pipeline.explain_subject` over every subject of ``dataset``.
+
+    Parameters
+    ----------
+    dataset
+        A BIDS-like folder (``instasal phantom`` output or a user's: FLAIR and T1w per subject,
+        optional lesion masks under ``derivatives/``).
+    model
+        A built-in name or a model path (loaded once per worker).
+    out
+        Cohort output folder: one sub-folder per subject, ``status/``, ``cohort.json`` and the
+        gathered ``lesions.tsv`` (and ``lesions_mean.tsv`` with ``with_mean``).
+    executor
+        ``"local"`` (in-process, default) or ``"ray"`` (one task per subject; ``address`` of an
+        existing cluster, else a local instance; one GPU per task when CUDA is there).
+    with_mean
+        Also compute mean-aggregation maps (for the aggregation-vs-size analysis).
+    overwrite
+        Recompute everything; without it a run with the same key resumes and skips finished
+        subjects, and a run with another key is refused.
+    subjects
+        Only these subject ids.
+    """
+    from instasal.models import load_model
+
+    settings = settings or ExplainSettings()
+    out = Path(out)
+    found = discover_dataset(dataset)
+    if subjects is not None:
+        wanted = set(subjects)
+        unknown = wanted - {s.subject_id for s in found}
+        if unknown:
+            raise ConfigurationError(f"{dataset}: no subject(s) {sorted(unknown)} in the dataset")
+        found = [s for s in found if s.subject_id in wanted]
+    network = load_model(model)
+    key = run_key(
+        {
+            "dataset": str(Path(dataset).resolve()),
+            "model": model_fingerprint(network),
+            "settings": settings.as_dict(),
+            "with_mean": with_mean,
+        }
+    )
+    manifest_path = out / "cohort.json"
+    if manifest_path.exists() and not overwrite:
+        previous = json.loads(manifest_path.read_text()).get("cohort_key")
+        if previous != key:
+            raise OutputExistsError(
+                f"{out}: holds a cohort run with other data, model or settings "
+                f"(key {previous}, now {key}); pass --overwrite to replace it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        manifest_path,
+        {
+            "cohort_key": key,
+            "dataset": str(dataset),
+            "model": model,
+            "settings": settings.as_dict(),
+            "with_mean": with_mean,
+            "executor": executor,
+            "subjects": [s.subject_id for s in found],
+        },
+        overwrite=True,
+    )
+    notify = progress or (lambda stage, done, total: None)
+    todo, skipped = [], []
+    for subject in found:
+        status = None if overwrite else _read_status(out, subject.subject_id, key)
+        if status is not None and status.get("state") == "done":
+            skipped.append(subject.subject_id)
+        else:
+            todo.append(subject)
+    total = len(found)
+    notify("subjects", len(skipped), total)
+    started = time.perf_counter()
+    if executor == "local":
+        statuses = []
+        for subject in todo:
+            notify(
+                f"subjects of cohort: explaining {subject.subject_id}",
+                len(skipped) + len(statuses),
+                total,
+            )
+            statuses.append(
+                _explain_one(subject, network, out, settings, key, overwrite, with_mean)
+            )
+            notify("subjects", len(skipped) + len(statuses), total)
+    elif executor == "ray":
+        statuses = _run_ray(
+            todo,
+            model,
+            out,
+            settings,
+            key,
+            overwrite,
+            with_mean,
+            address,
+            lambda done: notify("subjects", len(skipped) + done, total),
+        )
+    else:
+        raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
+    elapsed = time.perf_counter() - started
+    failed = {s["subject"]: s["error"] for s in statuses if s["state"] == "failed"}
+    done = [s.subject_id for s in found if s.subject_id not in failed]
+    table = _gather(out, done)
+    atomic_write_text(
+        out / "lesions.tsv", table.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
+    )
+    if with_mean:
+        mean_table = _gather(out, done, "mean")
+        atomic_write_text(
+            out / "lesions_mean.tsv",
+            mean_table.to_csv(sep="\t", index=False, na_rep="n/a"),
+            overwrite=True,
+        )
+    atomic_write_json(
+        out / "failures.json", {"failed": failed, "n_failed": len(failed)}, overwrite=True
+    )
+    per_subject = elapsed / len(todo) if todo else 0.0
+    return CohortResult(out, table, done, failed, skipped, per_subject)
+
+
+def _run_ray(
+    todo: list[SubjectFiles],
+    model: str,
+    out: Path,
+    settings: ExplainSettings,
+    key: str,
+    overwrite: bool,
+    with_mean: bool,
+    address: str | None,
+    on_done: Callable[[int], None],
+) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError as error:
+        raise ConfigurationError("executor 'ray' needs Ray: pip install 'instasal[ray]'") from error
+    import torch
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        gpus = 1 if torch.cuda.is_available() else 0
+
+        @ray.remote(num_gpus=gpus)
+        def task(subject: SubjectFiles) -> dict[str, Any]:
+            from instasal.models import load_model
+
+            return _explain_one(
+                subject, load_model(model), out, settings, key, overwrite, with_mean
+            )
+
+        pending = [task.remote(subject) for subject in todo]
+        statuses: list[dict[str, Any]] = []
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            statuses.extend(ray.get(ready))
+            on_done(len(statuses))
+        return statuses
+    finally:
+        if started_here:
+            ray.shutdown()

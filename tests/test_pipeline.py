@@ -1,0 +1,190 @@
+"""explain_subject end to end on a hand-analysable model: table values, resume, overwrite, errors.
+
+The model is a 1×1×1 convolution: lesion logit ``w_FLAIR·x_FLAIR + w_T1w·x_T1w + b`` and background
+logit 0. Its Jacobian row for output voxel v is ``w_k`` at input voxel v and zero elsewhere,
+whatever the noise, so every saliency column of the lesion table is known by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from instasal.errors import ImageError, ModelError, OutputExistsError
+from instasal.pipeline import ExplainSettings, explain_subject
+
+W_FLAIR, W_T1W, BIAS = 1.5, -0.5, -2.0
+SHAPE = (16, 16, 16)
+
+
+class LinearLesionModel(nn.Module):
+    def __init__(self, in_channels: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 2, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = W_FLAIR
+            self.conv.weight[1, 1] = W_T1W
+            self.conv.bias[1] = BIAS
+        names = ["FLAIR", "T1w", "T2w"][:in_channels]
+        self.card = {
+            "name": "linear-test",
+            "architecture": "1x1x1 convolution",
+            "channels": names,
+            "patch_size": list(SHAPE),
+            "threshold": 0.5,
+            "gradcam_layer": "conv",
+            "target": 1,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.fixture
+def subject_files(tmp_path: Path, rng: np.random.Generator):
+    """Two bright FLAIR blobs (one matched by the reference) on a noisy head; 2 mm voxels."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    flair = rng.normal(10.0, 1.0, SHAPE).astype(np.float32)
+    t1w = rng.normal(10.0, 1.0, SHAPE).astype(np.float32)
+    flair[3:6, 3:6, 3:6] = 40.0
+    flair[10:12, 10:13, 9:12] = 40.0
+    reference = np.zeros(SHAPE, np.uint8)
+    reference[4:7, 4:7, 4:7] = 1
+    reference[2:4, 12:14, 12:14] = 1  # a missed lesion
+    return {
+        "images": [
+            _write(tmp_path / "sub-01_FLAIR.nii.gz", flair, affine),
+            _write(tmp_path / "sub-01_T1w.nii.gz", t1w, affine),
+        ],
+        "reference": _write(tmp_path / "sub-01_lesions.nii.gz", reference, affine),
+        "affine": affine,
+    }
+
+
+SETTINGS = ExplainSettings(n_samples=3, n_true_negatives=2, context="full", seed=1)
+
+
+def test_table_values_match_the_hand_computed_jacobian(tmp_path, subject_files):
+    out = tmp_path / "out"
+    result = explain_subject(
+        subject_files["images"],
+        LinearLesionModel(),
+        out,
+        reference=subject_files["reference"],
+        settings=SETTINGS,
+    )
+    table = pd.read_csv(result.layout.table, sep="\t")
+    assert list(table["type"]) == ["TP", "FP", "FN", "TN", "TN"]
+    assert list(table["id"]) == [1, 2, 3, 4, 5]
+    assert list(table["volume_mm3"][:3]) == [27 * 8.0, 18 * 8.0, 8 * 8.0]
+    for row in table.itertuples():
+        domain = result.instances.mask(row.id)
+        # max aggregation of rows that are w_k·δ_v: w_k on Ω, 0 elsewhere
+        assert row.peak_FLAIR == pytest.approx(W_FLAIR)
+        assert row.inside_mean_FLAIR == pytest.approx(W_FLAIR)
+        assert row.ring_mean_FLAIR == 0.0
+        assert row.trough_T1w == pytest.approx(W_T1W)
+        assert row.peak_T1w == 0.0
+        assert row.reliance_FLAIR == pytest.approx(W_FLAIR / (W_FLAIR + abs(W_T1W)))
+        first = np.argwhere(domain)[0]
+        assert row.trough_T1w_voxel == ",".join(map(str, first))
+        saliency = nib.load(result.layout.smoothgrad(row.id, "FLAIR")).get_fdata()
+        np.testing.assert_allclose(saliency, W_FLAIR * domain, atol=1e-6)
+        assert nib.load(result.layout.smoothgrad(row.id, "FLAIR")).affine == pytest.approx(
+            subject_files["affine"]
+        )
+    probability = nib.load(result.layout.probability).get_fdata()
+    tp = result.instances.mask(1)
+    assert table["prob_max"][0] == pytest.approx(probability[tp].max(), rel=1e-5)
+    sidecar = json.loads(result.layout.table_sidecar.read_text())
+    assert set(table.columns) <= set(sidecar)
+    assert sidecar["peak_FLAIR"]["Units"].startswith("logit")
+    report = result.report.read_text()
+    assert "Domain 3" in report and "data:image/png;base64," in report
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert provenance["counts"]["TP"] == 1 and provenance["counts"]["FN"] == 1
+
+
+def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, subject_files):
+    def interrupt(stage: str, done: float, total: float) -> None:
+        if stage.startswith("saliency") and "5" in stage:
+            raise KeyboardInterrupt
+
+    settings = ExplainSettings(n_samples=2, n_true_negatives=2, context="full", seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        explain_subject(
+            subject_files["images"],
+            LinearLesionModel(),
+            tmp_path / "run",
+            reference=subject_files["reference"],
+            settings=settings,
+            progress=interrupt,
+        )
+    assert not (tmp_path / "run" / "sub-01_lesions.tsv").exists()
+    resumed = explain_subject(
+        subject_files["images"],
+        LinearLesionModel(),
+        tmp_path / "run",
+        reference=subject_files["reference"],
+        settings=settings,
+    )
+    assert resumed.reused_lesions == 4  # the first batch of four finished before the interrupt
+    clean = explain_subject(
+        subject_files["images"],
+        LinearLesionModel(),
+        tmp_path / "clean",
+        reference=subject_files["reference"],
+        settings=settings,
+    )
+    pd.testing.assert_frame_equal(resumed.table, clean.table)
+
+
+def test_other_settings_are_refused_without_overwrite(tmp_path, subject_files):
+    out = tmp_path / "out"
+    explain_subject(subject_files["images"], LinearLesionModel(), out, settings=SETTINGS)
+    changed = ExplainSettings(n_samples=4, context="full")
+    with pytest.raises(OutputExistsError, match=r"other inputs or settings.*--overwrite"):
+        explain_subject(subject_files["images"], LinearLesionModel(), out, settings=changed)
+    result = explain_subject(
+        subject_files["images"], LinearLesionModel(), out, settings=changed, overwrite=True
+    )
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert provenance["settings"]["n_samples"] == 4
+
+
+def test_model_with_other_channels_is_refused_before_any_work(tmp_path, subject_files):
+    with pytest.raises(ModelError, match="channel"):
+        explain_subject(subject_files["images"], LinearLesionModel(3), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reference_on_another_grid_names_the_file(tmp_path, subject_files):
+    moved = _write(tmp_path / "moved_mask.nii.gz", np.zeros(SHAPE, np.uint8), np.eye(4))
+    with pytest.raises(ImageError, match=r"moved_mask\.nii\.gz: affine differs"):
+        explain_subject(
+            subject_files["images"], LinearLesionModel(), tmp_path / "out", reference=moved
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, subject_files):
+    quiet = ExplainSettings(n_samples=2, context="full", threshold=0.9999)
+    result = explain_subject(
+        subject_files["images"], LinearLesionModel(), tmp_path / "o", settings=quiet
+    )
+    assert len(result.table) == 0
+    assert "No lesion was found" in result.report.read_text()
