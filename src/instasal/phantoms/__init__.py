@@ -1,0 +1,20 @@
+"""Phantom MS cohort on real anatomy: generated subjects with ground truth (issue 3 §4).
+
+No MS MRI can be had offline, so instasal makes its default data: the MNI152 2009 template shipped
+with nilearn, warped per subject, re-contrasted into FLAIR and T1w, with white-matter lesions where
+MS puts them and FLAIR hyperintensities that are not lesions.
+"""
+
+from instasal.phantoms.cohort import write_cohort
+from instasal.phantoms.lesions import REGION_LABELS, Lesion, LesionRegion
+from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
+
+__all__ = [
+    "REGION_LABELS",
+    "Lesion",
+    "LesionRegion",
+    "PhantomSubject",
+    "generation_parameters",
+    "make_phantom",
+    "write_cohort",
+]

@@ -1,0 +1,472 @@
+"""Subject anatomy for the phantom cohort: the MNI152 2009 template, warped and re-contrasted.
+
+The template and its tissue maps ship with nilearn (no download). A subject is the template seen
+through a smooth random deformation (affine jitter, a ventricle-centred expansion imitating atrophy,
+and a smooth free-form displacement), with its own tissue contrasts, bias fields and Rician noise.
+Every map and mask of a subject goes through the same warp, so they stay co-registered.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import numpy as np
+from scipy import ndimage
+
+from instasal.errors import ConfigurationError
+from instasal.typing import BoolArray, FloatArray
+
+__all__ = [
+    "BIAS_SPACING_MM",
+    "CONTRAST_RANGES",
+    "DEFORMATION_RANGES",
+    "FREE_FORM_SPACING_MM",
+    "VENTRICLE_EXPANSION_WIDTH_MM",
+    "WHITE_TEXTURE_SPACING_MM",
+    "Resolution",
+    "SubjectAnatomy",
+    "TemplateAnatomy",
+    "TissueContrast",
+    "add_rician_noise",
+    "load_template_anatomy",
+    "random_contrast",
+    "sample_trilinear",
+    "smooth_field",
+    "synthesise_images",
+    "warp_anatomy",
+]
+
+Resolution: TypeAlias = Literal[1, 2]
+
+# Subject deformation (uniform draws): affine scale and rotation about the grid centre, radial
+# expansion around the ventricles (Gaussian weight of width VENTRICLE_EXPANSION_WIDTH_MM), and the
+# RMS of a free-form displacement on a control grid FREE_FORM_SPACING_MM apart.
+DEFORMATION_RANGES: dict[str, tuple[float, float]] = {
+    "scale": (0.94, 1.06),
+    "rotation_deg": (-4.0, 4.0),
+    "ventricle_expansion": (0.0, 0.3),
+    "free_form_rms_mm": (1.0, 2.5),
+}
+VENTRICLE_EXPANSION_WIDTH_MM = 28.0
+FREE_FORM_SPACING_MM = 30.0
+BIAS_SPACING_MM = 60.0
+WHITE_TEXTURE_SPACING_MM = 6.0
+
+# Central box (world mm) that seeds the ventricle mask: the bodies of the lateral ventricles.
+_VENTRICLE_SEED_BOX = ((-22.0, 22.0), (-30.0, 15.0), (5.0, 30.0))
+# Deep grey matter (thalamus, basal ganglia) is excluded from "cortex" by this world box.
+_DEEP_GREY_BOX = ((-34.0, 34.0), (-38.0, 28.0), (-14.0, 22.0))
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateAnatomy:
+    """The MNI152 2009 template on one grid, with the maps phantoms are built from.
+
+    Attributes
+    ----------
+    t1
+        Template T1 contrast in [0, 1], zero outside the brain.
+    grey, white, csf
+        Tissue probabilities; ``csf`` is what the brain mask holds beyond grey and white matter.
+    brain
+        Brain probability (the template's binary mask, pooled at 2 mm).
+    ventricles
+        Lateral and third ventricles as a 0/1 map.
+    distance_ventricles, distance_cortex, distance_exterior
+        Euclidean distances in mm to the ventricles, to cortical grey matter (grey matter
+        outside the deep grey nuclei) and to the outside of the brain.
+    affine
+        Voxel-to-world matrix (1 or 2 mm isotropic, MNI space).
+    resolution
+        Voxel size in mm.
+    """
+
+    t1: FloatArray
+    grey: FloatArray
+    white: FloatArray
+    csf: FloatArray
+    brain: FloatArray
+    ventricles: FloatArray
+    distance_ventricles: FloatArray
+    distance_cortex: FloatArray
+    distance_exterior: FloatArray
+    affine: np.ndarray
+    resolution: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The grid shape ``(X, Y, Z)``."""
+        x, y, z = self.t1.shape
+        return (int(x), int(y), int(z))
+
+    def world_to_voxel(self, world: FloatArray) -> FloatArray:
+        """Map world (RAS mm) coordinates ``[..., 3]`` to voxel coordinates of this grid."""
+        inverse = np.linalg.inv(self.affine)
+        return np.asarray(world, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def voxel_to_world(self, voxels: FloatArray) -> FloatArray:
+        """Map voxel coordinates ``[..., 3]`` of this grid to world (RAS mm) coordinates."""
+        return np.asarray(voxels, dtype=np.float64) @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution not in (1, 2):
+        raise ConfigurationError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
+
+
+def _pool_to_2mm(volume: FloatArray) -> FloatArray:
+    """Average a 1 mm volume over 2 mm voxels centred on every second 1 mm voxel.
+
+    A 2 mm voxel centred on 1 mm voxel ``2i`` covers that voxel and half of each neighbour, hence
+    the weights (1/4, 1/2, 1/4) per axis; this is the partial-volume average, not point sampling.
+    """
+    pooled = volume.astype(np.float32)
+    for axis in range(3):
+        pooled = ndimage.correlate1d(pooled, [0.25, 0.5, 0.25], axis=axis, mode="constant")
+    return np.ascontiguousarray(pooled[::2, ::2, ::2])
+
+
+def _box_mask(anatomy_affine: np.ndarray, shape: tuple[int, ...], box: tuple) -> BoolArray:
+    axes = [
+        anatomy_affine[axis, axis] * np.arange(shape[axis]) + anatomy_affine[axis, 3]
+        for axis in range(3)
+    ]
+    inside = [
+        (low <= values) & (values <= high) for values, (low, high) in zip(axes, box, strict=True)
+    ]
+    return inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+
+
+@functools.lru_cache(maxsize=2)
+def load_template_anatomy(resolution: Resolution = 2) -> TemplateAnatomy:
+    """Load (once per process) the MNI152 2009 template and tissue maps shipped with nilearn.
+
+    The 2 mm version is the 1 mm data averaged over 2 mm voxels (partial volume kept), on the grid
+    nilearn uses for ``resolution=2``.
+
+    Parameters
+    ----------
+    resolution
+        Voxel size in mm, 1 or 2.
+
+    Returns
+    -------
+    TemplateAnatomy
+        Maps, masks and distance maps on the chosen grid.
+    """
+    _check_resolution(resolution)
+    from nilearn import datasets
+
+    template = datasets.load_mni152_template(resolution=1)
+    maps = {
+        "t1": np.asarray(template.get_fdata(), dtype=np.float32),
+        "grey": np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32),
+        "white": np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32),
+        "brain": np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), np.float32),
+    }
+    affine = np.asarray(template.affine, dtype=np.float64)
+    if resolution == 2:
+        maps = {name: _pool_to_2mm(volume) for name, volume in maps.items()}
+        affine = affine.copy()
+        affine[:3, :3] *= 2.0
+    brain = np.clip(maps["brain"], 0.0, 1.0)
+    grey = np.clip(maps["grey"], 0.0, 1.0) * brain
+    white = np.clip(maps["white"], 0.0, 1.0) * brain
+    csf = np.clip(brain - grey - white, 0.0, 1.0)
+    t1 = np.clip(maps["t1"], 0.0, 1.0) * brain
+    spacing = (float(resolution),) * 3
+    shape = t1.shape
+    brain_mask = brain >= 0.5
+    distance_exterior = ndimage.distance_transform_edt(brain_mask, sampling=spacing)
+    ventricles = _ventricle_mask(csf, distance_exterior, affine, shape)
+    cortex = (grey >= 0.5) & ~_box_mask(affine, shape, _DEEP_GREY_BOX)
+    return TemplateAnatomy(
+        t1=t1,
+        grey=grey,
+        white=white,
+        csf=csf,
+        brain=brain,
+        ventricles=ventricles.astype(np.float32),
+        distance_ventricles=_distance_to(ventricles, spacing),
+        distance_cortex=_distance_to(cortex, spacing),
+        distance_exterior=distance_exterior.astype(np.float32),
+        affine=affine,
+        resolution=resolution,
+    )
+
+
+def _distance_to(mask: BoolArray, spacing: tuple[float, ...]) -> FloatArray:
+    return np.asarray(ndimage.distance_transform_edt(~mask, sampling=spacing), dtype=np.float32)
+
+
+def _ventricle_mask(
+    csf: FloatArray, distance_exterior: FloatArray, affine: np.ndarray, shape: tuple[int, ...]
+) -> BoolArray:
+    """Lateral and third ventricles: deep CSF connected to the lateral ventricle bodies."""
+    deep_csf = (csf >= 0.5) & (distance_exterior >= 8.0)
+    labels, _ = ndimage.label(deep_csf)
+    seeds = np.unique(labels[_box_mask(affine, shape, _VENTRICLE_SEED_BOX) & deep_csf])
+    return np.isin(labels, seeds[seeds > 0])
+
+
+def smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], resolution: float, spacing_mm: float
+) -> FloatArray:
+    """A smooth random field of unit standard deviation on a grid of ``shape``.
+
+    Gaussian bumps on a control grid ``spacing_mm`` apart with random weights, evaluated as a tensor
+    product (three small matrix products), so a 1 mm field costs a fraction of a second.
+    """
+    field = rng.normal(size=tuple(int(np.ceil(n * resolution / spacing_mm)) + 3 for n in shape))
+    for axis, size in enumerate(shape):
+        positions = np.arange(size) * resolution
+        controls = (np.arange(field.shape[axis]) - 1.0) * spacing_mm
+        basis = np.exp(-0.5 * ((positions[:, None] - controls[None, :]) / spacing_mm) ** 2)
+        field = np.moveaxis(np.tensordot(basis, np.moveaxis(field, axis, 0), axes=1), 0, axis)
+    field = field.astype(np.float32)
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectAnatomy:
+    """A subject's warped anatomy on the template grid.
+
+    Attributes
+    ----------
+    template
+        The template it was warped from.
+    t1, grey, white, csf, ventricles
+        Warped maps (zero outside the brain).
+    brain_mask, white_mask
+        Brain (warped brain probability ≥ 0.5) and white matter (warped WM probability ≥ 0.5).
+    coordinates, crop_lower
+        ``[3, x, y, z]`` template voxel coordinates each subject voxel of the computed box (which
+        starts at voxel ``crop_lower``) was taken from; region rules (distances to ventricles and
+        cortex, the tentorium) are evaluated there, so they follow the anatomy through the warp.
+    """
+
+    template: TemplateAnatomy
+    t1: FloatArray
+    grey: FloatArray
+    white: FloatArray
+    csf: FloatArray
+    ventricles: FloatArray
+    brain_mask: BoolArray
+    white_mask: BoolArray
+    coordinates: FloatArray
+    crop_lower: tuple[int, int, int]
+
+    def to_template(self, voxels: np.ndarray) -> FloatArray:
+        """Template voxel coordinates ``[N, 3]`` of subject voxels ``[N, 3]`` (integer indices)."""
+        local = np.asarray(voxels, dtype=np.int64) - np.asarray(self.crop_lower)
+        upper = np.array(self.coordinates.shape[1:]) - 1
+        local = np.clip(local, 0, upper)
+        return self.coordinates[:, local[:, 0], local[:, 1], local[:, 2]].T.astype(np.float64)
+
+
+def sample_trilinear(volumes: FloatArray, coordinates: FloatArray) -> FloatArray:
+    """Sample ``volumes`` ``[C, X, Y, Z]`` at voxel ``coordinates`` ``[3, N]``, trilinearly.
+
+    One set of corner indices and weights serves every channel (scipy's ``map_coordinates`` would
+    recompute them per channel at several times the cost).
+    """
+    shape = volumes.shape[1:]
+    strides = (shape[1] * shape[2], shape[2], 1)
+    flat_base = np.zeros(coordinates.shape[1], dtype=np.int64)
+    weights: list[tuple[FloatArray, FloatArray]] = []
+    for axis in range(3):
+        clipped = np.clip(coordinates[axis], np.float32(0.0), np.float32(shape[axis] - 1.001))
+        base = clipped.astype(np.int64)
+        fraction = clipped - base.astype(np.float32)
+        weights.append((1.0 - fraction, fraction))
+        flat_base += base * strides[axis]
+    flat = volumes.reshape(volumes.shape[0], -1)
+    out = np.zeros((volumes.shape[0], coordinates.shape[1]), dtype=np.float32)
+    for corner in range(8):
+        offsets = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+        weight = weights[0][offsets[0]] * weights[1][offsets[1]] * weights[2][offsets[2]]
+        shift = sum(offset * stride for offset, stride in zip(offsets, strides, strict=True))
+        out += weight * flat[:, flat_base + shift]
+    return out
+
+
+def _deformation(
+    rng: np.random.Generator, template: TemplateAnatomy, lower: np.ndarray, upper: np.ndarray
+) -> FloatArray:
+    """Template voxel coordinates ``[3, x, y, z]`` of the subject voxels in ``[lower, upper)``.
+
+    Composes, from subject to template: a smooth free-form displacement (RMS 1–2.5 mm), a radial
+    expansion around the ventricles (enlarged ventricles of atrophy, up to ~30 %), and a small
+    affine (±6 % scale, ±4° rotation) about the brain centre.
+    """
+    resolution = float(template.resolution)
+    crop_shape = tuple(int(n) for n in upper - lower)
+    grid = [np.arange(lo, hi, dtype=np.float32) for lo, hi in zip(lower, upper, strict=True)]
+    centre = np.array(template.shape, dtype=np.float32) / 2.0
+    ventricle_centre = np.argwhere(template.ventricles > 0.5).mean(axis=0).astype(np.float32)
+    angles = np.deg2rad(rng.uniform(*DEFORMATION_RANGES["rotation_deg"], size=3))
+    scales = np.diag(rng.uniform(*DEFORMATION_RANGES["scale"], size=3))
+    rotation = (_rotation_matrix(angles) @ scales).astype(np.float32)
+    displacement_mm = rng.uniform(*DEFORMATION_RANGES["free_form_rms_mm"])
+    expansion = rng.uniform(*DEFORMATION_RANGES["ventricle_expansion"])
+    width = np.float32(VENTRICLE_EXPANSION_WIDTH_MM / resolution)
+    relative = [axis_grid - ventricle_centre[axis] for axis, axis_grid in enumerate(grid)]
+    radius2 = (
+        relative[0][:, None, None] ** 2
+        + relative[1][None, :, None] ** 2
+        + relative[2][None, None, :] ** 2
+    )
+    shrink = 1.0 - expansion * np.exp(-0.5 * radius2 / width**2)
+    coordinates = np.empty((3, *crop_shape), dtype=np.float32)
+    expanded = []
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        point = ventricle_centre[axis] + relative[axis].reshape(shape) * shrink - centre[axis]
+        expanded.append(point)
+    for axis in range(3):
+        value = centre[axis] + rotation[axis, 0] * expanded[0]
+        value = value + rotation[axis, 1] * expanded[1] + rotation[axis, 2] * expanded[2]
+        field = smooth_field(rng, crop_shape, resolution, FREE_FORM_SPACING_MM)
+        coordinates[axis] = value + field * (displacement_mm / resolution)
+    return coordinates
+
+
+def _rotation_matrix(angles: np.ndarray) -> np.ndarray:
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    about_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    about_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return about_z @ about_y @ about_x
+
+
+def warp_anatomy(rng: np.random.Generator, template: TemplateAnatomy) -> SubjectAnatomy:
+    """Draw a random smooth deformation and warp every template map through it.
+
+    Only the brain's bounding box (with a margin for the deformation) is computed; the brain
+    probability is warped first, and the other maps only where it is non-zero.
+    """
+    brain_voxels = np.argwhere(template.brain > 0)
+    margin = int(np.ceil(16.0 / template.resolution))
+    shape = np.array(template.shape)
+    lower = np.maximum(brain_voxels.min(axis=0) - margin, 0)
+    upper = np.minimum(brain_voxels.max(axis=0) + 1 + margin, shape)
+    crop_shape = tuple(int(n) for n in upper - lower)
+    coordinates = _deformation(rng, template, lower, upper)
+    flat_coordinates = coordinates.reshape(3, -1)
+    brain = sample_trilinear(template.brain[None], flat_coordinates)[0]
+    inside = np.flatnonzero(brain >= 0.5)
+    stack = np.stack([template.t1, template.grey, template.white, template.ventricles])
+    sampled = sample_trilinear(stack, flat_coordinates[:, inside])
+    crop = tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper, strict=True))
+    maps = []
+    for channel in sampled:
+        crop_map = np.zeros(brain.size, dtype=np.float32)
+        crop_map[inside] = channel
+        full = np.zeros(template.shape, dtype=np.float32)
+        full[crop] = crop_map.reshape(crop_shape)
+        maps.append(full)
+    t1, grey, white, ventricles = maps
+    brain_mask = np.zeros(template.shape, dtype=bool)
+    brain_mask[crop] = (brain >= 0.5).reshape(crop_shape)
+    csf = np.clip(brain_mask - grey - white, 0.0, 1.0)
+    return SubjectAnatomy(
+        template=template,
+        t1=t1,
+        grey=grey,
+        white=white,
+        csf=csf,
+        ventricles=ventricles,
+        brain_mask=brain_mask,
+        white_mask=(white >= 0.5) & brain_mask,
+        coordinates=coordinates,
+        crop_lower=(int(lower[0]), int(lower[1]), int(lower[2])),
+    )
+
+
+# Per-subject acquisition ranges (uniform draws): FLAIR intensities relative to white matter, the
+# T1w gamma, scanner units, Rician noise sigma and bias-field amplitude (log scale) per modality.
+CONTRAST_RANGES: dict[str, tuple[float, float]] = {
+    "flair_grey": (1.22, 1.42),
+    "flair_csf": (0.08, 0.22),
+    "flair_scale": (300.0, 700.0),
+    "t1_gamma": (0.85, 1.2),
+    "t1_scale": (600.0, 1400.0),
+    "flair_noise": (0.025, 0.06),
+    "t1_noise": (0.015, 0.04),
+    "flair_bias": (0.05, 0.18),
+    "t1_bias": (0.05, 0.15),
+}
+
+
+@dataclass(frozen=True)
+class TissueContrast:
+    """One subject's acquisition: tissue intensities, T1w gamma, field and noise levels.
+
+    FLAIR intensities are relative to white matter (1.0); T1w keeps the template's contrast raised
+    to ``t1_gamma``. ``*_scale`` are the scanner's arbitrary units; noise levels are fractions of
+    white-matter intensity.
+    """
+
+    flair_grey: float
+    flair_csf: float
+    flair_scale: float
+    t1_gamma: float
+    t1_scale: float
+    flair_noise: float
+    t1_noise: float
+    flair_bias: float
+    t1_bias: float
+
+
+def random_contrast(rng: np.random.Generator) -> TissueContrast:
+    """Draw one subject's contrast, each field uniform within :data:`CONTRAST_RANGES`."""
+    return TissueContrast(
+        **{name: float(rng.uniform(low, high)) for name, (low, high) in CONTRAST_RANGES.items()}
+    )
+
+
+def synthesise_images(
+    anatomy: SubjectAnatomy, contrast: TissueContrast, rng: np.random.Generator
+) -> tuple[FloatArray, FloatArray]:
+    """Noise-free FLAIR and T1w of a subject, in units where white matter is 1.
+
+    FLAIR mixes tissue intensities by the partial-volume maps (CSF suppressed, grey matter brighter
+    than white matter), with a faint smooth texture in white matter; T1w is the warped template
+    contrast with a gamma, scaled so that white matter is 1.
+    """
+    texture = smooth_field(
+        rng, anatomy.t1.shape, anatomy.template.resolution, WHITE_TEXTURE_SPACING_MM
+    )
+    flair = (
+        anatomy.white * (1.0 + 0.025 * texture)
+        + contrast.flair_grey * anatomy.grey
+        + contrast.flair_csf * anatomy.csf
+    )
+    white_t1 = float(np.median(anatomy.t1[anatomy.white >= 0.9]))
+    t1w = (anatomy.t1 / white_t1) ** contrast.t1_gamma
+    return flair.astype(np.float32), t1w.astype(np.float32)
+
+
+def add_rician_noise(
+    image: FloatArray,
+    mask: BoolArray,
+    sigma: float,
+    bias_amplitude: float,
+    rng: np.random.Generator,
+    resolution: float,
+) -> FloatArray:
+    """Multiply by a smooth bias field, then take the magnitude of complex Gaussian noise.
+
+    The result is zero outside ``mask`` (skull-stripped), and non-negative everywhere.
+    """
+    bias = np.exp(bias_amplitude * smooth_field(rng, image.shape, resolution, BIAS_SPACING_MM))
+    signal = (image * bias)[mask]
+    real = signal + rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
+    imaginary = rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
+    out = np.zeros(image.shape, dtype=np.float32)
+    out[mask] = np.sqrt(real * real + imaginary * imaginary)
+    return out
