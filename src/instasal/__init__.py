@@ -12,7 +12,14 @@ from instasal.errors import (
 )
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import Subject, read_subject
-from instasal.saliency import instance_smoothgrad, instance_smoothgrad_many
+from instasal.saliency import (
+    instance_gradcam,
+    instance_gradcam_many,
+    instance_smoothgrad,
+    instance_smoothgrad_many,
+    normalise_map,
+    patch_full_agreement,
+)
 
 __version__ = "0.1.0"
 
@@ -28,7 +35,11 @@ __all__ = [
     "__version__",
     "classify_instances",
     "find_instances",
+    "instance_gradcam",
+    "instance_gradcam_many",
     "instance_smoothgrad",
     "instance_smoothgrad_many",
+    "normalise_map",
+    "patch_full_agreement",
     "read_subject",
 ]

@@ -1,0 +1,91 @@
+"""How far the ``patch`` context is from the ``full`` one for a model (SPEC §2, Context)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from instasal.errors import ConfigurationError
+from instasal.saliency.context import resolve_patch_size, resolve_size_divisibility, window_for
+from instasal.saliency.inputs import as_domain, as_input
+from instasal.saliency.smoothgrad import instance_smoothgrad
+
+__all__ = ["map_agreement", "patch_full_agreement"]
+
+
+def map_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Agreement of two maps of one shape.
+
+    Returns
+    -------
+    dict
+        ``correlation`` (Pearson, over all entries), ``max_abs_difference``,
+        ``relative_max_difference`` (that divided by the reference's largest magnitude) and
+        ``peak_relative_difference`` (largest over channels of ``|peak − peak_ref| / |peak_ref|``,
+        the peak being the maximum of a channel, the lesion table's ``peak_<channel>``).
+    """
+    if candidate.shape != reference.shape:
+        raise ConfigurationError(
+            f"maps to compare must have one shape, got {tuple(candidate.shape)} and "
+            f"{tuple(reference.shape)}"
+        )
+    a = candidate.detach().double().reshape(-1)
+    b = reference.detach().double().reshape(-1)
+    centred_a, centred_b = a - a.mean(), b - b.mean()
+    norm = centred_a.norm() * centred_b.norm()
+    correlation = float((centred_a @ centred_b) / norm) if norm > 0 else float("nan")
+    difference = float((a - b).abs().max())
+    scale = float(b.abs().max())
+    peaks = candidate.detach().double().reshape(candidate.shape[0], -1).amax(dim=1)
+    reference_peaks = reference.detach().double().reshape(reference.shape[0], -1).amax(dim=1)
+    peak_gap = (peaks - reference_peaks).abs() / reference_peaks.abs()
+    return {
+        "correlation": correlation,
+        "max_abs_difference": difference,
+        "relative_max_difference": difference / scale if scale > 0 else float("nan"),
+        "peak_relative_difference": float(peak_gap.max()),
+    }
+
+
+def patch_full_agreement(
+    model: nn.Module, x: Any, domain: Any, **smoothgrad_kwargs: Any
+) -> dict[str, float]:
+    """Compare instance SmoothGrad with ``context="patch"`` against ``context="full"`` (SPEC §2).
+
+    Parameters
+    ----------
+    model, x, domain
+        As in :func:`instasal.saliency.instance_smoothgrad`.
+    **smoothgrad_kwargs
+        Any other keyword of :func:`instasal.saliency.instance_smoothgrad` but ``context``,
+        used for both maps (same seed, so both see the same noisy voxels).
+
+    Returns
+    -------
+    dict
+        The entries of :func:`map_agreement` (patch against full) and ``full_mass_outside_patch``,
+        the fraction of the full map's absolute sum that lies outside the patch.
+    """
+    if "context" in smoothgrad_kwargs:
+        raise ConfigurationError(
+            "patch_full_agreement computes both contexts; do not pass context, "
+            f"got context={smoothgrad_kwargs['context']!r}"
+        )
+    full = instance_smoothgrad(model, x, domain, context="full", **smoothgrad_kwargs)
+    patch = instance_smoothgrad(model, x, domain, context="patch", **smoothgrad_kwargs)
+    spatial = tuple(as_input(x).shape[1:])
+    window = window_for(
+        as_domain(domain, spatial),
+        "patch",
+        patch_size=resolve_patch_size(model, smoothgrad_kwargs.get("patch_size"), len(spatial)),
+        size_divisibility=resolve_size_divisibility(
+            model, smoothgrad_kwargs.get("size_divisibility")
+        ),
+    )
+    total = float(full.abs().sum())
+    inside = float(window.crop(full).abs().sum())
+    result = map_agreement(patch, full)
+    result["full_mass_outside_patch"] = (total - inside) / total if total > 0 else 0.0
+    return result

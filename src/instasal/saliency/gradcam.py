@@ -1,0 +1,263 @@
+"""Instance Grad-CAM++ and Grad-CAM (SPEC §3): qualitative maps at a chosen layer.
+
+The instance score is ``s_Ω(x) = Σ_{v∈Ω} f_c(x)[v]``; with activations ``A`` of the layer and
+``G = ∂s_Ω/∂A``:
+
+- Grad-CAM++: ``α_k[i] = G_k[i]² / (2·G_k[i]² + Σ_j A_k[j]·G_k[i]³)`` (0 where the denominator is
+  0), ``w_k = Σ_i α_k[i]·ReLU(G_k[i])``;
+- Grad-CAM: ``w_k = mean_i G_k[i]``;
+
+and ``M = ReLU(Σ_k w_k A_k)``, trilinearly upsampled to the input grid (or to the patch, then
+placed). The map is raw; :func:`normalise_map` gives the separately named [0, 1] copy.
+
+Note: MONAI's ``GradCAMpp`` sums ``A_k[j]·G_k[j]³`` inside the denominator (SPEC §3 and the
+Grad-CAM++ paper keep ``G_k[i]³`` outside the sum); the two agree where ``G`` is constant per
+channel.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instasal.errors import ConfigurationError, ModelError
+from instasal.saliency.context import (
+    Window,
+    resolve_patch_size,
+    resolve_size_divisibility,
+    window_for,
+)
+from instasal.saliency.inputs import as_domain, as_input, run_target_logits
+from instasal.saliency.model_state import inference_state, model_device
+from instasal.typing import Context
+
+__all__ = [
+    "CamVariant",
+    "LayerCapture",
+    "cam_from_activations",
+    "capture_layer",
+    "instance_gradcam",
+    "instance_gradcam_many",
+    "normalise_map",
+]
+
+CamVariant: TypeAlias = Literal["gradcam++", "gradcam"]
+_VARIANTS = ("gradcam++", "gradcam")
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+@dataclass
+class LayerCapture:
+    """The activations a layer produced in the forward passes run inside :func:`capture_layer`."""
+
+    name: str
+    activations: list[torch.Tensor] = field(default_factory=list)
+
+    def hook(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise ModelError(
+                f"layer {self.name!r} returns {type(output).__name__}, not a tensor; "
+                "choose a layer whose output is one activation tensor"
+            )
+        self.activations.append(output)
+        # Later in-place operations (e.g. an inplace ReLU) act on this copy, not on A itself.
+        return output.clone()
+
+
+def _module(model: nn.Module, layer: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if layer in modules and layer != "":
+        return modules[layer]
+    names = [name for name in modules if name]
+    nearby = difflib.get_close_matches(layer, names, n=5, cutoff=0.4) or names[:5]
+    raise ConfigurationError(
+        f"layer {layer!r} is not a module of the model (names as in model.named_modules()); "
+        f"nearby names: {', '.join(nearby)}"
+    )
+
+
+@contextmanager
+def capture_layer(model: nn.Module, layer: str) -> Iterator[LayerCapture]:
+    """Record the output of ``model``'s module ``layer`` during the block.
+
+    The forward hook is removed in ``finally``: none is left behind, also after an exception.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``layer`` is not a name from ``model.named_modules()`` (nearby names are listed).
+    """
+    capture = LayerCapture(layer)
+    handle = _module(model, layer).register_forward_hook(capture.hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
+def cam_from_activations(
+    activations: torch.Tensor, gradients: torch.Tensor, variant: CamVariant
+) -> torch.Tensor:
+    """``M = ReLU(Σ_k w_k A_k)`` on the layer's grid from ``A`` and ``G`` ``[K', *S]`` (SPEC §3)."""
+    channels = activations.shape[0]
+    flat_a = activations.reshape(channels, -1)
+    flat_g = gradients.reshape(channels, -1)
+    if variant == "gradcam":
+        weights = flat_g.mean(dim=1)
+    else:
+        squared = flat_g.pow(2)
+        denominator = 2 * squared + flat_a.sum(dim=1, keepdim=True) * flat_g.pow(3)
+        safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = torch.where(denominator != 0, squared / safe, torch.zeros_like(squared))
+        weights = (alpha * F.relu(flat_g)).sum(dim=1)
+    combined = (weights.reshape(channels, *[1] * (activations.ndim - 1)) * activations).sum(0)
+    return F.relu(combined)
+
+
+def _upsample(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(cam.shape) == tuple(size):
+        return cam
+    mode = _INTERPOLATION[len(size)]
+    return F.interpolate(cam[None, None], size=tuple(size), mode=mode, align_corners=False)[0, 0]
+
+
+def normalise_map(saliency_map: torch.Tensor) -> torch.Tensor:
+    """The [0, 1] copy of a map: ``(m − min) / (max − min)``; all zeros for a constant map.
+
+    For display only (Grad-CAM, SPEC §3). SmoothGrad maps are quantitative and are never rescaled.
+    """
+    low, high = saliency_map.min(), saliency_map.max()
+    if high == low:
+        return torch.zeros_like(saliency_map)
+    return (saliency_map - low) / (high - low)
+
+
+def instance_gradcam_many(
+    model: nn.Module,
+    x: Any,
+    domains: Mapping[int, Any],
+    *,
+    layer: str,
+    variant: CamVariant = "gradcam++",
+    target: int = 1,
+    context: Context = "full",
+    patch_size: int | Sequence[int] | None = None,
+    size_divisibility: int | None = None,
+) -> dict[int, torch.Tensor]:
+    """Instance Grad-CAM maps ``[X, Y, Z]`` of several domains, one forward pass per window.
+
+    Equal to one :func:`instance_gradcam` call per domain; arguments as there.
+    """
+    if variant not in _VARIANTS:
+        raise ConfigurationError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+    if context not in ("full", "patch"):
+        raise ConfigurationError(f"context must be one of ('full', 'patch'), got {context!r}")
+    x = as_input(x)
+    spatial = tuple(x.shape[1:])
+    ids = list(domains)
+    masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
+    if context == "patch":
+        sizes = resolve_patch_size(model, patch_size, len(spatial))
+        divisibility = resolve_size_divisibility(model, size_divisibility)
+        windows = [
+            window_for(m, "patch", patch_size=sizes, size_divisibility=divisibility) for m in masks
+        ]
+    else:
+        windows = [window_for(m, "full") for m in masks]
+    groups: dict[Window, list[int]] = {}
+    for index, window in enumerate(windows):
+        groups.setdefault(window, []).append(index)
+
+    device = model_device(model)
+    maps: dict[int, torch.Tensor] = {}
+    with inference_state(model), torch.enable_grad(), capture_layer(model, layer) as capture:
+        for window, members in groups.items():
+            inputs = window.crop(x.detach().to(device)).unsqueeze(0).clone().requires_grad_(True)
+            capture.activations.clear()
+            logits = run_target_logits(model, inputs, target)
+            if len(capture.activations) != 1:
+                raise ConfigurationError(
+                    f"layer {layer!r} ran {len(capture.activations)} times in one forward pass; "
+                    "choose a layer that runs exactly once"
+                )
+            activations = capture.activations[0]
+            for index in members:
+                score = logits[masks[index][window.slices].to(device)].sum()
+                (gradients,) = torch.autograd.grad(
+                    score, activations, retain_graph=True, allow_unused=True
+                )
+                if gradients is None:
+                    raise ConfigurationError(
+                        f"layer {layer!r} does not influence the model's output; choose a layer "
+                        "on the path to the logits"
+                    )
+                cam = cam_from_activations(activations[0].detach(), gradients[0], variant)
+                placed = window.place(_upsample(cam, window.size), spatial)
+                maps[ids[index]] = placed.to(x.device)
+            del logits, activations
+    return {domain_id: maps[domain_id] for domain_id in ids}
+
+
+def instance_gradcam(
+    model: nn.Module,
+    x: Any,
+    domain: Any,
+    *,
+    layer: str,
+    variant: CamVariant = "gradcam++",
+    target: int = 1,
+    context: Context = "full",
+    patch_size: int | Sequence[int] | None = None,
+    size_divisibility: int | None = None,
+) -> torch.Tensor:
+    """Instance Grad-CAM++ (or Grad-CAM) map of one domain Ω, raw, on the input grid (SPEC §3, §5).
+
+    Parameters
+    ----------
+    model
+        Any module mapping ``[B, C, X, Y, Z]`` to logits ``[B, K, X, Y, Z]`` (eval mode while the
+        map is computed; modes and flags restored; its hook removed, also after an exception).
+    x
+        One subject ``[C, X, Y, Z]``; not modified.
+    domain
+        Boolean ``[X, Y, Z]``: the voxels of Ω whose target logits make the instance score.
+    layer
+        A name from ``model.named_modules()``; its output must be one activation tensor. The authors
+        used MONAI's UNet's second decoder level, ``"model.1.submodule.2.conv"`` in their build.
+    variant
+        ``"gradcam++"`` or ``"gradcam"``.
+    target
+        Output channel (as in :func:`instasal.saliency.instance_smoothgrad`).
+    context, patch_size, size_divisibility
+        As in :func:`instasal.saliency.instance_smoothgrad`: ``"patch"`` computes the map on one
+        patch around Ω and places it, zero outside.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[X, Y, Z]``, non-negative, unnormalised (see :func:`normalise_map` for the [0, 1] copy).
+
+    Raises
+    ------
+    ConfigurationError
+        On an unknown layer (nearby names listed) or variant, or the input errors of
+        :func:`instasal.saliency.instance_smoothgrad`.
+    """
+    return instance_gradcam_many(
+        model,
+        x,
+        {0: domain},
+        layer=layer,
+        variant=variant,
+        target=target,
+        context=context,
+        patch_size=patch_size,
+        size_divisibility=size_divisibility,
+    )[0]

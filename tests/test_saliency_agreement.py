@@ -1,0 +1,71 @@
+"""Patch-versus-full agreement (SPEC §2, Context): known values and the two contexts it compares."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from instasal.errors import ConfigurationError
+from instasal.saliency import instance_smoothgrad, map_agreement, patch_full_agreement
+
+
+def test_map_agreement_known_values() -> None:
+    reference = torch.tensor([[[[1.0, -2.0], [3.0, 0.0]]], [[[0.5, 0.0], [0.0, -4.0]]]])
+    same = map_agreement(reference, reference)
+    assert same["correlation"] == pytest.approx(1.0)
+    assert same["max_abs_difference"] == 0.0 and same["peak_relative_difference"] == 0.0
+    doubled = map_agreement(2 * reference, reference)
+    assert doubled["correlation"] == pytest.approx(1.0)
+    assert doubled["max_abs_difference"] == 4.0  # at the −4 entry
+    assert doubled["relative_max_difference"] == 1.0
+    assert doubled["peak_relative_difference"] == 1.0  # peaks 3 → 6 and 0.5 → 1
+    assert map_agreement(-reference, reference)["correlation"] == pytest.approx(-1.0)
+    with pytest.raises(ConfigurationError, match="maps to compare must have one shape"):
+        map_agreement(reference[:1], reference)
+
+
+class _Net(nn.Module):
+    def __init__(self, dense: bool) -> None:
+        super().__init__()
+        self.dense = dense
+        self.first = nn.Conv3d(2, 3, 3, padding=1)
+        self.second = nn.Conv3d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.first(x)
+        if self.dense:
+            hidden = nn.functional.instance_norm(hidden)
+        return self.second(torch.tanh(hidden))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
+    torch.manual_seed(0)
+    model = _Net(dense)
+    x = torch.randn(2, 36, 32, 28)
+    domain = torch.zeros(36, 32, 28, dtype=torch.bool)
+    domain[10:12, 20, 14] = True
+    kwargs = {"patch_size": 20, "n_samples": 2, "seed": 4, "engine": "naive"}
+    report = patch_full_agreement(model, x, domain, **kwargs)
+    full = instance_smoothgrad(model, x, domain, context="full", **kwargs)
+    patch = instance_smoothgrad(model, x, domain, context="patch", **kwargs)
+    expected = map_agreement(patch, full)
+    for key, value in expected.items():
+        assert report[key] == pytest.approx(value)
+    if dense:  # instance norm: every input voxel matters, the patch misses some of it
+        assert 0 < report["full_mass_outside_patch"] < 1
+    else:  # receptive field 5³ fits in the patch: the contexts agree to round-off
+        assert report["full_mass_outside_patch"] == 0.0
+        assert report["correlation"] == pytest.approx(1.0, abs=1e-6)
+        assert report["relative_max_difference"] < 1e-5
+    assert not math.isnan(report["correlation"])
+
+
+def test_context_keyword_is_refused() -> None:
+    domain = torch.zeros(8, 8, 8, dtype=torch.bool)
+    domain[4, 4, 4] = True
+    with pytest.raises(ConfigurationError, match="do not pass context, got context='full'"):
+        patch_full_agreement(_Net(False), torch.randn(2, 8, 8, 8), domain, context="full")
