@@ -363,13 +363,11 @@ def insert_lesions(
             rng,
         )
         occupancy *= np.clip(1.0 - 1.5 * anatomy.csf[crop], 0.0, 1.0) * anatomy.brain_mask[crop]
-        own = occupancy >= 0.5
+        # The centre was drawn from white matter: it belongs to the lesion even where a thin
+        # lesion's surface noise or partial CSF would leave it below half occupancy.
         local_centre = tuple(centre - lower)
-        if not own.any():
-            occupancy[local_centre] = max(float(occupancy[local_centre]), 0.6)
-            own = occupancy >= 0.5
-            if not own.any():
-                continue
+        occupancy[local_centre] = max(float(occupancy[local_centre]), 0.6)
+        own = occupancy >= 0.5
         flair_contrast, t1w_contrast, faint = _draw_contrast(rng, volume)
         profile = 0.7 + 0.3 * np.sqrt(core) + 0.05 * rng.normal(size=crop_shape)
         flair[crop] += occupancy * (1.0 + flair_contrast * profile - flair[crop])

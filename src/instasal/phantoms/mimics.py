@@ -148,7 +148,8 @@ def insert_mimics(rng: np.random.Generator, anatomy: SubjectAnatomy, flair: Floa
     """Draw caps, rim, (maybe) a septal artefact and sulcal spots into a copy of ``flair``.
 
     ``flair`` is in white-matter units. The mask holds voxels brightened by at least
-    ``MIMIC_PARAMETERS.mask_threshold`` by caps, rim or septum, and the spots' own voxels.
+    ``MIMIC_PARAMETERS.mask_threshold`` by caps, rim or septum, and the spots' own voxels, where
+    the result is at least that much brighter than white matter.
     """
     flair = flair.copy()
     mask = np.zeros(flair.shape, dtype=bool)
@@ -160,4 +161,7 @@ def insert_mimics(rng: np.random.Generator, anatomy: SubjectAnatomy, flair: Floa
     flair[crop] += added
     mask[crop] = added >= MIMIC_PARAMETERS.mask_threshold
     n_spots = _spots(anatomy, flair, mask, rng)
+    # Only what ends up brighter than white matter is a hyperintensity (not a cap voxel that is
+    # mostly ventricle, nor the rim of a spot that is mostly sulcal CSF).
+    mask &= flair >= 1.0 + MIMIC_PARAMETERS.mask_threshold
     return MimicSet(flair=flair, mask=mask, n_spots=n_spots, septal=septal)
