@@ -8,6 +8,13 @@ concatenated with a ``subject`` column), never modify them, and return frozen da
 from __future__ import annotations
 
 from instasal.analyses._table import LesionTableError, read_lesion_table
+from instasal.analyses.cohort_report import (
+    CohortAnalysis,
+    CohortReport,
+    analyse_cohort,
+    analyse_tables,
+    build_cohort_report,
+)
 from instasal.analyses.detection import ErrorDetection, error_detection
 from instasal.analyses.error_modes import ErrorModes, GroupSummary, PairwiseTest, error_modes
 from instasal.analyses.findings import Finding
@@ -22,6 +29,8 @@ from instasal.analyses.statistics import Correlation, Distribution, TestResult, 
 
 __all__ = [
     "AggregationVsSize",
+    "CohortAnalysis",
+    "CohortReport",
     "Correlation",
     "Distribution",
     "ErrorDetection",
@@ -34,6 +43,9 @@ __all__ = [
     "SignPattern",
     "TestResult",
     "aggregation_vs_size",
+    "analyse_cohort",
+    "analyse_tables",
+    "build_cohort_report",
     "error_detection",
     "error_modes",
     "holm",

@@ -33,6 +33,8 @@ __all__ = [
     "LOG_SPAN",
     "aggregation_figure",
     "error_modes_figure",
+    "error_modes_log_scale",
+    "error_modes_samples",
     "modality_figure",
     "roc_figure",
     "sign_pattern_figure",
@@ -94,11 +96,22 @@ def _distribution(axis: Axes, samples: list[FloatArray], colours: list[str]) -> 
         )
 
 
+def error_modes_samples(table: pd.DataFrame, result: ErrorModes) -> list[FloatArray]:
+    """The finite values of ``result.column`` per domain type, in ``result.groups`` order."""
+    return [finite_values(select_types(table, (g.type,)), result.column)[0] for g in result.groups]
+
+
+def error_modes_log_scale(table: pd.DataFrame, result: ErrorModes) -> bool:
+    """Whether :func:`error_modes_figure` draws a log₁₀ axis (see :func:`uses_log_scale`)."""
+    samples = error_modes_samples(table, result)
+    return uses_log_scale(np.concatenate(samples)) if samples else False
+
+
 def error_modes_figure(table: pd.DataFrame, result: ErrorModes) -> Figure:
     """Violin + box of a saliency column per domain type, like the paper's Fig. 11."""
     kinds = [group.type for group in result.groups]
-    samples = [finite_values(select_types(table, (kind,)), result.column)[0] for kind in kinds]
-    log = uses_log_scale(np.concatenate(samples)) if samples else False
+    samples = error_modes_samples(table, result)
+    log = error_modes_log_scale(table, result)
     shown = [np.log10(s) for s in samples] if log else samples
     figure, axis = plt.subplots(figsize=(5.2, 3.8))
     _distribution(axis, shown, [TYPE_COLOURS.get(k, "k") for k in kinds])

@@ -1,0 +1,514 @@
+"""The cohort analysis (SPEC §4) as one object, its self-contained HTML report and its files.
+
+:func:`analyse_tables` runs every analysis on a cohort's lesion tables; :func:`build_cohort_report`
+renders them with their figures (PNG, base64-embedded) through a package template with autoescaping;
+:func:`analyse_cohort` does both for a cohort run folder and writes ``analysis/`` atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from instasal.analyses._table import (
+    DOMAIN_TYPES,
+    LesionTableError,
+    channel_names,
+    read_lesion_table,
+    require_columns,
+)
+from instasal.analyses.detection import ErrorDetection, error_detection
+from instasal.analyses.error_modes import ErrorModes, error_modes
+from instasal.analyses.figures import (
+    LOG_SPAN,
+    aggregation_figure,
+    error_modes_figure,
+    error_modes_log_scale,
+    modality_figure,
+    roc_figure,
+    sign_pattern_figure,
+)
+from instasal.analyses.findings import (
+    Finding,
+    aggregation_finding,
+    error_modes_finding,
+    modality_finding,
+    sign_finding,
+)
+from instasal.analyses.reliance import (
+    ModalityReliance,
+    SignPattern,
+    modality_reliance,
+    sign_pattern,
+)
+from instasal.analyses.size import AggregationVsSize, aggregation_vs_size
+from instasal.analyses.statistics import ALPHA
+from instasal.errors import OutputExistsError
+from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from instasal.report.figures import figure_png
+
+__all__ = [
+    "CohortAnalysis",
+    "CohortReport",
+    "analyse_cohort",
+    "analyse_tables",
+    "build_cohort_report",
+]
+
+_FIGURE_FILES = {
+    "error_modes": "error_modes.png",
+    "modality_reliance": "modality_reliance.png",
+    "sign_pattern": "sign_pattern.png",
+    "aggregation_vs_size": "aggregation_vs_size.png",
+    "error_detection": "error_detection_roc.png",
+}
+
+
+def _preferred(names: tuple[str, ...], wanted: str, exclude: str | None = None) -> str | None:
+    if wanted in names and wanted != exclude:
+        return wanted
+    return next((n for n in names if n != exclude), None)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: NaN and infinities become None, numpy scalars Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class CohortAnalysis:
+    """Every SPEC §4 analysis of one cohort and the paper findings decided from them.
+
+    ``channels`` is ``(primary, secondary)`` (FLAIR and T1w when present; ``secondary`` is None
+    for a one-channel model); ``detected_types`` are the domains of the per-lesion analyses: TP
+    with a reference, else every predicted ``lesion``. ``modality`` is None with one channel,
+    ``aggregation`` None without a mean-aggregation table.
+    """
+
+    channels: tuple[str, str | None]
+    detected_types: tuple[str, ...]
+    type_counts: dict[str, int]
+    subject_counts: pd.DataFrame
+    error_modes: ErrorModes
+    modality: ModalityReliance | None
+    sign: SignPattern
+    aggregation: AggregationVsSize | None
+    detection: ErrorDetection
+    findings: tuple[Finding, ...]
+
+    def findings_frame(self) -> pd.DataFrame:
+        """One row per paper finding: the paper's claim, the data, the rule and the verdict."""
+        return pd.DataFrame([finding.to_dict() for finding in self.findings])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-ready values (NaN as None)."""
+        return _jsonable(
+            {
+                "channels": list(self.channels),
+                "detected_types": list(self.detected_types),
+                "type_counts": self.type_counts,
+                "n_subjects": len(self.subject_counts),
+                "alpha": ALPHA,
+                "findings": [f.to_dict() for f in self.findings],
+                "error_modes": self.error_modes.to_dict(),
+                "modality_reliance": self.modality.to_dict() if self.modality else None,
+                "sign_pattern": self.sign.to_dict(),
+                "aggregation_vs_size": self.aggregation.to_dict() if self.aggregation else None,
+                "error_detection": self.detection.to_dict(),
+            }
+        )
+
+
+def analyse_tables(
+    table_max: pd.DataFrame, table_mean: pd.DataFrame | None = None
+) -> CohortAnalysis:
+    """Run every cohort analysis of SPEC §4 on lesion tables (neither is modified).
+
+    Parameters
+    ----------
+    table_max
+        The cohort lesion table with max aggregation (the paper's v3; the pipeline default).
+    table_mean
+        The same cohort with mean aggregation, for the aggregation-vs-size analysis, or None.
+    """
+    require_columns(table_max, ("type", "volume_mm3"))
+    names = channel_names(table_max)
+    primary = _preferred(names, "FLAIR") or names[0]
+    secondary = _preferred(names, "T1w", exclude=primary)
+    kinds = table_max["type"].astype(str)
+    detected: tuple[str, ...] = (
+        ("lesion",) if not kinds.isin(DOMAIN_TYPES).any() and (kinds == "lesion").any() else ("TP",)
+    )
+    order = [*DOMAIN_TYPES, "lesion"]
+    counts = kinds.value_counts()
+    type_counts = {k: int(counts.get(k, 0)) for k in order if counts.get(k, 0)}
+    type_counts |= {str(k): int(v) for k, v in counts.items() if k not in order}
+    subjects = (
+        table_max.assign(type=kinds)
+        .groupby(["subject", "type"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=[k for k in order if k in type_counts], fill_value=0)
+        .reset_index()
+        if "subject" in table_max.columns
+        else pd.DataFrame()
+    )
+    modes = error_modes(table_max, primary)
+    modality = modality_reliance(table_max, (primary, secondary), detected) if secondary else None
+    sign = sign_pattern(table_max, primary, detected)
+    aggregation = (
+        aggregation_vs_size(table_max, table_mean, primary, detected)
+        if table_mean is not None
+        else None
+    )
+    detection = error_detection(table_max, f"peak_{primary}")
+    findings = [error_modes_finding(modes)]
+    if modality is not None:
+        findings.append(modality_finding(modality))
+    findings += [sign_finding(sign), aggregation_finding(aggregation)]
+    return CohortAnalysis(
+        (primary, secondary),
+        detected,
+        type_counts,
+        subjects,
+        modes,
+        modality,
+        sign,
+        aggregation,
+        detection,
+        tuple(findings),
+    )
+
+
+@dataclass(frozen=True)
+class CohortReport:
+    """A rendered cohort report: the HTML, the analysis behind it and its PNG figures by name."""
+
+    html: str
+    analysis: CohortAnalysis
+    figures: Mapping[str, bytes]
+
+    def save_as_html(self, path: Path | str, *, overwrite: bool = False) -> None:
+        """Write the self-contained HTML atomically (refused over an existing file by default)."""
+        atomic_write_text(path, self.html, overwrite=overwrite)
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool | str):
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{float(value):.{digits}g}"
+
+
+def _p_value(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return "< 1e-300" if value < 1e-300 else f"{value:.2g}"
+
+
+def _provenance_value(value: Any) -> str:
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(_jsonable(value), sort_keys=True)
+    return str(value)
+
+
+def _figures(
+    table_max: pd.DataFrame, table_mean: pd.DataFrame | None, analysis: CohortAnalysis
+) -> dict[str, bytes]:
+    figures = {
+        "error_modes": figure_png(error_modes_figure(table_max, analysis.error_modes), dpi=90)
+    }
+    if analysis.modality is not None:
+        figures["modality_reliance"] = figure_png(
+            modality_figure(table_max, analysis.modality), dpi=90
+        )
+    figures["sign_pattern"] = figure_png(sign_pattern_figure(table_max, analysis.sign), dpi=90)
+    if analysis.aggregation is not None and table_mean is not None:
+        figures["aggregation_vs_size"] = figure_png(
+            aggregation_figure(table_max, table_mean, analysis.aggregation), dpi=90
+        )
+    figures["error_detection"] = figure_png(roc_figure(analysis.detection), dpi=90)
+    return figures
+
+
+def build_cohort_report(
+    table_max: pd.DataFrame,
+    table_mean: pd.DataFrame | None = None,
+    *,
+    title: str,
+    provenance: Mapping[str, Any],
+) -> CohortReport:
+    """Analyse a cohort and render its self-contained HTML report (SPEC §4).
+
+    Parameters
+    ----------
+    table_max, table_mean
+        Cohort lesion tables with max and (optionally) mean aggregation; not modified.
+    title
+        The report's heading (escaped like every other text).
+    provenance
+        Key/value facts shown in the report (model, dataset, command, versions…); nested values are
+        shown as JSON.
+
+    Returns
+    -------
+    CohortReport
+        ``html`` embeds every figure as a base64 PNG, so the file opens offline; the same PNG bytes
+        are in ``figures``.
+    """
+    analysis = analyse_tables(table_max, table_mean)
+    figures = _figures(table_max, table_mean, analysis)
+    primary = analysis.channels[0]
+    modes = analysis.error_modes
+    template_text = (
+        resources.files("instasal.analyses").joinpath("templates/cohort.html").read_text("utf-8")
+    )
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    html = environment.from_string(template_text).render(
+        title=title,
+        primary=primary,
+        secondary=analysis.channels[1],
+        detected="/".join(analysis.detected_types),
+        alpha=f"{ALPHA:g}",
+        log_span=f"{LOG_SPAN:g}",
+        log_scale=error_modes_log_scale(table_max, modes),
+        counts_text=", ".join(f"{v} {k}" for k, v in analysis.type_counts.items()) or "no domain",
+        n_subjects=len(analysis.subject_counts),
+        findings=[f.to_dict() for f in analysis.findings],
+        groups=[{k: _number(v) for k, v in group.to_dict().items()} for group in modes.groups],
+        tests=[
+            {
+                "pair": f"{t.first} vs {t.second}",
+                "n": f"{t.n_first} / {t.n_second}",
+                "u": _number(t.u_statistic, 6),
+                "p": _p_value(t.p_value),
+                "p_holm": _p_value(t.p_holm),
+                "r": _number(t.rank_biserial),
+                "reason": t.reason,
+            }
+            for t in modes.tests
+        ],
+        median_order=" > ".join(modes.median_order) or "n/a",
+        modality=_modality_rows(analysis.modality),
+        sign=_sign_rows(analysis.sign),
+        aggregation=_aggregation_rows(analysis.aggregation),
+        detection=analysis.detection,
+        auc=_number(analysis.detection.auc),
+        subject_columns=list(analysis.subject_counts.columns),
+        subject_rows=analysis.subject_counts.astype(str).to_dict(orient="records"),
+        provenance=[(str(k), _provenance_value(v)) for k, v in provenance.items()],
+        figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
+    )
+    return CohortReport(html, analysis, figures)
+
+
+def _modality_rows(result: ModalityReliance | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "rows": [
+            {k: _number(v) for k, v in row.items()}
+            for row in result.to_frame().to_dict(orient="records")
+        ],
+        "fraction": f"{result.fraction_first_dominates:.1%}",
+        "statistic": _number(result.test.statistic, 6),
+        "p": _p_value(result.test.p_value),
+        "reason": result.test.reason,
+        "n_missing": result.n_missing,
+    }
+
+
+def _sign_rows(result: SignPattern) -> dict[str, Any]:
+    rows = []
+    for row in result.to_frame().to_dict(orient="records"):
+        shown = {k: _number(v) for k, v in row.items()}
+        shown["fraction_expected_sign"] = (
+            "n/a"
+            if math.isnan(row["fraction_expected_sign"])
+            else f"{row['fraction_expected_sign']:.1%}"
+        )
+        shown["p_value"] = _p_value(row["p_value"])
+        rows.append(shown)
+    both = "n/a" if math.isnan(result.fraction_both) else f"{result.fraction_both:.1%}"
+    return {"rows": rows, "both": both}
+
+
+def _aggregation_rows(result: AggregationVsSize | None) -> list[dict[str, str]] | None:
+    if result is None:
+        return None
+    return [
+        {
+            "aggregation": str(row["aggregation"]),
+            "n": _number(row["n"]),
+            "rho": _number(row["rho"]),
+            "p": _p_value(row["p_value"]),
+            "reason": str(row["reason"]),
+        }
+        for row in result.to_frame().to_dict(orient="records")
+    ]
+
+
+def _file_facts(path: Path, table: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "rows": len(table),
+    }
+
+
+def _cohort_provenance(cohort_out: Path) -> dict[str, Any]:
+    """What the cohort runner recorded (``cohort.json``, ``failures.json``), where present."""
+    facts: dict[str, Any] = {}
+    for name in ("cohort.json", "failures.json"):
+        path = cohort_out / name
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise LesionTableError(f"{path}: unreadable JSON ({error})") from None
+        if name == "cohort.json" and isinstance(record, dict):
+            facts |= {
+                f"cohort {k}": v
+                for k, v in record.items()
+                if k in ("dataset", "model", "settings", "with_mean", "executor", "cohort_key")
+            }
+            facts["cohort subjects"] = len(record.get("subjects", []))
+        elif isinstance(record, dict):
+            facts["failed subjects"] = record.get("failed", {})
+    return facts
+
+
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import scipy
+
+    from instasal import __version__
+
+    return {
+        "instasal": __version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pd.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def _tables(analysis: CohortAnalysis) -> dict[str, pd.DataFrame]:
+    tables = {
+        "findings.tsv": analysis.findings_frame(),
+        "error_modes_groups.tsv": analysis.error_modes.groups_frame(),
+        "error_modes_tests.tsv": analysis.error_modes.tests_frame(),
+        "sign_pattern.tsv": analysis.sign.to_frame(),
+        "error_detection_roc.tsv": analysis.detection.to_frame(),
+    }
+    if analysis.modality is not None:
+        tables["modality_reliance.tsv"] = analysis.modality.to_frame()
+    if analysis.aggregation is not None:
+        tables["aggregation_vs_size.tsv"] = analysis.aggregation.to_frame()
+    return tables
+
+
+_OWNED = (
+    "report.html",
+    "statistics.json",
+    "findings.tsv",
+    "error_modes_groups.tsv",
+    "error_modes_tests.tsv",
+    "sign_pattern.tsv",
+    "error_detection_roc.tsv",
+    "modality_reliance.tsv",
+    "aggregation_vs_size.tsv",
+    *(f"figures/{name}" for name in _FIGURE_FILES.values()),
+)
+
+
+def analyse_cohort(
+    cohort_out: Path | str, *, overwrite: bool = False, title: str | None = None
+) -> CohortReport:
+    """Analyse a cohort run folder and write ``analysis/`` (SPEC §4; ``instasal analyse``).
+
+    Parameters
+    ----------
+    cohort_out
+        A cohort output folder holding ``lesions.tsv`` (max aggregation) and optionally
+        ``lesions_mean.tsv`` (mean aggregation), ``cohort.json`` and ``failures.json``.
+    overwrite
+        Replace an earlier analysis; without it an existing ``analysis/`` file stops the run before
+        anything is written.
+    title
+        Report heading; default "Cohort analysis — <folder name>".
+
+    Returns
+    -------
+    CohortReport
+        Also written: ``analysis/report.html`` (last, so its presence means a complete analysis),
+        ``statistics.json`` (every number, the findings and the provenance), one TSV per table,
+        ``figures/*.png``. Every file is written atomically.
+    """
+    cohort_out = Path(cohort_out)
+    destination = cohort_out / "analysis"
+    existing = [destination / name for name in _OWNED if (destination / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{existing[0]}: exists already (pass overwrite=True / --overwrite to replace "
+            f"the analysis in {destination})"
+        )
+    max_path, mean_path = cohort_out / "lesions.tsv", cohort_out / "lesions_mean.tsv"
+    table_max = read_lesion_table(max_path)
+    table_mean = read_lesion_table(mean_path) if mean_path.exists() else None
+    provenance: dict[str, Any] = {"cohort folder": str(cohort_out)}
+    provenance["lesions.tsv"] = _file_facts(max_path, table_max)
+    if table_mean is not None:
+        provenance["lesions_mean.tsv"] = _file_facts(mean_path, table_mean)
+    provenance |= _cohort_provenance(cohort_out)
+    provenance["versions"] = _versions()
+    provenance["generated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    report = build_cohort_report(
+        table_max,
+        table_mean,
+        title=title or f"Cohort analysis — {cohort_out.resolve().name}",
+        provenance=provenance,
+    )
+    written = set()
+    for key, png in report.figures.items():
+        name = f"figures/{_FIGURE_FILES[key]}"
+        atomic_write_bytes(destination / name, png, overwrite=True)
+        written.add(name)
+    for name, frame in _tables(report.analysis).items():
+        text = frame.to_csv(sep="\t", index=False, na_rep="n/a")
+        atomic_write_text(destination / name, text, overwrite=True)
+        written.add(name)
+    statistics = report.analysis.to_dict() | {"provenance": _jsonable(provenance)}
+    atomic_write_json(destination / "statistics.json", statistics, overwrite=True)
+    written.add("statistics.json")
+    for stale in set(_OWNED) - written - {"report.html"}:
+        (destination / stale).unlink(missing_ok=True)
+    report.save_as_html(destination / "report.html", overwrite=True)
+    return report

@@ -1,0 +1,32 @@
+"""The ``analyse`` command (SPEC §4): argument parsing and a summary line per paper finding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from instasal.cli._app import app, console
+
+__all__ = ["analyse"]
+
+_VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "not testable": "dim"}
+
+
+@app.command()
+def analyse(
+    cohort_out: Annotated[
+        Path,
+        typer.Argument(help="Cohort output folder with lesions.tsv (and lesions_mean.tsv)."),
+    ],
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier analysis/ folder.")] = False,
+) -> None:
+    """Statistics, figures and HTML report of the paper's analyses, into COHORT_OUT/analysis."""
+    from instasal.analyses import analyse_cohort
+
+    report = analyse_cohort(cohort_out, overwrite=overwrite)
+    for finding in report.analysis.findings:
+        style = _VERDICT_STYLE[finding.verdict]
+        console.print(f"[{style}]{finding.verdict:>14}[/]  {finding.title}", highlight=False)
+    console.print(f"wrote [bold]{cohort_out / 'analysis' / 'report.html'}[/]", highlight=False)
