@@ -183,6 +183,14 @@ def test_report_without_mean_table_or_reference(rng):
     assert not analysis.detection.computable
 
 
+def test_report_of_a_table_without_rows(rng):
+    empty = cohort_table(rng).iloc[:0]
+    report = build_cohort_report(empty, empty, title="empty", provenance={})
+    assert {f.verdict for f in report.analysis.findings} == {"not testable"}
+    assert len(embedded_pngs(report.html)) == 5  # every figure still drawn, empty
+    assert all("nan" not in f.observed for f in report.analysis.findings)
+
+
 # --- analyse_cohort and the command ------------------------------------------------------------
 
 

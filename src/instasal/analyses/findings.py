@@ -47,6 +47,14 @@ class Finding:
         return asdict(self)
 
 
+def _g(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3g}"
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{value:.0%}"
+
+
 def _p(value: float) -> str:
     return "n/a" if value != value else (f"{value:.2g}" if value >= 1e-300 else "< 1e-300")
 
@@ -58,7 +66,7 @@ def error_modes_finding(result: ErrorModes) -> Finding:
         f"all six Holm-adjusted two-sided Mann–Whitney p < {ALPHA:g}"
     )
     medians = ", ".join(
-        f"{g.type} {g.distribution.median:.3g} (n={g.distribution.n})" for g in result.groups
+        f"{g.type} {_g(g.distribution.median)} (n={g.distribution.n})" for g in result.groups
     )
     worst = max((t.p_holm for t in result.tests if t.computable), default=float("nan"))
     observed = (
@@ -90,9 +98,10 @@ def modality_finding(result: ModalityReliance) -> Finding:
         f"signed-rank p < {ALPHA:g}"
     )
     observed = (
-        f"median difference {result.difference.median:.3g} over {result.difference.n} lesions "
-        f"({'/'.join(result.types)}); {first} larger in {result.fraction_first_dominates:.0%}; "
-        f"p {_p(result.test.p_value)}; median reliance_{first} {result.reliance.median:.3g}"
+        f"median difference {_g(result.difference.median)} over {result.difference.n} lesions "
+        f"({'/'.join(result.types)}); {first} larger in "
+        f"{_percent(result.fraction_first_dominates)}; "
+        f"p {_p(result.test.p_value)}; median reliance_{first} {_g(result.reliance.median)}"
     )
     if not result.test.computable:
         verdict: Verdict = "not testable"
@@ -117,12 +126,12 @@ def sign_finding(result: SignPattern) -> Finding:
         f"signed-rank test against 0 at p < {ALPHA:g}"
     )
     observed = (
-        f"inside: median {result.inside.median:.3g}, "
-        f"{result.fraction_inside_positive:.0%} positive, "
+        f"inside: median {_g(result.inside.median)}, "
+        f"{_percent(result.fraction_inside_positive)} positive, "
         f"p {_p(result.inside_test.p_value)} (n={result.inside.n}); ring: median "
-        f"{result.ring.median:.3g}, {result.fraction_ring_negative:.0%} negative, "
+        f"{_g(result.ring.median)}, {_percent(result.fraction_ring_negative)} negative, "
         f"p {_p(result.ring_test.p_value)} (n={result.ring.n}); both in "
-        f"{result.fraction_both:.0%} of lesions"
+        f"{_percent(result.fraction_both)} of lesions"
     )
     if not (result.inside_test.computable and result.ring_test.computable):
         verdict: Verdict = "not testable"
@@ -162,7 +171,7 @@ def aggregation_finding(result: AggregationVsSize | None) -> Finding:
             "not testable",
         )
     observed = "; ".join(
-        f"{name}: ρ {c.rho:.3g}, p {_p(c.p_value)} (n={c.n})"
+        f"{name}: ρ {_g(c.rho)}, p {_p(c.p_value)} (n={c.n})"
         for name, c in (("max", result.max), ("mean", result.mean))
     )
     if not (result.max.computable and result.mean.computable):
