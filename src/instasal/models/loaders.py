@@ -1,0 +1,420 @@
+"""Finding and loading segmentation models: built-ins and users' own (SPEC §5 ``load_model``).
+
+``load_model(name_or_path)`` accepts
+
+- a built-in name (:func:`available_models`; the first is the default): weights and card shipped in
+  ``instasal/weights/<name>.pt`` and ``<name>.json``;
+- a TorchScript file (``torch.jit.save``); its card is read from an extra file
+  ``instasal_card.json`` inside the archive, else from a sidecar ``<file stem>.json``, else
+  inferred;
+- a MONAI bundle folder (``configs/metadata.json`` + ``configs/inference.json|yaml`` with a
+  ``network_def``, weights in ``models/model.pt`` or ``models/model.ts``), parsed with
+  ``monai.bundle.ConfigParser``;
+- ``"package.module:factory=weights.pt"``: ``factory()`` is imported and called without arguments
+  and must return the ``torch.nn.Module`` whose state dict ``weights.pt`` holds (sidecar card
+  ``weights.json`` optional);
+- an nnU-Net v2 trained-model folder (the extra ``instasal[nnunet]``, see
+  :mod:`instasal.models.nnunet`).
+
+Every state dict is read with ``torch.load(weights_only=True)``; nothing is ever downloaded. A card
+that cannot be read from the source is completed by probing the network (input channels from the
+first 3D convolution, output channels from one forward pass on zeros) and may be overridden by a
+sidecar JSON holding any subset of the :class:`~instasal.models.cards.ModelCard` fields.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from instasal.errors import ModelError
+from instasal.models.architectures import ARCHITECTURES, build_network
+from instasal.models.cards import ModelCard, attach_card, card_of, read_card
+
+__all__ = [
+    "FACTORY_PATTERN",
+    "available_models",
+    "check_channels",
+    "load_model",
+    "load_state_dict_file",
+    "weights_folder",
+]
+
+FACTORY_PATTERN = re.compile(
+    r"^(?P<module>[A-Za-z_][\w.]*):(?P<factory>[A-Za-z_]\w*)=(?P<weights>.+)$"
+)
+CARD_EXTRA_FILE = "instasal_card.json"
+_STATE_DICT_KEYS = ("state_dict", "model", "network_weights", "network")
+_CHANNEL_ALIASES = {"t1": "t1w", "mprage": "t1w", "t1mprage": "t1w", "t2flair": "flair"}
+
+
+def weights_folder() -> Path:
+    """The folder holding the shipped weights and cards (``instasal/weights``)."""
+    return Path(str(resources.files("instasal"))) / "weights"
+
+
+def available_models() -> list[str]:
+    """Names of the built-in models; the first is the default (SPEC §5).
+
+    Examples
+    --------
+    >>> available_models()[0]
+    'unet'
+    """
+    return list(ARCHITECTURES)
+
+
+def load_model(name_or_path: str | Path) -> nn.Module:
+    """Load a segmentation model in evaluation mode, with its card as ``model.card``.
+
+    Parameters
+    ----------
+    name_or_path
+        A built-in name, a TorchScript file, a MONAI bundle folder, an nnU-Net v2 trained-model
+        folder (or one of its ``fold_X`` folders), or ``"module:factory=weights.pt"``.
+
+    Raises
+    ------
+    ModelError
+        On an unknown name (the message lists the available ones), a missing or corrupt file, or
+        weights that do not fit the network; the one-line message names the file.
+
+    Examples
+    --------
+    >>> model = load_model("unet")  # doctest: +SKIP
+    >>> model.card["channel_names"]  # doctest: +SKIP
+    ['FLAIR', 'T1w']
+    """
+    text = str(name_or_path)
+    if text in ARCHITECTURES:
+        return _load_builtin(text)
+    match = FACTORY_PATTERN.match(text)
+    if match is not None:
+        return _load_factory(match["module"], match["factory"], Path(match["weights"]))
+    path = Path(name_or_path)
+    if path.is_dir():
+        if (path / "configs").is_dir():
+            return _load_bundle(path)
+        from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
+
+        if is_nnunet_folder(path):
+            return load_nnunet_folder(path)
+        raise ModelError(
+            f"{path}: folder is neither a MONAI bundle (configs/, models/) nor an nnU-Net v2 "
+            "trained-model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)"
+        )
+    if path.is_file():
+        return _load_torchscript(path)
+    if path.suffix or len(path.parts) > 1:
+        raise ModelError(f"{path}: model file or folder not found")
+    raise ModelError(
+        f"unknown model {text!r}; built-in models are {', '.join(available_models())}; or give a "
+        "TorchScript file, a MONAI bundle folder, an nnU-Net v2 folder or module:factory=weights.pt"
+    )
+
+
+def check_channels(model: nn.Module, channel_names: Sequence[str]) -> None:
+    """Check that a subject's channels are the ones ``model`` takes, in its order.
+
+    Names are compared case-insensitively, ignoring punctuation, with the aliases T1 = MPRAGE = T1w;
+    generic names ``ch0, ch1, …`` match any channel (only their number is checked).
+
+    Raises
+    ------
+    ModelError
+        When the number of channels or a channel's name differs (one line, naming both).
+    """
+    card = card_of(model)
+    expected = tuple(card.channel_names)
+    given = tuple(channel_names)
+    if len(given) != len(expected):
+        raise ModelError(
+            f"model {card.name!r} expects {len(expected)} channel(s) ({', '.join(expected)}), "
+            f"got {len(given)} ({', '.join(given)})"
+        )
+    for position, (want, have) in enumerate(zip(expected, given, strict=True)):
+        if _is_generic(want) or _is_generic(have):
+            continue
+        if _canonical(want) != _canonical(have):
+            raise ModelError(
+                f"model {card.name!r} expects channel {position} to be {want!r}, got {have!r}; "
+                f"give the images in the order {', '.join(expected)}"
+            )
+
+
+def _canonical(name: str) -> str:
+    key = re.sub(r"[^a-z0-9]", "", name.lower())
+    return _CHANNEL_ALIASES.get(key, key)
+
+
+def _is_generic(name: str) -> bool:
+    return re.fullmatch(r"ch\d+", name) is not None
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict with ``torch.load(weights_only=True)`` (unwrapping one checkpoint level).
+
+    Raises
+    ------
+    ModelError
+        When the file is missing, corrupt, not loadable with ``weights_only=True``, or holds no
+        tensor dictionary.
+    """
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+    ) as error:
+        raise ModelError(
+            f"{path}: corrupt or unreadable checkpoint ({_one_line(error)})"
+        ) from error
+    if isinstance(payload, Mapping):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(payload.get(key), Mapping):
+                payload = payload[key]
+                break
+    if not isinstance(payload, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in payload.values()
+    ):
+        raise ModelError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    return {str(k): v for k, v in payload.items()}
+
+
+def _load_weights_into(network: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    own = network.state_dict()
+    converted = {
+        k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()
+    }
+    try:
+        network.load_state_dict(converted, strict=True)
+    except RuntimeError as error:
+        raise ModelError(
+            f"{path}: weights do not fit the network ({_one_line(error)[:300]})"
+        ) from error
+
+
+def _load_builtin(name: str) -> nn.Module:
+    folder = weights_folder()
+    weights, card_path = folder / f"{name}.pt", folder / f"{name}.json"
+    if not weights.is_file() or not card_path.is_file():
+        raise ModelError(
+            f"built-in model {name!r}: weights not shipped yet ({weights} missing); train it with "
+            f"`instasal train --architecture {name}` or load another model"
+        )
+    card = read_card(card_path).updated(source="builtin")
+    network = build_network(card.architecture, card.hyperparameters)
+    _load_weights_into(network, load_state_dict_file(weights), weights)
+    return attach_card(network.eval(), card)
+
+
+def _load_factory(module_name: str, factory_name: str, weights: Path) -> nn.Module:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelError(f"cannot import module {module_name!r}: {_one_line(error)}") from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ModelError(f"module {module_name!r} has no callable {factory_name!r}")
+    network = factory()
+    if not isinstance(network, nn.Module):
+        raise ModelError(
+            f"{module_name}:{factory_name}() returned {type(network).__name__}, "
+            "expected a torch.nn.Module"
+        )
+    _load_weights_into(network, load_state_dict_file(weights), weights)
+    overrides = _sidecar(weights.with_suffix(".json"))
+    card = _complete_card(
+        network.eval(), weights.stem, "module", str(weights), overrides, {"factory": module_name}
+    )
+    return attach_card(network, card)
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    extra = {CARD_EXTRA_FILE: ""}
+    try:
+        network = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as error:
+        hint = ""
+        if zipfile.is_zipfile(path):
+            hint = "; for a state dict pass module:factory=" + str(path)
+        raise ModelError(
+            f"{path}: not a TorchScript model ({_one_line(error)[:200]}){hint}"
+        ) from error
+    overrides = _sidecar(path.with_suffix(".json"))
+    if extra[CARD_EXTRA_FILE]:
+        overrides = (
+            _parse_overrides(extra[CARD_EXTRA_FILE], f"{path}:{CARD_EXTRA_FILE}") | overrides
+        )
+    card = _complete_card(network.eval(), path.stem, "torchscript", str(path), overrides, {})
+    return attach_card(network, card)
+
+
+def _load_bundle(folder: Path) -> nn.Module:
+    from monai.bundle import ConfigParser
+
+    configs = folder / "configs"
+    config_file = next(
+        (
+            configs / f"inference.{ext}"
+            for ext in ("json", "yaml", "yml")
+            if (configs / f"inference.{ext}").is_file()
+        ),
+        None,
+    )
+    meta_file = configs / "metadata.json"
+    if config_file is None or not meta_file.is_file():
+        raise ModelError(
+            f"{folder}: MONAI bundle needs configs/metadata.json and configs/inference.json "
+            "(or .yaml)"
+        )
+    parser = ConfigParser()
+    try:
+        parser.read_meta(str(meta_file))
+        parser.read_config(str(config_file))
+        parser["bundle_root"] = str(folder)
+        metadata = dict(parser.get("_meta_", {}))
+    except (ValueError, KeyError, OSError) as error:
+        raise ModelError(f"{folder}: unreadable bundle config ({_one_line(error)})") from error
+    weights_pt, weights_ts = folder / "models" / "model.pt", folder / "models" / "model.ts"
+    if weights_pt.is_file():
+        try:
+            network = parser.get_parsed_content("network_def", instantiate=True)
+        except Exception as error:  # MONAI raises many types while instantiating user configs
+            raise ModelError(
+                f"{config_file}: cannot build network_def ({_one_line(error)[:300]})"
+            ) from error
+        if not isinstance(network, nn.Module):
+            raise ModelError(f"{config_file}: network_def is not a torch.nn.Module")
+        _load_weights_into(network, load_state_dict_file(weights_pt), weights_pt)
+        source = weights_pt
+    elif weights_ts.is_file():
+        network = _load_torchscript(weights_ts)
+        source = weights_ts
+    else:
+        raise ModelError(f"{folder}: bundle has no models/model.pt or models/model.ts")
+    declared = _bundle_card_fields(metadata, parser)
+    overrides = declared | _sidecar(folder / CARD_EXTRA_FILE)
+    card = _complete_card(
+        network.eval(), folder.name, "bundle", str(source), overrides, {"bundle": str(folder)}
+    )
+    return attach_card(network, card)
+
+
+def _bundle_card_fields(metadata: Mapping[str, Any], parser: Any) -> dict[str, Any]:
+    """Card fields declared by a bundle: channels, output channels, patch (``inferer#roi_size``)."""
+    fields: dict[str, Any] = {}
+    data_format = metadata.get("network_data_format", {})
+    image = data_format.get("inputs", {}).get("image", {})
+    channel_def = image.get("channel_def")
+    if isinstance(channel_def, Mapping) and channel_def:
+        fields["channel_names"] = [str(channel_def[k]) for k in sorted(channel_def, key=int)]
+    elif isinstance(image.get("num_channels"), int):
+        fields["channel_names"] = _generic_names(image["num_channels"])
+    pred = data_format.get("outputs", {}).get("pred", {})
+    if isinstance(pred.get("num_channels"), int):
+        fields["out_channels"] = pred["num_channels"]
+    roi = parser.get("inferer#roi_size", None) if "inferer" in parser.get() else None
+    shape = roi if roi is not None else image.get("spatial_shape")
+    if isinstance(shape, Sequence) and len(shape) == 3 and all(isinstance(s, int) for s in shape):
+        fields["patch_size"] = list(shape)
+    return fields
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return _parse_overrides(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelError(f"{path}: unreadable model card ({error})") from error
+
+
+def _parse_overrides(text: str | bytes, where: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{where}: model card is not valid JSON ({error})") from error
+    if not isinstance(payload, dict):
+        raise ModelError(f"{where}: model card must be a JSON object")
+    return payload
+
+
+def _generic_names(count: int) -> list[str]:
+    if count == 2:
+        return ["FLAIR", "T1w"]
+    return [f"ch{k}" for k in range(count)]
+
+
+def _complete_card(
+    network: nn.Module,
+    name: str,
+    architecture: str,
+    source: str,
+    overrides: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+) -> ModelCard:
+    """A card from what the source declared, completed by probing the network."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "architecture": architecture,
+        "hyperparameters": dict(hyperparameters),
+        "source": source,
+    } | dict(overrides)
+    if "channel_names" not in fields:
+        fields["channel_names"] = _generic_names(_probe_in_channels(network, source))
+    if "out_channels" not in fields:
+        fields["out_channels"] = _probe_out_channels(network, len(fields["channel_names"]), fields)
+    if fields["out_channels"] == 1:
+        fields.setdefault("output_activation", "sigmoid")
+        fields.setdefault("target_class", 0)
+    return ModelCard.from_dict(fields, where=f"{source} (model card)")
+
+
+def _probe_in_channels(network: nn.Module, source: str) -> int:
+    for parameter in network.parameters():
+        if parameter.ndim == 5:
+            return int(parameter.shape[1])
+    raise ModelError(
+        f"{source}: cannot infer the number of input channels (no 3D convolution found); "
+        "give a model card with channel_names"
+    )
+
+
+def _probe_out_channels(network: nn.Module, in_channels: int, fields: Mapping[str, Any]) -> int:
+    side = fields.get("patch_size") or [32, 32, 32]
+    probe = torch.zeros(1, in_channels, *[int(s) for s in side])
+    try:
+        with torch.no_grad():
+            output = network(probe)
+    except Exception as error:  # a user's network may fail in any way on a probe input
+        raise ModelError(
+            f"{fields['source']}: a forward pass on zeros of shape {tuple(probe.shape)} failed "
+            f"({_one_line(error)[:200]}); give a model card with out_channels and patch_size"
+        ) from error
+    if not isinstance(output, torch.Tensor) or output.ndim != 5:
+        raise ModelError(
+            f"{fields['source']}: the network must return one [B, K, X, Y, Z] tensor, got "
+            f"{type(output).__name__}{tuple(getattr(output, 'shape', ()))}"
+        )
+    return int(output.shape[1])
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

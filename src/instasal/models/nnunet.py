@@ -1,0 +1,259 @@
+"""nnU-Net v2 trained-model folders (the optional extra ``instasal[nnunet]``).
+
+A trained-model folder is what ``nnUNetv2_train`` writes: ``dataset.json``, ``plans.json`` and
+``fold_X/checkpoint_final.pth``. The network is rebuilt from the plans with nnU-Net's own
+``get_network_from_plans`` (dynamic_network_architectures), not through nnU-Net's trainer-class
+lookup, which imports every trainer module and so torchvision (broken on CPU-only machines, see
+ENVIRONMENT.md). Deep supervision is off, as in nnU-Net's own inference.
+
+nnU-Net works on arrays in SimpleITK order, ``(z, y, x)`` = our ``(k, j, i)``, further permuted by
+the plans' ``transpose_forward``. :class:`NnUNetNetwork` wraps the network so that it takes and
+returns our ``[B, C, X, Y, Z]`` arrays: what is explained is exactly the network as nnU-Net runs it
+on the same voxels. nnU-Net's preprocessing facts are kept in the card: channel order from
+``dataset.json``, spacing and patch size (in our axis order), normalisation schemes (the card's
+``normalisation`` is ``"zscore_nonzero"`` when every channel uses nnU-Net's masked z-score — which
+nnU-Net computes inside the non-zero mask of the cropped image, the same voxels for skull-stripped
+inputs — ``"zscore"`` when unmasked, else ``"nnunet"``), intensity properties and mirroring axes.
+Resampling to the plans' spacing is left to the caller (``segment`` resamples to the card spacing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from instasal.errors import ModelError
+from instasal.models.cards import ModelCard, attach_card
+
+__all__ = ["NnUNetNetwork", "is_nnunet_folder", "load_nnunet_folder"]
+
+CHECKPOINT_NAME = "checkpoint_final.pth"
+
+
+class NnUNetNetwork(nn.Module):
+    """An nnU-Net network taking and returning ``[B, C, X, Y, Z]`` in our (nibabel) axis order.
+
+    Parameters
+    ----------
+    network
+        The nnU-Net network (``network.decoder.stages.*`` etc. keep their names under
+        ``network.``).
+    transpose_forward
+        The plans' ``transpose_forward`` (a permutation of nnU-Net's ``(z, y, x)`` axes).
+    """
+
+    def __init__(self, network: nn.Module, transpose_forward: Sequence[int]) -> None:
+        super().__init__()
+        self.network = network
+        self.to_nnunet = [2 + 2 - int(axis) for axis in transpose_forward]
+        inverse = [0] * 3
+        for position, dim in enumerate(self.to_nnunet):
+            inverse[dim - 2] = 2 + position
+        self.from_nnunet = inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Permute to nnU-Net's axis order, run the network, permute back."""
+        output = self.network(x.permute(0, 1, *self.to_nnunet))
+        return output.permute(0, 1, *self.from_nnunet)
+
+    def to_ours(self, values: Sequence[Any]) -> list[Any]:
+        """Reorder per-axis values (spacing, patch size) from nnU-Net's order to ours."""
+        return [values[self.from_nnunet[d] - 2] for d in range(3)]
+
+
+def is_nnunet_folder(path: Path) -> bool:
+    """Whether ``path`` is an nnU-Net v2 trained-model folder or one of its ``fold_X`` folders."""
+    root = path.parent if path.name.startswith("fold_") else path
+    return (root / "plans.json").is_file() and (root / "dataset.json").is_file()
+
+
+def load_nnunet_folder(path: Path) -> nn.Module:
+    """Load an nnU-Net v2 trained-model folder (or a ``fold_X`` folder of one).
+
+    A folder with several folds needs the fold chosen: pass ``…/fold_X``.
+
+    Raises
+    ------
+    ModelError
+        When nnunetv2 is not installed, the checkpoint is missing or corrupt, or the weights do
+        not fit the network the plans describe.
+    """
+    try:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    except ImportError as error:
+        raise ModelError(
+            f"{path}: loading an nnU-Net v2 folder needs nnunetv2 (pip install 'instasal[nnunet]')"
+        ) from error
+    root, fold_folder = _resolve_fold(path)
+    plans = _read_json(root / "plans.json")
+    dataset = _read_json(root / "dataset.json")
+    checkpoint_path = fold_folder / CHECKPOINT_NAME
+    checkpoint = _read_checkpoint(checkpoint_path)
+    configuration_name = str(checkpoint.get("init_args", {}).get("configuration", "3d_fullres"))
+    try:
+        plans_manager = PlansManager(plans)
+        configuration = plans_manager.get_configuration(configuration_name)
+        label_manager = plans_manager.get_label_manager(dataset)
+        in_channels = determine_num_input_channels(plans_manager, configuration, dataset)
+        network = get_network_from_plans(
+            configuration.network_arch_class_name,
+            configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import,
+            in_channels,
+            label_manager.num_segmentation_heads,
+            allow_init=False,
+            deep_supervision=False,
+        )
+    except (KeyError, TypeError, ValueError, ImportError) as error:
+        raise ModelError(
+            f"{root / 'plans.json'}: cannot build configuration {configuration_name!r} "
+            f"({' '.join(str(error).split())[:200]})"
+        ) from error
+    try:
+        network.load_state_dict(checkpoint["network_weights"], strict=True)
+    except (KeyError, RuntimeError) as error:
+        raise ModelError(
+            f"{checkpoint_path}: weights do not fit the planned network "
+            f"({' '.join(str(error).split())[:200]})"
+        ) from error
+    wrapped = NnUNetNetwork(network, plans_manager.transpose_forward).eval()
+    card = _card(
+        root,
+        fold_folder,
+        plans_manager,
+        configuration,
+        configuration_name,
+        dataset,
+        label_manager,
+        checkpoint,
+        wrapped,
+        in_channels,
+    )
+    return attach_card(wrapped, card)
+
+
+def _resolve_fold(path: Path) -> tuple[Path, Path]:
+    if path.name.startswith("fold_"):
+        return path.parent, path
+    folds = sorted(p for p in path.glob("fold_*") if (p / CHECKPOINT_NAME).is_file())
+    if not folds:
+        raise ModelError(f"{path}: no fold_X/{CHECKPOINT_NAME} in this nnU-Net folder")
+    if len(folds) > 1:
+        names = ", ".join(p.name for p in folds)
+        raise ModelError(
+            f"{path}: {len(folds)} folds ({names}); pass one fold folder, e.g. {folds[0]}"
+        )
+    return path, folds[0]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: unreadable JSON ({error})") from error
+    if not isinstance(payload, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return payload
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read an nnU-Net checkpoint with ``weights_only=True``.
+
+    nnU-Net stores numpy scalars in its logging dictionary, which the weights-only unpickler
+    refuses unless those (data-only) numpy types are allowed explicitly.
+    """
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    allowed = [
+        np.dtype,
+        np.core.multiarray.scalar,  # type: ignore[attr-defined]
+        *{type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")},
+    ]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types on corrupt or unsafe pickles
+        raise ModelError(
+            f"{path}: corrupt or unreadable nnU-Net checkpoint "
+            f"({' '.join(str(error).split())[:200]})"
+        ) from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("network_weights"), Mapping):
+        raise ModelError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
+    return payload
+
+
+def _normalisation(schemes: Sequence[str], masked: Sequence[bool]) -> str:
+    if all(s == "ZScoreNormalization" for s in schemes):
+        if all(masked):
+            return "zscore_nonzero"
+        if not any(masked):
+            return "zscore"
+    return "nnunet"
+
+
+def _card(
+    root: Path,
+    fold_folder: Path,
+    plans_manager: Any,
+    configuration: Any,
+    configuration_name: str,
+    dataset: Mapping[str, Any],
+    label_manager: Any,
+    checkpoint: Mapping[str, Any],
+    wrapped: NnUNetNetwork,
+    in_channels: int,
+) -> ModelCard:
+    channels = dataset.get("channel_names", dataset.get("modality", {}))
+    channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
+    if len(channel_names) != in_channels:
+        channel_names = [f"ch{k}" for k in range(in_channels)]
+    pools = np.prod(np.asarray(configuration.pool_op_kernel_sizes), axis=0).tolist()
+    regions = bool(label_manager.has_regions)
+    stages = len(configuration.network_arch_init_kwargs.get("n_conv_per_stage_decoder", [])) or (
+        len(configuration.pool_op_kernel_sizes) - 1
+    )
+    mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+    return ModelCard(
+        name=f"{root.name}/{fold_folder.name}",
+        architecture="nnunetv2",
+        hyperparameters={
+            "network_class": configuration.network_arch_class_name,
+            "arch_kwargs": dict(configuration.network_arch_init_kwargs),
+            "configuration": configuration_name,
+            "trainer": str(checkpoint.get("trainer_name", "")),
+            "fold": fold_folder.name,
+        },
+        channel_names=tuple(channel_names),
+        out_channels=int(label_manager.num_segmentation_heads),
+        target_class=0 if regions else 1,
+        output_activation="sigmoid" if regions else "softmax",
+        spacing_mm=tuple(float(s) for s in wrapped.to_ours(configuration.spacing)),  # type: ignore[arg-type]
+        patch_size=tuple(int(s) for s in wrapped.to_ours(configuration.patch_size)),  # type: ignore[arg-type]
+        size_divisibility=tuple(int(s) for s in wrapped.to_ours(pools)),  # type: ignore[arg-type]
+        normalisation=_normalisation(  # type: ignore[arg-type]
+            configuration.normalization_schemes, configuration.use_mask_for_norm
+        ),
+        threshold=0.5,
+        gradcam_layer=f"network.decoder.stages.{max(stages - 2, 0)}",
+        training={"nnunet_dataset": plans_manager.dataset_name, "plans": plans_manager.plans_name},
+        source=str(fold_folder / CHECKPOINT_NAME),
+        preprocessing={
+            "normalization_schemes": list(configuration.normalization_schemes),
+            "use_mask_for_norm": list(configuration.use_mask_for_norm),
+            "transpose_forward": list(plans_manager.transpose_forward),
+            "spacing_nnunet_order": list(configuration.spacing),
+            "patch_size_nnunet_order": list(configuration.patch_size),
+            "foreground_intensity_properties_per_channel": dict(
+                plans_manager.foreground_intensity_properties_per_channel
+            ),
+            "inference_allowed_mirroring_axes": list(mirroring) if mirroring else None,
+        },
+    )
