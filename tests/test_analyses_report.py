@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,32 @@ def embedded_pngs(html: str) -> list[bytes]:
         base64.b64decode(data)
         for data in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     ]
+
+
+class _TagBalance(HTMLParser):
+    """Checks that every non-void element is closed, in order."""
+
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(f"unexpected </{tag}>")
+
+
+def assert_well_formed(html: str) -> None:
+    checker = _TagBalance()
+    checker.feed(html)
+    assert checker.errors == []
+    assert checker.stack == []
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -165,6 +192,7 @@ def test_report_embeds_every_figure_and_escapes_text(rng):
     assert "<b>cohort</b>" not in report.html
     assert "&lt;b&gt;cohort&lt;/b&gt;" in report.html
     assert report._repr_html_() == report.html
+    assert_well_formed(report.html)
     for finding in report.analysis.findings:
         assert finding.verdict in report.html
 
@@ -180,6 +208,7 @@ def test_report_without_mean_table_or_reference(rng):
     assert "aggregation_vs_size" not in report.figures
     assert len(embedded_pngs(report.html)) == len(report.figures) == 4
     assert "No mean-aggregation table" in report.html
+    assert_well_formed(report.html)
     assert not analysis.detection.computable
 
 
