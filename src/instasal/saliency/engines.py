@@ -233,7 +233,7 @@ def _measure_and_choose(stream: _RowStream, rows_per_call: int) -> EngineChoice:
     probe = min(rows_per_call, _PROBE_BATCH)
     stream.pull("naive", 1)  # warm-up, not timed
     naive = stream.pull("naive", _PROBE_ROWS) / _PROBE_ROWS
-    stream.pull("batched", probe)  # warm-up (vmap set-up), not timed
+    stream.pull("batched", _PROBE_ROWS)  # warm-up (vmap set-up), not timed
     batched = stream.pull("batched", probe) / probe
     engine: ExactEngine = "batched" if batched < naive else "naive"
     return EngineChoice(engine, rows_per_call, naive, batched)
@@ -281,7 +281,7 @@ def aggregate_rows(
     if engine == "auto":
         key = (tuple(inputs.shape), str(inputs.device), str(inputs.dtype))
         choices = _CHOICES.setdefault(model, {})
-        probe_rows = 1 + _PROBE_ROWS + 2 * min(rows_per_call, _PROBE_BATCH)
+        probe_rows = 1 + 2 * _PROBE_ROWS + min(rows_per_call, _PROBE_BATCH)
         if key not in choices and stream.remaining >= probe_rows:
             choices[key] = _measure_and_choose(stream, rows_per_call)
         choice = choices.get(key)

@@ -1,0 +1,288 @@
+"""Instance SmoothGrad speed: the authors' procedure against our engines and contexts (issue 5).
+
+One model (a MONAI UNet, random weights), one input and one lesion, measured in one run:
+
+- ``authors``: the authors' procedure — full-volume forward pass, one ``torch.autograd.grad`` per
+  lesion voxel (parameters left requiring gradients, as in their scripts);
+- ``naive/full``: our reference loop (SPEC §2) on the whole volume;
+- ``auto/full``: our fastest exact engine alone, same context as the authors;
+- ``naive/patch``, ``batched/patch``, ``auto/patch``: the engines on one patch around the lesion
+  (SPEC §2 Context), with the patch-vs-full agreement of the maps beside them;
+- on CUDA also ``floor``: a bare batched VJP of the same rows in the same patch (one call, no
+  aggregation, no noise), and our fraction of it.
+
+Each measurement is one noise draw and ``--rows`` Jacobian rows; s/row includes the forward pass,
+amortised over the rows. Each procedure runs in its own child process; peak memory is that
+process's peak resident-set growth during the measurement on the CPU (``ru_maxrss``),
+``torch.cuda.max_memory_allocated`` on CUDA.
+``auto`` measures the engines once per model, input size and device and caches the choice; that
+one-off measurement runs (and is reported) before ``auto`` is timed. Not a timed test.
+
+Usage: ``python benchmarks/saliency.py [--quick] [--device cpu|cuda] [--rows R] [--threads T]``.
+The last line is ``speedup_vs_authors: <X>x`` (authors' s/row over ``auto/patch`` s/row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PAPER = {"volume": (192, 240, 256), "patch": 96, "rows": 8}
+QUICK = {"volume": (48, 64, 48), "patch": 24, "rows": 14}
+CHANNELS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Setting:
+    volume: tuple[int, int, int]
+    patch: int
+    rows: int
+    device: str
+    threads: int
+    norm: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    seconds: float
+    rows: int
+    peak_bytes: int
+    saliency_map: torch.Tensor | None
+    note: str = ""
+
+    @property
+    def seconds_per_row(self) -> float:
+        return self.seconds / self.rows
+
+
+def build(setting: Setting) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The model, a smooth two-channel input and a compact lesion of ``rows`` voxels."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(setting.seed)
+    model = UNet(3, 2, 2, channels=CHANNELS, strides=(2, 2, 2), num_res_units=2, norm=setting.norm)
+    model = model.to(setting.device)
+    generator = torch.Generator().manual_seed(setting.seed)
+    noise = torch.randn(1, 2, *setting.volume, generator=generator)
+    x = torch.nn.functional.avg_pool3d(noise, 5, stride=1, padding=2)[0]
+    centre = [round(0.4 * s) for s in setting.volume]
+    axes = [(torch.arange(n) - c).float() ** 2 for n, c in zip(setting.volume, centre, strict=True)]
+    distance = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).reshape(
+        -1
+    )
+    domain = torch.zeros(distance.numel(), dtype=torch.bool)
+    domain[torch.argsort(distance, stable=True)[: setting.rows]] = True  # the nearest voxels
+    x[0][domain.reshape(setting.volume)] += 3.0  # hyperintense in "FLAIR"
+    return model, x, domain.reshape(setting.volume)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def _authors(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    from instasal.saliency.noise import noisy_inputs
+
+    model.eval()
+    device = next(model.parameters()).device
+    (noisy,) = noisy_inputs(x, n_samples=1, noise_level=0.05, noise_range="per_channel", seed=0)
+    leaf = noisy.to(device).unsqueeze(0).requires_grad_(True)
+    logits = model(leaf)[0, 1]
+    best = None
+    for v in torch.nonzero(domain.reshape(-1)).reshape(-1).tolist():
+        (row,) = torch.autograd.grad(logits.reshape(-1)[v], leaf, retain_graph=True)
+        best = row if best is None else torch.where(row.abs() > best.abs(), row, best)
+    assert best is not None
+    return best[0].cpu()
+
+
+def _floor(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor, patch: int) -> None:
+    from instasal.saliency.context import window_for
+
+    window = window_for(domain, "patch", patch_size=(patch,) * 3)
+    model.eval()
+    leaf = window.crop(x).to(next(model.parameters()).device).unsqueeze(0).requires_grad_(True)
+    logits = model(leaf)[0, 1]
+    voxels = torch.nonzero(domain[window.slices].reshape(-1)).reshape(-1).to(logits.device)
+    one_hot = logits.new_zeros(len(voxels), logits.numel())
+    one_hot[torch.arange(len(voxels)), voxels] = 1
+    torch.autograd.grad(
+        logits, leaf, one_hot.reshape(len(voxels), *logits.shape), is_grads_batched=True
+    )
+
+
+def _run(setting: Setting, name: str, model, x, domain) -> tuple[torch.Tensor | None, str]:
+    from instasal.saliency import cached_engine_choices, instance_smoothgrad
+
+    if name == "authors":
+        return _authors(model, x, domain), ""
+    if name == "floor":
+        _floor(model, x, domain, setting.patch)
+        return None, ""
+    engine, context = name.split("/")
+    saliency_map = instance_smoothgrad(
+        model, x, domain, n_samples=1, engine=engine, context=context, patch_size=setting.patch
+    )
+    note = ""
+    if engine == "auto":
+        window = (1, 2, *setting.volume) if context == "full" else (1, 2, *(setting.patch,) * 3)
+        for key, choice in cached_engine_choices(model).items():
+            if key[0] == window:
+                note = (
+                    f"auto chose {choice.engine}: naive {choice.naive_seconds_per_row:.3f} s/row, "
+                    f"batched {choice.batched_seconds_per_row:.3f} s/row "
+                    f"(up to {choice.rows_per_call} rows/call under the memory budget)"
+                )
+    return saliency_map, note
+
+
+def measure(setting: Setting, name: str) -> Measurement:
+    """Time one procedure in this (fresh, forked) process; ``auto`` after its cached measurement."""
+    from instasal.saliency import instance_smoothgrad
+
+    torch.set_num_threads(setting.threads)
+    model, x, domain = build(setting)
+    _warm_up(model, x, setting.patch)
+    warm_up = ""
+    if name.startswith("auto/"):
+        started = time.perf_counter()
+        instance_smoothgrad(
+            model, x, domain, n_samples=1, context=name.split("/")[1], patch_size=setting.patch
+        )
+        warm_up = (
+            f"one-off engine measurement and first call {time.perf_counter() - started:.1f} s; "
+        )
+    cuda = setting.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = _rss_bytes()
+    started = time.perf_counter()
+    saliency_map, note = _run(setting, name, model, x, domain)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - baseline
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    return Measurement(name, seconds, setting.rows, max(peak, 0), saliency_map, warm_up + note)
+
+
+def _in_child(setting: Setting, name: str) -> Measurement:
+    # A forked child per procedure: its own peak memory, nothing cached from the others. The parent
+    # runs no torch computation, so forking is safe for torch's thread pools.
+    context = multiprocessing.get_context("fork" if setting.device == "cpu" else "spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(measure, (setting, name))
+
+
+def _warm_up(model: torch.nn.Module, x: torch.Tensor, patch: int) -> None:
+    """One untimed forward pass per input size, so that no procedure pays first-call costs."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model(x.unsqueeze(0).to(device))
+        model(x[:, :patch, :patch, :patch].unsqueeze(0).to(device))
+
+
+def _hardware(device: str, threads: int) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"{model}, {cores} cores visible, {threads} torch threads (torch {torch.__version__})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 2 min on 2 cores")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--rows", type=int, default=None, help="lesion voxels (Jacobian rows)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--norm", choices=("batch", "instance"), default="batch", help="batch: the authors' U-Net"
+    )
+    args = parser.parse_args()
+    geometry: dict[str, Any] = QUICK if args.quick else PAPER
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    setting = Setting(
+        volume=geometry["volume"],
+        patch=geometry["patch"],
+        rows=args.rows or geometry["rows"],
+        device=device,
+        threads=args.threads,
+        norm=args.norm,
+    )
+    names = ["authors", "naive/full", "auto/full", "naive/patch", "batched/patch", "auto/patch"]
+    if device == "cuda":
+        names.append("floor")
+    print(f"hardware: {_hardware(device, args.threads)}")
+    print(
+        f"model: MONAI UNet channels {CHANNELS}, 2 res units, {setting.norm} norm (eval); volume "
+        f"{setting.volume}, patch {setting.patch}³, lesion of {setting.rows} voxels, 1 noise draw"
+    )
+    results = {name: _in_child(setting, name) for name in names}
+
+    from instasal.saliency import map_agreement
+
+    reference = results["naive/full"].saliency_map
+    authors = results["authors"]
+    header = f"{'procedure':<14} {'s/row':>9} {'rows/s':>9} {'peak MiB':>9} {'vs authors':>11}"
+    print(header)
+    print("-" * len(header))
+    for name, result in results.items():
+        speedup = authors.seconds_per_row / result.seconds_per_row
+        print(
+            f"{name:<14} {result.seconds_per_row:>9.3f} {1 / result.seconds_per_row:>9.2f} "
+            f"{result.peak_bytes / 2**20:>9.0f} {speedup:>10.2f}x"
+        )
+    for name, result in results.items():
+        if result.note:
+            print(f"{name}: {result.note}")
+    assert reference is not None
+    for name in ("authors", "auto/full"):
+        candidate = results[name].saliency_map
+        assert candidate is not None
+        gap = map_agreement(candidate, reference)["relative_max_difference"]
+        print(f"{name} vs naive/full: relative max difference {gap:.2e} (exactness)")
+    patch_map = results["auto/patch"].saliency_map
+    assert patch_map is not None
+    agreement = map_agreement(patch_map, reference)
+    print(
+        "patch vs full agreement: "
+        + ", ".join(f"{key} {value:.4g}" for key, value in agreement.items())
+    )
+    engine_alone = authors.seconds_per_row / results["auto/full"].seconds_per_row
+    print(f"engine alone (auto/full vs authors): {engine_alone:.2f}x")
+    if "floor" in results:
+        fraction = results["floor"].seconds_per_row / results["auto/patch"].seconds_per_row
+        print(
+            f"fraction of the batched-VJP floor (floor s/row over auto/patch s/row): {fraction:.2f}"
+        )
+    speedup = authors.seconds_per_row / results["auto/patch"].seconds_per_row
+    print(f"speedup_vs_authors: {speedup:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
