@@ -115,7 +115,7 @@ def _floor(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor, patch:
     logits = model(leaf)[0, 1]
     voxels = torch.nonzero(domain[window.slices].reshape(-1)).reshape(-1).to(logits.device)
     one_hot = logits.new_zeros(len(voxels), logits.numel())
-    one_hot[torch.arange(len(voxels)), voxels] = 1
+    one_hot[torch.arange(len(voxels), device=logits.device), voxels] = 1
     torch.autograd.grad(
         logits, leaf, one_hot.reshape(len(voxels), *logits.shape), is_grads_batched=True
     )

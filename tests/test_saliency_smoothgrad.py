@@ -300,3 +300,24 @@ def test_patch_is_enlarged_to_the_size_divisibility_when_the_domain_does_not_fit
     )
     nonzero_x = torch.nonzero(patch.abs().sum(dim=(0, 2, 3))).reshape(-1)
     assert (int(nonzero_x.min()), int(nonzero_x.max()) + 1) == (0, 40)
+
+
+def test_many_domains_with_patches_share_coinciding_patches_and_equal_single_calls() -> None:
+    torch.manual_seed(8)
+    model = _Dense()
+    x = torch.randn(2, 40, 36, 32)
+    domains = {
+        1: _domain((40, 36, 32), [(1, 1, 1)]),  # corner: patch shifted to the corner
+        2: _domain((40, 36, 32), [(2, 2, 2), (2, 3, 2)]),  # same corner patch
+        3: _domain((40, 36, 32), [(30, 20, 20)]),
+    }
+    kwargs = {"context": "patch", "patch_size": 20, "n_samples": 2, "engine": "naive"}
+    forwards = []
+    handle = model.first.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        maps = instance_smoothgrad_many(model, x, domains, **kwargs)
+    finally:
+        handle.remove()
+    assert len(forwards) == 2 * 2  # two distinct patches per noise draw
+    for domain_id, domain in domains.items():
+        assert torch.equal(maps[domain_id], instance_smoothgrad(model, x, domain, **kwargs))

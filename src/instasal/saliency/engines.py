@@ -161,7 +161,7 @@ def _naive_rows(logits: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor
 
 def _batched_rows(logits: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     one_hot = logits.new_zeros((len(voxels), logits.numel()))
-    one_hot[torch.arange(len(voxels)), voxels.to(logits.device)] = 1
+    one_hot[torch.arange(len(voxels), device=logits.device), voxels.to(logits.device)] = 1
     return torch.autograd.grad(
         logits,
         inputs,
