@@ -174,11 +174,9 @@ def _candidates(
     count = min(len(white_voxels), 30000)
     voxels = white_voxels[rng.choice(len(white_voxels), size=count, replace=False)]
     positions = anatomy.to_template(voxels)
-    distances = sample_trilinear(
-        np.stack([template.distance_ventricles, template.distance_cortex]),
-        positions.T.astype(np.float32),
-    )
-    ventricles, cortex = distances
+    points = positions.T.astype(np.float32)
+    ventricles = sample_trilinear(template.distance_ventricles[..., None], points)[:, 0]
+    cortex = sample_trilinear(template.distance_cortex[..., None], points)[:, 0]
     infratentorial = is_infratentorial(template.voxel_to_world(positions))
     white = anatomy.white[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
     supratentorial = ~infratentorial
@@ -200,13 +198,13 @@ def _candidates(
 
 def _ventricle_gradients(anatomy: SubjectAnatomy, positions: FloatArray) -> FloatArray:
     """Unit gradients ``[N, 3]`` of the template ventricle distance at template ``positions``."""
-    distance = anatomy.template.distance_ventricles[None]
+    distance = anatomy.template.distance_ventricles[..., None]
     gradient = np.zeros_like(positions)
     for axis in range(3):
         step = np.zeros(3)
         step[axis] = 1.0
-        ahead = sample_trilinear(distance, (positions + step).T.astype(np.float32))[0]
-        behind = sample_trilinear(distance, (positions - step).T.astype(np.float32))[0]
+        ahead = sample_trilinear(distance, (positions + step).T.astype(np.float32))[:, 0]
+        behind = sample_trilinear(distance, (positions - step).T.astype(np.float32))[:, 0]
         gradient[:, axis] = ahead - behind
     norm = np.linalg.norm(gradient, axis=1, keepdims=True)
     return gradient / np.maximum(norm, 1e-6)
@@ -315,10 +313,11 @@ def insert_lesions(
 ) -> LesionSet:
     """Place ``count`` lesions and draw them into copies of ``flair`` and ``t1w``.
 
-    Images are in white-matter units (white matter = 1). Each lesion replaces the tissue it covers
-    in proportion to its partial-volume occupancy, never fills CSF (occupancy is scaled by
-    1 − CSF), and never leaves the brain mask. A region with no candidate voxel in this subject is
-    skipped in favour of the others.
+    Images are in white-matter units (white matter = 1). A lesion takes the tissue part of each
+    voxel it covers in proportion to its geometric occupancy (never the CSF part), and never leaves
+    the brain mask; it never makes FLAIR darker or T1w brighter than the tissue it replaces (a
+    faint lesion reaching into cortex is as bright as the cortex there). A region with no candidate
+    voxel in this subject is skipped in favour of the others.
     """
     flair = flair.copy()
     t1w = t1w.copy()
@@ -327,6 +326,9 @@ def insert_lesions(
     resolution = float(anatomy.template.resolution)
     voxel_volume = resolution**3
     candidates = _candidates(anatomy, rng)
+    fluid = anatomy.csf >= 0.9
+    csf_flair = float(np.median(flair[fluid])) if fluid.any() else 0.0
+    csf_t1w = float(np.median(t1w[fluid])) if fluid.any() else 0.0
     weights_table = dict(LESION_PARAMETERS.region_weights)
     names: list[LesionRegion] = [name for name in REGION_LABELS if len(candidates[name][0]) > 0]
     weights = np.array([weights_table[name] for name in names])
@@ -362,7 +364,10 @@ def insert_lesions(
             roughness,
             rng,
         )
-        occupancy *= np.clip(1.0 - 1.5 * anatomy.csf[crop], 0.0, 1.0) * anatomy.brain_mask[crop]
+        # Lesions replace tissue, never CSF: the lesion's share of a voxel is its geometric
+        # occupancy times the voxel's tissue fraction.
+        tissue_fraction = (1.0 - anatomy.csf[crop]) * anatomy.brain_mask[crop]
+        occupancy *= tissue_fraction
         # The centre was drawn from white matter: it belongs to the lesion even where a thin
         # lesion's surface noise or partial CSF would leave it below half occupancy.
         local_centre = tuple(centre - lower)
@@ -370,8 +375,16 @@ def insert_lesions(
         own = occupancy >= 0.5
         flair_contrast, t1w_contrast, faint = _draw_contrast(rng, volume)
         profile = 0.7 + 0.3 * np.sqrt(core) + 0.05 * rng.normal(size=crop_shape)
-        flair[crop] += occupancy * (1.0 + flair_contrast * profile - flair[crop])
-        t1w[crop] += occupancy * (1.0 + t1w_contrast * profile - t1w[crop])
+        for image, contrast, fluid_level, brighten in (
+            (flair, flair_contrast, csf_flair, True),
+            (t1w, t1w_contrast, csf_t1w, False),
+        ):
+            current = image[crop]
+            csf = anatomy.csf[crop]
+            tissue = (current - csf * fluid_level) / np.maximum(1.0 - csf, 0.1)
+            lesion = 1.0 + contrast * profile
+            lesion = np.maximum(lesion, tissue) if brighten else np.minimum(lesion, tissue)
+            image[crop] = current + occupancy * (lesion - tissue)
         label = REGION_LABELS[region]
         regions[crop][own & ~mask[crop]] = label
         mask[crop] |= own

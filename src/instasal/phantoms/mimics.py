@@ -30,10 +30,10 @@ class MimicParameters:
     Contrasts are added FLAIR intensity in white-matter units.
     """
 
-    cap_contrast: tuple[float, float] = (0.15, 0.4)
-    rim_contrast: tuple[float, float] = (0.03, 0.12)
-    cap_width_mm: tuple[float, float] = (1.0, 2.5)
-    horn_fraction: float = 0.18
+    cap_contrast: tuple[float, float] = (0.2, 0.5)
+    rim_contrast: tuple[float, float] = (0.04, 0.12)
+    cap_width_mm: tuple[float, float] = (1.5, 3.5)
+    horn_fraction: float = 0.2
     septal_probability: float = 0.6
     septal_contrast: tuple[float, float] = (0.25, 0.7)
     spot_count_mean: float = 5.0
@@ -87,7 +87,9 @@ def _caps(
     rim = rng.uniform(*MIMIC_PARAMETERS.rim_contrast)
     width = rng.uniform(*MIMIC_PARAMETERS.cap_width_mm)
     texture = np.exp(0.3 * ndimage.gaussian_filter(rng.normal(size=ventricles.shape), 2.0) * 3.0)
-    added = (cap * horn_weight + rim) * np.exp(-distance / width) * texture
+    # Full strength in the first voxel outside the ventricle wall, then an exponential fall-off.
+    falloff = np.exp(-np.maximum(distance - resolution, 0.0) / width)
+    added = (cap * horn_weight + rim) * falloff * texture
     added *= (distance > 0) * (1.0 - anatomy.csf[crop])
     return np.asarray(added, dtype=np.float32)
 
@@ -119,8 +121,8 @@ def _spots(
     surface = np.argwhere(((anatomy.grey >= 0.4) | (anatomy.csf >= 0.4)) & anatomy.brain_mask)
     sample = surface[rng.choice(len(surface), size=min(len(surface), 5000), replace=False)]
     depth = sample_trilinear(
-        template.distance_exterior[None], anatomy.to_template(sample).T.astype(np.float32)
-    )[0]
+        template.distance_exterior[..., None], anatomy.to_template(sample).T.astype(np.float32)
+    )[:, 0]
     shallow = sample[depth <= MIMIC_PARAMETERS.spot_max_depth_mm]
     count = int(rng.poisson(MIMIC_PARAMETERS.spot_count_mean)) if len(shallow) else 0
     for _ in range(count):

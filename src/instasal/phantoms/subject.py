@@ -12,6 +12,7 @@ from instasal.errors import ConfigurationError
 from instasal.phantoms.anatomy import (
     BIAS_SPACING_MM,
     CONTRAST_RANGES,
+    DEEP_GREY_FLAIR_FACTOR,
     DEFORMATION_RANGES,
     FREE_FORM_SPACING_MM,
     VENTRICLE_EXPANSION_WIDTH_MM,
@@ -180,6 +181,7 @@ def generation_parameters() -> dict[str, Any]:
         "free_form_control_spacing_mm": FREE_FORM_SPACING_MM,
         "bias_field_control_spacing_mm": BIAS_SPACING_MM,
         "white_matter_texture_spacing_mm": WHITE_TEXTURE_SPACING_MM,
+        "deep_grey_flair_factor": DEEP_GREY_FLAIR_FACTOR,
         "noise": "Rician (magnitude of complex Gaussian), sigma relative to white matter",
         "bias_field": "exp(amplitude * smooth unit field); amplitudes in contrast_ranges",
     }
