@@ -34,30 +34,79 @@ def _quantiles(values: list[float] | np.ndarray, digits: int = 1) -> str:
     )
 
 
-def _components(mask: np.ndarray, voxel_mm3: float, min_mm3: float = 5.0) -> list[np.ndarray]:
-    labels, count = ndimage.label(mask, structure=CONNECTIVITY_18)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    return [labels == index for index in range(1, count + 1) if sizes[index] * voxel_mm3 > min_mm3]
+def _components(mask: np.ndarray, voxel_mm3: float, min_mm3: float = 5.0) -> list[tuple]:
+    """``(slices, component mask within them)`` of each 18-connected component above ``min_mm3``."""
+    labels, _ = ndimage.label(mask, structure=CONNECTIVITY_18)
+    found = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        component = labels[box] == index
+        if component.sum() * voxel_mm3 > min_mm3:
+            found.append((box, component))
+    return found
+
+
+def _local_contrast(
+    image: np.ndarray, normal_white: np.ndarray, box: tuple, component: np.ndarray, shell: int
+) -> float | None:
+    """Mean over the component / median of normal white matter in a shell around it, minus 1."""
+    padded = tuple(
+        slice(max(s.start - shell - 1, 0), min(s.stop + shell + 1, n))
+        for s, n in zip(box, image.shape, strict=True)
+    )
+    inner = np.zeros(image[padded].shape, dtype=bool)
+    offset = tuple(s.start - p.start for s, p in zip(box, padded, strict=True))
+    inner[tuple(slice(o, o + n) for o, n in zip(offset, component.shape, strict=True))] = component
+    ring = ndimage.binary_dilation(inner, CONNECTIVITY_18, iterations=shell + 1)
+    ring &= ~ndimage.binary_dilation(inner, CONNECTIVITY_18, iterations=1) & normal_white[padded]
+    if ring.sum() < 5:
+        return None
+    return float(image[padded][inner].mean()) / float(np.median(image[padded][ring])) - 1.0
+
+
+BASELINE_THRESHOLDS = (1.3, 1.45, 1.6)
+
+
+def _threshold_baseline(subject: PhantomSubject, normal: np.ndarray) -> dict[str, list[float]]:
+    """Lesion-wise TP/FP/FN counts of thresholding FLAIR at multiples of white matter.
+
+    A difficulty gauge: what a model that only knew "bright on FLAIR" would reach.
+    """
+    flair = subject.flair / float(np.median(subject.flair[normal]))
+    voxel_mm3 = float(subject.resolution) ** 3
+    truth = _components(subject.lesion_mask, voxel_mm3)
+    rows: dict[str, list[float]] = {}
+    for threshold in BASELINE_THRESHOLDS:
+        predicted = (flair >= threshold) & subject.brain_mask
+        found = _components(predicted, voxel_mm3)
+        true_positive = sum(bool(subject.lesion_mask[box][c].any()) for box, c in found)
+        detected = sum(bool(predicted[box][c].any()) for box, c in truth)
+        rows[f"tp_{threshold}"] = [float(true_positive)]
+        rows[f"fp_{threshold}"] = [float(len(found) - true_positive)]
+        rows[f"detected_{threshold}"] = [float(detected)]
+        rows[f"truth_{threshold}"] = [float(len(truth))]
+    return rows
 
 
 def _subject_rows(subject: PhantomSubject) -> dict[str, list[float]]:
     voxel_mm3 = float(subject.resolution) ** 3
     normal = subject.wm_mask & ~subject.lesion_mask & ~subject.mimic_mask
-    white_flair = float(np.median(subject.flair[normal]))
-    white_t1w = float(np.median(subject.t1w[normal]))
+    shell = 2 if subject.resolution == 2 else 4
     components = _components(subject.lesion_mask, voxel_mm3)
     mimics = _components(subject.mimic_mask, voxel_mm3, min_mm3=0.0)
-    return {
-        "component_flair": [float(subject.flair[c].mean()) / white_flair - 1 for c in components],
-        "component_t1w": [float(subject.t1w[c].mean()) / white_t1w - 1 for c in components],
-        "component_volume": [float(c.sum()) * voxel_mm3 for c in components],
+    rows: dict[str, list[float]] = {
+        "component_volume": [float(c.sum()) * voxel_mm3 for _, c in components],
         "n_components": [float(len(components))],
         "n_mimics": [float(len(mimics))],
         "mimic_volume": [float(subject.mimic_mask.sum()) * voxel_mm3],
-        "mimic_flair": [float(subject.flair[subject.mimic_mask].mean()) / white_flair - 1]
-        if subject.mimic_mask.any()
-        else [],
     }
+    rows.update(_threshold_baseline(subject, normal))
+    for name, image in (("flair", subject.flair), ("t1w", subject.t1w)):
+        for kind, found in (("component", components), ("mimic", mimics)):
+            values = [_local_contrast(image, normal, box, c, shell) for box, c in found]
+            rows[f"{kind}_{name}"] = [value for value in values if value is not None]
+    return rows
 
 
 def cohort_statistics(n_subjects: int, seed: int, resolution: int) -> None:
@@ -112,14 +161,24 @@ def cohort_statistics(n_subjects: int, seed: int, resolution: int) -> None:
     print(f"faint share: {faint / total:.2f}")
     print(f"drawn peak FLAIR contrast: {_quantiles(drawn_flair, 2)}")
     print(f"drawn peak T1w contrast:   {_quantiles(drawn_t1w, 2)}")
-    print("measured lesion-to-WM contrast (mean over a component / median normal WM − 1):")
-    print(f"  FLAIR {_quantiles(rows['component_flair'], 2)}")
-    print(f"  T1w   {_quantiles(rows['component_t1w'], 2)}")
+    print("measured contrast: mean over a component / median normal WM in a 2-4 mm shell, - 1")
+    print(f"  lesion FLAIR {_quantiles(rows['component_flair'], 2)}")
+    print(f"  lesion T1w   {_quantiles(rows['component_t1w'], 2)}")
+    print(
+        f"  share of lesions with FLAIR contrast < 0.1: "
+        f"{np.mean(np.asarray(rows['component_flair']) < 0.1):.2f}"
+    )
+    print(f"  mimic FLAIR  {_quantiles(rows['mimic_flair'], 2)}")
+    print(f"  mimic T1w    {_quantiles(rows['mimic_t1w'], 2)}")
     print(
         f"mimics per subject (components): {_quantiles(rows['n_mimics'])}, "
         f"volume mm³ {_quantiles(rows['mimic_volume'], 0)}"
     )
-    print(f"  mimic FLAIR contrast (mean over mask): {_quantiles(rows['mimic_flair'], 2)}")
+    print("naive baseline, FLAIR >= k x median white matter, lesion-wise (components > 5 mm³):")
+    for threshold in BASELINE_THRESHOLDS:
+        tp, fp = sum(rows[f"tp_{threshold}"]), sum(rows[f"fp_{threshold}"])
+        recall = sum(rows[f"detected_{threshold}"]) / max(sum(rows[f"truth_{threshold}"]), 1.0)
+        print(f"  k={threshold}: TPR {recall:.2f}, FDR {fp / max(tp + fp, 1.0):.2f}")
     print(f"seconds per subject at {resolution} mm (template cached): {_quantiles(seconds, 2)}")
 
 

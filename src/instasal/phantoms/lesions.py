@@ -374,10 +374,14 @@ def insert_lesions(
         occupancy[local_centre] = max(float(occupancy[local_centre]), 0.6)
         own = occupancy >= 0.5
         flair_contrast, t1w_contrast, faint = _draw_contrast(rng, volume)
-        profile = 0.7 + 0.3 * np.sqrt(core) + 0.05 * rng.normal(size=crop_shape)
-        for image, contrast, fluid_level, brighten in (
-            (flair, flair_contrast, csf_flair, True),
-            (t1w, t1w_contrast, csf_t1w, False),
+        # FLAIR hyperintensity fills the lesion; T1w hypo-intensity concentrates in the core
+        # (black holes are smaller than the FLAIR lesion around them).
+        texture = 0.05 * rng.normal(size=crop_shape)
+        flair_profile = 0.7 + 0.3 * np.sqrt(core) + texture
+        t1w_profile = 0.35 + 0.65 * np.sqrt(core) + texture
+        for image, contrast, profile, fluid_level, brighten in (
+            (flair, flair_contrast, flair_profile, csf_flair, True),
+            (t1w, t1w_contrast, t1w_profile, csf_t1w, False),
         ):
             current = image[crop]
             csf = anatomy.csf[crop]
