@@ -12,6 +12,7 @@ from instasal.errors import (
 )
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import Subject, read_subject
+from instasal.models import available_models, load_model
 from instasal.saliency import (
     instance_gradcam,
     instance_gradcam_many,
@@ -33,12 +34,14 @@ __all__ = [
     "OutputExistsError",
     "Subject",
     "__version__",
+    "available_models",
     "classify_instances",
     "find_instances",
     "instance_gradcam",
     "instance_gradcam_many",
     "instance_smoothgrad",
     "instance_smoothgrad_many",
+    "load_model",
     "normalise_map",
     "patch_full_agreement",
     "read_subject",

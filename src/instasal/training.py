@@ -515,8 +515,9 @@ def _read_checkpoint(path: Path, config: TrainingConfig) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not an instasal training checkpoint")
     saved, current = dict(state["config"]), config.as_dict()
-    saved.pop("epochs", None)
-    current.pop("epochs", None)
+    for free in ("epochs", "threads"):  # neither changes what a finished epoch computed
+        saved.pop(free, None)
+        current.pop(free, None)
     if saved != current:
         changed = sorted(k for k in current if saved.get(k) != current[k])
         raise ConfigurationError(

@@ -193,15 +193,15 @@ def default_gradcam_layer(architecture: str, hyperparameters: Mapping[str, Any])
     """The documented default Grad-CAM++ layer: the decoder output at half the input resolution.
 
     - ``unet``: ``model.1.submodule.2.conv`` — the transposed convolution of the second decoder
-      level, the layer the authors used (SPEC §3).
+      level, the layer the authors used (SPEC §3); ``model.2.conv`` for a one-level U-Net.
     - ``nnunet``: ``upsamples.<n-2>`` — the second-to-last ``DynUNet`` up-block (half resolution).
     - ``swinunetr``: ``decoder2`` — the ``SwinUNETR`` decoder block at half resolution.
     """
     name = _check_architecture(architecture)
     if name == "unet":
-        if int(hyperparameters.get("num_res_units", 0)) > 0:
-            return "model.1.submodule.2.0.conv"
-        return "model.1.submodule.2.conv"
+        level = "model.1.submodule.2" if len(hyperparameters["strides"]) >= 2 else "model.2"
+        residual = int(hyperparameters.get("num_res_units", 0)) > 0
+        return f"{level}.0.conv" if residual else f"{level}.conv"
     if name == "nnunet":
         return f"upsamples.{len(hyperparameters['strides']) - 3}"
     return "decoder2"
