@@ -176,3 +176,14 @@ def test_gzip_payload_is_valid(tmp_path, oblique_affine):
     with gzip.open(target) as stream:
         assert len(stream.read()) > 348
     assert Path(target).stat().st_size > 0
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, oblique_affine):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = write_nifti(np.ones((3, 3, 3), bool), oblique_affine, tmp_path / "m.nii.gz")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -25,7 +25,7 @@ SHAPE = (16, 16, 16)
 
 
 class LinearLesionModel(nn.Module):
-    def __init__(self, in_channels: int = 2) -> None:
+    def __init__(self, in_channels: int = 2, bias: float = BIAS) -> None:
         super().__init__()
         self.conv = nn.Conv3d(in_channels, 2, kernel_size=1)
         with torch.no_grad():
@@ -33,16 +33,16 @@ class LinearLesionModel(nn.Module):
             self.conv.bias.zero_()
             self.conv.weight[1, 0] = W_FLAIR
             self.conv.weight[1, 1] = W_T1W
-            self.conv.bias[1] = BIAS
+            self.conv.bias[1] = bias
         names = ["FLAIR", "T1w", "T2w"][:in_channels]
         self.card = {
             "name": "linear-test",
             "architecture": "1x1x1 convolution",
-            "channels": names,
+            "channel_names": names,
             "patch_size": list(SHAPE),
             "threshold": 0.5,
             "gradcam_layer": "conv",
-            "target": 1,
+            "target_class": 1,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +58,8 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 def subject_files(tmp_path: Path, rng: np.random.Generator):
     """Two bright FLAIR blobs (one matched by the reference) on a noisy head; 2 mm voxels."""
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    flair = rng.normal(10.0, 1.0, SHAPE).astype(np.float32)
-    t1w = rng.normal(10.0, 1.0, SHAPE).astype(np.float32)
+    flair = rng.normal(10.0, 0.2, SHAPE).astype(np.float32)
+    t1w = rng.normal(10.0, 0.2, SHAPE).astype(np.float32)
     flair[3:6, 3:6, 3:6] = 40.0
     flair[10:12, 10:13, 9:12] = 40.0
     reference = np.zeros(SHAPE, np.uint8)
@@ -90,7 +90,7 @@ def test_table_values_match_the_hand_computed_jacobian(tmp_path, subject_files):
     table = pd.read_csv(result.layout.table, sep="\t")
     assert list(table["type"]) == ["TP", "FP", "FN", "TN", "TN"]
     assert list(table["id"]) == [1, 2, 3, 4, 5]
-    assert list(table["volume_mm3"][:3]) == [27 * 8.0, 18 * 8.0, 8 * 8.0]
+    assert list(table["volume_mm3"][:3]) == pytest.approx([27 * 8.0, 18 * 8.0, 8 * 8.0])
     for row in table.itertuples():
         domain = result.instances.mask(row.id)
         # max aggregation of rows that are w_k·δ_v: w_k on Ω, 0 elsewhere
@@ -99,7 +99,9 @@ def test_table_values_match_the_hand_computed_jacobian(tmp_path, subject_files):
         assert row.ring_mean_FLAIR == 0.0
         assert row.trough_T1w == pytest.approx(W_T1W)
         assert row.peak_T1w == 0.0
-        assert row.reliance_FLAIR == pytest.approx(W_FLAIR / (W_FLAIR + abs(W_T1W)))
+        # reliance = peak_FLAIR / (|peak_FLAIR| + |peak_T1w|), and T1w's peak (max) is 0 here
+        assert row.reliance_FLAIR == pytest.approx(1.0)
+        assert row.reliance_T1w == 0.0
         first = np.argwhere(domain)[0]
         assert row.trough_T1w_voxel == ",".join(map(str, first))
         saliency = nib.load(result.layout.smoothgrad(row.id, "FLAIR")).get_fdata()
@@ -133,6 +135,7 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, subject_files
             reference=subject_files["reference"],
             settings=settings,
             progress=interrupt,
+            report=False,
         )
     assert not (tmp_path / "run" / "sub-01_lesions.tsv").exists()
     resumed = explain_subject(
@@ -141,6 +144,7 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, subject_files
         tmp_path / "run",
         reference=subject_files["reference"],
         settings=settings,
+        report=False,
     )
     assert resumed.reused_lesions == 4  # the first batch of four finished before the interrupt
     clean = explain_subject(
@@ -149,18 +153,26 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, subject_files
         tmp_path / "clean",
         reference=subject_files["reference"],
         settings=settings,
+        report=False,
     )
     pd.testing.assert_frame_equal(resumed.table, clean.table)
 
 
 def test_other_settings_are_refused_without_overwrite(tmp_path, subject_files):
     out = tmp_path / "out"
-    explain_subject(subject_files["images"], LinearLesionModel(), out, settings=SETTINGS)
+    explain_subject(
+        subject_files["images"], LinearLesionModel(), out, settings=SETTINGS, report=False
+    )
     changed = ExplainSettings(n_samples=4, context="full")
     with pytest.raises(OutputExistsError, match=r"other inputs or settings.*--overwrite"):
         explain_subject(subject_files["images"], LinearLesionModel(), out, settings=changed)
     result = explain_subject(
-        subject_files["images"], LinearLesionModel(), out, settings=changed, overwrite=True
+        subject_files["images"],
+        LinearLesionModel(),
+        out,
+        settings=changed,
+        overwrite=True,
+        report=False,
     )
     provenance = json.loads(result.layout.provenance.read_text())
     assert provenance["settings"]["n_samples"] == 4
@@ -181,10 +193,19 @@ def test_reference_on_another_grid_names_the_file(tmp_path, subject_files):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, subject_files):
-    quiet = ExplainSettings(n_samples=2, context="full", threshold=0.9999)
-    result = explain_subject(
-        subject_files["images"], LinearLesionModel(), tmp_path / "o", settings=quiet
-    )
+def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, rng):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    images = [
+        _write(
+            tmp_path / f"sub-02_{name}.nii.gz",
+            rng.normal(10, 0.2, SHAPE).astype(np.float32),
+            affine,
+        )
+        for name in ("FLAIR", "T1w")
+    ]
+    quiet = ExplainSettings(n_samples=2, context="full")
+    never = LinearLesionModel(bias=-100.0)  # lesion logit far below 0 everywhere
+    result = explain_subject(images, never, tmp_path / "o", settings=quiet)
     assert len(result.table) == 0
     assert "No lesion was found" in result.report.read_text()
+    assert nib.load(result.layout.mask).get_fdata().sum() == 0

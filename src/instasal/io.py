@@ -313,14 +313,33 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path}: exists already (pass overwrite=True / --overwrite)")
 
 
+def _umask_permissions() -> int:
+    """The mode a plain ``open()`` would give a new file (0o666 less the process umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temporary_beside(path: Path, suffix: str) -> Path:
+    """A new empty temporary file in ``path``'s folder, with ordinary file permissions.
+
+    ``mkstemp`` creates files readable by their owner only; outputs must be readable like any
+    file the user writes (shared servers, viewers run by other users).
+    """
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    os.chmod(temporary, _umask_permissions())
+    return Path(temporary)
+
+
 def atomic_write_bytes(path: PathLike, payload: bytes, *, overwrite: bool = False) -> Path:
     """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = _temporary_beside(path, ".tmp")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "wb") as stream:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
@@ -387,8 +406,7 @@ def write_nifti(
     image.header["scl_inter"] = np.nan
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
+    temporary = _temporary_beside(path, suffix)
     try:
         nib.save(image, temporary)
         os.replace(temporary, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from instasal.cli import analysis_commands as _analysis_commands  # noqa: F401  (registers)
 from instasal.cli import commands as _commands  # noqa: F401  (registers the commands)
 from instasal.cli._app import app, console, run_app
 

@@ -22,23 +22,15 @@ import pandas as pd
 from instasal.errors import ConfigurationError, ImageError, OutputExistsError
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.io import Subject, atomic_write_json, load_mask, read_subject, write_nifti
+from instasal.pipeline.lesions import explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
-from instasal.summaries import lesion_summary
 from instasal.typing import PathLike
 
 __all__ = ["ExplainResult", "ProgressCallback", "explain_subject", "model_fingerprint"]
 
 ProgressCallback = Callable[[str, float, float], None]
 """``progress(stage, done, total)``: what the run is doing and how far it is."""
-
-REGION_NAMES = {
-    1: "periventricular",
-    2: "juxtacortical",
-    3: "deep white matter",
-    4: "infratentorial",
-}
-LESIONS_PER_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -183,7 +175,7 @@ def explain_subject(
     check_channels(network, subject.channel_names)
     context = settings.context or ("patch" if card.get("patch_size") else "full")
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
-    target = int(card.get("target", 1))
+    target = int(card.get("target_class", 1))
     layer = settings.gradcam_layer or card.get("gradcam_layer")
     if settings.gradcam and not layer:
         raise ConfigurationError(
@@ -227,7 +219,7 @@ def explain_subject(
             overwrite=True,
         )
 
-    normalised = subject.normalised()
+    normalised = _normalise(subject, str(card.get("normalisation", "zscore_nonzero")))
     import torch
 
     x = torch.from_numpy(normalised.data)
@@ -288,7 +280,7 @@ def explain_subject(
             reused += 1
 
     step = time.perf_counter()
-    _explain_lesions(
+    explain_lesions(
         todo,
         instances,
         network,
@@ -309,9 +301,9 @@ def explain_subject(
 
     rows.sort(key=lambda row: int(row["id"]))
     table = (
-        pd.DataFrame(rows, columns=_columns(subject.channel_names))
+        pd.DataFrame(rows, columns=table_columns(subject.channel_names))
         if rows
-        else pd.DataFrame(columns=_columns(subject.channel_names))
+        else pd.DataFrame(columns=table_columns(subject.channel_names))
     )
     layout.write_table(table, table_sidecar(subject.channel_names))
     timings["total_s"] = time.perf_counter() - started
@@ -354,6 +346,24 @@ def explain_subject(
     return result
 
 
+def _normalise(subject: Subject, scheme: str) -> Subject:
+    """The subject normalised the way the model card says the model was trained."""
+    if scheme == "zscore_nonzero":
+        return subject.normalised()
+    if scheme == "none":
+        return subject
+    if scheme == "zscore":
+        data = subject.data.astype(np.float64)
+        mean = data.mean(axis=(1, 2, 3), keepdims=True)
+        std = data.std(axis=(1, 2, 3), keepdims=True)
+        scaled = ((data - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+        return Subject(scaled, subject.affine, subject.channel_names, subject.paths, subject.header)
+    raise ConfigurationError(
+        f"model card normalisation {scheme!r} is not supported by explain; "
+        "supported: zscore_nonzero, zscore, none"
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -385,136 +395,3 @@ def _choose(instances: Instances, max_lesions: int | None) -> list[Any]:
     for kind in ("lesion", "TP", "FP", "FN", "TN"):
         chosen += instances.of_kind(kind)[:max_lesions]
     return sorted(chosen, key=lambda r: r.id)
-
-
-def _columns(channel_names: Sequence[str]) -> list[str]:
-    from instasal.summaries import saliency_columns
-
-    base = ["id", "type", "region", "volume_mm3", "n_voxels"]
-    base += ["centroid_i", "centroid_j", "centroid_k", "centroid_x", "centroid_y", "centroid_z"]
-    base += ["prob_mean", "prob_max"]
-    return [*base, *saliency_columns(channel_names), "gradcam_peak", "gradcam_peak_voxel"]
-
-
-def _region_of(region_map: np.ndarray | None, domain: np.ndarray) -> str:
-    if region_map is None:
-        return "n/a"
-    values = region_map[domain]
-    values = values[values > 0]
-    if values.size == 0:
-        return "none"
-    return REGION_NAMES.get(int(np.bincount(values).argmax()), "other")
-
-
-def _explain_lesions(
-    todo: list[Any],
-    instances: Instances,
-    network: Any,
-    x: Any,
-    subject: Subject,
-    probability: np.ndarray,
-    region_map: np.ndarray | None,
-    layout: RunLayout,
-    key: str,
-    settings: ExplainSettings,
-    *,
-    context: str,
-    target: int,
-    layer: str | None,
-    rows: list[dict[str, Any]],
-    progress: ProgressCallback,
-) -> None:
-    """Explain the domains in ``todo`` in small batches sharing noise draws and forward passes."""
-    from instasal.saliency import instance_gradcam, instance_smoothgrad_many, normalise_map
-
-    if not todo:
-        return
-    total_rows = float(sum(r.n_voxels for r in todo) * settings.n_samples)
-    done_rows = 0.0
-    for start in range(0, len(todo), LESIONS_PER_BATCH):
-        batch = todo[start : start + LESIONS_PER_BATCH]
-        domains = {r.id: instances.mask(r.id) for r in batch}
-        offset = done_rows
-        ids = ", ".join(str(r.id) for r in batch)
-
-        def report_rows(done: int, total: int, offset: float = offset, ids: str = ids) -> None:
-            progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
-
-        maps = instance_smoothgrad_many(
-            network,
-            x,
-            domains,
-            target=target,
-            n_samples=settings.n_samples,
-            noise_level=settings.noise_level,
-            noise_range=settings.noise_range,
-            aggregation=settings.aggregation,
-            context=context,
-            seed=settings.seed,
-            engine=settings.engine,
-            progress=report_rows,
-        )
-        done_rows += sum(r.n_voxels for r in batch) * settings.n_samples
-        for record in batch:
-            domain = domains[record.id]
-            saliency = maps[record.id].detach().cpu().numpy()
-            files = []
-            for k, channel in enumerate(subject.channel_names):
-                path = layout.smoothgrad(record.id, channel)
-                write_nifti(
-                    saliency[k], subject.affine, path, header=subject.header, overwrite=True
-                )
-                files.append(path)
-            row: dict[str, Any] = {
-                "id": record.id,
-                "type": record.kind,
-                "region": _region_of(region_map, domain),
-                "volume_mm3": record.volume_mm3,
-                "n_voxels": record.n_voxels,
-                "centroid_i": record.centroid_voxel[0],
-                "centroid_j": record.centroid_voxel[1],
-                "centroid_k": record.centroid_voxel[2],
-                "centroid_x": record.centroid_world[0],
-                "centroid_y": record.centroid_world[1],
-                "centroid_z": record.centroid_world[2],
-                "prob_mean": float(probability[domain].mean()),
-                "prob_max": float(probability[domain].max()),
-            }
-            row |= lesion_summary(saliency, domain, subject.spacing, subject.channel_names)
-            if settings.gradcam and layer:
-                cam = instance_gradcam(
-                    network, x, domain, layer=layer, variant=settings.gradcam_variant, target=target
-                )
-                cam_array = cam.detach().cpu().numpy()
-                write_nifti(
-                    cam_array,
-                    subject.affine,
-                    layout.gradcam(record.id),
-                    header=subject.header,
-                    overwrite=True,
-                )
-                write_nifti(
-                    normalise_map(cam).detach().cpu().numpy(),
-                    subject.affine,
-                    layout.gradcam(record.id, normalised=True),
-                    header=subject.header,
-                    overwrite=True,
-                )
-                files += [layout.gradcam(record.id), layout.gradcam(record.id, normalised=True)]
-                peak = int(np.argmax(cam_array))
-                row["gradcam_peak"] = float(cam_array.ravel()[peak])
-                row["gradcam_peak_voxel"] = ",".join(
-                    str(int(i)) for i in np.unravel_index(peak, cam_array.shape)
-                )
-            else:
-                row["gradcam_peak"] = float("nan")
-                row["gradcam_peak_voxel"] = "n/a"
-            layout.write_lesion_record(
-                record.id,
-                {
-                    "run_key": key,
-                    "row": row,
-                    "files": [str(p.relative_to(layout.root)) for p in files],
-                },
-            )
-            rows.append(row)
