@@ -97,7 +97,9 @@ def _explain_one(
                 tissue_mask=subject.wm_mask or subject.brain_mask,
                 regions=subject.regions,
                 settings=replace(
-                    subject_settings, aggregation=aggregation, gradcam=aggregation == "max"
+                    subject_settings,
+                    aggregation=aggregation,
+                    gradcam=subject_settings.gradcam and aggregation == "max",
                 ),
                 overwrite=overwrite,
                 report=aggregation == "max",
