@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 
 @pytest.fixture
@@ -37,3 +40,70 @@ def two_channel_files(tmp_path: Path, rng: np.random.Generator, oblique_affine: 
         nib.save(nib.Nifti1Image(channel, oblique_affine), path)
         paths.append(path)
     return paths, data
+
+
+LINEAR_SHAPE = (26, 16, 16)
+LINEAR_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+class PointwiseLinear(nn.Module):
+    """Lesion logit 1.5·FLAIR − 0.5·T1w − 2 (a 1×1×1 convolution: no receptive field)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 2, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 1.5
+            self.conv.weight[1, 1] = -0.5
+            self.conv.bias[1] = -2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _save(path: Path, data: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, LINEAR_AFFINE), path)
+
+
+def write_linear_subject(
+    root: Path, participant: str, rng: np.random.Generator, broken: bool = False
+) -> None:
+    """A 16³ subject, 2 mm, with one bright 3³ FLAIR lesion inside a 12³ "brain"."""
+    brain = np.zeros(LINEAR_SHAPE, bool)
+    brain[2:14, 2:14, 2:14] = True
+    flair = np.where(brain, rng.normal(10, 0.2, LINEAR_SHAPE), 0).astype(np.float32)
+    t1w = np.where(brain, rng.normal(10, 0.2, LINEAR_SHAPE), 0).astype(np.float32)
+    corner = rng.integers(4, 9, size=3)
+    flair[tuple(slice(c, c + 3) for c in corner)] = 40.0
+    mask = (flair > 30).astype(np.uint8)
+    if broken:
+        t1w[5, 5, 5] = np.nan
+    anat = root / participant / "anat"
+    _save(anat / f"{participant}_FLAIR.nii.gz", flair)
+    _save(anat / f"{participant}_T1w.nii.gz", t1w)
+    derivatives = root / "derivatives" / "manual" / participant / "anat"
+    _save(derivatives / f"{participant}_desc-lesion_mask.nii.gz", mask)
+    _save(derivatives / f"{participant}_desc-brain_mask.nii.gz", brain.astype(np.uint8))
+
+
+@pytest.fixture
+def linear_dataset(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Two good subjects and one whose T1w holds a NaN."""
+    root = tmp_path / "dataset"
+    for participant in ("sub-01", "sub-02"):
+        write_linear_subject(root, participant, rng)
+    write_linear_subject(root, "sub-03", rng, broken=True)
+    return root
+
+
+@pytest.fixture
+def linear_model_path(tmp_path: Path) -> Path:
+    """:class:`PointwiseLinear` as a TorchScript file with a JSON card beside it."""
+    path = tmp_path / "linear.pt"
+    torch.jit.save(torch.jit.script(PointwiseLinear()), str(path))
+    card = {"threshold": 0.5, "patch_size": list(LINEAR_SHAPE), "channel_names": ["FLAIR", "T1w"]}
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path

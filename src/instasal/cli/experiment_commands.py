@@ -1,0 +1,78 @@
+"""``instasal experiment NAME``: the paper's experiments over a dataset (issue 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from instasal.cli._app import app, console
+from instasal.cli.progress import pipeline_progress
+from instasal.errors import ConfigurationError
+
+__all__ = ["experiment"]
+
+EXPERIMENTS = ("context", "relocation", "patch-vs-full")
+
+
+@app.command()
+def experiment(
+    name: Annotated[str, typer.Argument(help="context, relocation or patch-vs-full.")],
+    dataset: Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name or path.")] = "unet",
+    max_lesions: Annotated[int, typer.Option(help="Lesions to use at most.")] = 40,
+    band: Annotated[tuple[float, float], typer.Option(help="context: TP volume band in mm³.")] = (
+        90.0,
+        120.0,
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of relocation targets.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier results.")] = False,
+) -> None:
+    """Run one of the paper's experiments and write its table, summary and figure."""
+    from instasal.experiments.runner import (
+        run_context_experiment,
+        run_patch_full_experiment,
+        run_relocation_experiment,
+    )
+    from instasal.models import load_model
+
+    if name not in EXPERIMENTS:
+        raise ConfigurationError(
+            f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}"
+        )
+    network = load_model(model)
+    with pipeline_progress(console) as progress:
+        if name == "context":
+            summary = run_context_experiment(
+                dataset,
+                network,
+                out,
+                volume_band_mm3=band,
+                max_lesions=max_lesions,
+                overwrite=overwrite,
+                progress=progress,  # type: ignore[arg-type]
+            )
+        elif name == "relocation":
+            summary = run_relocation_experiment(
+                dataset,
+                network,
+                out,
+                max_lesions=max_lesions,
+                seed=seed,
+                overwrite=overwrite,
+                progress=progress,  # type: ignore[arg-type]
+            )
+        else:
+            summary = run_patch_full_experiment(
+                dataset,
+                network,
+                out,
+                max_lesions=max_lesions,
+                overwrite=overwrite,
+                progress=progress,  # type: ignore[arg-type]
+            )
+    for key, value in summary.items():
+        console.print(f"{key}: {value}")
+    console.print(f"results in [bold]{out}[/]")

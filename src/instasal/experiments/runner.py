@@ -1,0 +1,322 @@
+"""Dataset-level runs of the paper's experiments (SPEC §4, issue 8), writing tables and figures.
+
+Each function loads every subject of a BIDS-like dataset with a reference, segments it with the
+model, types its lesions, runs one experiment, and writes ``<out>/<name>.tsv``, a summary JSON and
+a figure, atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from instasal.dataset import SubjectFiles, discover_dataset
+from instasal.errors import ConfigurationError
+from instasal.experiments.context import context_curve
+from instasal.experiments.relocation import relocate
+from instasal.instances import Instances, classify_instances, find_instances
+from instasal.io import Subject, atomic_write_json, atomic_write_text, load_mask, read_subject
+from instasal.typing import PathLike
+
+__all__ = [
+    "PreparedSubject",
+    "prepared_subjects",
+    "run_context_experiment",
+    "run_patch_full_experiment",
+    "run_relocation_experiment",
+]
+
+Progress = Callable[[str, float, float], None]
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedSubject:
+    """A subject ready for experiments: normalised input, probability and typed domains."""
+
+    files: SubjectFiles
+    subject: Subject
+    x: torch.Tensor
+    probability: np.ndarray
+    instances: Instances
+    reference: np.ndarray
+    brain_mask: np.ndarray
+    wm_mask: np.ndarray
+
+
+def prepared_subjects(
+    dataset: PathLike, model: Any, *, limit: int | None = None
+) -> Iterator[PreparedSubject]:
+    """Load, normalise, segment and type each subject of ``dataset`` that has a reference mask."""
+    from instasal.models import check_channels, predict_probability
+
+    card = model.card
+    subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
+    if not subjects:
+        raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
+    for files in subjects[:limit]:
+        subject = read_subject(files.images)
+        check_channels(model, subject.channel_names)
+        x = torch.from_numpy(subject.normalised().data)
+        probability = predict_probability(model, x)
+        assert files.lesion_mask is not None
+        reference = load_mask(files.lesion_mask, subject)
+        brain = load_mask(files.brain_mask, subject) if files.brain_mask else subject.data[0] > 0
+        wm = load_mask(files.wm_mask, subject) if files.wm_mask else brain
+        predicted = find_instances(probability, subject.affine, threshold=card["threshold"])
+        instances = classify_instances(predicted, reference)
+        yield PreparedSubject(files, subject, x, probability, instances, reference, brain, wm)
+
+
+def _write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> Path:
+    path = out / f"{name}.tsv"
+    atomic_write_text(path, table.to_csv(sep="\t", index=False), overwrite=overwrite)
+    return path
+
+
+def _save_figure(figure: Any, path: Path, overwrite: bool) -> None:
+    from instasal.io import atomic_write_bytes
+    from instasal.report.figures import figure_png
+
+    atomic_write_bytes(path, figure_png(figure, dpi=110), overwrite=overwrite)
+
+
+def run_context_experiment(
+    dataset: PathLike,
+    model: Any,
+    out: PathLike,
+    *,
+    volume_band_mm3: tuple[float, float] = (90.0, 120.0),
+    max_distance_mm: float = 34.0,
+    max_lesions: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Perilesional context over the TP lesions of a volume band (authors: 90–120 mm³ at 1 mm)."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    low, high = volume_band_mm3
+    frames = []
+    predict = functools.partial(_predict, model)
+    for prepared in prepared_subjects(dataset, model):
+        chosen = [r.id for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
+        if max_lesions is not None:
+            chosen = chosen[: max(0, max_lesions - sum(len(f) for f in frames))]
+        if not chosen:
+            continue
+        spacing = float(min(prepared.subject.spacing))
+        result = context_curve(
+            predict,
+            prepared.x,
+            prepared.instances,
+            chosen,
+            threshold=model.card["threshold"],
+            max_iterations=max(1, round(max_distance_mm / spacing)),
+            progress=progress,
+        )
+        frames.append(result.records.assign(subject=prepared.files.subject_id))
+    if not frames:
+        raise ConfigurationError(
+            f"{dataset}: no TP lesion with volume in {volume_band_mm3} mm³; widen volume_band_mm3"
+        )
+    records = pd.concat(frames, ignore_index=True)
+    from instasal.experiments.context import PLATEAU_FRACTION, plateau_distance
+
+    curve = (
+        records.groupby("distance_mm")
+        .agg(
+            mean_probability=("mean_probability", "mean"),
+            sd_probability=("mean_probability", "std"),
+            detection_rate=("detected", "mean"),
+        )
+        .reset_index()
+    )
+    plateau = plateau_distance(
+        curve["distance_mm"].tolist(), curve["mean_probability"].tolist(), PLATEAU_FRACTION
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(out, "context_records", records, overwrite)
+    _write_table(out, "context_curve", curve, overwrite)
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    axis.plot(curve["distance_mm"], curve["mean_probability"], color="#1b9e77", label="mean")
+    axis.fill_between(
+        curve["distance_mm"],
+        curve["mean_probability"] - curve["sd_probability"].fillna(0),
+        curve["mean_probability"] + curve["sd_probability"].fillna(0),
+        color="#1b9e77",
+        alpha=0.2,
+        label="± sd",
+    )
+    axis.plot(
+        curve["distance_mm"],
+        curve["detection_rate"],
+        color="#7570b3",
+        ls="--",
+        label="detection rate",
+    )
+    if plateau is not None:
+        axis.axvline(plateau, color="0.4", lw=0.8, ls=":", label=f"plateau {plateau:g} mm")
+    axis.set_xlabel("context kept around the lesion (mm)")
+    axis.set_ylabel("mean probability in Ω")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=8, frameon=False)
+    _save_figure(figure, out / "context_curve.png", overwrite)
+    summary = {
+        "n_lesions": int(records.groupby(["subject", "lesion_id"]).ngroups),
+        "volume_band_mm3": list(volume_band_mm3),
+        "plateau_mm": plateau,
+        "plateau_rule": f"smallest distance from which the mean stays >= {PLATEAU_FRACTION:.0%} "
+        "of its value at the largest distance",
+        "probability_alone": float(curve["mean_probability"].iloc[0]),
+        "probability_at_max": float(curve["mean_probability"].iloc[-1]),
+    }
+    atomic_write_json(out / "context_summary.json", summary, overwrite=overwrite)
+    return summary
+
+
+def _predict(model: Any, x: torch.Tensor) -> np.ndarray:
+    from instasal.models import predict_probability
+
+    return predict_probability(model, x)
+
+
+def run_relocation_experiment(
+    dataset: PathLike,
+    model: Any,
+    out: PathLike,
+    *,
+    max_lesions: int = 40,
+    min_volume_mm3: float = 20.0,
+    shell_mm: float = 4.0,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4)."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    predict = functools.partial(_predict, model)
+    rows = []
+    conditions: Sequence[Any] = ("white_matter", "outside", "outside_with_shell")
+    for prepared in prepared_subjects(dataset, model):
+        lesions = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
+        for record in lesions:
+            if len(rows) >= max_lesions * len(conditions):
+                break
+            domain = prepared.instances.mask(record.id)
+            for condition in conditions:
+                outcome = relocate(
+                    predict,
+                    prepared.x,
+                    domain,
+                    condition,
+                    brain_mask=prepared.brain_mask,
+                    wm_mask=prepared.wm_mask,
+                    lesion_mask=prepared.reference | (prepared.instances.labels > 0),
+                    threshold=model.card["threshold"],
+                    spacing=prepared.subject.spacing,
+                    shell_mm=shell_mm,
+                    seed=seed + record.id,
+                )
+                rows.append(
+                    {
+                        "subject": prepared.files.subject_id,
+                        "lesion_id": record.id,
+                        "volume_mm3": record.volume_mm3,
+                        "original_mean_probability": float(prepared.probability[domain].mean()),
+                        "condition": condition,
+                        "placed": outcome is not None,
+                        "mean_probability": outcome.mean_probability if outcome else np.nan,
+                        "detected": outcome.detected if outcome else np.nan,
+                    }
+                )
+                if progress is not None:
+                    progress("relocation", len(rows), max_lesions * len(conditions))
+    if not rows:
+        raise ConfigurationError(f"{dataset}: no TP lesion of at least {min_volume_mm3} mm³")
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(out, "relocation", table, overwrite)
+    placed = table[table["placed"]]
+    rates = placed.groupby("condition")["detected"].mean().reindex(conditions)
+    counts = placed.groupby("condition")["detected"].size().reindex(conditions)
+    figure, axis = plt.subplots(figsize=(4.6, 3.2))
+    axis.bar(range(3), rates.fillna(0).to_numpy(), color=["#1b9e77", "#d95f02", "#7570b3"])
+    axis.set_xticks(range(3), ["healthy WM", "outside", "outside + shell"])
+    axis.set_ylabel("detection rate")
+    axis.set_ylim(0, 1)
+    for i, (rate, n) in enumerate(zip(rates.fillna(0), counts.fillna(0), strict=True)):
+        axis.text(i, rate + 0.02, f"{rate:.0%} (n={int(n)})", ha="center", fontsize=8)
+    _save_figure(figure, out / "relocation.png", overwrite)
+    summary = {
+        "n_lesions": int(table.groupby(["subject", "lesion_id"]).ngroups),
+        "detection_rate": {c: _nan_to_none(rates[c]) for c in conditions},
+        "n_placed": {c: int(counts[c]) if not pd.isna(counts[c]) else 0 for c in conditions},
+        "shell_mm": shell_mm,
+    }
+    atomic_write_json(out / "relocation_summary.json", summary, overwrite=overwrite)
+    return summary
+
+
+def _nan_to_none(value: Any) -> float | None:
+    return None if pd.isna(value) else float(value)
+
+
+def run_patch_full_experiment(
+    dataset: PathLike,
+    model: Any,
+    out: PathLike,
+    *,
+    max_lesions: int = 20,
+    n_samples: int = 2,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2)."""
+    from instasal.saliency import patch_full_agreement
+
+    out = Path(out)
+    rows = []
+    for prepared in prepared_subjects(dataset, model):
+        for record in prepared.instances.of_kind("TP"):
+            if len(rows) >= max_lesions:
+                break
+            agreement = patch_full_agreement(
+                model,
+                prepared.x,
+                prepared.instances.mask(record.id),
+                n_samples=n_samples,
+                target=int(model.card.get("target_class", 1)),
+            )
+            rows.append(
+                {
+                    "subject": prepared.files.subject_id,
+                    "lesion_id": record.id,
+                    "volume_mm3": record.volume_mm3,
+                    **agreement,
+                }
+            )
+            if progress is not None:
+                progress("patch vs full", len(rows), max_lesions)
+    if not rows:
+        raise ConfigurationError(f"{dataset}: no TP lesion to compare patch and full context on")
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(out, "patch_vs_full", table, overwrite)
+    numeric = table.select_dtypes("number").drop(columns=["lesion_id"])
+    summary = {
+        "n_lesions": len(table),
+        "median": {k: float(v) for k, v in numeric.median().items()},
+        "min": {k: float(v) for k, v in numeric.min().items()},
+        "max": {k: float(v) for k, v in numeric.max().items()},
+    }
+    atomic_write_json(out / "patch_vs_full_summary.json", summary, overwrite=overwrite)
+    return summary
