@@ -450,15 +450,16 @@ def warp_anatomy(rng: np.random.Generator, template: TemplateAnatomy) -> Subject
 
 
 # Per-subject acquisition ranges (uniform draws): FLAIR intensities relative to white matter, the
-# T1w gamma, scanner units, Rician noise sigma and bias-field amplitude (log scale) per modality.
+# T1w gamma, scanner units, Rician noise sigma (of a 1 mm voxel, relative to white matter) and
+# bias-field amplitude (log scale) per modality.
 CONTRAST_RANGES: dict[str, tuple[float, float]] = {
     "flair_grey": (1.22, 1.42),
     "flair_csf": (0.08, 0.22),
     "flair_scale": (300.0, 700.0),
     "t1_gamma": (0.85, 1.2),
     "t1_scale": (600.0, 1400.0),
-    "flair_noise": (0.025, 0.06),
-    "t1_noise": (0.015, 0.04),
+    "flair_noise": (0.03, 0.08),
+    "t1_noise": (0.02, 0.05),
     "flair_bias": (0.05, 0.18),
     "t1_bias": (0.05, 0.15),
 }

@@ -147,11 +147,13 @@ def make_phantom(
     count = draw_lesion_count(rng) if n_lesions is None else int(n_lesions)
     lesions = insert_lesions(rng, anatomy, mimics.flair, t1w, count)
     mask = anatomy.brain_mask
+    # Noise levels are those of a 1 mm acquisition; a 2 mm voxel averages eight of them.
+    averaging = float(resolution) ** -1.5
     flair_out = contrast.flair_scale * add_rician_noise(
-        lesions.flair, mask, contrast.flair_noise, contrast.flair_bias, rng, resolution
+        lesions.flair, mask, contrast.flair_noise * averaging, contrast.flair_bias, rng, resolution
     )
     t1w_out = contrast.t1_scale * add_rician_noise(
-        lesions.t1w, mask, contrast.t1_noise, contrast.t1_bias, rng, resolution
+        lesions.t1w, mask, contrast.t1_noise * averaging, contrast.t1_bias, rng, resolution
     )
     return PhantomSubject(
         flair=flair_out.astype(np.float32),
