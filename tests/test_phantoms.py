@@ -268,3 +268,16 @@ def test_cohort_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path) -> N
 def test_cohort_rejects_bad_counts(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="n_subjects must be a positive integer, got 0"):
         write_cohort(tmp_path / "empty", 0)
+
+
+def test_template_ventricles_are_the_ventricles_not_the_fissure() -> None:
+    from instasal.phantoms.anatomy import load_template_anatomy
+
+    template = load_template_anatomy(2)
+    ventricles = template.ventricles > 0.5
+    world = template.voxel_to_world(np.argwhere(ventricles))
+    # Lateral + third ventricles of the MNI152 2009 brain: about 20 mL, between z = -15 and 35 mm
+    # (CSF of the interhemispheric fissure, reaching the vertex, must not be included).
+    assert 15.0 < ventricles.sum() * VOXEL_MM3 / 1000.0 < 30.0
+    assert world[:, 2].max() < 40.0 and world[:, 2].min() > -25.0
+    assert np.abs(world[:, 0]).max() < 40.0
