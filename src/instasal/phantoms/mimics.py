@@ -52,8 +52,6 @@ class MimicSet:
 
     flair: FloatArray
     mask: BoolArray
-    n_spots: int
-    septal: bool
 
 
 def _ventricle_region(anatomy: SubjectAnatomy) -> tuple[tuple[slice, ...], BoolArray]:
@@ -86,7 +84,8 @@ def _caps(
     cap = rng.uniform(*MIMIC_PARAMETERS.cap_contrast)
     rim = rng.uniform(*MIMIC_PARAMETERS.rim_contrast)
     width = rng.uniform(*MIMIC_PARAMETERS.cap_width_mm)
-    texture = np.exp(0.3 * ndimage.gaussian_filter(rng.normal(size=ventricles.shape), 2.0) * 3.0)
+    variation = ndimage.gaussian_filter(rng.normal(size=ventricles.shape), 2.0)
+    texture = np.exp(0.25 * variation / max(float(variation.std()), 1e-6))
     # Full strength in the first voxel outside the ventricle wall, then an exponential fall-off.
     falloff = np.exp(-np.maximum(distance - resolution, 0.0) / width)
     added = (cap * horn_weight + rim) * falloff * texture
@@ -114,7 +113,7 @@ def _septum(
 
 def _spots(
     anatomy: SubjectAnatomy, flair: FloatArray, mask: BoolArray, rng: np.random.Generator
-) -> int:
+) -> None:
     """Draw bright spots on the cortex and in sulcal CSF into ``flair`` and ``mask`` in place."""
     template = anatomy.template
     resolution = float(template.resolution)
@@ -143,7 +142,6 @@ def _spots(
         value = 1.0 + rng.uniform(*MIMIC_PARAMETERS.spot_contrast) * (0.7 + 0.3 * np.sqrt(core))
         flair[crop] += occupancy * np.maximum(value - flair[crop], 0.0)
         mask[crop] |= occupancy >= 0.5
-    return count
 
 
 def insert_mimics(rng: np.random.Generator, anatomy: SubjectAnatomy, flair: FloatArray) -> MimicSet:
@@ -157,13 +155,12 @@ def insert_mimics(rng: np.random.Generator, anatomy: SubjectAnatomy, flair: Floa
     mask = np.zeros(flair.shape, dtype=bool)
     crop, ventricles = _ventricle_region(anatomy)
     added = _caps(anatomy, rng, crop, ventricles)
-    septal = bool(rng.random() < MIMIC_PARAMETERS.septal_probability)
-    if septal:
+    if rng.random() < MIMIC_PARAMETERS.septal_probability:
         added = np.maximum(added, _septum(anatomy, rng, crop, ventricles))
     flair[crop] += added
     mask[crop] = added >= MIMIC_PARAMETERS.mask_threshold
-    n_spots = _spots(anatomy, flair, mask, rng)
+    _spots(anatomy, flair, mask, rng)
     # Only what ends up brighter than white matter is a hyperintensity (not a cap voxel that is
     # mostly ventricle, nor the rim of a spot that is mostly sulcal CSF).
     mask &= flair >= 1.0 + MIMIC_PARAMETERS.mask_threshold
-    return MimicSet(flair=flair, mask=mask, n_spots=n_spots, septal=septal)
+    return MimicSet(flair=flair, mask=mask)

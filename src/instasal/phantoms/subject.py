@@ -10,19 +10,21 @@ import numpy as np
 
 from instasal.errors import ConfigurationError
 from instasal.phantoms.anatomy import (
-    BIAS_SPACING_MM,
-    CONTRAST_RANGES,
-    DEEP_GREY_FLAIR_FACTOR,
     DEFORMATION_RANGES,
     FREE_FORM_SPACING_MM,
     VENTRICLE_EXPANSION_WIDTH_MM,
-    WHITE_TEXTURE_SPACING_MM,
     Resolution,
-    add_rician_noise,
     load_template_anatomy,
+    warp_anatomy,
+)
+from instasal.phantoms.contrast import (
+    BIAS_SPACING_MM,
+    CONTRAST_RANGES,
+    DEEP_GREY_FLAIR_FACTOR,
+    WHITE_TEXTURE_SPACING_MM,
+    add_rician_noise,
     random_contrast,
     synthesise_images,
-    warp_anatomy,
 )
 from instasal.phantoms.lesions import (
     LESION_PARAMETERS,
