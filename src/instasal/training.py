@@ -107,7 +107,7 @@ class TrainingConfig:
     seed: int = 0
     threads: int = 2
     validation_overlap: float = 0.25
-    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -571,6 +571,7 @@ def export_model(
     if not overwrite and (weights_path.exists() or card_path.exists()):
         raise ConfigurationError(f"{weights_path}: exists already (pass overwrite=True)")
     _write_checkpoint(weights_path, state)
+    weights_path.chmod(0o644)  # package data: readable by everyone, as the card beside it
     atomic_write_json(card_path, card.to_dict(), overwrite=True)
     return weights_path, card_path
 

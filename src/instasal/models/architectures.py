@@ -126,7 +126,7 @@ def default_hyperparameters(
         }
     if name == "nnunet":
         kernels, strides = nnunet_topology(patch_size, spacing)
-        base, cap = 16, 256
+        base, cap = 8, 256
         return common | {
             "kernel_size": kernels,
             "strides": strides,

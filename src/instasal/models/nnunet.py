@@ -19,6 +19,7 @@ Resampling to the plans' spacing is left to the caller (``segment`` resamples to
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -174,7 +175,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: checkpoint not found")
     allowed = [
         np.dtype,
-        np.core.multiarray.scalar,  # type: ignore[attr-defined]
+        _numpy_scalar_constructor(),
         *{type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")},
     ]
     try:
@@ -188,6 +189,15 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or not isinstance(payload.get("network_weights"), Mapping):
         raise ModelError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
     return payload
+
+
+def _numpy_scalar_constructor() -> Any:
+    """numpy's scalar unpickling helper (``numpy._core`` from numpy 2, ``numpy.core`` before)."""
+    try:
+        module = importlib.import_module("numpy._core.multiarray")
+    except ImportError:
+        module = importlib.import_module("numpy.core.multiarray")
+    return module.scalar
 
 
 def _normalisation(schemes: Sequence[str], masked: Sequence[bool]) -> str:

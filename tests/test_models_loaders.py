@@ -1,0 +1,178 @@
+"""Users' models, each loaded from an artefact written by its own tool's code.
+
+TorchScript files come from ``torch.jit.save``, bundles from ``monai.bundle.init_bundle`` and
+``ConfigParser.export_config_file``, state dicts from ``torch.save(model.state_dict())``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from instasal.errors import ModelError
+from instasal.models import card_of, load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+FACTORY_MODULE = """
+from monai.networks.nets import UNet
+
+
+def tiny_unet():
+    return UNet(3, 2, 2, channels=(4, 8), strides=(2,), num_res_units=0)
+
+
+def not_a_module():
+    return 42
+"""
+
+
+def _tiny_unet(seed: int = 0) -> UNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return UNet(3, 2, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+
+
+def _same_outputs(loaded: torch.nn.Module, reference: torch.nn.Module) -> None:
+    x = torch.randn(1, 2, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x))
+
+
+def test_torchscript_file_with_embedded_card(tmp_path: Path) -> None:
+    reference = _tiny_unet()
+    path = tmp_path / "scripted.pt"
+    card = {"channel_names": ["FLAIR", "T1w"], "patch_size": [16, 16, 16], "threshold": 0.35}
+    torch.jit.save(
+        torch.jit.script(reference),
+        str(path),
+        _extra_files={"instasal_card.json": json.dumps(card)},
+    )
+    model = load_model(path)
+    _same_outputs(model, reference)
+    loaded = card_of(model)
+    assert (loaded.architecture, loaded.name) == ("torchscript", "scripted")
+    assert loaded.threshold == 0.35 and loaded.patch_size == (16, 16, 16)
+    assert loaded.out_channels == 2  # probed by a forward pass
+
+
+def test_torchscript_file_with_sidecar_card_and_inferred_channels(tmp_path: Path) -> None:
+    reference = _tiny_unet()
+    path = tmp_path / "traced.pt"
+    torch.jit.save(torch.jit.trace(reference, torch.zeros(1, 2, 16, 16, 16)), str(path))
+    (tmp_path / "traced.json").write_text(json.dumps({"gradcam_layer": "model.2.conv"}))
+    model = load_model(str(path))
+    _same_outputs(model, reference)
+    card = card_of(model)
+    assert card.channel_names == ("FLAIR", "T1w")  # two input channels, inferred
+    assert card.gradcam_layer == "model.2.conv"
+
+
+def test_monai_bundle_made_by_monai_bundle_tooling(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser, init_bundle
+
+    reference = _tiny_unet(3)
+    bundle = tmp_path / "lesion_bundle"
+    init_bundle(str(bundle), network=reference)
+    inference = bundle / "configs" / "inference.json"
+    parser = ConfigParser()
+    parser.read_config(str(inference))
+    parser["network_def"] = {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 2,
+        "out_channels": 2,
+        "channels": [4, 8],
+        "strides": [2],
+        "num_res_units": 0,
+    }
+    parser["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16]}
+    ConfigParser.export_config_file(parser.get(), str(inference))
+    metadata_path = bundle / "configs" / "metadata.json"
+    metadata = ConfigParser.load_config_file(str(metadata_path))
+    metadata["network_data_format"] = {
+        "inputs": {
+            "image": {
+                "num_channels": 2,
+                "spatial_shape": [32, 32, 32],
+                "channel_def": {"0": "FLAIR", "1": "T1w"},
+            }
+        },
+        "outputs": {"pred": {"num_channels": 2}},
+    }
+    ConfigParser.export_config_file(metadata, str(metadata_path))
+    model = load_model(bundle)
+    _same_outputs(model, reference)
+    card = card_of(model)
+    assert card.architecture == "bundle"
+    assert card.channel_names == ("FLAIR", "T1w")
+    assert card.patch_size == (16, 16, 16)  # the inferer's roi_size wins over spatial_shape
+    assert card.source.endswith("models/model.pt")
+
+
+def test_bundle_without_weights(tmp_path: Path) -> None:
+    from monai.bundle import init_bundle
+
+    init_bundle(str(tmp_path / "empty"))
+    with pytest.raises(
+        ModelError, match=r"empty: bundle has no models/model\.pt or models/model\.ts"
+    ):
+        load_model(tmp_path / "empty")
+
+
+@pytest.fixture
+def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "user_models.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "user_models"
+    sys.modules.pop("user_models", None)
+
+
+def test_module_factory_with_state_dict(tmp_path: Path, factory_module: str) -> None:
+    reference = _tiny_unet(5)
+    weights = tmp_path / "weights.pt"
+    torch.save(reference.state_dict(), weights)
+    model = load_model(f"{factory_module}:tiny_unet={weights}")
+    _same_outputs(model, reference)
+    assert card_of(model).architecture == "module"
+    # a training checkpoint that wraps the state dict one level down loads too
+    wrapped = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, wrapped)
+    _same_outputs(load_model(f"{factory_module}:tiny_unet={wrapped}"), reference)
+
+
+def test_module_factory_errors(tmp_path: Path, factory_module: str) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.save(_tiny_unet().state_dict(), weights)
+    with pytest.raises(ModelError, match="cannot import module 'no_such_module'"):
+        load_model(f"no_such_module:f={weights}")
+    with pytest.raises(ModelError, match="has no callable 'missing'"):
+        load_model(f"{factory_module}:missing={weights}")
+    with pytest.raises(ModelError, match=r"not_a_module\(\) returned int"):
+        load_model(f"{factory_module}:not_a_module={weights}")
+    with pytest.raises(ModelError, match=r"absent\.pt: checkpoint not found"):
+        load_model(f"{factory_module}:tiny_unet={tmp_path / 'absent.pt'}")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ModelError, match=r"truncated\.pt: corrupt or unreadable checkpoint"):
+        load_model(f"{factory_module}:tiny_unet={truncated}")
+    other = tmp_path / "other.pt"
+    torch.save(UNet(3, 2, 2, channels=(4, 16), strides=(2,)).state_dict(), other)
+    with pytest.raises(ModelError, match=r"other\.pt: weights do not fit the network"):
+        load_model(f"{factory_module}:tiny_unet={other}")
+    pickled = tmp_path / "pickled.pt"
+    torch.save(_tiny_unet(), pickled)  # a whole pickled module: refused by weights_only=True
+    with pytest.raises(ModelError, match=r"pickled\.pt: corrupt or unreadable checkpoint"):
+        load_model(f"{factory_module}:tiny_unet={pickled}")
+
+
+def test_state_dict_without_factory_is_explained(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.save(_tiny_unet().state_dict(), weights)
+    with pytest.raises(ModelError, match=r"not a TorchScript model .*pass module:factory="):
+        load_model(weights)
