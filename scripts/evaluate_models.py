@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Evaluate the built-in models on a held-out labelled cohort; optionally record it in their cards.
+
+Example (the table of ``docs/models.md``)::
+
+    nice -n 5 python scripts/evaluate_models.py runs/phantoms_v2/test --out runs/evaluation \\
+        --update-cards
+
+prints a Markdown table (nDSC, lesion TPR / FDR / FNR, counts, beside the paper's values), writes
+``metrics_per_subject.tsv`` and ``metrics_summary.tsv`` to ``--out`` and, with ``--update-cards``,
+stores each model's summary as ``metrics["test"]`` in ``src/instasal/weights/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PAPER = {  # Spagnolo et al., test set: nDSC, lesion TPR, FDR, FNR
+    "unet": (0.71, 0.79, 0.37, 0.20),
+    "nnunet": (0.78, 0.78, 0.38, 0.22),
+    "swinunetr": (0.80, 0.85, 0.36, 0.14),
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run the evaluation; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cohort", type=Path, help="labelled BIDS-like cohort (held-out phantoms)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the TSV tables")
+    parser.add_argument("--model", action="append", help="model(s); default: every built-in")
+    parser.add_argument("--update-cards", action="store_true", help="write metrics into cards")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing tables")
+    args = parser.parse_args(argv)
+
+    from instasal.io import atomic_write_json
+    from instasal.metrics import evaluate_cohort
+    from instasal.models import available_models, read_card
+    from instasal.models.loaders import weights_folder
+    from instasal.training import cohort_description
+
+    names = args.model or available_models()
+    _, summary = evaluate_cohort(names, args.cohort, out=args.out, overwrite=args.overwrite)
+    header = ["model", "threshold", "nDSC", "TPR", "FDR", "FNR", "lesions (ref / pred)"]
+    print("| " + " | ".join([*header, "paper nDSC / TPR / FDR / FNR"]) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in summary.to_dict("records"):
+        paper = PAPER.get(str(row["model"]))
+        paper_text = (
+            f"{paper[0]:.2f} / {paper[1]:.0%} / {paper[2]:.0%} / {paper[3]:.0%}" if paper else "–"
+        )
+        print(
+            f"| {row['model']} | {row['threshold']:.2f} | {row['ndsc']:.2f} ± {row['ndsc_sd']:.2f} "
+            f"| {row['tpr']:.0%} | {row['fdr']:.0%} | {row['fnr']:.0%} "
+            f"| {int(row['n_reference'])} / {int(row['n_predicted'])} | {paper_text} |"
+        )
+    if args.update_cards:
+        cohort = cohort_description(args.cohort)
+        for row in summary.to_dict("records"):
+            path = weights_folder() / f"{row['model']}.json"
+            card = read_card(path)
+            test = {k: v for k, v in row.items() if k != "model"} | {"cohort": cohort}
+            updated = card.updated(metrics=card.metrics | {"test": test})
+            atomic_write_json(path, updated.to_dict(), overwrite=True)
+            print(f"updated {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

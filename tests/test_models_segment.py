@@ -1,0 +1,160 @@
+"""Segmenting a user's NIfTI: outputs on the input grid, atomic, never silently overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from instasal.cli import model_commands  # noqa: F401  (registers train, segment, evaluate)
+from instasal.cli._app import run_app
+from instasal.errors import ModelError, OutputExistsError
+from instasal.io import read_subject
+from instasal.models.cards import ModelCard, attach_card
+from instasal.models.segmentation import normalise_for_model, predict_subject, segment_subject
+
+FACTORY_MODULE = """
+import torch
+from torch import nn
+
+
+class FlairThreshold(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(2, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def flair_threshold():
+    return FlairThreshold()
+"""
+
+
+class FlairThreshold(nn.Module):
+    """Lesion logit = 10·(FLAIR − 1.5) on raw intensities: exact on the images below."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 10.0
+            self.conv.bias[1] = -15.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _model(spacing: tuple[float, float, float] | None = None) -> nn.Module:
+    card = ModelCard(
+        name="flair-threshold",
+        architecture="module",
+        normalisation="none",
+        patch_size=(8, 8, 8),
+        spacing_mm=spacing,
+        threshold=0.5,
+    )
+    return attach_card(FlairThreshold(), card)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    affine = np.array([[-1.0, 0, 0, 20], [0, 1.0, 0, -10], [0, 0, 1.0, 5], [0, 0, 0, 1]])
+    lesion = np.zeros((18, 16, 14), bool)
+    lesion[4:8, 4:8, 4:8] = True  # 64 mm³
+    lesion[12, 12, 12] = True  # 1 mm³: below the 5 mm³ rule
+    flair = np.ones(lesion.shape, np.float32) + 2.0 * lesion
+    t1w = np.full(lesion.shape, 0.5, np.float32)
+    t1w[0, 0, 0] = 0.6  # not constant
+    paths = []
+    for name, data in (("FLAIR", flair), ("T1w", t1w)):
+        path = tmp_path / f"sub-01_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), path)
+        paths.append(path)
+    return paths
+
+
+def test_segment_writes_probability_and_mask_on_the_input_grid(
+    images: list[Path], tmp_path: Path
+) -> None:
+    result = segment_subject(_model(), images, tmp_path / "out")
+    assert result.probability_path.name == "sub-01_prob.nii.gz"
+    assert result.mask_path.name == "sub-01_mask.nii.gz"
+    source = nib.load(images[0])
+    for path in (result.probability_path, result.mask_path):
+        written = nib.load(path)
+        assert written.shape == source.shape
+        np.testing.assert_allclose(written.affine, source.affine)
+    mask = np.asarray(nib.load(result.mask_path).dataobj)
+    expected = np.zeros(source.shape, np.uint8)
+    expected[4:8, 4:8, 4:8] = 1  # the single bright voxel is dropped by the size rule
+    np.testing.assert_array_equal(mask, expected)
+    probability = np.asarray(nib.load(result.probability_path).dataobj)
+    assert probability[5, 5, 5] == pytest.approx(1 / (1 + np.exp(-15.0)), rel=1e-5)
+    assert probability[0, 0, 0] == pytest.approx(1 / (1 + np.exp(5.0)), rel=1e-5)
+
+
+def test_segment_refuses_to_overwrite_before_any_work(images: list[Path], tmp_path: Path) -> None:
+    segment_subject(_model(), images, tmp_path)
+    before = (tmp_path / "sub-01_mask.nii.gz").stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match=r"sub-01_prob\.nii\.gz: exists already"):
+        segment_subject(_model(), images, tmp_path)
+    assert (tmp_path / "sub-01_mask.nii.gz").stat().st_mtime_ns == before
+    segment_subject(_model(), images, tmp_path, overwrite=True, threshold=0.99)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_resampling_to_the_model_spacing_keeps_the_input_grid(images: list[Path]) -> None:
+    subject = read_subject(images)
+    native = predict_subject(_model(), subject)
+    resampled = predict_subject(_model(spacing=(2.0, 2.0, 2.0)), subject)
+    assert resampled.shape == native.shape == subject.shape
+    # the lesion core survives the round trip through the 2 mm grid
+    assert resampled[5:7, 5:7, 5:7].min() > 0.5
+    assert resampled[14:, :3, :3].max() < 0.5
+
+
+def test_channels_are_checked(images: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="expects channel 0 to be 'FLAIR', got 'T1w'"):
+        predict_subject(_model(), read_subject(images[::-1], ["T1w", "FLAIR"]))
+    with pytest.raises(ModelError, match=r"expects 2 channel\(s\) \(FLAIR, T1w\), got 1"):
+        segment_subject(_model(), [images[0]], tmp_path)
+
+
+def test_normalisation_follows_the_card() -> None:
+    data = np.array([[[[0.0, 2.0, 4.0]]]], dtype=np.float32)
+    card = ModelCard(name="n", architecture="module")
+    np.testing.assert_allclose(normalise_for_model(data, card)[0, 0, 0], [0.0, -1.0, 1.0])
+    zscore = card.updated(normalisation="zscore")
+    np.testing.assert_allclose(
+        normalise_for_model(data, zscore)[0, 0, 0], [-1.2247449, 0.0, 1.2247449], rtol=1e-6
+    )
+
+
+def test_segment_command(
+    images: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "user_segmenter.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = tmp_path / "weights.pt"
+    torch.save(FlairThreshold().state_dict(), weights)
+    (tmp_path / "weights.json").write_text('{"normalisation": "none", "patch_size": [8, 8, 8]}')
+    model = f"user_segmenter:flair_threshold={weights}"
+    arguments = ["segment", *map(str, images), "--model", model, "--out", str(tmp_path / "out")]
+    assert run_app(arguments) == 0
+    assert (tmp_path / "out" / "sub-01_mask.nii.gz").is_file()
+    assert run_app(arguments) == 2
+    error = capsys.readouterr().err
+    assert "exists already" in error and "Traceback" not in error
+    assert run_app(["segment", str(images[0]), "--model", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
