@@ -58,13 +58,19 @@ class LesionParameters:
         Smallest centre distances of deep white-matter lesions.
     volume_median_mm3, volume_log_sd, volume_range_mm3
         Target volume: log-normal, clipped to the range.
-    faint_share, faint_flair_contrast, flair_contrast
-        FLAIR peak contrast over white matter; a share of lesions is faint.
+    faint_share, faint_reference_volume_mm3, faint_flair_contrast, flair_contrast
+        FLAIR peak contrast over white matter; a share of lesions up to the reference volume is
+        faint (larger ones less often, as the square root of reference over volume).
     t1w_hypointensity, black_hole_share, black_hole_min_volume_mm3, black_hole_hypointensity
         T1w peak darkening relative to white matter; some larger lesions are T1 black holes.
     axis_log_sd, periventricular_elongation, roughness
         Shape: ellipsoid axis ratios, Dawson-finger elongation along the ventricle normal, and
         amplitude of the smooth surface noise.
+    confluence_share, confluence_min_volume_mm3, satellites, satellite_distance,
+    satellite_volume_fraction
+        Confluence: this share of periventricular and deep lesions of at least the minimum volume
+        get a number of satellites (inclusive range) centred this many largest semi-axes away,
+        with this fraction of the parent's target volume.
     """
 
     count_mean: float = 14.0
@@ -83,7 +89,8 @@ class LesionParameters:
     volume_median_mm3: float = 60.0
     volume_log_sd: float = 1.35
     volume_range_mm3: tuple[float, float] = (5.0, 8000.0)
-    faint_share: float = 0.25
+    faint_share: float = 0.3
+    faint_reference_volume_mm3: float = 100.0
     faint_flair_contrast: tuple[float, float] = (0.12, 0.28)
     flair_contrast: tuple[float, float] = (0.35, 0.95)
     t1w_hypointensity: tuple[float, float] = (0.0, 0.12)
@@ -93,6 +100,11 @@ class LesionParameters:
     axis_log_sd: float = 0.25
     periventricular_elongation: tuple[float, float] = (1.3, 2.2)
     roughness: tuple[float, float] = (0.05, 0.35)
+    confluence_share: float = 0.35
+    confluence_min_volume_mm3: float = 100.0
+    satellites: tuple[int, int] = (1, 3)
+    satellite_distance: tuple[float, float] = (0.7, 1.3)
+    satellite_volume_fraction: tuple[float, float] = (0.1, 0.5)
 
 
 LESION_PARAMETERS = LesionParameters()
@@ -285,7 +297,10 @@ def _draw_axes(rng: np.random.Generator, volume_mm3: float, region: LesionRegion
 
 
 def _draw_contrast(rng: np.random.Generator, volume_mm3: float) -> tuple[float, float, bool]:
-    faint = bool(rng.random() < LESION_PARAMETERS.faint_share)
+    # Large lesions are rarely faint: the faint share falls as 1/sqrt(volume) above a reference.
+    reference = LESION_PARAMETERS.faint_reference_volume_mm3
+    faint_share = LESION_PARAMETERS.faint_share * min(1.0, np.sqrt(reference / volume_mm3))
+    faint = bool(rng.random() < faint_share)
     flair_range = (
         LESION_PARAMETERS.faint_flair_contrast if faint else LESION_PARAMETERS.flair_contrast
     )
@@ -304,6 +319,114 @@ def _draw_contrast(rng: np.random.Generator, volume_mm3: float) -> tuple[float, 
     return float(flair), float(-hypo), faint
 
 
+@dataclass(frozen=True, eq=False)
+class _Canvas:
+    """The images and masks lesions are drawn into (arrays updated in place)."""
+
+    flair: FloatArray
+    t1w: FloatArray
+    mask: BoolArray
+    regions: IntArray
+    csf_flair: float
+    csf_t1w: float
+
+
+def _draw_lesion(
+    rng: np.random.Generator,
+    anatomy: SubjectAnatomy,
+    canvas: _Canvas,
+    centre: IntArray,
+    region: LesionRegion,
+    volume: float,
+    direction: FloatArray,
+    lesion_id: int,
+) -> tuple[Lesion, FloatArray]:
+    """Draw one lesion into ``canvas``; return its record and its semi-axes (mm)."""
+    resolution = float(anatomy.template.resolution)
+    axes = _draw_axes(rng, volume, region)
+    rotation = _rotation_towards(direction, rng)
+    half = int(np.ceil((1.6 * float(axes.max()) + 2.0 * resolution) / resolution))
+    lower = np.maximum(centre - half, 0)
+    upper = np.minimum(centre + half + 1, np.array(canvas.flair.shape))
+    crop = tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper, strict=True))
+    crop_shape = (int(upper[0] - lower[0]), int(upper[1] - lower[1]), int(upper[2] - lower[2]))
+    subvoxel = rng.uniform(-0.4, 0.4, size=3).astype(np.float32)
+    roughness = float(rng.uniform(*LESION_PARAMETERS.roughness))
+    occupancy, core = soft_ellipsoid(
+        crop_shape,
+        (centre - lower).astype(np.float32) + subvoxel,
+        axes,
+        rotation,
+        resolution,
+        roughness,
+        rng,
+    )
+    # Lesions replace tissue, never CSF: the lesion's share of a voxel is its geometric
+    # occupancy times the voxel's tissue fraction.
+    csf = anatomy.csf[crop]
+    occupancy *= (1.0 - csf) * anatomy.brain_mask[crop]
+    # The centre was drawn from white matter: it belongs to the lesion even where a thin
+    # lesion's surface noise or partial CSF would leave it below half occupancy.
+    local_centre = tuple(centre - lower)
+    occupancy[local_centre] = max(float(occupancy[local_centre]), 0.6)
+    own = occupancy >= 0.5
+    flair_contrast, t1w_contrast, faint = _draw_contrast(rng, volume)
+    # FLAIR hyperintensity fills the lesion; T1w hypo-intensity concentrates in the core
+    # (black holes are smaller than the FLAIR lesion around them).
+    texture = 0.05 * rng.normal(size=crop_shape)
+    flair_profile = 0.7 + 0.3 * np.sqrt(core) + texture
+    t1w_profile = 0.35 + 0.65 * np.sqrt(core) + texture
+    for image, contrast, profile, fluid_level, brighten in (
+        (canvas.flair, flair_contrast, flair_profile, canvas.csf_flair, True),
+        (canvas.t1w, t1w_contrast, t1w_profile, canvas.csf_t1w, False),
+    ):
+        current = image[crop]
+        tissue = (current - csf * fluid_level) / np.maximum(1.0 - csf, 0.1)
+        lesion = 1.0 + contrast * profile
+        lesion = np.maximum(lesion, tissue) if brighten else np.minimum(lesion, tissue)
+        image[crop] = current + occupancy * (lesion - tissue)
+    canvas.regions[crop][own & ~canvas.mask[crop]] = REGION_LABELS[region]
+    canvas.mask[crop] |= own
+    record = Lesion(
+        id=lesion_id,
+        region=region,
+        volume_mm3=float(own.sum()) * resolution**3,
+        centre=(int(centre[0]), int(centre[1]), int(centre[2])),
+        flair_contrast=flair_contrast,
+        t1w_contrast=t1w_contrast,
+        faint=faint,
+    )
+    return record, axes
+
+
+def _satellites(
+    rng: np.random.Generator,
+    anatomy: SubjectAnatomy,
+    parent: Lesion,
+    axes: FloatArray,
+    volume: float,
+) -> list[tuple[IntArray, LesionRegion, float]]:
+    """Centres, region and volumes of smaller lesions on the border of a large one (confluence)."""
+    if (
+        parent.region not in ("periventricular", "deep")
+        or volume < LESION_PARAMETERS.confluence_min_volume_mm3
+        or rng.random() >= LESION_PARAMETERS.confluence_share
+    ):
+        return []
+    resolution = float(anatomy.template.resolution)
+    low, high = LESION_PARAMETERS.satellites
+    satellites: list[tuple[IntArray, LesionRegion, float]] = []
+    for _ in range(int(rng.integers(low, high + 1))):
+        distance = float(axes.max()) * rng.uniform(*LESION_PARAMETERS.satellite_distance)
+        offset = _random_direction(rng) * distance / resolution
+        centre = np.round(np.asarray(parent.centre) + offset).astype(np.int64)
+        inside = np.all(centre >= 0) and np.all(centre < np.array(anatomy.white.shape))
+        if inside and anatomy.white[tuple(centre)] >= 0.5:
+            fraction = rng.uniform(*LESION_PARAMETERS.satellite_volume_fraction)
+            satellites.append((centre, parent.region, volume * fraction))
+    return satellites
+
+
 def insert_lesions(
     rng: np.random.Generator,
     anatomy: SubjectAnatomy,
@@ -316,94 +439,55 @@ def insert_lesions(
     Images are in white-matter units (white matter = 1). A lesion takes the tissue part of each
     voxel it covers in proportion to its geometric occupancy (never the CSF part), and never leaves
     the brain mask; it never makes FLAIR darker or T1w brighter than the tissue it replaces (a
-    faint lesion reaching into cortex is as bright as the cortex there). A region with no candidate
-    voxel in this subject is skipped in favour of the others.
+    faint lesion reaching into cortex is as bright as the cortex there). Some large
+    periventricular and deep lesions get smaller satellites on their border, which merge into
+    lobulated, confluent plaques (each satellite is a lesion record of its own). A region with no
+    candidate voxel in this subject is skipped in favour of the others.
     """
-    flair = flair.copy()
-    t1w = t1w.copy()
-    mask = np.zeros(flair.shape, dtype=bool)
-    regions = np.zeros(flair.shape, dtype=np.uint8)
-    resolution = float(anatomy.template.resolution)
-    voxel_volume = resolution**3
-    candidates = _candidates(anatomy, rng)
     fluid = anatomy.csf >= 0.9
-    csf_flair = float(np.median(flair[fluid])) if fluid.any() else 0.0
-    csf_t1w = float(np.median(t1w[fluid])) if fluid.any() else 0.0
+    canvas = _Canvas(
+        flair=flair.copy(),
+        t1w=t1w.copy(),
+        mask=np.zeros(flair.shape, dtype=bool),
+        regions=np.zeros(flair.shape, dtype=np.uint8),
+        csf_flair=float(np.median(flair[fluid])) if fluid.any() else 0.0,
+        csf_t1w=float(np.median(t1w[fluid])) if fluid.any() else 0.0,
+    )
+    candidates = _candidates(anatomy, rng)
     weights_table = dict(LESION_PARAMETERS.region_weights)
     names: list[LesionRegion] = [name for name in REGION_LABELS if len(candidates[name][0]) > 0]
     weights = np.array([weights_table[name] for name in names])
     lesions: list[Lesion] = []
+    pending: list[tuple[IntArray, LesionRegion, float]] = []
     attempts = 0
     while len(lesions) < count and attempts < 20 * count and names:
         attempts += 1
-        region = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-        voxels, gradients = candidates[region]
-        pick = int(rng.integers(len(voxels)))
-        centre = voxels[pick]
-        if mask[tuple(centre)]:
-            continue
-        volume = _draw_volume(rng)
-        axes = _draw_axes(rng, volume, region)
-        if region == "periventricular":
-            rotation = _rotation_towards(gradients[pick], rng)
+        if pending:
+            centre, region, volume = pending.pop()
+            direction = _random_direction(rng)
         else:
-            rotation = _rotation_towards(_random_direction(rng), rng)
-        half = int(np.ceil((1.6 * float(axes.max()) + 2.0 * resolution) / resolution))
-        lower = np.maximum(centre - half, 0)
-        upper = np.minimum(centre + half + 1, np.array(flair.shape))
-        crop = tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper, strict=True))
-        crop_shape = (int(upper[0] - lower[0]), int(upper[1] - lower[1]), int(upper[2] - lower[2]))
-        subvoxel = rng.uniform(-0.4, 0.4, size=3).astype(np.float32)
-        roughness = float(rng.uniform(*LESION_PARAMETERS.roughness))
-        occupancy, core = soft_ellipsoid(
-            crop_shape,
-            (centre - lower).astype(np.float32) + subvoxel,
-            axes,
-            rotation,
-            resolution,
-            roughness,
-            rng,
+            region = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+            voxels, gradients = candidates[region]
+            pick = int(rng.integers(len(voxels)))
+            centre = voxels[pick]
+            volume = _draw_volume(rng)
+            # Periventricular lesions point away from the ventricle (Dawson's fingers).
+            periventricular = region == "periventricular"
+            direction = gradients[pick] if periventricular else _random_direction(rng)
+        if canvas.mask[tuple(centre)]:
+            continue
+        record, axes = _draw_lesion(
+            rng, anatomy, canvas, centre, region, volume, direction, len(lesions) + 1
         )
-        # Lesions replace tissue, never CSF: the lesion's share of a voxel is its geometric
-        # occupancy times the voxel's tissue fraction.
-        tissue_fraction = (1.0 - anatomy.csf[crop]) * anatomy.brain_mask[crop]
-        occupancy *= tissue_fraction
-        # The centre was drawn from white matter: it belongs to the lesion even where a thin
-        # lesion's surface noise or partial CSF would leave it below half occupancy.
-        local_centre = tuple(centre - lower)
-        occupancy[local_centre] = max(float(occupancy[local_centre]), 0.6)
-        own = occupancy >= 0.5
-        flair_contrast, t1w_contrast, faint = _draw_contrast(rng, volume)
-        # FLAIR hyperintensity fills the lesion; T1w hypo-intensity concentrates in the core
-        # (black holes are smaller than the FLAIR lesion around them).
-        texture = 0.05 * rng.normal(size=crop_shape)
-        flair_profile = 0.7 + 0.3 * np.sqrt(core) + texture
-        t1w_profile = 0.35 + 0.65 * np.sqrt(core) + texture
-        for image, contrast, profile, fluid_level, brighten in (
-            (flair, flair_contrast, flair_profile, csf_flair, True),
-            (t1w, t1w_contrast, t1w_profile, csf_t1w, False),
-        ):
-            current = image[crop]
-            csf = anatomy.csf[crop]
-            tissue = (current - csf * fluid_level) / np.maximum(1.0 - csf, 0.1)
-            lesion = 1.0 + contrast * profile
-            lesion = np.maximum(lesion, tissue) if brighten else np.minimum(lesion, tissue)
-            image[crop] = current + occupancy * (lesion - tissue)
-        label = REGION_LABELS[region]
-        regions[crop][own & ~mask[crop]] = label
-        mask[crop] |= own
-        lesions.append(
-            Lesion(
-                id=len(lesions) + 1,
-                region=region,
-                volume_mm3=float(own.sum() * voxel_volume),
-                centre=(int(centre[0]), int(centre[1]), int(centre[2])),
-                flair_contrast=flair_contrast,
-                t1w_contrast=t1w_contrast,
-                faint=faint,
-            )
-        )
-    return LesionSet(flair=flair, t1w=t1w, mask=mask, regions=regions, lesions=tuple(lesions))
+        lesions.append(record)
+        pending.extend(_satellites(rng, anatomy, record, axes, volume))
+    return LesionSet(
+        flair=canvas.flair,
+        t1w=canvas.t1w,
+        mask=canvas.mask,
+        regions=canvas.regions,
+        lesions=tuple(lesions),
+    )
 
 
 def _random_direction(rng: np.random.Generator) -> FloatArray:

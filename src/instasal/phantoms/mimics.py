@@ -147,9 +147,9 @@ def _spots(
 def insert_mimics(rng: np.random.Generator, anatomy: SubjectAnatomy, flair: FloatArray) -> MimicSet:
     """Draw caps, rim, (maybe) a septal artefact and sulcal spots into a copy of ``flair``.
 
-    ``flair`` is in white-matter units. The mask holds voxels brightened by at least
-    ``MIMIC_PARAMETERS.mask_threshold`` by caps, rim or septum, and the spots' own voxels, where
-    the result is at least that much brighter than white matter.
+    ``flair`` is in white-matter units. The mask holds tissue voxels (CSF < 0.25) brightened by at
+    least ``MIMIC_PARAMETERS.mask_threshold`` by caps, rim or septum, and the spots' own voxels,
+    where the result is at least that much brighter than white matter.
     """
     flair = flair.copy()
     mask = np.zeros(flair.shape, dtype=bool)
@@ -158,7 +158,9 @@ def insert_mimics(rng: np.random.Generator, anatomy: SubjectAnatomy, flair: Floa
     if rng.random() < MIMIC_PARAMETERS.septal_probability:
         added = np.maximum(added, _septum(anatomy, rng, crop, ventricles))
     flair[crop] += added
-    mask[crop] = added >= MIMIC_PARAMETERS.mask_threshold
+    # Caps and septum count where they lie in tissue; at the ventricle wall partial volume with CSF
+    # dominates what a voxel looks like.
+    mask[crop] = (added >= MIMIC_PARAMETERS.mask_threshold) & (anatomy.csf[crop] < 0.25)
     _spots(anatomy, flair, mask, rng)
     # Only what ends up brighter than white matter is a hyperintensity (not a cap voxel that is
     # mostly ventricle, nor the rim of a spot that is mostly sulcal CSF).
