@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from instasal import __version__
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.phantoms import REGION_LABELS, PhantomSubject, make_phantom, write_cohort
+from instasal.phantoms.anatomy import load_template_anatomy
 from instasal.phantoms.cohort import subject_seeds
-from instasal.phantoms.lesions import LESION_PARAMETERS
+from instasal.phantoms.lesions import LESION_PARAMETERS, draw_lesion_count
 
 VOXEL_MM3 = 8.0  # the tests run at 2 mm
 
@@ -176,8 +178,6 @@ def test_requested_lesion_count_and_volume_bounds(crowded: list[PhantomSubject])
 
 def test_default_lesion_counts_stay_within_zero_to_forty() -> None:
     rng = np.random.default_rng(0)
-    from instasal.phantoms.lesions import draw_lesion_count
-
     counts = [draw_lesion_count(rng) for _ in range(2000)]
     assert min(counts) >= 0 and max(counts) <= 40
     assert 10.0 < np.mean(counts) < 16.0
@@ -257,8 +257,6 @@ def test_cohort_files_hold_what_make_phantom_returns(cohort: tuple) -> None:
 
 def test_cohort_provenance_files(cohort: tuple) -> None:
     out = cohort[0]
-    from instasal import __version__
-
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["BIDSVersion"] and description["DatasetType"] == "raw"
     parameters = json.loads((out / "phantom_parameters.json").read_text())
@@ -289,8 +287,6 @@ def test_cohort_rejects_bad_counts(tmp_path: Path) -> None:
 
 
 def test_template_ventricles_are_the_ventricles_not_the_fissure() -> None:
-    from instasal.phantoms.anatomy import load_template_anatomy
-
     template = load_template_anatomy(2)
     ventricles = template.ventricles > 0.5
     world = template.voxel_to_world(np.argwhere(ventricles))
