@@ -12,6 +12,7 @@ import sys
 from instasal.cli import analysis_commands as _analysis_commands  # noqa: F401  (registers)
 from instasal.cli import commands as _commands  # noqa: F401  (registers the commands)
 from instasal.cli import experiment_commands as _experiment_commands  # noqa: F401
+from instasal.cli import model_commands as _model_commands  # noqa: F401
 from instasal.cli._app import app, console, run_app
 
 __all__ = ["app", "console", "main"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -17,6 +18,9 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 __all__ = [
@@ -116,7 +120,10 @@ def lesion_figure(
         rows.append((f"SmoothGrad {name}", image, value, "saliency"))
     if cam is not None:
         rows.append(("Grad-CAM++ (normalised)", images[0], cam, "cam"))
-    figure, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.15 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(rows), 3, figsize=(6.4, 1.95 * len(rows) + 0.4), squeeze=False, layout="constrained"
+    )
+    figure.get_layout_engine().set(w_pad=0.01, h_pad=0.01, hspace=0.0, wspace=0.0)
     mask_planes = _planes(mask, centre, windows)
     saliency_artist = cam_artist = None
     for row, (label, image, overlay, kind) in enumerate(rows):
@@ -129,15 +136,7 @@ def lesion_figure(
             low, high = np.percentile(image[image != 0], [1, 99.5]) if image.any() else (0, 1)
             axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=high, aspect=aspect)
             if over is not None and kind == "saliency":
-                saliency_artist = axis.imshow(
-                    np.ma.masked_where(np.abs(over) < 0.02 * scale, over),
-                    cmap="RdBu_r",
-                    vmin=-scale,
-                    vmax=scale,
-                    origin="lower",
-                    aspect=aspect,
-                    alpha=0.85,
-                )
+                saliency_artist = _diverging_overlay(axis, over, scale, aspect)
             elif over is not None:
                 cam_artist = axis.imshow(
                     np.ma.masked_where(over < 0.05, over),
@@ -158,21 +157,33 @@ def lesion_figure(
                 axis.set_title(("axial", "coronal", "sagittal")[column], fontsize=9)
             if column == 0:
                 axis.set_ylabel(label, fontsize=8)
-                if row == 0:
-                    axis.text(0.02, 0.02, "L", color="w", fontsize=7, transform=axis.transAxes)
-                    axis.text(0.92, 0.02, "R", color="w", fontsize=7, transform=axis.transAxes)
+            if row == 0:
+                left, right = ("P", "A") if column == 2 else ("L", "R")
+                for x, letter in ((0.03, left), (0.88, right)):
+                    axis.text(x, 0.04, letter, color="yellow", fontsize=7, transform=axis.transAxes)
     if saliency_artist is not None:
-        bar = figure.colorbar(
-            saliency_artist, ax=axes[:, :].ravel().tolist(), shrink=0.35, pad=0.02, location="right"
-        )
+        bar = figure.colorbar(saliency_artist, ax=axes[:, 2].tolist(), shrink=0.5, pad=0.02)
         bar.set_label("saliency (logit / intensity unit)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if cam_artist is not None:
-        bar = figure.colorbar(cam_artist, ax=axes[-1, :].tolist(), shrink=0.8, pad=0.02)
+        bar = figure.colorbar(cam_artist, ax=axes[-1, 2], shrink=0.9, pad=0.02)
         bar.ax.tick_params(labelsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _diverging_overlay(axis: Any, values: np.ndarray, scale: float, aspect: float) -> Any:
+    """Draw ``values`` on a diverging scale ±``scale`` centred on zero, opacity growing with |v|.
+
+    Colours are the quantitative scale shared by all lesions; opacity only lets the anatomy show
+    through where saliency is weak (|v| below a third of the scale fades out linearly).
+    """
+    norm = Normalize(vmin=-scale, vmax=scale)
+    colours = colormaps["RdBu_r"](norm(values))
+    colours[..., 3] = np.clip(3.0 * np.abs(values) / scale, 0.0, 1.0) * 0.9
+    axis.imshow(colours, origin="lower", aspect=aspect)
+    return ScalarMappable(norm=norm, cmap="RdBu_r")
 
 
 def peak_vs_volume_figure(table: pd.DataFrame, channel: str) -> Figure:

@@ -2,7 +2,9 @@
 
 A patch has the model's training patch size, is centred on Ω's bounding box, shifted to stay inside
 the volume, and enlarged to a multiple of the network's size divisibility when Ω does not fit with a
-margin. Where the volume is smaller than the patch along an axis, the patch spans that axis.
+margin. Where the volume is smaller than the patch along an axis, the patch spans that axis. A
+network with a size divisibility gets its input zero-padded at the end of each axis up to a
+multiple of it (as whole-volume inference does), the output cropped back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "DEFAULT_PATCH_MARGIN",
     "DEFAULT_SIZE_DIVISIBILITY",
     "Window",
+    "context_windows",
+    "end_padding",
     "resolve_patch_size",
     "resolve_size_divisibility",
     "window_for",
@@ -86,14 +90,37 @@ def resolve_patch_size(
     return sizes
 
 
-def resolve_size_divisibility(model: nn.Module, size_divisibility: int | None) -> int:
-    """The argument, else ``model.card["size_divisibility"]``, else 16."""
+def resolve_size_divisibility(
+    model: nn.Module, size_divisibility: int | Sequence[int] | None, ndim: int
+) -> tuple[int, ...] | None:
+    """Per-axis size divisibility: the argument, else ``model.card["size_divisibility"]``.
+
+    ``None`` when neither gives one (a network accepting any size is assumed).
+
+    Raises
+    ------
+    ConfigurationError
+        If the value is not a positive integer or one per spatial axis.
+    """
     value = size_divisibility
     if value is None:
-        value = _card(model).get("size_divisibility", DEFAULT_SIZE_DIVISIBILITY)
-    if not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"size_divisibility must be a positive integer, got {value!r}")
-    return value
+        value = _card(model).get("size_divisibility")
+        if value is None:
+            return None
+    factors = (value,) * ndim if isinstance(value, int) else tuple(value)
+    if len(factors) != ndim or not all(isinstance(f, int) and f >= 1 for f in factors):
+        raise ConfigurationError(
+            f"size_divisibility must be a positive integer or {ndim} positive integers, "
+            f"got {value!r}"
+        )
+    return factors
+
+
+def end_padding(size: Sequence[int], divisibility: Sequence[int] | None) -> tuple[int, ...]:
+    """Voxels to add at the end of each axis to reach a multiple of ``divisibility``."""
+    if divisibility is None:
+        return (0,) * len(size)
+    return tuple((-n) % f for n, f in zip(size, divisibility, strict=True))
 
 
 def _bounding_box(domain: torch.Tensor) -> list[tuple[int, int]]:
@@ -106,27 +133,49 @@ def window_for(
     context: Context,
     *,
     patch_size: Sequence[int] | None = None,
-    size_divisibility: int = DEFAULT_SIZE_DIVISIBILITY,
+    size_divisibility: Sequence[int] | None = None,
     margin: int = DEFAULT_PATCH_MARGIN,
 ) -> Window:
     """The box whose forward pass is differentiated for ``domain`` (SPEC §2, Context).
 
     ``"full"`` is the whole grid. ``"patch"``: per axis, the size is the patch size, or, when Ω's
     extent plus ``margin`` voxels on both sides exceeds it, that extent rounded up to a multiple of
-    ``size_divisibility``; never more than the volume. The box is centred on Ω's bounding box and
-    shifted to lie inside the volume.
+    ``size_divisibility`` (of 16 where the network's is unknown); never more than the volume. The
+    box is centred on Ω's bounding box and shifted to lie inside the volume.
     """
     shape = tuple(domain.shape)
     if context == "full":
         return Window(start=(0,) * len(shape), size=shape)
     if patch_size is None:
         raise ConfigurationError('context="patch" needs a patch_size')
+    multiples = size_divisibility or (DEFAULT_SIZE_DIVISIBILITY,) * len(shape)
     starts, sizes = [], []
-    for (lo, hi), base, extent in zip(_bounding_box(domain), patch_size, shape, strict=True):
+    for (lo, hi), base, extent, multiple in zip(
+        _bounding_box(domain), patch_size, shape, multiples, strict=True
+    ):
         needed = hi - lo + 2 * margin
-        size = base if needed <= base else -(-needed // size_divisibility) * size_divisibility
+        size = base if needed <= base else -(-needed // multiple) * multiple
         size = min(size, extent)
         start = (lo + hi) // 2 - size // 2
         starts.append(min(max(start, 0), extent - size))
         sizes.append(size)
     return Window(start=tuple(starts), size=tuple(sizes))
+
+
+def context_windows(
+    model: nn.Module,
+    domains: Sequence[torch.Tensor],
+    context: Context,
+    patch_size: int | Sequence[int] | None,
+    size_divisibility: int | Sequence[int] | None,
+) -> tuple[list[Window], tuple[int, ...] | None]:
+    """The window of every domain (SPEC §2 Context) and the network's size divisibility."""
+    ndim = domains[0].ndim
+    divisibility = resolve_size_divisibility(model, size_divisibility, ndim)
+    if context == "full":
+        return [window_for(d, "full") for d in domains], divisibility
+    sizes = resolve_patch_size(model, patch_size, ndim)
+    windows = [
+        window_for(d, "patch", patch_size=sizes, size_divisibility=divisibility) for d in domains
+    ]
+    return windows, divisibility

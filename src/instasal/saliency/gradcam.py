@@ -28,12 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
-from instasal.saliency.context import (
-    Window,
-    resolve_patch_size,
-    resolve_size_divisibility,
-    window_for,
-)
+from instasal.saliency.context import Window, context_windows, end_padding
 from instasal.saliency.inputs import as_domain, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.typing import Context
@@ -149,7 +144,7 @@ def instance_gradcam_many(
     target: int = 1,
     context: Context = "full",
     patch_size: int | Sequence[int] | None = None,
-    size_divisibility: int | None = None,
+    size_divisibility: int | Sequence[int] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Instance Grad-CAM maps ``[X, Y, Z]`` of several domains, one forward pass per window.
 
@@ -163,14 +158,9 @@ def instance_gradcam_many(
     spatial = tuple(x.shape[1:])
     ids = list(domains)
     masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
-    if context == "patch":
-        sizes = resolve_patch_size(model, patch_size, len(spatial))
-        divisibility = resolve_size_divisibility(model, size_divisibility)
-        windows = [
-            window_for(m, "patch", patch_size=sizes, size_divisibility=divisibility) for m in masks
-        ]
-    else:
-        windows = [window_for(m, "full") for m in masks]
+    if not masks:
+        return {}
+    windows, divisibility = context_windows(model, masks, context, patch_size, size_divisibility)
     groups: dict[Window, list[int]] = {}
     for index, window in enumerate(windows):
         groups.setdefault(window, []).append(index)
@@ -181,7 +171,8 @@ def instance_gradcam_many(
         for window, members in groups.items():
             inputs = window.crop(x.detach().to(device)).unsqueeze(0).clone().requires_grad_(True)
             capture.activations.clear()
-            logits = run_target_logits(model, inputs, target)
+            padding = end_padding(window.size, divisibility)
+            logits = run_target_logits(model, inputs, target, padding)
             if len(capture.activations) != 1:
                 raise ConfigurationError(
                     f"layer {layer!r} ran {len(capture.activations)} times in one forward pass; "
@@ -199,7 +190,10 @@ def instance_gradcam_many(
                         "on the path to the logits"
                     )
                 cam = cam_from_activations(activations[0].detach(), gradients[0], variant)
-                placed = window.place(_upsample(cam, window.size), spatial)
+                # The layer saw the padded input: upsample to it, then drop the padding.
+                padded_size = [n + extra for n, extra in zip(window.size, padding, strict=True)]
+                cam = _upsample(cam, padded_size)[tuple(slice(0, n) for n in window.size)]
+                placed = window.place(cam, spatial)
                 maps[ids[index]] = placed.to(x.device)
             del logits, activations
     return {domain_id: maps[domain_id] for domain_id in ids}
@@ -215,7 +209,7 @@ def instance_gradcam(
     target: int = 1,
     context: Context = "full",
     patch_size: int | Sequence[int] | None = None,
-    size_divisibility: int | None = None,
+    size_divisibility: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Instance Grad-CAM++ (or Grad-CAM) map of one domain Ω, raw, on the input grid (SPEC §3, §5).
 

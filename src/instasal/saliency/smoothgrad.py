@@ -17,12 +17,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.context import (
-    Window,
-    resolve_patch_size,
-    resolve_size_divisibility,
-    window_for,
-)
+from instasal.saliency.context import Window, context_windows, end_padding
 from instasal.saliency.engines import (
     EngineName,
     aggregate_rows,
@@ -68,7 +63,10 @@ class SmoothGradConfig:
     engine
         ``"naive"``, ``"batched"`` or ``"auto"`` (see :mod:`instasal.saliency.engines`).
     size_divisibility
-        Multiple a patch is enlarged to; ``None``: ``model.card["size_divisibility"]`` or 16.
+        The network's input size divisibility (an integer or one per axis); ``None``:
+        ``model.card["size_divisibility"]``, else unknown. Inputs are zero-padded at the end of
+        each axis to a multiple of it (output cropped back); a patch too small for Ω is enlarged
+        to a multiple of it (of 16 where unknown).
     rows_per_call
         Jacobian rows per batched backward call; ``None``: as many as fit the memory budget.
     memory_budget_bytes
@@ -84,7 +82,7 @@ class SmoothGradConfig:
     patch_size: int | tuple[int, ...] | None = None
     seed: int = 0
     engine: EngineName = "auto"
-    size_divisibility: int | None = None
+    size_divisibility: int | Sequence[int] | None = None
     rows_per_call: int | None = None
     memory_budget_bytes: int | None = None
 
@@ -118,21 +116,6 @@ class SmoothGradConfig:
             )
 
 
-def _windows(
-    model: nn.Module,
-    domains: Sequence[torch.Tensor],
-    config: SmoothGradConfig,
-) -> list[Window]:
-    if config.context == "full":
-        return [window_for(d, "full") for d in domains]
-    patch_size = resolve_patch_size(model, config.patch_size, domains[0].ndim)
-    divisibility = resolve_size_divisibility(model, config.size_divisibility)
-    return [
-        window_for(d, "patch", patch_size=patch_size, size_divisibility=divisibility)
-        for d in domains
-    ]
-
-
 def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
     return domain[window.slices].reshape(-1).nonzero().reshape(-1)
 
@@ -155,7 +138,9 @@ def smoothgrad_maps(
     masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
     if not masks:
         return {}
-    windows = _windows(model, masks, config)
+    windows, divisibility = context_windows(
+        model, masks, config.context, config.patch_size, config.size_divisibility
+    )
     groups: dict[Window, list[int]] = {}
     for index, window in enumerate(windows):
         groups.setdefault(window, []).append(index)
@@ -188,7 +173,9 @@ def smoothgrad_maps(
             for window, members in groups.items():
                 inputs = window.crop(noisy).unsqueeze(0).clone().requires_grad_(True)
                 with saved_tensor_bytes() as graph_bytes:
-                    logits = run_target_logits(model, inputs, config.target)
+                    logits = run_target_logits(
+                        model, inputs, config.target, end_padding(window.size, divisibility)
+                    )
                 maps = aggregate_rows(
                     model,
                     logits,
@@ -210,6 +197,10 @@ def smoothgrad_maps(
     return result
 
 
+def _as_tuple(value: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
+    return value if value is None or isinstance(value, int) else tuple(value)
+
+
 def instance_smoothgrad(
     model: nn.Module,
     x: Any,
@@ -224,7 +215,7 @@ def instance_smoothgrad(
     patch_size: int | Sequence[int] | None = None,
     seed: int = 0,
     engine: EngineName = "auto",
-    size_divisibility: int | None = None,
+    size_divisibility: int | Sequence[int] | None = None,
     rows_per_call: int | None = None,
     memory_budget_bytes: int | None = None,
 ) -> torch.Tensor:
@@ -253,6 +244,8 @@ def instance_smoothgrad(
     context, patch_size, size_divisibility
         ``"full"``: differentiate the forward pass over the whole volume; ``"patch"``: over one
         patch of ``patch_size`` (default ``model.card["patch_size"]``) around Ω, zero outside it.
+        Inputs are zero-padded at the end of each axis to a multiple of the network's size
+        divisibility (default ``model.card["size_divisibility"]``), the output cropped back.
     engine, rows_per_call, memory_budget_bytes
         ``"naive"`` (one backward call per row, the reference), ``"batched"`` (many rows per call,
         chunked under the memory budget) or ``"auto"`` (the faster, measured once per model, input
@@ -293,7 +286,7 @@ def instance_smoothgrad(
         else tuple(patch_size),
         seed=seed,
         engine=engine,
-        size_divisibility=size_divisibility,
+        size_divisibility=_as_tuple(size_divisibility),
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
     )
@@ -314,7 +307,7 @@ def instance_smoothgrad_many(
     patch_size: int | Sequence[int] | None = None,
     seed: int = 0,
     engine: EngineName = "auto",
-    size_divisibility: int | None = None,
+    size_divisibility: int | Sequence[int] | None = None,
     rows_per_call: int | None = None,
     memory_budget_bytes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -345,7 +338,7 @@ def instance_smoothgrad_many(
         else tuple(patch_size),
         seed=seed,
         engine=engine,
-        size_divisibility=size_divisibility,
+        size_divisibility=_as_tuple(size_divisibility),
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
     )
