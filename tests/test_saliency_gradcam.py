@@ -227,3 +227,21 @@ def test_many_equals_one_call_per_domain() -> None:
     torch.testing.assert_close(maps[4], instance_gradcam(model, x, _domain(), layer="up"))
     torch.testing.assert_close(maps[2], instance_gradcam(model, x, second, layer="up"))
     assert not torch.allclose(maps[4], maps[2])
+
+
+def test_gradcam_on_a_padded_input_equals_the_explicitly_padded_volume() -> None:
+    torch.manual_seed(5)
+    model = _EncoderDecoder()
+    x = torch.randn(2, 11, 10, 7)  # odd sides: the stride-2 encoder cannot run without padding
+    domain = torch.zeros(11, 10, 7, dtype=torch.bool)
+    domain[5:7, 4, 3] = True
+    model.card = {"size_divisibility": 2}
+    ours = instance_gradcam(model, x, domain, layer="middle")
+    del model.card
+    padded = instance_gradcam(
+        model,
+        F.pad(x, (0, 1, 0, 0, 0, 1)),
+        F.pad(domain, (0, 1, 0, 0, 0, 1)),
+        layer="middle",
+    )
+    torch.testing.assert_close(ours, padded[:11, :10, :7])

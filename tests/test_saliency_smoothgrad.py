@@ -321,3 +321,26 @@ def test_many_domains_with_patches_share_coinciding_patches_and_equal_single_cal
     assert len(forwards) == 2 * 2  # two distinct patches per noise draw
     for domain_id, domain in domains.items():
         assert torch.equal(maps[domain_id], instance_smoothgrad(model, x, domain, **kwargs))
+
+
+@pytest.mark.parametrize("context", ["full", "patch"])
+def test_input_is_padded_to_the_size_divisibility_like_an_explicitly_padded_volume(
+    context: str,
+) -> None:
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(9)
+    model = UNet(3, 2, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=0, norm="batch")
+    x = torch.randn(2, 10, 11, 9)
+    domain = _domain((10, 11, 9), [(4, 5, 4), (5, 5, 4)])
+    with pytest.raises(RuntimeError):  # 11 and 9 are not multiples of 4: the net cannot run
+        model(x.unsqueeze(0))
+    model.card = {"size_divisibility": [4, 4, 4], "patch_size": [8, 8, 8]}
+    ours = instance_smoothgrad(model, x, domain, noise_level=0.0, context=context)
+    padded_x = torch.nn.functional.pad(x, (0, 3, 0, 1, 0, 2))
+    padded_domain = torch.nn.functional.pad(domain, (0, 3, 0, 1, 0, 2))
+    del model.card  # the volume is already a multiple of 4; "full" is the only window there is
+    expected = instance_smoothgrad(model, padded_x, padded_domain, noise_level=0.0)
+    # With "patch", Ω's extent plus the 8-voxel margins exceeds 8: the patch is enlarged to the
+    # whole (unpadded) volume, then padded like "full".
+    torch.testing.assert_close(ours, expected[:, :10, :11, :9], rtol=1e-5, atol=1e-7)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.context import resolve_patch_size, resolve_size_divisibility, window_for
+from instasal.saliency.context import context_windows
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.smoothgrad import instance_smoothgrad
 
@@ -76,13 +76,12 @@ def patch_full_agreement(
     full = instance_smoothgrad(model, x, domain, context="full", **smoothgrad_kwargs)
     patch = instance_smoothgrad(model, x, domain, context="patch", **smoothgrad_kwargs)
     spatial = tuple(as_input(x).shape[1:])
-    window = window_for(
-        as_domain(domain, spatial),
+    (window,), _ = context_windows(
+        model,
+        [as_domain(domain, spatial)],
         "patch",
-        patch_size=resolve_patch_size(model, smoothgrad_kwargs.get("patch_size"), len(spatial)),
-        size_divisibility=resolve_size_divisibility(
-            model, smoothgrad_kwargs.get("size_divisibility")
-        ),
+        smoothgrad_kwargs.get("patch_size"),
+        smoothgrad_kwargs.get("size_divisibility"),
     )
     total = float(full.abs().sum())
     inside = float(window.crop(full).abs().sum())

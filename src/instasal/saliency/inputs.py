@@ -7,10 +7,12 @@ what was expected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
@@ -102,8 +104,16 @@ def target_channel(target: int, n_outputs: int) -> int:
     return target
 
 
-def run_target_logits(model: nn.Module, batch: torch.Tensor, target: int) -> torch.Tensor:
+def run_target_logits(
+    model: nn.Module,
+    batch: torch.Tensor,
+    target: int,
+    padding: Sequence[int] | None = None,
+) -> torch.Tensor:
     """Forward ``batch`` ``[1, C, *S]`` and return the target logits ``[*S]`` (graph kept).
+
+    With ``padding``, the input is zero-padded by that many voxels at the end of each spatial axis
+    inside the graph (for a network's size divisibility) and the output cropped back to ``S``.
 
     Raises
     ------
@@ -112,15 +122,25 @@ def run_target_logits(model: nn.Module, batch: torch.Tensor, target: int) -> tor
     ConfigurationError
         If ``target`` is out of range (see :func:`target_channel`).
     """
-    output = model(batch)
+    spatial = tuple(batch.shape[2:])
+    padded = batch
+    if padding is not None and any(padding):
+        pairs = [amount for extra in reversed(padding) for amount in (0, extra)]
+        padded = F.pad(batch, pairs)
+    output = model(padded)
     if not isinstance(output, torch.Tensor):
         raise ModelError(
             f"the model must return one logit tensor [B, K, X, Y, Z], got {type(output).__name__}"
         )
-    spatial = tuple(batch.shape[2:])
-    if output.ndim != batch.ndim or output.shape[0] != 1 or tuple(output.shape[2:]) != spatial:
+    padded_spatial = tuple(padded.shape[2:])
+    if (
+        output.ndim != padded.ndim
+        or output.shape[0] != 1
+        or tuple(output.shape[2:]) != padded_spatial
+    ):
         raise ModelError(
-            f"the model output has shape {tuple(output.shape)}; expected [1, K, *{spatial}] "
-            f"for an input of shape {tuple(batch.shape)}"
+            f"the model output has shape {tuple(output.shape)}; expected [1, K, *{padded_spatial}] "
+            f"for an input of shape {tuple(padded.shape)}"
         )
-    return output[0, target_channel(target, output.shape[1])]
+    logits = output[0, target_channel(target, output.shape[1])]
+    return logits[tuple(slice(0, n) for n in spatial)]
