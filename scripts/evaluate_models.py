@@ -14,8 +14,12 @@ stores each model's summary as ``metrics["test"]`` in ``src/instasal/weights/<na
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 
 PAPER = {  # Spagnolo et al., test set: nDSC, lesion TPR, FDR, FNR
     "unet": (0.71, 0.79, 0.37, 0.20),
@@ -41,7 +45,9 @@ def main(argv: list[str]) -> int:
     from instasal.training import cohort_description
 
     names = args.model or available_models()
-    _, summary = evaluate_cohort(names, args.cohort, out=args.out, overwrite=args.overwrite)
+    _, summary = evaluate_cohort(
+        names, args.cohort, out=args.out, overwrite=args.overwrite, write_probabilities=True
+    )
     header = ["model", "threshold", "nDSC", "TPR", "FDR", "FNR", "lesions (ref / pred)"]
     print("| " + " | ".join([*header, "paper nDSC / TPR / FDR / FNR"]) + " |")
     print("|---|---|---|---|---|---|---|---|")
@@ -55,6 +61,7 @@ def main(argv: list[str]) -> int:
             f"| {row['tpr']:.0%} | {row['fdr']:.0%} | {row['fnr']:.0%} "
             f"| {int(row['n_reference'])} / {int(row['n_predicted'])} | {paper_text} |"
         )
+    _print_detection_by_volume(args.cohort, args.out, summary.to_dict("records"))
     if args.update_cards:
         cohort = cohort_description(args.cohort)
         for row in summary.to_dict("records"):
@@ -65,6 +72,41 @@ def main(argv: list[str]) -> int:
             atomic_write_json(path, updated.to_dict(), overwrite=True)
             print(f"updated {path}", file=sys.stderr)
     return 0
+
+
+def _print_detection_by_volume(cohort: Path, out: Path, rows: list[dict[str, object]]) -> None:
+    """Lesion TPR per reference volume band, from the probability maps just written."""
+    from instasal.dataset import discover_dataset
+    from instasal.io import load_mask, read_subject
+    from instasal.metrics import detection_by_volume
+
+    edges = (5.0, 8.0, 24.0, 64.0, 200.0, float("inf"))
+    references = {}
+    for files in discover_dataset(cohort):
+        if files.lesion_mask is not None:
+            subject = read_subject(files.images)
+            references[files.subject_id] = (load_mask(files.lesion_mask, subject), subject.affine)
+    bands = [f"{low:g}–{high:g}" for low, high in itertools.pairwise(edges)]
+    print()
+    print("| model | " + " | ".join(f"TPR {band} mm³" for band in bands) + " |")
+    print("|---|" + "---|" * len(bands))
+    for row in rows:
+        counts = np.zeros((len(bands), 2), dtype=int)
+        for subject_id, (reference, affine) in references.items():
+            image = nib.load(out / str(row["model"]) / f"{subject_id}_prob.nii.gz")
+            probability = np.asarray(image.dataobj)
+            for k, (_, _, n_ref, n_det) in enumerate(
+                detection_by_volume(
+                    reference,
+                    probability,
+                    affine,
+                    threshold=float(row["threshold"]),
+                    edges_mm3=edges,
+                )
+            ):
+                counts[k] += (n_ref, n_det)
+        cells = [f"{det / ref:.0%} ({det}/{ref})" if ref else "–" for ref, det in counts]
+        print(f"| {row['model']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

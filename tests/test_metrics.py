@@ -14,6 +14,7 @@ from torch import nn
 from instasal.errors import ConfigurationError
 from instasal.metrics import (
     LesionMetrics,
+    detection_by_volume,
     evaluate_cohort,
     lesion_metrics,
     normalised_dice,
@@ -100,6 +101,23 @@ def test_lesion_metrics_threshold_and_voxel_volume() -> None:
     tiny = lesion_metrics(reference, probability, small, threshold=0.3)
     assert (tiny.n_reference, tiny.n_predicted) == (0, 0)
     assert math.isnan(tiny.tpr)
+
+
+def test_detection_by_volume_bands() -> None:
+    reference = np.zeros((30, 30, 30), bool)
+    _cube(reference, (2, 2, 2), 2)  # 8 mm³, detected
+    _cube(reference, (10, 2, 2), 2)  # 8 mm³, missed
+    _cube(reference, (2, 10, 2), 3)  # 27 mm³, missed
+    _cube(reference, (2, 20, 20), 5)  # 125 mm³, detected at one voxel
+    probability = np.zeros(reference.shape, np.float32)
+    probability[2:4, 2:4, 2:4] = 1.0
+    probability[6:9, 24:27, 24:27] = 1.0  # touches the large cube at (6, 24, 24)
+    bands = detection_by_volume(
+        reference, probability, AFFINE_1MM, threshold=0.5, edges_mm3=(5, 10, 100, 1000)
+    )
+    assert bands == [(5.0, 10.0, 2, 1), (10.0, 100.0, 1, 0), (100.0, 1000.0, 1, 1)]
+    with pytest.raises(ConfigurationError, match="edges_mm3 must increase"):
+        detection_by_volume(reference, probability, AFFINE_1MM, threshold=0.5, edges_mm3=(5, 5))
 
 
 def test_lesion_metrics_rejects_bad_input() -> None:

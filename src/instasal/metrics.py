@@ -17,6 +17,7 @@ lesions, FDR over subjects with predicted lesions), with pooled lesion counts be
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REFERENCE_LESION_LOAD",
     "LesionMetrics",
+    "detection_by_volume",
     "evaluate_cohort",
     "lesion_metrics",
     "normalised_dice",
@@ -173,6 +175,40 @@ def lesion_metrics(
     )
 
 
+def detection_by_volume(
+    reference: np.ndarray,
+    probability: np.ndarray,
+    affine: np.ndarray,
+    *,
+    threshold: float,
+    edges_mm3: Sequence[float] = (5.0, 16.0, 40.0, 120.0, math.inf),
+    connectivity: Connectivity = 18,
+    min_volume_mm3: float = 5.0,
+) -> list[tuple[float, float, int, int]]:
+    """Reference lesions and detected ones per volume band ``(low, high]`` in mm³.
+
+    Returns one ``(low, high, n_reference, n_detected)`` per band of consecutive ``edges_mm3``;
+    detection is the non-zero-overlap rule of :func:`lesion_metrics`.
+    """
+    if len(edges_mm3) < 2 or any(b <= a for a, b in itertools.pairwise(edges_mm3)):
+        raise ConfigurationError(f"edges_mm3 must increase, got {tuple(edges_mm3)}")
+    voxel_volume = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+    gt = np.asarray(reference) != 0
+    predicted = _lesions(
+        np.asarray(probability) >= threshold, voxel_volume, connectivity, min_volume_mm3
+    )
+    references = _lesions(gt, voxel_volume, connectivity, min_volume_mm3)
+    volumes = np.bincount(references.ravel())[1:] * voxel_volume
+    detected = np.zeros(len(volumes), bool)
+    hit = np.unique(references[predicted > 0])
+    detected[hit[hit > 0] - 1] = True
+    bands = []
+    for low, high in itertools.pairwise(edges_mm3):
+        inside = (volumes > low) & (volumes <= high)
+        bands.append((float(low), float(high), int(inside.sum()), int((inside & detected).sum())))
+    return bands
+
+
 def _lesions(
     mask: np.ndarray, voxel_volume: float, connectivity: Connectivity, min_volume_mm3: float
 ) -> np.ndarray:
@@ -229,6 +265,7 @@ def evaluate_cohort(
     threshold: float | None = None,
     overlap: float = 0.5,
     overwrite: bool = False,
+    write_probabilities: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Segment every labelled subject of a cohort with every model and score it.
@@ -249,6 +286,8 @@ def evaluate_cohort(
         Sliding-window overlap.
     overwrite
         Replace existing tables in ``out``.
+    write_probabilities
+        Also write each probability map as ``out/<model>/<subject>_prob.nii.gz``.
     progress
         Called after each (model, subject) with ``(done, total, label)``.
 
@@ -261,12 +300,12 @@ def evaluate_cohort(
     import pandas as pd
 
     from instasal.dataset import discover_dataset
-    from instasal.io import atomic_write_text, load_mask, read_subject
+    from instasal.io import atomic_write_text, load_mask, read_subject, write_nifti
     from instasal.models.cards import card_of
     from instasal.models.loaders import check_channels, load_model
     from instasal.models.segmentation import predict_subject
 
-    subjects = [s for s in discover_dataset(cohort) if s.lesion_mask is not None]
+    subjects = [(s, s.lesion_mask) for s in discover_dataset(cohort) if s.lesion_mask is not None]
     if not subjects:
         raise ConfigurationError(f"{cohort}: no subject with a lesion mask to evaluate against")
     rows: list[dict[str, Any]] = []
@@ -277,12 +316,14 @@ def evaluate_cohort(
         card = card_of(model)
         used = card.threshold if threshold is None else threshold
         results: list[LesionMetrics] = []
-        for files in subjects:
+        for files, lesion_mask in subjects:
             subject = read_subject(files.images)
             check_channels(model, subject.channel_names)
             probability = predict_subject(model, subject, overlap=overlap)
-            assert files.lesion_mask is not None
-            reference = load_mask(files.lesion_mask, subject)
+            if out is not None and write_probabilities:
+                target = Path(out) / card.name / f"{files.subject_id}_prob.nii.gz"
+                write_nifti(probability, subject.affine, target, overwrite=overwrite)
+            reference = load_mask(lesion_mask, subject)
             metrics = lesion_metrics(reference, probability, subject.affine, threshold=used)
             results.append(metrics)
             rows.append({"model": card.name, "subject": files.subject_id} | metrics.as_dict())
