@@ -152,7 +152,7 @@ def measure(setting: Setting, name: str) -> Measurement:
 
     torch.set_num_threads(setting.threads)
     model, x, domain = build(setting)
-    _warm_up(model, x, setting.patch)
+    _warm_up(model, x, setting.patch if name.endswith("/patch") or name == "floor" else None)
     warm_up = ""
     if name.startswith("auto/"):
         started = time.perf_counter()
@@ -189,13 +189,16 @@ def _in_child(setting: Setting, name: str) -> Measurement:
         return pool.apply(measure, (setting, name))
 
 
-def _warm_up(model: torch.nn.Module, x: torch.Tensor, patch: int) -> None:
-    """One untimed forward pass per input size, so that no procedure pays first-call costs."""
+def _warm_up(model: torch.nn.Module, x: torch.Tensor, patch: int | None) -> None:
+    """One untimed forward pass at the procedure's input size, so it pays no first-call costs.
+
+    Only that size: a larger warm-up would set the process's peak memory above the procedure's.
+    """
     model.eval()
     device = next(model.parameters()).device
+    inputs = x if patch is None else x[:, :patch, :patch, :patch]
     with torch.no_grad():
-        model(x.unsqueeze(0).to(device))
-        model(x[:, :patch, :patch, :patch].unsqueeze(0).to(device))
+        model(inputs.unsqueeze(0).to(device))
 
 
 def _hardware(device: str, threads: int) -> str:
