@@ -10,11 +10,12 @@ import numpy.typing as npt
 
 __all__ = [
     "Aggregation",
+    "BoolArray",
     "Connectivity",
     "Context",
+    "EngineName",
     "FloatArray",
     "IntArray",
-    "BoolArray",
     "NoiseRange",
     "PathLike",
 ]
@@ -27,4 +28,5 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 Connectivity: TypeAlias = Literal[6, 18, 26]
 Aggregation: TypeAlias = Literal["max", "mean"]
 Context: TypeAlias = Literal["full", "patch"]
+EngineName: TypeAlias = Literal["naive", "batched", "auto"]
 NoiseRange: TypeAlias = Literal["per_channel", "first_channel"]

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from instasal.errors import InstasalError
+
+ImagesArgument = Annotated[
+    list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in name or model path.")]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace results of an earlier run.")]
 
 app = typer.Typer(
     name="instasal",

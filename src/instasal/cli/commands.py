@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from instasal.cli._app import app, console
+from instasal.cli._app import ImagesArgument, ModelOption, OutOption, OverwriteOption, app, console
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 
@@ -37,7 +37,12 @@ def phantom(
             progress(f"generating {name}", done, total)  # type: ignore[operator]
 
         written = write_cohort(
-            out, subjects, seed=seed, resolution=resolution, overwrite=overwrite, progress=step
+            out,
+            subjects,
+            seed=seed,
+            resolution=1 if resolution == 1 else 2,
+            overwrite=overwrite,
+            progress=step,
         )
     console.print(f"wrote {len(written)} phantom subjects to [bold]{out}[/]")
 
@@ -50,13 +55,9 @@ def _settings(**values: Any) -> Any:
 
 @app.command()
 def explain(
-    images: Annotated[
-        list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Built-in name or model path.")
-    ] = "unet",
+    images: ImagesArgument,
+    out: OutOption,
+    model: ModelOption = "unet",
     reference: Annotated[
         Path | None, typer.Option(help="Ground-truth lesion mask: TP/FP/FN/TN.")
     ] = None,
@@ -75,7 +76,7 @@ def explain(
     ] = None,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of noise draws and TN sampling.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace results of an earlier run.")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
     from instasal.pipeline import explain_subject
@@ -177,10 +178,8 @@ def cohort(
     dataset: Annotated[
         Path, typer.Argument(help="BIDS-like dataset (e.g. from instasal phantom).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort output folder.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Built-in name or model path.")
-    ] = "unet",
+    out: OutOption,
+    model: ModelOption = "unet",
     executor: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
     with_mean: Annotated[

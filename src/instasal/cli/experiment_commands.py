@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from instasal.cli._app import app, console
+from instasal.cli._app import ModelOption, OutOption, OverwriteOption, app, console
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 
@@ -20,15 +20,15 @@ EXPERIMENTS = ("context", "relocation", "patch-vs-full")
 def experiment(
     name: Annotated[str, typer.Argument(help="context, relocation or patch-vs-full.")],
     dataset: Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name or path.")] = "unet",
+    out: OutOption,
+    model: ModelOption = "unet",
     max_lesions: Annotated[int, typer.Option(help="Lesions to use at most.")] = 40,
     band: Annotated[tuple[float, float], typer.Option(help="context: TP volume band in mm³.")] = (
         90.0,
         120.0,
     ),
     seed: Annotated[int, typer.Option(help="Seed of relocation targets.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace earlier results.")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Run one of the paper's experiments and write its table, summary and figure."""
     from instasal.experiments.runner import (

@@ -19,7 +19,7 @@ from scipy import ndimage
 from instasal.errors import ConfigurationError
 from instasal.instances import Instances
 
-__all__ = ["ContextCurve", "context_curve", "plateau_distance"]
+__all__ = ["ContextCurve", "context_curve", "plateau_distance", "summarise_curve"]
 
 PLATEAU_FRACTION = 0.95
 
@@ -48,6 +48,30 @@ def plateau_distance(
     below = np.flatnonzero(values < level)
     first = 0 if below.size == 0 else int(below[-1]) + 1
     return float(distances_mm[first]) if first < len(distances_mm) else None
+
+
+def summarise_curve(records: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """Mean ± sd probability and detection rate per distance, and the plateau distance.
+
+    ``records`` has one row per (lesion, distance): ``lesion_id`` (and optionally ``subject``),
+    ``distance_mm``, ``mean_probability``, ``detected``.
+    """
+    keys = ["subject", "lesion_id"] if "subject" in records else ["lesion_id"]
+    curve = (
+        records.assign(lesion=records[keys].astype(str).agg("/".join, axis=1))
+        .groupby("distance_mm")
+        .agg(
+            mean_probability=("mean_probability", "mean"),
+            sd_probability=("mean_probability", "std"),
+            detection_rate=("detected", "mean"),
+            n_lesions=("lesion", "nunique"),
+        )
+        .reset_index()
+    )
+    plateau = plateau_distance(
+        curve["distance_mm"].tolist(), curve["mean_probability"].tolist(), PLATEAU_FRACTION
+    )
+    return curve, plateau
 
 
 def context_curve(
@@ -106,19 +130,7 @@ def context_curve(
             if progress is not None:
                 progress(f"context of lesion {lesion_id}", n * (max_iterations + 1) + d + 1, total)
     records = pd.DataFrame(rows)
-    curve = (
-        records.groupby("distance_mm")
-        .agg(
-            mean_probability=("mean_probability", "mean"),
-            sd_probability=("mean_probability", "std"),
-            detection_rate=("detected", "mean"),
-            n_lesions=("lesion_id", "nunique"),
-        )
-        .reset_index()
-    )
-    plateau = plateau_distance(
-        curve["distance_mm"].tolist(), curve["mean_probability"].tolist(), PLATEAU_FRACTION
-    )
+    curve, plateau = summarise_curve(records)
     rule = (
         f"smallest distance from which the mean probability stays >= {PLATEAU_FRACTION:.0%} of its "
         f"value at the largest distance ({max_iterations * step_mm:g} mm)"

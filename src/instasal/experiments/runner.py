@@ -8,7 +8,7 @@ a figure, atomically.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 
 from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError
-from instasal.experiments.context import context_curve
+from instasal.experiments.context import PLATEAU_FRACTION, context_curve, summarise_curve
 from instasal.experiments.relocation import relocate
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.io import Subject, atomic_write_json, atomic_write_text, load_mask, read_subject
@@ -103,7 +103,7 @@ def run_context_experiment(
 
     out = Path(out)
     low, high = volume_band_mm3
-    frames = []
+    frames: list[pd.DataFrame] = []
     predict = functools.partial(_predict, model)
     for prepared in prepared_subjects(dataset, model):
         chosen = [r.id for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
@@ -127,20 +127,7 @@ def run_context_experiment(
             f"{dataset}: no TP lesion with volume in {volume_band_mm3} mm³; widen volume_band_mm3"
         )
     records = pd.concat(frames, ignore_index=True)
-    from instasal.experiments.context import PLATEAU_FRACTION, plateau_distance
-
-    curve = (
-        records.groupby("distance_mm")
-        .agg(
-            mean_probability=("mean_probability", "mean"),
-            sd_probability=("mean_probability", "std"),
-            detection_rate=("detected", "mean"),
-        )
-        .reset_index()
-    )
-    plateau = plateau_distance(
-        curve["distance_mm"].tolist(), curve["mean_probability"].tolist(), PLATEAU_FRACTION
-    )
+    curve, plateau = summarise_curve(records)
     out.mkdir(parents=True, exist_ok=True)
     _write_table(out, "context_records", records, overwrite)
     _write_table(out, "context_curve", curve, overwrite)
@@ -169,7 +156,7 @@ def run_context_experiment(
     axis.legend(fontsize=8, frameon=False)
     _save_figure(figure, out / "context_curve.png", overwrite)
     summary = {
-        "n_lesions": int(records.groupby(["subject", "lesion_id"]).ngroups),
+        "n_lesions": int(curve["n_lesions"].max()),
         "volume_band_mm3": list(volume_band_mm3),
         "plateau_mm": plateau,
         "plateau_rule": f"smallest distance from which the mean stays >= {PLATEAU_FRACTION:.0%} "
@@ -204,8 +191,8 @@ def run_relocation_experiment(
 
     out = Path(out)
     predict = functools.partial(_predict, model)
-    rows = []
-    conditions: Sequence[Any] = ("white_matter", "outside", "outside_with_shell")
+    rows: list[dict[str, Any]] = []
+    conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
     for prepared in prepared_subjects(dataset, model):
         lesions = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
         for record in lesions:
@@ -284,7 +271,7 @@ def run_patch_full_experiment(
     from instasal.saliency import patch_full_agreement
 
     out = Path(out)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for prepared in prepared_subjects(dataset, model):
         for record in prepared.instances.of_kind("TP"):
             if len(rows) >= max_lesions:

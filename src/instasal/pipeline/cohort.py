@@ -26,7 +26,7 @@ from instasal.errors import ConfigurationError, InstasalError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text
 from instasal.pipeline.explain import explain_subject, model_fingerprint
 from instasal.pipeline.settings import ExplainSettings, run_key
-from instasal.typing import PathLike
+from instasal.typing import Aggregation, PathLike
 
 __all__ = ["CohortResult", "Executor", "run_cohort", "subject_seed"]
 
@@ -85,7 +85,7 @@ def _explain_one(
     subject_settings = replace(settings, seed=subject_seed(settings.seed, subject.subject_id))
     status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
     try:
-        runs = [("max", out / subject.subject_id)]
+        runs: list[tuple[Aggregation, Path]] = [("max", out / subject.subject_id)]
         if with_mean:
             runs.append(("mean", out / subject.subject_id / "mean"))
         for aggregation, folder in runs:
@@ -220,8 +220,8 @@ def run_cohort(
     total = len(found)
     notify("subjects", len(skipped), total)
     started = time.perf_counter()
+    statuses: list[dict[str, Any]] = []
     if executor == "local":
-        statuses = []
         for subject in todo:
             notify(
                 f"subjects of cohort: explaining {subject.subject_id}",

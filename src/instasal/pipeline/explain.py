@@ -7,6 +7,7 @@ interrupted run with the same settings is started again; replacing results needs
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -18,10 +19,18 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from torch import nn
 
 from instasal.errors import ConfigurationError, ImageError, OutputExistsError
 from instasal.instances import Instances, classify_instances, find_instances
-from instasal.io import Subject, atomic_write_json, load_mask, read_subject, write_nifti
+from instasal.io import (
+    Subject,
+    atomic_write_json,
+    load_image,
+    load_mask,
+    read_subject,
+    write_nifti,
+)
 from instasal.pipeline.lesions import explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
@@ -80,8 +89,7 @@ def _optional_mask(path: PathLike | None, subject: Subject) -> np.ndarray | None
 def _regions(path: PathLike | None, subject: Subject) -> np.ndarray | None:
     if path is None:
         return None
-    image = nib.load(str(path))
-    data = np.asarray(image.dataobj)
+    data = np.asarray(load_image(path).dataobj)
     if data.shape != subject.shape:
         raise ImageError(f"{path}: region map shape {data.shape} differs from {subject.shape}")
     return data.astype(np.int16)
@@ -170,7 +178,7 @@ def explain_subject(
     region_map = _regions(regions, subject)
     from instasal.models import check_channels, load_model, predict_probability
 
-    network = model if hasattr(model, "state_dict") else load_model(model)
+    network = model if isinstance(model, nn.Module) else load_model(os.fspath(model))
     card: dict[str, Any] = dict(getattr(network, "card", {}))
     check_channels(network, subject.channel_names)
     context = settings.context or ("patch" if card.get("patch_size") else "full")
@@ -227,7 +235,7 @@ def explain_subject(
     step = time.perf_counter()
     progress("segmenting", 0, 1)
     if layout.probability.exists():  # _prepare_out left only files of this run key
-        probability = np.asarray(nib.load(layout.probability).dataobj, dtype=np.float32)
+        probability = np.asarray(load_image(layout.probability).dataobj, dtype=np.float32)
     else:
         probability = predict_probability(network, x)
         write_nifti(

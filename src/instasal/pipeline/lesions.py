@@ -12,6 +12,7 @@ from instasal.io import Subject, write_nifti
 from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.settings import ExplainSettings
 from instasal.summaries import lesion_summary, saliency_columns
+from instasal.typing import Context
 
 __all__ = ["LESIONS_PER_BATCH", "REGION_NAMES", "explain_lesions", "table_columns"]
 
@@ -54,7 +55,7 @@ def explain_lesions(
     key: str,
     settings: ExplainSettings,
     *,
-    context: str,
+    context: Context,
     target: int,
     layer: str | None,
     rows: list[dict[str, Any]],

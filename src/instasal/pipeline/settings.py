@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instasal.errors import ConfigurationError
-from instasal.typing import Aggregation, Connectivity, Context, NoiseRange
+from instasal.typing import Aggregation, Connectivity, Context, EngineName, NoiseRange
 
 __all__ = ["DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
 
@@ -48,7 +48,7 @@ class ExplainSettings:
     noise_range: NoiseRange = "per_channel"
     aggregation: Aggregation = "max"
     context: Context | None = None
-    engine: str = "auto"
+    engine: EngineName = "auto"
     threshold: float | None = None
     connectivity: Connectivity = 18
     min_volume_mm3: float = 5.0
@@ -72,6 +72,10 @@ class ExplainSettings:
         if self.aggregation not in ("max", "mean"):
             raise ConfigurationError(
                 f"aggregation must be 'max' or 'mean', got {self.aggregation!r}"
+            )
+        if self.engine not in ("naive", "batched", "auto"):
+            raise ConfigurationError(
+                f"engine must be 'naive', 'batched' or 'auto', got {self.engine!r}"
             )
         if self.context not in (None, "full", "patch"):
             raise ConfigurationError(f"context must be 'full' or 'patch', got {self.context!r}")

@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 __all__ = [
     "TYPE_COLOURS",
@@ -120,10 +121,10 @@ def lesion_figure(
         rows.append((f"SmoothGrad {name}", image, value, "saliency"))
     if cam is not None:
         rows.append(("Grad-CAM++ (normalised)", images[0], cam, "cam"))
+    layout = ConstrainedLayoutEngine(w_pad=0.01, h_pad=0.01, hspace=0.0, wspace=0.0)
     figure, axes = plt.subplots(
-        len(rows), 3, figsize=(6.4, 1.95 * len(rows) + 0.4), squeeze=False, layout="constrained"
+        len(rows), 3, figsize=(6.4, 1.95 * len(rows) + 0.4), squeeze=False, layout=layout
     )
-    figure.get_layout_engine().set(w_pad=0.01, h_pad=0.01, hspace=0.0, wspace=0.0)
     mask_planes = _planes(mask, centre, windows)
     saliency_artist = cam_artist = None
     for row, (label, image, overlay, kind) in enumerate(rows):

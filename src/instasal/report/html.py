@@ -9,10 +9,9 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-import nibabel as nib
 import numpy as np
 
-from instasal.io import Subject, atomic_write_text
+from instasal.io import Subject, atomic_write_text, load_image
 from instasal.report.figures import (
     HALF_WINDOW_MM,
     figure_png,
@@ -79,12 +78,12 @@ def build_subject_report(
         lesion_id = int(row["id"])
         saliency = np.stack(
             [
-                np.asarray(nib.load(layout.smoothgrad(lesion_id, name)).dataobj, np.float32)
+                np.asarray(load_image(layout.smoothgrad(lesion_id, name)).dataobj, np.float32)
                 for name in channels
             ]
         )
         cam_path = layout.gradcam(lesion_id, normalised=True)
-        cam = np.asarray(nib.load(cam_path).dataobj, np.float32) if cam_path.exists() else None
+        cam = np.asarray(load_image(cam_path).dataobj, np.float32) if cam_path.exists() else None
         figure = lesion_figure(
             list(subject.data),
             channels,
