@@ -41,8 +41,8 @@ def main(argv: list[str]) -> int:
     from instasal.io import atomic_write_json
     from instasal.metrics import evaluate_cohort
     from instasal.models import available_models, read_card
+    from instasal.models.export import cohort_description
     from instasal.models.loaders import weights_folder
-    from instasal.training import cohort_description
 
     names = args.model or available_models()
     _, summary = evaluate_cohort(

@@ -11,14 +11,9 @@ import torch
 from instasal.errors import ConfigurationError, ModelError
 from instasal.models.architectures import build_network
 from instasal.models.cards import read_card
+from instasal.models.export import export_weights
 from instasal.models.loaders import load_state_dict_file
-from instasal.training import (
-    EpochRecord,
-    TrainingConfig,
-    TrainingSubject,
-    export_model,
-    train,
-)
+from instasal.training import EpochRecord, TrainingConfig, TrainingSubject, train
 
 TINY_UNET = {"channels": [4, 8], "strides": [2], "norm": "batch"}
 
@@ -129,8 +124,12 @@ def test_export_writes_weights_and_card_that_rebuild_the_model(
 ) -> None:
     training, validation = subjects
     result = train(_config(epochs=1), training, validation, tmp_path / "run")
-    weights, card_path = export_model(
-        result, tmp_path / "weights", name="tiny", reproduce_command="instasal train …"
+    weights, card_path = export_weights(
+        result.model,
+        result.card,
+        tmp_path / "weights",
+        name="tiny",
+        reproduce_command="instasal train …",
     )
     card = read_card(card_path)
     assert card.name == "tiny" and card.reproduce_command == "instasal train …"
@@ -142,7 +141,7 @@ def test_export_writes_weights_and_card_that_rebuild_the_model(
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), result.model(x))
     with pytest.raises(ConfigurationError, match="exists already"):
-        export_model(result, tmp_path / "weights", name="tiny")
+        export_weights(result.model, result.card, tmp_path / "weights", name="tiny")
 
 
 def test_resume_refuses_another_configuration(

@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import platform
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +40,7 @@ from instasal.models.architectures import (
     size_divisibility,
 )
 from instasal.models.cards import ModelCard, attach_card
+from instasal.models.export import git_commit, hardware_description, save_atomic
 from instasal.models.inference import predict_probability
 from instasal.typing import BoolArray, FloatArray, PathLike
 
@@ -53,15 +50,12 @@ __all__ = [
     "TrainingConfig",
     "TrainingResult",
     "TrainingSubject",
-    "cohort_description",
-    "export_model",
     "load_training_subjects",
     "train",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
-MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -336,7 +330,7 @@ def train(
                     "threshold": threshold,
                     "model": copy.deepcopy(network.state_dict()),
                 }
-            _write_checkpoint(
+            save_atomic(
                 checkpoint_path,
                 {
                     "format": CHECKPOINT_FORMAT,
@@ -389,9 +383,9 @@ def _initial_card(
             "config": config.as_dict(),
             "training_subjects": [s.name for s in training],
             "validation_subjects": [s.name for s in validation],
-            "hardware": _hardware(config.threads),
+            "hardware": hardware_description(config.threads),
         },
-        trained_commit=_git_commit(),
+        trained_commit=git_commit(),
     )
 
 
@@ -525,93 +519,3 @@ def _read_checkpoint(path: Path, config: TrainingConfig) -> dict[str, Any]:
             "use another output folder"
         )
     return state
-
-
-def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def export_model(
-    result: TrainingResult,
-    folder: PathLike,
-    *,
-    name: str | None = None,
-    reproduce_command: str | None = None,
-    training_data: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-) -> tuple[Path, Path]:
-    """Write ``<name>.pt`` (state dict) and ``<name>.json`` (card), as the built-ins are shipped.
-
-    Weights are stored in float16 when float32 would exceed 10 MB (the card's ``weights_dtype``
-    says which).
-    """
-    out = Path(folder)
-    stem = name or result.card.architecture
-    state = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-    size = sum(v.numel() * v.element_size() for v in state.values())
-    dtype = "float32"
-    if size > MAX_WEIGHTS_BYTES:
-        dtype = "float16"
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    card = result.card.updated(
-        name=stem,
-        weights_dtype=dtype,
-        reproduce_command=reproduce_command,
-        training=result.card.training | dict(training_data or {}),
-    )
-    weights_path, card_path = out / f"{stem}.pt", out / f"{stem}.json"
-    if not overwrite and (weights_path.exists() or card_path.exists()):
-        raise ConfigurationError(f"{weights_path}: exists already (pass overwrite=True)")
-    _write_checkpoint(weights_path, state)
-    weights_path.chmod(0o644)  # package data: readable by everyone, as the card beside it
-    atomic_write_json(card_path, card.to_dict(), overwrite=True)
-    return weights_path, card_path
-
-
-def _git_commit() -> str | None:
-    """HEAD's commit, with ``+local-changes`` when the training code differs from it."""
-    package = Path(__file__).parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=package
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "training.py", "metrics.py", "models"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=package,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{head}+local-changes" if changed else head
-
-
-def cohort_description(root: PathLike) -> dict[str, Any]:
-    """What a training card records about a cohort: path, subject count, phantom seed if any."""
-    folder = Path(root)
-    description: dict[str, Any] = {"path": str(folder)}
-    parameters = folder / "phantom_parameters.json"
-    if parameters.is_file():
-        import json
-
-        payload = json.loads(parameters.read_text(encoding="utf-8"))
-        for key in ("cohort_seed", "n_subjects", "resolution_mm", "instasal_version"):
-            if key in payload:
-                description[key] = payload[key]
-    return description
-
-
-def _hardware(threads: int) -> str:
-    return (
-        f"{platform.machine()} CPU ({os.cpu_count()} cores, {threads} torch threads), "
-        f"torch {torch.__version__}, Python {platform.python_version()}"
-    )

@@ -44,12 +44,8 @@ def train(
 ) -> None:
     """Train a built-in architecture (resumes from OUT/checkpoint.pt when it exists)."""
     from instasal.dataset import discover_dataset
-    from instasal.training import (
-        TrainingConfig,
-        cohort_description,
-        export_model,
-        load_training_subjects,
-    )
+    from instasal.models.export import cohort_description, export_weights
+    from instasal.training import TrainingConfig, load_training_subjects
     from instasal.training import train as run_training
 
     config = TrainingConfig(
@@ -81,8 +77,9 @@ def train(
         )
     if export is not None:
         command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        paths = export_model(
-            result,
+        paths = export_weights(
+            result.model,
+            result.card,
             export,
             name=name,
             reproduce_command=command,

@@ -12,6 +12,7 @@ from instasal.models.architectures import (
     size_divisibility,
 )
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
+from instasal.models.export import export_weights
 from instasal.models.inference import predict_logits, predict_probability, probability_from_logits
 from instasal.models.loaders import available_models, check_channels, load_model
 
@@ -25,6 +26,7 @@ __all__ = [
     "check_channels",
     "default_gradcam_layer",
     "default_hyperparameters",
+    "export_weights",
     "load_model",
     "nnunet_topology",
     "predict_logits",
