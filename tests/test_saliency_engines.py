@@ -151,6 +151,9 @@ def test_auto_measures_once_per_model_and_shape_and_stays_exact() -> None:
     assert choice.engine == faster
     instance_smoothgrad(model, x, domain, n_samples=1, engine="auto")
     assert cached_engine_choices(model) == choices
+    other = _batchnorm_net()
+    instance_smoothgrad(other, x, domain, n_samples=1, engine="auto", rows_per_call=1)
+    assert cached_engine_choices(other) == {}  # one row per call: the loop, nothing to measure
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
