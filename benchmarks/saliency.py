@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 PAPER = {"volume": (192, 240, 256), "patch": 96, "rows": 8}
-QUICK = {"volume": (48, 64, 48), "patch": 24, "rows": 14}
+QUICK = {"volume": (48, 56, 48), "patch": 24, "rows": 13}
 CHANNELS = (16, 32, 64, 128)
 
 
