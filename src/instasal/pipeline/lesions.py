@@ -66,7 +66,8 @@ def explain_lesions(
 
     if not todo:
         return
-    total_rows = float(sum(r.n_voxels for r in todo) * settings.n_samples)
+    draws = 1 if settings.noise_level == 0 else settings.n_samples  # no noise: one exact draw
+    total_rows = float(sum(r.n_voxels for r in todo) * draws)
     done_rows = 0.0
     for start in range(0, len(todo), LESIONS_PER_BATCH):
         batch = todo[start : start + LESIONS_PER_BATCH]
@@ -91,7 +92,7 @@ def explain_lesions(
             engine=settings.engine,
             progress=report_rows,
         )
-        done_rows += sum(r.n_voxels for r in batch) * settings.n_samples
+        done_rows += sum(r.n_voxels for r in batch) * draws
         cams = (
             instance_gradcam_many(
                 network,
