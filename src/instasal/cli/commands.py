@@ -193,6 +193,9 @@ def cohort(
     n_true_negatives: Annotated[int, typer.Option(help="TN domains per subject.")] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
     seed: Annotated[int, typer.Option(help="Cohort seed (per-subject seeds derive from it).")] = 0,
+    subjects: Annotated[
+        str | None, typer.Option(help="Only these subject ids, comma-separated.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Recompute everything.")] = False,
 ) -> None:
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
@@ -218,6 +221,7 @@ def cohort(
             address=address,
             with_mean=with_mean,
             overwrite=overwrite,
+            subjects=subjects.split(",") if subjects else None,
             progress=progress,  # type: ignore[arg-type]
         )
     console.print(
