@@ -13,6 +13,7 @@ from instasal.analyses.cohort_report import CohortReport, analyse_cohort, build_
 from instasal.analyses.detection import ErrorDetection, error_detection
 from instasal.analyses.error_modes import ErrorModes, GroupSummary, PairwiseTest, error_modes
 from instasal.analyses.findings import Finding
+from instasal.analyses.pruning import PruningResult, prune_false_positives
 from instasal.analyses.reliance import (
     ModalityReliance,
     SignPattern,
@@ -35,6 +36,7 @@ __all__ = [
     "LesionTableError",
     "ModalityReliance",
     "PairwiseTest",
+    "PruningResult",
     "SignPattern",
     "TestResult",
     "aggregation_vs_size",
@@ -45,6 +47,7 @@ __all__ = [
     "error_modes",
     "holm",
     "modality_reliance",
+    "prune_false_positives",
     "rank_biserial",
     "read_lesion_table",
     "sign_pattern",
