@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from instasal.errors import ImageError, ModelError, OutputExistsError
+from instasal.errors import ConfigurationError, ImageError, ModelError, OutputExistsError
 from instasal.pipeline import ExplainSettings, explain_subject
 
 W_FLAIR, W_T1W, BIAS = 1.5, -0.5, -2.0
@@ -181,6 +181,14 @@ def test_other_settings_are_refused_without_overwrite(tmp_path, subject_files):
 def test_model_with_other_channels_is_refused_before_any_work(tmp_path, subject_files):
     with pytest.raises(ModelError, match="channel"):
         explain_subject(subject_files["images"], LinearLesionModel(3), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_subject_at_another_voxel_size_is_refused(tmp_path, subject_files):
+    model = LinearLesionModel()
+    model.card["spacing_mm"] = [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigurationError, match=r"sub-01_FLAIR\.nii\.gz: voxel size 2×2×2 mm"):
+        explain_subject(subject_files["images"], model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -181,6 +181,7 @@ def explain_subject(
     network = model if isinstance(model, nn.Module) else load_model(os.fspath(model))
     card: dict[str, Any] = dict(getattr(network, "card", {}))
     check_channels(network, subject.channel_names)
+    _check_spacing(subject, card)
     context = settings.context or ("patch" if card.get("patch_size") else "full")
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
     target = int(card.get("target_class", 1))
@@ -352,6 +353,29 @@ def explain_subject(
         overwrite=True,
     )
     return result
+
+
+SPACING_TOLERANCE = 0.05
+
+
+def _check_spacing(subject: Subject, card: dict[str, Any]) -> None:
+    """Refuse a subject whose voxel size differs from the model's by more than 5 % on an axis.
+
+    Explaining through a resampling would need the resampling inside the differentiated graph;
+    until then the images must be on the model's voxel size.
+    """
+    expected = card.get("spacing_mm")
+    if not expected:
+        return
+    ratios = [have / want for have, want in zip(subject.spacing, expected, strict=True)]
+    if any(abs(r - 1.0) > SPACING_TOLERANCE for r in ratios):
+        where = subject.paths[0] if subject.paths else "subject"
+        have = "×".join(f"{v:g}" for v in subject.spacing)
+        want = "×".join(f"{float(v):g}" for v in expected)
+        raise ConfigurationError(
+            f"{where}: voxel size {have} mm differs from the model's {want} mm; resample the "
+            "images to the model's voxel size (or use a model trained at this one) before explain"
+        )
 
 
 def _normalise(subject: Subject, scheme: str) -> Subject:
