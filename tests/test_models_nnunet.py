@@ -32,6 +32,7 @@ MAKE_ARTEFACT = r"""
 import json, os, sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
