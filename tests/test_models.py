@@ -203,7 +203,7 @@ def test_channel_checks() -> None:
         check_channels(model, ["T1w", "FLAIR"])
     with pytest.raises(ModelError, match=r"expects 2 channel\(s\) \(FLAIR, T1w\), got 3"):
         predict_logits(model, torch.zeros(3, 8, 8, 8))
-    with pytest.raises(ConfigurationError, match="overlap must be >= 0 and < 1, got 1.5"):
+    with pytest.raises(ConfigurationError, match=r"overlap must be >= 0 and < 1, got 1\.5"):
         predict_logits(model, torch.zeros(2, 8, 8, 8), overlap=1.5)
     with pytest.raises(ModelError, match="has no model card"):
         card_of(PointwiseNet())
