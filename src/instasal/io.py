@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from instasal.typing import FloatArray, PathLike
 __all__ = [
     "DEFAULT_CHANNELS",
     "Subject",
+    "atomic_save",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -332,22 +333,35 @@ def _temporary_beside(path: Path, suffix: str) -> Path:
     return Path(temporary)
 
 
-def atomic_write_bytes(path: PathLike, payload: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
+def atomic_save(path: PathLike, save: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Write ``path`` atomically: ``save(temporary)`` in the same folder, then a rename.
+
+    The temporary keeps ``path``'s suffixes (savers such as nibabel choose the format by them) and
+    is removed if ``save`` fails or is interrupted, so ``path`` is either the old file or the new.
+
+    Raises
+    ------
+    OutputExistsError
+        When ``path`` exists and ``overwrite`` is false.
+    """
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_beside(path, ".tmp")
+    temporary = _temporary_beside(path, "".join(path.suffixes[-2:]) or ".tmp")
     try:
-        with open(temporary, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
+        save(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: PathLike, payload: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
+    return atomic_save(path, lambda temporary: temporary.write_bytes(payload), overwrite=overwrite)
 
 
 def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
@@ -404,13 +418,4 @@ def write_nifti(
     image.header.set_xyzt_units("mm", "sec")
     image.header["scl_slope"] = np.nan
     image.header["scl_inter"] = np.nan
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_beside(path, suffix)
-    try:
-        nib.save(image, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(path, lambda temporary: nib.save(image, temporary), overwrite=True)

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.io import atomic_write_json
+from instasal.io import atomic_save, atomic_write_json
 from instasal.models.cards import ModelCard
 from instasal.typing import PathLike
 
@@ -39,15 +38,7 @@ _TRAINING_CODE = ("training.py", "metrics.py", "models")
 
 def save_atomic(path: Path, payload: Any) -> None:
     """``torch.save`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_save(path, lambda temporary: torch.save(payload, temporary), overwrite=True)
 
 
 def export_weights(
