@@ -333,7 +333,7 @@ def _temporary_beside(path: Path, suffix: str) -> Path:
     return Path(temporary)
 
 
-def atomic_save(path: PathLike, save: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+def atomic_save(path: PathLike, save: Callable[[Path], object], *, overwrite: bool = False) -> Path:
     """Write ``path`` atomically: ``save(temporary)`` in the same folder, then a rename.
 
     The temporary keeps ``path``'s suffixes (savers such as nibabel choose the format by them) and
