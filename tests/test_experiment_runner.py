@@ -35,6 +35,15 @@ def test_context_curve_of_a_pointwise_model_is_flat(tmp_path, good_dataset, line
     assert summary["plateau_mm"] == 0.0
     assert summary["n_lesions"] == 2
     assert json.loads((tmp_path / "ctx" / "context_summary.json").read_text())["n_lesions"] == 2
+    capped = run_context_experiment(
+        good_dataset,
+        model,
+        tmp_path / "capped",
+        volume_band_mm3=(100, 300),
+        max_distance_mm=6,
+        max_lesions=1,
+    )
+    assert capped["n_lesions"] == 1
 
 
 def test_relocated_lesions_of_a_pointwise_model_are_always_detected(

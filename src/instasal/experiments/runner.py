@@ -108,7 +108,8 @@ def run_context_experiment(
     for prepared in prepared_subjects(dataset, model):
         chosen = [r.id for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
         if max_lesions is not None:
-            chosen = chosen[: max(0, max_lesions - sum(len(f) for f in frames))]
+            done = sum(int(f["lesion_id"].nunique()) for f in frames)
+            chosen = chosen[: max(0, max_lesions - done)]
         if not chosen:
             continue
         spacing = float(min(prepared.subject.spacing))
