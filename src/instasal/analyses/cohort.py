@@ -25,6 +25,7 @@ from instasal.analyses.findings import (
     modality_finding,
     sign_finding,
 )
+from instasal.analyses.pruning import PruningResult, prune_false_positives
 from instasal.analyses.reliance import (
     ModalityReliance,
     SignPattern,
@@ -76,6 +77,7 @@ class CohortAnalysis:
     aggregation: AggregationVsSize | None
     detection: ErrorDetection
     findings: tuple[Finding, ...]
+    pruning: PruningResult | None = None
 
     def findings_frame(self) -> pd.DataFrame:
         """One row per paper finding: the paper's claim, the data, the rule and the verdict."""
@@ -96,6 +98,7 @@ class CohortAnalysis:
                 "sign_pattern": self.sign.to_dict(),
                 "aggregation_vs_size": self.aggregation.to_dict() if self.aggregation else None,
                 "error_detection": self.detection.to_dict(),
+                "false_positive_pruning": self.pruning.to_dict() if self.pruning else None,
             }
         )
 
@@ -143,6 +146,7 @@ def analyse_tables(
         else None
     )
     detection = error_detection(table_max, f"peak_{primary}")
+    pruning = _pruning(table_max, f"peak_{primary}")
     findings = [error_modes_finding(modes)]
     if modality is not None:
         findings.append(modality_finding(modality))
@@ -158,4 +162,14 @@ def analyse_tables(
         aggregation,
         detection,
         tuple(findings),
+        pruning,
     )
+
+
+def _pruning(table: pd.DataFrame, feature: str) -> PruningResult | None:
+    """FP pruning on a seeded subject split, when there are subjects to split and TP/FP to prune."""
+    if "subject" not in table.columns or table["subject"].nunique() < 2:
+        return None
+    if not table["type"].isin(["TP", "FP"]).any():
+        return None
+    return prune_false_positives(table, feature)
