@@ -145,10 +145,9 @@ def test_auto_measures_once_per_model_and_shape_and_stays_exact() -> None:
     choices = cached_engine_choices(model)
     assert list(choices) == [((1, 2, 12, 12, 12), "cpu", "torch.float32")]
     (choice,) = choices.values()
-    faster = (
-        "naive" if choice.naive_seconds_per_row <= choice.batched_seconds_per_row else "batched"
-    )
-    assert choice.engine == faster
+    # the rule: batched rows only when they measured at least 10 % faster than the loop
+    batched_wins = choice.batched_seconds_per_row < 0.9 * choice.naive_seconds_per_row
+    assert choice.engine == ("batched" if batched_wins else "naive")
     instance_smoothgrad(model, x, domain, n_samples=1, engine="auto")
     assert cached_engine_choices(model) == choices
     other = _batchnorm_net()
