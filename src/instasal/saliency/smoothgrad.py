@@ -274,23 +274,23 @@ def instance_smoothgrad(
     >>> instance_smoothgrad(net, x, domain, n_samples=2).shape
     torch.Size([2, 8, 8, 8])
     """
-    config = SmoothGradConfig(
+    return instance_smoothgrad_many(
+        model,
+        x,
+        {0: domain},
         target=target,
         n_samples=n_samples,
         noise_level=noise_level,
         noise_range=noise_range,
         aggregation=aggregation,
         context=context,
-        patch_size=patch_size
-        if patch_size is None or isinstance(patch_size, int)
-        else tuple(patch_size),
+        patch_size=patch_size,
         seed=seed,
         engine=engine,
-        size_divisibility=_as_tuple(size_divisibility),
+        size_divisibility=size_divisibility,
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
-    )
-    return smoothgrad_maps(model, x, {0: domain}, config)[0]
+    )[0]
 
 
 def instance_smoothgrad_many(
