@@ -26,7 +26,8 @@ def test_context_curve_sees_exactly_the_kept_voxels():
     prob[9:11, 9:11, 9:11] = 1.0
     instances = find_instances(prob, np.diag([2.0, 2.0, 2.0, 1.0]))
 
-    def fraction_kept(masked: torch.Tensor) -> np.ndarray:
+    def fraction_kept(masked: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
+        assert lesion.sum() == 8  # the lesion domain is passed on
         # every voxel's "probability" is the fraction of non-zero input voxels
         return np.full(shape, float((masked[0] != 0).float().mean()))
 
@@ -48,7 +49,7 @@ def test_context_curve_needs_lesions():
     instances = find_instances(np.zeros((4, 4, 4)), np.eye(4))
     with pytest.raises(ConfigurationError, match="lesion_ids is empty"):
         context_curve(
-            lambda m: np.zeros((4, 4, 4)), torch.zeros(1, 4, 4, 4), instances, [], threshold=0.5
+            lambda m, lesion: np.zeros((4, 4, 4)), torch.zeros(1, 4, 4, 4), instances, [], threshold=0.5
         )
 
 
@@ -71,7 +72,7 @@ def test_relocation_copies_every_channel_to_an_allowed_place():
     domain[10:12, 10:12, 10:13] = True
     x[0][torch.from_numpy(domain)] = 5.0
 
-    def bright(moved: torch.Tensor) -> np.ndarray:
+    def bright(moved: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
         return (moved[0] > 4).numpy().astype(float)
 
     for condition in ("white_matter", "outside", "outside_with_shell"):

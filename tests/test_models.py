@@ -173,6 +173,53 @@ def test_sliding_window_equals_direct_forward_on_a_patch_sized_input() -> None:
     assert not model.training
 
 
+class _CountingNet(nn.Module):
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.windows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows += x.shape[0]
+        return self.network(x)
+
+
+@pytest.mark.parametrize("shape", [(40, 33, 29), (12, 30, 10)])
+def test_region_inference_equals_the_whole_volume_inside_the_region(
+    shape: tuple[int, int, int],
+) -> None:
+    hyperparameters = default_hyperparameters("unet") | {"channels": [4, 8, 16], "strides": [2, 2]}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = build_network("unet", hyperparameters).eval()
+    model = attach_card(_CountingNet(network), _card(patch_size=(16, 16, 16)))
+    x = torch.randn(2, *shape)
+    full = predict_logits(model, x, overlap=0.5)
+    all_windows = model.windows
+    region = np.zeros(shape, dtype=bool)
+    region[3:5, 20:23, 4:6] = True
+    model.windows = 0
+    near = predict_logits(model, x, overlap=0.5, region=region)
+    assert 0 < model.windows < all_windows
+    np.testing.assert_allclose(near[:, region], full[:, region], atol=1e-6)
+    valid = ~np.isnan(near[0])
+    assert valid[region].all() and not valid.all()
+    np.testing.assert_allclose(near[:, valid], full[:, valid], atol=1e-6)
+    probability = predict_probability(model, x, region=region)
+    np.testing.assert_allclose(
+        probability[region], predict_probability(model, x)[region], atol=1e-6
+    )
+
+
+def test_region_must_be_on_the_grid_and_not_empty() -> None:
+    model = attach_card(PointwiseNet(), _card(patch_size=(8, 8, 8)))
+    x = torch.randn(2, 10, 10, 10)
+    with pytest.raises(ConfigurationError, match="region has shape"):
+        predict_logits(model, x, region=np.ones((9, 10, 10), dtype=bool))
+    with pytest.raises(ConfigurationError, match="region is empty"):
+        predict_logits(model, x, region=np.zeros((10, 10, 10), dtype=bool))
+
+
 def test_whole_volume_forward_pads_to_the_size_divisibility() -> None:
     hyperparameters = default_hyperparameters("unet") | {"channels": [4, 8, 16], "strides": [2, 2]}
     network = build_network("unet", hyperparameters).eval()

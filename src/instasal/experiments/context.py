@@ -75,7 +75,7 @@ def summarise_curve(records: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
 
 
 def context_curve(
-    predict: Callable[[torch.Tensor], np.ndarray],
+    predict: Callable[[torch.Tensor, np.ndarray], np.ndarray],
     x: torch.Tensor,
     instances: Instances,
     lesion_ids: Sequence[int],
@@ -89,8 +89,9 @@ def context_curve(
     Parameters
     ----------
     predict
-        Maps a normalised input ``[C, X, Y, Z]`` to the lesion probability ``[X, Y, Z]`` (e.g.
-        ``functools.partial(instasal.models.predict_probability, model)``).
+        Maps a normalised input ``[C, X, Y, Z]`` and the lesion mask ``[X, Y, Z]`` to the lesion
+        probability ``[X, Y, Z]``, which must be right at least inside the mask (e.g.
+        ``lambda x, lesion: predict_probability(model, x, region=lesion)``).
     x
         The subject's normalised input.
     instances
@@ -116,7 +117,7 @@ def context_curve(
             if d > 0:
                 kept = ndimage.binary_dilation(kept, structure=structure)
             masked = x * torch.from_numpy(kept).to(x.dtype)
-            probability = predict(masked)
+            probability = predict(masked, domain)
             inside = probability[domain]
             rows.append(
                 {

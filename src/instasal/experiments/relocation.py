@@ -80,7 +80,7 @@ def find_placement(
 
 
 def relocate(
-    predict: Callable[[torch.Tensor], np.ndarray],
+    predict: Callable[[torch.Tensor, np.ndarray], np.ndarray],
     x: torch.Tensor,
     domain: np.ndarray,
     condition: Condition,
@@ -94,6 +94,9 @@ def relocate(
     seed: int = 0,
 ) -> RelocationOutcome | None:
     """Copy a lesion (or lesion + shell) to a new place and predict there.
+
+    ``predict`` maps an input and the moved lesion's mask to the probability, right at least
+    inside the mask (see :func:`instasal.experiments.context_curve`).
 
     The copied region is Ω for ``white_matter`` and ``outside``, and Ω dilated by ``shell_mm`` for
     ``outside_with_shell``. White-matter targets must lie in WM at least ``shell_mm`` from any
@@ -127,7 +130,7 @@ def relocate(
     target_index = tuple(torch.from_numpy(target.T.copy()))
     moved[(slice(None), *target_index)] = x[(slice(None), *source_index)]
     new_domain = _shifted(domain, placement.shift)
-    probability = predict(moved)
+    probability = predict(moved, new_domain)
     inside = probability[new_domain]
     return RelocationOutcome(
         condition=condition,

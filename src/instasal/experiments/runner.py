@@ -169,10 +169,11 @@ def run_context_experiment(
     return summary
 
 
-def _predict(model: Any, x: torch.Tensor) -> np.ndarray:
+def _predict(model: Any, x: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
+    """The probability, computed only by the windows that reach the lesion (exact there)."""
     from instasal.models import predict_probability
 
-    return predict_probability(model, x)
+    return predict_probability(model, x, region=lesion)
 
 
 def run_relocation_experiment(
