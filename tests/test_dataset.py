@@ -31,6 +31,8 @@ def test_round_trip_through_write_cohort(tmp_path: Path) -> None:
     assert first.lesion_mask is not None and first.regions is not None
     assert first.brain_mask is not None and first.wm_mask is not None
     assert first.lesion_mask.name == "sub-001_desc-lesion_mask.nii.gz"
+    assert first.region_atlas is not None and first.region_map == first.region_atlas
+    assert first.region_atlas.name == "sub-001_desc-regions_dseg.nii.gz"
     # What discover finds reads back into exactly the generated subject.
     subject = read_subject(first.images)
     seeds = (root / "participants.tsv").read_text().splitlines()[1].split("\t")[1]
@@ -80,6 +82,7 @@ def test_derivatives_from_any_pipeline_are_found(tmp_path: Path) -> None:
     (subject,) = discover_dataset(tmp_path)
     assert subject.lesion_mask == mask
     assert subject.brain_mask is None and subject.wm_mask is None and subject.regions is None
+    assert subject.region_map is None
 
 
 def test_missing_folder_is_named(tmp_path: Path) -> None:

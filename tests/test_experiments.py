@@ -49,7 +49,11 @@ def test_context_curve_needs_lesions():
     instances = find_instances(np.zeros((4, 4, 4)), np.eye(4))
     with pytest.raises(ConfigurationError, match="lesion_ids is empty"):
         context_curve(
-            lambda m, lesion: np.zeros((4, 4, 4)), torch.zeros(1, 4, 4, 4), instances, [], threshold=0.5
+            lambda m, lesion: np.zeros((4, 4, 4)),
+            torch.zeros(1, 4, 4, 4),
+            instances,
+            [],
+            threshold=0.5,
         )
 
 

@@ -38,7 +38,15 @@ def _normal_white(subject: PhantomSubject) -> np.ndarray:
 
 def test_same_seed_gives_identical_subject(default_subject: PhantomSubject) -> None:
     again = make_phantom(5)
-    for name in ("flair", "t1w", "lesion_mask", "lesion_regions", "brain_mask", "mimic_mask"):
+    for name in (
+        "flair",
+        "t1w",
+        "lesion_mask",
+        "lesion_regions",
+        "region_atlas",
+        "brain_mask",
+        "mimic_mask",
+    ):
         np.testing.assert_array_equal(getattr(again, name), getattr(default_subject, name))
     assert again.lesions == default_subject.lesions
 
@@ -126,6 +134,20 @@ def test_regions_follow_the_anatomy(crowded: list[PhantomSubject]) -> None:
     assert deep > periventricular + 4.0
     regions = {lesion.region for subject in crowded for lesion in subject.lesions}
     assert regions == set(REGION_LABELS)
+
+
+def test_region_atlas_labels_the_brain_by_the_placement_rules(
+    crowded: list[PhantomSubject],
+) -> None:
+    agree = total = 0
+    for subject in crowded:
+        np.testing.assert_array_equal(subject.region_atlas > 0, subject.brain_mask)
+        assert set(np.unique(subject.region_atlas)) == {0, *REGION_LABELS.values()}
+        for lesion in subject.lesions:
+            total += 1
+            agree += int(subject.region_atlas[lesion.centre] == REGION_LABELS[lesion.region])
+    # Centres were drawn by the same rules; satellites inherit their parent's region instead.
+    assert agree >= 0.9 * total
 
 
 def _local_contrasts(subject: PhantomSubject, image: np.ndarray) -> list[float]:
@@ -246,6 +268,7 @@ def test_cohort_files_hold_what_make_phantom_returns(cohort: tuple) -> None:
         ("desc-wm_mask", subject.wm_mask),
         ("desc-mimic_mask", subject.mimic_mask),
         ("desc-lesionregion_dseg", subject.lesion_regions),
+        ("desc-regions_dseg", subject.region_atlas),
     ]:
         written = np.asarray(nib.load(derived / f"sub-002_{suffix}.nii.gz").dataobj)
         np.testing.assert_array_equal(written, expected.astype(np.uint8))

@@ -29,6 +29,7 @@ DERIVATIVE_SUFFIXES: dict[str, str] = {
     "brain_mask": "desc-brain_mask",
     "wm_mask": "desc-wm_mask",
     "regions": "desc-lesionregion_dseg",
+    "region_atlas": "desc-regions_dseg",
 }
 
 
@@ -42,8 +43,10 @@ class SubjectFiles:
         BIDS participant id (``sub-001``).
     images
         One file per channel, in the requested channel order (FLAIR then T1w by default).
-    lesion_mask, brain_mask, wm_mask, regions
-        Derivative masks (``regions``: the lesion-region label map), ``None`` where absent.
+    lesion_mask, brain_mask, wm_mask, regions, region_atlas
+        Derivative masks, ``None`` where absent. ``regions`` labels the reference lesions' voxels
+        with their region; ``region_atlas`` labels every brain voxel (so false positives and
+        missed-lesion candidates get a region too).
     """
 
     subject_id: str
@@ -52,6 +55,12 @@ class SubjectFiles:
     brain_mask: Path | None = None
     wm_mask: Path | None = None
     regions: Path | None = None
+    region_atlas: Path | None = None
+
+    @property
+    def region_map(self) -> Path | None:
+        """The best region label map: the whole-brain atlas, else the lesion-region map."""
+        return self.region_atlas or self.regions
 
 
 def _matches(folder: Path, participant: str, suffix: str) -> list[Path]:

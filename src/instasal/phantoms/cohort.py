@@ -12,6 +12,7 @@
     OUT/derivatives/instasal-phantom/sub-001/anat/sub-001_desc-brain_mask.nii.gz
     OUT/derivatives/instasal-phantom/sub-001/anat/sub-001_desc-wm_mask.nii.gz
     OUT/derivatives/instasal-phantom/sub-001/anat/sub-001_desc-lesionregion_dseg.nii.gz
+    OUT/derivatives/instasal-phantom/sub-001/anat/sub-001_desc-regions_dseg.nii.gz
     OUT/derivatives/instasal-phantom/sub-001/anat/sub-001_desc-mimic_mask.nii.gz
     OUT/derivatives/instasal-phantom/sub-001/anat/sub-001_lesions.tsv
 
@@ -74,6 +75,7 @@ def subject_files(out: Path, participant: str) -> dict[str, Path]:
         "brain_mask": derived / f"{participant}_desc-brain_mask.nii.gz",
         "wm_mask": derived / f"{participant}_desc-wm_mask.nii.gz",
         "regions": derived / f"{participant}_desc-lesionregion_dseg.nii.gz",
+        "region_atlas": derived / f"{participant}_desc-regions_dseg.nii.gz",
         "mimic_mask": derived / f"{participant}_desc-mimic_mask.nii.gz",
         "lesions": derived / f"{participant}_lesions.tsv",
     }
@@ -99,6 +101,7 @@ def write_subject(
         "brain_mask": subject.brain_mask,
         "wm_mask": subject.wm_mask,
         "regions": subject.lesion_regions.astype(np.uint8),
+        "region_atlas": subject.region_atlas.astype(np.uint8),
         "mimic_mask": subject.mimic_mask,
     }
     for kind, data in images.items():

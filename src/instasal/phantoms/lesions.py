@@ -29,6 +29,7 @@ __all__ = [
     "draw_lesion_count",
     "insert_lesions",
     "is_infratentorial",
+    "region_atlas",
     "soft_ellipsoid",
 ]
 
@@ -172,6 +173,45 @@ def is_infratentorial(world: FloatArray) -> BoolArray:
     posterior = (y < -40.0) & (z < tentorium)
     brainstem = (np.abs(x) < 14.0) & (y >= -40.0) & (y < -5.0) & (z < -12.0)
     return np.asarray(posterior | brainstem)
+
+
+def region_atlas(anatomy: SubjectAnatomy) -> IntArray:
+    """Label every brain voxel with its MS region (uint8, labels of :data:`REGION_LABELS`).
+
+    The lesion table's region of a predicted lesion that no ground-truth lesion explains (a false
+    positive, a missed-lesion candidate, a TN domain) is read from this atlas. The rules are the
+    placement rules of :func:`insert_lesions`, on the template's distance maps at each voxel's
+    template position, made exhaustive by priority: infratentorial below the tentorium; else
+    periventricular within ``periventricular_max_distance_mm`` of the ventricles; else
+    juxtacortical within ``juxtacortical_max_distance_mm`` of cortical grey matter; else deep.
+    Voxels outside the brain are 0. (Placement is stricter: deep lesions also keep away from both
+    ventricles and cortex; this atlas gives the gaps to the deep region.)
+    """
+    template = anatomy.template
+    voxels = np.argwhere(anatomy.brain_mask)
+    atlas = np.zeros(anatomy.brain_mask.shape, dtype=np.uint8)
+    if voxels.size == 0:
+        return atlas
+    positions = anatomy.to_template(voxels)
+    points = positions.T.astype(np.float32)
+    ventricles = sample_trilinear(template.distance_ventricles[..., None], points)[:, 0]
+    cortex = sample_trilinear(template.distance_cortex[..., None], points)[:, 0]
+    infratentorial = is_infratentorial(template.voxel_to_world(positions))
+    labels = np.select(
+        [
+            infratentorial,
+            ventricles <= LESION_PARAMETERS.periventricular_max_distance_mm,
+            cortex <= LESION_PARAMETERS.juxtacortical_max_distance_mm,
+        ],
+        [
+            REGION_LABELS["infratentorial"],
+            REGION_LABELS["periventricular"],
+            REGION_LABELS["juxtacortical"],
+        ],
+        default=REGION_LABELS["deep"],
+    )
+    atlas[tuple(voxels.T)] = labels
+    return atlas
 
 
 def _candidates(

@@ -32,6 +32,7 @@ from instasal.phantoms.lesions import (
     Lesion,
     draw_lesion_count,
     insert_lesions,
+    region_atlas,
 )
 from instasal.phantoms.mimics import MIMIC_PARAMETERS, insert_mimics
 from instasal.typing import BoolArray, FloatArray, IntArray
@@ -54,6 +55,9 @@ class PhantomSubject:
     lesion_regions
         uint8 labels: 0 none, 1 periventricular, 2 juxtacortical, 3 deep white matter,
         4 infratentorial.
+    region_atlas
+        uint8 region of every brain voxel (same labels; 0 outside the brain), by the placement
+        rules made exhaustive (:func:`instasal.phantoms.lesions.region_atlas`).
     brain_mask, wm_mask
         Brain and (anatomical, lesions included) white matter.
     mimic_mask
@@ -70,6 +74,7 @@ class PhantomSubject:
     t1w: FloatArray
     lesion_mask: BoolArray
     lesion_regions: IntArray
+    region_atlas: IntArray
     brain_mask: BoolArray
     wm_mask: BoolArray
     mimic_mask: BoolArray
@@ -162,6 +167,7 @@ def make_phantom(
         t1w=t1w_out.astype(np.float32),
         lesion_mask=lesions.mask,
         lesion_regions=lesions.regions,
+        region_atlas=region_atlas(anatomy),
         brain_mask=mask,
         wm_mask=anatomy.white_mask,
         mimic_mask=mimics.mask & ~lesions.mask,

@@ -95,7 +95,7 @@ def _explain_one(
                 folder,
                 reference=subject.lesion_mask,
                 tissue_mask=subject.wm_mask or subject.brain_mask,
-                regions=subject.regions,
+                regions=subject.region_map,
                 settings=replace(
                     subject_settings,
                     aggregation=aggregation,
