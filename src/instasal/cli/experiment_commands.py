@@ -13,12 +13,12 @@ from instasal.errors import ConfigurationError
 
 __all__ = ["experiment"]
 
-EXPERIMENTS = ("context", "relocation", "patch-vs-full")
+EXPERIMENTS = ("context", "relocation", "patch-vs-full", "uncertainty")
 
 
 @app.command()
 def experiment(
-    name: Annotated[str, typer.Argument(help="context, relocation or patch-vs-full.")],
+    name: Annotated[str, typer.Argument(help="context, relocation, patch-vs-full or uncertainty.")],
     dataset: Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")],
     out: OutOption,
     model: ModelOption = "unet",
@@ -27,10 +27,31 @@ def experiment(
         90.0,
         120.0,
     ),
-    seed: Annotated[int, typer.Option(help="Seed of relocation targets.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of relocation targets; uncertainty: dropout and samples.")
+    ] = 0,
+    method: Annotated[str, typer.Option(help="uncertainty: tta, mc_dropout or ensemble.")] = "tta",
+    signal: Annotated[
+        str, typer.Option(help="uncertainty: statistic thresholded, max, mean or sd.")
+    ] = "max",
+    level: Annotated[
+        list[float] | None,
+        typer.Option(help="uncertainty: a level of the candidate rule (repeat; default 4)."),
+    ] = None,
+    models: Annotated[
+        list[str] | None, typer.Option(help="uncertainty: other ensemble members (repeat).")
+    ] = None,
+    max_subjects: Annotated[
+        int | None, typer.Option(help="uncertainty: use the first subjects only.")
+    ] = None,
+    n_samples: Annotated[int, typer.Option(help="uncertainty: SmoothGrad noise draws.")] = 8,
+    max_explained: Annotated[
+        int, typer.Option(help="uncertainty: domains explained per subject, level and kind.")
+    ] = 4,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Run one of the paper's experiments and write its table, summary and figure."""
+    from instasal.experiments.missed import run_uncertainty_experiment
     from instasal.experiments.runner import (
         run_context_experiment,
         run_patch_full_experiment,
@@ -64,12 +85,28 @@ def experiment(
                 overwrite=overwrite,
                 progress=progress,  # type: ignore[arg-type]
             )
-        else:
+        elif name == "patch-vs-full":
             summary = run_patch_full_experiment(
                 dataset,
                 network,
                 out,
                 max_lesions=max_lesions,
+                overwrite=overwrite,
+                progress=progress,  # type: ignore[arg-type]
+            )
+        else:
+            summary = run_uncertainty_experiment(
+                dataset,
+                network,
+                out,
+                method=method,  # type: ignore[arg-type]
+                signal=signal,  # type: ignore[arg-type]
+                levels=level or None,
+                ensemble=[load_model(m) for m in models or []],
+                max_subjects=max_subjects,
+                n_samples=n_samples,
+                max_explained=max_explained,
+                seed=seed,
                 overwrite=overwrite,
                 progress=progress,  # type: ignore[arg-type]
             )

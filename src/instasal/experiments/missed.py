@@ -1,0 +1,457 @@
+"""Missed lesions from uncertainty, explained by instance saliency (issue 8, open question Q3).
+
+For every subject of a dataset with a reference: the model's voxel-wise uncertainty
+(:mod:`instasal.uncertainty`), candidate domains where the signal is high away from any predicted
+lesion, each typed as a found FN (it overlaps a reference lesion the model missed), another lesion
+or a false alarm, and instance SmoothGrad (SPEC §2) on a seeded sample of them. The candidate rule
+is swept over a few levels, giving a curve of FNs found against false alarms per subject, and the
+ROC AUC of peak saliency tells whether saliency separates found FNs from false alarms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from instasal.dataset import discover_dataset
+from instasal.errors import ConfigurationError, OutputExistsError
+from instasal.experiments.runner import (
+    PreparedSubject,
+    Progress,
+    _nan_to_none,
+    _save_figure,
+    _write_table,
+    prepared_subjects,
+)
+from instasal.instances import Instances, connected_components
+from instasal.io import atomic_write_json
+from instasal.models.cards import card_of
+from instasal.typing import PathLike
+from instasal.uncertainty import (
+    METHODS,
+    SIGNALS,
+    Candidates,
+    Uncertainty,
+    UncertaintyMethod,
+    UncertaintySignal,
+    classify_candidates,
+    find_candidates,
+    voxel_uncertainty,
+)
+
+__all__ = ["EXPLAINED_KINDS", "default_levels", "run_uncertainty_experiment"]
+
+EXPLAINED_KINDS: tuple[str, ...] = ("found_FN", "false_alarm")
+OUTPUTS = (
+    "uncertainty_candidates.tsv",
+    "uncertainty_curve.tsv",
+    "uncertainty_summary.json",
+    "uncertainty.png",
+)
+_LESIONS_PER_CALL = 8
+
+
+def default_levels(signal: UncertaintySignal, threshold: float) -> tuple[float, ...]:
+    """The levels swept when none are given, fixed before any result was seen.
+
+    For the probability signals (``"max"``, ``"mean"``) a quarter, a half, one and two times the
+    model's threshold; for ``"sd"`` 0.01, 0.02, 0.05 and 0.1.
+    """
+    if signal == "sd":
+        return (0.01, 0.02, 0.05, 0.1)
+    return tuple(float(threshold * f) for f in (0.25, 0.5, 1.0, 2.0))
+
+
+def _check_arguments(
+    method: str,
+    signal: str,
+    levels: Sequence[float],
+    max_subjects: int | None,
+    n_samples: int,
+    max_explained: int,
+) -> None:
+    if method not in METHODS:
+        raise ConfigurationError(f"method must be one of {METHODS}, got {method!r}")
+    if signal not in SIGNALS:
+        raise ConfigurationError(f"signal must be one of {SIGNALS}, got {signal!r}")
+    if not levels or not all(np.isfinite(v) and v >= 0 for v in levels):
+        raise ConfigurationError(
+            f"levels must be one or more finite numbers >= 0, got {list(levels)}"
+        )
+    if max_subjects is not None and max_subjects < 1:
+        raise ConfigurationError(f"max_subjects must be >= 1, got {max_subjects}")
+    if n_samples < 1:
+        raise ConfigurationError(f"n_samples must be >= 1, got {n_samples}")
+    if max_explained < 0:
+        raise ConfigurationError(f"max_explained must be >= 0, got {max_explained}")
+
+
+def _candidate_rows(
+    subject: str,
+    level: float,
+    candidates: Candidates,
+    uncertainty: Uncertainty,
+    probability: np.ndarray,
+    domain_index: dict[Any, int],
+) -> list[dict[str, Any]]:
+    """One row per candidate; ``domain_index`` numbers identical domains alike across levels."""
+    rows = []
+    for record, kind, fn_ids in zip(
+        candidates.domains, candidates.kinds, candidates.found_fn_ids, strict=True
+    ):
+        inside = candidates.domains.labels[record.slices] == record.id
+        key = (record.bbox, inside.tobytes())
+        rows.append(
+            {
+                "subject": subject,
+                "level": level,
+                "candidate_id": record.id,
+                "domain": domain_index.setdefault(key, len(domain_index) + 1),
+                "kind": kind,
+                "found_fn_ids": ",".join(map(str, fn_ids)),
+                "volume_mm3": record.volume_mm3,
+                "n_voxels": record.n_voxels,
+                "centroid_voxel": ",".join(f"{c:.1f}" for c in record.centroid_voxel),
+                "max_probability": float(uncertainty.max[record.slices][inside].max()),
+                "mean_probability": float(uncertainty.mean[record.slices][inside].mean()),
+                "max_sd": float(uncertainty.sd[record.slices][inside].max()),
+                "mean_sd": float(uncertainty.sd[record.slices][inside].mean()),
+                "plain_max_probability": float(probability[record.slices][inside].max()),
+            }
+        )
+    return rows
+
+
+def _chosen_domains(rows: pd.DataFrame, max_explained: int, seed: int) -> list[int]:
+    """Up to ``max_explained`` domains per level and kind, uniformly at random (seeded).
+
+    Every domain gets one random priority, so a domain shared by several levels is chosen at all
+    of them or none, and each level's choice is still a uniform sample within each kind.
+    """
+    if rows.empty or max_explained == 0:
+        return []
+    n_domains = int(rows["domain"].max())
+    priority = np.random.default_rng(seed).permutation(n_domains)
+    eligible = rows[rows["kind"].isin(EXPLAINED_KINDS)].assign(
+        priority=lambda t: priority[t["domain"].to_numpy() - 1]
+    )
+    chosen = (
+        eligible.sort_values("priority")
+        .groupby(["level", "kind"], sort=False)
+        .head(max_explained)["domain"]
+    )
+    return sorted(set(chosen.astype(int)))
+
+
+def _explain(
+    model: nn.Module,
+    prepared: PreparedSubject,
+    masks: dict[int, np.ndarray],
+    n_samples: int,
+    seed: int,
+    progress: Progress | None,
+) -> dict[int, dict[str, Any]]:
+    """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map."""
+    from instasal.saliency import instance_smoothgrad_many
+    from instasal.summaries import lesion_summary
+
+    card = card_of(model)
+    patch = card.patch_size
+    subject = prepared.files.subject_id
+    total_rows = sum(int(m.sum()) for m in masks.values()) * n_samples
+    done = 0
+    columns: dict[int, dict[str, Any]] = {}
+    ids = list(masks)
+    for start in range(0, len(ids), _LESIONS_PER_CALL):
+        batch = {i: masks[i] for i in ids[start : start + _LESIONS_PER_CALL]}
+        offset = done
+
+        def report(rows: int, _total: int, offset: int = offset) -> None:
+            if progress is not None:
+                progress(f"saliency of {subject}", offset + rows, total_rows)
+
+        maps = instance_smoothgrad_many(
+            model,
+            prepared.x,
+            batch,
+            target=card.target_class,
+            n_samples=n_samples,
+            context="patch" if patch is not None else "full",
+            patch_size=patch,
+            size_divisibility=card.size_divisibility,
+            seed=seed,
+            progress=report,
+        )
+        done += sum(int(m.sum()) for m in batch.values()) * n_samples
+        for domain_id, saliency in maps.items():
+            columns[domain_id] = lesion_summary(
+                saliency.detach().cpu().numpy(),
+                batch[domain_id],
+                prepared.subject.spacing,
+                prepared.subject.channel_names,
+            )
+    return columns
+
+
+def _auc(table: pd.DataFrame, feature: str) -> tuple[float, int, int]:
+    """ROC AUC of ``feature`` for found-FN against false-alarm rows (NaN with an empty class)."""
+    from instasal.analyses.detection import error_detection
+
+    result = error_detection(
+        table.rename(columns={"kind": "type"}), feature, "found_FN", "false_alarm"
+    )
+    return result.auc, result.n_positive, result.n_negative
+
+
+def _curve(
+    table: pd.DataFrame,
+    counts: pd.DataFrame,
+    levels: Sequence[float],
+    peak: str,
+) -> pd.DataFrame:
+    n_subjects = len(counts)
+    n_fn = int(counts["n_FN"].sum())
+    n_reference = int(counts["n_reference_lesions"].sum())
+    rows = []
+    for level in levels:
+        at_level = table[table["level"] == level]
+        found = sum(
+            len({int(i) for ids in group["found_fn_ids"] for i in str(ids).split(",") if i})
+            for _, group in at_level[at_level["kind"] == "found_FN"].groupby("subject")
+        )
+        explained = at_level[at_level[peak].notna()] if peak in at_level else at_level.iloc[:0]
+        auc_peak, n_found, n_false = _auc(explained, peak) if len(explained) else (np.nan, 0, 0)
+        auc_probability = _auc(explained, "max_probability")[0] if len(explained) else float("nan")
+        rows.append(
+            {
+                "level": level,
+                "n_subjects": n_subjects,
+                "n_reference_lesions": n_reference,
+                "n_FN": n_fn,
+                "n_FN_found": found,
+                "fraction_FN_found": found / n_fn if n_fn else np.nan,
+                "sensitivity_before": 1 - n_fn / n_reference if n_reference else np.nan,
+                "sensitivity_after": 1 - (n_fn - found) / n_reference if n_reference else np.nan,
+                "n_candidates": len(at_level),
+                "n_found_FN_candidates": int((at_level["kind"] == "found_FN").sum()),
+                "n_other_lesion_candidates": int((at_level["kind"] == "other_lesion").sum()),
+                "n_false_alarms": int((at_level["kind"] == "false_alarm").sum()),
+                "false_alarms_per_subject": int((at_level["kind"] == "false_alarm").sum())
+                / n_subjects,
+                "n_explained_found_FN": n_found,
+                "n_explained_false_alarm": n_false,
+                f"auc_{peak}": auc_peak,
+                "auc_max_probability": auc_probability,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _figure(curve: pd.DataFrame, domains: pd.DataFrame, peak: str, auc: float) -> Any:
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(curve["false_alarms_per_subject"], curve["fraction_FN_found"], "o-", color="#1b9e77")
+    for _, row in curve.iterrows():
+        left.annotate(
+            f"{row['level']:g}",
+            (row["false_alarms_per_subject"], row["fraction_FN_found"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
+    left.set_xlabel("false-alarm candidates per subject")
+    left.set_ylabel("missed lesions found (fraction of FN)")
+    left.set_ylim(0, 1)
+    left.set_title("candidate rule swept over levels", fontsize=9)
+    rng = np.random.default_rng(0)
+    for position, (kind, colour) in enumerate(
+        (("found_FN", "#d95f02"), ("false_alarm", "#7570b3"))
+    ):
+        values = domains.loc[domains["kind"] == kind, peak].dropna().to_numpy()
+        jitter = rng.uniform(-0.15, 0.15, size=values.size)
+        right.scatter(position + jitter, values, s=10, alpha=0.6, color=colour)
+        if values.size:
+            right.hlines(np.median(values), position - 0.25, position + 0.25, color="k")
+    right.set_xticks(
+        [0, 1],
+        [
+            f"found FN (n={int((domains['kind'] == 'found_FN').sum())})",
+            f"false alarm (n={int((domains['kind'] == 'false_alarm').sum())})",
+        ],
+    )
+    right.set_ylabel(f"{peak.replace('_', ' ')} saliency")
+    right.set_title(f"explained candidates, ROC AUC {auc:.2f}", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def run_uncertainty_experiment(
+    dataset: PathLike,
+    model: nn.Module,
+    out: PathLike,
+    *,
+    method: UncertaintyMethod = "tta",
+    signal: UncertaintySignal = "max",
+    levels: Sequence[float] | None = None,
+    ensemble: Sequence[nn.Module] = (),
+    dropout_passes: int = 8,
+    max_subjects: int | None = None,
+    n_samples: int = 8,
+    max_explained: int = 4,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Candidates for missed lesions from uncertainty, typed and explained, over a dataset.
+
+    Parameters
+    ----------
+    dataset
+        A BIDS-like dataset; subjects with a reference lesion mask are used.
+    model
+        The loaded model whose misses are sought (its card's threshold gives the prediction).
+    out
+        Output folder: ``uncertainty_candidates.tsv`` (one row per candidate and level),
+        ``uncertainty_curve.tsv`` (one row per level), ``uncertainty_summary.json`` and
+        ``uncertainty.png``.
+    method
+        ``"tta"`` (8 flips), ``"mc_dropout"`` (``dropout_passes`` passes) or ``"ensemble"``
+        (``model`` with the members ``ensemble``); see :mod:`instasal.uncertainty`.
+    signal
+        Which statistic the candidate rule thresholds: ``"max"`` probability over the passes (the
+        default: some pass calls the voxel lesion), ``"mean"`` or ``"sd"``.
+    levels
+        The levels swept (:func:`instasal.uncertainty.find_candidates`); default
+        :func:`default_levels`.
+    max_subjects
+        Use the first subjects only.
+    n_samples
+        SmoothGrad noise draws (paper: 50), patch context at the card's patch size.
+    max_explained
+        Domains explained per subject, level and kind (found FN, false alarm), a seeded uniform
+        sample; the other rows have no saliency columns.
+    seed
+        Seed of MC dropout, of the sample of explained domains and of the SmoothGrad noise.
+    overwrite
+        Replace existing outputs; otherwise they are refused before any work.
+
+    Returns
+    -------
+    dict
+        The summary written to ``uncertainty_summary.json``.
+    """
+    card = card_of(model)
+    levels = tuple(
+        float(v) for v in (default_levels(signal, card.threshold) if levels is None else levels)
+    )
+    _check_arguments(method, signal, levels, max_subjects, n_samples, max_explained)
+    out = Path(out)
+    for name in OUTPUTS:
+        if (out / name).exists() and not overwrite:
+            raise OutputExistsError(f"{out / name}: exists already (pass overwrite=True)")
+    peak = f"peak_{card.channel_names[0]}"
+    n_total = len([s for s in discover_dataset(dataset) if s.lesion_mask is not None])
+    n_total = min(n_total, max_subjects) if max_subjects is not None else n_total
+    frames: list[pd.DataFrame] = []
+    counts: list[dict[str, Any]] = []
+    seconds = {"uncertainty": 0.0, "saliency": 0.0}
+    n_passes = 0
+    started = time.perf_counter()
+    for index, prepared in enumerate(prepared_subjects(dataset, model, limit=max_subjects)):
+        subject = prepared.files.subject_id
+        if progress is not None:
+            progress("subjects", index, n_total)
+        clock = time.perf_counter()
+        uncertainty = voxel_uncertainty(
+            model,
+            prepared.x,
+            method,
+            n_samples=dropout_passes,
+            seed=seed,
+            ensemble=ensemble,
+        )
+        n_passes = uncertainty.n_passes
+        predicted = prepared.probability >= card.threshold
+        domain_index: dict[Any, int] = {}
+        rows: list[dict[str, Any]] = []
+        found_at: dict[float, Instances] = {}
+        for level in levels:
+            found_at[level] = find_candidates(
+                uncertainty.signal(signal), predicted, prepared.subject.affine, level=level
+            )
+            candidates = classify_candidates(
+                found_at[level], prepared.instances, prepared.reference
+            )
+            rows += _candidate_rows(
+                subject, level, candidates, uncertainty, prepared.probability, domain_index
+            )
+        seconds["uncertainty"] += time.perf_counter() - clock
+        table = pd.DataFrame(rows)
+        clock = time.perf_counter()
+        masks = {}
+        for domain in _chosen_domains(table, max_explained, seed + index):
+            first = table[table["domain"] == domain].iloc[0]
+            masks[domain] = found_at[first["level"]].mask(int(first["candidate_id"]))
+        saliency = _explain(model, prepared, masks, n_samples, seed, progress)
+        seconds["saliency"] += time.perf_counter() - clock
+        if saliency:
+            columns = pd.DataFrame.from_dict(saliency, orient="index")
+            table = table.join(columns, on="domain")
+        frames.append(table)
+        reference_lesions = connected_components(prepared.reference, prepared.subject.affine)
+        counts.append(
+            {
+                "subject": subject,
+                "n_reference_lesions": len(reference_lesions),
+                "n_FN": len(prepared.instances.of_kind("FN")),
+            }
+        )
+    if progress is not None:
+        progress("subjects", n_total, n_total)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if table.empty:
+        raise ConfigurationError(
+            f"{dataset}: no candidate domain at levels {list(levels)}; lower the levels"
+        )
+    if peak not in table:
+        table[peak] = np.nan
+    curve = _curve(table, pd.DataFrame(counts), levels, peak)
+    domains = table.drop_duplicates(["subject", "domain"])
+    explained = domains[domains[peak].notna()]
+    auc, n_found, n_false = _auc(explained, peak)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(out, "uncertainty_candidates", table, overwrite)
+    _write_table(out, "uncertainty_curve", curve, overwrite)
+    _save_figure(_figure(curve, explained, peak, auc), out / "uncertainty.png", overwrite)
+    summary = {
+        "method": method,
+        "signal": signal,
+        "n_passes": n_passes,
+        "levels": list(levels),
+        "candidate_rule": f"18-connected components of voxels whose {signal} over the passes "
+        "is >= level and that neither overlap nor touch a predicted lesion "
+        f"(plain probability >= {card.threshold}), volume > 5 mm³",
+        "n_subjects": len(counts),
+        "n_reference_lesions": int(sum(c["n_reference_lesions"] for c in counts)),
+        "n_FN": int(sum(c["n_FN"] for c in counts)),
+        "per_level": curve.astype(object).where(curve.notna(), None).to_dict(orient="records"),
+        "explained": {
+            "n_samples": n_samples,
+            "max_per_subject_level_kind": max_explained,
+            "n_found_FN_domains": n_found,
+            "n_false_alarm_domains": n_false,
+            f"auc_{peak}": _nan_to_none(auc),
+            "auc_max_probability": _nan_to_none(_auc(explained, "max_probability")[0]),
+        },
+        "seconds": {**seconds, "total": time.perf_counter() - started},
+        "seed": seed,
+    }
+    atomic_write_json(out / "uncertainty_summary.json", summary, overwrite=overwrite)
+    return summary
