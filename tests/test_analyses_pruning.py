@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from instasal.analyses.pruning import lesion_counts, prune_false_positives, split_subjects
+from instasal.analyses.pruning import (
+    compare_region_pruning,
+    lesion_counts,
+    prune_by_region,
+    prune_false_positives,
+    split_subjects,
+)
 from instasal.errors import ConfigurationError
 
 
@@ -65,3 +71,66 @@ def test_useless_feature_keeps_everything():
     result = prune_false_positives(_table(rows))
     assert result.threshold == -np.inf
     assert result.test_after == result.test_before
+
+
+def _regional_table(rows):
+    return pd.DataFrame(rows, columns=["subject", "type", "peak_FLAIR", "region"])
+
+
+def _two_region_rows(n_subjects: int = 8):
+    """Region A: FPs at 1.0, TPs at 2.0; region B: FPs at 2.5, TPs at 3.0 (plus FNs, unknowns)."""
+    rows = []
+    for i in range(n_subjects):
+        subject = f"sub-{i}"
+        rows += [(subject, "TP", 2.0, "A"), (subject, "FP", 1.0, "A")]
+        rows += [(subject, "TP", 3.0, "B"), (subject, "FP", 2.5, "B")]
+        rows += [(subject, "FN", 0.0, "B"), (subject, "FP", 9.0, "none")]
+    return rows
+
+
+def test_regional_thresholds_separate_what_one_global_threshold_cannot():
+    table = _regional_table(_two_region_rows())
+    result = prune_by_region(table, seed=0)
+    # Per region the classes separate: every FP pruned, every TP kept.
+    assert result.thresholds == {"A": 2.0, "B": 3.0}
+    assert result.global_threshold == 2.0
+    assert result.test_regional.false_positive == 0
+    assert result.test_regional.true_positive == result.test_before.true_positive
+    # Globally, region B's FPs (2.5) lie above region A's TPs (2.0): a single cut loses.
+    assert result.test_global.f1 < result.test_regional.f1
+    # Rows of unknown region ("none") are left out of both; counts add up over regions.
+    assert result.test_before.false_positive == sum(
+        s["before"].false_positive for s in result.by_region.values()
+    )
+    assert result.test_before.false_positive == 2 * 4  # 4 test subjects × (A + B), no "none"
+
+
+def test_region_without_validation_predictions_keeps_the_global_threshold():
+    rows = [*_two_region_rows(4), ("sub-0", "TP", 5.0, "C")]
+    table = _regional_table(rows)
+    seed = next(
+        s for s in range(100) if "sub-0" not in split_subjects(table["subject"].tolist(), 0.5, s)[0]
+    )
+    result = prune_by_region(table, seed=seed)
+    assert result.thresholds["C"] == result.global_threshold
+    assert result.by_region["C"]["regional"].true_positive == 1
+
+
+def test_region_pruning_comparison_over_splits():
+    table = _regional_table(_two_region_rows())
+    comparison = compare_region_pruning(table, n_splits=12)
+    assert len(comparison.splits) == 12
+    assert comparison.share_regional_better + comparison.share_regional_worse <= 1.0
+    assert comparison.share_regional_better == 1.0  # separable per region, not globally
+    low, high = comparison.f1_difference_range_90
+    assert 0 < low <= comparison.median_f1_difference <= high
+    summary = comparison.to_dict()
+    assert summary["n_splits"] == 12 and "wilcoxon_p" not in summary
+
+
+def test_region_pruning_needs_regions_and_splits():
+    table = _regional_table([(f"s{i}", "FP", 1.0, "none") for i in range(4)])
+    with pytest.raises(ConfigurationError, match="names no region"):
+        prune_by_region(table)
+    with pytest.raises(ConfigurationError, match="n_splits"):
+        compare_region_pruning(_regional_table(_two_region_rows()), n_splits=0)

@@ -29,7 +29,7 @@ from instasal.analyses.figures import (
     uses_log_scale,
 )
 from instasal.cli import run_app
-from instasal.errors import OutputExistsError
+from instasal.errors import ConfigurationError, OutputExistsError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEDIANS = {"TP": 2.0, "FP": 1.6, "FN": 1.2, "TN": 0.5}
@@ -337,3 +337,50 @@ def test_analyse_command(cohort_folder, capsys, stub_figures):
     assert "wrote" in capsys.readouterr().err
     assert run_app(["analyse", str(cohort_folder / "absent")]) == 2
     assert "lesion table not found" in capsys.readouterr().err
+
+
+def _write_labels(path: Path, data: np.ndarray) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+
+
+def test_regions_from_the_atlas_enable_region_pruning(cohort_folder, tmp_path, stub_figures, rng):
+    """Each domain's region is the atlas label under its voxels in the run's instance map."""
+    from instasal.analyses.regions import assign_regions
+
+    table = pd.read_csv(cohort_folder / "lesions.tsv", sep="\t")
+    dataset = tmp_path / "dataset"
+    shape = (30, 4, 4)
+    atlas = np.zeros(shape, np.uint8)
+    atlas[:15] = 2  # juxtacortical
+    atlas[15:] = 3  # deep white matter
+    for subject, rows in table.groupby("subject"):
+        for channel in ("FLAIR", "T1w"):
+            image = rng.normal(size=shape).astype(np.float32)
+            _write_labels(dataset / subject / "anat" / f"{subject}_{channel}.nii.gz", image)
+        derived = dataset / "derivatives" / "truth" / subject / "anat"
+        _write_labels(derived / f"{subject}_desc-regions_dseg.nii.gz", atlas)
+        labels = np.zeros(shape, np.int16)
+        for lesion_id in rows["id"]:
+            labels[lesion_id, 0, 0] = lesion_id  # ids 1–24: 1–14 in label 2, 15–24 in label 3
+        _write_labels(cohort_folder / subject / f"{subject}_desc-instances_dseg.nii.gz", labels)
+    relabelled = assign_regions(table, cohort_folder, dataset)
+    expected = np.where(table["id"] < 15, "juxtacortical", "deep white matter")
+    assert relabelled["region"].tolist() == expected.tolist()
+    assert table["region"].isna().all()  # the input table is not modified
+
+    report = analyse_cohort(cohort_folder, regions_from=dataset)
+    assert report.analysis.region_pruning is not None
+    statistics = json.loads((cohort_folder / "analysis" / "statistics.json").read_text())
+    assert statistics["region_pruning"]["n_splits"] == 100
+    assert statistics["provenance"]["regions"].endswith(str(dataset))
+    splits = pd.read_csv(cohort_folder / "analysis" / "region_pruning_splits.tsv", sep="\t")
+    assert len(splits) == 100
+    assert "One threshold per lesion region" in report.html
+    assert_well_formed(report.html)
+
+    (cohort_folder / "sub-01" / "sub-01_desc-instances_dseg.nii.gz").unlink()
+    with pytest.raises(ConfigurationError, match="instance label map is missing"):
+        assign_regions(table, cohort_folder, dataset)

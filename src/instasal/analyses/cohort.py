@@ -25,7 +25,13 @@ from instasal.analyses.findings import (
     modality_finding,
     sign_finding,
 )
-from instasal.analyses.pruning import PruningResult, prune_false_positives
+from instasal.analyses.pruning import (
+    PruningResult,
+    RegionPruningComparison,
+    compare_region_pruning,
+    known_region,
+    prune_false_positives,
+)
 from instasal.analyses.reliance import (
     ModalityReliance,
     SignPattern,
@@ -78,6 +84,7 @@ class CohortAnalysis:
     detection: ErrorDetection
     findings: tuple[Finding, ...]
     pruning: PruningResult | None = None
+    region_pruning: RegionPruningComparison | None = None
 
     def findings_frame(self) -> pd.DataFrame:
         """One row per paper finding: the paper's claim, the data, the rule and the verdict."""
@@ -99,6 +106,7 @@ class CohortAnalysis:
                 "aggregation_vs_size": self.aggregation.to_dict() if self.aggregation else None,
                 "error_detection": self.detection.to_dict(),
                 "false_positive_pruning": self.pruning.to_dict() if self.pruning else None,
+                "region_pruning": (self.region_pruning.to_dict() if self.region_pruning else None),
             }
         )
 
@@ -147,6 +155,7 @@ def analyse_tables(
     )
     detection = error_detection(table_max, f"peak_{primary}")
     pruning = _pruning(table_max, f"peak_{primary}")
+    region_pruning = _region_pruning(table_max, f"peak_{primary}") if pruning else None
     findings = [error_modes_finding(modes)]
     if modality is not None:
         findings.append(modality_finding(modality))
@@ -163,6 +172,7 @@ def analyse_tables(
         detection,
         tuple(findings),
         pruning,
+        region_pruning,
     )
 
 
@@ -173,3 +183,13 @@ def _pruning(table: pd.DataFrame, feature: str) -> PruningResult | None:
     if not table["type"].isin(["TP", "FP"]).any():
         return None
     return prune_false_positives(table, feature)
+
+
+def _region_pruning(table: pd.DataFrame, feature: str) -> RegionPruningComparison | None:
+    """Regional against global pruning thresholds, when false positives carry regions."""
+    if "region" not in table.columns:
+        return None
+    false_positives = table[table["type"] == "FP"]
+    if not known_region(false_positives["region"]).any():
+        return None
+    return compare_region_pruning(table, feature)

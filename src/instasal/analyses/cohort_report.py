@@ -33,6 +33,8 @@ from instasal.analyses.figures import (
     roc_figure,
     sign_pattern_figure,
 )
+from instasal.analyses.pruning import PruningResult, RegionPruningComparison
+from instasal.analyses.regions import assign_regions
 from instasal.analyses.reliance import ModalityReliance, SignPattern
 from instasal.analyses.size import AggregationVsSize
 from instasal.analyses.statistics import ALPHA
@@ -171,12 +173,56 @@ def build_cohort_report(
         aggregation=_aggregation_rows(analysis.aggregation),
         detection=analysis.detection,
         auc=_number(analysis.detection.auc),
+        pruning=_pruning_rows(analysis.pruning),
+        region_pruning=_region_pruning_text(analysis.region_pruning),
         subject_columns=list(analysis.subject_counts.columns),
         subject_rows=analysis.subject_counts.astype(str).to_dict(orient="records"),
         provenance=[(str(k), _provenance_value(v)) for k, v in provenance.items()],
         figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
     )
     return CohortReport(html, analysis, figures)
+
+
+def _pruning_rows(result: PruningResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    rows = []
+    for name, counts in (("before pruning", result.test_before), ("after", result.test_after)):
+        rows.append(
+            {
+                "name": name,
+                "tp": counts.true_positive,
+                "fp": counts.false_positive,
+                "fn": counts.false_negative,
+                "precision": _number(counts.precision),
+                "recall": _number(counts.recall),
+                "f1": _number(counts.f1),
+            }
+        )
+    return {
+        "feature": result.feature,
+        "threshold": _number(result.threshold),
+        "n_validation": len(result.validation_subjects),
+        "n_test": len(result.test_subjects),
+        "rows": rows,
+    }
+
+
+def _region_pruning_text(result: RegionPruningComparison | None) -> dict[str, str] | None:
+    if result is None:
+        return None
+    medians = result.to_dict()["median_test_f1"]
+    return {
+        "n_splits": str(len(result.splits)),
+        "before": _number(medians["before"]),
+        "global": _number(medians["global"]),
+        "regional": _number(medians["regional"]),
+        "better": f"{result.share_regional_better:.0%}",
+        "worse": f"{result.share_regional_worse:.0%}",
+        "difference": _number(result.median_f1_difference),
+        "low": _number(result.f1_difference_range_90[0]),
+        "high": _number(result.f1_difference_range_90[1]),
+    }
 
 
 def _modality_rows(result: ModalityReliance | None) -> dict[str, Any] | None:
@@ -283,6 +329,8 @@ def _tables(analysis: CohortAnalysis) -> dict[str, pd.DataFrame]:
         tables["modality_reliance.tsv"] = analysis.modality.to_frame()
     if analysis.aggregation is not None:
         tables["aggregation_vs_size.tsv"] = analysis.aggregation.to_frame()
+    if analysis.region_pruning is not None:
+        tables["region_pruning_splits.tsv"] = analysis.region_pruning.splits
     return tables
 
 
@@ -296,12 +344,17 @@ _OWNED = (
     "error_detection_roc.tsv",
     "modality_reliance.tsv",
     "aggregation_vs_size.tsv",
+    "region_pruning_splits.tsv",
     *(f"figures/{name}" for name in _FIGURE_FILES.values()),
 )
 
 
 def analyse_cohort(
-    cohort_out: Path | str, *, overwrite: bool = False, title: str | None = None
+    cohort_out: Path | str,
+    *,
+    overwrite: bool = False,
+    title: str | None = None,
+    regions_from: Path | str | None = None,
 ) -> CohortReport:
     """Analyse a cohort run folder and write ``analysis/`` (SPEC §4; ``instasal analyse``).
 
@@ -315,6 +368,10 @@ def analyse_cohort(
         anything is written.
     title
         Report heading; default "Cohort analysis — <folder name>".
+    regions_from
+        The dataset the cohort ran on, to read every domain's region from its whole-brain region
+        atlas (:func:`instasal.analyses.regions.assign_regions`); enables region-wise pruning for
+        runs whose false positives have no region.
 
     Returns
     -------
@@ -335,6 +392,9 @@ def analyse_cohort(
     table_max = read_lesion_table(max_path)
     table_mean = read_lesion_table(mean_path) if mean_path.exists() else None
     provenance: dict[str, Any] = {"cohort folder": str(cohort_out)}
+    if regions_from is not None:
+        table_max = assign_regions(table_max, cohort_out, regions_from)
+        provenance["regions"] = f"assigned from the region atlas of {regions_from}"
     provenance["lesions.tsv"] = _file_facts(max_path, table_max)
     if table_mean is not None:
         provenance["lesions_mean.tsv"] = _file_facts(mean_path, table_mean)

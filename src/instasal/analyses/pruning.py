@@ -24,7 +24,12 @@ from instasal.errors import ConfigurationError
 __all__ = [
     "LesionCounts",
     "PruningResult",
+    "RegionPruningComparison",
+    "RegionPruningResult",
+    "compare_region_pruning",
+    "known_region",
     "lesion_counts",
+    "prune_by_region",
     "prune_false_positives",
     "split_subjects",
 ]
@@ -146,13 +151,7 @@ def prune_false_positives(
     )
     on_validation = table[table["subject"].astype(str).isin(validation)]
     on_test = table[table["subject"].astype(str).isin(test)]
-    predicted = on_validation[on_validation["type"].isin(["TP", "FP"])]
-    candidates = np.unique(predicted[feature].dropna().to_numpy(dtype=float))
-    best_threshold, best_f1 = -np.inf, lesion_counts(on_validation, feature, -np.inf).f1
-    for threshold in candidates:
-        f1 = lesion_counts(on_validation, feature, float(threshold)).f1
-        if f1 > best_f1:
-            best_threshold, best_f1 = float(threshold), f1
+    best_threshold = _best_threshold(on_validation, feature)
     return PruningResult(
         feature=feature,
         threshold=float(best_threshold),
@@ -162,4 +161,198 @@ def prune_false_positives(
         validation_after=lesion_counts(on_validation, feature, best_threshold),
         test_before=lesion_counts(on_test, feature, -np.inf),
         test_after=lesion_counts(on_test, feature, best_threshold),
+    )
+
+
+UNKNOWN_REGIONS = ("none", "n/a", "other")
+"""Region labels of domains with no known region (like missing values)."""
+
+
+def known_region(regions: pd.Series) -> pd.Series:
+    """Which rows name a region (not missing, ``none``, ``n/a`` or ``other``)."""
+    return regions.notna() & ~regions.astype(str).isin(UNKNOWN_REGIONS)
+
+
+def _best_threshold(table: pd.DataFrame, feature: str) -> float:
+    """The F1-maximising pruning threshold on ``table`` (``-inf``: prune nothing; ties: lowest)."""
+    predicted = table[table["type"].isin(["TP", "FP"])]
+    best_threshold, best_f1 = -np.inf, lesion_counts(table, feature, -np.inf).f1
+    for threshold in np.unique(predicted[feature].dropna().to_numpy(dtype=float)):
+        f1 = lesion_counts(table, feature, float(threshold)).f1
+        if f1 > best_f1:
+            best_threshold, best_f1 = float(threshold), f1
+    return best_threshold
+
+
+def _summed(counts: Sequence[LesionCounts]) -> LesionCounts:
+    return LesionCounts(
+        sum(c.true_positive for c in counts),
+        sum(c.false_positive for c in counts),
+        sum(c.false_negative for c in counts),
+    )
+
+
+@dataclass(frozen=True)
+class RegionPruningResult:
+    """One global threshold against one threshold per lesion region, on one subject split.
+
+    ``thresholds`` maps each region to its own threshold (chosen on the validation subjects of
+    that region; a region without predicted lesions there keeps the global threshold).
+    ``test_global`` / ``test_regional`` are the test-split counts over all regions; ``by_region``
+    holds, per region, the test counts before, with the global and with the regional threshold.
+    """
+
+    feature: str
+    global_threshold: float
+    thresholds: dict[str, float]
+    test_before: LesionCounts
+    test_global: LesionCounts
+    test_regional: LesionCounts
+    by_region: dict[str, dict[str, LesionCounts]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "global_threshold": self.global_threshold,
+            "thresholds": self.thresholds,
+            "test_before": self.test_before.to_dict(),
+            "test_global": self.test_global.to_dict(),
+            "test_regional": self.test_regional.to_dict(),
+            "by_region": {
+                region: {name: counts.to_dict() for name, counts in scores.items()}
+                for region, scores in self.by_region.items()
+            },
+        }
+
+
+def prune_by_region(
+    table: pd.DataFrame,
+    feature: str = "peak_FLAIR",
+    *,
+    region_column: str = "region",
+    validation_fraction: float = 0.5,
+    seed: int = 0,
+) -> RegionPruningResult:
+    """Per-region pruning thresholds against one global threshold (issue 8, open question Q2).
+
+    Both are chosen the same way (F1-maximising on the validation subjects, see
+    :func:`prune_false_positives`): the global one on all lesions, each regional one on the lesions
+    of its region only (FN domains counted in their own region). Both are scored on the test
+    subjects. Rows whose region is unknown (``none``, ``n/a``, ``other``) are left out of both.
+    """
+    require_columns(table, ["subject", "type", feature, region_column])
+    known = table[known_region(table[region_column])]
+    regions = sorted(known[region_column].astype(str).unique())
+    if not regions:
+        raise ConfigurationError(
+            f"column {region_column!r} names no region (only none/n/a); give the run a region "
+            "atlas (instasal analyse --regions-from DATASET)"
+        )
+    validation, test = split_subjects(
+        table["subject"].astype(str).tolist(), validation_fraction, seed
+    )
+    subjects = known["subject"].astype(str)
+    on_validation, on_test = known[subjects.isin(validation)], known[subjects.isin(test)]
+    global_threshold = _best_threshold(on_validation, feature)
+    thresholds: dict[str, float] = {}
+    by_region: dict[str, dict[str, LesionCounts]] = {}
+    for region in regions:
+        region_validation = on_validation[on_validation[region_column].astype(str) == region]
+        region_test = on_test[on_test[region_column].astype(str) == region]
+        has_predictions = region_validation["type"].isin(["TP", "FP"]).any()
+        thresholds[region] = (
+            _best_threshold(region_validation, feature) if has_predictions else global_threshold
+        )
+        by_region[region] = {
+            "before": lesion_counts(region_test, feature, -np.inf),
+            "global": lesion_counts(region_test, feature, global_threshold),
+            "regional": lesion_counts(region_test, feature, thresholds[region]),
+        }
+    return RegionPruningResult(
+        feature=feature,
+        global_threshold=global_threshold,
+        thresholds=thresholds,
+        test_before=_summed([s["before"] for s in by_region.values()]),
+        test_global=_summed([s["global"] for s in by_region.values()]),
+        test_regional=_summed([s["regional"] for s in by_region.values()]),
+        by_region=by_region,
+    )
+
+
+@dataclass(frozen=True)
+class RegionPruningComparison:
+    """Global against per-region thresholds over many seeded subject splits.
+
+    ``splits`` has one row per split: test F1 before pruning, with the global and with the
+    regional thresholds. Splits of one cohort share subjects, so they are not independent samples
+    and no p-value is given: the distribution of the paired differences is the result.
+    """
+
+    feature: str
+    splits: pd.DataFrame
+    median_f1_difference: float
+    f1_difference_range_90: tuple[float, float]
+    share_regional_better: float
+    share_regional_worse: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "n_splits": len(self.splits),
+            "median_test_f1": {
+                name: float(self.splits[f"f1_{name}"].median())
+                for name in ("before", "global", "regional")
+            },
+            "median_f1_difference_regional_minus_global": self.median_f1_difference,
+            "f1_difference_5th_95th_percentile": list(self.f1_difference_range_90),
+            "share_regional_better": self.share_regional_better,
+            "share_regional_worse": self.share_regional_worse,
+            "rule": "per split: thresholds chosen on validation subjects, F1 on test subjects",
+        }
+
+
+def compare_region_pruning(
+    table: pd.DataFrame,
+    feature: str = "peak_FLAIR",
+    *,
+    n_splits: int = 100,
+    region_column: str = "region",
+    validation_fraction: float = 0.5,
+) -> RegionPruningComparison:
+    """:func:`prune_by_region` over ``n_splits`` seeded splits (seeds 0 … n_splits − 1).
+
+    One split of a small cohort is mostly luck; the distribution over splits says whether
+    regional thresholds generalise better than one global threshold.
+    """
+    if n_splits < 1:
+        raise ConfigurationError(f"n_splits must be >= 1, got {n_splits}")
+    rows = []
+    for seed in range(n_splits):
+        result = prune_by_region(
+            table,
+            feature,
+            region_column=region_column,
+            validation_fraction=validation_fraction,
+            seed=seed,
+        )
+        rows.append(
+            {
+                "seed": seed,
+                "f1_before": result.test_before.f1,
+                "f1_global": result.test_global.f1,
+                "f1_regional": result.test_regional.f1,
+            }
+        )
+    splits = pd.DataFrame(rows)
+    difference = (splits["f1_regional"] - splits["f1_global"]).dropna().to_numpy()
+    if difference.size == 0:
+        raise ConfigurationError("no split gave a test F1 (no predicted or missed lesion to score)")
+    low, high = np.percentile(difference, [5, 95])
+    return RegionPruningComparison(
+        feature=feature,
+        splits=splits,
+        median_f1_difference=float(np.median(difference)),
+        f1_difference_range_90=(float(low), float(high)),
+        share_regional_better=float((difference > 0).mean()),
+        share_regional_worse=float((difference < 0).mean()),
     )

@@ -21,11 +21,18 @@ def analyse(
         typer.Argument(help="Cohort output folder with lesions.tsv (and lesions_mean.tsv)."),
     ],
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier analysis/ folder.")] = False,
+    regions_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset the cohort ran on: read every domain's region from its region atlas "
+            "(desc-regions_dseg) for region-wise FP pruning."
+        ),
+    ] = None,
 ) -> None:
     """Statistics, figures and HTML report of the paper's analyses, into COHORT_OUT/analysis."""
     from instasal.analyses import analyse_cohort
 
-    report = analyse_cohort(cohort_out, overwrite=overwrite)
+    report = analyse_cohort(cohort_out, overwrite=overwrite, regions_from=regions_from)
     for finding in report.analysis.findings:
         style = _VERDICT_STYLE[finding.verdict]
         console.print(f"[{style}]{finding.verdict:>14}[/]  {finding.title}", highlight=False)

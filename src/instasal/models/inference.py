@@ -73,7 +73,7 @@ def predict_logits(
     batch = volume[None].to(target_device)
     windows = None
     if region is not None and card.patch_size is not None:
-        windows = _RegionWindows(model, _region_box(region, volume.shape[1:], card.patch_size))
+        windows = _RegionWindows(model, region, volume.shape[1:], card.patch_size)
     was_training = model.training
     model.eval()
     try:
@@ -104,7 +104,7 @@ def predict_logits(
         )
     logits = stitched[0].detach().to("cpu", torch.float32).numpy()
     if windows is not None:
-        logits[:, windows.invalid(volume.shape[1:], card.patch_size)] = np.nan
+        logits[:, windows.invalid()] = np.nan
     return logits
 
 
@@ -207,15 +207,22 @@ class _RegionWindows:
     It records the skipped windows, whose zeros corrupt the blend wherever they reach.
     """
 
-    def __init__(self, model: nn.Module, box: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        region: np.ndarray,
+        shape: tuple[int, ...],
+        patch: tuple[int, int, int],
+    ) -> None:
         self.model = model
-        self.box = box
+        self.shape = tuple(shape)
+        self.patch = patch
+        self.box = _region_box(region, self.shape, patch)
         self.skipped: list[tuple[slice, ...]] = []
 
     def _overlaps(self, window: tuple[slice, ...]) -> bool:
         return all(
-            s.start < high and low < s.stop
-            for s, (low, high) in zip(window, self.box, strict=True)
+            s.start < high and low < s.stop for s, (low, high) in zip(window, self.box, strict=True)
         )
 
     def __call__(self, patches: torch.Tensor, coordinates: list[list[slice]]) -> torch.Tensor:
@@ -235,10 +242,10 @@ class _RegionWindows:
         output[keep] = computed
         return output
 
-    def invalid(self, shape: tuple[int, ...], patch: tuple[int, int, int]) -> np.ndarray:
+    def invalid(self) -> np.ndarray:
         """Voxels ``[X, Y, Z]`` of the unpadded input that a skipped window reaches."""
-        lower = _padding(tuple(shape), patch)
-        padded = [n + max(p - n, 0) for n, p in zip(shape, patch, strict=True)]
+        shape, lower = self.shape, _padding(self.shape, self.patch)
+        padded = [n + max(p - n, 0) for n, p in zip(shape, self.patch, strict=True)]
         reached = np.zeros(padded, dtype=bool)
         for window in self.skipped:
             reached[window] = True

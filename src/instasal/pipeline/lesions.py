@@ -14,7 +14,7 @@ from instasal.pipeline.settings import ExplainSettings
 from instasal.summaries import lesion_summary, saliency_columns
 from instasal.typing import Context
 
-__all__ = ["LESIONS_PER_BATCH", "REGION_NAMES", "explain_lesions", "table_columns"]
+__all__ = ["LESIONS_PER_BATCH", "REGION_NAMES", "explain_lesions", "region_of", "table_columns"]
 
 REGION_NAMES = {
     1: "periventricular",
@@ -33,7 +33,8 @@ def table_columns(channel_names: Sequence[str]) -> list[str]:
     return [*base, *saliency_columns(channel_names), "gradcam_peak", "gradcam_peak_voxel"]
 
 
-def _region_of(region_map: np.ndarray | None, domain: np.ndarray) -> str:
+def region_of(region_map: np.ndarray | None, domain: np.ndarray) -> str:
+    """The most frequent non-zero region label in ``domain`` by name (``none``: no label there)."""
     if region_map is None:
         return "n/a"
     values = region_map[domain]
@@ -119,7 +120,7 @@ def explain_lesions(
             row: dict[str, Any] = {
                 "id": record.id,
                 "type": record.kind,
-                "region": _region_of(region_map, domain),
+                "region": region_of(region_map, domain),
                 "volume_mm3": record.volume_mm3,
                 "n_voxels": record.n_voxels,
                 "centroid_i": record.centroid_voxel[0],
