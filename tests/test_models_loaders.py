@@ -176,3 +176,26 @@ def test_state_dict_without_factory_is_explained(tmp_path: Path) -> None:
     torch.save(_tiny_unet().state_dict(), weights)
     with pytest.raises(ModelError, match=r"not a TorchScript model .*pass module:factory="):
         load_model(weights)
+
+
+def test_model_exported_by_instasal_train_loads_from_its_path(tmp_path: Path) -> None:
+    from instasal.models import ModelCard, build_network, default_hyperparameters
+    from instasal.models.export import export_weights
+
+    hyperparameters = default_hyperparameters("unet") | {"channels": [4, 8, 16], "strides": [2, 2]}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = build_network("unet", hyperparameters).eval()
+    card = ModelCard(
+        name="mine", architecture="unet", hyperparameters=hyperparameters, patch_size=(16, 16, 16)
+    )
+    weights, _ = export_weights(network, card, tmp_path, name="unet_small")
+    loaded = load_model(weights)
+    assert card_of(loaded).name == "unet_small" and card_of(loaded).patch_size == (16, 16, 16)
+    assert card_of(loaded).source == str(weights)
+    _same_outputs(loaded, network)
+    # A card of an architecture instasal does not build is a TorchScript/state-dict question.
+    card_path = weights.with_suffix(".json")
+    card_path.write_text(json.dumps(json.loads(card_path.read_text()) | {"architecture": "x"}))
+    with pytest.raises(ModelError, match="not a TorchScript model"):
+        load_model(weights)

@@ -80,8 +80,10 @@ def load_model(name_or_path: str | Path) -> nn.Module:
     Parameters
     ----------
     name_or_path
-        A built-in name, a TorchScript file, a MONAI bundle folder, an nnU-Net v2 trained-model
-        folder (or one of its ``fold_X`` folders), or ``"module:factory=weights.pt"``.
+        A built-in name, a model exported by ``instasal train --export`` (``<name>.pt`` beside
+        its card ``<name>.json``), a TorchScript file, a MONAI bundle folder, an nnU-Net v2
+        trained-model folder (or one of its ``fold_X`` folders), or
+        ``"module:factory=weights.pt"``.
 
     Raises
     ------
@@ -114,6 +116,8 @@ def load_model(name_or_path: str | Path) -> nn.Module:
             "trained-model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)"
         )
     if path.is_file():
+        if _is_exported(path):
+            return _load_exported(path, path.with_suffix(".json"))
         return _load_torchscript(path)
     if path.suffix or len(path.parts) > 1:
         raise ModelError(f"{path}: model file or folder not found")
@@ -218,7 +222,24 @@ def _load_builtin(name: str) -> nn.Module:
             f"built-in model {name!r}: weights not shipped yet ({weights} missing); train it with "
             f"`instasal train --architecture {name}` or load another model"
         )
-    card = read_card(card_path).updated(source="builtin")
+    return _load_exported(weights, card_path, source="builtin")
+
+
+def _is_exported(path: Path) -> bool:
+    """Whether ``path`` is a state dict beside a full card of a built-in architecture."""
+    card_path = path.with_suffix(".json")
+    if path.suffix != ".pt" or not card_path.is_file():
+        return False
+    try:
+        architecture = json.loads(card_path.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return architecture in ARCHITECTURES
+
+
+def _load_exported(weights: Path, card_path: Path, source: str | None = None) -> nn.Module:
+    """A built-in architecture from its card, with the state dict ``weights`` loaded."""
+    card = read_card(card_path).updated(source=source or str(weights))
     network = build_network(card.architecture, card.hyperparameters)
     _load_weights_into(network, load_state_dict_file(weights), weights)
     return attach_card(network.eval(), card)
