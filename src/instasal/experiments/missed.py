@@ -225,9 +225,9 @@ def _curve(
             len({int(i) for ids in group["found_fn_ids"] for i in str(ids).split(",") if i})
             for _, group in at_level[at_level["kind"] == "found_FN"].groupby("subject")
         )
-        explained = at_level[at_level[peak].notna()] if peak in at_level else at_level.iloc[:0]
-        auc_peak, n_found, n_false = _auc(explained, peak) if len(explained) else (np.nan, 0, 0)
-        auc_probability = _auc(explained, "max_probability")[0] if len(explained) else float("nan")
+        explained = at_level[at_level[peak].notna()]
+        auc_peak, n_found, n_false = _auc(explained, peak)
+        auc_probability = _auc(explained, "max_probability")[0]
         rows.append(
             {
                 "level": level,
