@@ -24,10 +24,10 @@ from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.experiments.runner import (
     PreparedSubject,
     Progress,
-    _nan_to_none,
-    _save_figure,
-    _write_table,
+    nan_to_none,
     prepared_subjects,
+    save_figure,
+    write_table,
 )
 from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
@@ -427,9 +427,9 @@ def run_uncertainty_experiment(
     explained = domains[domains[peak].notna()]
     auc, n_found, n_false = _auc(explained, peak)
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(out, "uncertainty_candidates", table, overwrite)
-    _write_table(out, "uncertainty_curve", curve, overwrite)
-    _save_figure(_figure(curve, explained, peak, auc), out / "uncertainty.png", overwrite)
+    write_table(out, "uncertainty_candidates", table, overwrite)
+    write_table(out, "uncertainty_curve", curve, overwrite)
+    save_figure(_figure(curve, explained, peak, auc), out / "uncertainty.png", overwrite)
     summary = {
         "method": method,
         "signal": signal,
@@ -447,8 +447,8 @@ def run_uncertainty_experiment(
             "max_per_subject_level_kind": max_explained,
             "n_found_FN_domains": n_found,
             "n_false_alarm_domains": n_false,
-            f"auc_{peak}": _nan_to_none(auc),
-            "auc_max_probability": _nan_to_none(_auc(explained, "max_probability")[0]),
+            f"auc_{peak}": nan_to_none(auc),
+            "auc_max_probability": nan_to_none(_auc(explained, "max_probability")[0]),
         },
         "seconds": {**seconds, "total": time.perf_counter() - started},
         "seed": seed,

@@ -27,10 +27,13 @@ from instasal.typing import PathLike
 
 __all__ = [
     "PreparedSubject",
+    "nan_to_none",
     "prepared_subjects",
     "run_context_experiment",
     "run_patch_full_experiment",
     "run_relocation_experiment",
+    "save_figure",
+    "write_table",
 ]
 
 Progress = Callable[[str, float, float], None]
@@ -74,13 +77,15 @@ def prepared_subjects(
         yield PreparedSubject(files, subject, x, probability, instances, reference, brain, wm)
 
 
-def _write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> Path:
+def write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> Path:
+    """Write ``<out>/<name>.tsv`` atomically (refused when it exists, unless ``overwrite``)."""
     path = out / f"{name}.tsv"
     atomic_write_text(path, table.to_csv(sep="\t", index=False), overwrite=overwrite)
     return path
 
 
-def _save_figure(figure: Any, path: Path, overwrite: bool) -> None:
+def save_figure(figure: Any, path: Path, overwrite: bool) -> None:
+    """Write a matplotlib figure as a PNG atomically (and close it)."""
     from instasal.io import atomic_write_bytes
     from instasal.report.figures import figure_png
 
@@ -130,8 +135,8 @@ def run_context_experiment(
     records = pd.concat(frames, ignore_index=True)
     curve, plateau = summarise_curve(records)
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(out, "context_records", records, overwrite)
-    _write_table(out, "context_curve", curve, overwrite)
+    write_table(out, "context_records", records, overwrite)
+    write_table(out, "context_curve", curve, overwrite)
     figure, axis = plt.subplots(figsize=(5, 3.4))
     axis.plot(curve["distance_mm"], curve["mean_probability"], color="#1b9e77", label="mean")
     axis.fill_between(
@@ -155,7 +160,7 @@ def run_context_experiment(
     axis.set_ylabel("mean probability in Ω")
     axis.set_ylim(0, 1)
     axis.legend(fontsize=8, frameon=False)
-    _save_figure(figure, out / "context_curve.png", overwrite)
+    save_figure(figure, out / "context_curve.png", overwrite)
     summary = {
         "n_lesions": int(curve["n_lesions"].max()),
         "volume_band_mm3": list(volume_band_mm3),
@@ -233,7 +238,7 @@ def run_relocation_experiment(
         raise ConfigurationError(f"{dataset}: no TP lesion of at least {min_volume_mm3} mm³")
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(out, "relocation", table, overwrite)
+    write_table(out, "relocation", table, overwrite)
     placed = table[table["placed"]]
     rates = placed.groupby("condition")["detected"].mean().reindex(conditions)
     counts = placed.groupby("condition")["detected"].size().reindex(conditions)
@@ -244,10 +249,10 @@ def run_relocation_experiment(
     axis.set_ylim(0, 1)
     for i, (rate, n) in enumerate(zip(rates.fillna(0), counts.fillna(0), strict=True)):
         axis.text(i, rate + 0.02, f"{rate:.0%} (n={int(n)})", ha="center", fontsize=8)
-    _save_figure(figure, out / "relocation.png", overwrite)
+    save_figure(figure, out / "relocation.png", overwrite)
     summary = {
         "n_lesions": int(table.groupby(["subject", "lesion_id"]).ngroups),
-        "detection_rate": {c: _nan_to_none(rates[c]) for c in conditions},
+        "detection_rate": {c: nan_to_none(rates[c]) for c in conditions},
         "n_placed": {c: int(counts[c]) if not pd.isna(counts[c]) else 0 for c in conditions},
         "shell_mm": shell_mm,
     }
@@ -255,7 +260,8 @@ def run_relocation_experiment(
     return summary
 
 
-def _nan_to_none(value: Any) -> float | None:
+def nan_to_none(value: Any) -> float | None:
+    """A float for JSON, ``None`` for a missing value."""
     return None if pd.isna(value) else float(value)
 
 
@@ -299,7 +305,7 @@ def run_patch_full_experiment(
         raise ConfigurationError(f"{dataset}: no TP lesion to compare patch and full context on")
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(out, "patch_vs_full", table, overwrite)
+    write_table(out, "patch_vs_full", table, overwrite)
     numeric = table.select_dtypes("number").drop(columns=["lesion_id"])
     summary = {
         "n_lesions": len(table),
