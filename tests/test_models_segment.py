@@ -158,3 +158,24 @@ def test_segment_command(
     assert "exists already" in error and "Traceback" not in error
     assert run_app(["segment", str(images[0]), "--model", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_threads_option_sets_torch_threads_for_any_command(
+    images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    out = ["--out", str(tmp_path / "out")]
+    assert run_app(["--threads", "1", "segment", *map(str, images), "--model", "nope", *out]) == 2
+    assert calls == [1]  # set before the command ran (and failed on the unknown model)
+    assert run_app(["--threads", "0", "segment", *map(str, images), "--model", "unet", *out]) == 2
+    assert calls == [1]
+
+
+def test_a_bad_option_value_is_one_usage_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_app(["phantom", str(tmp_path / "cohort"), "--subjects", "many"]) == 2
+    error = capsys.readouterr().err
+    assert "Invalid value" in error and "Traceback" not in error
+    assert not (tmp_path / "cohort").exists()

@@ -28,6 +28,24 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)  # never break paths across lines
 
 
+@app.callback()
+def _options(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="torch CPU threads for every command (default: torch's own choice, all cores).",
+        ),
+    ] = None,
+) -> None:
+    """Instance-level quantitative saliency for 3D lesion segmentation networks."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def run_app(argv: Sequence[str]) -> int:
     """Run the CLI on ``argv``; return the exit status (2, one line, on a user error)."""
     try:
@@ -44,10 +62,21 @@ def run_app(argv: Sequence[str]) -> int:
         )
         return 130
     except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            return error.exit_code
+        if isinstance(error, _usage_errors()):
+            getattr(error, "show")()  # noqa: B009  (click's and typer's classes both have it)
+            return int(getattr(error, "exit_code", 2))
         raise
     return status if isinstance(status, int) else 0
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error class and typer's vendored copy of it (typer ≥ 0.16 ships its own)."""
+    import importlib
+
+    found: list[type[Exception]] = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
