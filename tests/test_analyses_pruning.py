@@ -134,3 +134,74 @@ def test_region_pruning_needs_regions_and_splits():
         prune_by_region(table)
     with pytest.raises(ConfigurationError, match="n_splits"):
         compare_region_pruning(_regional_table(_two_region_rows()), n_splits=0)
+
+
+def _naive_best_threshold(table: pd.DataFrame, feature: str) -> float:
+    """The rule written as a loop: every candidate, strict improvement keeps the lowest."""
+    predicted = table[table["type"].isin(["TP", "FP"])]
+    best, best_f1 = -np.inf, lesion_counts(table, feature, -np.inf).f1
+    for threshold in np.unique(predicted[feature].dropna().to_numpy(dtype=float)):
+        f1 = lesion_counts(table, feature, float(threshold)).f1
+        if f1 > best_f1:
+            best, best_f1 = float(threshold), f1
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vectorised_threshold_choice_equals_the_loop(seed: int) -> None:
+    from instasal.analyses.pruning import _best_threshold
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    kinds = rng.choice(["TP", "FP", "FN", "TN"], size=n)
+    values = np.round(rng.normal(size=n), 1)  # ties on purpose
+    values[rng.random(n) < 0.1] = np.nan
+    table = pd.DataFrame({"subject": "s", "type": kinds, "peak_FLAIR": values})
+    assert _best_threshold(table, "peak_FLAIR") == _naive_best_threshold(table, "peak_FLAIR")
+
+
+def _feature_table() -> pd.DataFrame:
+    """prob_max separates TP from FP perfectly; peak_FLAIR is noise; FN rows have no probability."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        for kind, probability in (("TP", 0.9), ("FP", 0.2)):
+            for _ in range(4):
+                rows.append(
+                    {
+                        "subject": f"s{i}",
+                        "type": kind,
+                        "prob_max": probability if kind == "TP" else 0.2 + 0.05 * rng.random(),
+                        "peak_FLAIR": rng.normal(),
+                        "peak_FLAIR_voxel": "1,2,3",
+                    }
+                )
+        rows.append({"subject": f"s{i}", "type": "FN", "prob_max": np.nan, "peak_FLAIR": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_feature_ranking_puts_the_separating_baseline_first():
+    from instasal.analyses.detection import feature_ranking
+
+    ranking = feature_ranking(_feature_table())
+    assert ranking["feature"].tolist() == ["prob_max", "peak_FLAIR"]  # no *_voxel column
+    assert ranking.loc[0, "auc"] == 1.0 and ranking.loc[0, "kind"] == "baseline"
+    assert ranking.loc[1, "kind"] == "saliency" and ranking.loc[1, "n_positive"] == 32
+
+
+def test_pruning_features_compared_over_the_same_splits():
+    from instasal.analyses.pruning import compare_pruning_features
+
+    table = _feature_table()
+    result = compare_pruning_features(table, ["peak_FLAIR", "prob_max", "absent"], n_splits=10)
+    assert result["feature"].tolist() == ["peak_FLAIR", "prob_max"]
+    by_feature = result.set_index("feature")
+    assert by_feature.loc["prob_max", "share_splits_improved"] == 1.0
+    # 4 test subjects: 16 TP kept, every FP pruned, 4 FN: F1 = 32 / (32 + 0 + 4)
+    assert by_feature.loc["prob_max", "median_test_f1_after"] == pytest.approx(32 / 36)
+    assert (
+        by_feature.loc["prob_max", "median_test_f1_after"]
+        > by_feature.loc["peak_FLAIR", "median_test_f1_after"]
+    )
+    with pytest.raises(ConfigurationError, match="n_splits"):
+        compare_pruning_features(table, ["prob_max"], n_splits=0)

@@ -16,7 +16,11 @@ import numpy as np
 import pandas as pd
 
 from instasal.analyses._table import DOMAIN_TYPES, channel_names, require_columns
-from instasal.analyses.detection import ErrorDetection, error_detection
+from instasal.analyses.detection import (
+    ErrorDetection,
+    error_detection,
+    feature_ranking,
+)
 from instasal.analyses.error_modes import ErrorModes, error_modes
 from instasal.analyses.findings import (
     Finding,
@@ -28,6 +32,7 @@ from instasal.analyses.findings import (
 from instasal.analyses.pruning import (
     PruningResult,
     RegionPruningComparison,
+    compare_pruning_features,
     compare_region_pruning,
     known_region,
     prune_false_positives,
@@ -41,7 +46,10 @@ from instasal.analyses.reliance import (
 from instasal.analyses.size import AggregationVsSize, aggregation_vs_size
 from instasal.analyses.statistics import ALPHA
 
-__all__ = ["CohortAnalysis", "analyse_tables", "jsonable"]
+__all__ = ["PRUNING_BASELINES", "CohortAnalysis", "analyse_tables", "jsonable"]
+
+PRUNING_BASELINES = ("prob_max", "prob_mean", "volume_mm3")
+"""Features pruning by peak saliency is compared with: the model's probability, the size."""
 
 
 def _preferred(names: tuple[str, ...], wanted: str, exclude: str | None = None) -> str | None:
@@ -85,6 +93,8 @@ class CohortAnalysis:
     findings: tuple[Finding, ...]
     pruning: PruningResult | None = None
     region_pruning: RegionPruningComparison | None = None
+    feature_ranking: pd.DataFrame | None = None
+    pruning_features: pd.DataFrame | None = None
 
     def findings_frame(self) -> pd.DataFrame:
         """One row per paper finding: the paper's claim, the data, the rule and the verdict."""
@@ -156,6 +166,12 @@ def analyse_tables(
     detection = error_detection(table_max, f"peak_{primary}")
     pruning = _pruning(table_max, f"peak_{primary}")
     region_pruning = _region_pruning(table_max, f"peak_{primary}") if pruning else None
+    ranking = feature_ranking(table_max)
+    pruning_features = (
+        compare_pruning_features(table_max, [f"peak_{primary}", *PRUNING_BASELINES])
+        if pruning
+        else None
+    )
     findings = [error_modes_finding(modes)]
     if modality is not None:
         findings.append(modality_finding(modality))
@@ -173,6 +189,8 @@ def analyse_tables(
         tuple(findings),
         pruning,
         region_pruning,
+        ranking,
+        pruning_features,
     )
 
 
@@ -193,3 +211,9 @@ def _region_pruning(table: pd.DataFrame, feature: str) -> RegionPruningCompariso
     if not known_region(false_positives["region"]).any():
         return None
     return compare_region_pruning(table, feature)
+
+
+def _records(frame: pd.DataFrame | None) -> list[dict[str, Any]] | None:
+    if frame is None:
+        return None
+    return [{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]

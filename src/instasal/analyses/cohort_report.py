@@ -175,12 +175,23 @@ def build_cohort_report(
         auc=_number(analysis.detection.auc),
         pruning=_pruning_rows(analysis.pruning),
         region_pruning=_region_pruning_text(analysis.region_pruning),
+        ranking=_frame_rows(analysis.feature_ranking),
+        pruning_features=_frame_rows(analysis.pruning_features),
         subject_columns=list(analysis.subject_counts.columns),
         subject_rows=analysis.subject_counts.astype(str).to_dict(orient="records"),
         provenance=[(str(k), _provenance_value(v)) for k, v in provenance.items()],
         figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
     )
     return CohortReport(html, analysis, figures)
+
+
+def _frame_rows(frame: pd.DataFrame | None) -> list[dict[str, str]] | None:
+    if frame is None or frame.empty:
+        return None
+    return [
+        {str(k): v if isinstance(v, str) else _number(v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
 
 
 def _pruning_rows(result: PruningResult | None) -> dict[str, Any] | None:
@@ -331,6 +342,10 @@ def _tables(analysis: CohortAnalysis) -> dict[str, pd.DataFrame]:
         tables["aggregation_vs_size.tsv"] = analysis.aggregation.to_frame()
     if analysis.region_pruning is not None:
         tables["region_pruning_splits.tsv"] = analysis.region_pruning.splits
+    if analysis.feature_ranking is not None:
+        tables["error_detection_features.tsv"] = analysis.feature_ranking
+    if analysis.pruning_features is not None:
+        tables["pruning_features.tsv"] = analysis.pruning_features
     return tables
 
 
@@ -345,6 +360,8 @@ _OWNED = (
     "modality_reliance.tsv",
     "aggregation_vs_size.tsv",
     "region_pruning_splits.tsv",
+    "error_detection_features.tsv",
+    "pruning_features.tsv",
     *(f"figures/{name}" for name in _FIGURE_FILES.values()),
 )
 

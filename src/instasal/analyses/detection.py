@@ -16,7 +16,7 @@ import pandas as pd
 from instasal.analyses._table import finite_values, require_columns, select_types
 from instasal.analyses.statistics import roc_auc, roc_curve
 
-__all__ = ["ErrorDetection", "error_detection"]
+__all__ = ["ErrorDetection", "error_detection", "feature_ranking"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,46 @@ def error_detection(
         tuple(float(v) for v in np.asarray(tpr)),
         "",
     )
+
+
+DETECTION_FEATURE_PREFIXES = ("peak_", "trough_", "inside_mean_", "ring_mean_", "reliance_")
+"""Saliency columns of the lesion table ranked by :func:`feature_ranking` (one per channel)."""
+DETECTION_BASELINES = ("prob_max", "prob_mean", "volume_mm3", "gradcam_peak")
+"""Non-saliency (or non-SmoothGrad) columns ranked beside them: what the model already knows."""
+
+
+def feature_ranking(
+    table: pd.DataFrame, positive: str = "TP", negative: str = "FP"
+) -> pd.DataFrame:
+    """AUC of every numeric saliency column and of the baselines, TP against FP (issue 8).
+
+    Saliency alone is only useful for error detection if it adds to what the model's own
+    probability and the lesion's size already say, so those are ranked beside it. An AUC below
+    0.5 means lower values point to ``positive``. One row per column present in ``table``:
+    ``feature``, ``kind`` (``saliency`` or ``baseline``), ``auc``, ``n_positive``,
+    ``n_negative``; sorted by the distance of the AUC from 0.5, largest first.
+    """
+    require_columns(table, ("type",))
+    features = [
+        column
+        for column in table.columns
+        if column.startswith(DETECTION_FEATURE_PREFIXES)
+        and not column.endswith("_voxel")
+        and pd.api.types.is_numeric_dtype(table[column])
+    ]
+    baselines = [c for c in DETECTION_BASELINES if c in table.columns]
+    rows = []
+    for feature in [*features, *baselines]:
+        result = error_detection(table, feature, positive, negative)
+        rows.append(
+            {
+                "feature": feature,
+                "kind": "baseline" if feature in baselines else "saliency",
+                "auc": result.auc,
+                "n_positive": result.n_positive,
+                "n_negative": result.n_negative,
+            }
+        )
+    ranking = pd.DataFrame(rows, columns=["feature", "kind", "auc", "n_positive", "n_negative"])
+    order = (ranking["auc"] - 0.5).abs().sort_values(ascending=False, na_position="last").index
+    return ranking.loc[order].reset_index(drop=True)
