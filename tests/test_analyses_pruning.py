@@ -185,8 +185,8 @@ def test_feature_ranking_puts_the_separating_baseline_first():
 
     ranking = feature_ranking(_feature_table())
     assert ranking["feature"].tolist() == ["prob_max", "peak_FLAIR"]  # no *_voxel column
-    assert ranking.loc[0, "auc"] == 1.0 and ranking.loc[0, "kind"] == "baseline"
-    assert ranking.loc[1, "kind"] == "saliency" and ranking.loc[1, "n_positive"] == 32
+    assert ranking.loc[0, "auc"] == 1.0 and ranking.loc[0, "kind"] == "probability"
+    assert ranking.loc[1, "kind"] == "SmoothGrad" and ranking.loc[1, "n_positive"] == 32
 
 
 def test_pruning_features_compared_over_the_same_splits():

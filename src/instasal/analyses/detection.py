@@ -126,8 +126,13 @@ def error_detection(
 
 DETECTION_FEATURE_PREFIXES = ("peak_", "trough_", "inside_mean_", "ring_mean_", "reliance_")
 """Saliency columns of the lesion table ranked by :func:`feature_ranking` (one per channel)."""
-DETECTION_BASELINES = ("prob_max", "prob_mean", "volume_mm3", "gradcam_peak")
-"""Non-saliency (or non-SmoothGrad) columns ranked beside them: what the model already knows."""
+DETECTION_BASELINES = {
+    "gradcam_peak": "Grad-CAM++",
+    "prob_max": "probability",
+    "prob_mean": "probability",
+    "volume_mm3": "size",
+}
+"""Columns ranked beside the SmoothGrad ones, with their kind: what else the table already says."""
 
 
 def feature_ranking(
@@ -138,7 +143,8 @@ def feature_ranking(
     Saliency alone is only useful for error detection if it adds to what the model's own
     probability and the lesion's size already say, so those are ranked beside it. An AUC below
     0.5 means lower values point to ``positive``. One row per column present in ``table``:
-    ``feature``, ``kind`` (``saliency`` or ``baseline``), ``auc``, ``n_positive``,
+    ``feature``, ``kind`` (``SmoothGrad``, ``Grad-CAM++``, ``probability`` or ``size``), ``auc``,
+    ``n_positive``,
     ``n_negative``; sorted by the distance of the AUC from 0.5, largest first.
     """
     require_columns(table, ("type",))
@@ -156,7 +162,7 @@ def feature_ranking(
         rows.append(
             {
                 "feature": feature,
-                "kind": "baseline" if feature in baselines else "saliency",
+                "kind": DETECTION_BASELINES.get(feature, "SmoothGrad"),
                 "auc": result.auc,
                 "n_positive": result.n_positive,
                 "n_negative": result.n_negative,
