@@ -107,3 +107,20 @@ def linear_model_path(tmp_path: Path) -> Path:
     card = {"threshold": 0.5, "patch_size": list(LINEAR_SHAPE), "channel_names": ["FLAIR", "T1w"]}
     path.with_suffix(".json").write_text(json.dumps(card))
     return path
+
+
+class FlairThreshold(nn.Module):
+    """Lesion logit = 10·(FLAIR − 1.5) on raw intensities: an exact segmenter of images whose
+    lesions are FLAIR 2 on a FLAIR 1 background."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 10.0
+            self.conv.bias[1] = -15.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)

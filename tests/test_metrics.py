@@ -8,9 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
+from conftest import FlairThreshold
 from instasal.errors import ConfigurationError
 from instasal.metrics import (
     LesionMetrics,
@@ -156,22 +155,6 @@ def test_summary_means_over_subjects_and_pools_counts() -> None:
     assert summary["n_false_negative"] == 6
     with pytest.raises(ConfigurationError, match="no subjects"):
         summarise_metrics([])
-
-
-class FlairThreshold(nn.Module):
-    """Lesion logit = 10·(FLAIR − 1.5): an exact segmenter of the test images below."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(2, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = 10.0
-            self.conv.bias[1] = -15.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 def _write_labelled_cohort(root: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import FlairThreshold
 from instasal.cli import model_commands  # noqa: F401  (registers train, segment, evaluate)
 from instasal.cli._app import run_app
 from instasal.errors import ModelError, OutputExistsError
@@ -34,22 +35,6 @@ class FlairThreshold(nn.Module):
 def flair_threshold():
     return FlairThreshold()
 """
-
-
-class FlairThreshold(nn.Module):
-    """Lesion logit = 10·(FLAIR − 1.5) on raw intensities: exact on the images below."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(2, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = 10.0
-            self.conv.bias[1] = -15.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 def _model(spacing: tuple[float, float, float] | None = None) -> nn.Module:
