@@ -1,9 +1,16 @@
-"""Rich progress display for pipeline callbacks: what is being done and the time left."""
+"""Progress for pipeline callbacks: what is being done and the time left.
+
+In a terminal, rich bars (one per stage, with ETA). Elsewhere (a log file, ``nohup``, a cluster
+job) rich would draw nothing until the end, so plain lines are printed instead: one when a stage
+starts, then at most one per ``interval`` seconds, and one when it completes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import (
@@ -17,14 +24,25 @@ from rich.progress import (
 
 __all__ = ["pipeline_progress"]
 
+LOG_INTERVAL_S = 30.0
+"""Seconds between two plain progress lines of one stage (outside a terminal)."""
+
 
 @contextmanager
-def pipeline_progress(console: Console) -> Iterator[object]:
-    """A ``progress(stage, done, total)`` callback drawing one bar per stage with its ETA.
+def pipeline_progress(
+    console: Console,
+    *,
+    interval: float = LOG_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[object]:
+    """A ``progress(stage, done, total)`` callback showing each stage with its ETA.
 
     Stages are grouped by the words before `` of `` (``"saliency of lesion(s) 3, 4"`` updates the
     ``saliency`` bar, whose description shows the lesions being explained).
     """
+    if not console.is_terminal:
+        yield _LineLog(console, interval, clock).update
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -43,3 +61,52 @@ def pipeline_progress(console: Console) -> Iterator[object]:
             bars.update(tasks[family], description=stage, completed=done, total=total)
 
         yield update
+
+
+@dataclass
+class _Stage:
+    started: float
+    last_line: float
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class _LineLog:
+    """Plain progress lines for a console that is not a terminal.
+
+    A stage is taken to have started at the previous update of any stage (or when the log was
+    made), since its first callback only comes after its first unit of work.
+    """
+
+    def __init__(self, console: Console, interval: float, clock: Callable[[], float]) -> None:
+        self.console = console
+        self.interval = interval
+        self.clock = clock
+        self.stages: dict[str, _Stage] = {}
+        self.last_event = clock()
+
+    def update(self, stage: str, done: float, total: float) -> None:
+        family = stage.split(" of ")[0]
+        now = self.clock()
+        state = self.stages.get(family)
+        first = state is None
+        if state is None:
+            state = self.stages[family] = _Stage(started=self.last_event, last_line=now)
+        self.last_event = now
+        finished = total > 0 and done >= total
+        if not (first or finished or now - state.last_line >= self.interval):
+            return
+        state.last_line = now
+        elapsed = now - state.started
+        line = f"{stage}: {done:g}/{total:g}"
+        if total > 0:
+            line += f" ({100 * done / total:.0f} %)"
+        line += f", elapsed {_duration(elapsed)}"
+        if 0 < done < total:
+            line += f", eta {_duration(elapsed / done * (total - done))}"
+        self.console.print(line, highlight=False, markup=False)
