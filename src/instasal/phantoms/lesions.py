@@ -175,6 +175,20 @@ def is_infratentorial(world: FloatArray) -> BoolArray:
     return np.asarray(posterior | brainstem)
 
 
+def _region_measures(
+    anatomy: SubjectAnatomy, voxels: IntArray
+) -> tuple[FloatArray, FloatArray, FloatArray, BoolArray]:
+    """What the region rules read at subject voxels ``[N, 3]``: template positions, distances to
+    the ventricles and to cortical grey matter (template distance maps), and infratentoriality."""
+    template = anatomy.template
+    positions = anatomy.to_template(voxels)
+    points = positions.T.astype(np.float32)
+    ventricles = sample_trilinear(template.distance_ventricles[..., None], points)[:, 0]
+    cortex = sample_trilinear(template.distance_cortex[..., None], points)[:, 0]
+    infratentorial = is_infratentorial(template.voxel_to_world(positions))
+    return positions, ventricles, cortex, infratentorial
+
+
 def region_atlas(anatomy: SubjectAnatomy) -> IntArray:
     """Label every brain voxel with its MS region (uint8, labels of :data:`REGION_LABELS`).
 
@@ -187,16 +201,11 @@ def region_atlas(anatomy: SubjectAnatomy) -> IntArray:
     Voxels outside the brain are 0. (Placement is stricter: deep lesions also keep away from both
     ventricles and cortex; this atlas gives the gaps to the deep region.)
     """
-    template = anatomy.template
     voxels = np.argwhere(anatomy.brain_mask)
     atlas = np.zeros(anatomy.brain_mask.shape, dtype=np.uint8)
     if voxels.size == 0:
         return atlas
-    positions = anatomy.to_template(voxels)
-    points = positions.T.astype(np.float32)
-    ventricles = sample_trilinear(template.distance_ventricles[..., None], points)[:, 0]
-    cortex = sample_trilinear(template.distance_cortex[..., None], points)[:, 0]
-    infratentorial = is_infratentorial(template.voxel_to_world(positions))
+    _, ventricles, cortex, infratentorial = _region_measures(anatomy, voxels)
     labels = np.select(
         [
             infratentorial,
@@ -221,15 +230,10 @@ def _candidates(
 
     Region rules use the template's distance maps at each voxel's template position.
     """
-    template = anatomy.template
     white_voxels = np.argwhere((anatomy.white >= 0.6) & anatomy.brain_mask)
     count = min(len(white_voxels), 30000)
     voxels = white_voxels[rng.choice(len(white_voxels), size=count, replace=False)]
-    positions = anatomy.to_template(voxels)
-    points = positions.T.astype(np.float32)
-    ventricles = sample_trilinear(template.distance_ventricles[..., None], points)[:, 0]
-    cortex = sample_trilinear(template.distance_cortex[..., None], points)[:, 0]
-    infratentorial = is_infratentorial(template.voxel_to_world(positions))
+    positions, ventricles, cortex, infratentorial = _region_measures(anatomy, voxels)
     white = anatomy.white[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
     supratentorial = ~infratentorial
     rules: dict[LesionRegion, BoolArray] = {
