@@ -19,8 +19,7 @@ a reference.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -190,16 +189,6 @@ class _SamplingDropout(nn.Module):
         return output
 
 
-@contextmanager
-def _modes_restored(model: nn.Module) -> Iterator[None]:
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def mc_dropout_uncertainty(
     model: nn.Module,
     x: torch.Tensor | np.ndarray,
@@ -221,7 +210,7 @@ def mc_dropout_uncertainty(
         dropout 0.0), or ``n_samples < 1``.
     """
     from instasal.models import attach_card, card_of, predict_probability
-    from instasal.saliency.model_state import model_device
+    from instasal.saliency.model_state import inference_state, model_device
 
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigurationError(f"n_samples must be an integer >= 1, got {n_samples!r}")
@@ -241,7 +230,7 @@ def mc_dropout_uncertainty(
     device = model_device(model)
     statistics = _RunningStatistics()
     with (
-        _modes_restored(model),
+        inference_state(model),
         torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []),
     ):
         torch.manual_seed(seed)
