@@ -218,6 +218,9 @@ def test_region_must_be_on_the_grid_and_not_empty() -> None:
         predict_logits(model, x, region=np.ones((9, 10, 10), dtype=bool))
     with pytest.raises(ConfigurationError, match="region is empty"):
         predict_logits(model, x, region=np.zeros((10, 10, 10), dtype=bool))
+    whole_volume = attach_card(PointwiseNet(), _card())  # no patch: runs once, region still checked
+    with pytest.raises(ConfigurationError, match="region has shape"):
+        predict_logits(whole_volume, x, region=np.ones((9, 10, 10), dtype=bool))
 
 
 def test_whole_volume_forward_pads_to_the_size_divisibility() -> None:

@@ -72,8 +72,10 @@ def predict_logits(
     target_device = torch.device(device) if device is not None else _model_device(model)
     batch = volume[None].to(target_device)
     windows = None
-    if region is not None and card.patch_size is not None:
-        windows = _RegionWindows(model, region, volume.shape[1:], card.patch_size)
+    if region is not None:
+        mask = _checked_region(region, tuple(volume.shape[1:]))
+        if card.patch_size is not None:
+            windows = _RegionWindows(model, mask, volume.shape[1:], card.patch_size)
     was_training = model.training
     model.eval()
     try:
@@ -184,16 +186,21 @@ def _padding(shape: tuple[int, ...], patch: tuple[int, ...]) -> list[int]:
     return [max(p - n, 0) // 2 for n, p in zip(shape, patch, strict=True)]
 
 
-def _region_box(
-    region: np.ndarray, shape: tuple[int, ...], patch: tuple[int, int, int]
-) -> list[tuple[int, int]]:
-    """The region's bounding box ``[(low, high)]`` in MONAI's padded window coordinates."""
+def _checked_region(region: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``region`` as a boolean mask on the input grid, with at least one voxel."""
     mask = np.asarray(region, dtype=bool)
-    if mask.shape != tuple(shape):
-        raise ConfigurationError(f"region has shape {mask.shape}, the input grid is {tuple(shape)}")
-    voxels = np.argwhere(mask)
-    if voxels.size == 0:
+    if mask.shape != shape:
+        raise ConfigurationError(f"region has shape {mask.shape}, the input grid is {shape}")
+    if not mask.any():
         raise ConfigurationError("region is empty: no voxel to compute")
+    return mask
+
+
+def _region_box(
+    mask: np.ndarray, shape: tuple[int, ...], patch: tuple[int, int, int]
+) -> list[tuple[int, int]]:
+    """A checked mask's bounding box ``[(low, high)]`` in MONAI's padded window coordinates."""
+    voxels = np.argwhere(mask)
     lower = _padding(tuple(shape), patch)
     return [
         (int(voxels[:, a].min()) + lower[a], int(voxels[:, a].max()) + 1 + lower[a])
