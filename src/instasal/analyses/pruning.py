@@ -179,7 +179,8 @@ def _best_threshold(table: pd.DataFrame, feature: str) -> float:
     kinds = table["type"].to_numpy()
     values = table[feature].to_numpy(dtype=float)
     tp, fp = np.sort(values[kinds == "TP"]), np.sort(values[kinds == "FP"])
-    candidates = np.unique(np.concatenate([tp, fp])[~np.isnan(np.concatenate([tp, fp]))])
+    scores = np.concatenate([tp, fp])
+    candidates = np.unique(scores[~np.isnan(scores)])
     baseline = lesion_counts(table, feature, -np.inf)
     if candidates.size == 0:
         return -np.inf

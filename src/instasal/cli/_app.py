@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -63,8 +63,9 @@ def run_app(argv: Sequence[str]) -> int:
         return 130
     except Exception as error:
         if isinstance(error, _usage_errors()):
-            getattr(error, "show")()  # noqa: B009  (click's and typer's classes both have it)
-            return int(getattr(error, "exit_code", 2))
+            usage_error: Any = error  # click's and typer's classes share show() and exit_code
+            usage_error.show()
+            return int(usage_error.exit_code)
         raise
     return status if isinstance(status, int) else 0
 
