@@ -16,7 +16,7 @@ from instasal.cli._app import run_app
 from instasal.errors import ModelError, OutputExistsError
 from instasal.io import read_subject
 from instasal.models.cards import ModelCard, attach_card
-from instasal.models.segmentation import normalise_for_model, predict_subject, segment_subject
+from instasal.models.segmentation import predict_subject, segment_subject
 
 FACTORY_MODULE = """
 import torch
@@ -111,16 +111,6 @@ def test_channels_are_checked(images: list[Path], tmp_path: Path) -> None:
         predict_subject(_model(), read_subject(images[::-1], ["T1w", "FLAIR"]))
     with pytest.raises(ModelError, match=r"expects 2 channel\(s\) \(FLAIR, T1w\), got 1"):
         segment_subject(_model(), [images[0]], tmp_path)
-
-
-def test_normalisation_follows_the_card() -> None:
-    data = np.array([[[[0.0, 2.0, 4.0]]]], dtype=np.float32)
-    card = ModelCard(name="n", architecture="module")
-    np.testing.assert_allclose(normalise_for_model(data, card)[0, 0, 0], [0.0, -1.0, 1.0])
-    zscore = card.updated(normalisation="zscore")
-    np.testing.assert_allclose(
-        normalise_for_model(data, zscore)[0, 0, 0], [-1.2247449, 0.0, 1.2247449], rtol=1e-6
-    )
 
 
 def test_segment_command(

@@ -184,12 +184,33 @@ def test_model_with_other_channels_is_refused_before_any_work(tmp_path, subject_
     assert not (tmp_path / "out").exists()
 
 
-def test_subject_at_another_voxel_size_is_refused(tmp_path, subject_files):
+def test_subject_at_another_voxel_size_is_explained_on_its_own_grid(tmp_path, subject_files):
     model = LinearLesionModel()
     model.card["spacing_mm"] = [1.0, 1.0, 1.0]
-    with pytest.raises(ConfigurationError, match=r"sub-01_FLAIR\.nii\.gz: voxel size 2×2×2 mm"):
-        explain_subject(subject_files["images"], model, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    model.card["patch_size"] = [32, 32, 32]  # 16 voxels of the 2 mm subject
+    with pytest.warns(UserWarning, match=r"voxel size 2×2×2 mm is resampled to the model's 1×1×1"):
+        result = explain_subject(
+            subject_files["images"], model, tmp_path / "out", settings=SETTINGS, report=False
+        )
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert provenance["geometry"]["resampled"] is True
+    lesion = result.table.iloc[0]
+    flair = nib.load(result.layout.smoothgrad(int(lesion["id"]), "FLAIR"))
+    assert flair.shape == SHAPE
+    np.testing.assert_allclose(flair.affine, subject_files["affine"])
+    # per axis, linear ×2 up-sampling then box-averaging back gives out_i = ½(up_2i + up_2i+1)
+    # with up_2i = ¾x_i + ¼x_i-1 and up_2i+1 = ¾x_i + ¼x_i+1: weight ¾ on x_i itself, the
+    # largest Jacobian entry, so the FLAIR peak is w_FLAIR · (¾)³ for an interior lesion
+    np.testing.assert_allclose(result.table["peak_FLAIR"], W_FLAIR * 0.75**3, rtol=1e-5)
+    np.testing.assert_allclose(result.table["peak_density_FLAIR"], W_FLAIR * 0.75**3 / 8, rtol=1e-5)
+    plain = explain_subject(
+        subject_files["images"],
+        LinearLesionModel(),
+        tmp_path / "plain",
+        settings=SETTINGS,
+        report=False,
+    )
+    assert list(result.table["volume_mm3"]) == list(plain.table["volume_mm3"])
 
 
 def test_reference_on_another_grid_names_the_file(tmp_path, subject_files):

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigurationError",
     "ImageError",
     "InstasalError",
+    "InstasalWarning",
     "ModelError",
     "OutputExistsError",
 ]
@@ -34,3 +35,7 @@ class ConfigurationError(InstasalError, ValueError):
 
 class OutputExistsError(InstasalError, FileExistsError):
     """An output exists already and overwriting was not requested."""
+
+
+class InstasalWarning(UserWarning):
+    """A one-line note on something instasal assumed or did for the user (the CLI prints it)."""

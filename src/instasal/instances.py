@@ -28,6 +28,7 @@ __all__ = [
     "connected_components",
     "find_instances",
     "label_components",
+    "relabel_in_raster_order",
     "sample_true_negatives",
 ]
 
@@ -238,6 +239,54 @@ def find_instances(
         connectivity=connectivity,
         min_volume_mm3=min_volume_mm3,
     )
+
+
+def relabel_in_raster_order(
+    labels: IntArray, affine: np.ndarray, kinds: dict[int, InstanceKind]
+) -> tuple[Instances, dict[int, int]]:
+    """Instances of a label map whose ids need renumbering (e.g. after a reorientation).
+
+    Ids are given as :func:`classify_instances` gives them: predicted components (``lesion``,
+    ``TP``, ``FP``) first, then ``FN``, each group in the raster order of its first voxel, then
+    ``TN`` in their current id order.
+
+    Parameters
+    ----------
+    labels
+        Label map with the old ids.
+    affine
+        The grid's voxel-to-world matrix.
+    kinds
+        The kind of every old id.
+
+    Returns
+    -------
+    instances, mapping
+        The renumbered instances, and ``{old id: new id}``.
+    """
+    labels = np.asarray(labels)
+    flat = labels.ravel(order="C")
+    foreground = np.flatnonzero(flat)
+    present, first = np.unique(flat[foreground], return_index=True)
+    first_voxel = dict(zip(present.tolist(), first.tolist(), strict=True))
+    groups: list[list[int]] = [[], [], []]
+    for old, kind in kinds.items():
+        group = 2 if kind == "TN" else 1 if kind == "FN" else 0
+        groups[group].append(old)
+    order = sorted(groups[0], key=first_voxel.__getitem__)
+    order += sorted(groups[1], key=first_voxel.__getitem__) + sorted(groups[2])
+    mapping = {old: new for new, old in enumerate(order, start=1)}
+    relabel = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
+    for old, new in mapping.items():
+        relabel[old] = new
+    renumbered = relabel[labels]
+    records = _records(
+        renumbered,
+        np.asarray(affine, dtype=np.float64),
+        list(mapping.values()),
+        [kinds[old] for old in mapping],
+    )
+    return Instances(renumbered, np.asarray(affine, dtype=np.float64), tuple(records)), mapping
 
 
 def classify_instances(

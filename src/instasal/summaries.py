@@ -64,6 +64,8 @@ def saliency_columns(channel_names: Sequence[str]) -> list[str]:
             f"inside_mean_{name}",
             f"ring_mean_{name}",
             f"reliance_{name}",
+            f"peak_density_{name}",
+            f"inside_mean_density_{name}",
         ]
     return columns
 
@@ -75,6 +77,7 @@ def lesion_summary(
     channel_names: Sequence[str],
     *,
     ring_mm: tuple[float, float] = RING_MM,
+    voxel_volume_mm3: float | None = None,
 ) -> dict[str, float | str]:
     """Peak, trough, inside and ring means, and reliance of each channel's map (SPEC §2).
 
@@ -88,6 +91,10 @@ def lesion_summary(
         Voxel size in mm, for the ring.
     channel_names
         One name per channel; columns are ``peak_<name>`` and so on.
+    ring_mm
+        Inner and outer distance (mm) of the shell around Ω.
+    voxel_volume_mm3
+        Volume of one voxel; default: the product of ``spacing``.
 
     Returns
     -------
@@ -95,7 +102,11 @@ def lesion_summary(
         ``peak_<c>`` (max of the map) and ``peak_<c>_voxel`` ("i,j,k"), ``trough_<c>`` (min) and
         ``trough_<c>_voxel``, ``inside_mean_<c>`` over Ω, ``ring_mean_<c>`` over the shell,
         ``reliance_<c> = peak_<c> / Σ_k |peak_k|`` (the paper's FLAIR-vs-T1w reliance, in
-        [-1, 1]; NaN when every peak is 0).
+        [-1, 1]; NaN when every peak is 0), and the resolution-independent densities
+        ``peak_density_<c>`` and ``inside_mean_density_<c>``: the value divided by the voxel
+        volume (logit per intensity unit per mm³). A per-voxel value scales with the voxel's
+        volume (a 1 mm voxel carries about 1/8 of a 2 mm voxel's effect on the logit); the density
+        does not, so it compares scanners and resolutions.
     """
     saliency = np.asarray(saliency)
     domain = np.asarray(domain, dtype=bool)
@@ -126,6 +137,9 @@ def lesion_summary(
         row[f"inside_mean_{name}"] = float(channel[domain].mean())
         row[f"ring_mean_{name}"] = float(channel[ring].mean()) if ring.any() else float("nan")
     total = float(np.sum(np.abs(peaks)))
+    volume = float(np.prod(spacing)) if voxel_volume_mm3 is None else float(voxel_volume_mm3)
     for name, peak in zip(channel_names, peaks, strict=True):
         row[f"reliance_{name}"] = peak / total if total > 0 else float("nan")
+        row[f"peak_density_{name}"] = peak / volume
+        row[f"inside_mean_density_{name}"] = float(row[f"inside_mean_{name}"]) / volume
     return {column: row[column] for column in saliency_columns(channel_names)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from instasal.errors import InstasalError
+from instasal.errors import InstasalError, InstasalWarning
 
 ImagesArgument = Annotated[
     list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
@@ -46,8 +47,30 @@ def _options(
         torch.set_num_threads(threads)
 
 
+def _show_note(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Print instasal's notes as one line each; other warnings as Python prints them."""
+    if issubclass(category, InstasalWarning):
+        console.print(f"[bold yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def run_app(argv: Sequence[str]) -> int:
-    """Run the CLI on ``argv``; return the exit status (2, one line, on a user error)."""
+    """Run the CLI on ``argv``; return the exit status (2, one line, on a user error).
+
+    instasal's notes (:class:`~instasal.errors.InstasalWarning`) are printed as ``note: …`` lines.
+    """
+    warnings.showwarning = _show_note
     try:
         status = app(args=list(argv), standalone_mode=False)
     except InstasalError as error:

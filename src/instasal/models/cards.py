@@ -80,6 +80,12 @@ class ModelCard:
         properties).
     weights_dtype
         The dtype the weights were stored in.
+    orientation
+        Which voxel-array orientation the network was trained on: three axis codes (``"RAS"``,
+        ``"LPS"``, …) meaning "the array reoriented to the closest canonical orientation with these
+        codes" (an exact permutation and flips of the stored array), ``"stored"`` meaning the array
+        as stored in the file (nnU-Net's readers), or ``None`` when the source does not say (the
+        array is then used as stored, and a note says so).
     """
 
     name: str
@@ -102,6 +108,7 @@ class ModelCard:
     source: str = "builtin"
     preprocessing: dict[str, Any] = field(default_factory=dict)
     weights_dtype: str = "float32"
+    orientation: str | None = None
 
     def __post_init__(self) -> None:
         where = f"model card of {self.name!r}"
@@ -129,6 +136,11 @@ class ModelCard:
         for label, value in (("patch_size", self.patch_size), ("spacing_mm", self.spacing_mm)):
             if value is not None and (len(value) != 3 or min(value) <= 0):
                 raise ModelError(f"{where}: {label} must be 3 positive numbers, got {value}")
+        if self.orientation is not None and not _valid_orientation(self.orientation):
+            raise ModelError(
+                f"{where}: orientation must be 'stored' or three axis codes with one of L/R, "
+                f"A/P and S/I each (e.g. 'RAS'), got {self.orientation!r}"
+            )
         if len(self.size_divisibility) != 3 or min(self.size_divisibility) < 1:
             raise ModelError(
                 f"{where}: size_divisibility must be 3 positive integers, "
@@ -173,6 +185,17 @@ class ModelCard:
     def updated(self, **changes: Any) -> ModelCard:
         """A copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
+
+
+def _valid_orientation(value: str) -> bool:
+    if value == "stored":
+        return True
+    pairs = [{"L", "R"}, {"A", "P"}, {"S", "I"}]
+    return (
+        isinstance(value, str)
+        and len(value) == 3
+        and all(sum(code in pair for code in value) == 1 for pair in pairs)
+    )
 
 
 def read_card(path: Path) -> ModelCard:

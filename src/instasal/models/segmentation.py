@@ -1,8 +1,11 @@
-"""Segmenting one subject: normalise as the card says, predict, write probability and mask NIfTIs.
+"""Segmenting one subject: through the preparation stage, predict, write probability and mask.
 
-Where the subject's voxel size differs from the card's ``spacing_mm`` by more than 5 % on an axis,
-the normalised input is resampled (trilinear) to the model's spacing, predicted there, and the
-probability resampled back, so outputs always lie on the input grid.
+The subject is mapped to the model's input space by :func:`instasal.prepare.prepare_subject`
+(orientation, voxel size, normalisation). Where the voxel sizes differ, the normalised input is
+resampled to the model's spacing (area averaging / linear, :func:`instasal.prepare.resample`),
+predicted there with the sliding window, and the **logits** resampled back before the activation,
+so the probability is that of the same logit saliency differentiates; outputs always lie on the
+input's own grid, in its own orientation.
 """
 
 from __future__ import annotations
@@ -12,20 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import OutputExistsError
 from instasal.instances import find_instances
-from instasal.io import Subject, read_subject, write_nifti, zscore_nonzero
-from instasal.models.cards import ModelCard, card_of
-from instasal.models.inference import predict_probability
+from instasal.io import Subject, read_subject, write_nifti
+from instasal.models.cards import card_of
+from instasal.models.inference import predict_logits, probability_from_logits
 from instasal.models.loaders import check_channels
+from instasal.prepare import PreparedSubject, ResampledNetwork, model_grid_shape, prepare_subject
+from instasal.prepare import resample as resample_volume
 from instasal.typing import BoolArray, FloatArray, PathLike
 
-__all__ = ["SegmentationResult", "normalise_for_model", "predict_subject", "segment_subject"]
-
-SPACING_TOLERANCE = 0.05
+__all__ = ["SegmentationResult", "predict_prepared", "predict_subject", "segment_subject"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,21 +53,31 @@ class SegmentationResult:
     mask_path: Path
 
 
-def normalise_for_model(data: FloatArray, card: ModelCard) -> FloatArray:
-    """Normalise ``[C, X, Y, Z]`` the way the card says the model was trained.
+def predict_prepared(
+    prepared: PreparedSubject,
+    *,
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    device: torch.device | str | None = None,
+) -> FloatArray:
+    """Target probability on a prepared subject's working grid (float32 ``[X, Y, Z]``).
 
-    ``"nnunet"`` (non-z-score nnU-Net schemes such as CT) falls back to the masked z-score; the
-    exact scheme is recorded in ``card.preprocessing``.
+    Sliding-window inference at the model's own voxel size; with a :class:`ResampledNetwork`
+    the input is resampled to that size first and the stitched logits resampled back.
     """
-    if card.normalisation == "none":
-        return np.asarray(data, dtype=np.float32)
-    if card.normalisation == "zscore":
-        values = np.asarray(data, dtype=np.float64)
-        axes = tuple(range(1, values.ndim))
-        mean = values.mean(axis=axes, keepdims=True)
-        std = values.std(axis=axes, keepdims=True)
-        return ((values - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
-    return zscore_nonzero(data)
+    network = prepared.network
+    if not isinstance(network, ResampledNetwork):
+        logits = predict_logits(
+            network, prepared.x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
+        )
+        return probability_from_logits(logits, card_of(network))
+    inner = model_grid_shape(prepared.working.shape, network.spacing, network.model_spacing)
+    x = resample_volume(prepared.x[None], inner)[0]
+    logits = predict_logits(
+        network.network, x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
+    )
+    back = resample_volume(torch.from_numpy(logits)[None], prepared.working.shape)[0]
+    return probability_from_logits(back.numpy(), card_of(network.network))
 
 
 def predict_subject(
@@ -83,37 +95,12 @@ def predict_subject(
     ModelError
         When the subject's channels are not the model's.
     """
-    card = card_of(model)
     check_channels(model, subject.channel_names)
-    x = torch.from_numpy(normalise_for_model(subject.data, card))
-    target_shape = _model_grid(subject, card)
-    if target_shape is not None:
-        x = F.interpolate(x[None], size=target_shape, mode="trilinear", align_corners=False)[0]
-    probability = predict_probability(
-        model, x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
+    prepared = prepare_subject(subject, model)
+    probability = predict_prepared(
+        prepared, overlap=overlap, sw_batch_size=sw_batch_size, device=device
     )
-    if target_shape is not None:
-        back = F.interpolate(
-            torch.from_numpy(probability)[None, None],
-            size=subject.shape,
-            mode="trilinear",
-            align_corners=False,
-        )
-        probability = back[0, 0].numpy()
-    return np.clip(probability, 0.0, 1.0).astype(np.float32)
-
-
-def _model_grid(subject: Subject, card: ModelCard) -> tuple[int, int, int] | None:
-    """The grid shape at the model's spacing, or ``None`` when the subject's is close enough."""
-    if card.spacing_mm is None:
-        return None
-    ratios = [have / want for have, want in zip(subject.spacing, card.spacing_mm, strict=True)]
-    if all(abs(ratio - 1.0) <= SPACING_TOLERANCE for ratio in ratios):
-        return None
-    x, y, z = (
-        max(1, round(size * ratio)) for size, ratio in zip(subject.shape, ratios, strict=True)
-    )
-    return (x, y, z)
+    return np.ascontiguousarray(prepared.to_native(np.clip(probability, 0.0, 1.0)))
 
 
 def segment_subject(

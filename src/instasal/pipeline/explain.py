@@ -31,9 +31,10 @@ from instasal.io import (
     read_subject,
     write_nifti,
 )
-from instasal.pipeline.lesions import explain_lesions, table_columns
+from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
+from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.typing import PathLike
 
 __all__ = ["ExplainResult", "ProgressCallback", "explain_subject", "model_fingerprint"]
@@ -176,20 +177,26 @@ def explain_subject(
     reference_mask = _optional_mask(reference, subject)
     tissue = _optional_mask(tissue_mask, subject)
     region_map = _regions(regions, subject)
-    from instasal.models import check_channels, load_model, predict_probability
+    from instasal.models import check_channels, load_model
+    from instasal.models.segmentation import predict_prepared
 
     network = model if isinstance(model, nn.Module) else load_model(os.fspath(model))
     card: dict[str, Any] = dict(getattr(network, "card", {}))
     check_channels(network, subject.channel_names)
-    _check_spacing(subject, card)
+    prepared = prepare_subject(subject, network)
+    working_card: dict[str, Any] = dict(getattr(prepared.network, "card", {}))
     context = settings.context or ("patch" if card.get("patch_size") else "full")
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
     target = int(card.get("target_class", 1))
-    layer = settings.gradcam_layer or card.get("gradcam_layer")
+    layer = working_card.get("gradcam_layer")
+    if settings.gradcam_layer:
+        prefix = "network." if prepared.resampled else ""
+        layer = f"{prefix}{settings.gradcam_layer}"
     if settings.gradcam and not layer:
         raise ConfigurationError(
             "gradcam is on but neither settings.gradcam_layer nor the model card names a layer"
         )
+    geometry = prepared.geometry()
 
     label = subject_label(subject.paths[0] if subject.paths else None)
     layout = RunLayout(Path(out), label)
@@ -213,6 +220,7 @@ def explain_subject(
             "settings": settings.as_dict(),
             "context": context,
             "threshold": threshold,
+            "geometry": {k: v for k, v in geometry.items() if k != "notes"},
         }
     )
     already_complete = _prepare_out(layout, key, overwrite)
@@ -228,48 +236,22 @@ def explain_subject(
             overwrite=True,
         )
 
-    normalised = _normalise(subject, str(card.get("normalisation", "zscore_nonzero")))
-    import torch
-
-    x = torch.from_numpy(normalised.data)
-
     step = time.perf_counter()
     progress("segmenting", 0, 1)
     if layout.probability.exists():  # _prepare_out left only files of this run key
-        probability = np.asarray(load_image(layout.probability).dataobj, dtype=np.float32)
+        stored = np.asarray(load_image(layout.probability).dataobj, dtype=np.float32)
+        probability = np.ascontiguousarray(prepared.to_working(stored))
     else:
-        probability = predict_probability(network, x)
-        write_nifti(
-            probability, subject.affine, layout.probability, header=subject.header, overwrite=True
-        )
+        probability = predict_prepared(prepared)
+        _write(prepared, probability, layout.probability)
     progress("segmenting", 1, 1)
     timings["segment_s"] = time.perf_counter() - step
 
-    predicted = find_instances(
-        probability,
-        subject.affine,
-        threshold=threshold,
-        connectivity=settings.connectivity,
-        min_volume_mm3=settings.min_volume_mm3,
-    )
-    if reference_mask is not None:
-        tissue_region = tissue if tissue is not None else subject.data[0] > 0
-        instances = classify_instances(
-            predicted,
-            reference_mask,
-            connectivity=settings.connectivity,
-            min_volume_mm3=settings.min_volume_mm3,
-            tissue_mask=tissue_region,
-            n_true_negatives=settings.n_true_negatives,
-            seed=settings.seed,
-        )
-    else:
-        instances = predicted
+    instances = _typed_instances(prepared, probability, threshold, settings, reference_mask, tissue)
+    native, native_ids = prepared.native_instances(instances)
+    _write(prepared, probability >= threshold, layout.mask)
     write_nifti(
-        probability >= threshold, subject.affine, layout.mask, header=subject.header, overwrite=True
-    )
-    write_nifti(
-        instances.labels.astype(np.int16),
+        native.labels.astype(np.int16),
         subject.affine,
         layout.instances,
         header=subject.header,
@@ -281,22 +263,25 @@ def explain_subject(
     todo = []
     reused = 0
     for record in chosen:
-        stored = layout.read_lesion_record(record.id, key)
-        if stored is None:
+        stored_record = layout.read_lesion_record(native_ids[record.id], key)
+        if stored_record is None:
             todo.append(record)
         else:
-            rows.append(stored["row"])
+            rows.append(stored_record["row"])
             reused += 1
 
     step = time.perf_counter()
+    space = SubjectSpace(
+        prepared,
+        probability,
+        instances,
+        native,
+        native_ids,
+        None if region_map is None else prepared.to_working(region_map),
+    )
     explain_lesions(
         todo,
-        instances,
-        network,
-        x,
-        subject,
-        probability,
-        region_map,
+        space,
         layout,
         key,
         settings,
@@ -325,22 +310,21 @@ def explain_subject(
         "extra_inputs": extra_inputs,
         "model": {"fingerprint_sha256": model_fingerprint(network), "card": card},
         "settings": settings.as_dict(),
+        "geometry": geometry,
         "resolved": {
             "context": context,
             "threshold": threshold,
             "target": target,
             "gradcam_layer": layer,
         },
-        "counts": {
-            kind: len(instances.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")
-        },
+        "counts": {kind: len(native.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")},
         "explained": len(rows),
         "reused_lesions": reused,
         "timings": timings,
         "versions": _versions(),
     }
     atomic_write_json(layout.provenance, provenance, overwrite=True)
-    result = ExplainResult(layout.root, layout, table, instances, settings, timings, reused)
+    result = ExplainResult(layout.root, layout, table, native, settings, timings, reused)
     if report:
         from instasal.report import write_subject_report
 
@@ -355,44 +339,41 @@ def explain_subject(
     return result
 
 
-SPACING_TOLERANCE = 0.05
+def _write(prepared: PreparedSubject, working: np.ndarray, path: Path) -> None:
+    """Write a working-grid volume on the subject's stored grid, with its affine and header."""
+    native = prepared.native
+    array = np.ascontiguousarray(prepared.to_native(working))
+    write_nifti(array, native.affine, path, header=native.header, overwrite=True)
 
 
-def _check_spacing(subject: Subject, card: dict[str, Any]) -> None:
-    """Refuse a subject whose voxel size differs from the model's by more than 5 % on an axis.
-
-    Explaining through a resampling would need the resampling inside the differentiated graph;
-    until then the images must be on the model's voxel size.
-    """
-    expected = card.get("spacing_mm")
-    if not expected:
-        return
-    ratios = [have / want for have, want in zip(subject.spacing, expected, strict=True)]
-    if any(abs(r - 1.0) > SPACING_TOLERANCE for r in ratios):
-        where = subject.paths[0] if subject.paths else "subject"
-        have = "×".join(f"{v:g}" for v in subject.spacing)
-        want = "×".join(f"{float(v):g}" for v in expected)
-        raise ConfigurationError(
-            f"{where}: voxel size {have} mm differs from the model's {want} mm; resample the "
-            "images to the model's voxel size (or use a model trained at this one) before explain"
-        )
-
-
-def _normalise(subject: Subject, scheme: str) -> Subject:
-    """The subject normalised the way the model card says the model was trained."""
-    if scheme == "zscore_nonzero":
-        return subject.normalised()
-    if scheme == "none":
-        return subject
-    if scheme == "zscore":
-        data = subject.data.astype(np.float64)
-        mean = data.mean(axis=(1, 2, 3), keepdims=True)
-        std = data.std(axis=(1, 2, 3), keepdims=True)
-        scaled = ((data - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
-        return Subject(scaled, subject.affine, subject.channel_names, subject.paths, subject.header)
-    raise ConfigurationError(
-        f"model card normalisation {scheme!r} is not supported by explain; "
-        "supported: zscore_nonzero, zscore, none"
+def _typed_instances(
+    prepared: PreparedSubject,
+    probability: np.ndarray,
+    threshold: float,
+    settings: ExplainSettings,
+    reference: np.ndarray | None,
+    tissue: np.ndarray | None,
+) -> Instances:
+    """Lesion domains on the working grid, typed TP/FP/FN with TN sampled where a reference is."""
+    working = prepared.working
+    predicted = find_instances(
+        probability,
+        working.affine,
+        threshold=threshold,
+        connectivity=settings.connectivity,
+        min_volume_mm3=settings.min_volume_mm3,
+    )
+    if reference is None:
+        return predicted
+    tissue_region = prepared.to_working(tissue) if tissue is not None else working.data[0] > 0
+    return classify_instances(
+        predicted,
+        prepared.to_working(reference),
+        connectivity=settings.connectivity,
+        min_volume_mm3=settings.min_volume_mm3,
+        tissue_mask=tissue_region,
+        n_true_negatives=settings.n_true_negatives,
+        seed=settings.seed,
     )
 
 

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from instasal.instances import Instances
-from instasal.io import Subject, write_nifti
+from instasal.instances import Instance, Instances
+from instasal.io import write_nifti
 from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.settings import ExplainSettings
+from instasal.prepare import PreparedSubject
+from instasal.saliency import instance_gradcam_many, instance_smoothgrad_many, normalise_map
 from instasal.summaries import lesion_summary, saliency_columns
 from instasal.typing import Context
 
-__all__ = ["LESIONS_PER_BATCH", "REGION_NAMES", "explain_lesions", "region_of", "table_columns"]
+__all__ = [
+    "LESIONS_PER_BATCH",
+    "REGION_NAMES",
+    "SubjectSpace",
+    "explain_lesions",
+    "region_of",
+    "table_columns",
+]
 
 REGION_NAMES = {
     1: "periventricular",
@@ -44,14 +56,37 @@ def region_of(region_map: np.ndarray | None, domain: np.ndarray) -> str:
     return REGION_NAMES.get(int(np.bincount(values).argmax()), "other")
 
 
+@dataclass(frozen=True, eq=False)
+class SubjectSpace:
+    """One subject's lesion domains on both grids, for the per-lesion stage.
+
+    Attributes
+    ----------
+    prepared
+        The subject in the model's input space (:func:`instasal.prepare.prepare_subject`).
+    probability
+        Target probability on the working grid.
+    instances
+        Domains on the working grid (where saliency is computed).
+    native
+        The same domains on the stored grid (ids, centroids and boxes of the table).
+    native_ids
+        Working id → stored id.
+    region_map
+        Region labels on the working grid, if given.
+    """
+
+    prepared: PreparedSubject
+    probability: np.ndarray
+    instances: Instances
+    native: Instances
+    native_ids: dict[int, int]
+    region_map: np.ndarray | None
+
+
 def explain_lesions(
-    todo: list[Any],
-    instances: Instances,
-    network: Any,
-    x: Any,
-    subject: Subject,
-    probability: np.ndarray,
-    region_map: np.ndarray | None,
+    todo: list[Instance],
+    space: SubjectSpace,
     layout: RunLayout,
     key: str,
     settings: ExplainSettings,
@@ -62,26 +97,29 @@ def explain_lesions(
     rows: list[dict[str, Any]],
     progress: Callable[[str, float, float], None],
 ) -> None:
-    """Explain the domains in ``todo`` in small batches sharing noise draws and forward passes."""
-    from instasal.saliency import instance_gradcam_many, instance_smoothgrad_many, normalise_map
+    """Explain the working-grid domains in ``todo`` in small batches sharing noise and forwards.
 
+    Maps are computed on the working grid and written on the stored grid; table rows describe the
+    stored-grid domain (ids, centroids, peak locations).
+    """
     if not todo:
         return
+    prepared = space.prepared
     draws = 1 if settings.noise_level == 0 else settings.n_samples  # no noise: one exact draw
     total_rows = float(sum(r.n_voxels for r in todo) * draws)
     done_rows = 0.0
     for start in range(0, len(todo), LESIONS_PER_BATCH):
         batch = todo[start : start + LESIONS_PER_BATCH]
-        domains = {r.id: instances.mask(r.id) for r in batch}
+        domains = {r.id: space.instances.mask(r.id) for r in batch}
         offset = done_rows
-        ids = ", ".join(str(r.id) for r in batch)
+        ids = ", ".join(str(space.native_ids[r.id]) for r in batch)
 
         def report_rows(done: int, total: int, offset: float = offset, ids: str = ids) -> None:
             progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
 
         maps = instance_smoothgrad_many(
-            network,
-            x,
+            prepared.network,
+            prepared.x,
             domains,
             target=target,
             n_samples=settings.n_samples,
@@ -96,8 +134,8 @@ def explain_lesions(
         done_rows += sum(r.n_voxels for r in batch) * draws
         cams = (
             instance_gradcam_many(
-                network,
-                x,
+                prepared.network,
+                prepared.x,
                 domains,
                 layer=layer,
                 variant=settings.gradcam_variant,
@@ -108,59 +146,11 @@ def explain_lesions(
             else {}
         )
         for record in batch:
-            domain = domains[record.id]
             saliency = maps[record.id].detach().cpu().numpy()
-            files = []
-            for k, channel in enumerate(subject.channel_names):
-                path = layout.smoothgrad(record.id, channel)
-                write_nifti(
-                    saliency[k], subject.affine, path, header=subject.header, overwrite=True
-                )
-                files.append(path)
-            row: dict[str, Any] = {
-                "id": record.id,
-                "type": record.kind,
-                "region": region_of(region_map, domain),
-                "volume_mm3": record.volume_mm3,
-                "n_voxels": record.n_voxels,
-                "centroid_i": record.centroid_voxel[0],
-                "centroid_j": record.centroid_voxel[1],
-                "centroid_k": record.centroid_voxel[2],
-                "centroid_x": record.centroid_world[0],
-                "centroid_y": record.centroid_world[1],
-                "centroid_z": record.centroid_world[2],
-                "prob_mean": float(probability[domain].mean()),
-                "prob_max": float(probability[domain].max()),
-            }
-            row |= lesion_summary(saliency, domain, subject.spacing, subject.channel_names)
-            if record.id in cams:
-                cam = cams[record.id]
-                cam_array = cam.detach().cpu().numpy()
-                write_nifti(
-                    cam_array,
-                    subject.affine,
-                    layout.gradcam(record.id),
-                    header=subject.header,
-                    overwrite=True,
-                )
-                write_nifti(
-                    normalise_map(cam).detach().cpu().numpy(),
-                    subject.affine,
-                    layout.gradcam(record.id, normalised=True),
-                    header=subject.header,
-                    overwrite=True,
-                )
-                files += [layout.gradcam(record.id), layout.gradcam(record.id, normalised=True)]
-                peak = int(np.argmax(cam_array))
-                row["gradcam_peak"] = float(cam_array.ravel()[peak])
-                row["gradcam_peak_voxel"] = ",".join(
-                    str(int(i)) for i in np.unravel_index(peak, cam_array.shape)
-                )
-            else:
-                row["gradcam_peak"] = float("nan")
-                row["gradcam_peak_voxel"] = "n/a"
+            cam = cams[record.id].detach().cpu().numpy() if record.id in cams else None
+            row, files = _lesion_outputs(space, record, saliency, cam, layout)
             layout.write_lesion_record(
-                record.id,
+                int(row["id"]),
                 {
                     "run_key": key,
                     "row": row,
@@ -168,3 +158,65 @@ def explain_lesions(
                 },
             )
             rows.append(row)
+
+
+def _lesion_outputs(
+    space: SubjectSpace,
+    record: Instance,
+    saliency: np.ndarray,
+    cam: np.ndarray | None,
+    layout: RunLayout,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Write one domain's maps on the stored grid; its table row and the files written."""
+    prepared = space.prepared
+    native_subject = prepared.native
+    native_id = space.native_ids[record.id]
+    native_record = space.native[native_id]
+    domain = space.native.mask(native_id)
+    working_domain = space.instances.mask(record.id)
+    saliency = np.ascontiguousarray(prepared.to_native(saliency))
+
+    def write(array: np.ndarray, path: Path) -> Path:
+        write_nifti(
+            array, native_subject.affine, path, header=native_subject.header, overwrite=True
+        )
+        return path
+
+    files = [
+        write(saliency[k], layout.smoothgrad(native_id, channel))
+        for k, channel in enumerate(native_subject.channel_names)
+    ]
+    row: dict[str, Any] = {
+        "id": native_id,
+        "type": native_record.kind,
+        "region": region_of(space.region_map, working_domain),
+        "volume_mm3": native_record.volume_mm3,
+        "n_voxels": native_record.n_voxels,
+        "centroid_i": native_record.centroid_voxel[0],
+        "centroid_j": native_record.centroid_voxel[1],
+        "centroid_k": native_record.centroid_voxel[2],
+        "centroid_x": native_record.centroid_world[0],
+        "centroid_y": native_record.centroid_world[1],
+        "centroid_z": native_record.centroid_world[2],
+        "prob_mean": float(space.probability[working_domain].mean()),
+        "prob_max": float(space.probability[working_domain].max()),
+    }
+    row |= lesion_summary(
+        saliency,
+        domain,
+        native_subject.spacing,
+        native_subject.channel_names,
+        voxel_volume_mm3=native_subject.voxel_volume_mm3,
+    )
+    if cam is None:
+        row["gradcam_peak"] = float("nan")
+        row["gradcam_peak_voxel"] = "n/a"
+        return row, files
+    cam = np.ascontiguousarray(prepared.to_native(cam))
+    files.append(write(cam, layout.gradcam(native_id)))
+    normalised = normalise_map(torch.from_numpy(cam)).numpy()
+    files.append(write(normalised, layout.gradcam(native_id, normalised=True)))
+    peak = int(np.argmax(cam))
+    row["gradcam_peak"] = float(cam.ravel()[peak])
+    row["gradcam_peak_voxel"] = ",".join(str(int(i)) for i in np.unravel_index(peak, cam.shape))
+    return row, files
