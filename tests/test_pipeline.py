@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from instasal.errors import ConfigurationError, ImageError, ModelError, OutputExistsError
+from instasal.errors import ImageError, ModelError, OutputExistsError
 from instasal.pipeline import ExplainSettings, explain_subject
 
 W_FLAIR, W_T1W, BIAS = 1.5, -0.5, -2.0
