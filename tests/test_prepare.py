@@ -131,6 +131,14 @@ def _linear_matrix(n_out: int, n_in: int) -> np.ndarray:
     return matrix
 
 
+def _nearest_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Each output voxel takes the input voxel containing its centre."""
+    matrix = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        matrix[i, int(np.floor((i + 0.5) * n_in / n_out))] = 1.0
+    return matrix
+
+
 def _box_matrix(n_out: int, factor: int) -> np.ndarray:
     matrix = np.zeros((n_out, n_out * factor))
     for i in range(n_out):
@@ -140,10 +148,11 @@ def _box_matrix(n_out: int, factor: int) -> np.ndarray:
 
 def test_resampling_matches_the_hand_written_matrices_per_axis() -> None:
     volume = torch.randn(1, 1, 8, 3, 5, dtype=torch.float64)
-    out = resample(volume, (4, 6, 5)).numpy()[0, 0]  # x halves (box), y doubles (linear)
-    down, up = _box_matrix(4, 2), _linear_matrix(6, 3)
-    expected = np.einsum("ai,bj,ijk->abk", down, up, volume.numpy()[0, 0])
-    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+    down = _box_matrix(4, 2)
+    for grow, up in (("linear", _linear_matrix(7, 3)), ("nearest", _nearest_matrix(7, 3))):
+        out = resample(volume, (4, 7, 5), grow=grow).numpy()[0, 0]  # x halves, y grows 7/3
+        expected = np.einsum("ai,bj,ijk->abk", down, up, volume.numpy()[0, 0])
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
 
 
 class Linear(nn.Module):
@@ -163,7 +172,7 @@ class Linear(nn.Module):
 
 
 def test_saliency_through_resampling_is_the_exact_native_jacobian() -> None:
-    """∂ logit_native[v] / ∂ x_native[u] = w_k · (U · D)[v, u] with U, D written by hand."""
+    """∂ logit_native[v] / ∂ x_native[u] = w_k · (B · A)[v, u] with A, B written by hand."""
     shape = (8, 4, 6)  # native 1 × 2 × 1 mm; model 2 × 1 × 2 mm: x, z down ×2, y up ×2
     network = ResampledNetwork(Linear([2.0, 1.0, 2.0]), (1.0, 2.0, 1.0))
     x = torch.randn(2, *shape, dtype=torch.float64)
@@ -171,9 +180,9 @@ def test_saliency_through_resampling_is_the_exact_native_jacobian() -> None:
     domain[2:5, 1:3, 2:4] = True
     network = network.double()
     saliency = instance_smoothgrad(network, x, domain, noise_level=0.0, n_samples=1)
-    ax = _linear_matrix(8, 4) @ _box_matrix(4, 2)
-    ay = _box_matrix(4, 2) @ _linear_matrix(8, 4)
-    az = _linear_matrix(6, 3) @ _box_matrix(3, 2)
+    ax = _nearest_matrix(8, 4) @ _box_matrix(4, 2)  # in: box averages; back: nearest
+    ay = _box_matrix(4, 2) @ _linear_matrix(8, 4)  # in: linear; back: box averages
+    az = _nearest_matrix(6, 3) @ _box_matrix(3, 2)
     jacobian = np.einsum("ai,bj,ck->abcijk", ax, ay, az)  # d out[a,b,c] / d in[i,j,k]
     rows = jacobian[domain.numpy()]  # [rows, *shape]
     pick = np.argmax(np.abs(rows), axis=0)

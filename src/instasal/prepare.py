@@ -19,10 +19,15 @@ the network expects, and everything instasal computes goes through it, in two st
    ∂ logit_native[v] / ∂ x_native: the logit the user sees with respect to the intensities the
    user has, exact by construction (no map is resampled afterwards).
 
-Resampling is separable per axis: where the model's voxels are larger than the input's, each model
-voxel is the **mean of the input voxels it covers** (``area``; no aliasing, and an exact inverse of
-repeating voxels); where they are smaller, **linear** interpolation between voxel centres
-(``trilinear`` with ``align_corners=False``). The same rule maps the logits back.
+Resampling is separable per axis. Into the model: where the model's voxels are larger than the
+input's, each model voxel is the **mean of the input voxels it covers** (``area``: no aliasing,
+and the exact inverse of repeating voxels); where they are smaller, **linear** interpolation
+between voxel centres (``trilinear``, ``align_corners=False``). Logits back to the input grid:
+where the input's voxels are larger, the mean of the model voxels each covers (``area``); where
+they are smaller, each input voxel takes the logit of the **model voxel containing its centre**
+(``nearest-exact``): no value is invented between the model's own outputs, and a subject stored
+at a finer grid by repeating its voxels gets exactly the logits (and, per mm³, the saliency) of
+the coarse subject.
 
 Normalisation (:func:`normalise`) follows the card: per-channel z-score over non-zero voxels
 (the paper's), over all voxels, none, or nnU-Net's per-channel schemes. It is applied on the working
@@ -35,7 +40,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import nibabel as nib
 import numpy as np
@@ -61,6 +66,7 @@ __all__ = [
 
 SPACING_TOLERANCE = 0.05
 """Relative voxel-size difference per axis below which no resampling is done."""
+Growth: TypeAlias = Literal["linear", "nearest"]
 OBLIQUE_NOTE_DEGREES = 1.0
 """Angles between the grid's axes and the world axes above which a note says so."""
 
@@ -170,20 +176,24 @@ def obliquity_degrees(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(cosines)).max())
 
 
-def resample(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def resample(volume: torch.Tensor, size: Sequence[int], *, grow: Growth = "linear") -> torch.Tensor:
     """``volume`` ``[B, C, X, Y, Z]`` resampled to ``size``, differentiably, axis by axis.
 
-    Axes that shrink are averaged over the input voxels each output voxel covers (``area``);
-    axes that grow are interpolated linearly between voxel centres; other axes are untouched.
+    Axes that shrink are averaged over the input voxels each output voxel covers (``area``).
+    Axes that grow are interpolated linearly between voxel centres (``grow="linear"``), or each
+    output voxel takes the value of the input voxel containing its centre (``grow="nearest"``).
+    Other axes are untouched.
     """
     source = tuple(int(n) for n in volume.shape[2:])
     target = tuple(int(n) for n in size)
     smaller = tuple(min(s, t) for s, t in zip(source, target, strict=True))
     if smaller != source:
         volume = F.interpolate(volume, size=smaller, mode="area")
-    if target != smaller:
-        volume = F.interpolate(volume, size=target, mode="trilinear", align_corners=False)
-    return volume
+    if target == smaller:
+        return volume
+    if grow == "nearest":
+        return F.interpolate(volume, size=target, mode="nearest-exact")
+    return F.interpolate(volume, size=target, mode="trilinear", align_corners=False)
 
 
 def model_grid_shape(
@@ -247,7 +257,7 @@ class ResampledNetwork(nn.Module):
             padding += [0, (-size) % factor]
         output = self.network(F.pad(resample(x, inner), padding))
         cropped = output[:, :, : inner[0], : inner[1], : inner[2]]
-        return resample(cropped, shape)
+        return resample(cropped, shape, grow="nearest")
 
 
 @dataclass(frozen=True, eq=False)

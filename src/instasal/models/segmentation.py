@@ -2,8 +2,9 @@
 
 The subject is mapped to the model's input space by :func:`instasal.prepare.prepare_subject`
 (orientation, voxel size, normalisation). Where the voxel sizes differ, the normalised input is
-resampled to the model's spacing (area averaging / linear, :func:`instasal.prepare.resample`),
-predicted there with the sliding window, and the **logits** resampled back before the activation,
+resampled to the model's spacing (:func:`instasal.prepare.resample`), predicted there with the
+sliding window, and the **logits** mapped back by the same rule as in the differentiated graph
+(:class:`instasal.prepare.ResampledNetwork`) before the activation,
 so the probability is that of the same logit saliency differentiates; outputs always lie on the
 input's own grid, in its own orientation.
 """
@@ -76,7 +77,8 @@ def predict_prepared(
     logits = predict_logits(
         network.network, x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
     )
-    back = resample_volume(torch.from_numpy(logits)[None], prepared.working.shape)[0]
+    back = resample_volume(torch.from_numpy(logits)[None], prepared.working.shape, grow="nearest")
+    back = back[0]
     return probability_from_logits(back.numpy(), card_of(network.network))
 
 
