@@ -58,9 +58,12 @@ __all__ = [
     "PreparedSubject",
     "Reorientation",
     "ResampledNetwork",
+    "model_grid_shape",
     "normalise",
     "obliquity_degrees",
     "prepare_subject",
+    "reorient_subject",
+    "reorientation_for",
     "resample",
 ]
 

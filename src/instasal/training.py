@@ -42,6 +42,7 @@ from instasal.models.architectures import (
 from instasal.models.cards import ModelCard, attach_card
 from instasal.models.export import git_commit, hardware_description, save_atomic
 from instasal.models.inference import predict_probability
+from instasal.prepare import reorient_subject, reorientation_for
 from instasal.typing import BoolArray, FloatArray, PathLike
 
 __all__ = [
@@ -203,6 +204,9 @@ class TrainingResult:
 def load_training_subjects(files: Sequence[Any]) -> list[TrainingSubject]:
     """Read subjects found by :func:`instasal.dataset.discover_dataset` (they need lesion masks).
 
+    Each is reoriented to the closest canonical RAS array (exact; the orientation the trained
+    card states, so that the preparation stage gives the network the same arrays at inference).
+
     Raises
     ------
     ConfigurationError
@@ -212,10 +216,12 @@ def load_training_subjects(files: Sequence[Any]) -> list[TrainingSubject]:
     for entry in files:
         if entry.lesion_mask is None:
             raise ConfigurationError(f"{entry.subject_id}: no lesion mask; cannot train on it")
-        subject = read_subject(entry.images)
-        label = load_mask(entry.lesion_mask, subject)
+        stored = read_subject(entry.images)
+        reorientation = reorientation_for(stored, TRAINING_ORIENTATION)
+        subject = reorient_subject(stored, reorientation)
+        label = reorientation.to_working(load_mask(entry.lesion_mask, stored))
         brain = (
-            load_mask(entry.brain_mask, subject)
+            reorientation.to_working(load_mask(entry.brain_mask, stored))
             if entry.brain_mask is not None
             else subject.data[0] != 0
         )
@@ -228,6 +234,7 @@ def load_training_subjects(files: Sequence[Any]) -> list[TrainingSubject]:
 
 
 ProgressCallback = Callable[[str, int, int], None]
+TRAINING_ORIENTATION = "RAS"
 
 
 def train(
@@ -377,6 +384,7 @@ def _initial_card(
         hyperparameters=hyperparameters,
         spacing_mm=config.spacing_mm,
         patch_size=config.patch_size,
+        orientation=TRAINING_ORIENTATION,
         size_divisibility=_triple(size_divisibility(config.architecture, hyperparameters)),
         gradcam_layer=default_gradcam_layer(config.architecture, hyperparameters),
         training={

@@ -22,7 +22,7 @@ from torch import nn
 from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.experiments.runner import (
-    PreparedSubject,
+    ExperimentSubject,
     Progress,
     nan_to_none,
     prepared_subjects,
@@ -151,7 +151,7 @@ def _chosen_domains(rows: pd.DataFrame, max_explained: int, seed: int) -> list[i
 
 def _explain(
     model: nn.Module,
-    prepared: PreparedSubject,
+    prepared: ExperimentSubject,
     masks: dict[int, np.ndarray],
     n_samples: int,
     seed: int,
@@ -370,7 +370,7 @@ def run_uncertainty_experiment(
             progress("subjects", index, n_total)
         clock = time.perf_counter()
         uncertainty = voxel_uncertainty(
-            model,
+            prepared.network,
             prepared.x,
             method,
             n_samples=dropout_passes,
@@ -399,7 +399,7 @@ def run_uncertainty_experiment(
         for domain in _chosen_domains(table, max_explained, seed + index):
             first = table[table["domain"] == domain].iloc[0]
             masks[domain] = found_at[first["level"]].mask(int(first["candidate_id"]))
-        saliency = _explain(model, prepared, masks, n_samples, seed, progress)
+        saliency = _explain(prepared.network, prepared, masks, n_samples, seed, progress)
         seconds["saliency"] += time.perf_counter() - clock
         if saliency:
             columns = pd.DataFrame.from_dict(saliency, orient="index")

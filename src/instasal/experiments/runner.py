@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError
@@ -23,10 +24,11 @@ from instasal.experiments.context import PLATEAU_FRACTION, context_curve, summar
 from instasal.experiments.relocation import relocate
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.io import Subject, atomic_write_json, atomic_write_text, load_mask, read_subject
+from instasal.prepare import prepare_subject
 from instasal.typing import PathLike
 
 __all__ = [
-    "PreparedSubject",
+    "ExperimentSubject",
     "nan_to_none",
     "prepared_subjects",
     "run_context_experiment",
@@ -40,12 +42,18 @@ Progress = Callable[[str, float, float], None]
 
 
 @dataclass(frozen=True, eq=False)
-class PreparedSubject:
-    """A subject ready for experiments: normalised input, probability and typed domains."""
+class ExperimentSubject:
+    """A subject ready for experiments, in the model's input space (:mod:`instasal.prepare`).
+
+    Every array is on the working grid (the subject's voxels in the model's orientation), so the
+    experiments' lesion ids and voxel positions refer to that grid; ``network`` is what runs on
+    it (the model, or the model behind an in-graph resampling to its voxel size).
+    """
 
     files: SubjectFiles
     subject: Subject
     x: torch.Tensor
+    network: nn.Module
     probability: np.ndarray
     instances: Instances
     reference: np.ndarray
@@ -55,26 +63,42 @@ class PreparedSubject:
 
 def prepared_subjects(
     dataset: PathLike, model: Any, *, limit: int | None = None
-) -> Iterator[PreparedSubject]:
-    """Load, normalise, segment and type each subject of ``dataset`` that has a reference mask."""
-    from instasal.models import check_channels, predict_probability
+) -> Iterator[ExperimentSubject]:
+    """Read, prepare, segment and type each subject of ``dataset`` that has a reference mask."""
+    from instasal.models import check_channels
+    from instasal.models.segmentation import predict_prepared
 
     card = model.card
     subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
     if not subjects:
         raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
     for files in subjects[:limit]:
-        subject = read_subject(files.images)
-        check_channels(model, subject.channel_names)
-        x = torch.from_numpy(subject.normalised().data)
-        probability = predict_probability(model, x)
+        native = read_subject(files.images)
+        check_channels(model, native.channel_names)
+        prepared = prepare_subject(native, model)
+        subject = prepared.working
+        probability = predict_prepared(prepared)
         assert files.lesion_mask is not None
-        reference = load_mask(files.lesion_mask, subject)
-        brain = load_mask(files.brain_mask, subject) if files.brain_mask else subject.data[0] > 0
-        wm = load_mask(files.wm_mask, subject) if files.wm_mask else brain
+        reference = prepared.to_working(load_mask(files.lesion_mask, native))
+        brain = (
+            prepared.to_working(load_mask(files.brain_mask, native))
+            if files.brain_mask
+            else subject.data[0] > 0
+        )
+        wm = prepared.to_working(load_mask(files.wm_mask, native)) if files.wm_mask else brain
         predicted = find_instances(probability, subject.affine, threshold=card["threshold"])
         instances = classify_instances(predicted, reference)
-        yield PreparedSubject(files, subject, x, probability, instances, reference, brain, wm)
+        yield ExperimentSubject(
+            files,
+            subject,
+            prepared.x,
+            prepared.network,
+            probability,
+            instances,
+            reference,
+            brain,
+            wm,
+        )
 
 
 def write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> Path:
@@ -109,8 +133,8 @@ def run_context_experiment(
     out = Path(out)
     low, high = volume_band_mm3
     frames: list[pd.DataFrame] = []
-    predict = functools.partial(_predict, model)
     for prepared in prepared_subjects(dataset, model):
+        predict = functools.partial(_predict, prepared.network)
         chosen = [r.id for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
         if max_lesions is not None:
             done = sum(int(f["lesion_id"].nunique()) for f in frames)
@@ -197,10 +221,10 @@ def run_relocation_experiment(
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    predict = functools.partial(_predict, model)
     rows: list[dict[str, Any]] = []
     conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
     for prepared in prepared_subjects(dataset, model):
+        predict = functools.partial(_predict, prepared.network)
         lesions = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
         for record in lesions:
             if len(rows) >= max_lesions * len(conditions):
@@ -285,7 +309,7 @@ def run_patch_full_experiment(
             if len(rows) >= max_lesions:
                 break
             agreement = patch_full_agreement(
-                model,
+                prepared.network,
                 prepared.x,
                 prepared.instances.mask(record.id),
                 n_samples=n_samples,
