@@ -92,6 +92,14 @@ def test_monai_bundle_made_by_monai_bundle_tooling(tmp_path: Path) -> None:
         "num_res_units": 0,
     }
     parser["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16]}
+    parser["preprocessing"] = {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "LPS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]},
+        ],
+    }
     ConfigParser.export_config_file(parser.get(), str(inference))
     metadata_path = bundle / "configs" / "metadata.json"
     metadata = ConfigParser.load_config_file(str(metadata_path))
@@ -112,6 +120,7 @@ def test_monai_bundle_made_by_monai_bundle_tooling(tmp_path: Path) -> None:
     assert card.architecture == "bundle"
     assert card.channel_names == ("FLAIR", "T1w")
     assert card.patch_size == (16, 16, 16)  # the inferer's roi_size wins over spatial_shape
+    assert card.orientation == "LPS" and card.spacing_mm == (1.5, 1.5, 2.0)  # its transforms
     assert card.source.endswith("models/model.pt")
 
 

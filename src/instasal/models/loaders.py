@@ -355,6 +355,33 @@ def _bundle_card_fields(metadata: Mapping[str, Any], parser: Any) -> dict[str, A
     shape = roi if roi is not None else image.get("spatial_shape")
     if isinstance(shape, Sequence) and len(shape) == 3 and all(isinstance(s, int) for s in shape):
         fields["patch_size"] = list(shape)
+    return fields | _bundle_geometry(parser.get())
+
+
+def _bundle_geometry(config: Any) -> dict[str, Any]:
+    """Orientation and voxel size a bundle's transforms impose (``Orientation(d)``, ``Spacing(d)``).
+
+    Read from the raw configuration (nothing is instantiated); only literal values count.
+    """
+    fields: dict[str, Any] = {}
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            target = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+            axcodes, pixdim = node.get("axcodes"), node.get("pixdim")
+            if target in ("Orientationd", "Orientation") and isinstance(axcodes, str):
+                fields.setdefault("orientation", axcodes.upper())
+            if (
+                target in ("Spacingd", "Spacing")
+                and isinstance(pixdim, Sequence)
+                and len(pixdim) == 3
+                and all(isinstance(v, int | float) for v in pixdim)
+            ):
+                fields.setdefault("spacing_mm", [float(v) for v in pixdim])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return fields
 
 
