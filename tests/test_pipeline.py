@@ -238,3 +238,39 @@ def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, rng):
     assert len(result.table) == 0
     assert "No lesion was found" in result.report.read_text()
     assert nib.load(result.layout.mask).get_fdata().sum() == 0
+
+
+def test_anisotropic_oblique_lps_subject_is_explained_on_its_own_grid(tmp_path, rng):
+    """0.9 × 0.9 × 3 mm, tilted 5°, stored LPS: outputs on the input grid, notes say what was done."""
+    shape = (30, 30, 8)
+    flair = rng.normal(10.0, 0.2, shape).astype(np.float32)
+    flair[10:18, 12:20, 3:6] = 40.0
+    t1w = rng.normal(10.0, 0.2, shape).astype(np.float32)
+    angle = np.radians(5.0)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.9, -0.9, 3.0])  # L, P, S
+    images = [
+        _write(tmp_path / "sub-03_FLAIR.nii.gz", flair, affine),
+        _write(tmp_path / "sub-03_T1w.nii.gz", t1w, affine),
+    ]
+    model = LinearLesionModel()
+    model.card |= {"spacing_mm": [2.0, 2.0, 2.0], "orientation": "RAS"}
+    with pytest.warns(UserWarning) as notes:
+        result = explain_subject(images, model, tmp_path / "out", settings=SETTINGS, report=False)
+    said = " ".join(str(w.message) for w in notes)
+    assert "oblique (5.0°" in said and "0.9×0.9×3 mm is resampled" in said
+    geometry = json.loads(result.layout.provenance.read_text())["geometry"]
+    assert geometry["stored_axcodes"] == "LPS" and geometry["working_axcodes"] == "RAS"
+    assert len(result.table) == 1
+    lesion = result.table.iloc[0]
+    # 8×8×3 voxels of 2.43 mm³; the model's 2 mm voxels quantise the in-plane boundary
+    assert 0.8 * 8 * 8 * 3 * 2.43 < lesion["volume_mm3"] < 1.5 * 8 * 8 * 3 * 2.43
+    for path in (result.layout.instances, result.layout.smoothgrad(int(lesion["id"]), "FLAIR")):
+        written = nib.load(path)
+        assert written.shape == shape
+        np.testing.assert_allclose(written.affine, affine, atol=1e-6)
+    labels = np.asarray(nib.load(result.layout.instances).dataobj)
+    assert labels[12, 15, 4] == lesion["id"]  # the blob, on the stored grid
