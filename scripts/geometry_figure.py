@@ -120,7 +120,7 @@ def main() -> None:
 
     coarse, fine = nearest(runs[2].table), nearest(runs[1].table)
     columns = ["id", "volume_mm3", "n_voxels", "centroid_x", "centroid_y", "centroid_z"]
-    columns += ["prob_max", "peak_FLAIR", "peak_density_FLAIR", "peak_T1w", "peak_density_T1w"]
+    columns += ["prob_max", "peak_FLAIR", "density_peak_FLAIR", "peak_T1w", "density_peak_T1w"]
     for resolution, row in ((2, coarse), (1, fine)):
         print(f"{resolution} mm:", {c: row[c] for c in columns})
     figure, axes = plt.subplots(2, 2, figsize=(7.2, 7.0))
@@ -138,7 +138,7 @@ def main() -> None:
         )
         axes[1, column].set_title(
             f"FLAIR SmoothGrad, lesion {int(row['id'])} ({row['volume_mm3']:.0f} mm³)\n"
-            f"peak {row['peak_FLAIR']:.3f}/voxel = {row['peak_density_FLAIR']:.3f}/mm³",
+            f"peak {row['peak_FLAIR']:.3f}/voxel = {row['density_peak_FLAIR']:.3f}/mm³",
             fontsize=9,
         )
         figure.colorbar(shown, ax=axes[1, column], fraction=0.046, label="logit per unit")

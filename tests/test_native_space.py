@@ -149,7 +149,7 @@ def test_an_exact_1mm_copy_gives_the_same_lesions_and_saliency_per_mm3(
             fine.loc[tp, f"peak_{channel}"], coarse.loc[tp, f"peak_{channel}"] / 8, rtol=1e-4
         )
         np.testing.assert_allclose(
-            fine.loc[tp, f"peak_density_{channel}"],
-            coarse.loc[tp, f"peak_density_{channel}"],
+            fine.loc[tp, f"density_peak_{channel}"],
+            coarse.loc[tp, f"density_peak_{channel}"],
             rtol=1e-4,
         )

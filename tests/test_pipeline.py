@@ -202,7 +202,7 @@ def test_subject_at_another_voxel_size_is_explained_on_its_own_grid(tmp_path, su
     # with up_2i = ¾x_i + ¼x_i-1 and up_2i+1 = ¾x_i + ¼x_i+1: weight ¾ on x_i itself, the
     # largest Jacobian entry, so the FLAIR peak is w_FLAIR · (¾)³ for an interior lesion
     np.testing.assert_allclose(result.table["peak_FLAIR"], W_FLAIR * 0.75**3, rtol=1e-5)
-    np.testing.assert_allclose(result.table["peak_density_FLAIR"], W_FLAIR * 0.75**3 / 8, rtol=1e-5)
+    np.testing.assert_allclose(result.table["density_peak_FLAIR"], W_FLAIR * 0.75**3 / 8, rtol=1e-5)
     plain = explain_subject(
         subject_files["images"],
         LinearLesionModel(),
@@ -241,7 +241,7 @@ def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, rng):
 
 
 def test_anisotropic_oblique_lps_subject_is_explained_on_its_own_grid(tmp_path, rng):
-    """0.9 × 0.9 × 3 mm, tilted 5°, stored LPS: outputs on the input grid, notes say what was done."""
+    """0.9 × 0.9 × 3 mm, tilted 5°, LPS-stored: outputs on the input grid; notes say what."""
     shape = (30, 30, 8)
     flair = rng.normal(10.0, 0.2, shape).astype(np.float32)
     flair[10:18, 12:20, 3:6] = 40.0

@@ -64,8 +64,8 @@ def saliency_columns(channel_names: Sequence[str]) -> list[str]:
             f"inside_mean_{name}",
             f"ring_mean_{name}",
             f"reliance_{name}",
-            f"peak_density_{name}",
-            f"inside_mean_density_{name}",
+            f"density_peak_{name}",
+            f"density_inside_mean_{name}",
         ]
     return columns
 
@@ -103,7 +103,7 @@ def lesion_summary(
         ``trough_<c>_voxel``, ``inside_mean_<c>`` over Ω, ``ring_mean_<c>`` over the shell,
         ``reliance_<c> = peak_<c> / Σ_k |peak_k|`` (the paper's FLAIR-vs-T1w reliance, in
         [-1, 1]; NaN when every peak is 0), and the resolution-independent densities
-        ``peak_density_<c>`` and ``inside_mean_density_<c>``: the value divided by the voxel
+        ``density_peak_<c>`` and ``density_inside_mean_<c>``: the value divided by the voxel
         volume (logit per intensity unit per mm³). A per-voxel value scales with the voxel's
         volume (a 1 mm voxel carries about 1/8 of a 2 mm voxel's effect on the logit); the density
         does not, so it compares scanners and resolutions.
@@ -140,6 +140,6 @@ def lesion_summary(
     volume = float(np.prod(spacing)) if voxel_volume_mm3 is None else float(voxel_volume_mm3)
     for name, peak in zip(channel_names, peaks, strict=True):
         row[f"reliance_{name}"] = peak / total if total > 0 else float("nan")
-        row[f"peak_density_{name}"] = peak / volume
-        row[f"inside_mean_density_{name}"] = float(row[f"inside_mean_{name}"]) / volume
+        row[f"density_peak_{name}"] = peak / volume
+        row[f"density_inside_mean_{name}"] = float(row[f"inside_mean_{name}"]) / volume
     return {column: row[column] for column in saliency_columns(channel_names)}

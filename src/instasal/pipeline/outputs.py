@@ -176,12 +176,12 @@ def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
             f"reliance_{name}": {
                 "Description": f"peak_{name} / sum over channels of |peak|, in [-1, 1]",
             },
-            f"peak_density_{name}": {
+            f"density_peak_{name}": {
                 "Description": f"peak_{name} divided by the voxel volume: resolution-independent "
                 "(compare across voxel sizes and scanners)",
                 "Units": f"{saliency_unit} per mm^3",
             },
-            f"inside_mean_density_{name}": {
+            f"density_inside_mean_{name}": {
                 "Description": f"inside_mean_{name} divided by the voxel volume",
                 "Units": f"{saliency_unit} per mm^3",
             },
