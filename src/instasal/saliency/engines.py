@@ -154,21 +154,23 @@ class _RunningMax:
         return self.best
 
 
-def _naive_rows(logits: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
-    flat = logits.reshape(-1)
+def _naive_rows(flat: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+    # The logit of voxel v summed over the draws of the batch: draws are independent (checked by
+    # the caller), so its gradient holds every draw's own row.
     rows = [
-        torch.autograd.grad(flat[int(v)], inputs, retain_graph=True)[0] for v in voxels.tolist()
+        torch.autograd.grad(flat[:, int(v)].sum(), inputs, retain_graph=True)[0]
+        for v in voxels.tolist()
     ]
-    return torch.stack(rows)
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
-def _batched_rows(logits: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
-    one_hot = logits.new_zeros((len(voxels), logits.numel()))
-    one_hot[torch.arange(len(voxels), device=logits.device), voxels.to(logits.device)] = 1
+def _batched_rows(flat: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+    one_hot = flat.new_zeros((len(voxels), *flat.shape))
+    one_hot[torch.arange(len(voxels), device=flat.device), :, voxels.to(flat.device)] = 1
     return torch.autograd.grad(
-        logits,
+        flat,
         inputs,
-        grad_outputs=one_hot.reshape(len(voxels), *logits.shape),
+        grad_outputs=one_hot,
         retain_graph=True,
         is_grads_batched=True,
     )[0]
@@ -197,7 +199,9 @@ class _RowStream:
         domains: Sequence[torch.Tensor],
         progress: Callable[[int], None] | None,
     ) -> None:
-        self.logits, self.inputs, self.progress = logits, inputs, progress
+        self.inputs, self.progress = inputs, progress
+        self.draws = inputs.shape[0]
+        self.flat = logits.reshape(self.draws, -1)
         self.voxels = torch.cat([d for d in domains])
         self.owner = torch.cat([torch.full((len(d),), i) for i, d in enumerate(domains)])
         self.maxima = [_RunningMax() for _ in domains]
@@ -212,7 +216,7 @@ class _RowStream:
         stop = min(self.done + count, len(self.voxels))
         _synchronise(self.inputs.device)
         started = time.perf_counter()
-        rows = _ROW_FUNCTIONS[engine](self.logits, self.inputs, self.voxels[self.done : stop])
+        rows = _ROW_FUNCTIONS[engine](self.flat, self.inputs, self.voxels[self.done : stop])
         owners = self.owner[self.done : stop]
         for owner in torch.unique_consecutive(owners).tolist():
             selected = (owners == owner).nonzero().reshape(-1)
@@ -220,7 +224,7 @@ class _RowStream:
         _synchronise(self.inputs.device)
         seconds = time.perf_counter() - started
         if self.progress is not None:
-            self.progress(stop - self.done)
+            self.progress((stop - self.done) * self.draws)
         self.done = stop
         return seconds
 
@@ -260,9 +264,11 @@ def aggregate_rows(
     model
         The network (a key for the cache of ``"auto"`` measurements only).
     logits
-        The target logits ``f_c(x̃)`` on the forward pass's grid, graph attached.
+        The target logits ``f_c(x̃)`` on the forward pass's grid, graph attached: ``[*S]``, or
+        ``[B, *S]`` for B noise draws forwarded together (each draw's logits depending on that
+        draw's input only).
     inputs
-        The leaf ``x̃`` the logits were computed from (``requires_grad``).
+        The leaf ``x̃`` ``[B, C, *S]`` the logits were computed from (``requires_grad``).
     domains
         Per domain, the C-order flat indices of its voxels on the logits' grid.
     aggregation
@@ -271,12 +277,12 @@ def aggregate_rows(
     engine, rows_per_call
         The engine and its rows per backward call (see the module docstring).
     progress
-        Called with the number of rows just finished.
+        Called with the number of rows just finished (rows of every draw counted).
 
     Returns
     -------
     list of torch.Tensor
-        One map shaped like ``inputs`` per domain.
+        One map shaped like ``inputs`` per domain: per draw, that draw's aggregation.
     """
     if aggregation == "mean":
         return _mean_rows(logits, inputs, domains, engine, rows_per_call, progress)
@@ -303,10 +309,11 @@ def _mean_rows(
     rows_per_call: int,
     progress: Callable[[int], None] | None,
 ) -> list[torch.Tensor]:
+    draws = inputs.shape[0]
     weights = []
     for voxels in domains:
-        weight = logits.new_zeros(logits.numel())
-        weight[voxels.to(logits.device)] = 1.0 / len(voxels)
+        weight = logits.new_zeros((draws, logits.numel() // draws))
+        weight[:, voxels.to(logits.device)] = 1.0 / len(voxels)
         weights.append(weight.reshape(logits.shape))
     maps: list[torch.Tensor] = []
     step = rows_per_call if engine == "batched" else 1
@@ -320,5 +327,5 @@ def _mean_rows(
             )[0]
             maps.extend(batched.unbind(0))
         if progress is not None:
-            progress(len(chunk))
+            progress(len(chunk) * draws)
     return maps

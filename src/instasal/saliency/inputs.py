@@ -110,7 +110,9 @@ def run_target_logits(
     target: int,
     padding: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Forward ``batch`` ``[1, C, *S]`` and return the target logits ``[*S]`` (graph kept).
+    """Forward ``batch`` ``[B, C, *S]`` and return the target logits (graph kept).
+
+    ``[*S]`` for a batch of one, ``[B, *S]`` otherwise (several noise draws in one pass).
 
     With ``padding``, the input is zero-padded by that many voxels at the end of each spatial axis
     inside the graph (for a network's size divisibility) and the output cropped back to ``S``.
@@ -118,7 +120,7 @@ def run_target_logits(
     Raises
     ------
     ModelError
-        If the model does not return one tensor ``[1, K, *S]`` on the input's spatial grid.
+        If the model does not return one tensor ``[B, K, *S]`` on the input's spatial grid.
     ConfigurationError
         If ``target`` is out of range (see :func:`target_channel`).
     """
@@ -135,12 +137,13 @@ def run_target_logits(
     padded_spatial = tuple(padded.shape[2:])
     if (
         output.ndim != padded.ndim
-        or output.shape[0] != 1
+        or output.shape[0] != batch.shape[0]
         or tuple(output.shape[2:]) != padded_spatial
     ):
         raise ModelError(
-            f"the model output has shape {tuple(output.shape)}; expected [1, K, *{padded_spatial}] "
-            f"for an input of shape {tuple(padded.shape)}"
+            f"the model output has shape {tuple(output.shape)}; expected "
+            f"[{batch.shape[0]}, K, *{padded_spatial}] for an input of shape {tuple(padded.shape)}"
         )
-    logits = output[0, target_channel(target, output.shape[1])]
-    return logits[tuple(slice(0, n) for n in spatial)]
+    logits = output[:, target_channel(target, output.shape[1])]
+    logits = logits[(slice(None), *(slice(0, n) for n in spatial))]
+    return logits[0] if batch.shape[0] == 1 else logits

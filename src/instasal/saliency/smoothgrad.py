@@ -9,7 +9,8 @@ Maps are in logit units per input-intensity unit and are never rescaled.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,14 @@ _AGGREGATIONS = ("max", "mean")
 _CONTEXTS = ("full", "patch")
 _NOISE_RANGES = ("per_channel", "first_channel")
 _ENGINES = ("naive", "batched", "auto")
+
+MAX_DRAWS_PER_PASS = 8
+# Logits of a draw forwarded in a batch and alone differ by float32 round-off of convolutions
+# run at another batch size (~1e-6 of the largest logit); a model mixing samples differs by O(1).
+_PACKING_TOLERANCE = 1e-4
+_INDEPENDENT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,11 @@ class SmoothGradConfig:
         Jacobian rows per batched backward call; ``None``: as many as fit the memory budget.
     memory_budget_bytes
         Memory one batched call may use; ``None``: half the free GPU memory, 2 GiB on the CPU.
+    draws_per_pass
+        Noise draws forwarded together in one batch, their Jacobian rows pulled in the same
+        backward calls (each draw's rows from its own graph: exact); ``None``: after a first pass
+        of one draw, as many as the memory budget holds, at most ``MAX_DRAWS_PER_PASS``. Models
+        that mix the samples of a batch are detected and run one draw at a time.
     """
 
     target: int = 1
@@ -85,6 +99,7 @@ class SmoothGradConfig:
     size_divisibility: int | Sequence[int] | None = None
     rows_per_call: int | None = None
     memory_budget_bytes: int | None = None
+    draws_per_pass: int | None = None
 
     def __post_init__(self) -> None:
         choices: dict[str, tuple[str, ...]] = {
@@ -110,10 +125,56 @@ class SmoothGradConfig:
             )
         if self.rows_per_call is not None and self.rows_per_call < 1:
             raise ConfigurationError(f"rows_per_call must be >= 1, got {self.rows_per_call}")
+        if self.draws_per_pass is not None and self.draws_per_pass < 1:
+            raise ConfigurationError(f"draws_per_pass must be >= 1, got {self.draws_per_pass}")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:
             raise ConfigurationError(
                 f"memory_budget_bytes must be >= 1, got {self.memory_budget_bytes}"
             )
+
+
+def _draws_per_pass(config: SmoothGradConfig, bytes_per_draw: int, budget: int) -> int:
+    if config.draws_per_pass is not None:
+        return config.draws_per_pass
+    return max(1, min(MAX_DRAWS_PER_PASS, budget // max(bytes_per_draw, 1)))
+
+
+def _packs_independently(
+    model: nn.Module, crops: Sequence[torch.Tensor], target: int, padding: Sequence[int]
+) -> bool:
+    """Whether ``model`` gives each draw of a batch the logits it gives that draw alone.
+
+    Checked once per model, crop shape, device and dtype on the first two draws (a model mixing
+    the samples of a batch, e.g. batch statistics kept in eval mode, is run one draw at a time).
+    """
+    key = (tuple(crops[0].shape), str(crops[0].device), str(crops[0].dtype))
+    known = _INDEPENDENT.setdefault(model, {})
+    if key not in known:
+        with torch.no_grad():
+            together = run_target_logits(model, torch.stack(list(crops[:2])), target, padding)
+            alone = [run_target_logits(model, c.unsqueeze(0), target, padding) for c in crops[:2]]
+        scale = max(float(a.abs().max()) for a in alone)
+        known[key] = all(
+            bool(torch.allclose(t, a, rtol=0.0, atol=_PACKING_TOLERANCE * max(scale, 1.0)))
+            for t, a in zip(together, alone, strict=True)
+        )
+    return known[key]
+
+
+def _forward_passes(
+    model: nn.Module, crops: Sequence[torch.Tensor], target: int, padding: Sequence[int]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Forward the noisy crops of one window: all in one batch where the model treats them
+    independently, else one by one. Yields the leaf, its target logits and the graph's bytes."""
+    if len(crops) > 1 and _packs_independently(model, crops, target, padding):
+        batches = [torch.stack(list(crops))]
+    else:
+        batches = [crop.unsqueeze(0) for crop in crops]
+    for batch in batches:
+        inputs = batch.clone().requires_grad_(True)
+        with saved_tensor_bytes() as graph_bytes:
+            logits = run_target_logits(model, inputs, target, padding)
+        yield inputs, logits, graph_bytes[0]
 
 
 def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
@@ -162,34 +223,44 @@ def smoothgrad_maps(
 
     budget = config.memory_budget_bytes or default_memory_budget(device)
     sums: list[torch.Tensor | None] = [None] * len(masks)
+    draws = noisy_inputs(
+        x_model,
+        n_samples=n_draws,
+        noise_level=config.noise_level,
+        noise_range=config.noise_range,
+        seed=config.seed,
+    )
+    done_draws, bytes_per_draw = 0, 0
     with inference_state(model), torch.enable_grad():
-        for noisy in noisy_inputs(
-            x_model,
-            n_samples=n_draws,
-            noise_level=config.noise_level,
-            noise_range=config.noise_range,
-            seed=config.seed,
-        ):
+        while done_draws < n_draws:
+            # The first pass forwards one draw and measures its graph; the later ones as many
+            # draws as the settings and the memory budget allow.
+            size = 1 if done_draws == 0 else _draws_per_pass(config, bytes_per_draw, budget)
+            chunk = [next(draws) for _ in range(min(size, n_draws - done_draws))]
             for window, members in groups.items():
-                inputs = window.crop(noisy).unsqueeze(0).clone().requires_grad_(True)
-                with saved_tensor_bytes() as graph_bytes:
-                    logits = run_target_logits(
-                        model, inputs, config.target, end_padding(window.size, divisibility)
+                padding = end_padding(window.size, divisibility)
+                for inputs, logits, graph_bytes in _forward_passes(
+                    model, [window.crop(d) for d in chunk], config.target, padding
+                ):
+                    if done_draws == 0:
+                        volume_bytes = x_model.numel() * x_model.element_size()
+                        bytes_per_draw = max(bytes_per_draw, graph_bytes + volume_bytes)
+                    maps = aggregate_rows(
+                        model,
+                        logits,
+                        inputs,
+                        [voxels[i] for i in members],
+                        aggregation=config.aggregation,
+                        engine=config.engine,
+                        rows_per_call=rows_under_budget(graph_bytes, budget, config.rows_per_call),
+                        progress=advance,
                     )
-                maps = aggregate_rows(
-                    model,
-                    logits,
-                    inputs,
-                    [voxels[i] for i in members],
-                    aggregation=config.aggregation,
-                    engine=config.engine,
-                    rows_per_call=rows_under_budget(graph_bytes[0], budget, config.rows_per_call),
-                    progress=advance,
-                )
-                del logits
-                for index, aggregated in zip(members, maps, strict=True):
-                    previous = sums[index]
-                    sums[index] = aggregated[0] if previous is None else previous + aggregated[0]
+                    del logits
+                    for index, aggregated in zip(members, maps, strict=True):
+                        drawn = aggregated.sum(dim=0)
+                        previous = sums[index]
+                        sums[index] = drawn if previous is None else previous + drawn
+            done_draws += len(chunk)
     result = {}
     for domain_id, window, total in zip(ids, windows, sums, strict=True):
         assert total is not None
@@ -218,6 +289,7 @@ def instance_smoothgrad(
     size_divisibility: int | Sequence[int] | None = None,
     rows_per_call: int | None = None,
     memory_budget_bytes: int | None = None,
+    draws_per_pass: int | None = None,
 ) -> torch.Tensor:
     """Instance SmoothGrad map of one domain Ω (SPEC §2, API of §5).
 
@@ -250,6 +322,9 @@ def instance_smoothgrad(
         ``"naive"`` (one backward call per row, the reference), ``"batched"`` (many rows per call,
         chunked under the memory budget) or ``"auto"`` (the faster, measured once per model, input
         size and device). All give the same map to float32 round-off.
+    draws_per_pass
+        Noise draws forwarded together (see :class:`SmoothGradConfig`); any value gives the same
+        map to float32 round-off, 1 the one-draw-per-pass procedure exactly.
 
     Returns
     -------
@@ -290,6 +365,7 @@ def instance_smoothgrad(
         size_divisibility=size_divisibility,
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
+        draws_per_pass=draws_per_pass,
     )[0]
 
 
@@ -310,6 +386,7 @@ def instance_smoothgrad_many(
     size_divisibility: int | Sequence[int] | None = None,
     rows_per_call: int | None = None,
     memory_budget_bytes: int | None = None,
+    draws_per_pass: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Instance SmoothGrad maps of all domains of one subject, sharing noise and forward passes.
@@ -341,5 +418,6 @@ def instance_smoothgrad_many(
         size_divisibility=_as_tuple(size_divisibility),
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
+        draws_per_pass=draws_per_pass,
     )
     return smoothgrad_maps(model, x, domains, config, progress)
