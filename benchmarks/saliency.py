@@ -8,17 +8,22 @@ One model (a MONAI UNet, random weights), one input and one lesion, measured in 
 - ``auto/full``: our fastest exact engine alone, same context as the authors;
 - ``naive/patch``, ``batched/patch``, ``auto/patch``: the engines on one patch around the lesion
   (SPEC §2 Context), with the patch-vs-full agreement of the maps beside them;
+- ``auto/full/1``, ``auto/patch/1``: the same with one noise draw per forward pass, beside the
+  default that forwards several draws together and pulls their rows in the same backward calls;
 - on CUDA also ``floor``: a bare batched VJP of the same rows in the same patch (one call, no
   aggregation, no noise), and our fraction of it.
 
-Each measurement is one noise draw and ``--rows`` Jacobian rows; s/row includes the forward pass,
-amortised over the rows. Each procedure runs in its own child process; peak memory is that
+Each measurement is ``--draws`` noise draws of ``--rows`` Jacobian rows each; s/row includes the
+forward passes, amortised over the rows. The authors' procedure and ``auto/full`` are measured
+``--repeats`` times, alternately, and their ratio reported as a median with its range.
+Each procedure runs in its own child process; peak memory is that
 process's peak resident-set growth during the measurement on the CPU (``ru_maxrss``),
 ``torch.cuda.max_memory_allocated`` on CUDA.
 ``auto`` measures the engines once per model, input size and device and caches the choice; that
 one-off measurement runs (and is reported) before ``auto`` is timed. Not a timed test.
 
-Usage: ``python benchmarks/saliency.py [--quick] [--device cpu|cuda] [--rows R] [--threads T]``.
+Usage: ``python benchmarks/saliency.py [--quick] [--device cpu|cuda] [--rows R] [--draws D]
+[--repeats K] [--width small|authors] [--threads T]``.
 The last line is ``speedup_vs_authors: <X>x`` (authors' s/row over ``auto/patch`` s/row).
 """
 
@@ -34,9 +39,11 @@ from typing import Any
 
 import torch
 
-PAPER = {"volume": (192, 240, 256), "patch": 96, "rows": 8}
-QUICK = {"volume": (48, 56, 48), "patch": 24, "rows": 13}
-CHANNELS = (16, 32, 64, 128)
+PAPER = {"volume": (192, 240, 256), "patch": 96, "rows": 8, "draws": 2}
+QUICK = {"volume": (48, 56, 48), "patch": 24, "rows": 13, "draws": 4}
+# The authors' five-level U-Net needs sizes divisible by 16.
+QUICK_AUTHORS = {"volume": (48, 64, 48), "patch": 32, "rows": 13, "draws": 4}
+WIDTHS = {"small": (16, 32, 64, 128), "authors": (32, 64, 128, 256, 512)}
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class Setting:
     device: str
     threads: int
     norm: str
+    draws: int = 1
+    width: str = "small"
     seed: int = 0
 
 
@@ -59,9 +68,11 @@ class Measurement:
     saliency_map: torch.Tensor | None
     note: str = ""
 
+    draws: int = 1
+
     @property
     def seconds_per_row(self) -> float:
-        return self.seconds / self.rows
+        return self.seconds / (self.rows * self.draws)
 
 
 def build(setting: Setting) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -69,7 +80,9 @@ def build(setting: Setting) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor
     from monai.networks.nets import UNet
 
     torch.manual_seed(setting.seed)
-    model = UNet(3, 2, 2, channels=CHANNELS, strides=(2, 2, 2), num_res_units=2, norm=setting.norm)
+    channels = WIDTHS[setting.width]
+    strides = (2,) * (len(channels) - 1)
+    model = UNet(3, 2, 2, channels=channels, strides=strides, num_res_units=2, norm=setting.norm)
     model = model.to(setting.device)
     generator = torch.Generator().manual_seed(setting.seed)
     noise = torch.randn(1, 2, *setting.volume, generator=generator)
@@ -90,20 +103,27 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def _authors(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+def _authors(
+    model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor, draws: int
+) -> torch.Tensor:
     from instasal.saliency.noise import noisy_inputs
 
     model.eval()
     device = next(model.parameters()).device
-    (noisy,) = noisy_inputs(x, n_samples=1, noise_level=0.05, noise_range="per_channel", seed=0)
-    leaf = noisy.to(device).unsqueeze(0).requires_grad_(True)
-    logits = model(leaf)[0, 1]
-    best = None
-    for v in torch.nonzero(domain.reshape(-1)).reshape(-1).tolist():
-        (row,) = torch.autograd.grad(logits.reshape(-1)[v], leaf, retain_graph=True)
-        best = row if best is None else torch.where(row.abs() > best.abs(), row, best)
-    assert best is not None
-    return best[0].cpu()
+    total = None
+    for noisy in noisy_inputs(
+        x, n_samples=draws, noise_level=0.05, noise_range="per_channel", seed=0
+    ):
+        leaf = noisy.to(device).unsqueeze(0).requires_grad_(True)
+        logits = model(leaf)[0, 1]
+        best = None
+        for v in torch.nonzero(domain.reshape(-1)).reshape(-1).tolist():
+            (row,) = torch.autograd.grad(logits.reshape(-1)[v], leaf, retain_graph=True)
+            best = row if best is None else torch.where(row.abs() > best.abs(), row, best)
+        assert best is not None
+        total = best if total is None else total + best
+    assert total is not None
+    return (total / draws)[0].cpu()
 
 
 def _floor(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor, patch: int) -> None:
@@ -124,25 +144,34 @@ def _floor(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor, patch:
 def _run(setting: Setting, name: str, model, x, domain) -> tuple[torch.Tensor | None, str]:
     from instasal.saliency import cached_engine_choices, instance_smoothgrad
 
-    if name == "authors":
-        return _authors(model, x, domain), ""
+    if name.startswith("authors"):
+        return _authors(model, x, domain, setting.draws), ""
     if name == "floor":
         _floor(model, x, domain, setting.patch)
         return None, ""
-    engine, context = name.split("/")
+    engine, context, *packing = name.split("/")
     saliency_map = instance_smoothgrad(
-        model, x, domain, n_samples=1, engine=engine, context=context, patch_size=setting.patch
+        model,
+        x,
+        domain,
+        n_samples=setting.draws,
+        engine=engine,
+        context=context,
+        patch_size=setting.patch,
+        draws_per_pass=int(packing[0]) if packing else None,
     )
-    note = ""
+    notes = []
     if engine == "auto":
-        window = (1, 2, *setting.volume) if context == "full" else (1, 2, *(setting.patch,) * 3)
+        window = (2, *setting.volume) if context == "full" else (2, *(setting.patch,) * 3)
         for key, choice in cached_engine_choices(model).items():
-            if key[0] == window:
-                note = (
-                    f"auto chose {choice.engine}: naive {choice.naive_seconds_per_row:.3f} s/row, "
-                    f"batched {choice.batched_seconds_per_row:.3f} s/row "
+            if key[0][1:] == window:
+                notes.append(
+                    f"{key[0][0]} draw(s)/pass: auto chose {choice.engine}: naive "
+                    f"{choice.naive_seconds_per_row:.3f} s/row, batched "
+                    f"{choice.batched_seconds_per_row:.3f} s/row "
                     f"(up to {choice.rows_per_call} rows/call under the memory budget)"
                 )
+    note = "; ".join(notes)
     return saliency_map, note
 
 
@@ -152,12 +181,17 @@ def measure(setting: Setting, name: str) -> Measurement:
 
     torch.set_num_threads(setting.threads)
     model, x, domain = build(setting)
-    _warm_up(model, x, setting.patch if name.endswith("/patch") or name == "floor" else None)
+    _warm_up(model, x, setting.patch if "/patch" in name or name == "floor" else None)
     warm_up = ""
     if name.startswith("auto/"):
         started = time.perf_counter()
         instance_smoothgrad(
-            model, x, domain, n_samples=1, context=name.split("/")[1], patch_size=setting.patch
+            model,
+            x,
+            domain,
+            n_samples=setting.draws,
+            context=name.split("/")[1],
+            patch_size=setting.patch,
         )
         warm_up = (
             f"one-off engine measurement and first call {time.perf_counter() - started:.1f} s; "
@@ -178,7 +212,10 @@ def measure(setting: Setting, name: str) -> Measurement:
         peak = torch.cuda.max_memory_allocated() - baseline
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    return Measurement(name, seconds, setting.rows, max(peak, 0), saliency_map, warm_up + note)
+    draws = 1 if name == "floor" else setting.draws
+    return Measurement(
+        name, seconds, setting.rows, max(peak, 0), saliency_map, warm_up + note, draws
+    )
 
 
 def _in_child(setting: Setting, name: str) -> Measurement:
@@ -217,17 +254,30 @@ def _hardware(device: str, threads: int) -> str:
     return f"{model}, {cores} cores visible, {threads} torch threads (torch {torch.__version__})"
 
 
+def authors_over(authors: Measurement, ours: Measurement) -> float:
+    """The authors' seconds per row over ours (> 1: ours is faster)."""
+    return authors.seconds_per_row / ours.seconds_per_row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 2 min on 2 cores")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--rows", type=int, default=None, help="lesion voxels (Jacobian rows)")
+    parser.add_argument("--draws", type=int, default=None, help="noise draws (N)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternate authors and auto/full this many times"
+    )
+    parser.add_argument(
+        "--width", choices=tuple(WIDTHS), default="small", help="authors: their U-Net's channels"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--norm", choices=("batch", "instance"), default="batch", help="batch: the authors' U-Net"
     )
     args = parser.parse_args()
-    geometry: dict[str, Any] = QUICK if args.quick else PAPER
+    quick = QUICK_AUTHORS if args.width == "authors" else QUICK
+    geometry: dict[str, Any] = quick if args.quick else PAPER
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     setting = Setting(
         volume=geometry["volume"],
@@ -236,16 +286,32 @@ def main() -> None:
         device=device,
         threads=args.threads,
         norm=args.norm,
+        draws=args.draws or geometry["draws"],
+        width=args.width,
     )
-    names = ["authors", "naive/full", "auto/full", "naive/patch", "batched/patch", "auto/patch"]
+    names = [
+        "authors",
+        "naive/full",
+        "auto/full",
+        "auto/full/1",
+        "naive/patch",
+        "batched/patch",
+        "auto/patch",
+        "auto/patch/1",
+    ]
     if device == "cuda":
         names.append("floor")
     print(f"hardware: {_hardware(device, args.threads)}")
     print(
-        f"model: MONAI UNet channels {CHANNELS}, 2 res units, {setting.norm} norm (eval); volume "
-        f"{setting.volume}, patch {setting.patch}³, lesion of {setting.rows} voxels, 1 noise draw"
+        f"model: MONAI UNet channels {WIDTHS[setting.width]}, 2 res units, {setting.norm} norm "
+        "(eval); volume "
+        f"{setting.volume}, patch {setting.patch}³, lesion of {setting.rows} voxels, "
+        f"{setting.draws} noise draws"
     )
     results = {name: _in_child(setting, name) for name in names}
+    ratios = [authors_over(results["authors"], results["auto/full"])]
+    for _ in range(args.repeats - 1):
+        ratios.append(authors_over(_in_child(setting, "authors"), _in_child(setting, "auto/full")))
 
     from instasal.saliency import map_agreement
 
@@ -276,8 +342,17 @@ def main() -> None:
         "patch vs full agreement: "
         + ", ".join(f"{key} {value:.4g}" for key, value in agreement.items())
     )
-    engine_alone = authors.seconds_per_row / results["auto/full"].seconds_per_row
-    print(f"engine alone (auto/full vs authors): {engine_alone:.2f}x")
+    ratios.sort()
+    print(
+        f"engine alone (auto/full vs authors), {len(ratios)} alternating runs: median "
+        f"{ratios[len(ratios) // 2]:.2f}x, range {ratios[0]:.2f}–{ratios[-1]:.2f}x"
+    )
+    for context in ("full", "patch"):
+        packed = (
+            results[f"auto/{context}/1"].seconds_per_row
+            / results[f"auto/{context}"].seconds_per_row
+        )
+        print(f"draws forwarded together vs one per pass ({context}): {packed:.2f}x")
     if "floor" in results:
         fraction = results["floor"].seconds_per_row / results["auto/patch"].seconds_per_row
         print(
