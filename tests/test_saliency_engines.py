@@ -165,3 +165,24 @@ def test_cuda_map_equals_cpu_map() -> None:
     cuda = instance_smoothgrad(model.cuda(), x, domain, n_samples=2, engine="auto")
     assert cuda.device == x.device
     torch.testing.assert_close(cuda, cpu, rtol=1e-3, atol=1e-5 * float(cpu.abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("engine", ["naive", "batched"])
+def test_cuda_row_loop_never_waits_for_the_device(engine: str) -> None:
+    from instasal.saliency.engines import aggregate_rows
+
+    torch.manual_seed(4)
+    model = _monai_unet().cuda().eval()
+    inputs = torch.randn(2, 2, 16, 16, 16, device="cuda", requires_grad=True)
+    logits = model(inputs)[:, 1]
+    domains = [torch.tensor([5, 9, 300]), torch.tensor([7, 1000])]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        maps = aggregate_rows(
+            model, logits, inputs, domains, aggregation="max", engine=engine, rows_per_call=4
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [m.shape for m in maps] == [inputs.shape, inputs.shape]

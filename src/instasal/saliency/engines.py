@@ -166,7 +166,7 @@ def _naive_rows(flat: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) 
 
 def _batched_rows(flat: torch.Tensor, inputs: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     one_hot = flat.new_zeros((len(voxels), *flat.shape))
-    one_hot[torch.arange(len(voxels), device=flat.device), :, voxels.to(flat.device)] = 1
+    one_hot[torch.arange(len(voxels), device=flat.device), :, voxels] = 1
     return torch.autograd.grad(
         flat,
         inputs,
@@ -203,6 +203,9 @@ class _RowStream:
         self.draws = inputs.shape[0]
         self.flat = logits.reshape(self.draws, -1)
         self.voxels = torch.cat([d for d in domains])
+        # One copy to the device before the loop (pinned, not waited for) for batched rows.
+        staged = self.voxels.pin_memory() if inputs.device.type == "cuda" else self.voxels
+        self.device_voxels = staged.to(inputs.device, non_blocking=True)
         self.owner = torch.cat([torch.full((len(d),), i) for i, d in enumerate(domains)])
         self.maxima = [_RunningMax() for _ in domains]
         self.done = 0
@@ -211,17 +214,24 @@ class _RowStream:
     def remaining(self) -> int:
         return len(self.voxels) - self.done
 
-    def pull(self, engine: ExactEngine, count: int) -> float:
-        """Compute the next ``count`` rows with ``engine``; return the seconds it took."""
+    def pull(self, engine: ExactEngine, count: int, *, timed: bool = False) -> float:
+        """Compute the next ``count`` rows with ``engine``; with ``timed``, return the seconds.
+
+        Untimed pulls never wait for the device, so CUDA queues rows without synchronising.
+        """
         stop = min(self.done + count, len(self.voxels))
-        _synchronise(self.inputs.device)
+        if timed:
+            _synchronise(self.inputs.device)
         started = time.perf_counter()
-        rows = _ROW_FUNCTIONS[engine](self.flat, self.inputs, self.voxels[self.done : stop])
-        owners = self.owner[self.done : stop]
-        for owner in torch.unique_consecutive(owners).tolist():
-            selected = (owners == owner).nonzero().reshape(-1)
-            self.maxima[owner].update(rows.index_select(0, selected.to(rows.device)))
-        _synchronise(self.inputs.device)
+        voxels = self.voxels if engine == "naive" else self.device_voxels
+        rows = _ROW_FUNCTIONS[engine](self.flat, self.inputs, voxels[self.done : stop])
+        owners, counts = torch.unique_consecutive(self.owner[self.done : stop], return_counts=True)
+        start = 0
+        for owner, count in zip(owners.tolist(), counts.tolist(), strict=True):
+            self.maxima[owner].update(rows[start : start + count])
+            start += count
+        if timed:
+            _synchronise(self.inputs.device)
         seconds = time.perf_counter() - started
         if self.progress is not None:
             self.progress((stop - self.done) * self.draws)
@@ -239,9 +249,9 @@ def _measure_and_choose(stream: _RowStream, rows_per_call: int) -> EngineChoice:
     # so a batched win at the probe size stands, and a loss on the CPU was measured to persist.
     probe = min(rows_per_call, _PROBE_BATCH)
     stream.pull("naive", 1)  # warm-up, not timed
-    naive = stream.pull("naive", _PROBE_ROWS) / _PROBE_ROWS
+    naive = stream.pull("naive", _PROBE_ROWS, timed=True) / _PROBE_ROWS
     stream.pull("batched", _PROBE_ROWS)  # warm-up (vmap set-up), not timed
-    batched = stream.pull("batched", probe) / probe
+    batched = stream.pull("batched", probe, timed=True) / probe
     engine: ExactEngine = "batched" if batched < _BATCHED_ADVANTAGE * naive else "naive"
     return EngineChoice(engine, rows_per_call, naive, batched)
 
