@@ -10,6 +10,7 @@ One model (a MONAI UNet, random weights), one input and one lesion, measured in 
   (SPEC §2 Context), with the patch-vs-full agreement of the maps beside them;
 - ``auto/full/1``, ``auto/patch/1``: the same with one noise draw per forward pass, beside the
   default that forwards several draws together and pulls their rows in the same backward calls;
+- ``auto/patch/channels_last``: the patch with the differentiated input stored channels-last;
 - on CUDA also ``floor``: a bare batched VJP of the same rows in the same patch (one call, no
   aggregation, no noise), and our fraction of it.
 
@@ -149,7 +150,9 @@ def _run(setting: Setting, name: str, model, x, domain) -> tuple[torch.Tensor | 
     if name == "floor":
         _floor(model, x, domain, setting.patch)
         return None, ""
-    engine, context, *packing = name.split("/")
+    engine, context, *variant = name.split("/")
+    layout = "channels_last" if variant == ["channels_last"] else "contiguous"
+    packing = [] if layout == "channels_last" else variant
     saliency_map = instance_smoothgrad(
         model,
         x,
@@ -159,6 +162,7 @@ def _run(setting: Setting, name: str, model, x, domain) -> tuple[torch.Tensor | 
         context=context,
         patch_size=setting.patch,
         draws_per_pass=int(packing[0]) if packing else None,
+        memory_format=layout,
     )
     notes = []
     if engine == "auto":
@@ -298,6 +302,7 @@ def main() -> None:
         "batched/patch",
         "auto/patch",
         "auto/patch/1",
+        "auto/patch/channels_last",
     ]
     if device == "cuda":
         names.append("floor")
@@ -353,6 +358,13 @@ def main() -> None:
             / results[f"auto/{context}"].seconds_per_row
         )
         print(f"draws forwarded together vs one per pass ({context}): {packed:.2f}x")
+    layout = (
+        results["auto/patch"].seconds_per_row / results["auto/patch/channels_last"].seconds_per_row
+    )
+    channels_last = results["auto/patch/channels_last"].saliency_map
+    assert channels_last is not None
+    gap = map_agreement(channels_last, patch_map)["relative_max_difference"]
+    print(f"channels-last vs contiguous input (patch): {layout:.2f}x, maps differ by {gap:.1e}")
     if "floor" in results:
         fraction = results["floor"].seconds_per_row / results["auto/patch"].seconds_per_row
         print(

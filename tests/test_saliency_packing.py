@@ -123,3 +123,15 @@ def test_draws_per_pass_must_be_positive(case):
     model, x, domain = case
     with pytest.raises(ConfigurationError, match="draws_per_pass"):
         instance_smoothgrad(model, x, domain, n_samples=2, draws_per_pass=0)
+
+
+@pytest.mark.parametrize("engine", ["naive", "batched"])
+def test_channels_last_input_gives_the_oracle_map_contiguous(case, engine):
+    model, x, domain = case
+    expected = _oracle(model, x, domain, n_samples=3, seed=2, aggregation="max")
+    got = instance_smoothgrad(
+        model, x, domain, n_samples=3, seed=2, engine=engine, memory_format="channels_last"
+    )
+    assert got.is_contiguous()
+    gap = float((got - expected).abs().max()) / float(expected.abs().max())
+    assert gap < ROUND_OFF

@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import torch
 from torch import nn
@@ -31,12 +31,18 @@ from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
 from instasal.typing import Aggregation, Context, NoiseRange
 
-__all__ = ["SmoothGradConfig", "instance_smoothgrad", "instance_smoothgrad_many"]
+__all__ = ["MemoryFormat", "SmoothGradConfig", "instance_smoothgrad", "instance_smoothgrad_many"]
 
 _AGGREGATIONS = ("max", "mean")
 _CONTEXTS = ("full", "patch")
 _NOISE_RANGES = ("per_channel", "first_channel")
 _ENGINES = ("naive", "batched", "auto")
+
+MemoryFormat: TypeAlias = Literal["contiguous", "channels_last"]
+_MEMORY_FORMATS: dict[str, torch.memory_format] = {
+    "contiguous": torch.contiguous_format,
+    "channels_last": torch.channels_last_3d,
+}
 
 MAX_DRAWS_PER_PASS = 8
 # Logits of a draw forwarded in a batch and alone differ by float32 round-off of convolutions
@@ -85,6 +91,11 @@ class SmoothGradConfig:
         backward calls (each draw's rows from its own graph: exact); ``None``: after a first pass
         of one draw, as many as the memory budget holds, at most ``MAX_DRAWS_PER_PASS``. Models
         that mix the samples of a batch are detected and run one draw at a time.
+    memory_format
+        Layout of the differentiated input: ``"contiguous"`` or ``"channels_last"`` (channels
+        innermost, which convolutions then keep; faster for convolutional U-Nets on the CPU, see
+        ``docs/saliency.md``; a model that reshapes with ``view`` may refuse it). Same map to
+        float32 round-off.
     """
 
     target: int = 1
@@ -100,6 +111,7 @@ class SmoothGradConfig:
     rows_per_call: int | None = None
     memory_budget_bytes: int | None = None
     draws_per_pass: int | None = None
+    memory_format: MemoryFormat = "contiguous"
 
     def __post_init__(self) -> None:
         choices: dict[str, tuple[str, ...]] = {
@@ -107,6 +119,7 @@ class SmoothGradConfig:
             "context": _CONTEXTS,
             "noise_range": _NOISE_RANGES,
             "engine": _ENGINES,
+            "memory_format": tuple(_MEMORY_FORMATS),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -162,7 +175,11 @@ def _packs_independently(
 
 
 def _forward_passes(
-    model: nn.Module, crops: Sequence[torch.Tensor], target: int, padding: Sequence[int]
+    model: nn.Module,
+    crops: Sequence[torch.Tensor],
+    target: int,
+    padding: Sequence[int],
+    memory_format: torch.memory_format,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Forward the noisy crops of one window: all in one batch where the model treats them
     independently, else one by one. Yields the leaf, its target logits and the graph's bytes."""
@@ -171,7 +188,7 @@ def _forward_passes(
     else:
         batches = [crop.unsqueeze(0) for crop in crops]
     for batch in batches:
-        inputs = batch.clone().requires_grad_(True)
+        inputs = batch.clone(memory_format=memory_format).requires_grad_(True)
         with saved_tensor_bytes() as graph_bytes:
             logits = run_target_logits(model, inputs, target, padding)
         yield inputs, logits, graph_bytes[0]
@@ -240,7 +257,11 @@ def smoothgrad_maps(
             for window, members in groups.items():
                 padding = end_padding(window.size, divisibility)
                 for inputs, logits, graph_bytes in _forward_passes(
-                    model, [window.crop(d) for d in chunk], config.target, padding
+                    model,
+                    [window.crop(d) for d in chunk],
+                    config.target,
+                    padding,
+                    _MEMORY_FORMATS[config.memory_format],
                 ):
                     if done_draws == 0:
                         volume_bytes = x_model.numel() * x_model.element_size()
@@ -257,7 +278,7 @@ def smoothgrad_maps(
                     )
                     del logits
                     for index, aggregated in zip(members, maps, strict=True):
-                        drawn = aggregated.sum(dim=0)
+                        drawn = aggregated.sum(dim=0).contiguous()
                         previous = sums[index]
                         sums[index] = drawn if previous is None else previous + drawn
             done_draws += len(chunk)
@@ -290,6 +311,7 @@ def instance_smoothgrad(
     rows_per_call: int | None = None,
     memory_budget_bytes: int | None = None,
     draws_per_pass: int | None = None,
+    memory_format: MemoryFormat = "contiguous",
 ) -> torch.Tensor:
     """Instance SmoothGrad map of one domain Ω (SPEC §2, API of §5).
 
@@ -325,6 +347,8 @@ def instance_smoothgrad(
     draws_per_pass
         Noise draws forwarded together (see :class:`SmoothGradConfig`); any value gives the same
         map to float32 round-off, 1 the one-draw-per-pass procedure exactly.
+    memory_format
+        ``"contiguous"`` or ``"channels_last"`` (see :class:`SmoothGradConfig`).
 
     Returns
     -------
@@ -366,6 +390,7 @@ def instance_smoothgrad(
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
         draws_per_pass=draws_per_pass,
+        memory_format=memory_format,
     )[0]
 
 
@@ -387,6 +412,7 @@ def instance_smoothgrad_many(
     rows_per_call: int | None = None,
     memory_budget_bytes: int | None = None,
     draws_per_pass: int | None = None,
+    memory_format: MemoryFormat = "contiguous",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Instance SmoothGrad maps of all domains of one subject, sharing noise and forward passes.
@@ -419,5 +445,6 @@ def instance_smoothgrad_many(
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
         draws_per_pass=draws_per_pass,
+        memory_format=memory_format,
     )
     return smoothgrad_maps(model, x, domains, config, progress)
