@@ -13,6 +13,7 @@ from instasal.errors import (
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import Subject, read_subject
 from instasal.models import available_models, load_model
+from instasal.provenance import instasal_version
 from instasal.saliency import (
     instance_gradcam,
     instance_gradcam_many,
@@ -22,7 +23,7 @@ from instasal.saliency import (
     patch_full_agreement,
 )
 
-__version__ = "0.1.0"
+__version__ = instasal_version()
 
 __all__ = [
     "ConfigurationError",

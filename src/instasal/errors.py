@@ -14,6 +14,7 @@ __all__ = [
     "InstasalWarning",
     "ModelError",
     "OutputExistsError",
+    "one_line",
 ]
 
 
@@ -39,3 +40,12 @@ class OutputExistsError(InstasalError, FileExistsError):
 
 class InstasalWarning(UserWarning):
     """A one-line note on something instasal assumed or did for the user (the CLI prints it)."""
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (whitespace collapsed), or its type's name when empty.
+
+    >>> one_line(ValueError("bad   header"))
+    'bad header'
+    """
+    return " ".join(str(error).split()) or type(error).__name__

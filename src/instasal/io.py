@@ -20,7 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from instasal.errors import ImageError, OutputExistsError
+from instasal.errors import ImageError, OutputExistsError, one_line
 from instasal.typing import FloatArray, PathLike
 
 __all__ = [
@@ -133,18 +133,14 @@ def load_image(path: PathLike) -> nib.Nifti1Image:
     try:
         image = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as error:
-        raise ImageError(f"{path}: not a readable NIfTI image ({_one_line(error)})") from error
+        raise ImageError(f"{path}: not a readable NIfTI image ({one_line(error)})") from error
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageError(f"{path}: not a NIfTI image (read as {type(image).__name__})")
     try:
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as error:
-        raise ImageError(f"{path}: truncated or corrupt image data ({_one_line(error)})") from error
+        raise ImageError(f"{path}: truncated or corrupt image data ({one_line(error)})") from error
     return nib.Nifti1Image(data, image.affine, header=image.header)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _as_3d(image: nib.Nifti1Image, path: Path) -> np.ndarray:

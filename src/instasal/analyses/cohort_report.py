@@ -40,6 +40,7 @@ from instasal.analyses.size import AggregationVsSize
 from instasal.analyses.statistics import ALPHA
 from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from instasal.provenance import software_versions
 from instasal.report.figures import figure_png
 
 __all__ = ["CohortReport", "analyse_cohort", "build_cohort_report"]
@@ -313,21 +314,6 @@ def _cohort_provenance(cohort_out: Path) -> dict[str, Any]:
     return facts
 
 
-def _versions() -> dict[str, str]:
-    import matplotlib
-    import scipy
-
-    from instasal import __version__
-
-    return {
-        "instasal": __version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "pandas": pd.__version__,
-        "matplotlib": matplotlib.__version__,
-    }
-
-
 def _tables(analysis: CohortAnalysis) -> dict[str, pd.DataFrame]:
     tables = {
         "findings.tsv": analysis.findings_frame(),
@@ -416,7 +402,7 @@ def analyse_cohort(
     if table_mean is not None:
         provenance["lesions_mean.tsv"] = _file_facts(mean_path, table_mean)
     provenance |= _cohort_provenance(cohort_out)
-    provenance["versions"] = _versions()
+    provenance["versions"] = software_versions(("numpy", "scipy", "pandas", "matplotlib"))
     provenance["generated"] = datetime.now(UTC).isoformat(timespec="seconds")
     report = build_cohort_report(
         table_max,

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from instasal.errors import ModelError
+from instasal.errors import ModelError, one_line
 from instasal.models.architectures import ARCHITECTURES, build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
 
@@ -186,9 +186,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         ValueError,
         zipfile.BadZipFile,
     ) as error:
-        raise ModelError(
-            f"{path}: corrupt or unreadable checkpoint ({_one_line(error)})"
-        ) from error
+        raise ModelError(f"{path}: corrupt or unreadable checkpoint ({one_line(error)})") from error
     if isinstance(payload, Mapping):
         for key in _STATE_DICT_KEYS:
             if isinstance(payload.get(key), Mapping):
@@ -210,7 +208,7 @@ def _load_weights_into(network: nn.Module, state: Mapping[str, torch.Tensor], pa
         network.load_state_dict(converted, strict=True)
     except RuntimeError as error:
         raise ModelError(
-            f"{path}: weights do not fit the network ({_one_line(error)[:300]})"
+            f"{path}: weights do not fit the network ({one_line(error)[:300]})"
         ) from error
 
 
@@ -249,7 +247,7 @@ def _load_factory(module_name: str, factory_name: str, weights: Path) -> nn.Modu
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ModelError(f"cannot import module {module_name!r}: {_one_line(error)}") from error
+        raise ModelError(f"cannot import module {module_name!r}: {one_line(error)}") from error
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ModelError(f"module {module_name!r} has no callable {factory_name!r}")
@@ -276,7 +274,7 @@ def _load_torchscript(path: Path) -> nn.Module:
         if zipfile.is_zipfile(path):
             hint = "; for a state dict pass module:factory=" + str(path)
         raise ModelError(
-            f"{path}: not a TorchScript model ({_one_line(error)[:200]}){hint}"
+            f"{path}: not a TorchScript model ({one_line(error)[:200]}){hint}"
         ) from error
     overrides = _sidecar(path.with_suffix(".json"))
     if extra[CARD_EXTRA_FILE]:
@@ -312,14 +310,14 @@ def _load_bundle(folder: Path) -> nn.Module:
         parser["bundle_root"] = str(folder)
         metadata = dict(parser.get("_meta_", {}))
     except (ValueError, KeyError, OSError) as error:
-        raise ModelError(f"{folder}: unreadable bundle config ({_one_line(error)})") from error
+        raise ModelError(f"{folder}: unreadable bundle config ({one_line(error)})") from error
     weights_pt, weights_ts = folder / "models" / "model.pt", folder / "models" / "model.ts"
     if weights_pt.is_file():
         try:
             network = parser.get_parsed_content("network_def", instantiate=True)
         except Exception as error:  # MONAI raises many types while instantiating user configs
             raise ModelError(
-                f"{config_file}: cannot build network_def ({_one_line(error)[:300]})"
+                f"{config_file}: cannot build network_def ({one_line(error)[:300]})"
             ) from error
         if not isinstance(network, nn.Module):
             raise ModelError(f"{config_file}: network_def is not a torch.nn.Module")
@@ -454,7 +452,7 @@ def _probe_out_channels(network: nn.Module, in_channels: int, fields: Mapping[st
     except Exception as error:  # a user's network may fail in any way on a probe input
         raise ModelError(
             f"{fields['source']}: a forward pass on zeros of shape {tuple(probe.shape)} failed "
-            f"({_one_line(error)[:200]}); give a model card with out_channels and patch_size"
+            f"({one_line(error)[:200]}); give a model card with out_channels and patch_size"
         ) from error
     if not isinstance(output, torch.Tensor) or output.ndim != 5:
         raise ModelError(
@@ -462,7 +460,3 @@ def _probe_out_channels(network: nn.Module, in_channels: int, fields: Mapping[st
             f"{type(output).__name__}{tuple(getattr(output, 'shape', ()))}"
         )
     return int(output.shape[1])
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -8,7 +8,6 @@ interrupted run with the same settings is started again; replacing results needs
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from torch import nn
@@ -35,6 +33,7 @@ from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_colum
 from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.prepare import PreparedSubject, prepare_subject
+from instasal.provenance import software_versions
 from instasal.typing import PathLike
 
 __all__ = ["ExplainResult", "ProgressCallback", "explain_subject", "model_fingerprint"]
@@ -321,7 +320,7 @@ def explain_subject(
         "explained": len(rows),
         "reused_lesions": reused,
         "timings": timings,
-        "versions": _versions(),
+        "versions": software_versions(_PROVENANCE_DISTRIBUTIONS),
     }
     atomic_write_json(layout.provenance, provenance, overwrite=True)
     result = ExplainResult(layout.root, layout, table, native, settings, timings, reused)
@@ -377,28 +376,11 @@ def _typed_instances(
     )
 
 
+_PROVENANCE_DISTRIBUTIONS = ("torch", "monai", "numpy", "scipy", "nibabel", "pandas")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _versions() -> dict[str, str]:
-    import monai
-    import scipy
-    import torch
-
-    import instasal
-
-    return {
-        "instasal": instasal.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "nibabel": nib.__version__,
-        "pandas": pd.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def _choose(instances: Instances, max_lesions: int | None) -> list[Any]:
