@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.typing import Aggregation
+from instasal.typing import Aggregation, EngineName
 
 __all__ = [
     "DEFAULT_CPU_MEMORY_BUDGET",
@@ -44,7 +44,6 @@ __all__ = [
     "saved_tensor_bytes",
 ]
 
-EngineName: TypeAlias = Literal["naive", "batched", "auto"]
 ExactEngine: TypeAlias = Literal["naive", "batched"]
 
 DEFAULT_CPU_MEMORY_BUDGET = 2 * 1024**3

@@ -21,7 +21,7 @@ import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 CamVariant: TypeAlias = Literal["gradcam++", "gradcam"]
-_VARIANTS = ("gradcam++", "gradcam")
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -150,8 +149,8 @@ def instance_gradcam_many(
 
     Equal to one :func:`instance_gradcam` call per domain; arguments as there.
     """
-    if variant not in _VARIANTS:
-        raise ConfigurationError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+    if variant not in get_args(CamVariant):
+        raise ConfigurationError(f"variant must be one of {get_args(CamVariant)}, got {variant!r}")
     if context not in ("full", "patch"):
         raise ConfigurationError(f"context must be one of ('full', 'patch'), got {context!r}")
     x = as_input(x)

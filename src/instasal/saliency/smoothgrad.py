@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 import torch
 from torch import nn
@@ -33,10 +33,6 @@ from instasal.typing import Aggregation, Context, NoiseRange
 
 __all__ = ["MemoryFormat", "SmoothGradConfig", "instance_smoothgrad", "instance_smoothgrad_many"]
 
-_AGGREGATIONS = ("max", "mean")
-_CONTEXTS = ("full", "patch")
-_NOISE_RANGES = ("per_channel", "first_channel")
-_ENGINES = ("naive", "batched", "auto")
 
 MemoryFormat: TypeAlias = Literal["contiguous", "channels_last"]
 _MEMORY_FORMATS: dict[str, torch.memory_format] = {
@@ -115,11 +111,11 @@ class SmoothGradConfig:
 
     def __post_init__(self) -> None:
         choices: dict[str, tuple[str, ...]] = {
-            "aggregation": _AGGREGATIONS,
-            "context": _CONTEXTS,
-            "noise_range": _NOISE_RANGES,
-            "engine": _ENGINES,
-            "memory_format": tuple(_MEMORY_FORMATS),
+            "aggregation": get_args(Aggregation),
+            "context": get_args(Context),
+            "noise_range": get_args(NoiseRange),
+            "engine": get_args(EngineName),
+            "memory_format": get_args(MemoryFormat),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
