@@ -251,3 +251,17 @@ def test_nnunet_schemes_per_channel() -> None:
     np.testing.assert_allclose(out[0], [-6.0, -2.0, 0.0, 6.0], rtol=1e-6)
     # every voxel is non-zero in some channel, so the mask is everything: plain z-score
     np.testing.assert_allclose(out[1], (mri - 1.5) / np.std(mri), rtol=1e-6)
+
+
+def test_ensemble_members_are_resampled_like_the_explained_network() -> None:
+    from instasal.experiments.missed import _on_working_grid
+
+    network = ResampledNetwork(Linear([2.0, 2.0, 2.0]), (1.0, 1.0, 1.0))
+    members = _on_working_grid([Linear([2.0, 2.0, 2.0]), Linear([2.0, 2.0, 2.0])], network)
+    x = torch.randn(1, 2, 8, 6, 4)
+    for member in members:
+        assert isinstance(member, ResampledNetwork)
+        # same resampling: a member with the same weights gives the network's own output
+        torch.testing.assert_close(member(x), network(x), rtol=0, atol=1e-6)
+    plain = Linear([1.0, 1.0, 1.0])
+    assert _on_working_grid([plain], plain)[0] is plain

@@ -32,6 +32,7 @@ from instasal.experiments.runner import (
 from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
 from instasal.models.cards import card_of
+from instasal.prepare import ResampledNetwork
 from instasal.typing import PathLike
 from instasal.uncertainty import (
     METHODS,
@@ -375,7 +376,7 @@ def run_uncertainty_experiment(
             method,
             n_samples=dropout_passes,
             seed=seed,
-            ensemble=ensemble,
+            ensemble=_on_working_grid(ensemble, prepared.network),
         )
         n_passes = uncertainty.n_passes
         predicted = prepared.probability >= card.threshold
@@ -455,3 +456,10 @@ def run_uncertainty_experiment(
     }
     atomic_write_json(out / "uncertainty_summary.json", summary, overwrite=overwrite)
     return summary
+
+
+def _on_working_grid(members: Sequence[nn.Module], network: nn.Module) -> list[nn.Module]:
+    """Ensemble members run like the explained network: resampled the same way when it is."""
+    if not isinstance(network, ResampledNetwork):
+        return list(members)
+    return [ResampledNetwork(member, network.spacing) for member in members]
