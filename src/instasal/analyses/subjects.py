@@ -50,7 +50,7 @@ class ClusterInterval:
     level
         Coverage of the interval (0.95 by default).
     n_subjects, n_values
-        Subjects and finite values that entered.
+        Subjects and values (rows) that entered.
     """
 
     estimate: float
@@ -67,7 +67,7 @@ class ClusterInterval:
 
 def cluster_bootstrap(
     values: FloatArray,
-    subjects: Sequence[Any],
+    subjects: Sequence[Any] | np.ndarray,
     statistic: Statistic = np.mean,
     *,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
@@ -79,11 +79,13 @@ def cluster_bootstrap(
     Parameters
     ----------
     values
-        One value per domain (NaN values are left out).
+        One value per domain (NaN values are left out), or one row per domain (rows without a
+        finite value are left out; the statistic sees the rest, NaN included).
     subjects
-        The subject of each value.
+        The subject of each value or row.
     statistic
-        A function of a 1-D array (default: the mean).
+        A function of an array of the same dimension, its rows the resampled domains (default:
+        the mean).
     n_resamples, level, seed
         Resamples, coverage and the seed of the resampling.
 
@@ -100,15 +102,16 @@ def cluster_bootstrap(
     """
     values = np.asarray(values, dtype=np.float64)
     labels = np.asarray(subjects, dtype=object)
-    if values.ndim != 1 or labels.shape != values.shape:
+    if values.ndim not in (1, 2) or labels.shape != values.shape[:1]:
         raise ConfigurationError(
-            f"values and subjects must be 1-D of one length, got {values.shape} and {labels.shape}"
+            "values (1-D, or 2-D with one row per domain) and subjects must be of one length, "
+            f"got {values.shape} and {labels.shape}"
         )
     if not 0 < level < 1:
         raise ConfigurationError(f"level must be in (0, 1), got {level}")
     if n_resamples < 1:
         raise ConfigurationError(f"n_resamples must be >= 1, got {n_resamples}")
-    finite = np.isfinite(values)
+    finite = np.isfinite(values) if values.ndim == 1 else np.isfinite(values).any(axis=1)
     values, labels = values[finite], labels[finite]
     names = list(dict.fromkeys(labels.tolist()))
     if not names:
@@ -122,7 +125,7 @@ def cluster_bootstrap(
         resampled[r] = statistic(np.concatenate([groups[i] for i in drawn]))
     low, high = np.percentile(resampled, [50 * (1 - level), 50 * (1 + level)])
     return ClusterInterval(
-        float(statistic(values)), float(low), float(high), level, len(groups), int(values.size)
+        float(statistic(values)), float(low), float(high), level, len(groups), len(values)
     )
 
 
