@@ -28,7 +28,8 @@ def _profiles(curves: dict[tuple[str, int], list[float]], kind: str = "TP") -> p
 
 def test_negative_neighbourhood_reproduced_when_every_subject_dips_below_zero() -> None:
     dip = [2.0, 0.5, -0.1, -0.4, -0.2, -5.0]  # shells 0, 1 and 5 lie outside the 2–8 mm band
-    curves = {(f"s{i}", lesion): dip for i in range(4) for lesion in (1, 2)}
+    # Lesion ids differ between subjects, as they do in lesion tables.
+    curves = {(f"s{i}", 10 * i + lesion): dip for i in range(4) for lesion in (1, 2)}
     verdict = negative_neighbourhood(_profiles(curves), channel="FLAIR")
     assert verdict["minimum"] == pytest.approx(-0.4, abs=1e-12)
     assert verdict["minimum_outer_mm"] == 6.0

@@ -101,7 +101,7 @@ def negative_neighbourhood(
         (rows["shell"] > 0) & (rows["inner_mm"] >= low - 1e-9) & (rows["outer_mm"] <= high + 1e-9)
     ]
     wide = band.pivot_table(
-        index=["subject", "lesion"], columns="shell", values="mean", aggfunc="first", dropna=False
+        index=["subject", "lesion"], columns="shell", values="mean", aggfunc="first"
     )
     if wide.empty:
         nan = float("nan")
