@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Run the trust checks of ``docs/trust.md`` on a labelled cohort and summarise them (resumable).
+
+Example (a small, preliminary run)::
+
+    nice -n 5 python scripts/trust_results.py runs/results_cohort --out runs/trust \\
+        --subjects 2 --lesions 2 --samples 2 --steps 3
+
+Per subject it writes ``<subject>_randomisation.tsv``, ``<subject>_faithfulness.tsv`` and
+``<subject>_profiles.tsv`` to ``--out`` (a subject whose three files exist is skipped, so a
+stopped run resumes), then ``summary.json`` with the cohort verdicts over every subject there.
+TP lesions are taken largest first, at most ``--lesions`` per subject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+KINDS = ("randomisation", "faithfulness", "profiles")
+
+
+def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
+    from instasal.saliency import SmoothGradConfig, instance_gradcam_many
+    from instasal.saliency.smoothgrad import smoothgrad_maps
+    from instasal.trust import deletion_insertion, radial_profile, randomisation
+
+    card = prepared.network.card
+    config = SmoothGradConfig(n_samples=args.samples, context="patch", seed=0)
+    spacing = prepared.subject.spacing
+    records = sorted(prepared.instances.of_kind("TP"), key=lambda r: -r.n_voxels)
+    tables: dict[str, list[pd.DataFrame]] = {kind: [] for kind in KINDS}
+    for record in records[: args.lesions]:
+        omega = prepared.instances.mask(record.id)
+        sanity = randomisation(
+            prepared.network,
+            prepared.x,
+            omega,
+            spacing=spacing,
+            smoothgrad=config,
+            steps=args.steps,
+            modes=("cascading",),
+        )
+        rows = [{"method": m, **sanity.verdict(m)} for m in sorted(set(sanity.table["method"]))]
+        verdicts = pd.DataFrame(rows).assign(lesion=record.id)
+        tables["randomisation"].append(verdicts.merge(sanity.table, on="method"))
+        smoothgrad = smoothgrad_maps(prepared.network, prepared.x, {0: omega}, config)[0]
+        maps = {"smoothgrad": smoothgrad.cpu().numpy()}
+        if card.get("gradcam_layer"):
+            gradcam = instance_gradcam_many(
+                prepared.network,
+                prepared.x,
+                {0: omega},
+                layer=card["gradcam_layer"],
+                context="patch",
+            )[0]
+            maps["gradcam"] = gradcam.cpu().numpy()
+        faithful = deletion_insertion(
+            prepared.network,
+            prepared.x,
+            omega,
+            maps,
+            spacing=spacing,
+            tissue=prepared.brain_mask,
+            context="patch",
+            n_random=args.random,
+        )
+        tables["faithfulness"].append(pd.DataFrame([{"lesion": record.id, **faithful.numbers}]))
+        profile = radial_profile(
+            maps["smoothgrad"], omega, spacing, channel_names=prepared.subject.channel_names
+        )
+        tables["profiles"].append(profile.assign(lesion=record.id, type="TP"))
+    return {kind: pd.concat(parts) if parts else pd.DataFrame() for kind, parts in tables.items()}
+
+
+def main(argv: list[str]) -> int:
+    """Run the checks; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cohort", type=Path, help="labelled BIDS-like cohort")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the tables")
+    parser.add_argument("--model", default="unet", help="built-in model or weights folder")
+    parser.add_argument("--subjects", type=int, default=None, help="at most this many subjects")
+    parser.add_argument("--lesions", type=int, default=6, help="TP lesions per subject")
+    parser.add_argument("--samples", type=int, default=8, help="SmoothGrad noise samples")
+    parser.add_argument("--steps", type=int, default=5, help="randomisation blocks")
+    parser.add_argument("--random", type=int, default=3, help="random deletion orders")
+    args = parser.parse_args(argv)
+
+    from instasal.analyses.trust_summary import (
+        faithfulness_summary,
+        negative_neighbourhood,
+        randomisation_summary,
+    )
+    from instasal.experiments.runner import prepared_subjects
+    from instasal.io import atomic_write_json
+    from instasal.models import load_model
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    for prepared in prepared_subjects(args.cohort, model, limit=args.subjects):
+        name = prepared.files.subject_id
+        paths = {kind: args.out / f"{name}_{kind}.tsv" for kind in KINDS}
+        if all(p.exists() for p in paths.values()):
+            continue
+        for kind, table in _subject_tables(prepared, args).items():
+            partial = paths[kind].with_suffix(".tsv.part")
+            table.assign(subject=name).to_csv(partial, sep="\t", index=False)
+            partial.replace(paths[kind])
+        print(f"{name}: done", flush=True)
+    read = {
+        kind: pd.concat([pd.read_csv(p, sep="\t") for p in sorted(args.out.glob(f"*_{kind}.tsv"))])
+        for kind in KINDS
+    }
+    verdicts = read["randomisation"].drop_duplicates(["subject", "lesion", "method"])
+    summary = {
+        "randomisation": randomisation_summary(verdicts),
+        "faithfulness": faithfulness_summary(read["faithfulness"]),
+        "negative_neighbourhood": negative_neighbourhood(read["profiles"], channel="FLAIR"),
+        "settings": vars(args) | {"cohort": str(args.cohort), "out": str(args.out)},
+    }
+    atomic_write_json(args.out / "summary.json", summary, overwrite=True)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
