@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -114,7 +116,7 @@ def test_progress_counts_every_draws_rows_once_when_packed(case):
     )
     rows = 5 * (int(domain.sum()) + 1)
     assert calls[-1] == (rows, rows)
-    assert all(b[0] > a[0] for a, b in zip(calls, calls[1:], strict=False))
+    assert all(b[0] > a[0] for a, b in itertools.pairwise(calls))
 
 
 def test_draws_per_pass_must_be_positive(case):
