@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from instasal.report.figures import (
     peak_vs_volume_figure,
     reliance_figure,
 )
+from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
 
 if TYPE_CHECKING:
     from instasal.pipeline.explain import ExplainResult
@@ -74,6 +75,7 @@ def build_subject_report(
     layout = result.layout
     scale = _shared_scale(result, channels) if len(table) else 1.0
     lesions = []
+    viewer_data: dict[str, list[dict[str, Any]]] = {}
     for row in table.to_dict(orient="records"):
         lesion_id = int(row["id"])
         saliency = np.stack(
@@ -94,6 +96,18 @@ def build_subject_report(
             gradcam=cam,
             title=f"domain {lesion_id} ({row['type']})",
         )
+        viewer_data[str(lesion_id)] = [
+            asdict(volume)
+            for volume in lesion_volumes(
+                list(subject.data),
+                channels,
+                saliency,
+                result.instances.mask(lesion_id),
+                subject.affine,
+                scale=scale,
+                gradcam=cam,
+            )
+        ]
         facts = [
             ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
             ("region", row["region"]),
@@ -201,6 +215,11 @@ def build_subject_report(
         lesions=lesions,
         scale=f"{scale:.3g}",
         window_mm=int(2 * HALF_WINDOW_MM),
+        viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
+        channels=channels,
+        gradcam=bool(settings["gradcam"]),
+        viewer_data=viewer_data,
+        niivue_script=niivue_script() if lesions else "",
     )
     return SubjectReport(html)
 
