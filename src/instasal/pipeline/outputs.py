@@ -138,8 +138,11 @@ def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
     columns: dict[str, dict[str, str]] = {
         "id": {"Description": "Domain id; its value in the instances label map"},
         "type": {
-            "Description": "lesion (no reference), TP, FP (predicted, overlapping a reference "
-            "lesion or not), FN (missed reference lesion), TN (sampled normal tissue)"
+            "Description": "lesion: predicted domain, no reference given; TP: predicted domain "
+            "overlapping at least one reference voxel; FP: predicted domain overlapping no "
+            "reference voxel; FN: reference lesion no predicted voxel overlaps (its domain is the "
+            "reference component); TN: blob sampled in normal-appearing tissue, at least 3 mm "
+            "from any predicted or reference lesion"
         },
         "region": {"Description": "Anatomical region from the reference region map, when given"},
         "volume_mm3": {"Description": "Voxel count times voxel volume", "Units": "mm^3"},

@@ -12,6 +12,7 @@ import jinja2
 import numpy as np
 
 from instasal.io import Subject, atomic_write_text, load_image
+from instasal.pipeline.outputs import table_sidecar
 from instasal.report.figures import (
     HALF_WINDOW_MM,
     figure_png,
@@ -196,6 +197,12 @@ def build_subject_report(
         + ["gradcam_peak"]
     )
     rows = [{c: _format(r[c]) for c in columns} for r in table.to_dict(orient="records")]
+    sidecar = table_sidecar(channels)
+    column_titles = {
+        c: sidecar[c]["Description"]
+        + (f" ({sidecar[c]['Units']})" if "Units" in sidecar[c] else "")
+        for c in columns
+    }
     html = environment.from_string(template_text).render(
         subject=provenance["subject"],
         model_name=card.get("name", "user model"),
@@ -208,6 +215,7 @@ def build_subject_report(
         run_rows=[(k, _format(v)) for k, v in run_rows],
         rows=rows,
         columns=columns,
+        column_titles=column_titles,
         threshold=resolved["threshold"],
         has_reference="reference" in provenance["extra_inputs"],
         aggregation=settings["aggregation"],
