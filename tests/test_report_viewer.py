@@ -18,10 +18,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import LINEAR_SHAPE, PointwiseLinear, write_linear_subject
+from instasal.instances import Instance
 from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.pipeline.outputs import instances_lookup
 from instasal.report.viewer import crop_box, domain_outline, lesion_volumes, niivue_script
 
 
@@ -253,3 +256,30 @@ def test_viewer_draws_and_reports_the_value_under_the_crosshair_in_chromium(
         and "logit per normalised intensity" in (result["before"])
     )
     assert result["after"] != result["before"]
+
+
+def test_instances_lookup_lists_every_id_with_the_reason_it_was_left_out():
+    records = [
+        Instance(1, 16.0, 2, (0, 0, 0), (0, 0, 0), ((0, 1), (0, 1), (0, 2)), "FP"),
+        Instance(2, 8.0, 1, (5, 5, 5), (5, 5, 5), ((5, 6), (5, 6), (5, 6)), "FP"),
+        Instance(3, 24.0, 3, (9, 9, 9), (9, 9, 9), ((9, 10), (9, 10), (9, 12)), "TP"),
+    ]
+    lookup = instances_lookup(records, {1, 3}, max_lesions=1)
+    assert lookup["index"].tolist() == [1, 2, 3]
+    assert lookup["name"].tolist() == ["FP-1", "FP-2", "TP-3"]
+    assert lookup["explained"].tolist() == ["yes", "no", "yes"]
+    assert lookup.loc[1, "reason"] == "beyond the first 1 FP domains (max_lesions)"
+    assert lookup["volume_mm3"].tolist() == [16.0, 8.0, 24.0]
+
+
+def test_run_writes_a_lookup_row_for_every_id_of_the_instance_map(explained_report):
+    root = explained_report.parent
+    (labels,) = root.glob("*_desc-instances_dseg.nii.gz")
+    (table,) = root.glob("*_desc-instances_dseg.tsv")
+    ids = sorted(int(i) for i in np.unique(np.asarray(nib.load(labels).dataobj)) if i)
+    lookup = pd.read_csv(table, sep="\t")
+    assert lookup["index"].tolist() == ids
+    explained = pd.read_csv(next(root.glob("*_lesions.tsv")), sep="\t")["id"].tolist()
+    assert lookup.loc[lookup["explained"] == "yes", "index"].tolist() == explained
+    html = explained_report.read_text()
+    assert f"{len(explained)} of the {len(ids)} domains in the instance map are explained" in html

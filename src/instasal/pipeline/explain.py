@@ -30,7 +30,7 @@ from instasal.io import (
     write_nifti,
 )
 from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
-from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
+from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.provenance import software_versions
@@ -299,6 +299,8 @@ def explain_subject(
         else pd.DataFrame(columns=table_columns(subject.channel_names))
     )
     layout.write_table(table, table_sidecar(subject.channel_names))
+    explained_ids = {int(i) for i in table["id"]}
+    layout.write_instances_lookup(instances_lookup(native, explained_ids, settings.max_lesions))
     timings["total_s"] = time.perf_counter() - started
 
     provenance = {

@@ -216,6 +216,8 @@ def build_subject_report(
         rows=rows,
         columns=columns,
         column_titles=column_titles,
+        n_domains=len(result.instances),
+        lookup_name=result.layout.instances_lookup.name,
         threshold=resolved["threshold"],
         has_reference="reference" in provenance["extra_inputs"],
         aggregation=settings["aggregation"],
