@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -283,3 +284,24 @@ def test_run_writes_a_lookup_row_for_every_id_of_the_instance_map(explained_repo
     assert lookup.loc[lookup["explained"] == "yes", "index"].tolist() == explained
     html = explained_report.read_text()
     assert f"{len(explained)} of the {len(ids)} domains in the instance map are explained" in html
+
+
+def test_cli_refuses_a_missing_input_before_importing_torch(tmp_path):
+    """The refusal comes from option and file checks alone: torch is never imported."""
+    probe = (
+        "import sys\n"
+        "from instasal.cli import main\n"
+        "sys.argv = ['instasal', 'explain', sys.argv[1], '--out', sys.argv[2]]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "missing_FLAIR.nii.gz"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "exit 2 False"
+    assert "missing_FLAIR.nii.gz: file not found" in done.stderr

@@ -127,6 +127,7 @@ def lesion_figure(
     )
     mask_planes = _planes(mask, centre, windows)
     saliency_artist = cam_artist = None
+    cam_empty = cam is not None and not bool(np.any(cam > 0))
     for row, (label, image, overlay, kind) in enumerate(rows):
         image_planes = _planes(image, centre, windows)
         overlay_planes = _planes(overlay, centre, windows) if overlay is not None else [None] * 3
@@ -138,7 +139,7 @@ def lesion_figure(
             axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=high, aspect=aspect)
             if over is not None and kind == "saliency":
                 saliency_artist = _diverging_overlay(axis, over, scale, aspect)
-            elif over is not None and not np.any(cam > 0):
+            elif over is not None and cam_empty:
                 if column == 1:
                     axis.text(
                         0.5,
