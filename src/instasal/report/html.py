@@ -159,6 +159,16 @@ def build_subject_report(
     settings = provenance["settings"]
     resolved = provenance["resolved"]
     card = provenance["model"]["card"]
+    cohort = card.get("training", {}).get("training_cohort")
+    model_note = (
+        f"{card.get('name', 'This model')} was trained by instasal on {cohort['n_subjects']} "
+        "phantom subjects (synthetic lesions on MNI152 anatomy): a small demonstration network, "
+        "weaker than the paper's networks trained on patient scans, so expect missed lesions and "
+        "false positives. docs/models.md in the instasal sources describes its training and "
+        "accuracy; docs/method.md defines every number in this report."
+        if cohort and "n_subjects" in cohort
+        else ""
+    )
     counts = {k: v for k, v in provenance["counts"].items() if v}
     counts_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no lesion"
     run_rows = [
@@ -207,6 +217,7 @@ def build_subject_report(
         subject=provenance["subject"],
         model_name=card.get("name", "user model"),
         counts_text=counts_text,
+        model_note=model_note,
         finished=provenance["finished"],
         version=provenance["versions"]["instasal"],
         reduced=settings["reduced"],
