@@ -184,11 +184,7 @@ def _inject(html: str) -> str:
     return html[:head] + CATCH_ERRORS + html[head:body] + PROBE + html[body:]
 
 
-@pytest.fixture(scope="module")
-def explained_report(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("viewer")
-    write_linear_subject(root / "data", "sub-01", np.random.default_rng(3))
-    anat = root / "data" / "sub-01" / "anat"
+def _pointwise_with_card() -> PointwiseLinear:
     model = PointwiseLinear()
     model.card = {  # type: ignore[assignment]
         "name": "pointwise-test",
@@ -199,6 +195,15 @@ def explained_report(tmp_path_factory) -> Path:
         "gradcam_layer": "conv",
         "target_class": 1,
     }
+    return model
+
+
+@pytest.fixture(scope="module")
+def explained_report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("viewer")
+    write_linear_subject(root / "data", "sub-01", np.random.default_rng(3))
+    anat = root / "data" / "sub-01" / "anat"
+    model = _pointwise_with_card()
     result = explain_subject(
         [anat / "sub-01_FLAIR.nii.gz", anat / "sub-01_T1w.nii.gz"],
         model,
@@ -305,3 +310,24 @@ def test_cli_refuses_a_missing_input_before_importing_torch(tmp_path):
     )
     assert done.stdout.strip() == "exit 2 False"
     assert "missing_FLAIR.nii.gz: file not found" in done.stderr
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_explain_subject_shows_progress_by_default_only_in_a_terminal(
+    tmp_path, capfd, monkeypatch, terminal
+):
+    write_linear_subject(tmp_path / "data", "sub-01", np.random.default_rng(4))
+    anat = tmp_path / "data" / "sub-01" / "anat"
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    if terminal:
+        monkeypatch.setenv("FORCE_COLOR", "1")  # rich then treats standard error as a terminal
+    explain_subject(
+        [anat / "sub-01_FLAIR.nii.gz", anat / "sub-01_T1w.nii.gz"],
+        _pointwise_with_card(),
+        tmp_path / "out",
+        settings=ExplainSettings(n_samples=2, n_true_negatives=0, context="full", seed=1),
+        report=False,
+    )
+    shown = capfd.readouterr().err
+    assert ("saliency of lesion" in shown) is terminal
+    assert ("segmenting" in shown) is terminal
