@@ -3,6 +3,9 @@
 The public API of SPEC §5 is re-exported here.
 """
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from instasal.errors import (
     ConfigurationError,
     ImageError,
@@ -10,18 +13,46 @@ from instasal.errors import (
     ModelError,
     OutputExistsError,
 )
-from instasal.instances import Instance, Instances, classify_instances, find_instances
-from instasal.io import Subject, read_subject
-from instasal.models import available_models, load_model
 from instasal.provenance import instasal_version
-from instasal.saliency import (
-    instance_gradcam,
-    instance_gradcam_many,
-    instance_smoothgrad,
-    instance_smoothgrad_many,
-    normalise_map,
-    patch_full_agreement,
-)
+
+if TYPE_CHECKING:
+    from instasal.instances import Instance, Instances, classify_instances, find_instances
+    from instasal.io import Subject, read_subject
+    from instasal.models import available_models, load_model
+    from instasal.saliency import (
+        instance_gradcam,
+        instance_gradcam_many,
+        instance_smoothgrad,
+        instance_smoothgrad_many,
+        normalise_map,
+        patch_full_agreement,
+    )
+
+# Names imported on first use, so that ``import instasal`` (and the command line's refusals of bad
+# input) do not wait for torch.
+_LAZY = {
+    "Instance": "instasal.instances",
+    "Instances": "instasal.instances",
+    "classify_instances": "instasal.instances",
+    "find_instances": "instasal.instances",
+    "Subject": "instasal.io",
+    "read_subject": "instasal.io",
+    "available_models": "instasal.models",
+    "load_model": "instasal.models",
+    "instance_gradcam": "instasal.saliency",
+    "instance_gradcam_many": "instasal.saliency",
+    "instance_smoothgrad": "instasal.saliency",
+    "instance_smoothgrad_many": "instasal.saliency",
+    "normalise_map": "instasal.saliency",
+    "patch_full_agreement": "instasal.saliency",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'instasal' has no attribute {name!r}")
+
 
 __version__ = instasal_version()
 

@@ -4,20 +4,45 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from instasal.errors import InstasalError, InstasalWarning
+from instasal.errors import ImageError, InstasalError, InstasalWarning
 
 ImagesArgument = Annotated[
     list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
 ]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Built-in name or model path.")]
+
+
+def builtin_model_names() -> list[str]:
+    """Names of the bundled models (their weight cards), read without importing torch."""
+    weights = resources.files("instasal").joinpath("weights")
+    return sorted(p.name[: -len(".json")] for p in weights.iterdir() if p.name.endswith(".json"))
+
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"Built-in model ({', '.join(builtin_model_names())}) or a model file path "
+        "(TorchScript .pt, nnU-Net results folder, or module:factory=weights.pt).",
+    ),
+]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace results of an earlier run.")]
+
+
+def require_files(*paths: Path | None) -> None:
+    """Refuse, in one line, the first given input path that does not exist."""
+    for path in paths:
+        if path is not None and not path.exists():
+            raise ImageError(f"{path}: file not found")
+
 
 app = typer.Typer(
     name="instasal",

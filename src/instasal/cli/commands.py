@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from instasal.cli._app import ImagesArgument, ModelOption, OutOption, OverwriteOption, app, console
+from instasal.cli._app import (
+    ImagesArgument,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    app,
+    console,
+    require_files,
+)
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 
@@ -63,24 +71,34 @@ def explain(
     ] = None,
     tissue_mask: Annotated[Path | None, typer.Option(help="Where TN domains may lie.")] = None,
     regions: Annotated[Path | None, typer.Option(help="Lesion region label map.")] = None,
-    n_samples: Annotated[int, typer.Option(help="SmoothGrad noise samples N.")] = 50,
-    noise_level: Annotated[float, typer.Option(help="Noise σ as a fraction of range.")] = 0.05,
-    noise_range: Annotated[str, typer.Option(help="per_channel or first_channel.")] = "per_channel",
+    n_samples: Annotated[int, typer.Option(help="SmoothGrad noise samples N (>= 1).")] = 50,
+    noise_level: Annotated[
+        float,
+        typer.Option(help="Noise σ as a fraction of the intensity range (max − min), in [0, 1)."),
+    ] = 0.05,
+    noise_range: Annotated[
+        str, typer.Option(help="Range the noise σ is taken from: per_channel or first_channel.")
+    ] = "per_channel",
     aggregation: Annotated[str, typer.Option(help="max (paper v3) or mean (v1).")] = "max",
     context: Annotated[
         str | None, typer.Option(help="patch or full (default: patch when the card has one).")
     ] = None,
-    threshold: Annotated[float | None, typer.Option(help="Default: the model card's.")] = None,
-    max_lesions: Annotated[
-        int | None, typer.Option(help="Explain at most this many domains per type.")
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Probability threshold in (0, 1) (default: the model card's threshold)."),
     ] = None,
+    max_lesions: Annotated[
+        int | None,
+        typer.Option(help="Explain at most this many domains per type (>= 1; default: all)."),
+    ] = None,
+    n_true_negatives: Annotated[
+        int, typer.Option(help="TN domains sampled in normal tissue (needs --reference; >= 0).")
+    ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of noise draws and TN sampling.")] = 0,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
-    from instasal.pipeline import explain_subject
-
     settings = _settings(
         n_samples=n_samples,
         noise_level=noise_level,
@@ -89,9 +107,13 @@ def explain(
         context=context,
         threshold=threshold,
         max_lesions=max_lesions,
+        n_true_negatives=n_true_negatives,
         gradcam=gradcam,
         seed=seed,
     )
+    require_files(*images, reference, tissue_mask, regions)
+    from instasal.pipeline import explain_subject
+
     with pipeline_progress(console) as progress:
         result = explain_subject(
             images,

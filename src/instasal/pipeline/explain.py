@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 from torch import nn
 
 from instasal.errors import ConfigurationError, ImageError, OutputExistsError
@@ -30,7 +31,7 @@ from instasal.io import (
     write_nifti,
 )
 from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
-from instasal.pipeline.outputs import RunLayout, subject_label, table_sidecar
+from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.provenance import software_versions
@@ -133,7 +134,7 @@ def explain_subject(
     channel_names: Sequence[str] | None = None,
     overwrite: bool = False,
     report: bool = True,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | Literal["auto"] | None = "auto",
 ) -> ExplainResult:
     """Segment a subject, find its lesions, and explain each one (SPEC §1–§3; issue 6).
 
@@ -161,12 +162,35 @@ def explain_subject(
     report
         Also write the self-contained HTML report.
     progress
-        Called as ``progress(stage, done, total)``.
+        Called as ``progress(stage, done, total)``. ``"auto"`` (the default) shows progress bars
+        with the time left when standard error is a terminal or in a Jupyter notebook, and nothing
+        elsewhere; ``None`` shows nothing.
 
     Returns
     -------
     ExplainResult
     """
+    if progress == "auto":
+        console = Console(stderr=True)
+        if not (console.is_terminal or console.is_jupyter):
+            progress = None
+        else:
+            from instasal.cli.progress import pipeline_progress
+
+            with pipeline_progress(console) as shown:
+                return explain_subject(
+                    images,
+                    model,
+                    out,
+                    reference=reference,
+                    tissue_mask=tissue_mask,
+                    regions=regions,
+                    settings=settings,
+                    channel_names=channel_names,
+                    overwrite=overwrite,
+                    report=report,
+                    progress=shown,  # type: ignore[arg-type]
+                )
     settings = settings or ExplainSettings()
     progress = progress or _noop
     started = time.perf_counter()
@@ -299,6 +323,8 @@ def explain_subject(
         else pd.DataFrame(columns=table_columns(subject.channel_names))
     )
     layout.write_table(table, table_sidecar(subject.channel_names))
+    explained_ids = {int(i) for i in table["id"]}
+    layout.write_instances_lookup(instances_lookup(native, explained_ids, settings.max_lesions))
     timings["total_s"] = time.perf_counter() - started
 
     provenance = {

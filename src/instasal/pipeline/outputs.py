@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pandas as pd
 
 from instasal.io import atomic_write_json, atomic_write_text
 
-__all__ = ["RunLayout", "subject_label", "table_sidecar"]
+__all__ = ["RunLayout", "instances_lookup", "subject_label", "table_sidecar"]
 
 _CHANNEL_SUFFIX = re.compile(r"_(FLAIR|T1w|T2w|PD|T1|MPRAGE|ch\d+)$", re.IGNORECASE)
 
@@ -53,6 +54,10 @@ class RunLayout:
     @property
     def instances(self) -> Path:
         return self.root / f"{self.label}_desc-instances_dseg.nii.gz"
+
+    @property
+    def instances_lookup(self) -> Path:
+        return self.root / f"{self.label}_desc-instances_dseg.tsv"
 
     @property
     def table(self) -> Path:
@@ -93,6 +98,7 @@ class RunLayout:
             self.probability,
             self.mask,
             self.instances,
+            self.instances_lookup,
             self.table,
             self.table_sidecar,
             self.manifest,
@@ -131,6 +137,55 @@ class RunLayout:
         )
         atomic_write_json(self.table_sidecar, sidecar, overwrite=True)
 
+    def write_instances_lookup(self, lookup: pd.DataFrame) -> None:
+        atomic_write_text(
+            self.instances_lookup, lookup.to_csv(sep="\t", index=False), overwrite=True
+        )
+
+
+def instances_lookup(
+    instances: Iterable[Any], explained_ids: set[int], max_lesions: int | None
+) -> pd.DataFrame:
+    """The BIDS-style lookup table (``dseg.tsv``) of every id in the instances label map.
+
+    Parameters
+    ----------
+    instances
+        The domains of the stored label map (:class:`instasal.instances.Instance` records).
+    explained_ids
+        The ids that have a row in the lesion table.
+    max_lesions
+        The run's limit of explained domains per type, named as the reason for those left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per id: ``index`` (the map value), ``name``, ``type``, ``volume_mm3``,
+        ``n_voxels``, ``explained`` (``yes`` / ``no``) and ``reason`` when not explained.
+    """
+    rows = []
+    for record in instances:
+        explained = record.id in explained_ids
+        if explained:
+            reason = "n/a"
+        elif max_lesions is not None:
+            reason = f"beyond the first {max_lesions} {record.kind} domains (max_lesions)"
+        else:
+            reason = "no saliency row (run interrupted or failed for this domain)"
+        rows.append(
+            {
+                "index": record.id,
+                "name": f"{record.kind}-{record.id}",
+                "type": record.kind,
+                "volume_mm3": round(record.volume_mm3, 3),
+                "n_voxels": record.n_voxels,
+                "explained": "yes" if explained else "no",
+                "reason": reason,
+            }
+        )
+    columns = ["index", "name", "type", "volume_mm3", "n_voxels", "explained", "reason"]
+    return pd.DataFrame(rows, columns=columns)
+
 
 def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """Units and definitions of every lesion-table column (a BIDS-style JSON sidecar)."""
@@ -138,8 +193,11 @@ def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
     columns: dict[str, dict[str, str]] = {
         "id": {"Description": "Domain id; its value in the instances label map"},
         "type": {
-            "Description": "lesion (no reference), TP, FP (predicted, overlapping a reference "
-            "lesion or not), FN (missed reference lesion), TN (sampled normal tissue)"
+            "Description": "lesion: predicted domain, no reference given; TP: predicted domain "
+            "overlapping at least one reference voxel; FP: predicted domain overlapping no "
+            "reference voxel; FN: reference lesion no predicted voxel overlaps (its domain is the "
+            "reference component); TN: blob sampled in normal-appearing tissue, at least 3 mm "
+            "from any predicted or reference lesion"
         },
         "region": {"Description": "Anatomical region from the reference region map, when given"},
         "volume_mm3": {"Description": "Voxel count times voxel volume", "Units": "mm^3"},

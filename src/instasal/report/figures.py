@@ -127,6 +127,7 @@ def lesion_figure(
     )
     mask_planes = _planes(mask, centre, windows)
     saliency_artist = cam_artist = None
+    cam_empty = cam is not None and not bool(np.any(cam > 0))
     for row, (label, image, overlay, kind) in enumerate(rows):
         image_planes = _planes(image, centre, windows)
         overlay_planes = _planes(overlay, centre, windows) if overlay is not None else [None] * 3
@@ -138,6 +139,19 @@ def lesion_figure(
             axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=high, aspect=aspect)
             if over is not None and kind == "saliency":
                 saliency_artist = _diverging_overlay(axis, over, scale, aspect)
+            elif over is not None and cam_empty:
+                if column == 1:
+                    axis.text(
+                        0.5,
+                        0.5,
+                        "no positive Grad-CAM++\nevidence for this domain",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white",
+                        transform=axis.transAxes,
+                        bbox={"facecolor": "black", "alpha": 0.7, "edgecolor": "none"},
+                    )
             elif over is not None:
                 cam_artist = axis.imshow(
                     np.ma.masked_where(over < 0.05, over),
@@ -161,9 +175,19 @@ def lesion_figure(
             if row == 0:
                 left, right = ("P", "A") if column == 2 else ("L", "R")
                 for x, letter in ((0.03, left), (0.88, right)):
-                    axis.text(x, 0.04, letter, color="yellow", fontsize=7, transform=axis.transAxes)
+                    axis.text(
+                        x,
+                        0.04,
+                        letter,
+                        color="white",
+                        fontsize=8,
+                        fontweight="bold",
+                        transform=axis.transAxes,
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.0, "edgecolor": "none"},
+                    )
     if saliency_artist is not None:
-        bar = figure.colorbar(saliency_artist, ax=axes[:, 2].tolist(), shrink=0.5, pad=0.02)
+        saliency_axes = axes[n_channels : 2 * n_channels, 2].tolist()
+        bar = figure.colorbar(saliency_artist, ax=saliency_axes, shrink=0.9, pad=0.02)
         bar.set_label("saliency (logit / intensity unit)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if cam_artist is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,7 @@ import jinja2
 import numpy as np
 
 from instasal.io import Subject, atomic_write_text, load_image
+from instasal.pipeline.outputs import table_sidecar
 from instasal.report.figures import (
     HALF_WINDOW_MM,
     figure_png,
@@ -19,6 +20,7 @@ from instasal.report.figures import (
     peak_vs_volume_figure,
     reliance_figure,
 )
+from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
 
 if TYPE_CHECKING:
     from instasal.pipeline.explain import ExplainResult
@@ -74,6 +76,7 @@ def build_subject_report(
     layout = result.layout
     scale = _shared_scale(result, channels) if len(table) else 1.0
     lesions = []
+    viewer_data: dict[str, list[dict[str, Any]]] = {}
     for row in table.to_dict(orient="records"):
         lesion_id = int(row["id"])
         saliency = np.stack(
@@ -94,6 +97,18 @@ def build_subject_report(
             gradcam=cam,
             title=f"domain {lesion_id} ({row['type']})",
         )
+        viewer_data[str(lesion_id)] = [
+            asdict(volume)
+            for volume in lesion_volumes(
+                list(subject.data),
+                channels,
+                saliency,
+                result.instances.mask(lesion_id),
+                subject.affine,
+                scale=scale,
+                gradcam=cam,
+            )
+        ]
         facts = [
             ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
             ("region", row["region"]),
@@ -144,6 +159,16 @@ def build_subject_report(
     settings = provenance["settings"]
     resolved = provenance["resolved"]
     card = provenance["model"]["card"]
+    cohort = card.get("training", {}).get("training_cohort")
+    model_note = (
+        f"{card.get('name', 'This model')} was trained by instasal on {cohort['n_subjects']} "
+        "phantom subjects (synthetic lesions on MNI152 anatomy): a small demonstration network, "
+        "weaker than the paper's networks trained on patient scans, so expect missed lesions and "
+        "false positives. docs/models.md in the instasal sources describes its training and "
+        "accuracy; docs/method.md defines every number in this report."
+        if cohort and "n_subjects" in cohort
+        else ""
+    )
     counts = {k: v for k, v in provenance["counts"].items() if v}
     counts_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no lesion"
     run_rows = [
@@ -182,10 +207,17 @@ def build_subject_report(
         + ["gradcam_peak"]
     )
     rows = [{c: _format(r[c]) for c in columns} for r in table.to_dict(orient="records")]
+    sidecar = table_sidecar(channels)
+    column_titles = {
+        c: sidecar[c]["Description"]
+        + (f" ({sidecar[c]['Units']})" if "Units" in sidecar[c] else "")
+        for c in columns
+    }
     html = environment.from_string(template_text).render(
         subject=provenance["subject"],
         model_name=card.get("name", "user model"),
         counts_text=counts_text,
+        model_note=model_note,
         finished=provenance["finished"],
         version=provenance["versions"]["instasal"],
         reduced=settings["reduced"],
@@ -194,6 +226,9 @@ def build_subject_report(
         run_rows=[(k, _format(v)) for k, v in run_rows],
         rows=rows,
         columns=columns,
+        column_titles=column_titles,
+        n_domains=len(result.instances),
+        lookup_name=result.layout.instances_lookup.name,
         threshold=resolved["threshold"],
         has_reference="reference" in provenance["extra_inputs"],
         aggregation=settings["aggregation"],
@@ -201,6 +236,11 @@ def build_subject_report(
         lesions=lesions,
         scale=f"{scale:.3g}",
         window_mm=int(2 * HALF_WINDOW_MM),
+        viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
+        channels=channels,
+        gradcam=bool(settings["gradcam"]),
+        viewer_data=viewer_data,
+        niivue_script=niivue_script() if lesions else "",
     )
     return SubjectReport(html)
 
