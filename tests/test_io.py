@@ -11,7 +11,14 @@ import pytest
 import SimpleITK as sitk
 
 from instasal.errors import ImageError, OutputExistsError
-from instasal.io import load_mask, read_subject, voxel_to_world, write_nifti, zscore_nonzero
+from instasal.io import (
+    load_image,
+    load_mask,
+    read_subject,
+    voxel_to_world,
+    write_nifti,
+    zscore_nonzero,
+)
 
 
 def test_read_subject_keeps_data_affine_and_geometry(two_channel_files, oblique_affine):
@@ -187,3 +194,35 @@ def test_outputs_get_ordinary_permissions(tmp_path, oblique_affine):
     finally:
         os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def _header_only_file(path: Path, shape: tuple[int, ...], gz: bool = False) -> Path:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    payload = header.binaryblock + b"\0" * 4
+    if gz:
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_header_claiming_a_huge_grid_is_refused_before_reading(tmp_path: Path, gz: bool) -> None:
+    name = "huge.nii.gz" if gz else "huge.nii"
+    path = _header_only_file(tmp_path / name, (10000, 10000, 10000), gz)
+    with pytest.raises(ImageError, match=r"huge\.nii.*declares 10000×10000×10000 uint8"):
+        load_image(path)
+
+
+def test_header_larger_than_the_memory_budget_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.nii"
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), np.eye(4)), str(path))
+    monkeypatch.setattr("instasal.io._memory_budget_bytes", lambda: 10_000)
+    with pytest.raises(ImageError, match=r"big\.nii.*32000 bytes.*memory budget of 10000 bytes"):
+        load_image(path)
+    monkeypatch.setattr("instasal.io._memory_budget_bytes", lambda: 32_000)
+    assert load_image(path).shape == (20, 20, 20)

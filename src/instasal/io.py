@@ -136,11 +136,49 @@ def load_image(path: PathLike) -> nib.Nifti1Image:
         raise ImageError(f"{path}: not a readable NIfTI image ({one_line(error)})") from error
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageError(f"{path}: not a NIfTI image (read as {type(image).__name__})")
+    _check_declared_size(image, path)
     try:
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as error:
         raise ImageError(f"{path}: truncated or corrupt image data ({one_line(error)})") from error
     return nib.Nifti1Image(data, image.affine, header=image.header)
+
+
+# deflate cannot shrink data by more than about 1032:1, so a larger ratio is a lying header
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _memory_budget_bytes() -> int:
+    """Half of the physical memory: the most voxel data one image may declare."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def _check_declared_size(image: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a header whose declared grid the file cannot hold or memory cannot take.
+
+    Checked before the voxel data are read, so a 100-byte file claiming 10000³ voxels is refused
+    in one line instead of exhausting the memory inside nibabel.
+    """
+    header = image.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    dtype = header.get_data_dtype()
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    stored = path.stat().st_size
+    grid = "×".join(map(str, shape))
+    described = f"declares {grid} {dtype.name} = {declared} bytes of voxel data"
+    if path.suffix == ".gz":
+        if declared > _DEFLATE_MAX_RATIO * stored:
+            raise ImageError(
+                f"{path}: header {described}, more than a {stored}-byte gzip file can hold"
+            )
+    elif declared > stored - int(header["vox_offset"]):
+        raise ImageError(f"{path}: header {described}, but the file holds only {stored} bytes")
+    budget = _memory_budget_bytes()
+    if declared > budget:
+        raise ImageError(
+            f"{path}: header {described}, over the memory budget of {budget} bytes"
+            " (half of this machine's memory)"
+        )
 
 
 def _as_3d(image: nib.Nifti1Image, path: Path) -> np.ndarray:
