@@ -58,7 +58,8 @@ def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
     if dense:  # instance norm: every input voxel matters, the patch misses some of it
         assert 0 < report["full_mass_outside_patch"] < 1
     else:  # receptive field 5³ fits in the patch: the contexts agree to round-off
-        assert report["full_mass_outside_patch"] == 0.0
+        # exact arithmetic gives 0; float32 sums of gradients leave round-off ~1e-7 (seen: 6e-8)
+        assert report["full_mass_outside_patch"] == pytest.approx(0.0, abs=1e-6)
         assert report["correlation"] == pytest.approx(1.0, abs=1e-6)
         assert report["relative_max_difference"] < 1e-5
     assert not math.isnan(report["correlation"])
