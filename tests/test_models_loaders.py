@@ -208,3 +208,40 @@ def test_model_exported_by_instasal_train_loads_from_its_path(tmp_path: Path) ->
     card_path.write_text(json.dumps(json.loads(card_path.read_text()) | {"architecture": "x"}))
     with pytest.raises(ModelError, match="not a TorchScript model"):
         load_model(weights)
+
+
+def _crafted_bundle(tmp_path: Path, network_def: dict[str, object]) -> Path:
+    bundle = tmp_path / "crafted_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    (bundle / "configs" / "metadata.json").write_text("{}")
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    torch.save({}, bundle / "models" / "model.pt")
+    return bundle
+
+
+_WRITE_MARKER = "$__import__('pathlib').Path('{marker}').write_text('x') and 2"
+
+
+@pytest.mark.parametrize(
+    ("field", "runs_code"),
+    [
+        ({"in_channels": _WRITE_MARKER}, True),
+        ({"_requires_": _WRITE_MARKER}, True),
+        ({"in_channels": "@other"}, False),
+        ({"_target_": "pathlib.Path"}, False),
+    ],
+)
+def test_bundle_code_is_refused_unless_trusted(
+    tmp_path: Path, field: dict[str, str], runs_code: bool
+) -> None:
+    marker = tmp_path / "pwned"
+    network_def = {"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 3}
+    network_def |= {key: value.replace("{marker}", str(marker)) for key, value in field.items()}
+    bundle = _crafted_bundle(tmp_path, network_def)
+    with pytest.raises(ModelError, match=r"inference\.json: network_def .*trust_code"):
+        load_model(bundle)
+    assert not marker.exists()
+    with pytest.raises(ModelError):  # trusted: built (running the code), then refused otherwise
+        load_model(bundle, trust_code=True)
+    assert marker.exists() == runs_code

@@ -74,7 +74,7 @@ def available_models() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def load_model(name_or_path: str | Path) -> nn.Module:
+def load_model(name_or_path: str | Path, *, trust_code: bool = False) -> nn.Module:
     """Load a segmentation model in evaluation mode, with its card as ``model.card``.
 
     Parameters
@@ -84,6 +84,10 @@ def load_model(name_or_path: str | Path) -> nn.Module:
         its card ``<name>.json``), a TorchScript file, a MONAI bundle folder, an nnU-Net v2
         trained-model folder (or one of its ``fold_X`` folders), or
         ``"module:factory=weights.pt"``.
+    trust_code
+        Let a MONAI bundle's ``network_def`` run code: ``$`` expressions, ``@`` references,
+        ``%`` macros, ``_requires_``/``_mode_`` and ``_target_`` outside ``monai.networks``.
+        Without it such a bundle is refused in one line.
 
     Raises
     ------
@@ -106,7 +110,7 @@ def load_model(name_or_path: str | Path) -> nn.Module:
     path = Path(name_or_path)
     if path.is_dir():
         if (path / "configs").is_dir():
-            return _load_bundle(path)
+            return _load_bundle(path, trust_code)
         from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
 
         if is_nnunet_folder(path):
@@ -285,7 +289,35 @@ def _load_torchscript(path: Path) -> nn.Module:
     return attach_card(network, card)
 
 
-def _load_bundle(folder: Path) -> nn.Module:
+_CODE_KEYS = ("_requires_", "_mode_", "_disabled_")
+
+
+def _untrusted_construct(node: Any) -> str | None:
+    """The first construct in a bundle config item that could run code, or None."""
+    import monai.networks.nets
+
+    if isinstance(node, str):
+        return node if node[:1] in ("$", "@", "%") else None
+    if isinstance(node, list):
+        return next((found for item in node if (found := _untrusted_construct(item))), None)
+    if not isinstance(node, Mapping):
+        return None
+    for key, value in node.items():
+        if key in _CODE_KEYS:
+            return str(key)
+        if key == "_target_":
+            target = str(value)
+            allowed = target.startswith("monai.networks.") or (
+                "." not in target and isinstance(getattr(monai.networks.nets, target, None), type)
+            )
+            if not allowed:
+                return f"_target_ {target}"
+        if found := _untrusted_construct(value):
+            return found
+    return None
+
+
+def _load_bundle(folder: Path, trust_code: bool = False) -> nn.Module:
     from monai.bundle import ConfigParser
 
     configs = folder / "configs"
@@ -313,6 +345,12 @@ def _load_bundle(folder: Path) -> nn.Module:
         raise ModelError(f"{folder}: unreadable bundle config ({one_line(error)})") from error
     weights_pt, weights_ts = folder / "models" / "model.pt", folder / "models" / "model.ts"
     if weights_pt.is_file():
+        construct = None if trust_code else _untrusted_construct(parser.get("network_def"))
+        if construct is not None:
+            raise ModelError(
+                f"{config_file}: network_def holds {construct[:80]!r}, which can run code; "
+                "refused (pass --trust-model-code / trust_code=True if you trust this bundle)"
+            )
         try:
             network = parser.get_parsed_content("network_def", instantiate=True)
         except Exception as error:  # MONAI raises many types while instantiating user configs
