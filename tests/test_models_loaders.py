@@ -245,3 +245,30 @@ def test_bundle_code_is_refused_unless_trusted(
     with pytest.raises(ModelError):  # trusted: built (running the code), then refused otherwise
         load_model(bundle, trust_code=True)
     assert marker.exists() == runs_code
+
+
+@pytest.mark.parametrize("command", ["segment", "explain"])
+def test_cli_refuses_bundle_code_in_one_line_unless_told_to_trust_it(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from instasal.cli import run_app
+
+    marker = tmp_path / "pwned"
+    network_def = {
+        "_target_": "monai.networks.nets.BasicUNet",
+        "spatial_dims": 3,
+        "in_channels": _WRITE_MARKER.replace("{marker}", str(marker)),
+    }
+    bundle = _crafted_bundle(tmp_path, network_def)
+    image = tmp_path / "sub-01_FLAIR.nii.gz"
+    data = np.random.default_rng(0).normal(10.0, 1.0, (8, 8, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), image)
+    arguments = [command, str(image), "--out", str(tmp_path / "out"), "--model", str(bundle)]
+    assert run_app(arguments) == 2 and not marker.exists()
+    refusal = capsys.readouterr().err
+    assert "trust-model-code" in refusal and len(refusal.strip().splitlines()) == 1, refusal
+    assert run_app([*arguments, "--trust-model-code"]) == 2  # built (running the code), refused
+    assert marker.exists()

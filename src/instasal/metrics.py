@@ -267,6 +267,7 @@ def evaluate_cohort(
     overwrite: bool = False,
     write_probabilities: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    trust_model_code: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Segment every labelled subject of a cohort with every model and score it.
 
@@ -290,6 +291,9 @@ def evaluate_cohort(
         Also write each probability map as ``out/<model>/<subject>_prob.nii.gz``.
     progress
         Called after each (model, subject) with ``(done, total, label)``.
+    trust_model_code
+        Let models given by path run code from their own files
+        (:func:`instasal.models.load_model`).
 
     Returns
     -------
@@ -312,7 +316,11 @@ def evaluate_cohort(
     summaries: list[dict[str, Any]] = []
     total, done = len(models) * len(subjects), 0
     for entry in models:
-        model = load_model(entry) if isinstance(entry, str | Path) else entry
+        model = (
+            load_model(entry, trust_code=trust_model_code)
+            if isinstance(entry, str | Path)
+            else entry
+        )
         card = card_of(model)
         used = card.threshold if threshold is None else threshold
         results: list[LesionMetrics] = []

@@ -35,6 +35,14 @@ ModelOption = Annotated[
     ),
 ]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace results of an earlier run.")]
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model-code",
+        help="Let the model's own files run code (MONAI bundle expressions and references); "
+        "only for models you trust. Default: refused.",
+    ),
+]
 
 
 def require_files(*paths: Path | None) -> None:

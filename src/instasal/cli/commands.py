@@ -14,6 +14,7 @@ from instasal.cli._app import (
     ModelOption,
     OutOption,
     OverwriteOption,
+    TrustOption,
     app,
     console,
     require_files,
@@ -97,6 +98,7 @@ def explain(
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of noise draws and TN sampling.")] = 0,
     overwrite: OverwriteOption = False,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
     settings = _settings(
@@ -125,6 +127,7 @@ def explain(
             settings=settings,
             overwrite=overwrite,
             progress=progress,  # type: ignore[arg-type]
+            trust_model_code=trust_model_code,
         )
     _print_summary(result)
 
@@ -219,6 +222,7 @@ def cohort(
         str | None, typer.Option(help="Only these subject ids, comma-separated.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Recompute everything.")] = False,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
     from instasal.pipeline.cohort import run_cohort
@@ -245,6 +249,7 @@ def cohort(
             overwrite=overwrite,
             subjects=subjects.split(",") if subjects else None,
             progress=progress,  # type: ignore[arg-type]
+            trust_model_code=trust_model_code,
         )
     console.print(
         f"{len(result.done)} subject(s) done ({len(result.skipped)} reused), "

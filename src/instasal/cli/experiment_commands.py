@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from instasal.cli._app import ModelOption, OutOption, OverwriteOption, app, console
+from instasal.cli._app import ModelOption, OutOption, OverwriteOption, TrustOption, app, console
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 
@@ -49,6 +49,7 @@ def experiment(
         int, typer.Option(help="uncertainty: domains explained per subject, level and kind.")
     ] = 4,
     overwrite: OverwriteOption = False,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Run one of the paper's experiments and write its table, summary and figure."""
     from instasal.experiments.missed import run_uncertainty_experiment
@@ -63,7 +64,7 @@ def experiment(
         raise ConfigurationError(
             f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}"
         )
-    network = load_model(model)
+    network = load_model(model, trust_code=trust_model_code)
     with pipeline_progress(console) as progress:
         if name == "context":
             summary = run_context_experiment(
@@ -102,7 +103,7 @@ def experiment(
                 method=method,  # type: ignore[arg-type]
                 signal=signal,  # type: ignore[arg-type]
                 levels=level or None,
-                ensemble=[load_model(m) for m in models or []],
+                ensemble=[load_model(m, trust_code=trust_model_code) for m in models or []],
                 max_subjects=max_subjects,
                 n_samples=n_samples,
                 max_explained=max_explained,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from instasal.cli._app import app, console
+from instasal.cli._app import TrustOption, app, console
 from instasal.cli.progress import pipeline_progress
 
 __all__ = ["evaluate", "segment", "train"]
@@ -107,13 +107,14 @@ def segment(
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
     name: Annotated[str | None, typer.Option(help="Output file prefix.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Write the lesion probability and mask of one subject (sliding window, Gaussian blending)."""
     from instasal.models import load_model
     from instasal.models.segmentation import segment_subject
 
     result = segment_subject(
-        load_model(model),
+        load_model(model, trust_code=trust_model_code),
         list(images),
         out,
         name=name,
@@ -137,6 +138,7 @@ def evaluate(
     ] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
     overwrite: Annotated[bool, typer.Option(help="Replace existing tables.")] = False,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Lesion-wise metrics (nDSC, TPR, FDR, FNR) of models on a labelled cohort."""
     from instasal.metrics import evaluate_cohort
@@ -151,6 +153,7 @@ def evaluate(
             overlap=overlap,
             overwrite=overwrite,
             progress=lambda done, total, label: progress(f"segmentation of {label}", done, total),  # type: ignore[operator]
+            trust_model_code=trust_model_code,
         )
     table = Table("model", "threshold", "nDSC", "TPR", "FDR", "FNR", "lesions", title=str(cohort))
     for row in summary.to_dict("records"):

@@ -143,6 +143,7 @@ def run_cohort(
     overwrite: bool = False,
     subjects: Sequence[str] | None = None,
     progress: CohortProgress | None = None,
+    trust_model_code: bool = False,
 ) -> CohortResult:
     """Run :func:`~instasal.pipeline.explain_subject` over every subject of ``dataset``.
 
@@ -166,6 +167,8 @@ def run_cohort(
         subjects, and a run with another key is refused.
     subjects
         Only these subject ids.
+    trust_model_code
+        Let the model run code from its own files (:func:`instasal.models.load_model`).
     """
     from instasal.models import load_model
 
@@ -178,7 +181,7 @@ def run_cohort(
         if unknown:
             raise ConfigurationError(f"{dataset}: no subject(s) {sorted(unknown)} in the dataset")
         found = [s for s in found if s.subject_id in wanted]
-    network = load_model(model)
+    network = load_model(model, trust_code=trust_model_code)
     key = run_key(
         {
             "dataset": str(Path(dataset).resolve()),
@@ -243,6 +246,7 @@ def run_cohort(
             with_mean,
             address,
             lambda done: notify("subjects", len(skipped) + done, total),
+            trust_model_code,
         )
     else:
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -277,6 +281,7 @@ def _run_ray(
     with_mean: bool,
     address: str | None,
     on_done: Callable[[int], None],
+    trust_model_code: bool,
 ) -> list[dict[str, Any]]:
     try:
         import ray
@@ -295,7 +300,13 @@ def _run_ray(
             from instasal.models import load_model
 
             return _explain_one(
-                subject, load_model(model), out, settings, key, overwrite, with_mean
+                subject,
+                load_model(model, trust_code=trust_model_code),
+                out,
+                settings,
+                key,
+                overwrite,
+                with_mean,
             )
 
         pending = [task.remote(subject) for subject in todo]

@@ -135,6 +135,7 @@ def explain_subject(
     overwrite: bool = False,
     report: bool = True,
     progress: ProgressCallback | Literal["auto"] | None = "auto",
+    trust_model_code: bool = False,
 ) -> ExplainResult:
     """Segment a subject, find its lesions, and explain each one (SPEC §1–§3; issue 6).
 
@@ -165,6 +166,9 @@ def explain_subject(
         Called as ``progress(stage, done, total)``. ``"auto"`` (the default) shows progress bars
         with the time left when standard error is a terminal or in a Jupyter notebook, and nothing
         elsewhere; ``None`` shows nothing.
+    trust_model_code
+        Let a model given by path run code from its own files (see
+        :func:`instasal.models.load_model`'s ``trust_code``).
 
     Returns
     -------
@@ -190,6 +194,7 @@ def explain_subject(
                     overwrite=overwrite,
                     report=report,
                     progress=shown,  # type: ignore[arg-type]
+                    trust_model_code=trust_model_code,
                 )
     settings = settings or ExplainSettings()
     progress = progress or _noop
@@ -203,7 +208,11 @@ def explain_subject(
     from instasal.models import check_channels, load_model
     from instasal.models.segmentation import predict_prepared
 
-    network = model if isinstance(model, nn.Module) else load_model(os.fspath(model))
+    network = (
+        model
+        if isinstance(model, nn.Module)
+        else load_model(os.fspath(model), trust_code=trust_model_code)
+    )
     card: dict[str, Any] = dict(getattr(network, "card", {}))
     check_channels(network, subject.channel_names)
     prepared = prepare_subject(subject, network)
