@@ -3,7 +3,10 @@
 A tiny raw dataset is planned and preprocessed by ``nnunetv2.experiment_planning`` and trained for
 one one-iteration epoch by ``nnUNetTrainer.run_training`` (fold ``all``), in a subprocess because
 nnU-Net reads its folders from environment variables at import time. The loaded model is then
-compared with nnU-Net's own predictor on the same voxels.
+compared with nnU-Net's own predictor on the same voxels, and :func:`predict_nnunet` (and
+``segment``'s route through it) with the probabilities ``nnUNetv2_predict`` itself wrote, with and
+without its mirroring test-time augmentation, on a subject stored flipped at a voxel size that
+nnU-Net resamples.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from instasal.errors import ModelError
-from instasal.io import zscore_nonzero
+from instasal.io import read_subject, zscore_nonzero
 from instasal.models import card_of, load_model, predict_logits
+from instasal.models.nnunet_predict import MirroredAverage, nnunet_tta_module, predict_nnunet
+from instasal.models.segmentation import predict_subject
 
 nnunetv2 = pytest.importorskip("nnunetv2")
 
@@ -87,21 +94,51 @@ if __name__ == "__main__":
 """
 
 
-@pytest.fixture(scope="module")
-def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("nnunet")
-    script = root / "make_artefact.py"
-    script.write_text(MAKE_ARTEFACT)
-    environment = os.environ | {
+# nnUNetv2_predict run as its console script does, except that its trainer-class lookup (which
+# imports every trainer module, and so the broken torchvision) returns nnUNetTrainer directly: the
+# class the checkpoint names. Nothing else is replaced, so nnU-Net's numerics are its own.
+RUN_NNUNET_PREDICT = r"""
+import sys
+
+import nnunetv2.inference.predict_from_raw_data as predict_module
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+def find_trainer(name, *args, **kwargs):
+    assert name == "nnUNetTrainer", name
+    return nnUNetTrainer
+
+
+if __name__ == "__main__":
+    predict_module.recursive_find_trainer_class_by_name = find_trainer
+    sys.argv = ["nnUNetv2_predict", *sys.argv[1:]]
+    predict_module.predict_entry_point()
+    assert "torchvision" not in sys.modules
+"""
+# nnU-Net accumulates the sliding-window logits in float16 (ENVIRONMENT.md); its written
+# probabilities and ours come from the same code, so they agree to well within that round-off
+# (2**-11 relative on logits of order 1, about 1e-3 on a probability)
+FLOAT16_PROBABILITY = 1e-3
+
+
+def _environment(root: Path) -> dict[str, str]:
+    return os.environ | {
         "nnUNet_raw": str(root / "raw"),
         "nnUNet_preprocessed": str(root / "preprocessed"),
         "nnUNet_results": str(root / "results"),
         "nnUNet_n_proc_DA": "1",
         "OMP_NUM_THREADS": "1",
     }
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("nnunet")
+    script = root / "make_artefact.py"
+    script.write_text(MAKE_ARTEFACT)
     completed = subprocess.run(
         [sys.executable, str(script), str(root)],
-        env=environment,
+        env=_environment(root),
         capture_output=True,
         text=True,
         timeout=600,
@@ -196,3 +233,148 @@ def test_fold_choice_and_bad_checkpoints(trained_folder: Path, tmp_path: Path) -
     checkpoint.unlink()
     with pytest.raises(ModelError, match=r"checkpoint_final\.pth: checkpoint not found"):
         load_model(copy / "fold_0")
+
+
+@pytest.fixture(scope="module")
+def flipped_subject(trained_folder: Path) -> Path:
+    """A non-symmetric subject at 1.5 × 2 × 2.5 mm (the model's is 2 mm), stored x-flipped."""
+    folder = trained_folder.parents[2] / "test_input"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    shape = (27, 24, 22)
+    brain = np.zeros(shape, bool)
+    brain[2:-3, 3:-2, 2:-2] = True
+    affine = np.array(
+        [[-1.5, 0, 0, 40.0], [0, 2.0, 0, -20.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]]
+    )
+    lesion = np.zeros(shape, bool)
+    lesion[6:13, 7:12, 5:9] = True
+    lesion[18:21, 14:17, 12:14] = True
+    flair = brain * (1 + 0.1 * rng.standard_normal(shape)) + lesion
+    t1w = brain * (1 + 0.1 * rng.standard_normal(shape)) - 0.5 * lesion
+    for channel, data in enumerate((flair, t1w)):
+        image = nib.Nifti1Image(data.astype(np.float32), affine)
+        nib.save(image, folder / f"case_{channel:04d}.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nnunet_written(trained_folder: Path, flipped_subject: Path) -> dict[bool, tuple[Path, Path]]:
+    """``nnUNetv2_predict --save_probabilities`` outputs (probabilities, mask) by TTA on/off."""
+    root = trained_folder.parents[2]
+    script = root / "run_nnunet_predict.py"
+    script.write_text(RUN_NNUNET_PREDICT)
+    written = {}
+    for tta in (True, False):
+        out = root / ("predicted_tta" if tta else "predicted_no_tta")
+        arguments = ["-i", str(flipped_subject), "-o", str(out), "-d", DATASET, "-c", "3d_fullres"]
+        arguments += ["-f", "all", "--save_probabilities", "-device", "cpu", "-npp", "1"]
+        arguments += ["-nps", "1", "--disable_progress_bar"]
+        completed = subprocess.run(
+            [sys.executable, str(script), *arguments, *([] if tta else ["--disable_tta"])],
+            env=_environment(root),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        written[tta] = (out / "case.npz", out / "case.nii.gz")
+    return written
+
+
+def _subject_files(folder: Path) -> list[Path]:
+    return [folder / "case_0000.nii.gz", folder / "case_0001.nii.gz"]
+
+
+def _theirs(written: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's foreground probability and mask, back in the stored (nibabel) array order."""
+    probabilities = np.load(written[0])["probabilities"]  # (c, z, y, x) of the stored array
+    mask = np.asarray(nib.load(written[1]).dataobj)
+    return probabilities[1].transpose(2, 1, 0).astype(np.float32), mask
+
+
+@pytest.mark.parametrize("tta", [True, False], ids=["default", "disable_tta"])
+def test_predict_nnunet_reproduces_nnunetv2_predict(
+    trained_folder: Path,
+    flipped_subject: Path,
+    nnunet_written: dict[bool, tuple[Path, Path]],
+    tta: bool,
+) -> None:
+    model = load_model(trained_folder / "fold_all")
+    assert card_of(model).orientation == "stored"  # nnU-Net's SimpleITK reader
+    subject = read_subject(_subject_files(flipped_subject))
+    theirs, their_mask = _theirs(nnunet_written[tta])
+    ours = predict_nnunet(model, subject, tta=tta)
+    assert ours.shape == subject.shape == their_mask.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
+    # nnU-Net's mask is the argmax: foreground where p > 0.5 (ties, within round-off, aside)
+    decided = np.abs(theirs - 0.5) > FLOAT16_PROBABILITY
+    np.testing.assert_array_equal((ours > 0.5)[decided], (their_mask == 1)[decided])
+    # segment's route: the preparation stage (a ResampledNetwork here) handing over to nnU-Net
+    routed = predict_subject(model, subject, tta=tta)
+    np.testing.assert_allclose(routed, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
+
+
+def test_mirroring_changes_the_prediction(
+    trained_folder: Path, flipped_subject: Path, nnunet_written: dict[bool, tuple[Path, Path]]
+) -> None:
+    """The parity test above would fail if TTA were ignored: the two modes differ measurably."""
+    with_tta, _ = _theirs(nnunet_written[True])
+    without, _ = _theirs(nnunet_written[False])
+    assert np.abs(with_tta - without).max() > 20 * FLOAT16_PROBABILITY
+    subject = read_subject(_subject_files(flipped_subject))
+    ours = predict_nnunet(load_model(trained_folder / "fold_all"), subject, tta=False)
+    assert np.abs(ours - with_tta).max() > 20 * FLOAT16_PROBABILITY
+
+
+def test_mirrored_average_is_the_symmetrised_linear_map() -> None:
+    """For a zero-padded convolution, flip∘conv_w∘flip = conv_flip(w): the mirrored average over
+    axes A is the convolution with w averaged over its flips along A (a hand-derived oracle)."""
+    torch.manual_seed(0)
+    conv = nn.Conv3d(2, 3, kernel_size=3, padding=1).double()
+    x = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    axes = (0, 2)
+    weight = conv.weight.detach()
+    flips = [(), (2,), (4,), (2, 4)]  # weight dims of spatial axes 0 and 2
+    symmetric = sum(torch.flip(weight, f) if f else weight for f in flips) / 4
+    expected = nn.functional.conv3d(x, symmetric, conv.bias.detach(), padding=1)
+    mirrored = MirroredAverage(conv, axes)
+    output = mirrored(x)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    # differentiable: the input gradient of one output voxel is that of the symmetrised map
+    (gradient,) = torch.autograd.grad(output[0, 1, 2, 3, 4], x)
+    (oracle,) = torch.autograd.grad(expected[0, 1, 2, 3, 4], x)
+    torch.testing.assert_close(gradient, oracle, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(output, conv(x))  # the kernel is not symmetric: mirroring matters
+    with pytest.raises(ModelError, match="distinct spatial axes"):
+        MirroredAverage(conv, (0, 3))
+
+
+def test_tta_module_is_nnunet_mirroring(trained_folder: Path) -> None:
+    """nnunet_tta_module's logits equal nnU-Net's own mirrored prediction of one window."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    model = load_model(trained_folder / "fold_all")
+    setup = model.setup
+    assert setup is not None and setup.mirroring_axes
+    predictor = nnUNetPredictor(use_mirroring=True, device=torch.device("cpu"))
+    predictor.manual_initialization(
+        model.network,
+        setup.plans_manager,
+        setup.configuration_manager,
+        [model.network.state_dict()],
+        setup.dataset,
+        setup.trainer_name,
+        setup.mirroring_axes,
+    )
+    card = card_of(model)
+    assert card.patch_size is not None
+    x = torch.randn(1, 2, *card.patch_size, generator=torch.Generator().manual_seed(1))
+    tta = nnunet_tta_module(model)
+    assert card_of(tta) == card
+    with torch.no_grad():
+        ours = tta(x)
+        theirs = predictor._internal_maybe_mirror_and_predict(x.permute(0, 1, 4, 3, 2))
+    # same float32 forwards summed in another order
+    torch.testing.assert_close(ours, theirs.permute(0, 1, 4, 3, 2), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, model(x), atol=1e-3)

@@ -97,6 +97,9 @@ def explain(
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of noise draws and TN sampling.")] = 0,
+    no_tta: Annotated[
+        bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
+    ] = False,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
 ) -> None:
@@ -112,6 +115,7 @@ def explain(
         n_true_negatives=n_true_negatives,
         gradcam=gradcam,
         seed=seed,
+        tta=not no_tta,
     )
     require_files(*images, reference, tissue_mask, regions)
     from instasal.pipeline import explain_subject

@@ -108,6 +108,9 @@ def segment(
     name: Annotated[str | None, typer.Option(help="Output file prefix.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     trust_model_code: TrustOption = False,
+    no_tta: Annotated[
+        bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
+    ] = False,
 ) -> None:
     """Write the lesion probability and mask of one subject (sliding window, Gaussian blending)."""
     from instasal.models import load_model
@@ -121,6 +124,7 @@ def segment(
         threshold=threshold,
         overlap=overlap,
         overwrite=overwrite,
+        tta=not no_tta,
     )
     console.print(f"wrote {result.probability_path} and {result.mask_path}")
 

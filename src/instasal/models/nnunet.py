@@ -14,7 +14,9 @@ on the same voxels. nnU-Net's preprocessing facts are kept in the card: channel 
 ``normalisation`` is ``"zscore_nonzero"`` when every channel uses nnU-Net's masked z-score — which
 nnU-Net computes inside the non-zero mask of the cropped image, the same voxels for skull-stripped
 inputs — ``"zscore"`` when unmasked, else ``"nnunet"``), intensity properties and mirroring axes.
-Resampling to the plans' spacing is left to the caller (``segment`` resamples to the card spacing).
+The wrapper also keeps what nnU-Net's own predictor needs (:class:`NnUNetSetup`: plans, dataset
+description, configuration, trainer name, mirroring axes), so that
+:func:`instasal.models.nnunet_predict.predict_nnunet` reproduces ``nnUNetv2_predict`` on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,44 @@ from torch import nn
 from instasal.errors import ModelError
 from instasal.models.cards import ModelCard, attach_card
 
-__all__ = ["NnUNetNetwork", "is_nnunet_folder", "load_nnunet_folder"]
+__all__ = ["NnUNetNetwork", "NnUNetSetup", "is_nnunet_folder", "load_nnunet_folder"]
 
 CHECKPOINT_NAME = "checkpoint_final.pth"
+# nnU-Net's image readers and the array orientation each hands to the network
+READER_ORIENTATIONS = {
+    "SimpleITKIO": "stored",
+    "NibabelIO": "stored",
+    "NibabelIOWithReorient": "RAS",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class NnUNetSetup:
+    """What nnU-Net's own predictor needs besides the network.
+
+    Attributes
+    ----------
+    plans_manager
+        nnU-Net's ``PlansManager`` of ``plans.json``.
+    configuration_manager
+        Its ``ConfigurationManager`` of the checkpoint's configuration.
+    dataset
+        ``dataset.json`` as a dictionary.
+    configuration_name
+        The configuration the checkpoint was trained with (e.g. ``"3d_fullres"``).
+    trainer_name
+        The trainer class name stored in the checkpoint.
+    mirroring_axes
+        The checkpoint's ``inference_allowed_mirroring_axes`` (nnU-Net's axis numbers of the
+        transposed array), or ``None`` when it allows none.
+    """
+
+    plans_manager: Any
+    configuration_manager: Any
+    dataset: dict[str, Any]
+    configuration_name: str
+    trainer_name: str
+    mirroring_axes: tuple[int, ...] | None
 
 
 class NnUNetNetwork(nn.Module):
@@ -49,9 +87,15 @@ class NnUNetNetwork(nn.Module):
         The plans' ``transpose_forward`` (a permutation of nnU-Net's ``(z, y, x)`` axes).
     """
 
-    def __init__(self, network: nn.Module, transpose_forward: Sequence[int]) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        transpose_forward: Sequence[int],
+        setup: NnUNetSetup | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
+        self.setup = setup
         self.to_nnunet = [2 + 2 - int(axis) for axis in transpose_forward]
         inverse = [0] * 3
         for position, dim in enumerate(self.to_nnunet):
@@ -125,7 +169,17 @@ def load_nnunet_folder(path: Path) -> nn.Module:
             f"{checkpoint_path}: weights do not fit the planned network "
             f"({' '.join(str(error).split())[:200]})"
         ) from error
-    wrapped = NnUNetNetwork(network, plans_manager.transpose_forward).eval()
+    mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+    setup = NnUNetSetup(
+        plans_manager=plans_manager,
+        configuration_manager=configuration,
+        dataset=dataset,
+        configuration_name=configuration_name,
+        trainer_name=str(checkpoint.get("trainer_name", "")),
+        mirroring_axes=tuple(int(a) for a in mirroring) if mirroring else None,
+    )
+    orientation = _orientation(root, plans)
+    wrapped = NnUNetNetwork(network, plans_manager.transpose_forward, setup).eval()
     card = _card(
         root,
         fold_folder,
@@ -137,8 +191,20 @@ def load_nnunet_folder(path: Path) -> nn.Module:
         checkpoint,
         wrapped,
         in_channels,
+        orientation,
     )
     return attach_card(wrapped, card)
+
+
+def _orientation(root: Path, plans: Mapping[str, Any]) -> str:
+    """The card orientation of the plans' image reader (the array nnU-Net's reader returns)."""
+    reader = str(plans.get("image_reader_writer", "SimpleITKIO"))
+    if reader not in READER_ORIENTATIONS:
+        known = ", ".join(READER_ORIENTATIONS)
+        raise ModelError(
+            f"{root / 'plans.json'}: image reader {reader!r} is not supported (supported: {known})"
+        )
+    return READER_ORIENTATIONS[reader]
 
 
 def _resolve_fold(path: Path) -> tuple[Path, Path]:
@@ -220,6 +286,7 @@ def _card(
     checkpoint: Mapping[str, Any],
     wrapped: NnUNetNetwork,
     in_channels: int,
+    orientation: str,
 ) -> ModelCard:
     channels = dataset.get("channel_names", dataset.get("modality", {}))
     channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
@@ -252,6 +319,7 @@ def _card(
             configuration.normalization_schemes, configuration.use_mask_for_norm
         ),
         threshold=0.5,
+        orientation=orientation,
         gradcam_layer=f"network.decoder.stages.{max(stages - 2, 0)}",
         training={"nnunet_dataset": plans_manager.dataset_name, "plans": plans_manager.plans_name},
         source=str(fold_folder / CHECKPOINT_NAME),

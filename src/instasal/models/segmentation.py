@@ -6,7 +6,10 @@ resampled to the model's spacing (:func:`instasal.prepare.resample`), predicted 
 sliding window, and the **logits** mapped back by the same rule as in the differentiated graph
 (:class:`instasal.prepare.ResampledNetwork`) before the activation,
 so the probability is that of the same logit saliency differentiates; outputs always lie on the
-input's own grid, in its own orientation.
+input's own grid, in its own orientation. An nnU-Net v2 folder is predicted by nnU-Net's own code
+instead (:func:`instasal.models.nnunet_predict.predict_nnunet`: its preprocessing, sliding window
+and, unless ``tta=False``, its test-time mirroring), so the lesions are those ``nnUNetv2_predict``
+reports.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from instasal.io import Subject, read_subject, write_nifti
 from instasal.models.cards import card_of
 from instasal.models.inference import predict_logits, probability_from_logits
 from instasal.models.loaders import check_channels
+from instasal.models.nnunet_predict import nnunet_network, predict_nnunet
 from instasal.prepare import PreparedSubject, ResampledNetwork, model_grid_shape, prepare_subject
 from instasal.prepare import resample as resample_volume
 from instasal.typing import BoolArray, FloatArray, PathLike
@@ -60,13 +64,20 @@ def predict_prepared(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     device: torch.device | str | None = None,
+    tta: bool = True,
 ) -> FloatArray:
     """Target probability on a prepared subject's working grid (float32 ``[X, Y, Z]``).
 
     Sliding-window inference at the model's own voxel size; with a :class:`ResampledNetwork`
-    the input is resampled to that size first and the stitched logits resampled back.
+    the input is resampled to that size first and the stitched logits resampled back. An nnU-Net
+    v2 folder is predicted as ``nnUNetv2_predict`` does on the native subject, with its mirroring
+    test-time augmentation unless ``tta`` is false (``--disable_tta``); ``overlap`` and
+    ``sw_batch_size`` then do not apply (nnU-Net's step 0.5).
     """
     network = prepared.network
+    if nnunet_network(network) is not None:
+        native = predict_nnunet(network, prepared.native, tta=tta, device=device)
+        return np.ascontiguousarray(prepared.to_working(native))
     if not isinstance(network, ResampledNetwork):
         logits = predict_logits(
             network, prepared.x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
@@ -89,8 +100,11 @@ def predict_subject(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     device: torch.device | str | None = None,
+    tta: bool = True,
 ) -> FloatArray:
     """Target probability of ``model`` on a raw (unnormalised) subject, on the subject's grid.
+
+    ``tta`` applies to nnU-Net v2 folders (its mirroring; see :func:`predict_prepared`).
 
     Raises
     ------
@@ -100,7 +114,7 @@ def predict_subject(
     check_channels(model, subject.channel_names)
     prepared = prepare_subject(subject, model)
     probability = predict_prepared(
-        prepared, overlap=overlap, sw_batch_size=sw_batch_size, device=device
+        prepared, overlap=overlap, sw_batch_size=sw_batch_size, device=device, tta=tta
     )
     return np.ascontiguousarray(prepared.to_native(np.clip(probability, 0.0, 1.0)))
 
@@ -115,6 +129,7 @@ def segment_subject(
     overlap: float = 0.5,
     overwrite: bool = False,
     device: torch.device | str | None = None,
+    tta: bool = True,
 ) -> SegmentationResult:
     """Segment one subject and write ``<name>_prob.nii.gz`` and ``<name>_mask.nii.gz`` in ``out``.
 
@@ -136,6 +151,9 @@ def segment_subject(
         Replace existing outputs; otherwise an existing output is refused before any work.
     device
         Where to run the network.
+    tta
+        nnU-Net v2 folders: mirroring test-time augmentation as ``nnUNetv2_predict`` does by
+        default; ``False`` reproduces its ``--disable_tta``.
 
     Raises
     ------
@@ -163,7 +181,7 @@ def segment_subject(
                     f"{path}: exists already (pass overwrite=True / --overwrite)"
                 )
     used = card.threshold if threshold is None else threshold
-    probability = predict_subject(model, subject, overlap=overlap, device=device)
+    probability = predict_subject(model, subject, overlap=overlap, device=device, tta=tta)
     lesions = find_instances(probability, subject.affine, threshold=used)
     mask = lesions.labels > 0
     write_nifti(

@@ -274,7 +274,7 @@ def explain_subject(
         stored = np.asarray(load_image(layout.probability).dataobj, dtype=np.float32)
         probability = np.ascontiguousarray(prepared.to_working(stored))
     else:
-        probability = predict_prepared(prepared)
+        probability = predict_prepared(prepared, tta=settings.tta)
         _write(prepared, probability, layout.probability)
     progress("segmenting", 1, 1)
     timings["segment_s"] = time.perf_counter() - step

@@ -41,6 +41,9 @@ class ExplainSettings:
         Explain only the first ``max_lesions`` domains of each type (``None``: all).
     reduced
         Marks settings reduced below the paper's for speed (the report says so).
+    tta
+        nnU-Net v2 folders: segment with nnU-Net's mirroring test-time augmentation
+        (``nnUNetv2_predict``'s default); ``False`` as its ``--disable_tta``.
     """
 
     n_samples: int = 50
@@ -59,6 +62,7 @@ class ExplainSettings:
     seed: int = 0
     max_lesions: int | None = None
     reduced: bool = False
+    tta: bool = True
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
