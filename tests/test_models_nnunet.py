@@ -24,11 +24,12 @@ import pytest
 import torch
 from torch import nn
 
-from instasal.errors import ModelError
+from instasal.errors import ConfigurationError, ModelError
 from instasal.io import read_subject, zscore_nonzero
 from instasal.models import card_of, load_model, predict_logits
 from instasal.models.nnunet_predict import MirroredAverage, nnunet_tta_module, predict_nnunet
 from instasal.models.segmentation import predict_subject
+from instasal.pipeline import ExplainSettings, explain_subject
 
 nnunetv2 = pytest.importorskip("nnunetv2")
 
@@ -371,10 +372,40 @@ def test_tta_module_is_nnunet_mirroring(trained_folder: Path) -> None:
     assert card.patch_size is not None
     x = torch.randn(1, 2, *card.patch_size, generator=torch.Generator().manual_seed(1))
     tta = nnunet_tta_module(model)
-    assert card_of(tta) == card
+    assert card_of(tta).spacing_mm == card.spacing_mm and card_of(tta).gradcam_layer is None
     with torch.no_grad():
         ours = tta(x)
         theirs = predictor._internal_maybe_mirror_and_predict(x.permute(0, 1, 4, 3, 2))
     # same float32 forwards summed in another order
     torch.testing.assert_close(ours, theirs.permute(0, 1, 4, 3, 2), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours, model(x), atol=1e-3)
+
+
+def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
+    trained_folder: Path,
+    flipped_subject: Path,
+    nnunet_written: dict[bool, tuple[Path, Path]],
+    tmp_path: Path,
+) -> None:
+    model = load_model(trained_folder / "fold_all")
+    # a high threshold keeps the lesion (and so the Jacobian rows per mirror) few
+    settings = ExplainSettings(
+        n_samples=1,
+        n_true_negatives=0,
+        max_lesions=1,
+        gradcam=False,
+        threshold=0.85,
+        saliency_of="tta",
+        reduced=True,
+    )
+    result = explain_subject(_subject_files(flipped_subject), model, tmp_path, settings=settings)
+    probability = np.asarray(nib.load(result.layout.probability).dataobj, dtype=np.float32)
+    theirs, _ = _theirs(nnunet_written[True])
+    np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
+    assert len(result.table) == 1 and np.isfinite(result.table["peak_FLAIR"]).all()
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert provenance["settings"]["saliency_of"] == "tta" and provenance["settings"]["tta"]
+    report = result.report.read_text()
+    assert "with mirroring TTA; saliency of the mirrored-average logit" in report
+    with pytest.raises(ConfigurationError, match=r"turn Grad-CAM off"):
+        ExplainSettings(saliency_of="tta")

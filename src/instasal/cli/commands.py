@@ -100,6 +100,9 @@ def explain(
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
     ] = False,
+    saliency_of: Annotated[
+        str, typer.Option(help="network, or tta (nnU-Net's mirrored average; --no-gradcam).")
+    ] = "network",
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
 ) -> None:
@@ -116,6 +119,7 @@ def explain(
         gradcam=gradcam,
         seed=seed,
         tta=not no_tta,
+        saliency_of=saliency_of,
     )
     require_files(*images, reference, tissue_mask, regions)
     from instasal.pipeline import explain_subject

@@ -12,7 +12,8 @@ with the spacing in ``(z, y, x)``.
 
 :class:`MirroredAverage` is the differentiable counterpart of that mirroring: the mean of the
 network's logits over every combination of flips of the given axes, each flipped back, so saliency
-can be taken of the logit nnU-Net actually thresholds.
+can be taken of the logit nnU-Net actually thresholds (:func:`with_mirrored_network` puts it in a
+prepared subject, inside the resampling when there is one, where nnU-Net mirrors too).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import io
 import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,10 +32,21 @@ from instasal.errors import ModelError
 from instasal.io import Subject
 from instasal.models.cards import attach_card, card_of
 from instasal.models.nnunet import NnUNetNetwork, NnUNetSetup
-from instasal.prepare import reorient_subject, reorientation_for
+from instasal.prepare import (
+    PreparedSubject,
+    ResampledNetwork,
+    reorient_subject,
+    reorientation_for,
+)
 from instasal.typing import FloatArray
 
-__all__ = ["MirroredAverage", "nnunet_network", "nnunet_tta_module", "predict_nnunet"]
+__all__ = [
+    "MirroredAverage",
+    "nnunet_network",
+    "nnunet_tta_module",
+    "predict_nnunet",
+    "with_mirrored_network",
+]
 
 TILE_STEP_SIZE = 0.5  # nnUNetv2_predict's default --step_size
 
@@ -84,6 +97,8 @@ def nnunet_tta_module(model: nn.Module) -> nn.Module:
 
     The checkpoint's mirroring axes (nnU-Net's transposed ``(z, y, x)`` axes) are stated in our
     ``(X, Y, Z)`` order; a checkpoint allowing no mirroring gives the plain average of one forward.
+    The card names no Grad-CAM layer: each layer runs once per mirror, so its activation is not
+    one map.
 
     Raises
     ------
@@ -93,7 +108,27 @@ def nnunet_tta_module(model: nn.Module) -> nn.Module:
     network = _require(model)
     setup = _setup(network)
     axes = [network.from_nnunet[a] - 2 for a in setup.mirroring_axes or ()]
-    return attach_card(MirroredAverage(network, sorted(axes)), card_of(network))
+    card = replace(card_of(network), gradcam_layer=None)
+    return attach_card(MirroredAverage(network, sorted(axes)), card)
+
+
+def with_mirrored_network(prepared: PreparedSubject) -> PreparedSubject:
+    """``prepared`` with its nnU-Net network replaced by :func:`nnunet_tta_module`'s average.
+
+    Where the subject is resampled, the mirroring happens at the model's voxel size, inside the
+    resampling, as in nnU-Net.
+
+    Raises
+    ------
+    ModelError
+        When the prepared network is not an nnU-Net folder's.
+    """
+    network = prepared.network
+    if isinstance(network, ResampledNetwork):
+        mirrored: nn.Module = ResampledNetwork(nnunet_tta_module(network.network), network.spacing)
+    else:
+        mirrored = nnunet_tta_module(network)
+    return replace(prepared, network=mirrored)
 
 
 def predict_nnunet(

@@ -216,6 +216,10 @@ def explain_subject(
     card: dict[str, Any] = dict(getattr(network, "card", {}))
     check_channels(network, subject.channel_names)
     prepared = prepare_subject(subject, network)
+    if settings.saliency_of == "tta":
+        from instasal.models.nnunet_predict import with_mirrored_network
+
+        prepared = with_mirrored_network(prepared)
     working_card: dict[str, Any] = dict(getattr(prepared.network, "card", {}))
     context = settings.context or ("patch" if card.get("patch_size") else "full")
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)

@@ -14,6 +14,7 @@ from instasal.typing import Aggregation, Connectivity, Context, EngineName, Nois
 __all__ = ["DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
 
 GradcamVariant = Literal["gradcam++", "gradcam"]
+SaliencyOf = Literal["network", "tta"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class ExplainSettings:
     tta
         nnU-Net v2 folders: segment with nnU-Net's mirroring test-time augmentation
         (``nnUNetv2_predict``'s default); ``False`` as its ``--disable_tta``.
+    saliency_of
+        ``"network"``: saliency of the plain network's logit (as the authors did); ``"tta"``
+        (nnU-Net folders): of the mirrored-average logit nnU-Net thresholds, one forward and
+        backward per mirror (no Grad-CAM: its layer runs once per mirror).
     """
 
     n_samples: int = 50
@@ -63,6 +68,7 @@ class ExplainSettings:
     max_lesions: int | None = None
     reduced: bool = False
     tta: bool = True
+    saliency_of: SaliencyOf = "network"
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -91,6 +97,15 @@ class ExplainSettings:
             raise ConfigurationError(f"n_true_negatives must be >= 0, got {self.n_true_negatives}")
         if self.max_lesions is not None and self.max_lesions < 1:
             raise ConfigurationError(f"max_lesions must be >= 1, got {self.max_lesions}")
+        if self.saliency_of not in ("network", "tta"):
+            raise ConfigurationError(
+                f"saliency_of must be 'network' or 'tta', got {self.saliency_of!r}"
+            )
+        if self.saliency_of == "tta" and self.gradcam:
+            raise ConfigurationError(
+                "saliency_of='tta' explains a mirrored average, where the Grad-CAM layer runs "
+                "once per mirror; turn Grad-CAM off (gradcam=False / --no-gradcam)"
+            )
         if self.gradcam_variant not in ("gradcam++", "gradcam"):
             raise ConfigurationError(
                 f"gradcam_variant must be 'gradcam++' or 'gradcam', got {self.gradcam_variant!r}"

@@ -190,6 +190,7 @@ def build_subject_report(
             else "off",
         ),
         ("seed", settings["seed"]),
+        *_nnunet_rows(card, settings),
         ("domains", counts_text),
         ("run time", f"{provenance['timings'].get('total_s', float('nan')):.1f} s"),
         (
@@ -252,3 +253,18 @@ def write_subject_report(
     report = build_subject_report(result, subject, provenance)
     report.save_as_html(result.layout.report)
     return report
+
+
+def _nnunet_rows(card: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """How an nnU-Net folder segmented and what logit its saliency took (none for other models)."""
+    if card.get("architecture") != "nnunetv2":
+        return []
+    mirroring = "with" if settings.get("tta", True) else "without"
+    logit = "mirrored-average" if settings.get("saliency_of") == "tta" else "plain network"
+    return [
+        (
+            "nnU-Net",
+            f"segmented as nnUNetv2_predict {mirroring} mirroring TTA; saliency of the "
+            f"{logit} logit",
+        )
+    ]
