@@ -245,9 +245,7 @@ def flipped_subject(trained_folder: Path) -> Path:
     shape = (27, 24, 22)
     brain = np.zeros(shape, bool)
     brain[2:-3, 3:-2, 2:-2] = True
-    affine = np.array(
-        [[-1.5, 0, 0, 40.0], [0, 2.0, 0, -20.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]]
-    )
+    affine = np.array([[-1.5, 0, 0, 40.0], [0, 2.0, 0, -20.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]])
     lesion = np.zeros(shape, bool)
     lesion[6:13, 7:12, 5:9] = True
     lesion[18:21, 14:17, 12:14] = True
