@@ -24,6 +24,8 @@ import pytest
 import torch
 from torch import nn
 
+from instasal.cli import model_commands  # noqa: F401  (registers segment)
+from instasal.cli._app import run_app
 from instasal.errors import ConfigurationError, ModelError
 from instasal.io import read_subject, zscore_nonzero
 from instasal.models import card_of, load_model, predict_logits
@@ -407,3 +409,22 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
     assert "with mirroring TTA; saliency of the mirrored-average logit" in report
     with pytest.raises(ConfigurationError, match=r"turn Grad-CAM off"):
         ExplainSettings(saliency_of="tta")
+
+
+def test_segment_cli_writes_nnunet_predictions_in_both_modes(
+    trained_folder: Path,
+    flipped_subject: Path,
+    nnunet_written: dict[bool, tuple[Path, Path]],
+    tmp_path: Path,
+) -> None:
+    files = [str(f) for f in _subject_files(flipped_subject)]
+    model = ["--model", str(trained_folder / "fold_all")]
+    for tta, flag in ((True, []), (False, ["--no-tta"])):
+        out = tmp_path / f"tta_{tta}"
+        assert run_app(["segment", *files, *model, "--out", str(out), "--name", "s", *flag]) == 0
+        written = nib.load(out / "s_prob.nii.gz")
+        theirs, _ = _theirs(nnunet_written[tta])
+        probability = np.asarray(written.dataobj, dtype=np.float32)
+        np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
+        # on the input's own (flipped) grid and affine
+        np.testing.assert_allclose(written.affine, nib.load(files[0]).affine, atol=1e-6)
