@@ -314,6 +314,9 @@ def test_predict_nnunet_reproduces_nnunetv2_predict(
     # segment's route: the preparation stage (a ResampledNetwork here) handing over to nnU-Net
     routed = predict_subject(model, subject, tta=tta)
     np.testing.assert_allclose(routed, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
+    one_channel = read_subject(_subject_files(flipped_subject)[:1])
+    with pytest.raises(ModelError, match="channel"):
+        predict_nnunet(model, one_channel, tta=tta)
 
 
 def test_mirroring_changes_the_prediction(

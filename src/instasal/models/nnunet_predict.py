@@ -31,6 +31,7 @@ from torch import nn
 from instasal.errors import ModelError
 from instasal.io import Subject
 from instasal.models.cards import attach_card, card_of
+from instasal.models.loaders import check_channels
 from instasal.models.nnunet import NnUNetNetwork, NnUNetSetup
 from instasal.prepare import (
     PreparedSubject,
@@ -161,7 +162,7 @@ def predict_nnunet(
     Raises
     ------
     ModelError
-        When ``model`` is not a loaded nnU-Net folder.
+        When ``model`` is not a loaded nnU-Net folder, or the subject's channels are not its.
     """
     from nnunetv2.inference.export_prediction import (
         convert_predicted_logits_to_segmentation_with_correct_shape,
@@ -171,6 +172,7 @@ def predict_nnunet(
     network = _require(model)
     setup = _setup(network)
     card = card_of(network)
+    check_channels(network, subject.channel_names)
     reorientation = reorientation_for(subject, card.orientation)
     working = reorient_subject(subject, reorientation)
     target = torch.device(device) if device is not None else torch.device("cpu")
