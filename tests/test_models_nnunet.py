@@ -391,19 +391,20 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
     tmp_path: Path,
 ) -> None:
     model = load_model(trained_folder / "fold_all")
-    # a high threshold keeps the lesion (and so the Jacobian rows per mirror) few
+    theirs, _ = _theirs(nnunet_written[True])
+    # a high threshold keeps the lesion (and so the Jacobian rows per mirror) few; below the
+    # peak of nnU-Net's own prediction (the tiny network's training varies) so one lesion exists
     settings = ExplainSettings(
         n_samples=1,
         n_true_negatives=0,
         max_lesions=1,
         gradcam=False,
-        threshold=0.85,
+        threshold=min(0.85, float(theirs.max()) - 0.05),
         saliency_of="tta",
         reduced=True,
     )
     result = explain_subject(_subject_files(flipped_subject), model, tmp_path, settings=settings)
     probability = np.asarray(nib.load(result.layout.probability).dataobj, dtype=np.float32)
-    theirs, _ = _theirs(nnunet_written[True])
     np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
     assert len(result.table) == 1 and np.isfinite(result.table["peak_FLAIR"]).all()
     provenance = json.loads(result.layout.provenance.read_text())
