@@ -432,3 +432,35 @@ def test_segment_cli_writes_nnunet_predictions_in_both_modes(
         np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
         # on the input's own (flipped) grid and affine
         np.testing.assert_allclose(written.affine, nib.load(files[0]).affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("role", ["network_class_name", "nonlin"])
+def test_plans_naming_code_outside_nnunets_packages_is_refused_unless_trusted(
+    trained_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    marker = tmp_path / "pwned"
+    module = f"planted_{role}"  # a fresh module per case: imports are cached
+    (tmp_path / f"{module}.py").write_text(
+        f"def build(*args, **kwargs):\n    open({str(marker)!r}, 'w').write('x')\n"
+        "    raise ValueError('planted code ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "crafted"
+    shutil.copytree(trained_folder, folder)
+    plans_path = folder / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    for configuration in plans["configurations"].values():
+        architecture = configuration.get("architecture")
+        if architecture is None:
+            continue
+        if role == "network_class_name":
+            architecture["network_class_name"] = f"{module}.build"
+        else:
+            architecture["arch_kwargs"]["nonlin"] = f"{module}.build"
+    plans_path.write_text(json.dumps(plans))
+    with pytest.raises(ModelError, match=rf"plans\.json: .*{module}\.build.*trust"):
+        load_model(folder)
+    assert not marker.exists()
+    with pytest.raises(ModelError):  # trusted: nnU-Net calls it, then the build fails
+        load_model(folder, trust_code=True)
+    assert marker.exists()

@@ -114,7 +114,7 @@ def load_model(name_or_path: str | Path, *, trust_code: bool = False) -> nn.Modu
         from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
 
         if is_nnunet_folder(path):
-            return load_nnunet_folder(path)
+            return load_nnunet_folder(path, trust_code)
         raise ModelError(
             f"{path}: folder is neither a MONAI bundle (configs/, models/) nor an nnU-Net v2 "
             "trained-model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)"

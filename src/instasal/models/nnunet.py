@@ -118,16 +118,19 @@ def is_nnunet_folder(path: Path) -> bool:
     return (root / "plans.json").is_file() and (root / "dataset.json").is_file()
 
 
-def load_nnunet_folder(path: Path) -> nn.Module:
+def load_nnunet_folder(path: Path, trust_code: bool = False) -> nn.Module:
     """Load an nnU-Net v2 trained-model folder (or a ``fold_X`` folder of one).
 
-    A folder with several folds needs the fold chosen: pass ``…/fold_X``.
+    A folder with several folds needs the fold chosen: pass ``…/fold_X``. nnU-Net imports and
+    calls the classes ``plans.json`` names by dotted path; unless ``trust_code``, only network
+    classes of ``dynamic_network_architectures`` and layers of ``torch.nn`` are accepted.
 
     Raises
     ------
     ModelError
-        When nnunetv2 is not installed, the checkpoint is missing or corrupt, or the weights do
-        not fit the network the plans describe.
+        When nnunetv2 is not installed, the checkpoint is missing or corrupt, the plans name a
+        class outside those packages (without ``trust_code``), or the weights do not fit the
+        network the plans describe.
     """
     try:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -148,6 +151,8 @@ def load_nnunet_folder(path: Path) -> nn.Module:
         configuration = plans_manager.get_configuration(configuration_name)
         label_manager = plans_manager.get_label_manager(dataset)
         in_channels = determine_num_input_channels(plans_manager, configuration, dataset)
+        if not trust_code:
+            _check_planned_classes(configuration, root / "plans.json")
         network = get_network_from_plans(
             configuration.network_arch_class_name,
             configuration.network_arch_init_kwargs,
@@ -157,6 +162,8 @@ def load_nnunet_folder(path: Path) -> nn.Module:
             allow_init=False,
             deep_supervision=False,
         )
+    except ModelError:
+        raise
     except (KeyError, TypeError, ValueError, ImportError) as error:
         raise ModelError(
             f"{root / 'plans.json'}: cannot build configuration {configuration_name!r} "
@@ -205,6 +212,27 @@ def _orientation(root: Path, plans: Mapping[str, Any]) -> str:
             f"{root / 'plans.json'}: image reader {reader!r} is not supported (supported: {known})"
         )
     return READER_ORIENTATIONS[reader]
+
+
+_PLANNED_NETWORKS = "dynamic_network_architectures.architectures."
+_PLANNED_LAYERS = "torch.nn."
+
+
+def _check_planned_classes(configuration: Any, where: Path) -> None:
+    """Refuse plans naming classes nnU-Net would import from outside its own network packages."""
+    named = {"network class": str(configuration.network_arch_class_name)}
+    arguments = configuration.network_arch_init_kwargs
+    for key in configuration.network_arch_init_kwargs_req_import:
+        if arguments.get(key) is not None:
+            named[key] = str(arguments[key])
+    for role, name in named.items():
+        allowed = _PLANNED_NETWORKS if role == "network class" else _PLANNED_LAYERS
+        if not name.startswith(allowed):
+            raise ModelError(
+                f"{where}: {role} {name!r} is not under {allowed.rstrip('.')}; nnU-Net would "
+                "import and call it (pass --trust-model-code / trust_code=True if you trust "
+                "this folder)"
+            )
 
 
 def _resolve_fold(path: Path) -> tuple[Path, Path]:
