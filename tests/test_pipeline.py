@@ -274,3 +274,34 @@ def test_anisotropic_oblique_lps_subject_is_explained_on_its_own_grid(tmp_path, 
         np.testing.assert_allclose(written.affine, affine, atol=1e-6)
     labels = np.asarray(nib.load(result.layout.instances).dataobj)
     assert labels[12, 15, 4] == lesion["id"]  # the blob, on the stored grid
+
+
+def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, subject_files):
+    settings = ExplainSettings(
+        n_samples=2, n_true_negatives=0, context="full", seed=1, max_lesions=1, trust=True
+    )
+    result = explain_subject(
+        subject_files["images"],
+        LinearLesionModel(),
+        tmp_path / "out",
+        reference=subject_files["reference"],
+        settings=settings,
+        report=False,
+    )
+    table = pd.read_csv(result.layout.table, sep="\t")
+    sidecar = json.loads(result.layout.table_sidecar.read_text())
+    assert set(table.columns) <= set(sidecar)
+    for method in ("smoothgrad", "gradcam"):
+        assert f"randomisation_passes_{method}" in table.columns
+    numbers = table[["deletion_auc", "deletion_auc_random", "insertion_auc"]].to_numpy()
+    assert np.isfinite(numbers).all()
+    profiles = pd.read_csv(result.layout.profiles, sep="\t")
+    assert set(profiles["id"]) == set(table["id"])
+    # the map is w_k on Ω and 0 elsewhere: shell 0 holds w_k, every outer shell 0 (float32 exact)
+    inside = profiles[profiles["shell"] == 0]
+    expected = inside["channel"].map({"FLAIR": W_FLAIR, "T1w": W_T1W})
+    np.testing.assert_allclose(inside["mean"], expected, atol=1e-6)
+    outside = profiles.loc[profiles["shell"] > 0, "mean"].dropna()
+    assert len(outside) and np.abs(outside).max() <= 1e-6
+    # 2 mm voxels: shells of 2 mm out to 10 mm
+    assert sorted(set(profiles["outer_mm"])) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]

@@ -33,6 +33,7 @@ from instasal.io import (
 from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
+from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.provenance import software_versions
 from instasal.typing import PathLike
@@ -335,7 +336,22 @@ def explain_subject(
         if rows
         else pd.DataFrame(columns=table_columns(subject.channel_names))
     )
-    layout.write_table(table, table_sidecar(subject.channel_names))
+    sidecar = table_sidecar(subject.channel_names)
+    if settings.trust:
+        progress("trust checks", 0, 1)
+        table, sidecar = with_trust(
+            table,
+            sidecar,
+            chosen,
+            space,
+            layout,
+            settings,
+            context=context,
+            target=target,
+            layer=layer,
+        )
+        progress("trust checks", 1, 1)
+    layout.write_table(table, sidecar)
     explained_ids = {int(i) for i in table["id"]}
     layout.write_instances_lookup(instances_lookup(native, explained_ids, settings.max_lesions))
     timings["total_s"] = time.perf_counter() - started

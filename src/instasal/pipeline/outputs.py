@@ -68,6 +68,10 @@ class RunLayout:
         return self.root / f"{self.label}_lesions.json"
 
     @property
+    def profiles(self) -> Path:
+        return self.root / f"{self.label}_profiles.tsv"
+
+    @property
     def manifest(self) -> Path:
         return self.root / "run.json"
 
@@ -101,6 +105,7 @@ class RunLayout:
             self.instances_lookup,
             self.table,
             self.table_sidecar,
+            self.profiles,
             self.manifest,
             self.provenance,
             self.report,

@@ -49,6 +49,9 @@ class ExplainSettings:
         ``"network"``: saliency of the plain network's logit (as the authors did); ``"tta"``
         (nnU-Net folders): of the mirrored-average logit nnU-Net thresholds, one forward and
         backward per mirror (no Grad-CAM: its layer runs once per mirror).
+    trust
+        Also run the trust checks of ``docs/trust.md`` per explained domain (model randomisation,
+        deletion and insertion, radial profile): extra table columns and a profile TSV.
     """
 
     n_samples: int = 50
@@ -69,6 +72,7 @@ class ExplainSettings:
     reduced: bool = False
     tta: bool = True
     saliency_of: SaliencyOf = "network"
+    trust: bool = False
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
