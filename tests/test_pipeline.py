@@ -305,3 +305,21 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
     assert len(outside) and np.abs(outside).max() <= 1e-6
     # 2 mm voxels: shells of 2 mm out to 10 mm
     assert sorted(set(profiles["outer_mm"])) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+
+
+def test_cli_trust_flag_reaches_the_settings(tmp_path, subject_files, monkeypatch):
+    import instasal.pipeline
+    from instasal.cli import run_app
+    from instasal.errors import ConfigurationError
+
+    seen: list[ExplainSettings] = []
+
+    def record(*args, settings=None, **kwargs):
+        seen.append(settings)
+        raise ConfigurationError("stopped after the settings")
+
+    monkeypatch.setattr(instasal.pipeline, "explain_subject", record)
+    image = str(subject_files["images"][0])
+    for flags, expected in (([], False), (["--trust"], True)):
+        assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
+        assert seen[-1].trust is expected

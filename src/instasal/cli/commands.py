@@ -103,6 +103,13 @@ def explain(
     saliency_of: Annotated[
         str, typer.Option(help="network, or tta (nnU-Net's mirrored average; --no-gradcam).")
     ] = "network",
+    trust: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the map checks of docs/trust.md per lesion (randomisation, "
+            "deletion/insertion, radial profile TSV); several times slower."
+        ),
+    ] = False,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
 ) -> None:
@@ -120,6 +127,7 @@ def explain(
         seed=seed,
         tta=not no_tta,
         saliency_of=saliency_of,
+        trust=trust,
     )
     require_files(*images, reference, tissue_mask, regions)
     from instasal.pipeline import explain_subject
