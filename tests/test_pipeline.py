@@ -293,6 +293,8 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
     assert set(table.columns) <= set(sidecar)
     for method in ("smoothgrad", "gradcam"):
         assert f"randomisation_passes_{method}" in table.columns
+        steps = table[f"randomisation_crossing_{method}"].dropna()
+        assert steps.isin(range(1, 6)).all()
     numbers = table[["deletion_auc", "deletion_auc_random", "insertion_auc"]].to_numpy()
     assert np.isfinite(numbers).all()
     profiles = pd.read_csv(result.layout.profiles, sep="\t")

@@ -120,6 +120,8 @@ def trust_checks(
         )
         profiles.append(profile.assign(id=native_id, type=record.kind))
     columns = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["id"])
+    crossing = [c for c in columns.columns if c.startswith("randomisation_crossing_")]
+    columns[crossing] = columns[crossing].astype("Int64")  # a step number, n/a when never
     profile_table = pd.concat(profiles, ignore_index=True) if profiles else pd.DataFrame()
     return columns, profile_table
 
