@@ -8,7 +8,7 @@ Images are reoriented to RAS before slicing and shown in neurological convention
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -23,6 +23,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
+from matplotlib.ticker import NullFormatter
 
 __all__ = [
     "TYPE_COLOURS",
@@ -211,8 +212,36 @@ def _diverging_overlay(axis: Any, values: np.ndarray, scale: float, aspect: floa
     return ScalarMappable(norm=norm, cmap="RdBu_r")
 
 
-def peak_vs_volume_figure(table: pd.DataFrame, channel: str) -> Figure:
-    """Peak saliency of ``channel`` against lesion volume, one colour per domain type."""
+SALIENCY_UNIT = "logit / normalised intensity"
+
+
+def _type_label(kind: str, n_shown: int, totals: Mapping[str, int] | None) -> str:
+    """Legend entry: the domains plotted, and of how many of that type when some were left out."""
+    total = (totals or {}).get(kind, n_shown)
+    if total > n_shown:
+        return f"{kind} ({n_shown} of {total} explained)"
+    return f"{kind} (n={n_shown})"
+
+
+def peak_vs_volume_figure(
+    table: pd.DataFrame, channel: str, totals: Mapping[str, int] | None = None
+) -> Figure:
+    """Peak saliency of ``channel`` against lesion volume, one colour per domain type.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The lesion table of the explained domains.
+    channel : str
+        The channel whose peak is plotted.
+    totals : mapping of str to int, optional
+        Domains per type in the whole instance map; the legend says "k of n explained" where the
+        table holds fewer.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     figure, axis = plt.subplots(figsize=(5.0, 3.6))
     for kind, group in table.groupby("type"):
         axis.scatter(
@@ -220,21 +249,38 @@ def peak_vs_volume_figure(table: pd.DataFrame, channel: str) -> Figure:
             group[f"peak_{channel}"],
             s=22,
             color=TYPE_COLOURS.get(str(kind), "k"),
-            label=f"{kind} (n={len(group)})",
+            label=_type_label(str(kind), len(group), totals),
             alpha=0.85,
             edgecolors="none",
         )
     axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel("volume (mm³)")
-    axis.set_ylabel(f"peak {channel} saliency")
+    axis.set_ylabel(f"peak {channel} saliency ({SALIENCY_UNIT})")
     axis.axhline(0, color="0.6", lw=0.6)
     axis.legend(fontsize=8, frameon=False)
     axis.set_title(f"Peak {channel} saliency vs lesion volume", fontsize=10)
     return figure
 
 
-def reliance_figure(table: pd.DataFrame, channel_names: Sequence[str]) -> Figure:
-    """Peak saliency of the first two channels against each other (modality reliance)."""
+def reliance_figure(
+    table: pd.DataFrame, channel_names: Sequence[str], totals: Mapping[str, int] | None = None
+) -> Figure:
+    """Peak saliency of the first two channels against each other (modality reliance).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The lesion table of the explained domains.
+    channel_names : sequence of str
+        The model's channels; the first two are plotted (first on the vertical axis).
+    totals : mapping of str to int, optional
+        Domains per type in the whole instance map, as in `peak_vs_volume_figure`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     first, second = channel_names[0], channel_names[1]
     figure, axis = plt.subplots(figsize=(4.2, 3.8))
     for kind, group in table.groupby("type"):
@@ -243,7 +289,7 @@ def reliance_figure(table: pd.DataFrame, channel_names: Sequence[str]) -> Figure
             group[f"peak_{first}"],
             s=22,
             color=TYPE_COLOURS.get(str(kind), "k"),
-            label=str(kind),
+            label=_type_label(str(kind), len(group), totals),
             alpha=0.85,
             edgecolors="none",
         )
@@ -252,8 +298,8 @@ def reliance_figure(table: pd.DataFrame, channel_names: Sequence[str]) -> Figure
     top = float(finite.max()) if finite.size else 1.0
     bottom = min(0.0, float(finite.min())) if finite.size else 0.0
     axis.plot([bottom, top], [bottom, top], color="0.5", lw=0.8, ls="--", label="equal")
-    axis.set_xlabel(f"peak {second} saliency")
-    axis.set_ylabel(f"peak {first} saliency")
+    axis.set_xlabel(f"peak {second} saliency ({SALIENCY_UNIT})")
+    axis.set_ylabel(f"peak {first} saliency ({SALIENCY_UNIT})")
     axis.legend(fontsize=8, frameon=False)
-    axis.set_title(f"{first} vs {second} reliance", fontsize=10)
+    axis.set_title(f"Peak saliency per domain: {first} vs {second}", fontsize=10)
     return figure

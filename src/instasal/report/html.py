@@ -38,6 +38,14 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+REGION_TEXT = {"n/a": "no region map given", "none": "unlabelled tissue"}
+
+
+def _region_text(value: Any) -> str:
+    """The region as the report shows it: the two kinds of missing region said in words."""
+    return REGION_TEXT.get(str(value), str(value))
+
+
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
@@ -111,7 +119,7 @@ def build_subject_report(
         ]
         facts = [
             ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
-            ("region", row["region"]),
+            ("region", _region_text(row["region"])),
             (
                 "centroid (RAS mm)",
                 f"{row['centroid_x']:.1f}, {row['centroid_y']:.1f}, {row['centroid_z']:.1f}",
@@ -141,19 +149,20 @@ def build_subject_report(
                 "facts": facts,
             }
         )
+    totals = {str(k): int(v) for k, v in provenance["counts"].items()}
     summary_figures = []
     if len(table):
         summary_figures.append(
             {
                 "alt": "peak saliency vs volume",
-                "data": _b64(figure_png(peak_vs_volume_figure(table, channels[0]), dpi=90)),
+                "data": _b64(figure_png(peak_vs_volume_figure(table, channels[0], totals), dpi=90)),
             }
         )
         if len(channels) >= 2:
             summary_figures.append(
                 {
                     "alt": "modality reliance",
-                    "data": _b64(figure_png(reliance_figure(table, channels), dpi=90)),
+                    "data": _b64(figure_png(reliance_figure(table, channels, totals), dpi=90)),
                 }
             )
     settings = provenance["settings"]
@@ -207,7 +216,10 @@ def build_subject_report(
         + [c for name in channels for c in (f"peak_{name}", f"trough_{name}", f"reliance_{name}")]
         + ["gradcam_peak"]
     )
-    rows = [{c: _format(r[c]) for c in columns} for r in table.to_dict(orient="records")]
+    rows = [
+        {c: _region_text(r[c]) if c == "region" else _format(r[c]) for c in columns}
+        for r in table.to_dict(orient="records")
+    ]
     sidecar = table_sidecar(channels)
     column_titles = {
         c: sidecar[c]["Description"]

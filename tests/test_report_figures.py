@@ -1,0 +1,50 @@
+"""Summary figures and table wording of the subject report, checked against hand-made tables."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd
+
+from instasal.report.figures import peak_vs_volume_figure, reliance_figure
+from instasal.report.html import _region_text
+
+
+def _table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "type": ["TP", "FP", "FP"],
+            "volume_mm3": [12.0, 30.0, 400.0],
+            "peak_FLAIR": [0.5, 0.2, 0.1],
+            "peak_T1w": [0.1, 0.3, 0.05],
+        }
+    )
+
+
+def _legend(figure: matplotlib.figure.Figure) -> list[str]:
+    return [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+
+
+def test_legend_says_how_many_of_each_type_were_explained() -> None:
+    totals = {"TP": 1, "FP": 16}
+    assert _legend(peak_vs_volume_figure(_table(), "FLAIR", totals)) == [
+        "FP (2 of 16 explained)",
+        "TP (n=1)",
+    ]
+    assert "FP (2 of 16 explained)" in _legend(reliance_figure(_table(), ["FLAIR", "T1w"], totals))
+
+
+def test_axes_name_the_saliency_unit_and_minor_log_ticks_are_unlabelled() -> None:
+    figure = peak_vs_volume_figure(_table(), "FLAIR")
+    axis = figure.axes[0]
+    figure.canvas.draw()
+    assert "logit" in axis.get_ylabel()
+    assert all(t.get_text() == "" for t in axis.get_xticklabels(minor=True))
+    reliance = reliance_figure(_table(), ["FLAIR", "T1w"]).axes[0]
+    assert "logit" in reliance.get_xlabel() and "logit" in reliance.get_ylabel()
+
+
+def test_missing_regions_are_said_in_words() -> None:
+    assert _region_text("n/a") == "no region map given"
+    assert _region_text("none") == "unlabelled tissue"
+    assert _region_text("frontal") == "frontal"
