@@ -268,6 +268,7 @@ def evaluate_cohort(
     write_probabilities: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     trust_model_code: bool = False,
+    ignore_channel_names: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Segment every labelled subject of a cohort with every model and score it.
 
@@ -294,6 +295,9 @@ def evaluate_cohort(
     trust_model_code
         Let models given by path run code from their own files
         (:func:`instasal.models.load_model`).
+    ignore_channel_names
+        Take each subject's files as the model's channels even where their names say another
+        order (:func:`instasal.channels.check_channel_files`); without it that is refused.
 
     Returns
     -------
@@ -326,7 +330,9 @@ def evaluate_cohort(
         results: list[LesionMetrics] = []
         for files, lesion_mask in subjects:
             subject = read_subject(files.images)
-            check_channels(model, subject.channel_names)
+            check_channels(
+                model, subject.channel_names, () if ignore_channel_names else subject.paths
+            )
             probability = predict_subject(model, subject, overlap=overlap)
             if out is not None and write_probabilities:
                 target = Path(out) / card.name / f"{files.subject_id}_prob.nii.gz"

@@ -43,6 +43,40 @@ TrustOption = Annotated[
         "only for models you trust. Default: refused.",
     ),
 ]
+IgnoreChannelNamesOption = Annotated[
+    bool,
+    typer.Option(
+        "--ignore-channel-names",
+        help="Take the images as the model's channels in the order given even where their file "
+        "names (BIDS suffixes such as _T1w, nnU-Net numbers such as _0001) say otherwise.",
+    ),
+]
+
+
+def require_channel_order(images: Sequence[Path], models: Sequence[str], ignore: bool) -> None:
+    """Refuse, before torch is imported, images whose names say another order than a model's.
+
+    Only models whose card is a JSON file say their channels this early (built-in names, a card
+    beside the weights, an nnU-Net ``dataset.json``); the others are checked once loaded.
+    """
+    if ignore:
+        return
+    from instasal.channels import check_channel_files, declared_channel_names
+
+    for model in models:
+        expected = declared_channel_names(model)
+        if expected is not None:
+            check_channel_files(images, expected, model=model)
+
+
+def require_dataset_channel_order(dataset: Path, models: Sequence[str], ignore: bool) -> None:
+    """:func:`require_channel_order` for every subject of a BIDS-like dataset."""
+    if ignore:
+        return
+    from instasal.dataset import discover_dataset
+
+    for subject in discover_dataset(dataset):
+        require_channel_order(subject.images, models, ignore)
 
 
 def require_files(*paths: Path | None) -> None:

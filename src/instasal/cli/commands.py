@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from instasal.cli._app import (
+    IgnoreChannelNamesOption,
     ImagesArgument,
     ModelOption,
     OutOption,
@@ -17,6 +18,8 @@ from instasal.cli._app import (
     TrustOption,
     app,
     console,
+    require_channel_order,
+    require_dataset_channel_order,
     require_files,
 )
 from instasal.cli.progress import pipeline_progress
@@ -112,6 +115,7 @@ def explain(
     ] = False,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
     settings = _settings(
@@ -130,6 +134,7 @@ def explain(
         trust=trust,
     )
     require_files(*images, reference, tissue_mask, regions)
+    require_channel_order(images, [model], ignore_channel_names)
     from instasal.pipeline import explain_subject
 
     with pipeline_progress(console) as progress:
@@ -239,10 +244,9 @@ def cohort(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Recompute everything.")] = False,
     trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
-    from instasal.pipeline.cohort import run_cohort
-
     if executor not in ("local", "ray"):
         raise ConfigurationError(f"--executor must be local or ray, got {executor!r}")
     settings = _settings(
@@ -253,6 +257,9 @@ def cohort(
         gradcam=gradcam,
         seed=seed,
     )
+    require_dataset_channel_order(dataset, [model], ignore_channel_names)
+    from instasal.pipeline.cohort import run_cohort
+
     with pipeline_progress(console) as progress:
         result = run_cohort(
             dataset,
@@ -266,6 +273,7 @@ def cohort(
             subjects=subjects.split(",") if subjects else None,
             progress=progress,  # type: ignore[arg-type]
             trust_model_code=trust_model_code,
+            ignore_channel_names=ignore_channel_names,
         )
     console.print(
         f"{len(result.done)} subject(s) done ({len(result.skipped)} reused), "

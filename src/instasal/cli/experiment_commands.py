@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from instasal.cli._app import ModelOption, OutOption, OverwriteOption, TrustOption, app, console
+from instasal.cli._app import (
+    IgnoreChannelNamesOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    TrustOption,
+    app,
+    console,
+    require_dataset_channel_order,
+)
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 
@@ -50,8 +59,10 @@ def experiment(
     ] = 4,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Run one of the paper's experiments and write its table, summary and figure."""
+    require_dataset_channel_order(dataset, [model, *(models or [])], ignore_channel_names)
     from instasal.experiments.missed import run_uncertainty_experiment
     from instasal.experiments.runner import (
         run_context_experiment,
@@ -75,6 +86,7 @@ def experiment(
                 max_lesions=max_lesions,
                 overwrite=overwrite,
                 progress=progress,  # type: ignore[arg-type]
+                ignore_channel_names=ignore_channel_names,
             )
         elif name == "relocation":
             summary = run_relocation_experiment(
@@ -85,6 +97,7 @@ def experiment(
                 seed=seed,
                 overwrite=overwrite,
                 progress=progress,  # type: ignore[arg-type]
+                ignore_channel_names=ignore_channel_names,
             )
         elif name == "patch-vs-full":
             summary = run_patch_full_experiment(
@@ -94,6 +107,7 @@ def experiment(
                 max_lesions=max_lesions,
                 overwrite=overwrite,
                 progress=progress,  # type: ignore[arg-type]
+                ignore_channel_names=ignore_channel_names,
             )
         else:
             summary = run_uncertainty_experiment(
@@ -110,6 +124,7 @@ def experiment(
                 seed=seed,
                 overwrite=overwrite,
                 progress=progress,  # type: ignore[arg-type]
+                ignore_channel_names=ignore_channel_names,
             )
     for key, value in summary.items():
         console.print(f"{key}: {value}")

@@ -11,7 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from instasal.cli._app import TrustOption, app, console
+from instasal.cli._app import (
+    IgnoreChannelNamesOption,
+    TrustOption,
+    app,
+    builtin_model_names,
+    console,
+    require_channel_order,
+    require_dataset_channel_order,
+    require_files,
+)
 from instasal.cli.progress import pipeline_progress
 
 __all__ = ["evaluate", "segment", "train"]
@@ -111,8 +120,11 @@ def segment(
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
     ] = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Write the lesion probability and mask of one subject (sliding window, Gaussian blending)."""
+    require_files(*images)
+    require_channel_order(images, [model], ignore_channel_names)
     from instasal.models import load_model
     from instasal.models.segmentation import segment_subject
 
@@ -125,6 +137,7 @@ def segment(
         overlap=overlap,
         overwrite=overwrite,
         tta=not no_tta,
+        ignore_channel_names=ignore_channel_names,
     )
     console.print(f"wrote {result.probability_path} and {result.mask_path}")
 
@@ -143,8 +156,10 @@ def evaluate(
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
     overwrite: Annotated[bool, typer.Option(help="Replace existing tables.")] = False,
     trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Lesion-wise metrics (nDSC, TPR, FDR, FNR) of models on a labelled cohort."""
+    require_dataset_channel_order(cohort, model or builtin_model_names(), ignore_channel_names)
     from instasal.metrics import evaluate_cohort
     from instasal.models import available_models
 
@@ -158,6 +173,7 @@ def evaluate(
             overwrite=overwrite,
             progress=lambda done, total, label: progress(f"segmentation of {label}", done, total),  # type: ignore[operator]
             trust_model_code=trust_model_code,
+            ignore_channel_names=ignore_channel_names,
         )
     table = Table("model", "threshold", "nDSC", "TPR", "FDR", "FNR", "lesions", title=str(cohort))
     for row in summary.to_dict("records"):

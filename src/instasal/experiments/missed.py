@@ -309,6 +309,7 @@ def run_uncertainty_experiment(
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
+    ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Candidates for missed lesions from uncertainty, typed and explained, over a dataset.
 
@@ -342,6 +343,8 @@ def run_uncertainty_experiment(
         Seed of MC dropout, of the sample of explained domains and of the SmoothGrad noise.
     overwrite
         Replace existing outputs; otherwise they are refused before any work.
+    ignore_channel_names
+        As in :func:`instasal.experiments.runner.prepared_subjects`.
 
     Returns
     -------
@@ -365,7 +368,11 @@ def run_uncertainty_experiment(
     seconds = {"uncertainty": 0.0, "saliency": 0.0}
     n_passes = 0
     started = time.perf_counter()
-    for index, prepared in enumerate(prepared_subjects(dataset, model, limit=max_subjects)):
+    for index, prepared in enumerate(
+        prepared_subjects(
+            dataset, model, limit=max_subjects, ignore_channel_names=ignore_channel_names
+        )
+    ):
         subject = prepared.files.subject_id
         if progress is not None:
             progress("subjects", index, n_total)

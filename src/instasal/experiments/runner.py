@@ -62,9 +62,14 @@ class ExperimentSubject:
 
 
 def prepared_subjects(
-    dataset: PathLike, model: Any, *, limit: int | None = None
+    dataset: PathLike, model: Any, *, limit: int | None = None, ignore_channel_names: bool = False
 ) -> Iterator[ExperimentSubject]:
-    """Read, prepare, segment and type each subject of ``dataset`` that has a reference mask."""
+    """Read, prepare, segment and type each subject of ``dataset`` that has a reference mask.
+
+    The experiments' ``ignore_channel_names`` is this one: take each subject's files as the
+    model's channels even where their names say another order
+    (:func:`instasal.channels.check_channel_files`); without it that is refused.
+    """
     from instasal.models import check_channels
     from instasal.models.segmentation import predict_prepared
 
@@ -74,7 +79,7 @@ def prepared_subjects(
         raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
     for files in subjects[:limit]:
         native = read_subject(files.images)
-        check_channels(model, native.channel_names)
+        check_channels(model, native.channel_names, () if ignore_channel_names else files.images)
         prepared = prepare_subject(native, model)
         subject = prepared.working
         probability = predict_prepared(prepared)
@@ -126,6 +131,7 @@ def run_context_experiment(
     max_lesions: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Perilesional context over the TP lesions of a volume band (authors: 90–120 mm³ at 1 mm)."""
     import matplotlib.pyplot as plt
@@ -133,7 +139,7 @@ def run_context_experiment(
     out = Path(out)
     low, high = volume_band_mm3
     frames: list[pd.DataFrame] = []
-    for prepared in prepared_subjects(dataset, model):
+    for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
         predict = functools.partial(_predict, prepared.network)
         chosen = [r.id for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
         if max_lesions is not None:
@@ -216,6 +222,7 @@ def run_relocation_experiment(
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
+    ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4)."""
     import matplotlib.pyplot as plt
@@ -223,7 +230,7 @@ def run_relocation_experiment(
     out = Path(out)
     rows: list[dict[str, Any]] = []
     conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
-    for prepared in prepared_subjects(dataset, model):
+    for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
         predict = functools.partial(_predict, prepared.network)
         lesions = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
         for record in lesions:
@@ -298,13 +305,14 @@ def run_patch_full_experiment(
     n_samples: int = 2,
     overwrite: bool = False,
     progress: Progress | None = None,
+    ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2)."""
     from instasal.saliency import patch_full_agreement
 
     out = Path(out)
     rows: list[dict[str, Any]] = []
-    for prepared in prepared_subjects(dataset, model):
+    for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
         for record in prepared.instances.of_kind("TP"):
             if len(rows) >= max_lesions:
                 break

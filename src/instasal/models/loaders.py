@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from instasal.channels import canonical_channel, check_channel_files
 from instasal.errors import ModelError, one_line
 from instasal.models.architectures import ARCHITECTURES, build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
@@ -55,7 +56,6 @@ FACTORY_PATTERN = re.compile(
 )
 CARD_EXTRA_FILE = "instasal_card.json"
 _STATE_DICT_KEYS = ("state_dict", "model", "network_weights", "network")
-_CHANNEL_ALIASES = {"t1": "t1w", "mprage": "t1w", "t1mprage": "t1w", "t2flair": "flair"}
 
 
 def weights_folder() -> Path:
@@ -131,16 +131,23 @@ def load_model(name_or_path: str | Path, *, trust_code: bool = False) -> nn.Modu
     )
 
 
-def check_channels(model: nn.Module, channel_names: Sequence[str]) -> None:
+def check_channels(
+    model: nn.Module, channel_names: Sequence[str], files: Sequence[str | Path] = ()
+) -> None:
     """Check that a subject's channels are the ones ``model`` takes, in its order.
 
-    Names are compared case-insensitively, ignoring punctuation, with the aliases T1 = MPRAGE = T1w;
-    generic names ``ch0, ch1, …`` match any channel (only their number is checked).
+    Names are compared case-insensitively, ignoring punctuation, with the aliases T1 = MPRAGE = T1w
+    (:func:`instasal.channels.canonical_channel`); generic names ``ch0, ch1, …`` match any channel
+    (only their number is checked). ``files``, the channel files, are checked by what their names
+    say (BIDS suffixes, nnU-Net channel numbers: :func:`instasal.channels.check_channel_files`);
+    pass none to skip that check.
 
     Raises
     ------
     ModelError
         When the number of channels or a channel's name differs (one line, naming both).
+    ImageError
+        When the file names say another channel order than the model's.
     """
     card = card_of(model)
     expected = tuple(card.channel_names)
@@ -153,16 +160,12 @@ def check_channels(model: nn.Module, channel_names: Sequence[str]) -> None:
     for position, (want, have) in enumerate(zip(expected, given, strict=True)):
         if _is_generic(want) or _is_generic(have):
             continue
-        if _canonical(want) != _canonical(have):
+        if canonical_channel(want) != canonical_channel(have):
             raise ModelError(
                 f"model {card.name!r} expects channel {position} to be {want!r}, got {have!r}; "
                 f"give the images in the order {', '.join(expected)}"
             )
-
-
-def _canonical(name: str) -> str:
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
-    return _CHANNEL_ALIASES.get(key, key)
+    check_channel_files(files, expected, model=card.name)
 
 
 def _is_generic(name: str) -> bool:

@@ -130,6 +130,7 @@ def segment_subject(
     overwrite: bool = False,
     device: torch.device | str | None = None,
     tta: bool = True,
+    ignore_channel_names: bool = False,
 ) -> SegmentationResult:
     """Segment one subject and write ``<name>_prob.nii.gz`` and ``<name>_mask.nii.gz`` in ``out``.
 
@@ -154,6 +155,9 @@ def segment_subject(
     tta
         nnU-Net v2 folders: mirroring test-time augmentation as ``nnUNetv2_predict`` does by
         default; ``False`` reproduces its ``--disable_tta``.
+    ignore_channel_names
+        Take the files as the model's channels in the order given even where their names say
+        otherwise (:func:`instasal.channels.check_channel_files`); without it that is refused.
 
     Raises
     ------
@@ -170,6 +174,7 @@ def segment_subject(
     """
     subject = images if isinstance(images, Subject) else read_subject(_as_list(images))
     card = card_of(model)
+    check_channels(model, subject.channel_names, () if ignore_channel_names else subject.paths)
     prefix = name or subject.name.removesuffix("_FLAIR")
     folder = Path(out)
     probability_path = folder / f"{prefix}_prob.nii.gz"

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from instasal.channels import check_channel_files
 from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError, InstasalError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text
@@ -79,6 +80,7 @@ def _explain_one(
     key: str,
     overwrite: bool,
     with_mean: bool,
+    ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Explain one subject (max aggregation, and mean when asked); return its status record."""
     started = time.perf_counter()
@@ -103,6 +105,7 @@ def _explain_one(
                 ),
                 overwrite=overwrite,
                 report=aggregation == "max",
+                ignore_channel_names=ignore_channel_names,
             )
         status |= {"state": "done"}
     except InstasalError as error:
@@ -144,6 +147,7 @@ def run_cohort(
     subjects: Sequence[str] | None = None,
     progress: CohortProgress | None = None,
     trust_model_code: bool = False,
+    ignore_channel_names: bool = False,
 ) -> CohortResult:
     """Run :func:`~instasal.pipeline.explain_subject` over every subject of ``dataset``.
 
@@ -169,8 +173,12 @@ def run_cohort(
         Only these subject ids.
     trust_model_code
         Let the model run code from its own files (:func:`instasal.models.load_model`).
+    ignore_channel_names
+        Take each subject's files as the model's channels even where their names say another
+        order (:func:`instasal.channels.check_channel_files`); without it every subject's files
+        are checked before the first is explained, and a mismatch is refused.
     """
-    from instasal.models import load_model
+    from instasal.models import card_of, load_model
 
     settings = settings or ExplainSettings()
     out = Path(out)
@@ -182,6 +190,10 @@ def run_cohort(
             raise ConfigurationError(f"{dataset}: no subject(s) {sorted(unknown)} in the dataset")
         found = [s for s in found if s.subject_id in wanted]
     network = load_model(model, trust_code=trust_model_code)
+    if not ignore_channel_names:
+        card = card_of(network)
+        for subject in found:
+            check_channel_files(subject.images, card.channel_names, model=card.name)
     key = run_key(
         {
             "dataset": str(Path(dataset).resolve()),
@@ -232,7 +244,16 @@ def run_cohort(
                 total,
             )
             statuses.append(
-                _explain_one(subject, network, out, settings, key, overwrite, with_mean)
+                _explain_one(
+                    subject,
+                    network,
+                    out,
+                    settings,
+                    key,
+                    overwrite,
+                    with_mean,
+                    ignore_channel_names,
+                )
             )
             notify("subjects", len(skipped) + len(statuses), total)
     elif executor == "ray":
@@ -247,6 +268,7 @@ def run_cohort(
             address,
             lambda done: notify("subjects", len(skipped) + done, total),
             trust_model_code,
+            ignore_channel_names,
         )
     else:
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -282,6 +304,7 @@ def _run_ray(
     address: str | None,
     on_done: Callable[[int], None],
     trust_model_code: bool,
+    ignore_channel_names: bool,
 ) -> list[dict[str, Any]]:
     try:
         import ray
@@ -307,6 +330,7 @@ def _run_ray(
                 key,
                 overwrite,
                 with_mean,
+                ignore_channel_names,
             )
 
         pending = [task.remote(subject) for subject in todo]

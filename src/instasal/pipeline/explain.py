@@ -137,6 +137,7 @@ def explain_subject(
     report: bool = True,
     progress: ProgressCallback | Literal["auto"] | None = "auto",
     trust_model_code: bool = False,
+    ignore_channel_names: bool = False,
 ) -> ExplainResult:
     """Segment a subject, find its lesions, and explain each one (SPEC §1–§3; issue 6).
 
@@ -170,6 +171,10 @@ def explain_subject(
     trust_model_code
         Let a model given by path run code from its own files (see
         :func:`instasal.models.load_model`'s ``trust_code``).
+    ignore_channel_names
+        Take the images as the model's channels in the order given even where their file names
+        say otherwise (BIDS suffixes such as ``_T1w``, nnU-Net numbers such as ``_0001``; see
+        :func:`instasal.channels.check_channel_files`). Without it such a mismatch is refused.
 
     Returns
     -------
@@ -196,6 +201,7 @@ def explain_subject(
                     report=report,
                     progress=shown,  # type: ignore[arg-type]
                     trust_model_code=trust_model_code,
+                    ignore_channel_names=ignore_channel_names,
                 )
     settings = settings or ExplainSettings()
     progress = progress or _noop
@@ -215,7 +221,7 @@ def explain_subject(
         else load_model(os.fspath(model), trust_code=trust_model_code)
     )
     card: dict[str, Any] = dict(getattr(network, "card", {}))
-    check_channels(network, subject.channel_names)
+    check_channels(network, subject.channel_names, () if ignore_channel_names else subject.paths)
     prepared = prepare_subject(subject, network)
     if settings.saliency_of == "tta":
         from instasal.models.nnunet_predict import with_mirrored_network
