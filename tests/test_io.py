@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from instasal.errors import ImageError, OutputExistsError
+from instasal.errors import ImageError, InstasalWarning, OutputExistsError
 from instasal.io import (
     load_image,
     load_mask,
@@ -226,3 +227,82 @@ def test_header_larger_than_the_memory_budget_is_refused(
         load_image(path)
     monkeypatch.setattr("instasal.io._memory_budget_bytes", lambda: 32_000)
     assert load_image(path).shape == (20, 20, 20)
+
+
+@pytest.mark.parametrize(
+    ("values", "seen"),
+    [
+        (np.arange(6, dtype=np.uint8), "values 0, 1, 2, 3, 4, 5"),
+        (np.array([0, -1, 2], dtype=np.int16), "values -1, 0, 2"),
+        (np.linspace(0, 0.9, 10, dtype=np.float32), "10 distinct values from 0 to 0.9"),
+        (np.array([0, 255], dtype=np.uint8), "values 0, 255"),
+    ],
+)
+def test_a_non_binary_mask_is_read_as_non_zero_with_a_note(
+    two_channel_files, oblique_affine, values, seen
+):
+    paths, _ = two_channel_files
+    subject = read_subject(paths)
+    labels = np.resize(values, subject.shape)
+    mask_path = paths[0].parent / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, oblique_affine), mask_path)
+    with pytest.warns(InstasalWarning) as notes:
+        mask = load_mask(mask_path, subject, role="reference lesion mask")
+    np.testing.assert_array_equal(mask, labels != 0)
+    (note,) = notes
+    assert str(note.message) == (
+        f"{mask_path}: reference lesion mask is not binary ({seen}); "
+        "every non-zero voxel is taken as inside it"
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int16])
+def test_a_binary_mask_is_read_without_a_note(two_channel_files, oblique_affine, dtype):
+    paths, _ = two_channel_files
+    subject = read_subject(paths)
+    binary = (np.arange(np.prod(subject.shape)).reshape(subject.shape) % 3 == 0).astype(dtype)
+    mask_path = paths[0].parent / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(binary, oblique_affine), mask_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = load_mask(mask_path, subject)
+    np.testing.assert_array_equal(mask, binary == 1)
+
+
+def test_explain_notes_a_non_binary_reference_in_one_line(tmp_path, rng, linear_model_path, capsys):
+    from conftest import write_linear_subject
+    from instasal.cli import run_app
+
+    write_linear_subject(tmp_path, "sub-01", rng)
+    anat = tmp_path / "sub-01" / "anat"
+    reference = tmp_path / "derivatives" / "manual" / "sub-01" / "anat"
+    binary = nib.load(reference / "sub-01_desc-lesion_mask.nii.gz")
+    labels = np.asarray(binary.dataobj).astype(np.uint8) * 3
+    labelled = reference / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, binary.affine), labelled)
+    status = run_app(
+        [
+            "explain",
+            str(anat / "sub-01_FLAIR.nii.gz"),
+            str(anat / "sub-01_T1w.nii.gz"),
+            "--model",
+            str(linear_model_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--reference",
+            str(labelled),
+            "--n-samples",
+            "1",
+            "--n-true-negatives",
+            "0",
+            "--no-gradcam",
+            "--context",
+            "full",
+        ]
+    )
+    assert status == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "is not binary" in line]
+    assert notes == [
+        f"note: {labelled}: reference lesion mask is not binary (values 0, 3); "
+        "every non-zero voxel is taken as inside it"
+    ]

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from instasal.errors import ImageError, OutputExistsError, one_line
+from instasal.errors import ImageError, InstasalWarning, OutputExistsError, one_line
 from instasal.typing import FloatArray, PathLike
 
 __all__ = [
@@ -308,9 +309,17 @@ def _channel_names(names: Sequence[str] | None, count: int, path: Path) -> tuple
 
 
 def load_mask(
-    path: PathLike, like: Subject, *, tolerance: float = AFFINE_TOLERANCE_MM
+    path: PathLike,
+    like: Subject,
+    *,
+    tolerance: float = AFFINE_TOLERANCE_MM,
+    role: str = "mask",
 ) -> np.ndarray:
     """Read a mask on ``like``'s grid as a boolean array (non-zero voxels are ``True``).
+
+    A mask holding values other than 0 and 1 (a label map, probabilities, negative values) is
+    still read as "non-zero is inside", with a one-line :class:`~instasal.errors.InstasalWarning`
+    naming the file, its ``role`` (``"reference lesion mask"``, …) and the values seen.
 
     Raises
     ------
@@ -323,7 +332,23 @@ def load_mask(
     _check_finite(data, path)
     ref_path = like.paths[0] if like.paths else Path("the subject")
     _check_same_grid(data.shape, image.affine, like.shape, like.affine, path, ref_path, tolerance)
-    return np.asarray(data) != 0
+    data = np.asarray(data)
+    if not ((data == 0) | (data == 1)).all():
+        warnings.warn(
+            f"{path}: {role} is not binary ({_values_seen(data)}); "
+            "every non-zero voxel is taken as inside it",
+            InstasalWarning,
+            stacklevel=2,
+        )
+    return data != 0
+
+
+def _values_seen(data: np.ndarray, listed: int = 8) -> str:
+    """The distinct values of ``data`` (or their count and range when there are many)."""
+    values = np.unique(data)
+    if values.size <= listed:
+        return "values " + ", ".join(f"{v:g}" for v in values.tolist())
+    return f"{values.size} distinct values from {values[0]:g} to {values[-1]:g}"
 
 
 def zscore_nonzero(data: FloatArray) -> FloatArray:

@@ -337,7 +337,7 @@ def evaluate_cohort(
             if out is not None and write_probabilities:
                 target = Path(out) / card.name / f"{files.subject_id}_prob.nii.gz"
                 write_nifti(probability, subject.affine, target, overwrite=overwrite)
-            reference = load_mask(lesion_mask, subject)
+            reference = load_mask(lesion_mask, subject, role="reference lesion mask")
             metrics = lesion_metrics(reference, probability, subject.affine, threshold=used)
             results.append(metrics)
             rows.append({"model": card.name, "subject": files.subject_id} | metrics.as_dict())

@@ -84,7 +84,9 @@ def prepared_subjects(
         subject = prepared.working
         probability = predict_prepared(prepared)
         assert files.lesion_mask is not None
-        reference = prepared.to_working(load_mask(files.lesion_mask, native))
+        reference = prepared.to_working(
+            load_mask(files.lesion_mask, native, role="reference lesion mask")
+        )
         brain = (
             prepared.to_working(load_mask(files.brain_mask, native))
             if files.brain_mask

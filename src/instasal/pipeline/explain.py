@@ -84,8 +84,8 @@ def _load_subject(
     return read_subject(images, channel_names)
 
 
-def _optional_mask(path: PathLike | None, subject: Subject) -> np.ndarray | None:
-    return None if path is None else load_mask(path, subject)
+def _optional_mask(path: PathLike | None, subject: Subject, role: str) -> np.ndarray | None:
+    return None if path is None else load_mask(path, subject, role=role)
 
 
 def _regions(path: PathLike | None, subject: Subject) -> np.ndarray | None:
@@ -209,8 +209,8 @@ def explain_subject(
     timings: dict[str, float] = {}
 
     subject = _load_subject(images, channel_names)
-    reference_mask = _optional_mask(reference, subject)
-    tissue = _optional_mask(tissue_mask, subject)
+    reference_mask = _optional_mask(reference, subject, "reference lesion mask")
+    tissue = _optional_mask(tissue_mask, subject, "tissue mask")
     region_map = _regions(regions, subject)
     from instasal.models import check_channels, load_model
     from instasal.models.segmentation import predict_prepared
