@@ -30,6 +30,7 @@ from instasal.io import (
     read_subject,
     write_nifti,
 )
+from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
 from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
@@ -228,7 +229,7 @@ def explain_subject(
 
         prepared = with_mirrored_network(prepared)
     working_card: dict[str, Any] = dict(getattr(prepared.network, "card", {}))
-    context = settings.context or ("patch" if card.get("patch_size") else "full")
+    context = resolve_context(settings.context, working_card)
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
     target = int(card.get("target_class", 1))
     layer = working_card.get("gradcam_layer")
@@ -313,6 +314,8 @@ def explain_subject(
             rows.append(stored_record["row"])
             reused += 1
 
+    if settings.context is None and context == "full":
+        check_full_context_cost(prepared, todo, settings, target, card)
     step = time.perf_counter()
     space = SubjectSpace(
         prepared,

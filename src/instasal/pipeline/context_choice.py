@@ -1,0 +1,136 @@
+"""Which context an explain run differentiates, and a guard against an unasked whole-volume run.
+
+A model card without a patch size leaves only the whole volume as the forward pass to
+differentiate (``context="full"``). For a large volume and network that is days of work: every
+voxel of every domain costs one backward pass through the whole volume per noise draw. Where the
+user did not ask for ``full`` the run measures one forward and one backward pass, and refuses
+before the per-lesion stage when the estimate exceeds :data:`FULL_CONTEXT_BUDGET_S`, saying what
+the user can choose instead; under the budget it notes the choice and the estimate in one line.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instasal.errors import ConfigurationError, InstasalWarning
+from instasal.instances import Instance
+from instasal.pipeline.settings import ExplainSettings
+from instasal.prepare import PreparedSubject
+from instasal.saliency.model_state import inference_state, model_device
+from instasal.typing import Context
+
+__all__ = [
+    "FULL_CONTEXT_BUDGET_S",
+    "check_full_context_cost",
+    "full_context_seconds",
+    "resolve_context",
+]
+
+FULL_CONTEXT_BUDGET_S = 3600.0
+"""The longest estimated saliency stage a run takes in full context without being asked to."""
+
+
+def _card_file(card: Mapping[str, Any]) -> str:
+    """Where the user states card fields of this model (a sidecar JSON), in words."""
+    kind, source = card.get("architecture"), card.get("source")
+    if kind == "bundle" and card.get("hyperparameters", {}).get("bundle"):
+        return str(Path(card["hyperparameters"]["bundle"]) / "instasal_card.json")
+    if kind in ("torchscript", "module") and source:
+        return str(Path(source).with_suffix(".json"))
+    return "the model card (model.card)"
+
+
+def _patch_hint(card: Mapping[str, Any]) -> str:
+    return (
+        f'state the network\'s training patch as "patch_size": [X, Y, Z] in {_card_file(card)} '
+        "for patch context"
+    )
+
+
+def resolve_context(asked: Context | None, card: Mapping[str, Any]) -> Context:
+    """The context of a run: the one asked for, else ``patch`` when the card has a patch size.
+
+    Raises
+    ------
+    ConfigurationError
+        When ``patch`` is asked for and the card has no patch size (before any work).
+    """
+    has_patch = bool(card.get("patch_size"))
+    if asked == "patch" and not has_patch:
+        raise ConfigurationError(
+            f"context patch needs the model's patch size, and model {card.get('name')!r} states "
+            f"none; {_patch_hint(card)}, or pass --context full (context='full')"
+        )
+    return asked or ("patch" if has_patch else "full")
+
+
+def full_context_seconds(prepared: PreparedSubject, target: int) -> tuple[float, float]:
+    """Measured seconds of one forward and of one backward pass over the whole working volume."""
+    network = prepared.network
+    device = model_device(network)
+    x = prepared.x[None].to(device).requires_grad_(True)
+    with inference_state(network):
+        started = time.perf_counter()
+        logits = network(x)
+        forward = time.perf_counter() - started
+        voxel = tuple(s // 2 for s in logits.shape[2:])
+        started = time.perf_counter()
+        torch.autograd.grad(logits[(0, min(target, logits.shape[1] - 1), *voxel)], x)
+        backward = time.perf_counter() - started
+    return forward, backward
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+def check_full_context_cost(
+    prepared: PreparedSubject,
+    todo: Sequence[Instance],
+    settings: ExplainSettings,
+    target: int,
+    card: Mapping[str, Any],
+) -> None:
+    """Refuse an unasked whole-volume saliency stage estimated over the budget; else note it.
+
+    The estimate is one forward pass per noise draw and batch of domains, plus one backward pass
+    per Jacobian row (every voxel of a domain with ``max`` aggregation, one per domain with
+    ``mean``), per noise draw, at the measured speed of this network on this volume.
+
+    Raises
+    ------
+    ConfigurationError
+        When the estimate exceeds :data:`FULL_CONTEXT_BUDGET_S`: the message gives the estimate
+        and the two choices (``--context full`` to run it anyway, a patch size in the card).
+    """
+    if not todo:
+        return
+    from instasal.pipeline.lesions import LESIONS_PER_BATCH
+
+    draws = 1 if settings.noise_level == 0 else settings.n_samples
+    per_draw = sum(r.n_voxels if settings.aggregation == "max" else 1 for r in todo)
+    rows = draws * per_draw
+    forward, backward = full_context_seconds(prepared, target)
+    batches = -(-len(todo) // LESIONS_PER_BATCH)
+    estimate = draws * batches * forward + rows * backward
+    shape = "×".join(str(s) for s in prepared.x.shape[1:])
+    what = (
+        f"model {card.get('name')!r} states no patch size, so saliency differentiates the whole "
+        f"{shape} volume for each of {rows} Jacobian rows ({len(todo)} domain(s), {draws} noise "
+        f"draw(s)): about {_duration(estimate)} at the measured {backward:.2g} s per backward pass"
+    )
+    if estimate > FULL_CONTEXT_BUDGET_S:
+        raise ConfigurationError(
+            f"{what}; pass --context full (context='full') to run it anyway, or {_patch_hint(card)}"
+        )
+    warnings.warn(f"{what}; {_patch_hint(card)}", InstasalWarning, stacklevel=2)

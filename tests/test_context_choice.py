@@ -1,0 +1,114 @@
+"""A model without a patch size: full context is noted, refused over the budget, or asked for."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import PointwiseLinear, write_linear_subject
+from instasal.errors import ConfigurationError, InstasalWarning
+from instasal.models import load_model
+from instasal.pipeline import ExplainSettings, context_choice, explain_subject
+
+N_SAMPLES = 3
+
+
+def _subject(tmp_path: Path, rng: np.random.Generator) -> list[Path]:
+    write_linear_subject(tmp_path / "data", "sub-01", rng)
+    anat = tmp_path / "data" / "sub-01" / "anat"
+    return [anat / "sub-01_FLAIR.nii.gz", anat / "sub-01_T1w.nii.gz"]
+
+
+def _no_patch_model(tmp_path: Path) -> Path:
+    """The pointwise linear network as TorchScript whose card states no patch size."""
+    import torch
+
+    path = tmp_path / "nopatch.pt"
+    torch.jit.save(torch.jit.script(PointwiseLinear()), str(path))
+    path.with_suffix(".json").write_text(json.dumps({"threshold": 0.5}))
+    return path
+
+
+def _explained_voxels(out: Path) -> int:
+    (labels,) = out.glob("*_desc-instances_dseg.nii.gz")
+    return int((np.asarray(nib.load(labels).dataobj) > 0).sum())
+
+
+def test_over_the_budget_an_unasked_full_context_is_refused_before_any_lesion(
+    tmp_path, rng, monkeypatch
+):
+    images = _subject(tmp_path, rng)
+    model_path = _no_patch_model(tmp_path)
+    monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
+    settings = ExplainSettings(n_samples=N_SAMPLES, n_true_negatives=0, gradcam=False)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigurationError) as caught:
+        explain_subject(images, load_model(model_path), out, settings=settings, progress=None)
+    message = str(caught.value)
+    assert "\n" not in message
+    rows = int(re.search(r"for each of (\d+) Jacobian rows", message)[1])  # type: ignore[index]
+    voxels = _explained_voxels(out)
+    assert voxels > 0
+    assert rows == N_SAMPLES * voxels  # one row per domain voxel and noise draw (max aggregation)
+    assert "states no patch size" in message
+    assert "pass --context full (context='full') to run it anyway" in message
+    assert f'"patch_size": [X, Y, Z] in {model_path.with_suffix(".json")}' in message
+    assert (out / "lesions").is_dir()
+    assert not list((out / "lesions").iterdir())  # no lesion explained
+    assert not list(out.glob("*_lesions.tsv"))
+
+
+def test_mean_aggregation_counts_one_row_per_domain_and_draw(tmp_path, rng, monkeypatch):
+    images = _subject(tmp_path, rng)
+    monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
+    settings = ExplainSettings(
+        n_samples=N_SAMPLES, n_true_negatives=0, gradcam=False, aggregation="mean"
+    )
+    out = tmp_path / "out"
+    with pytest.raises(ConfigurationError, match=f"each of {N_SAMPLES} Jacobian rows"):
+        explain_subject(images, load_model(_no_patch_model(tmp_path)), out, settings=settings)
+
+
+def test_asked_full_context_runs_whatever_the_budget(tmp_path, rng, monkeypatch):
+    images = _subject(tmp_path, rng)
+    monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
+    settings = ExplainSettings(n_samples=1, n_true_negatives=0, gradcam=False, context="full")
+    result = explain_subject(
+        images,
+        load_model(_no_patch_model(tmp_path)),
+        tmp_path / "out",
+        settings=settings,
+        progress=None,
+        report=False,
+    )
+    assert len(result.table) == 1
+
+
+def test_under_the_budget_full_context_is_noted(tmp_path, rng):
+    images = _subject(tmp_path, rng)
+    settings = ExplainSettings(n_samples=1, n_true_negatives=0, gradcam=False)
+    with pytest.warns(InstasalWarning, match="states no patch size, so saliency differentiates"):
+        result = explain_subject(
+            images,
+            load_model(_no_patch_model(tmp_path)),
+            tmp_path / "out",
+            settings=settings,
+            progress=None,
+            report=False,
+        )
+    assert len(result.table) == 1
+
+
+def test_patch_context_without_a_patch_size_is_refused_before_segmenting(tmp_path, rng):
+    images = _subject(tmp_path, rng)
+    settings = ExplainSettings(n_samples=1, n_true_negatives=0, gradcam=False, context="patch")
+    with pytest.raises(ConfigurationError, match="context patch needs the model's patch size"):
+        explain_subject(
+            images, load_model(_no_patch_model(tmp_path)), tmp_path / "out", settings=settings
+        )
+    assert not (tmp_path / "out").exists()
