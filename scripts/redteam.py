@@ -1,0 +1,1066 @@
+#!/usr/bin/env python
+"""Red-team instasal's command line: bad files, bad outputs, kill -9, concurrency, crafted models.
+
+Every case runs the real CLI (``python -m instasal.cli``) as a subprocess on tiny inputs built
+here (16³-sized subjects, a 1×1×1-convolution TorchScript model) and is judged from outside:
+
+- ``refused``: the run must exit non-zero with one ``error:`` line and no traceback;
+- ``handled``: it must exit 0 (with the ``note:`` or result the case names);
+- ``resumed``: after ``kill -9`` a rerun must exit 0 and give the table an uninterrupted run gives.
+
+Outcomes: ``handled``, ``traceback``, ``wrong exit``, ``data lost`` (results of a run gone or
+changed without ``--overwrite``), ``code ran`` (a crafted model ran its code), ``clash`` (two
+processes wrote the same results), ``left over`` (a dead run's temporary kept). A full run takes a
+few minutes on 2 cores. Read-only and full disks are real tmpfs mounts when this runs as root,
+else simulated by failing every write under the output folder with EROFS / ENOSPC.
+
+Usage::
+
+    python scripts/redteam.py [--keep DIR] [--only SUBSTRING]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import gzip
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+SHAPE = (26, 16, 16)
+TIMEOUT_S = 240
+
+# run a command with every write under $REDTEAM_FAIL_UNDER failing with errno $REDTEAM_ERRNO
+_FAULTY_WRITES = """
+import builtins, os, sys
+root, code = os.path.realpath(os.environ["REDTEAM_FAIL_UNDER"]), int(os.environ["REDTEAM_ERRNO"])
+def _under(path):
+    return isinstance(path, (str, os.PathLike)) and os.path.realpath(path).startswith(root)
+def _fail(path):
+    raise OSError(code, os.strerror(code), os.fspath(path))
+_open, _os_open, _mkdir = builtins.open, os.open, os.mkdir
+def _checked_open(file, mode="r", *args, **kwargs):
+    if _under(file) and any(c in mode for c in "wax+"):
+        _fail(file)
+    return _open(file, mode, *args, **kwargs)
+def _checked_os_open(path, flags, *args, **kwargs):
+    if _under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        _fail(path)
+    return _os_open(path, flags, *args, **kwargs)
+def _checked_mkdir(path, *args, **kwargs):
+    if _under(path):
+        _fail(path)
+    return _mkdir(path, *args, **kwargs)
+builtins.open, os.open, os.mkdir = _checked_open, _checked_os_open, _checked_mkdir
+from instasal.cli import main
+sys.argv = ["instasal", *sys.argv[1:]]
+main()
+"""
+
+
+@dataclass
+class Run:
+    """One finished subprocess."""
+
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    @property
+    def traceback(self) -> bool:
+        return "Traceback (most recent call last)" in self.text
+
+    def error_line(self) -> str:
+        lines = [line for line in self.err.splitlines() if line.startswith("error:")]
+        return lines[0] if lines else (self.err.strip().splitlines() or [""])[-1]
+
+
+@dataclass
+class Outcome:
+    name: str
+    expected: str
+    outcome: str
+    detail: str = ""
+
+
+@dataclass
+class Lab:
+    """The tiny inputs every case uses, in one temporary folder."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def cli(self, *args: str | Path, wrapper: str | None = None) -> list[str]:
+        head = (
+            [sys.executable, "-c", wrapper] if wrapper else [sys.executable, "-m", "instasal.cli"]
+        )
+        return [*head, "--threads", "1", *[str(a) for a in args]]
+
+    def run(
+        self,
+        *args: str | Path,
+        wrapper: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = TIMEOUT_S,
+    ) -> Run:
+        done = subprocess.run(
+            self.cli(*args, wrapper=wrapper),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env | (env or {}),
+            cwd=self.root,
+        )
+        return Run(done.returncode, done.stdout, done.stderr)
+
+    def start(self, *args: str | Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.cli(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+        )
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def _subject(folder: Path, participant: str, seed: int, lesions: int = 1) -> list[Path]:
+    """A 26×16×16 subject at 2 mm with ``lesions`` bright 3³ FLAIR lesions, in BIDS layout."""
+    rng = np.random.default_rng(seed)
+    brain = np.zeros(SHAPE, bool)
+    brain[1:25, 1:15, 1:15] = True
+    flair = np.where(brain, rng.normal(10, 0.2, SHAPE), 0).astype(np.float32)
+    t1w = np.where(brain, rng.normal(10, 0.2, SHAPE), 0).astype(np.float32)
+    corners = [(2 + 6 * (k % 4), 3 + 6 * (k // 4 % 2), 3 + 6 * (k // 8)) for k in range(lesions)]
+    for corner in corners:
+        flair[tuple(slice(c, c + 3) for c in corner)] = 40.0
+    anat = folder / participant / "anat"
+    files = [
+        _save(anat / f"{participant}_FLAIR.nii.gz", flair),
+        _save(anat / f"{participant}_T1w.nii.gz", t1w),
+    ]
+    masks = folder / "derivatives" / "manual" / participant / "anat"
+    _save(masks / f"{participant}_desc-lesion_mask.nii.gz", (flair > 30).astype(np.uint8))
+    _save(masks / f"{participant}_desc-brain_mask.nii.gz", brain.astype(np.uint8))
+    return files
+
+
+def _model(folder: Path, name: str, card: dict[str, object], layers: str = "pointwise") -> Path:
+    """A TorchScript model with a sidecar card: lesion logit 1.5·FLAIR − 0.5·T1w − 2 (1×1×1), or
+    ``layers="deep"``: two 3³ convolutions (a receptive field, slower backward passes)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if layers == "pointwise":
+        network: nn.Module = nn.Sequential(nn.Conv3d(2, 2, 1))
+        with torch.no_grad():
+            network[0].weight.zero_()
+            network[0].bias.copy_(torch.tensor([0.0, -2.0]))
+            network[0].weight[1, 0] = 1.5
+            network[0].weight[1, 1] = -0.5
+    else:
+        network = nn.Sequential(
+            nn.Conv3d(2, 16, 3, padding=1), nn.ReLU(), nn.Conv3d(16, 2, 3, padding=1)
+        )
+    path = folder / f"{name}.pt"
+    torch.jit.save(torch.jit.script(network.eval()), str(path))
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+CARD = {
+    "threshold": 0.5,
+    "patch_size": list(SHAPE),
+    "channel_names": ["FLAIR", "T1w"],
+    "orientation": "RAS",
+    "gradcam_layer": "0",
+}
+FAST = ["--n-samples", "2", "--n-true-negatives", "0", "--no-gradcam"]
+
+
+def build(root: Path) -> Lab:
+    lab = Lab(root)
+    pythonpath = os.pathsep.join([str(ROOT / "src"), str(root), os.environ.get("PYTHONPATH", "")])
+    lab.env = dict(os.environ) | {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+    lab.env.pop("FORCE_COLOR", None)
+    _subject(root / "data", "sub-01", seed=1)
+    _subject(root / "data", "sub-02", seed=2)
+    _subject(root / "many", "sub-01", seed=3, lesions=8)
+    _model(root, "linear", CARD)
+    _model(root, "nopatch", {k: v for k, v in CARD.items() if k != "patch_size"})
+    return lab
+
+
+def _images(lab: Lab, folder: str = "data", participant: str = "sub-01") -> list[Path]:
+    anat = lab.path(folder, participant, "anat")
+    return [anat / f"{participant}_FLAIR.nii.gz", anat / f"{participant}_T1w.nii.gz"]
+
+
+def _explain(
+    lab: Lab, images: list[Path], out: Path, *flags: str, model: str = "linear.pt", **kwargs
+) -> Run:
+    return lab.run("explain", *images, "--model", model, "--out", out, *FAST, *flags, **kwargs)
+
+
+def _finished_copy(lab: Lab, out: Path) -> Run | None:
+    """A copy at ``out`` of one finished explain run (made once); the failed run when it fails."""
+    base = lab.path("out", "finished")
+    if not (base / "run.json").exists():
+        run = _explain(lab, _images(lab), base)
+        if run.rc != 0:
+            return run
+    shutil.copytree(base, out)
+    return None
+
+
+def _table(out: Path) -> str | None:
+    tables = sorted(out.glob("*_lesions.tsv"))
+    return tables[0].read_text() if tables else None
+
+
+def judge(run: Run, expected: str) -> tuple[str, str]:
+    """The generic outcome of one run against what was expected, and the line shown."""
+    if run.traceback:
+        return "traceback", run.err.strip().splitlines()[-1] if run.err.strip() else ""
+    if expected == "refused":
+        errors = [line for line in run.err.splitlines() if line.startswith("error:")]
+        if run.rc == 0:
+            return "wrong exit", "exit 0"
+        if len(errors) != 1:
+            return "wrong exit", f"exit {run.rc} without one error line: {run.err.strip()[:120]}"
+        return "handled", errors[0]
+    if run.rc != 0:
+        return "wrong exit", f"exit {run.rc}: {run.error_line()}"
+    return "handled", ""
+
+
+# ---------------------------------------------------------------- cases: bad input files
+
+
+def _bad_image_case(make: Callable[[Lab], list[Path]]) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        images = make(lab)
+        return judge(_explain(lab, images, lab.path("out", make.__name__)), "refused")
+
+    return case
+
+
+def garbage_nifti(lab: Lab) -> list[Path]:
+    bad = lab.path("bad", "garbage_FLAIR.nii.gz")
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(gzip.compress(os.urandom(400)))
+    return [bad, _images(lab)[1]]
+
+
+def truncated_gzip(lab: Lab) -> list[Path]:
+    data = _images(lab)[0].read_bytes()
+    bad = lab.path("bad", "truncated_FLAIR.nii.gz")
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(data[: len(data) // 2])
+    return [bad, _images(lab)[1]]
+
+
+def _header_claiming(lab: Lab, name: str, shape: tuple[int, ...], two: bool = False) -> Path:
+    """A valid one-voxel NIfTI whose header's ``dim`` is then rewritten to claim ``shape``."""
+    kind = nib.Nifti2Image if two else nib.Nifti1Image
+    raw = bytearray(kind(np.zeros((1, 1, 1), np.float32), AFFINE).to_bytes())
+    dims = [len(shape), *shape, *[1] * (7 - len(shape))]
+    if two:
+        raw[16 : 16 + 64] = np.array(dims, dtype="<i8").tobytes()
+    else:
+        raw[40 : 40 + 16] = np.array(dims, dtype="<i2").tobytes()
+    bad = lab.path("bad", name)
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(bytes(raw))
+    return bad
+
+
+def huge_header(lab: Lab) -> list[Path]:
+    return [
+        _header_claiming(lab, "huge_FLAIR.nii", (10000, 10000, 10000), two=True),
+        _images(lab)[1],
+    ]
+
+
+def int64_overflow_header(lab: Lab) -> list[Path]:
+    claim = (2**40, 2**40, 2**40)  # the voxel count overflows int64
+    return [_header_claiming(lab, "overflow_FLAIR.nii", claim, two=True), _images(lab)[1]]
+
+
+def moderate_header(lab: Lab) -> list[Path]:
+    return [_header_claiming(lab, "moderate_FLAIR.nii", (30000, 30000, 1)), _images(lab)[1]]
+
+
+def _volume_case(
+    name: str, change: Callable[[np.ndarray], np.ndarray], affine: np.ndarray = AFFINE
+) -> Callable[[Lab], list[Path]]:
+    def make(lab: Lab) -> list[Path]:
+        flair, t1w = _images(lab)
+        data = np.asarray(nib.load(t1w).dataobj)
+        return [flair, _save(lab.path("bad", f"{name}_T1w.nii.gz"), change(data), affine)]
+
+    make.__name__ = name
+    return make
+
+
+def _with_nan(data: np.ndarray) -> np.ndarray:
+    data = data.copy()
+    data[3, 3, 3] = np.nan
+    return data
+
+
+def _with_inf(data: np.ndarray) -> np.ndarray:
+    data = data.copy()
+    data[3, 3, 3] = np.inf
+    return data
+
+
+def four_d_image(lab: Lab) -> list[Path]:
+    stacked = np.stack([np.asarray(nib.load(p).dataobj) for p in _images(lab)] * 2, axis=-1)
+    return [_save(lab.path("bad", "sub-01_desc-four_bold.nii.gz"), stacked)]
+
+
+def directory_as_image(lab: Lab) -> list[Path]:
+    folder = lab.path("bad", "folder_FLAIR.nii.gz")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [folder, _images(lab)[1]]
+
+
+def one_channel_for_two(lab: Lab) -> list[Path]:
+    return _images(lab)[:1]
+
+
+def swapped_channels(lab: Lab) -> list[Path]:
+    return list(reversed(_images(lab)))
+
+
+def swapped_nnunet_numbers(lab: Lab) -> list[Path]:
+    flair, t1w = _images(lab)
+    first, second = lab.path("nn", "case_0001.nii.gz"), lab.path("nn", "case_0000.nii.gz")
+    first.parent.mkdir(exist_ok=True)
+    shutil.copy(t1w, first)
+    shutil.copy(flair, second)
+    return [first, second]
+
+
+# ---------------------------------------------------------------- cases: references
+
+
+def _reference_case(
+    make: Callable[[Lab], Path], expected: str, note: str | None = None
+) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        reference = make(lab)
+        run = _explain(lab, _images(lab), lab.path("out", make.__name__), "--reference", reference)
+        outcome, line = judge(run, expected)
+        if outcome == "handled" and note is not None:
+            notes = [line for line in run.err.splitlines() if note in line]
+            if len(notes) != 1:
+                return "wrong exit", f"no one-line note saying {note!r}"
+            return "handled", notes[0]
+        return outcome, line
+
+    return case
+
+
+def _lesion_mask(lab: Lab) -> np.ndarray:
+    path = lab.path("data/derivatives/manual/sub-01/anat/sub-01_desc-lesion_mask.nii.gz")
+    return np.asarray(nib.load(path).dataobj)
+
+
+def labelled_reference(lab: Lab) -> Path:
+    labels = _lesion_mask(lab).astype(np.uint8) * 5
+    labels[0, 0, 0] = 2
+    return _save(lab.path("bad", "labels_mask.nii.gz"), labels)
+
+
+def float_reference(lab: Lab) -> Path:
+    return _save(lab.path("bad", "prob_mask.nii.gz"), _lesion_mask(lab) * np.float32(0.7))
+
+
+def negative_reference(lab: Lab) -> Path:
+    return _save(lab.path("bad", "neg_mask.nii.gz"), -_lesion_mask(lab).astype(np.int16))
+
+
+def empty_reference(lab: Lab) -> Path:
+    return _save(lab.path("bad", "empty_mask.nii.gz"), np.zeros(SHAPE, np.uint8))
+
+
+def reference_on_another_grid(lab: Lab) -> Path:
+    return _save(lab.path("bad", "grid_mask.nii.gz"), np.zeros((20, 16, 16), np.uint8))
+
+
+# ---------------------------------------------------------------- cases: crafted models
+
+
+def _marker_case(model: Callable[[Lab, Path], str]) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        marker = lab.path(f"pwned_{model.__name__}")
+        run = _explain(lab, _images(lab), lab.path("out", model.__name__), model=model(lab, marker))
+        if marker.exists():
+            return "code ran", f"{marker.name} was written"
+        return judge(run, "refused")
+
+    return case
+
+
+def crafted_bundle(lab: Lab, marker: Path) -> str:
+    bundle = lab.path("bundle")
+    (bundle / "configs").mkdir(parents=True, exist_ok=True)
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1"}))
+    code = f"$__import__('pathlib').Path({str(marker)!r}).write_text('x') and 2"
+    network_def = {
+        "_target_": "monai.networks.nets.BasicUNet",
+        "spatial_dims": 3,
+        "in_channels": code,
+        "out_channels": 2,
+    }
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    (bundle / "models" / "model.pt").write_bytes(b"")
+    return str(bundle)
+
+
+def crafted_nnunet_plans(lab: Lab, marker: Path) -> str:
+    import torch
+
+    (lab.path("planted.py")).write_text(
+        f"def build(*args, **kwargs):\n    open({str(marker)!r}, 'w').write('x')\n"
+    )
+    folder = lab.path("nnunet_crafted")
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "FLAIR", "1": "T1w"},
+                "labels": {"background": 0, "lesion": 1},
+                "file_ending": ".nii.gz",
+                "numTraining": 1,
+            }
+        )
+    )
+    architecture = {
+        "network_class_name": "planted.build",
+        "arch_kwargs": {},
+        "_kw_requires_import": [],
+    }
+    configuration = {
+        "data_identifier": "x",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [16, 16, 16],
+        "median_image_size_in_voxels": [26, 16, 16],
+        "spacing": [2.0, 2.0, 2.0],
+        "normalization_schemes": ["ZScoreNormalization", "ZScoreNormalization"],
+        "use_mask_for_norm": [False, False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {},
+        "resampling_fn_seg_kwargs": {},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {},
+        "architecture": architecture,
+        "batch_dice": False,
+    }
+    (folder / "plans.json").write_text(
+        json.dumps(
+            {
+                "dataset_name": "Dataset001_X",
+                "plans_name": "nnUNetPlans",
+                "original_median_spacing_after_transp": [2.0, 2.0, 2.0],
+                "original_median_shape_after_transp": [26, 16, 16],
+                "image_reader_writer": "SimpleITKIO",
+                "transpose_forward": [0, 1, 2],
+                "transpose_backward": [0, 1, 2],
+                "configurations": {"3d_fullres": configuration},
+                "experiment_planner_used": "x",
+                "label_manager": "LabelManager",
+                "foreground_intensity_properties_per_channel": {},
+            }
+        )
+    )
+    torch.save(
+        {"init_args": {"configuration": "3d_fullres"}, "network_weights": {}},
+        folder / "fold_0" / "checkpoint_final.pth",
+    )
+    return str(folder)
+
+
+class _Planted:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (exec, (f"open({self.marker!r}, 'w').write('x')",))
+
+
+def crafted_pickle(lab: Lab, marker: Path) -> str:
+    path = lab.path("pickled.pt")
+    path.write_bytes(pickle.dumps({"state_dict": _Planted(str(marker))}))
+    return f"torch.nn:Identity={path}"
+
+
+def zip_bomb_model(lab: Lab, marker: Path) -> str:
+    path = lab.path("bomb.pt")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", b"\0" * (64 << 20))  # 64 MB of zeros in ~64 kB
+    return str(path)
+
+
+def text_as_model(lab: Lab, marker: Path) -> str:
+    path = lab.path("notes.pt")
+    path.write_text("this is not a model\n")
+    return str(path)
+
+
+def missing_model(lab: Lab, marker: Path) -> str:
+    return str(lab.path("no_such_model.pt"))
+
+
+# ---------------------------------------------------------------- cases: outputs
+
+
+def out_is_a_file(command: str) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        target = lab.path(f"file_out_{command}")
+        target.write_text("precious\n")
+        if command == "cohort":
+            run = lab.run(
+                "cohort", lab.path("data"), "--model", "linear.pt", "--out", target, *FAST
+            )
+        elif command == "segment":
+            run = lab.run("segment", *_images(lab), "--model", "linear.pt", "--out", target)
+        else:
+            run = _explain(lab, _images(lab), target)
+        if target.read_text() != "precious\n":
+            return "data lost", f"{target.name} was changed"
+        return judge(run, "refused")
+
+    case.__name__ = f"out_is_a_file_{command}"
+    return case
+
+
+@contextlib.contextmanager
+def _mounted(
+    lab: Lab, name: str, options: str
+) -> Iterator[tuple[Path, dict[str, str], str | None]]:
+    """A tmpfs at ``name`` mounted with ``options`` (root), else the write-fault wrapper."""
+    folder = lab.path(name)
+    folder.mkdir(exist_ok=True)
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        if mounted:
+            yield folder, {}, None
+        else:
+            code = errno.EROFS if "ro" in options.split(",") else errno.ENOSPC
+            yield (
+                folder,
+                {"REDTEAM_FAIL_UNDER": str(folder), "REDTEAM_ERRNO": str(code)},
+                (_FAULTY_WRITES),
+            )
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def read_only_out(lab: Lab) -> tuple[str, str]:
+    with _mounted(lab, "readonly", "ro,size=1m") as (folder, env, wrapper):
+        run = lab.run(
+            "explain",
+            *_images(lab),
+            "--model",
+            "linear.pt",
+            "--out",
+            folder / "out",
+            *FAST,
+            wrapper=wrapper,
+            env=env,
+        )
+    return judge(run, "refused")
+
+
+def full_disk(lab: Lab) -> tuple[str, str]:
+    with _mounted(lab, "full", "size=48k") as (folder, env, wrapper):
+        run = lab.run(
+            "explain",
+            *_images(lab),
+            "--model",
+            "linear.pt",
+            "--out",
+            folder / "out",
+            *FAST,
+            wrapper=wrapper,
+            env=env,
+        )
+    return judge(run, "refused")
+
+
+def symlinked_out(lab: Lab) -> tuple[str, str]:
+    target = lab.path("real_out")
+    target.mkdir(exist_ok=True)
+    link = lab.path("link_out")
+    with contextlib.suppress(FileExistsError):
+        link.symlink_to(target, target_is_directory=True)
+    outcome, line = judge(_explain(lab, _images(lab), link), "handled")
+    if outcome == "handled" and _table(target) is None:
+        return "data lost", "no table in the link's target"
+    return outcome, line
+
+
+def unicode_paths(lab: Lab) -> tuple[str, str]:
+    folder = lab.path("dätä ünï", "sub-é1", "anat")
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [folder / "sub-é1_FLAIR.nii.gz", folder / "sub-é1_T1w.nii.gz"]
+    for source, target in zip(_images(lab), images, strict=True):
+        shutil.copy(source, target)
+    run = _explain(lab, images, lab.path("öut ☃"))
+    outcome, line = judge(run, "handled")
+    if outcome == "handled" and _table(lab.path("öut ☃")) is None:
+        return "data lost", "no lesion table written"
+    return outcome, line
+
+
+def html_in_file_names(lab: Lab) -> tuple[str, str]:
+    name = "sub-<img src=x onerror=alert(1)>"
+    folder = lab.path("html", "anat")
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [folder / f"{name}_FLAIR.nii.gz", folder / f"{name}_T1w.nii.gz"]
+    for source, target in zip(_images(lab), images, strict=True):
+        shutil.copy(source, target)
+    out = lab.path("out", "html")
+    outcome, line = judge(_explain(lab, images, out), "handled")
+    if outcome != "handled":
+        return outcome, line
+    reports = sorted(out.glob("*.html"))
+    if not reports:
+        return "wrong exit", "no report written"
+    if "<img src=x onerror" in reports[0].read_text(encoding="utf-8"):
+        return "code ran", "the file name's HTML is in the report unescaped"
+    return "handled", "escaped in the report"
+
+
+def dotdot_subject(lab: Lab) -> tuple[str, str]:
+    run = lab.run(
+        "cohort",
+        lab.path("data"),
+        "--model",
+        "linear.pt",
+        "--out",
+        lab.path("c_dot"),
+        "--subjects",
+        "../../etc",
+        *FAST,
+    )
+    return judge(run, "refused")
+
+
+def other_settings_without_overwrite(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "settings")
+    failed = _finished_copy(lab, out)
+    if failed is not None:
+        return judge(failed, "handled")
+    table = _table(out)
+    run = _explain(lab, _images(lab), out, "--seed", "5")
+    if _table(out) != table:
+        return "data lost", "the first run's table changed"
+    return judge(run, "refused")
+
+
+def segment_output_exists(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "segment")
+    first = lab.run("segment", *_images(lab), "--model", "linear.pt", "--out", out)
+    if first.rc != 0:
+        return judge(first, "handled")
+    return judge(lab.run("segment", *_images(lab), "--model", "linear.pt", "--out", out), "refused")
+
+
+def bad_threshold(lab: Lab) -> tuple[str, str]:
+    return judge(
+        _explain(lab, _images(lab), lab.path("out", "thr"), "--threshold", "1.5"), "refused"
+    )
+
+
+def zero_samples(lab: Lab) -> tuple[str, str]:
+    run = lab.run(
+        "explain",
+        *_images(lab),
+        "--model",
+        "linear.pt",
+        "--out",
+        lab.path("out", "n0"),
+        "--n-samples",
+        "0",
+    )
+    return judge(run, "refused")
+
+
+# ---------------------------------------------------------------- cases: state and concurrency
+
+
+def _corrupt_manifest(kind: str, overwrite: bool) -> Callable[[Lab], tuple[str, str]]:
+    contents = {"truncated": '{"run_key": "ab', "empty": "", "wrong type": "[1, 2, 3]"}
+
+    def case(lab: Lab) -> tuple[str, str]:
+        out = lab.path("out", f"corrupt_{kind.replace(' ', '_')}_{overwrite}")
+        failed = _finished_copy(lab, out)
+        if failed is not None:
+            return judge(failed, "handled")
+        (out / "run.json").write_text(contents[kind])
+        flags = ["--overwrite"] if overwrite else []
+        run = _explain(lab, _images(lab), out, *flags)
+        return judge(run, "handled" if overwrite else "refused")
+
+    case.__name__ = f"corrupt_run_json_{kind.replace(' ', '_')}" + (
+        "_overwrite" if overwrite else ""
+    )
+    return case
+
+
+def orphaned_temporary(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "orphan")
+    worker = lab.start(
+        "explain",
+        *_images(lab, "many"),
+        "--model",
+        "linear.pt",
+        "--out",
+        out,
+        "--n-samples",
+        "400",
+        "--n-true-negatives",
+        "0",
+        "--no-gradcam",
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "lesions").is_dir():
+        time.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    orphan = out / ".sub-01_FLAIR_lesions.tsv.dead1234.tsv"  # what atomic_save leaves when killed
+    orphan.write_bytes(b"\0" * (1 << 20))
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    run = lab.run(
+        "explain",
+        *_images(lab, "many"),
+        "--model",
+        "linear.pt",
+        "--out",
+        out,
+        "--n-samples",
+        "400",
+        "--n-true-negatives",
+        "0",
+        "--no-gradcam",
+    )
+    outcome, line = judge(run, "handled")
+    if outcome == "handled" and orphan.exists():
+        return "left over", f"{orphan.name} (1 MB) still there after the next run"
+    return outcome, line
+
+
+def _records(out: Path) -> list[Path]:
+    return sorted((out / "lesions").glob("*.json")) if (out / "lesions").is_dir() else []
+
+
+def _finish(process: subprocess.Popen[str]) -> Run:
+    out, err = process.communicate(timeout=TIMEOUT_S)
+    return Run(process.returncode, out, err)
+
+
+def kill_and_resume(lab: Lab) -> tuple[str, str]:
+    args = ["--model", "linear.pt", "--n-samples", "120", "--n-true-negatives", "0", "--no-gradcam"]
+    images = _images(lab, "many")
+    clean = lab.run("explain", *images, "--out", lab.path("out", "clean"), *args)
+    if clean.rc != 0:
+        return judge(clean, "resumed")
+    out = lab.path("out", "killed")
+    worker = lab.start("explain", *images, "--out", out, *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _records(out):
+        time.sleep(0.02)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    done = len(_records(out))
+    run = lab.run("explain", *images, "--out", out, *args)
+    outcome, line = judge(run, "resumed")
+    if outcome != "handled":
+        return outcome, line
+    if _table(out) != _table(lab.path("out", "clean")):
+        return "data lost", "the resumed table differs from an uninterrupted run's"
+    return "handled", f"killed after {done} lesion record(s); resumed table identical"
+
+
+def concurrent_explains(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "concurrent")
+    args = ["--model", "linear.pt", "--out", out, "--n-true-negatives", "0", "--no-gradcam"]
+    images = _images(lab, "many")
+    first = lab.start("explain", *images, *args, "--n-samples", "60", "--seed", "1")
+    second = lab.start("explain", *images, *args, "--n-samples", "60", "--seed", "2")
+    runs = [_finish(p) for p in (first, second)]
+    if any(r.traceback for r in runs):
+        return "traceback", next(r for r in runs if r.traceback).err.strip().splitlines()[-1]
+    if all(r.rc == 0 for r in runs):
+        return "data lost", "both exited 0; the folder keeps one run's results only"
+    if sorted(r.rc == 0 for r in runs) != [False, True]:
+        return "wrong exit", f"exits {[r.rc for r in runs]}"
+    refused = next(r for r in runs if r.rc != 0)
+    return judge(refused, "refused")
+
+
+def concurrent_cohort_workers(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "cohort_workers")
+    args = [
+        "cohort",
+        lab.path("data"),
+        "--model",
+        "linear.pt",
+        "--out",
+        out,
+        "--n-samples",
+        "80",
+        "--n-true-negatives",
+        "0",
+        "--no-gradcam",
+    ]
+    workers = [lab.start(*args), lab.start(*args)]
+    runs = [_finish(p) for p in workers]
+    if any(r.traceback for r in runs):
+        return "traceback", next(r for r in runs if r.traceback).err.strip().splitlines()[-1]
+    explained = [r.out + r.err for r in runs]
+    both_wrote = all("(0 reused)" in text and "2 subject(s) done" in text for text in explained)
+    if both_wrote:
+        return "clash", "both workers explained both subjects"
+    if any(
+        r.rc != 0 and not any(line.startswith("error:") for line in r.err.splitlines())
+        for r in runs
+    ):
+        return "wrong exit", f"exits {[r.rc for r in runs]}"
+    return "handled", f"exits {[r.rc for r in runs]}"
+
+
+# ---------------------------------------------------------------- cases: patch size
+
+
+def missing_patch_size_small(lab: Lab) -> tuple[str, str]:
+    run = _explain(lab, _images(lab), lab.path("out", "nopatch"), model="nopatch.pt")
+    outcome, line = judge(run, "handled")
+    notes = [line for line in run.err.splitlines() if "states no patch size" in line]
+    if outcome == "handled" and len(notes) != 1:
+        return "wrong exit", "full context chosen without a note"
+    return outcome, notes[0] if notes else line
+
+
+def missing_patch_size_long(lab: Lab) -> tuple[str, str]:
+    """A 3³-convolution network on a 48³ subject with a 20³ lesion: hours in full context."""
+    shape = (48, 48, 48)
+    flair = np.full(shape, 10.0, np.float32)
+    flair[14:34, 14:34, 14:34] = 40.0
+    folder = lab.path("big", "sub-01", "anat")
+    images = [
+        _save(folder / "sub-01_FLAIR.nii.gz", flair),
+        _save(
+            folder / "sub-01_T1w.nii.gz",
+            np.random.default_rng(0).normal(10, 1, shape).astype(np.float32),
+        ),
+    ]
+    card = {k: v for k, v in CARD.items() if k != "patch_size"} | {"threshold": 0.0001}
+    model = _model(lab.root, "deep_nopatch", card, layers="deep")
+    run = lab.run(
+        "explain",
+        *images,
+        "--model",
+        model,
+        "--out",
+        lab.path("out", "eta"),
+        "--n-true-negatives",
+        "0",
+        "--no-gradcam",
+    )
+    outcome, line = judge(run, "refused")
+    if outcome == "handled" and "--context full" not in line:
+        return "wrong exit", f"refused without the choice: {line}"
+    return outcome, line
+
+
+# ---------------------------------------------------------------- the list
+
+
+def _refusal(
+    make: Callable[[Lab], list[Path]],
+) -> tuple[str, str, Callable[[Lab], tuple[str, str]]]:
+    return make.__name__.replace("_", " "), "refused", _bad_image_case(make)
+
+
+CASES: list[tuple[str, str, Callable[[Lab], tuple[str, str]]]] = [
+    # issue 13's cases
+    _refusal(garbage_nifti),
+    _refusal(huge_header),
+    _refusal(moderate_header),
+    ("crafted bundle ($ code)", "refused", _marker_case(crafted_bundle)),
+    ("crafted nnU-Net plans", "refused", _marker_case(crafted_nnunet_plans)),
+    ("crafted pickle", "refused", _marker_case(crafted_pickle)),
+    ("explain --out is a file", "refused", out_is_a_file("explain")),
+    ("segment --out is a file", "refused", out_is_a_file("segment")),
+    ("cohort --out is a file", "refused", out_is_a_file("cohort")),
+    ("read-only out", "refused", read_only_out),
+    ("full disk", "refused", full_disk),
+    ("two concurrent explains, one folder", "refused", concurrent_explains),
+    ("two cohort workers", "handled", concurrent_cohort_workers),
+    *[
+        (
+            f"corrupt run.json: {kind}" + (" --overwrite" if ow else ""),
+            "handled" if ow else "refused",
+            _corrupt_manifest(kind, ow),
+        )
+        for kind in ("truncated", "empty", "wrong type")
+        for ow in (False, True)
+    ],
+    ("orphaned temporary after kill -9", "handled", orphaned_temporary),
+    ("kill -9 then resume", "resumed", kill_and_resume),
+    ("missing patch size, long run (ETA)", "refused", missing_patch_size_long),
+    ("missing patch size, small run", "handled", missing_patch_size_small),
+    _refusal(swapped_channels),
+    (
+        "non-binary reference (labels 0..5)",
+        "handled",
+        _reference_case(labelled_reference, "handled", "is not binary"),
+    ),
+    ("HTML in file names", "handled", html_in_file_names),
+    ("../ subject ids", "refused", dotdot_subject),
+    # ten and more of our own
+    _refusal(truncated_gzip),
+    ("NaN voxels", "refused", _bad_image_case(_volume_case("nan", _with_nan))),
+    ("Inf voxels", "refused", _bad_image_case(_volume_case("inf", _with_inf))),
+    _refusal(four_d_image),
+    (
+        "channels on different grids",
+        "refused",
+        _bad_image_case(_volume_case("shape", lambda d: d[:-2])),
+    ),
+    (
+        "channels with different affines",
+        "refused",
+        _bad_image_case(_volume_case("affine", lambda d: d, np.diag([2.0, 2.0, 2.5, 1.0]))),
+    ),
+    ("zero-size axis", "refused", _bad_image_case(_volume_case("empty", lambda d: d[:, :, :0]))),
+    (
+        "constant channel",
+        "refused",
+        _bad_image_case(_volume_case("constant", lambda d: np.ones_like(d))),
+    ),
+    _refusal(int64_overflow_header),
+    _refusal(directory_as_image),
+    _refusal(one_channel_for_two),
+    _refusal(swapped_nnunet_numbers),
+    ("zip bomb as model", "refused", _marker_case(zip_bomb_model)),
+    ("text file as model", "refused", _marker_case(text_as_model)),
+    ("missing model file", "refused", _marker_case(missing_model)),
+    (
+        "float reference (0/0.7)",
+        "handled",
+        _reference_case(float_reference, "handled", "is not binary"),
+    ),
+    (
+        "negative reference",
+        "handled",
+        _reference_case(negative_reference, "handled", "is not binary"),
+    ),
+    ("empty reference", "handled", _reference_case(empty_reference, "handled")),
+    ("reference on another grid", "refused", _reference_case(reference_on_another_grid, "refused")),
+    ("symlinked out folder", "handled", symlinked_out),
+    ("unicode paths", "handled", unicode_paths),
+    ("other settings without --overwrite", "refused", other_settings_without_overwrite),
+    ("segment output exists", "refused", segment_output_exists),
+    ("threshold out of range", "refused", bad_threshold),
+    ("--n-samples 0", "refused", zero_samples),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, help="Build the inputs here and keep them.")
+    parser.add_argument("--only", help="Run only cases whose name contains this.")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="instasal-redteam-"))
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    lab = build(root)
+    results: list[Outcome] = []
+    for name, expected, case in CASES:
+        if args.only and args.only not in name:
+            continue
+        clock = time.perf_counter()
+        try:
+            outcome, detail = case(lab)
+        except subprocess.TimeoutExpired:
+            outcome, detail = "wrong exit", f"no exit within {TIMEOUT_S} s"
+        except Exception as error:  # the harness itself failed to build or judge the case
+            outcome, detail = "harness error", f"{type(error).__name__}: {error}"
+        results.append(Outcome(name, expected, outcome, detail))
+        seconds = time.perf_counter() - clock
+        print(
+            f"{name:<40} {expected:<8} {outcome:<11} {seconds:5.1f} s  {detail[:150]}", flush=True
+        )
+    counts = {
+        kind: sum(r.outcome == kind for r in results)
+        for kind in (
+            "handled",
+            "traceback",
+            "data lost",
+            "wrong exit",
+            "code ran",
+            "clash",
+            "left over",
+        )
+    }
+    print(
+        f"\ncases tried {len(results)}, handled {counts['handled']}, tracebacks "
+        f"{counts['traceback']}, data lost {counts['data lost']}, wrong exit "
+        f"{counts['wrong exit']}, code ran {counts['code ran']}, clash {counts['clash']}, "
+        f"left over {counts['left over']} ({time.perf_counter() - started:.0f} s)"
+    )
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if counts["handled"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
