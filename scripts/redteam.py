@@ -38,6 +38,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -148,6 +149,10 @@ class Lab:
         )
 
 
+def _array(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)  # type: ignore[attr-defined]
+
+
 def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, affine), path)
@@ -183,12 +188,13 @@ def _model(folder: Path, name: str, card: dict[str, object], layers: str = "poin
 
     torch.manual_seed(0)
     if layers == "pointwise":
-        network: nn.Module = nn.Sequential(nn.Conv3d(2, 2, 1))
+        conv = nn.Conv3d(2, 2, 1)
         with torch.no_grad():
-            network[0].weight.zero_()
-            network[0].bias.copy_(torch.tensor([0.0, -2.0]))
-            network[0].weight[1, 0] = 1.5
-            network[0].weight[1, 1] = -0.5
+            conv.weight.zero_()
+            conv.bias.copy_(torch.tensor([0.0, -2.0]))  # type: ignore[union-attr]
+            conv.weight[1, 0] = 1.5
+            conv.weight[1, 1] = -0.5
+        network: nn.Module = nn.Sequential(conv)
     else:
         network = nn.Sequential(
             nn.Conv3d(2, 16, 3, padding=1), nn.ReLU(), nn.Conv3d(16, 2, 3, padding=1)
@@ -228,7 +234,12 @@ def _images(lab: Lab, folder: str = "data", participant: str = "sub-01") -> list
 
 
 def _explain(
-    lab: Lab, images: list[Path], out: Path, *flags: str, model: str = "linear.pt", **kwargs
+    lab: Lab,
+    images: list[Path],
+    out: Path,
+    *flags: str | Path,
+    model: str = "linear.pt",
+    **kwargs: Any,
 ) -> Run:
     return lab.run("explain", *images, "--model", model, "--out", out, *FAST, *flags, **kwargs)
 
@@ -327,7 +338,7 @@ def _volume_case(
 ) -> Callable[[Lab], list[Path]]:
     def make(lab: Lab) -> list[Path]:
         flair, t1w = _images(lab)
-        data = np.asarray(nib.load(t1w).dataobj)
+        data = _array(t1w)
         return [flair, _save(lab.path("bad", f"{name}_T1w.nii.gz"), change(data), affine)]
 
     make.__name__ = name
@@ -347,7 +358,7 @@ def _with_inf(data: np.ndarray) -> np.ndarray:
 
 
 def four_d_image(lab: Lab) -> list[Path]:
-    stacked = np.stack([np.asarray(nib.load(p).dataobj) for p in _images(lab)] * 2, axis=-1)
+    stacked = np.stack([_array(p) for p in _images(lab)] * 2, axis=-1)
     return [_save(lab.path("bad", "sub-01_desc-four_bold.nii.gz"), stacked)]
 
 
@@ -396,7 +407,7 @@ def _reference_case(
 
 def _lesion_mask(lab: Lab) -> np.ndarray:
     path = lab.path("data/derivatives/manual/sub-01/anat/sub-01_desc-lesion_mask.nii.gz")
-    return np.asarray(nib.load(path).dataobj)
+    return _array(path)
 
 
 def labelled_reference(lab: Lab) -> Path:
@@ -830,7 +841,15 @@ def kill_and_resume(lab: Lab) -> tuple[str, str]:
 
 def concurrent_explains(lab: Lab) -> tuple[str, str]:
     out = lab.path("out", "concurrent")
-    args = ["--model", "linear.pt", "--out", out, "--n-true-negatives", "0", "--no-gradcam"]
+    args: list[str | Path] = [
+        "--model",
+        "linear.pt",
+        "--out",
+        out,
+        "--n-true-negatives",
+        "0",
+        "--no-gradcam",
+    ]
     images = _images(lab, "many")
     first = lab.start("explain", *images, *args, "--n-samples", "60", "--seed", "1")
     second = lab.start("explain", *images, *args, "--n-samples", "60", "--seed", "2")
@@ -847,7 +866,7 @@ def concurrent_explains(lab: Lab) -> tuple[str, str]:
 
 def concurrent_cohort_workers(lab: Lab) -> tuple[str, str]:
     out = lab.path("out", "cohort_workers")
-    args = [
+    args: list[str | Path] = [
         "cohort",
         lab.path("data"),
         "--model",
