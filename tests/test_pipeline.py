@@ -286,7 +286,6 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
         tmp_path / "out",
         reference=subject_files["reference"],
         settings=settings,
-        report=False,
     )
     table = pd.read_csv(result.layout.table, sep="\t")
     sidecar = json.loads(result.layout.table_sidecar.read_text())
@@ -307,6 +306,27 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
     assert len(outside) and np.abs(outside).max() <= 1e-6
     # 2 mm voxels: shells of 2 mm out to 10 mm
     assert sorted(set(profiles["outer_mm"])) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    steps = pd.read_csv(result.layout.trust_randomisation, sep="\t")
+    assert set(steps["method"]) == {"smoothgrad", "gradcam"}
+    last = steps[steps["step"] == steps["step"].max()].set_index(["id", "method"])["changed"]
+    curves = pd.read_csv(result.layout.trust_curves, sep="\t")
+    for row in table.to_dict(orient="records"):
+        for method in ("smoothgrad", "gradcam"):
+            assert last[(row["id"], method)] == row[f"randomisation_passes_{method}"]
+        # untouched input: deletion at 0 and insertion at 1 give the table's mean probability
+        # (the same float32 forward pass; rtol covers its round-off)
+        own = curves[curves["id"] == row["id"]]
+        untouched = pd.concat(
+            [
+                own[(own["kind"] == "deletion") & (own["fraction"] == 0)],
+                own[(own["kind"] == "insertion") & (own["fraction"] == 1)],
+            ]
+        )
+        assert len(untouched) == 2 * own.groupby(["order", "seed"]).ngroups
+        np.testing.assert_allclose(untouched["prob_mean"], row["prob_mean"], rtol=1e-5)
+    html = result.layout.report.read_text()
+    assert "Can the maps be trusted?" in html
+    assert "Randomisation, SmoothGrad (max):" in html and 'alt="deletion and insertion' in html
 
 
 def test_cli_trust_flag_reaches_the_settings(tmp_path, subject_files, monkeypatch):

@@ -72,6 +72,14 @@ class RunLayout:
         return self.root / f"{self.label}_profiles.tsv"
 
     @property
+    def trust_randomisation(self) -> Path:
+        return self.root / f"{self.label}_trust_randomisation.tsv"
+
+    @property
+    def trust_curves(self) -> Path:
+        return self.root / f"{self.label}_trust_curves.tsv"
+
+    @property
     def manifest(self) -> Path:
         return self.root / "run.json"
 
@@ -106,6 +114,8 @@ class RunLayout:
             self.table,
             self.table_sidecar,
             self.profiles,
+            self.trust_randomisation,
+            self.trust_curves,
             self.manifest,
             self.provenance,
             self.report,

@@ -3,11 +3,13 @@
 Per domain on the working grid: cascading model randomisation (pass/fail per method), deletion
 and insertion curves (SmoothGrad, Grad-CAM++ and random orders) and the radial saliency profile
 of the SmoothGrad map. The maps are recomputed here with the run's settings, so ``--trust``
-costs about one more explanation plus the randomisation steps per domain.
+costs about one more explanation plus the randomisation steps per domain. Besides the table
+columns, the per-step similarities and the curves are stored for the report's figures.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -26,6 +28,40 @@ RANDOMISATION_STEPS = 5
 """Cascading randomisation blocks per domain (output layer first)."""
 
 
+@dataclass(frozen=True)
+class TrustTables:
+    """What :func:`trust_checks` found for a subject's domains.
+
+    Attributes
+    ----------
+    columns
+        One row per domain keyed by the stored ``id``: ``randomisation_passes_<method>``,
+        ``randomisation_crossing_<method>`` and the numbers of
+        :func:`instasal.trust.deletion_insertion` (``deletion_auc``, ``deletion_auc_random``, ...).
+    profiles
+        The radial profiles of :func:`instasal.trust.radial_profile` with ``id`` and ``type``.
+    randomisation
+        The cascading steps of :func:`instasal.trust.randomisation` with ``id`` and ``type``:
+        ``method``, ``step``, ``spearman``, ``ssim``, ``peak_ratio``, ``changed``.
+    curves
+        The deletion and insertion curves of :func:`instasal.trust.deletion_insertion` with ``id``
+        and ``type``: ``order``, ``seed``, ``kind``, ``fraction``, ``prob_mean``, ``logit_mean``.
+    """
+
+    columns: pd.DataFrame
+    profiles: pd.DataFrame
+    randomisation: pd.DataFrame
+    curves: pd.DataFrame
+
+
+STEP_COLUMNS = ["method", "step", "spearman", "ssim", "peak_ratio", "changed"]
+"""The columns of the randomisation steps kept for the report (besides ``id`` and ``type``)."""
+
+
+def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def trust_checks(
     records: list[Instance],
     space: SubjectSpace,
@@ -34,7 +70,7 @@ def trust_checks(
     context: Context,
     target: int,
     layer: str | None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> TrustTables:
     """Run the trust checks on the working-grid domains ``records``.
 
     Parameters
@@ -50,12 +86,8 @@ def trust_checks(
 
     Returns
     -------
-    columns : pandas.DataFrame
-        One row per domain keyed by the stored ``id``: ``randomisation_passes_<method>``,
-        ``randomisation_crossing_<method>`` and the numbers of
-        :func:`instasal.trust.deletion_insertion` (``deletion_auc``, ``deletion_auc_random``, ...).
-    profiles : pandas.DataFrame
-        The radial profiles of :func:`instasal.trust.radial_profile` with ``id`` and ``type``.
+    TrustTables
+        The table columns, profiles, randomisation steps and curves of every domain.
     """
     prepared = space.prepared
     spacing = prepared.working.spacing
@@ -72,6 +104,8 @@ def trust_checks(
     gradcam_layer = layer if settings.gradcam else None
     rows: list[dict[str, Any]] = []
     profiles: list[pd.DataFrame] = []
+    steps: list[pd.DataFrame] = []
+    curves: list[pd.DataFrame] = []
     for record in records:
         omega = space.instances.mask(record.id)
         native_id = space.native_ids[record.id]
@@ -87,6 +121,9 @@ def trust_checks(
             modes=("cascading",),
             seed=settings.seed,
         )
+        keys = {"id": native_id, "type": record.kind}
+        cascade = sanity.table[sanity.table["mode"] == "cascading"]
+        steps.append(cascade[STEP_COLUMNS].assign(**keys))
         row: dict[str, Any] = {"id": native_id}
         for method in sorted(set(sanity.table["method"])):
             verdict = sanity.verdict(method)
@@ -115,15 +152,15 @@ def trust_checks(
             seed=settings.seed,
         )
         rows.append(row | faithful.numbers)
+        curves.append(faithful.curves.assign(**keys))
         profile = radial_profile(
             arrays["smoothgrad"], omega, spacing, channel_names=prepared.working.channel_names
         )
-        profiles.append(profile.assign(id=native_id, type=record.kind))
+        profiles.append(profile.assign(**keys))
     columns = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["id"])
     crossing = [c for c in columns.columns if c.startswith("randomisation_crossing_")]
     columns[crossing] = columns[crossing].astype("Int64")  # a step number, n/a when never
-    profile_table = pd.concat(profiles, ignore_index=True) if profiles else pd.DataFrame()
-    return columns, profile_table
+    return TrustTables(columns, _stacked(profiles), _stacked(steps), _stacked(curves))
 
 
 TRUST_COLUMNS: dict[str, str] = {
@@ -154,17 +191,21 @@ def with_trust(
     target: int,
     layer: str | None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
-    """The lesion table and its sidecar with the trust columns; writes ``layout.profiles``.
+    """The lesion table and its sidecar with the trust columns; writes the trust TSVs.
 
-    See :func:`trust_checks` for the columns; the profile TSV holds one row per domain, channel
-    and distance shell.
+    See :func:`trust_checks` for the columns. Written beside the table: ``layout.profiles`` (one
+    row per domain, channel and distance shell), ``layout.trust_randomisation`` (one row per
+    domain, method and cascading step) and ``layout.trust_curves`` (one row per domain, order,
+    curve and point).
     """
-    columns, profiles = trust_checks(
-        records, space, settings, context=context, target=target, layer=layer
-    )
-    atomic_write_text(
-        layout.profiles, profiles.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
-    )
+    found = trust_checks(records, space, settings, context=context, target=target, layer=layer)
+    for path, frame in (
+        (layout.profiles, found.profiles),
+        (layout.trust_randomisation, found.randomisation),
+        (layout.trust_curves, found.curves),
+    ):
+        atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True)
+    columns = found.columns
     merged = table.merge(columns, on="id", how="left") if len(columns) else table
     described = dict(sidecar)
     for name in columns.columns.drop("id"):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
+import pandas as pd
 
 from instasal.io import Subject, atomic_write_text, load_image
 from instasal.pipeline.outputs import table_sidecar
@@ -20,7 +21,15 @@ from instasal.report.figures import (
     peak_vs_volume_figure,
     reliance_figure,
 )
+from instasal.report.trust_figures import (
+    METHOD_LABELS,
+    deletion_figure,
+    profile_figure,
+    randomisation_figure,
+)
 from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
+from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
+from instasal.trust.sanity import RANDOMISATION_THRESHOLD
 
 if TYPE_CHECKING:
     from instasal.pipeline.explain import ExplainResult
@@ -59,6 +68,65 @@ def _shared_scale(result: ExplainResult, channels: tuple[str, ...]) -> float:
         if np.isfinite(v)
     ]
     return max(values) if values and max(values) > 0 else 1.0
+
+
+def _read_tsv(path: Any) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+
+
+def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str, Any] | None:
+    """Figures and verdict lines of the trust checks, from the run's trust TSVs (None without).
+
+    The verdicts follow the rules of ``docs/trust.md``: a domain's map passes randomisation when
+    it has changed at the last cascading step; it is faithful when both its deletion and its
+    insertion gain are above 0; it has a negative neighbourhood when its profile minimum of the
+    first channel between 2 and 8 mm is below 0.
+    """
+    layout, table = result.layout, result.table
+    paths = (layout.trust_randomisation, layout.trust_curves, layout.profiles)
+    if not len(table) or not all(path.exists() for path in paths):
+        return None
+    steps, curves, profiles = (_read_tsv(path) for path in paths)
+    verdicts = []
+    for method, label in METHOD_LABELS.items():
+        column = f"randomisation_passes_{method}"
+        if column not in table.columns:
+            continue
+        passes = table[column].astype(str).str.lower().isin(["true", "1"])
+        verdicts.append(
+            f"Randomisation, {label}: {int(passes.sum())} of {len(table)} domains pass "
+            f"(Spearman and SSIM below {RANDOMISATION_THRESHOLD:g} with every block random)."
+        )
+    for suffix, label in (("", METHOD_LABELS["smoothgrad"]), ("_gradcam", "Grad-CAM++")):
+        gains = table.filter([f"deletion_gain{suffix}", f"insertion_gain{suffix}"])
+        if gains.shape[1] < 2:
+            continue
+        faithful = int((gains.to_numpy(dtype=float) > 0).all(axis=1).sum())
+        area = _format(table[f"deletion_auc{suffix}"].mean())
+        verdicts.append(
+            f"Faithfulness, {label}: mean deletion area {area} "
+            f"against {_format(table['deletion_auc_random'].mean())} for random orders "
+            f"(lower is better); {faithful} of {len(table)} domains rank better than chance in "
+            "both deletion and insertion."
+        )
+    low, high = TROUGH_BAND_MM
+    for kind, group in profiles.groupby("type", sort=True):
+        minima = [profile_minimum(rows, channels[0])[0] for _, rows in group.groupby("id")]
+        negative = int(np.sum(np.asarray(minima) < 0))
+        verdicts.append(
+            f"Radial profile, {kind}: {negative} of {len(minima)} domains have a negative "
+            f"{channels[0]} neighbourhood (profile minimum between {low:g} and {high:g} mm "
+            "below 0)."
+        )
+    figures = [
+        ("model randomisation cascade", randomisation_figure(steps)),
+        ("deletion and insertion curves", deletion_figure(curves)),
+        ("radial saliency profiles", profile_figure(profiles, channels)),
+    ]
+    return {
+        "verdicts": verdicts,
+        "figures": [{"alt": alt, "data": _b64(figure_png(f, dpi=90))} for alt, f in figures],
+    }
 
 
 @dataclass(frozen=True)
@@ -254,6 +322,7 @@ def build_subject_report(
         gradcam=bool(settings["gradcam"]),
         viewer_data=viewer_data,
         niivue_script=niivue_script() if lesions else "",
+        trust=trust_section(result, channels) if settings.get("trust") else None,
     )
     return SubjectReport(html)
 
