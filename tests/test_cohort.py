@@ -107,3 +107,47 @@ def test_ray_executor_matches_local(tmp_path, linear_dataset, linear_model_path)
     )
     assert distributed.done == ["sub-01", "sub-02"]
     pd.testing.assert_frame_equal(distributed.table, local.table)
+
+
+def test_cohort_trust_gathers_the_checks_and_analyse_summarises_them(
+    tmp_path, linear_dataset, linear_model_path
+):
+    from instasal.analyses import analyse_cohort
+
+    out = tmp_path / "trusted"
+    settings = ExplainSettings(
+        n_samples=2, n_true_negatives=1, context="full", gradcam=False, trust=True
+    )
+    subjects = ["sub-01", "sub-02"]
+    run_cohort(
+        linear_dataset,
+        str(linear_model_path),
+        out,
+        settings=settings,
+        subjects=subjects,
+        with_mean=True,
+    )
+    for name in ("profiles", "trust_randomisation", "trust_curves"):
+        gathered = pd.read_csv(out / f"{name}.tsv", sep="\t")
+        for participant in subjects:
+            own = pd.read_csv(out / participant / f"{participant}_{name}.tsv", sep="\t")
+            assert len(gathered[gathered["subject"] == participant]) == len(own) > 0
+        assert not list((out / "sub-01" / "mean").glob(f"*_{name}.tsv"))  # max runs only
+    report = analyse_cohort(out)
+    trust = json.loads((out / "analysis" / "statistics.json").read_text())["trust"]
+    table = pd.read_csv(out / "lesions.tsv", sep="\t")
+    tp = table[table["type"] == "TP"]
+    found = trust["randomisation"]["smoothgrad"]
+    assert found["n_lesions"] == len(tp)
+    assert found["share_passing"] == pytest.approx(tp["randomisation_passes_smoothgrad"].mean())
+    gain = trust["faithfulness"]["deletion_gain"]
+    assert gain["estimate"] == pytest.approx(tp["deletion_gain"].mean(), rel=1e-12)
+    assert gain["n_subjects"] == 2
+    # a 1×1×1 linear model's map is 0 outside Ω: the profile's minimum is 0, not below it
+    neighbourhood = trust["negative_neighbourhood"]
+    assert abs(neighbourhood["minimum"]) <= 1e-6 and neighbourhood["reproduced"] is False
+    rows = pd.read_csv(out / "analysis" / "trust.tsv", sep="\t")
+    assert set(rows["check"]) == {"randomisation", "faithfulness", "negative neighbourhood"}
+    assert "Can the maps be trusted?" in report.html
+    for name in ("trust_randomisation", "trust_deletion_insertion", "trust_profiles"):
+        assert (out / "analysis" / "figures" / f"{name}.png").stat().st_size > 0

@@ -178,6 +178,22 @@ def test_layers_follow_the_forward_pass_not_the_registration_order() -> None:
         layer_blocks(["a"], 0)
 
 
+def test_a_torchscript_network_is_randomised_like_its_eager_original() -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv3d(3, 2, 1))
+    x = torch.randn(2, 6, 6, 6)
+    omega = torch.zeros(6, 6, 6, dtype=torch.bool)
+    omega[2:4, 2:4, 2:4] = True
+    config = SmoothGradConfig(n_samples=2, seed=1)
+    results = [
+        randomisation(model, x, omega, spacing=(1, 1, 1), smoothgrad=config, seed=5)
+        for model in (net, torch.jit.script(net))
+    ]
+    assert results[0].blocks == results[1].blocks == [("2",), ("0",)]
+    # the same random weights and maps; float32 kernels may differ in summation order
+    pd.testing.assert_frame_equal(results[0].table, results[1].table, atol=1e-5)
+
+
 # --- deletion and insertion ---------------------------------------------------------------------
 
 WEIGHT = np.array([1.5, -0.5])

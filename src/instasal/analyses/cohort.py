@@ -45,6 +45,7 @@ from instasal.analyses.reliance import (
 )
 from instasal.analyses.size import AggregationVsSize, aggregation_vs_size
 from instasal.analyses.statistics import ALPHA
+from instasal.analyses.trust_summary import cohort_trust
 
 __all__ = ["PRUNING_BASELINES", "CohortAnalysis", "analyse_tables", "jsonable"]
 
@@ -95,6 +96,7 @@ class CohortAnalysis:
     region_pruning: RegionPruningComparison | None = None
     feature_ranking: pd.DataFrame | None = None
     pruning_features: pd.DataFrame | None = None
+    trust: dict[str, Any] | None = None
 
     def findings_frame(self) -> pd.DataFrame:
         """One row per paper finding: the paper's claim, the data, the rule and the verdict."""
@@ -117,14 +119,17 @@ class CohortAnalysis:
                 "error_detection": self.detection.to_dict(),
                 "false_positive_pruning": self.pruning.to_dict() if self.pruning else None,
                 "region_pruning": (self.region_pruning.to_dict() if self.region_pruning else None),
+                "trust": self.trust,
             }
         )
 
 
 def analyse_tables(
-    table_max: pd.DataFrame, table_mean: pd.DataFrame | None = None
+    table_max: pd.DataFrame,
+    table_mean: pd.DataFrame | None = None,
+    profiles: pd.DataFrame | None = None,
 ) -> CohortAnalysis:
-    """Run every cohort analysis of SPEC §4 on lesion tables (neither is modified).
+    """Run every cohort analysis of SPEC §4 on lesion tables (none is modified).
 
     Parameters
     ----------
@@ -132,6 +137,10 @@ def analyse_tables(
         The cohort lesion table with max aggregation (the paper's v3; the pipeline default).
     table_mean
         The same cohort with mean aggregation, for the aggregation-vs-size analysis, or None.
+    profiles
+        The cohort's radial profiles (``cohort --trust``), for the negative-neighbourhood rule of
+        ``docs/trust.md``, or None. The trust verdicts (``trust``) are computed when
+        ``table_max`` holds the trust columns.
     """
     require_columns(table_max, ("type", "volume_mm3"))
     names = channel_names(table_max)
@@ -172,6 +181,11 @@ def analyse_tables(
         if pruning
         else None
     )
+    trust = (
+        cohort_trust(table_max, profiles, channel=primary, types=detected)
+        if "subject" in table_max.columns
+        else None
+    )
     findings = [error_modes_finding(modes)]
     if modality is not None:
         findings.append(modality_finding(modality))
@@ -191,6 +205,7 @@ def analyse_tables(
         region_pruning,
         ranking,
         pruning_features,
+        trust,
     )
 
 

@@ -38,10 +38,12 @@ from instasal.analyses.regions import assign_regions
 from instasal.analyses.reliance import ModalityReliance, SignPattern
 from instasal.analyses.size import AggregationVsSize
 from instasal.analyses.statistics import ALPHA
+from instasal.analyses.trust_summary import trust_frame
 from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.provenance import software_versions
 from instasal.report.figures import figure_png
+from instasal.report.trust_figures import deletion_figure, profile_figure, randomisation_figure
 
 __all__ = ["CohortReport", "analyse_cohort", "build_cohort_report"]
 
@@ -51,7 +53,12 @@ _FIGURE_FILES = {
     "sign_pattern": "sign_pattern.png",
     "aggregation_vs_size": "aggregation_vs_size.png",
     "error_detection": "error_detection_roc.png",
+    "trust_randomisation": "trust_randomisation.png",
+    "trust_curves": "trust_deletion_insertion.png",
+    "profiles": "trust_profiles.png",
 }
+TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
+"""The gathered trust TSVs of ``cohort --trust`` the analysis reads when they are there."""
 
 
 @dataclass(frozen=True)
@@ -111,12 +118,35 @@ def _figures(
     return figures
 
 
+def _trust_figures(
+    trust_tables: Mapping[str, pd.DataFrame], analysis: CohortAnalysis
+) -> dict[str, bytes]:
+    """The subject report's trust figures over the cohort's domains of the detected types."""
+    drawers = {
+        "trust_randomisation": randomisation_figure,
+        "trust_curves": deletion_figure,
+        "profiles": lambda frame: profile_figure(frame, [analysis.channels[0]]),
+    }
+    figures = {}
+    for name, draw in drawers.items():
+        frame = trust_tables.get(name)
+        if frame is None or frame.empty or not {"subject", "id", "type"} <= set(frame.columns):
+            continue
+        if name != "profiles":
+            frame = frame[frame["type"].astype(str).isin(analysis.detected_types)]
+        domains = frame.assign(id=frame["subject"].astype(str) + ":" + frame["id"].astype(str))
+        if len(domains):
+            figures[name] = figure_png(draw(domains), dpi=90)
+    return figures
+
+
 def build_cohort_report(
     table_max: pd.DataFrame,
     table_mean: pd.DataFrame | None = None,
     *,
     title: str,
     provenance: Mapping[str, Any],
+    trust_tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> CohortReport:
     """Analyse a cohort and render its self-contained HTML report (SPEC §4).
 
@@ -124,6 +154,9 @@ def build_cohort_report(
     ----------
     table_max, table_mean
         Cohort lesion tables with max and (optionally) mean aggregation; not modified.
+    trust_tables
+        The gathered trust TSVs of ``cohort --trust`` by name (``profiles``,
+        ``trust_randomisation``, ``trust_curves``), each with ``subject``; None or empty without.
     title
         The report's heading (escaped like every other text).
     provenance
@@ -136,8 +169,11 @@ def build_cohort_report(
         ``html`` embeds every figure as a base64 PNG, so the file opens offline; the same PNG bytes
         are in ``figures``.
     """
-    analysis = analyse_tables(table_max, table_mean)
+    trust_tables = trust_tables or {}
+    analysis = analyse_tables(table_max, table_mean, trust_tables.get("profiles"))
     figures = _figures(table_max, table_mean, analysis)
+    if analysis.trust is not None:
+        figures |= _trust_figures(trust_tables, analysis)
     primary = analysis.channels[0]
     modes = analysis.error_modes
     template_text = (
@@ -182,8 +218,35 @@ def build_cohort_report(
         subject_rows=analysis.subject_counts.astype(str).to_dict(orient="records"),
         provenance=[(str(k), _provenance_value(v)) for k, v in provenance.items()],
         figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
+        trust=_trust_rows(analysis.trust),
     )
     return CohortReport(html, analysis, figures)
+
+
+def _trust_rows(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    frame = trust_frame(summary)
+    rows = [
+        {
+            str(k): "" if pd.isna(v) else v if isinstance(v, str) else _number(v)
+            for k, v in row.items()
+        }
+        for row in frame.to_dict(orient="records")
+    ]
+    neighbourhood = summary["negative_neighbourhood"] or {}
+    sign = neighbourhood.get("sign_test")
+    return {
+        "types": "/".join(summary["types"]),
+        "rows": rows,
+        "share_negative": _number(neighbourhood.get("share_negative", float("nan"))),
+        "sign": (
+            f"{sign['n_below']} of {sign['n']} subjects below 0, one-sided p = "
+            f"{_p_value(sign['p_value'])}"
+            if sign
+            else ""
+        ),
+    }
 
 
 def _frame_rows(frame: pd.DataFrame | None) -> list[dict[str, str]] | None:
@@ -291,6 +354,16 @@ def _file_facts(path: Path, table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _read_trust_table(path: Path) -> pd.DataFrame:
+    """A gathered trust TSV (``n/a`` missing); empty when the cohort checked no domain."""
+    try:
+        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise LesionTableError(f"{path}: cannot read as a TSV table ({error})") from None
+
+
 def _cohort_provenance(cohort_out: Path) -> dict[str, Any]:
     """What the cohort runner recorded (``cohort.json``, ``failures.json``), where present."""
     facts: dict[str, Any] = {}
@@ -332,6 +405,8 @@ def _tables(analysis: CohortAnalysis) -> dict[str, pd.DataFrame]:
         tables["error_detection_features.tsv"] = analysis.feature_ranking
     if analysis.pruning_features is not None:
         tables["pruning_features.tsv"] = analysis.pruning_features
+    if analysis.trust is not None:
+        tables["trust.tsv"] = trust_frame(analysis.trust)
     return tables
 
 
@@ -348,6 +423,7 @@ _OWNED = (
     "region_pruning_splits.tsv",
     "error_detection_features.tsv",
     "pruning_features.tsv",
+    "trust.tsv",
     *(f"figures/{name}" for name in _FIGURE_FILES.values()),
 )
 
@@ -402,6 +478,13 @@ def analyse_cohort(
     if table_mean is not None:
         provenance["lesions_mean.tsv"] = _file_facts(mean_path, table_mean)
     provenance |= _cohort_provenance(cohort_out)
+    trust_tables = {
+        name: _read_trust_table(cohort_out / f"{name}.tsv")
+        for name in TRUST_TABLES
+        if (cohort_out / f"{name}.tsv").exists()
+    }
+    for name, frame in trust_tables.items():
+        provenance[f"{name}.tsv"] = _file_facts(cohort_out / f"{name}.tsv", frame)
     provenance["versions"] = software_versions(("numpy", "scipy", "pandas", "matplotlib"))
     provenance["generated"] = datetime.now(UTC).isoformat(timespec="seconds")
     report = build_cohort_report(
@@ -409,6 +492,7 @@ def analyse_cohort(
         table_mean,
         title=title or f"Cohort analysis — {cohort_out.resolve().name}",
         provenance=provenance,
+        trust_tables=trust_tables,
     )
     written = set()
     for key, png in report.figures.items():

@@ -17,9 +17,11 @@ from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.sanity import COHORT_PASS_SHARE
 
 __all__ = [
+    "cohort_trust",
     "faithfulness_summary",
     "negative_neighbourhood",
     "randomisation_summary",
+    "trust_frame",
 ]
 
 
@@ -131,3 +133,134 @@ def negative_neighbourhood(
         "share_negative": float(np.mean(np.asarray(per_lesion) < 0)),
         "sign_test": subject_sign_test(per_subject),
     }
+
+
+def _truthy(values: pd.Series) -> pd.Series:
+    return values.astype(str).str.lower().isin(["true", "1", "1.0"])
+
+
+def cohort_trust(
+    table: pd.DataFrame,
+    profiles: pd.DataFrame | None = None,
+    *,
+    channel: str,
+    types: tuple[str, ...] = ("TP",),
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """The three cohort verdicts of ``docs/trust.md`` from a cohort run with ``--trust``.
+
+    Parameters
+    ----------
+    table
+        The cohort lesion table (``subject``, ``type`` and the trust columns of ``explain
+        --trust``: ``randomisation_passes_<method>``, ``randomisation_crossing_<method>``,
+        ``deletion_gain`` …).
+    profiles
+        The cohort's gathered profile TSVs (``subject``, ``id``, ``type``, ``channel``, shells),
+        or None.
+    channel
+        The channel of the negative-neighbourhood rule (FLAIR).
+    types
+        The domain types the verdicts are computed over (TP by default, as in ``docs/trust.md``).
+    seed
+        Seeds the cluster bootstraps.
+
+    Returns
+    -------
+    dict or None
+        ``types``, ``randomisation`` (:func:`randomisation_summary`), ``faithfulness``
+        (:func:`faithfulness_summary`) and ``negative_neighbourhood``
+        (:func:`negative_neighbourhood`, None without profiles); None when the table holds no
+        trust column.
+    """
+    methods = [
+        c.removeprefix("randomisation_passes_")
+        for c in table.columns
+        if c.startswith("randomisation_passes_")
+    ]
+    if not methods and "deletion_gain" not in table.columns:
+        return None
+    _require(table, ["subject", "type"], "the cohort lesion table")
+    rows = table[table["type"].astype(str).isin(types)]
+    verdicts = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "passes": _truthy(rows[f"randomisation_passes_{method}"]),
+                    "crossing_step": pd.to_numeric(
+                        rows[f"randomisation_crossing_{method}"], errors="coerce"
+                    ),
+                }
+            )
+            for method in methods
+        ]
+        or [pd.DataFrame(columns=["method", "passes", "crossing_step"])]
+    )
+    neighbourhood = None
+    if profiles is not None and len(profiles):
+        neighbourhood = negative_neighbourhood(
+            profiles.rename(columns={"id": "lesion"}),
+            channel=channel,
+            lesion_type=types[0],
+            seed=seed,
+        )
+    return {
+        "types": list(types),
+        "randomisation": randomisation_summary(verdicts),
+        "faithfulness": (
+            faithfulness_summary(rows, seed=seed) if "deletion_gain" in rows.columns else None
+        ),
+        "negative_neighbourhood": neighbourhood,
+    }
+
+
+def trust_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """:func:`cohort_trust`'s verdicts as one row per check and quantity (``trust.tsv``).
+
+    Columns: ``check``, ``quantity``, ``estimate``, ``low``, ``high`` (the 95 % cluster-bootstrap
+    interval where there is one), ``n_subjects``, ``n_lesions`` and ``verdict``.
+    """
+    rows: list[dict[str, Any]] = []
+    for method, found in summary["randomisation"].items():
+        rows.append(
+            {
+                "check": "randomisation",
+                "quantity": f"share passing, {method}",
+                "estimate": found["share_passing"],
+                "n_lesions": found["n_lesions"],
+                "verdict": "passes" if found["passes"] else "fails",
+            }
+        )
+    for name, found in (summary["faithfulness"] or {}).items():
+        verdict = found.get("better_than_chance")
+        rows.append(
+            {
+                "check": "faithfulness",
+                "quantity": f"mean {name}",
+                "estimate": found["estimate"],
+                "low": found["low"],
+                "high": found["high"],
+                "n_subjects": found["n_subjects"],
+                "n_lesions": found["n_values"],
+                "verdict": (
+                    "" if verdict is None else "better than chance" if verdict else "not shown"
+                ),
+            }
+        )
+    found = summary["negative_neighbourhood"]
+    if found is not None and found.get("n_lesions"):
+        rows.append(
+            {
+                "check": "negative neighbourhood",
+                "quantity": "minimum of the mean profile, 2-8 mm",
+                "estimate": found["minimum"],
+                "low": found["interval"][0],
+                "high": found["interval"][1],
+                "n_subjects": found["n_subjects"],
+                "n_lesions": found["n_lesions"],
+                "verdict": "reproduced" if found["reproduced"] else "not reproduced",
+            }
+        )
+    columns = ["check", "quantity", "estimate", "low", "high", "n_subjects", "n_lesions", "verdict"]
+    return pd.DataFrame(rows).reindex(columns=columns)

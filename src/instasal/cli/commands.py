@@ -242,6 +242,13 @@ def cohort(
     subjects: Annotated[
         str | None, typer.Option(help="Only these subject ids, comma-separated.")
     ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the map checks of docs/trust.md per lesion (max aggregation; slow: "
+            "use with --max-lesions); instasal analyse summarises them."
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Recompute everything.")] = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -256,6 +263,7 @@ def cohort(
         n_true_negatives=n_true_negatives,
         gradcam=gradcam,
         seed=seed,
+        trust=trust,
     )
     require_dataset_channel_order(dataset, [model], ignore_channel_names)
     from instasal.pipeline.cohort import run_cohort

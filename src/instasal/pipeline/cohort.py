@@ -102,6 +102,7 @@ def _explain_one(
                     subject_settings,
                     aggregation=aggregation,
                     gradcam=subject_settings.gradcam and aggregation == "max",
+                    trust=subject_settings.trust and aggregation == "max",
                 ),
                 overwrite=overwrite,
                 report=aggregation == "max",
@@ -121,11 +122,17 @@ def _explain_one(
     return status
 
 
-def _gather(out: Path, subjects: Sequence[str], folder: str = "") -> pd.DataFrame:
+TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
+"""The per-subject trust TSVs of ``explain --trust`` a cohort gathers into ``<name>.tsv``."""
+
+
+def _gather(
+    out: Path, subjects: Sequence[str], folder: str = "", name: str = "lesions"
+) -> pd.DataFrame:
     frames = []
     for subject_id in subjects:
         root = out / subject_id / folder if folder else out / subject_id
-        tables = sorted(root.glob("*_lesions.tsv"))
+        tables = sorted(root.glob(f"*_{name}.tsv"))
         if not tables:
             continue
         frame = pd.read_csv(tables[0], sep="\t", na_values=["n/a"], keep_default_na=False)
@@ -160,7 +167,9 @@ def run_cohort(
         A built-in name or a model path (loaded once per worker).
     out
         Cohort output folder: one sub-folder per subject, ``status/``, ``cohort.json`` and the
-        gathered ``lesions.tsv`` (and ``lesions_mean.tsv`` with ``with_mean``).
+        gathered ``lesions.tsv`` (and ``lesions_mean.tsv`` with ``with_mean``; with
+        ``settings.trust`` also ``profiles.tsv``, ``trust_randomisation.tsv`` and
+        ``trust_curves.tsv``, the trust checks of the max-aggregation runs).
     executor
         ``"local"`` (in-process, default) or ``"ray"`` (one task per subject; ``address`` of an
         existing cluster, else a local instance; one GPU per task when CUDA is there).
@@ -279,6 +288,12 @@ def run_cohort(
     atomic_write_text(
         out / "lesions.tsv", table.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
     )
+    for name in TRUST_TABLES if settings.trust else ():
+        atomic_write_text(
+            out / f"{name}.tsv",
+            _gather(out, done, name=name).to_csv(sep="\t", index=False, na_rep="n/a"),
+            overwrite=True,
+        )
     if with_mean:
         mean_table = _gather(out, done, "mean")
         atomic_write_text(

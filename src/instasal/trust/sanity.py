@@ -9,6 +9,7 @@ modified.
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,12 +71,16 @@ def parameter_layers(model: nn.Module, batch: torch.Tensor) -> list[str]:
 
     One forward pass of ``batch`` ``[1, C, *S]`` (no gradients, eval mode, modes restored) records
     the first call of each such module; the hooks are removed afterwards, also after an exception.
-    Modules the forward pass never calls are left out.
+    Modules the forward pass never calls are left out. A TorchScript module takes no hooks: its
+    modules are listed in the order they were registered (for a sequential network the order
+    of the forward pass; for others an approximation the blocks of :func:`layer_blocks` inherit).
     """
     modules = dict(model.named_modules())
     names = [
         name for name, module in modules.items() if any(True for _ in module.parameters(False))
     ]
+    if isinstance(model, torch.jit.ScriptModule):
+        return names
     order: list[str] = []
 
     def recorder(name: str) -> Callable[..., None]:
@@ -117,6 +122,19 @@ def _block_generator(seed: int, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def _deep_copy(model: nn.Module) -> nn.Module:
+    """An independent copy; a TorchScript module through save and load (its ``deepcopy`` gives
+    parameters that are no longer leaves, so gradients cannot be switched off on them)."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.jit.save(model, buffer)
+    buffer.seek(0)
+    duplicate = torch.jit.load(buffer, map_location=model_device(model))
+    duplicate.train(model.training)
+    return duplicate
+
+
 def randomised_copy(
     model: nn.Module,
     blocks: Sequence[Sequence[str]],
@@ -130,7 +148,7 @@ def randomised_copy(
     Block ``g`` is randomised with a generator seeded with ``(seed, g)``: the same random weights
     whichever other blocks are randomised with it.
     """
-    duplicate = copy.deepcopy(model)
+    duplicate = _deep_copy(model)
     modules = dict(duplicate.named_modules())
     for index in indices:
         generator = _block_generator(seed, index)
