@@ -45,6 +45,7 @@ from instasal.analyses.reliance import (
 )
 from instasal.analyses.size import AggregationVsSize, aggregation_vs_size
 from instasal.analyses.statistics import ALPHA
+from instasal.analyses.subject_level import subject_level
 from instasal.analyses.trust_summary import cohort_trust
 
 __all__ = ["PRUNING_BASELINES", "CohortAnalysis", "analyse_tables", "jsonable"]
@@ -97,6 +98,7 @@ class CohortAnalysis:
     feature_ranking: pd.DataFrame | None = None
     pruning_features: pd.DataFrame | None = None
     trust: dict[str, Any] | None = None
+    subject_level: pd.DataFrame | None = None
 
     def findings_frame(self) -> pd.DataFrame:
         """One row per paper finding: the paper's claim, the data, the rule and the verdict."""
@@ -120,6 +122,7 @@ class CohortAnalysis:
                 "false_positive_pruning": self.pruning.to_dict() if self.pruning else None,
                 "region_pruning": (self.region_pruning.to_dict() if self.region_pruning else None),
                 "trust": self.trust,
+                "subject_level": _records(self.subject_level),
             }
         )
 
@@ -181,10 +184,14 @@ def analyse_tables(
         if pruning
         else None
     )
+    by_subject = "subject" in table_max.columns and (
+        table_mean is None or "subject" in table_mean.columns
+    )
     trust = (
-        cohort_trust(table_max, profiles, channel=primary, types=detected)
-        if "subject" in table_max.columns
-        else None
+        cohort_trust(table_max, profiles, channel=primary, types=detected) if by_subject else None
+    )
+    subjects_level = (
+        subject_level(table_max, modes, modality, aggregation, table_mean) if by_subject else None
     )
     findings = [error_modes_finding(modes)]
     if modality is not None:
@@ -206,6 +213,7 @@ def analyse_tables(
         ranking,
         pruning_features,
         trust,
+        subjects_level,
     )
 
 

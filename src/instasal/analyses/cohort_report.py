@@ -219,8 +219,26 @@ def build_cohort_report(
         provenance=[(str(k), _provenance_value(v)) for k, v in provenance.items()],
         figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
         trust=_trust_rows(analysis.trust),
+        subject_level=_subject_level_rows(analysis.subject_level),
     )
     return CohortReport(html, analysis, figures)
+
+
+def _subject_level_rows(frame: pd.DataFrame | None) -> list[dict[str, str]] | None:
+    if frame is None or frame.empty:
+        return None
+    return [
+        {
+            "analysis": row["analysis"],
+            "quantity": row["quantity"],
+            "domain": f"{row['domain_test']}: p = {_p_value(row['domain_p'])} "
+            f"(n = {row['n_domains']})",
+            "subject": f"{_number(row['estimate'])} [{_number(row['low'])}, "
+            f"{_number(row['high'])}] ({row['n_subjects']} subjects)",
+            "excludes": "yes" if row["excludes_null"] else "no",
+        }
+        for row in frame.to_dict(orient="records")
+    ]
 
 
 def _trust_rows(summary: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -407,6 +425,8 @@ def _tables(analysis: CohortAnalysis) -> dict[str, pd.DataFrame]:
         tables["pruning_features.tsv"] = analysis.pruning_features
     if analysis.trust is not None:
         tables["trust.tsv"] = trust_frame(analysis.trust)
+    if analysis.subject_level is not None:
+        tables["subject_level.tsv"] = analysis.subject_level
     return tables
 
 
@@ -424,6 +444,7 @@ _OWNED = (
     "error_detection_features.tsv",
     "pruning_features.tsv",
     "trust.tsv",
+    "subject_level.tsv",
     *(f"figures/{name}" for name in _FIGURE_FILES.values()),
 )
 

@@ -93,7 +93,9 @@ def cluster_bootstrap(
     -------
     ClusterInterval
         NaN estimate and interval when no finite value is left; a single subject gives an
-        interval of width 0 (nothing to resample), which its ``n_subjects`` shows.
+        interval of width 0 (nothing to resample), which its ``n_subjects`` shows. Resamples
+        where the statistic is undefined (NaN, e.g. a group drawn empty) are left out of the
+        percentiles; when they are half or more of all resamples the interval is NaN.
 
     Raises
     ------
@@ -123,7 +125,11 @@ def cluster_bootstrap(
     for r in range(n_resamples):
         drawn = rng.integers(0, len(groups), size=len(groups))
         resampled[r] = statistic(np.concatenate([groups[i] for i in drawn]))
-    low, high = np.percentile(resampled, [50 * (1 - level), 50 * (1 + level)])
+    defined = resampled[np.isfinite(resampled)]
+    if defined.size < n_resamples / 2:
+        low = high = float("nan")
+    else:
+        low, high = np.percentile(defined, [50 * (1 - level), 50 * (1 + level)])
     return ClusterInterval(
         float(statistic(values)), float(low), float(high), level, len(groups), len(values)
     )

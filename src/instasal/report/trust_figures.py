@@ -121,7 +121,7 @@ def domain_curves(curves: pd.DataFrame, kind: str, order: str) -> pd.DataFrame:
     """One curve per domain of ``kind`` (deletion/insertion) for ``order``: the random orders of a
     domain averaged first. Columns ``id``, ``fraction``, ``prob_mean``."""
     rows = curves[(curves["kind"] == kind) & (curves["order"] == order)]
-    return rows.groupby(["id", "fraction"], as_index=False)["prob_mean"].mean()
+    return rows.groupby(["id", "fraction"])["prob_mean"].mean().reset_index()
 
 
 def deletion_figure(curves: pd.DataFrame) -> Figure:
