@@ -38,6 +38,7 @@ from instasal.analyses.regions import assign_regions
 from instasal.analyses.reliance import ModalityReliance, SignPattern
 from instasal.analyses.size import AggregationVsSize
 from instasal.analyses.statistics import ALPHA
+from instasal.analyses.tn_sensitivity import tn_sensitivity
 from instasal.analyses.trust_summary import trust_frame
 from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -147,6 +148,7 @@ def build_cohort_report(
     title: str,
     provenance: Mapping[str, Any],
     trust_tables: Mapping[str, pd.DataFrame] | None = None,
+    tn_pools: pd.DataFrame | None = None,
 ) -> CohortReport:
     """Analyse a cohort and render its self-contained HTML report (SPEC §4).
 
@@ -157,6 +159,9 @@ def build_cohort_report(
     trust_tables
         The gathered trust TSVs of ``cohort --trust`` by name (``profiles``,
         ``trust_randomisation``, ``trust_curves``), each with ``subject``; None or empty without.
+    tn_pools
+        The TN sensitivity table (:func:`instasal.analyses.tn_sensitivity.tn_sensitivity`), or
+        None.
     title
         The report's heading (escaped like every other text).
     provenance
@@ -220,6 +225,7 @@ def build_cohort_report(
         figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
         trust=_trust_rows(analysis.trust),
         subject_level=_subject_level_rows(analysis.subject_level),
+        tn_pools=_frame_rows(tn_pools),
     )
     return CohortReport(html, analysis, figures)
 
@@ -397,7 +403,16 @@ def _cohort_provenance(cohort_out: Path) -> dict[str, Any]:
             facts |= {
                 f"cohort {k}": v
                 for k, v in record.items()
-                if k in ("dataset", "model", "settings", "with_mean", "executor", "cohort_key")
+                if k
+                in (
+                    "dataset",
+                    "model",
+                    "settings",
+                    "with_mean",
+                    "tn_from",
+                    "executor",
+                    "cohort_key",
+                )
             }
             facts["cohort subjects"] = len(record.get("subjects", []))
         elif isinstance(record, dict):
@@ -445,6 +460,7 @@ _OWNED = (
     "pruning_features.tsv",
     "trust.tsv",
     "subject_level.tsv",
+    "tn_sensitivity.tsv",
     *(f"figures/{name}" for name in _FIGURE_FILES.values()),
 )
 
@@ -455,6 +471,7 @@ def analyse_cohort(
     overwrite: bool = False,
     title: str | None = None,
     regions_from: Path | str | None = None,
+    tn_pools: Mapping[str, Path | str] | None = None,
 ) -> CohortReport:
     """Analyse a cohort run folder and write ``analysis/`` (SPEC §4; ``instasal analyse``).
 
@@ -472,6 +489,10 @@ def analyse_cohort(
         The dataset the cohort ran on, to read every domain's region from its whole-brain region
         atlas (:func:`instasal.analyses.regions.assign_regions`); enables region-wise pruning for
         runs whose false positives have no region.
+    tn_pools
+        ``{pool: cohort output folder}`` of runs of the same data and model with other
+        ``--tn-from`` pools, for the TN sensitivity analysis (``tn_sensitivity.tsv``); this
+        cohort's own pool (its ``cohort.json`` ``tn_from``, ``wm`` when absent) is added.
 
     Returns
     -------
@@ -506,6 +527,15 @@ def analyse_cohort(
     }
     for name, frame in trust_tables.items():
         provenance[f"{name}.tsv"] = _file_facts(cohort_out / f"{name}.tsv", frame)
+    sensitivity = None
+    if tn_pools:
+        own = str(provenance.get("cohort tn_from", "wm"))
+        pool_tables = {own: table_max}
+        for pool, folder in tn_pools.items():
+            pool_path = Path(folder) / "lesions.tsv"
+            pool_tables[pool] = read_lesion_table(pool_path)
+            provenance[f"TN pool {pool}"] = _file_facts(pool_path, pool_tables[pool])
+        sensitivity = tn_sensitivity(table_max, pool_tables)
     provenance["versions"] = software_versions(("numpy", "scipy", "pandas", "matplotlib"))
     provenance["generated"] = datetime.now(UTC).isoformat(timespec="seconds")
     report = build_cohort_report(
@@ -514,6 +544,7 @@ def analyse_cohort(
         title=title or f"Cohort analysis — {cohort_out.resolve().name}",
         provenance=provenance,
         trust_tables=trust_tables,
+        tn_pools=sensitivity,
     )
     written = set()
     for key, png in report.figures.items():
@@ -524,7 +555,16 @@ def analyse_cohort(
         text = frame.to_csv(sep="\t", index=False, na_rep="n/a")
         atomic_write_text(destination / name, text, overwrite=True)
         written.add(name)
+    if sensitivity is not None:
+        atomic_write_text(
+            destination / "tn_sensitivity.tsv",
+            sensitivity.to_csv(sep="\t", index=False, na_rep="n/a"),
+            overwrite=True,
+        )
+        written.add("tn_sensitivity.tsv")
     statistics = report.analysis.to_dict() | {"provenance": jsonable(provenance)}
+    if sensitivity is not None:
+        statistics["tn_sensitivity"] = jsonable(sensitivity.to_dict(orient="records"))
     atomic_write_json(destination / "statistics.json", statistics, overwrite=True)
     written.add("statistics.json")
     for stale in set(_OWNED) - written - {"report.html"}:

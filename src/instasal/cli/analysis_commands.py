@@ -28,11 +28,27 @@ def analyse(
             "(desc-regions_dseg) for region-wise FP pruning."
         ),
     ] = None,
+    tn_pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="POOL=FOLDER: a cohort run of the same data and model with --tn-from POOL; "
+            "its TN domains are compared with this cohort's TP/FP/FN (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Statistics, figures and HTML report of the paper's analyses, into COHORT_OUT/analysis."""
     from instasal.analyses import analyse_cohort
+    from instasal.errors import ConfigurationError
 
-    report = analyse_cohort(cohort_out, overwrite=overwrite, regions_from=regions_from)
+    pools: dict[str, Path] = {}
+    for item in tn_pool or []:
+        name, _, folder = item.partition("=")
+        if not name or not folder:
+            raise ConfigurationError(f"--tn-pool must be POOL=FOLDER, got {item!r}")
+        pools[name] = Path(folder)
+    report = analyse_cohort(
+        cohort_out, overwrite=overwrite, regions_from=regions_from, tn_pools=pools or None
+    )
     for finding in report.analysis.findings:
         style = _VERDICT_STYLE[finding.verdict]
         console.print(f"[{style}]{finding.verdict:>14}[/]  {finding.title}", highlight=False)

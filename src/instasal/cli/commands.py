@@ -242,6 +242,13 @@ def cohort(
     subjects: Annotated[
         str | None, typer.Option(help="Only these subject ids, comma-separated.")
     ] = None,
+    tn_from: Annotated[
+        str,
+        typer.Option(
+            help="Where TN domains are drawn: wm (white matter, else the brain), gm (grey "
+            "matter: brain outside white matter, FLAIR at least white matter's median) or brain."
+        ),
+    ] = "wm",
     trust: Annotated[
         bool,
         typer.Option(
@@ -256,6 +263,8 @@ def cohort(
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
     if executor not in ("local", "ray"):
         raise ConfigurationError(f"--executor must be local or ray, got {executor!r}")
+    if tn_from not in ("wm", "gm", "brain"):
+        raise ConfigurationError(f"--tn-from must be wm, gm or brain, got {tn_from!r}")
     settings = _settings(
         n_samples=n_samples,
         context=context,
@@ -282,6 +291,7 @@ def cohort(
             progress=progress,  # type: ignore[arg-type]
             trust_model_code=trust_model_code,
             ignore_channel_names=ignore_channel_names,
+            tn_from=tn_from,
         )
     console.print(
         f"{len(result.done)} subject(s) done ({len(result.skipped)} reused), "

@@ -27,6 +27,7 @@ from instasal.errors import ConfigurationError, InstasalError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text
 from instasal.pipeline.explain import explain_subject, model_fingerprint
 from instasal.pipeline.settings import ExplainSettings, run_key
+from instasal.pipeline.tn_pools import TN_POOLS, tn_pool_mask
 from instasal.typing import Aggregation, PathLike
 
 __all__ = ["CohortResult", "Executor", "run_cohort", "subject_seed"]
@@ -81,12 +82,14 @@ def _explain_one(
     overwrite: bool,
     with_mean: bool,
     ignore_channel_names: bool = False,
+    tn_from: str = "wm",
 ) -> dict[str, Any]:
     """Explain one subject (max aggregation, and mean when asked); return its status record."""
     started = time.perf_counter()
     subject_settings = replace(settings, seed=subject_seed(settings.seed, subject.subject_id))
     status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
     try:
+        tissue = tn_pool_mask(subject, tn_from, out / "tn_pools")
         runs: list[tuple[Aggregation, Path]] = [("max", out / subject.subject_id)]
         if with_mean:
             runs.append(("mean", out / subject.subject_id / "mean"))
@@ -96,7 +99,7 @@ def _explain_one(
                 model,
                 folder,
                 reference=subject.lesion_mask,
-                tissue_mask=subject.wm_mask or subject.brain_mask,
+                tissue_mask=tissue,
                 regions=subject.region_map,
                 settings=replace(
                     subject_settings,
@@ -155,6 +158,7 @@ def run_cohort(
     progress: CohortProgress | None = None,
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
+    tn_from: str = "wm",
 ) -> CohortResult:
     """Run :func:`~instasal.pipeline.explain_subject` over every subject of ``dataset``.
 
@@ -186,8 +190,14 @@ def run_cohort(
         Take each subject's files as the model's channels even where their names say another
         order (:func:`instasal.channels.check_channel_files`); without it every subject's files
         are checked before the first is explained, and a mismatch is refused.
+    tn_from
+        Where TN domains are drawn (:mod:`instasal.pipeline.tn_pools`): ``"wm"`` (white matter,
+        else the brain; the default), ``"gm"`` or ``"brain"``; recorded in ``cohort.json``.
     """
     from instasal.models import card_of, load_model
+
+    if tn_from not in TN_POOLS:
+        raise ConfigurationError(f"tn_from must be one of {', '.join(TN_POOLS)}, got {tn_from!r}")
 
     settings = settings or ExplainSettings()
     out = Path(out)
@@ -211,6 +221,14 @@ def run_cohort(
             "with_mean": with_mean,
         }
     )
+    payload = {
+        "dataset": str(Path(dataset).resolve()),
+        "model": model_fingerprint(network),
+        "settings": settings.as_dict(),
+        "with_mean": with_mean,
+    }
+    # the default pool leaves the key as before the option existed: earlier runs still resume
+    key = run_key(payload if tn_from == "wm" else payload | {"tn_from": tn_from})
     manifest_path = out / "cohort.json"
     if manifest_path.exists() and not overwrite:
         previous = json.loads(manifest_path.read_text()).get("cohort_key")
@@ -228,6 +246,7 @@ def run_cohort(
             "model": model,
             "settings": settings.as_dict(),
             "with_mean": with_mean,
+            "tn_from": tn_from,
             "executor": executor,
             "subjects": [s.subject_id for s in found],
         },
@@ -262,6 +281,7 @@ def run_cohort(
                     overwrite,
                     with_mean,
                     ignore_channel_names,
+                    tn_from,
                 )
             )
             notify("subjects", len(skipped) + len(statuses), total)
@@ -278,6 +298,7 @@ def run_cohort(
             lambda done: notify("subjects", len(skipped) + done, total),
             trust_model_code,
             ignore_channel_names,
+            tn_from,
         )
     else:
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -320,6 +341,7 @@ def _run_ray(
     on_done: Callable[[int], None],
     trust_model_code: bool,
     ignore_channel_names: bool,
+    tn_from: str,
 ) -> list[dict[str, Any]]:
     try:
         import ray
@@ -346,6 +368,7 @@ def _run_ray(
                 overwrite,
                 with_mean,
                 ignore_channel_names,
+                tn_from,
             )
 
         pending = [task.remote(subject) for subject in todo]
