@@ -42,6 +42,7 @@ from instasal.analyses.tn_sensitivity import tn_sensitivity
 from instasal.analyses.trust_summary import trust_frame
 from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.provenance import software_versions
 from instasal.report.figures import figure_png
 from instasal.report.trust_figures import deletion_figure, profile_figure, randomisation_figure
@@ -58,8 +59,6 @@ _FIGURE_FILES = {
     "trust_curves": "trust_deletion_insertion.png",
     "profiles": "trust_profiles.png",
 }
-TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
-"""The gathered trust TSVs of ``cohort --trust`` the analysis reads when they are there."""
 
 
 @dataclass(frozen=True)
@@ -522,7 +521,7 @@ def analyse_cohort(
     provenance |= _cohort_provenance(cohort_out)
     trust_tables = {
         name: _read_trust_table(cohort_out / f"{name}.tsv")
-        for name in TRUST_TABLES
+        for name in COHORT_TRUST_TABLES
         if (cohort_out / f"{name}.tsv").exists()
     }
     for name, frame in trust_tables.items():

@@ -26,6 +26,7 @@ from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError, InstasalError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text
 from instasal.pipeline.explain import explain_subject, model_fingerprint
+from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.pipeline.settings import ExplainSettings, run_key
 from instasal.pipeline.tn_pools import TN_POOLS, tn_pool_mask
 from instasal.typing import Aggregation, PathLike
@@ -123,10 +124,6 @@ def _explain_one(
     status["seconds"] = time.perf_counter() - started
     atomic_write_json(_status_path(out, subject.subject_id), status, overwrite=True)
     return status
-
-
-TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
-"""The per-subject trust TSVs of ``explain --trust`` a cohort gathers into ``<name>.tsv``."""
 
 
 def _gather(
@@ -309,7 +306,7 @@ def run_cohort(
     atomic_write_text(
         out / "lesions.tsv", table.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
     )
-    for name in TRUST_TABLES if settings.trust else ():
+    for name in COHORT_TRUST_TABLES if settings.trust else ():
         atomic_write_text(
             out / f"{name}.tsv",
             _gather(out, done, name=name).to_csv(sep="\t", index=False, na_rep="n/a"),

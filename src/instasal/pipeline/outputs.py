@@ -17,7 +17,17 @@ import pandas as pd
 
 from instasal.io import atomic_write_json, atomic_write_text
 
-__all__ = ["RunLayout", "instances_lookup", "subject_label", "table_sidecar"]
+__all__ = [
+    "COHORT_TRUST_TABLES",
+    "RunLayout",
+    "instances_lookup",
+    "subject_label",
+    "table_sidecar",
+]
+
+COHORT_TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
+"""The per-subject trust TSVs (``<subject>_<name>.tsv``) a cohort run with ``--trust`` gathers
+into ``<name>.tsv`` and ``instasal analyse`` reads."""
 
 _CHANNEL_SUFFIX = re.compile(r"_(FLAIR|T1w|T2w|PD|T1|MPRAGE|ch\d+)$", re.IGNORECASE)
 
