@@ -4,6 +4,7 @@ pool, and the TN sensitivity analysis against scipy on the hand-split groups."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -92,3 +93,32 @@ def test_tn_sensitivity_compares_each_pool_like_scipy_on_the_split_groups() -> N
     assert found.loc[("wm", "TP − TN"), "rank_biserial"] == pytest.approx(1.0)
     assert found.loc[("gm", "TP − TN"), "rank_biserial"] < 1.0
     assert found.loc[("wm", "TP − TN"), "median_order"] == "TP > FP > FN > TN"
+
+
+def test_cli_passes_trust_tn_from_and_tn_pools_on(tmp_path, monkeypatch):
+    import instasal.analyses
+    import instasal.pipeline.cohort
+    from instasal.cli import run_app
+
+    seen: dict[str, object] = {}
+
+    def record_cohort(*args, settings=None, tn_from="wm", **kwargs):
+        seen["trust"], seen["tn_from"] = settings.trust, tn_from
+        raise ConfigurationError("stopped after the arguments")
+
+    def record_analyse(*args, tn_pools=None, **kwargs):
+        seen["tn_pools"] = tn_pools
+        raise ConfigurationError("stopped after the arguments")
+
+    monkeypatch.setattr(instasal.pipeline.cohort, "run_cohort", record_cohort)
+    monkeypatch.setattr(instasal.analyses, "analyse_cohort", record_analyse)
+    out = str(tmp_path / "out")
+    assert run_app(["cohort", str(tmp_path), "--out", out, "--trust", "--tn-from", "gm"]) == 2
+    assert seen == {"trust": True, "tn_from": "gm"}
+    assert run_app(["cohort", str(tmp_path), "--out", out, "--tn-from", "csf"]) == 2
+    assert seen == {"trust": True, "tn_from": "gm"}  # refused before the run
+    assert run_app(["analyse", out, "--tn-pool", "gm=runs/gm", "--tn-pool", "brain=b"]) == 2
+    assert seen["tn_pools"] == {"gm": Path("runs/gm"), "brain": Path("b")}
+    seen.clear()
+    assert run_app(["analyse", out, "--tn-pool", "gm"]) == 2  # not POOL=FOLDER: refused
+    assert "tn_pools" not in seen
