@@ -95,7 +95,7 @@ def test_tn_sensitivity_compares_each_pool_like_scipy_on_the_split_groups() -> N
     assert found.loc[("wm", "TP − TN"), "median_order"] == "TP > FP > FN > TN"
 
 
-def test_cli_passes_trust_tn_from_and_tn_pools_on(tmp_path, monkeypatch):
+def test_cli_passes_trust_tn_from_and_tn_pools_on(tmp_path, linear_dataset, monkeypatch):
     import instasal.analyses
     import instasal.pipeline.cohort
     from instasal.cli import run_app
@@ -113,9 +113,10 @@ def test_cli_passes_trust_tn_from_and_tn_pools_on(tmp_path, monkeypatch):
     monkeypatch.setattr(instasal.pipeline.cohort, "run_cohort", record_cohort)
     monkeypatch.setattr(instasal.analyses, "analyse_cohort", record_analyse)
     out = str(tmp_path / "out")
-    assert run_app(["cohort", str(tmp_path), "--out", out, "--trust", "--tn-from", "gm"]) == 2
+    dataset = str(linear_dataset)
+    assert run_app(["cohort", dataset, "--out", out, "--trust", "--tn-from", "gm"]) == 2
     assert seen == {"trust": True, "tn_from": "gm"}
-    assert run_app(["cohort", str(tmp_path), "--out", out, "--tn-from", "csf"]) == 2
+    assert run_app(["cohort", dataset, "--out", out, "--tn-from", "csf"]) == 2
     assert seen == {"trust": True, "tn_from": "gm"}  # refused before the run
     assert run_app(["analyse", out, "--tn-pool", "gm=runs/gm", "--tn-pool", "brain=b"]) == 2
     assert seen["tn_pools"] == {"gm": Path("runs/gm"), "brain": Path("b")}
