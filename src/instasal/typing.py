@@ -18,6 +18,8 @@ __all__ = [
     "IntArray",
     "NoiseRange",
     "PathLike",
+    "UncertaintyMethod",
+    "UncertaintySignal",
 ]
 
 PathLike: TypeAlias = str | os.PathLike[str]
@@ -30,3 +32,5 @@ Aggregation: TypeAlias = Literal["max", "mean"]
 Context: TypeAlias = Literal["full", "patch"]
 EngineName: TypeAlias = Literal["naive", "batched", "auto"]
 NoiseRange: TypeAlias = Literal["per_channel", "first_channel"]
+UncertaintyMethod: TypeAlias = Literal["tta", "mc_dropout", "ensemble"]
+UncertaintySignal: TypeAlias = Literal["max", "mean", "sd"]

@@ -29,7 +29,13 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
 from instasal.instances import Instances, connected_components, label_components
-from instasal.typing import BoolArray, Connectivity, FloatArray
+from instasal.typing import (
+    BoolArray,
+    Connectivity,
+    FloatArray,
+    UncertaintyMethod,
+    UncertaintySignal,
+)
 
 __all__ = [
     "CandidateKind",
@@ -46,8 +52,6 @@ __all__ = [
     "voxel_uncertainty",
 ]
 
-UncertaintyMethod: TypeAlias = Literal["tta", "mc_dropout", "ensemble"]
-UncertaintySignal: TypeAlias = Literal["max", "mean", "sd"]
 CandidateKind: TypeAlias = Literal["found_FN", "other_lesion", "false_alarm"]
 
 METHODS: tuple[str, ...] = ("tta", "mc_dropout", "ensemble")

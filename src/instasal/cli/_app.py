@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from importlib import resources
@@ -11,12 +13,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from instasal.errors import ImageError, InstasalError, InstasalWarning
+from instasal.errors import ImageError, InstasalError, InstasalWarning, ModelError
 
 ImagesArgument = Annotated[
     list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
 ]
-OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (required).")]
 
 
 def builtin_model_names() -> list[str]:
@@ -34,7 +36,9 @@ ModelOption = Annotated[
         "(TorchScript .pt, nnU-Net results folder, or module:factory=weights.pt).",
     ),
 ]
-OverwriteOption = Annotated[bool, typer.Option(help="Replace results of an earlier run.")]
+OverwriteOption = Annotated[
+    bool, typer.Option(help="Replace results of an earlier run (default: refuse to).")
+]
 TrustOption = Annotated[
     bool,
     typer.Option(
@@ -86,6 +90,47 @@ def require_files(*paths: Path | None) -> None:
             raise ImageError(f"{path}: file not found")
 
 
+def check_model(model: str) -> None:
+    """Refuse, in one line and before torch is imported, a model that cannot be loaded by name.
+
+    A built-in name, an existing file or folder, or ``module:factory=weights.pt`` with an
+    existing weights file passes; what a file holds is checked when it is loaded.
+
+    Raises
+    ------
+    ModelError
+        On an unknown built-in name (the message lists the built-in models) or a missing path.
+    """
+    factory, separator, weights = model.partition("=")
+    if separator and ":" in factory:
+        if not Path(weights).exists():
+            raise ModelError(f"{weights}: model weights file not found")
+        return
+    path = Path(model)
+    if model in builtin_model_names() or path.exists():
+        return
+    if path.suffix or len(path.parts) > 1:
+        raise ModelError(f"{path}: model file or folder not found")
+    raise ModelError(
+        f"unknown model {model!r}; built-in models are {', '.join(builtin_model_names())}; or "
+        "give a TorchScript file, a MONAI bundle folder, an nnU-Net v2 folder or "
+        "module:factory=weights.pt"
+    )
+
+
+def limit_torch_threads(threads: int) -> None:
+    """Cap torch's CPU threads without importing torch when it is not imported yet.
+
+    Before the import only ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set, which torch reads
+    for its thread count when it starts; a command that refuses its options never starts torch.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
 app = typer.Typer(
     name="instasal",
     help="Instance-level quantitative saliency for 3D lesion segmentation networks.",
@@ -103,15 +148,14 @@ def _options(
         typer.Option(
             "--threads",
             min=1,
-            help="torch CPU threads for every command (default: torch's own choice, all cores).",
+            help="torch CPU threads for every command, >= 1 (default: torch's own choice, "
+            "all cores).",
         ),
     ] = None,
 ) -> None:
     """Instance-level quantitative saliency for 3D lesion segmentation networks."""
     if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+        limit_torch_threads(threads)
 
 
 def _show_note(

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from instasal.cli._app import app, console
+from instasal.cli._app import app, console, require_files
+from instasal.errors import ConfigurationError
 
 __all__ = ["analyse"]
 
@@ -20,12 +21,15 @@ def analyse(
         Path,
         typer.Argument(help="Cohort output folder with lesions.tsv (and lesions_mean.tsv)."),
     ],
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier analysis/ folder.")] = False,
-    regions_from: Annotated[
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier analysis/ folder (default: refuse to).")
+    ] = False,
+    regions: Annotated[
         Path | None,
         typer.Option(
-            help="Dataset the cohort ran on: read every domain's region from its region atlas "
-            "(desc-regions_dseg) for region-wise FP pruning."
+            help="Dataset folder the cohort ran on: every domain's region is read from its "
+            "subject's region atlas (desc-regions_dseg) for region-wise FP pruning (default: "
+            "the regions in the lesion table)."
         ),
     ] = None,
     tn_pool: Annotated[
@@ -37,17 +41,20 @@ def analyse(
     ] = None,
 ) -> None:
     """Statistics, figures and HTML report of the paper's analyses, into COHORT_OUT/analysis."""
-    from instasal.analyses import analyse_cohort
-    from instasal.errors import ConfigurationError
-
+    table = cohort_out / "lesions.tsv"
+    if not table.exists():
+        raise ConfigurationError(f"{table}: lesion table not found")
+    require_files(regions)
     pools: dict[str, Path] = {}
     for item in tn_pool or []:
         name, _, folder = item.partition("=")
         if not name or not folder:
             raise ConfigurationError(f"--tn-pool must be POOL=FOLDER, got {item!r}")
         pools[name] = Path(folder)
+    from instasal.analyses import analyse_cohort
+
     report = analyse_cohort(
-        cohort_out, overwrite=overwrite, regions_from=regions_from, tn_pools=pools or None
+        cohort_out, overwrite=overwrite, regions_from=regions, tn_pools=pools or None
     )
     for finding in report.analysis.findings:
         style = _VERDICT_STYLE[finding.verdict]

@@ -17,6 +17,7 @@ from instasal.cli._app import (
     OverwriteOption,
     TrustOption,
     app,
+    check_model,
     console,
     require_channel_order,
     require_dataset_channel_order,
@@ -31,18 +32,20 @@ __all__ = ["cohort", "demo", "explain", "phantom"]
 @app.command()
 def phantom(
     out: Annotated[Path, typer.Argument(help="Folder of the new BIDS-like phantom cohort.")],
-    subjects: Annotated[int, typer.Option("--subjects", "-n", help="Number of subjects.")] = 4,
+    subjects: Annotated[
+        int, typer.Option("--subjects", "-n", min=1, help="Number of subjects.")
+    ] = 4,
     seed: Annotated[int, typer.Option(help="Cohort seed (subjects get derived seeds).")] = 0,
     resolution: Annotated[int, typer.Option(help="Voxel size in mm: 1 or 2.")] = 2,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing cohort.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing cohort (default: refuse to).")
+    ] = False,
 ) -> None:
     """Generate a phantom MS cohort with ground truth on MNI152 anatomy."""
     from instasal.phantoms import write_cohort
 
     if resolution not in (1, 2):
         raise ConfigurationError(f"--resolution must be 1 or 2, got {resolution}")
-    if subjects < 1:
-        raise ConfigurationError(f"--subjects must be >= 1, got {subjects}")
     with pipeline_progress(console) as progress:
 
         def step(done: int, total: int, name: str) -> None:
@@ -73,9 +76,15 @@ def explain(
     reference: Annotated[
         Path | None, typer.Option(help="Ground-truth lesion mask: TP/FP/FN/TN.")
     ] = None,
-    tissue_mask: Annotated[Path | None, typer.Option(help="Where TN domains may lie.")] = None,
-    regions: Annotated[Path | None, typer.Option(help="Lesion region label map.")] = None,
-    n_samples: Annotated[int, typer.Option(help="SmoothGrad noise samples N (>= 1).")] = 50,
+    tissue_mask: Annotated[
+        Path | None,
+        typer.Option(help="Mask where TN domains may lie (default: the whole image)."),
+    ] = None,
+    regions: Annotated[
+        Path | None,
+        typer.Option(help="Region label map of this subject: each domain's region in the table."),
+    ] = None,
+    n_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad noise samples N.")] = 50,
     noise_level: Annotated[
         float,
         typer.Option(help="Noise σ as a fraction of the intensity range (max − min), in [0, 1)."),
@@ -93,13 +102,13 @@ def explain(
     ] = None,
     max_lesions: Annotated[
         int | None,
-        typer.Option(help="Explain at most this many domains per type (>= 1; default: all)."),
+        typer.Option(min=1, help="Explain at most this many domains per type (default: all)."),
     ] = None,
     n_true_negatives: Annotated[
-        int, typer.Option(help="TN domains sampled in normal tissue (needs --reference; >= 0).")
+        int, typer.Option(min=0, help="TN domains sampled in normal tissue (needs --reference).")
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of noise draws and TN sampling.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of noise draws and TN sampling.")] = 0,
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
     ] = False,
@@ -134,6 +143,7 @@ def explain(
         trust=trust,
     )
     require_files(*images, reference, tissue_mask, regions)
+    check_model(model)
     require_channel_order(images, [model], ignore_channel_names)
     from instasal.pipeline import explain_subject
 
@@ -182,8 +192,10 @@ def _print_summary(result: Any) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("instasal-demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the phantom subject.")] = 7,
-    overwrite: Annotated[bool, typer.Option(help="Regenerate and recompute everything.")] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the phantom subject.")] = 7,
+    overwrite: Annotated[
+        bool, typer.Option(help="Regenerate and recompute everything (default: reuse).")
+    ] = False,
 ) -> None:
     """Explain a generated phantom subject with the bundled default model (reduced settings)."""
     from instasal.dataset import discover_dataset
@@ -227,20 +239,31 @@ def cohort(
     out: OutOption,
     model: ModelOption = "unet",
     executor: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (default: a local Ray instance; --executor ray)."),
+    ] = None,
     with_mean: Annotated[
         bool, typer.Option(help="Also compute mean-aggregation maps (aggregation vs size).")
     ] = False,
-    n_samples: Annotated[int, typer.Option(help="SmoothGrad noise samples N.")] = 50,
-    context: Annotated[str | None, typer.Option(help="patch or full.")] = None,
-    max_lesions: Annotated[
-        int | None, typer.Option(help="Explain at most this many domains per type.")
+    n_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad noise samples N.")] = 50,
+    context: Annotated[
+        str | None, typer.Option(help="patch or full (default: patch when the card has one).")
     ] = None,
-    n_true_negatives: Annotated[int, typer.Option(help="TN domains per subject.")] = 10,
+    max_lesions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Explain at most this many domains per type (default: all)."),
+    ] = None,
+    n_true_negatives: Annotated[
+        int, typer.Option(min=0, help="TN domains sampled per subject in normal tissue.")
+    ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
-    seed: Annotated[int, typer.Option(help="Cohort seed (per-subject seeds derive from it).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Cohort seed (per-subject seeds derive from it).")
+    ] = 0,
     subjects: Annotated[
-        str | None, typer.Option(help="Only these subject ids, comma-separated.")
+        str | None,
+        typer.Option(help="Only these subject ids, comma-separated (default: every subject)."),
     ] = None,
     tn_from: Annotated[
         str,
@@ -256,7 +279,9 @@ def cohort(
             "use with --max-lesions); instasal analyse summarises them."
         ),
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Recompute everything.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Recompute everything (default: resume, reuse finished subjects).")
+    ] = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
@@ -265,6 +290,8 @@ def cohort(
         raise ConfigurationError(f"--executor must be local or ray, got {executor!r}")
     if tn_from not in ("wm", "gm", "brain"):
         raise ConfigurationError(f"--tn-from must be wm, gm or brain, got {tn_from!r}")
+    require_files(dataset)
+    check_model(model)
     settings = _settings(
         n_samples=n_samples,
         context=context,

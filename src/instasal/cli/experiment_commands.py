@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -14,11 +15,14 @@ from instasal.cli._app import (
     OverwriteOption,
     TrustOption,
     app,
+    check_model,
     console,
     require_dataset_channel_order,
+    require_files,
 )
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
+from instasal.typing import UncertaintyMethod, UncertaintySignal
 
 __all__ = ["experiment"]
 
@@ -31,37 +35,72 @@ def experiment(
     dataset: Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")],
     out: OutOption,
     model: ModelOption = "unet",
-    max_lesions: Annotated[int, typer.Option(help="Lesions to use at most.")] = 40,
-    band: Annotated[tuple[float, float], typer.Option(help="context: TP volume band in mm³.")] = (
-        90.0,
-        120.0,
-    ),
+    max_lesions: Annotated[int, typer.Option(min=1, help="Lesions to use at most.")] = 40,
+    band: Annotated[
+        tuple[float, float],
+        typer.Option(help="context: TP volume band in mm³, low then high (0 <= low < high)."),
+    ] = (90.0, 120.0),
     seed: Annotated[
-        int, typer.Option(help="Seed of relocation targets; uncertainty: dropout and samples.")
+        int,
+        typer.Option(min=0, help="Seed of relocation targets; uncertainty: dropout and samples."),
     ] = 0,
-    method: Annotated[str, typer.Option(help="uncertainty: tta, mc_dropout or ensemble.")] = "tta",
+    method: Annotated[
+        str, typer.Option(help=f"uncertainty: {', '.join(get_args(UncertaintyMethod))}.")
+    ] = "tta",
     signal: Annotated[
-        str, typer.Option(help="uncertainty: statistic thresholded, max, mean or sd.")
+        str,
+        typer.Option(
+            help=f"uncertainty: statistic thresholded, {', '.join(get_args(UncertaintySignal))}."
+        ),
     ] = "max",
     level: Annotated[
         list[float] | None,
-        typer.Option(help="uncertainty: a level of the candidate rule (repeat; default 4)."),
+        typer.Option(
+            help="uncertainty: a level (>= 0) of the candidate rule, in units of the signal "
+            "(repeat; default 4)."
+        ),
     ] = None,
     models: Annotated[
-        list[str] | None, typer.Option(help="uncertainty: other ensemble members (repeat).")
+        list[str] | None,
+        typer.Option(
+            help="uncertainty, ensemble: other ensemble members (repeat; model names or paths)."
+        ),
     ] = None,
     max_subjects: Annotated[
-        int | None, typer.Option(help="uncertainty: use the first subjects only.")
+        int | None,
+        typer.Option(min=1, help="uncertainty: use the first subjects only (default: all)."),
     ] = None,
-    n_samples: Annotated[int, typer.Option(help="uncertainty: SmoothGrad noise draws.")] = 8,
+    n_samples: Annotated[
+        int, typer.Option(min=1, help="uncertainty: SmoothGrad noise samples N.")
+    ] = 8,
     max_explained: Annotated[
-        int, typer.Option(help="uncertainty: domains explained per subject, level and kind.")
+        int,
+        typer.Option(min=1, help="uncertainty: domains explained per subject, level and kind."),
     ] = 4,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Run one of the paper's experiments and write its table, summary and figure."""
+    if name not in EXPERIMENTS:
+        raise ConfigurationError(
+            f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}"
+        )
+    if method not in get_args(UncertaintyMethod):
+        raise ConfigurationError(
+            f"--method must be one of {', '.join(get_args(UncertaintyMethod))}, got {method!r}"
+        )
+    if signal not in get_args(UncertaintySignal):
+        raise ConfigurationError(
+            f"--signal must be one of {', '.join(get_args(UncertaintySignal))}, got {signal!r}"
+        )
+    if not 0.0 <= band[0] < band[1]:
+        raise ConfigurationError(f"--band must be two volumes 0 <= low < high, got {band}")
+    if not all(math.isfinite(value) and value >= 0 for value in level or []):
+        raise ConfigurationError(f"--level must be finite numbers >= 0, got {level}")
+    require_files(dataset)
+    for member in [model, *(models or [])]:
+        check_model(member)
     require_dataset_channel_order(dataset, [model, *(models or [])], ignore_channel_names)
     from instasal.experiments.missed import run_uncertainty_experiment
     from instasal.experiments.runner import (
@@ -71,10 +110,6 @@ def experiment(
     )
     from instasal.models import load_model
 
-    if name not in EXPERIMENTS:
-        raise ConfigurationError(
-            f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}"
-        )
     network = load_model(model, trust_code=trust_model_code)
     with pipeline_progress(console) as progress:
         if name == "context":

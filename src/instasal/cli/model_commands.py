@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -13,15 +14,21 @@ from rich.table import Table
 
 from instasal.cli._app import (
     IgnoreChannelNamesOption,
+    ImagesArgument,
+    ModelOption,
+    OutOption,
     TrustOption,
     app,
     builtin_model_names,
+    check_model,
     console,
+    limit_torch_threads,
     require_channel_order,
     require_dataset_channel_order,
     require_files,
 )
 from instasal.cli.progress import pipeline_progress
+from instasal.errors import ConfigurationError, InstasalWarning
 
 __all__ = ["evaluate", "segment", "train"]
 
@@ -29,30 +36,77 @@ __all__ = ["evaluate", "segment", "train"]
 @app.command()
 def train(
     training: Annotated[Path, typer.Argument(help="Labelled BIDS-like cohort to train on.")],
-    validation: Annotated[Path, typer.Option("--val", help="Labelled cohort for validation.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoint, history).")],
+    validation: Annotated[
+        Path, typer.Option("--val", help="Labelled cohort for validation (required).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder: checkpoint, history (required).")
+    ],
     architecture: Annotated[
-        str, typer.Option("--architecture", "-a", help="unet, nnunet or swinunetr.")
+        str,
+        typer.Option(
+            "--architecture", "-a", help=f"Network to train: {', '.join(builtin_model_names())}."
+        ),
     ] = "unet",
-    patch: Annotated[int, typer.Option(help="Cubic training patch side (voxels).")] = 48,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
-    iterations: Annotated[int, typer.Option(help="Steps per epoch.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 2,
-    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 2e-3,
+    patch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Cubic training patch side in voxels (a multiple of the network's "
+            "down-sampling factor, e.g. 16 for unet).",
+        ),
+    ] = 48,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 20,
+    iterations: Annotated[int, typer.Option(min=1, help="Steps per epoch.")] = 50,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 2,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate (> 0).")] = 2e-3,
     positive_fraction: Annotated[
-        float, typer.Option(help="Fraction of patches centred on a lesion.")
+        float,
+        typer.Option(min=0.0, max=1.0, help="Fraction of patches centred on a lesion."),
     ] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of every random choice.")] = 0,
     export: Annotated[
         Path | None,
-        typer.Option(help="Write the best model as <name>.pt + <name>.json into this folder."),
+        typer.Option(
+            help="Write the best model as <name>.pt + <name>.json into this folder "
+            "(default: no export)."
+        ),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Exported model name.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace exported files.")] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Exported model name (default: the architecture's).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace exported files (default: refuse to).")
+    ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, hidden=True, help="Deprecated: use instasal --threads N train …"),
+    ] = None,
 ) -> None:
-    """Train a built-in architecture (resumes from OUT/checkpoint.pt when it exists)."""
+    """Train a built-in architecture (resumes from OUT/checkpoint.pt when it exists).
+
+    torch's CPU threads come from the global option: instasal --threads N train …
+    """
+    if architecture not in builtin_model_names():
+        raise ConfigurationError(
+            f"--architecture must be one of {', '.join(builtin_model_names())}, "
+            f"got {architecture!r}"
+        )
+    if learning_rate <= 0:
+        raise ConfigurationError(f"--lr must be > 0, got {learning_rate}")
+    require_files(training, validation)
+    if threads is not None:  # the shipped cards' reproduce commands give it after ``train``
+        warnings.warn(
+            InstasalWarning("train --threads is deprecated; use instasal --threads N train …"),
+            stacklevel=1,
+        )
+        limit_torch_threads(threads)
     from instasal.dataset import discover_dataset
+
+    training_cohort = discover_dataset(training)
+    validation_cohort = discover_dataset(validation)
+    import torch
+
     from instasal.models.export import cohort_description, export_weights
     from instasal.training import TrainingConfig, load_training_subjects
     from instasal.training import train as run_training
@@ -66,10 +120,10 @@ def train(
         learning_rate=learning_rate,
         positive_fraction=positive_fraction,
         seed=seed,
-        threads=threads,
+        threads=torch.get_num_threads(),
     )
-    training_subjects = load_training_subjects(discover_dataset(training))
-    validation_subjects = load_training_subjects(discover_dataset(validation))
+    training_subjects = load_training_subjects(training_cohort)
+    validation_subjects = load_training_subjects(validation_cohort)
     with pipeline_progress(console) as progress:
         result = run_training(
             config,
@@ -103,19 +157,23 @@ def train(
 
 @app.command()
 def segment(
-    images: Annotated[
-        list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Built-in name or model path.")
-    ] = "unet",
+    images: ImagesArgument,
+    out: OutOption,
+    model: ModelOption = "unet",
     threshold: Annotated[
-        float | None, typer.Option(help="Decision threshold (default: the model card's).")
+        float | None,
+        typer.Option(help="Decision threshold in (0, 1) (default: the model card's threshold)."),
     ] = None,
-    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
-    name: Annotated[str | None, typer.Option(help="Output file prefix.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    overlap: Annotated[
+        float, typer.Option(help="Sliding-window overlap, a fraction of the window in [0, 1).")
+    ] = 0.5,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Output file prefix (default: the first image's subject name)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing outputs (default: refuse to).")
+    ] = False,
     trust_model_code: TrustOption = False,
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
@@ -123,7 +181,9 @@ def segment(
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Write the lesion probability and mask of one subject (sliding window, Gaussian blending)."""
+    _check_threshold_and_overlap(threshold, overlap)
     require_files(*images)
+    check_model(model)
     require_channel_order(images, [model], ignore_channel_names)
     from instasal.models import load_model
     from instasal.models.segmentation import segment_subject
@@ -145,20 +205,34 @@ def segment(
 @app.command()
 def evaluate(
     cohort: Annotated[Path, typer.Argument(help="Labelled BIDS-like cohort (e.g. phantoms).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the TSV tables (required).")],
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="Model to evaluate (repeat); default: all built-ins."),
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"Model to evaluate (repeat): a built-in ({', '.join(builtin_model_names())}) "
+            "or a model path (default: every built-in).",
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for TSV tables.")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Threshold for every model (default: each card's).")
+        float | None,
+        typer.Option(help="Threshold in (0, 1) for every model (default: each card's threshold)."),
     ] = None,
-    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing tables.")] = False,
+    overlap: Annotated[
+        float, typer.Option(help="Sliding-window overlap, a fraction of the window in [0, 1).")
+    ] = 0.5,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing tables (default: refuse to).")
+    ] = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Lesion-wise metrics (nDSC, TPR, FDR, FNR) of models on a labelled cohort."""
+    _check_threshold_and_overlap(threshold, overlap)
+    require_files(cohort)
+    for name in model or []:
+        check_model(name)
     require_dataset_channel_order(cohort, model or builtin_model_names(), ignore_channel_names)
     from instasal.metrics import evaluate_cohort
     from instasal.models import available_models
@@ -187,3 +261,11 @@ def evaluate(
             f"{int(row['n_reference'])}",
         )
     Console().print(table)
+
+
+def _check_threshold_and_overlap(threshold: float | None, overlap: float) -> None:
+    """Refuse a threshold outside (0, 1) or an overlap outside [0, 1), in one line."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigurationError(f"--threshold must be in (0, 1), got {threshold}")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigurationError(f"--overlap must be in [0, 1), got {overlap}")

@@ -1,0 +1,172 @@
+"""Every command refuses bad inputs and options in one line, before torch is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = (
+    "import sys\n"
+    "from instasal.cli import main\n"
+    "sys.argv = ['instasal', *sys.argv[1:]]\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit as stop:\n"
+    "    print('exit', stop.code, 'torch' in sys.modules)\n"
+)
+
+
+def _refusal(args: list[str]) -> tuple[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120
+    )
+    return done.stdout.strip(), done.stderr
+
+
+@pytest.fixture
+def files(tmp_path):
+    """An existing (empty) image file and dataset folder: only their existence is checked."""
+    image = tmp_path / "sub-01_FLAIR.nii.gz"
+    image.write_bytes(b"")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    return {"image": str(image), "dataset": str(dataset), "missing": str(tmp_path / "nothing")}
+
+
+UNKNOWN_MODEL = "unknown model 'nope'; built-in models are nnunet, swinunetr, unet"
+
+CASES = {
+    "segment missing image": (
+        ["segment", "{missing}", "--out", "{dataset}/o"],
+        "nothing: file not found",
+    ),
+    "segment unknown model": (
+        ["segment", "{image}", "--out", "{dataset}/o", "--model", "nope"],
+        UNKNOWN_MODEL,
+    ),
+    "segment missing model file": (
+        ["segment", "{image}", "--out", "{dataset}/o", "--model", "{missing}.pt"],
+        "nothing.pt: model file or folder not found",
+    ),
+    "segment threshold": (
+        ["segment", "{image}", "--out", "{dataset}/o", "--threshold", "1.5"],
+        "--threshold must be in (0, 1), got 1.5",
+    ),
+    "explain unknown model under --threads": (
+        ["--threads", "1", "explain", "{image}", "--out", "{dataset}/o", "-m", "nope"],
+        UNKNOWN_MODEL,
+    ),
+    "explain noise level": (
+        ["explain", "{image}", "--out", "{dataset}/o", "--noise-level", "1.5"],
+        "noise_level must be in [0, 1), got 1.5",
+    ),
+    "cohort missing dataset": (["cohort", "{missing}", "--out", "{dataset}/o"], "file not found"),
+    "cohort executor": (
+        ["cohort", "{dataset}", "--out", "{dataset}/o", "--executor", "dask"],
+        "--executor must be local or ray, got 'dask'",
+    ),
+    "cohort unknown model": (
+        ["cohort", "{dataset}", "--out", "{dataset}/o", "--model", "nope"],
+        UNKNOWN_MODEL,
+    ),
+    "evaluate without --out": (["evaluate", "{dataset}"], "Missing option '--out'"),
+    "evaluate unknown model": (
+        ["evaluate", "{dataset}", "--out", "{dataset}/o", "-m", "unet", "-m", "nope"],
+        UNKNOWN_MODEL,
+    ),
+    "evaluate overlap": (
+        ["evaluate", "{dataset}", "--out", "{dataset}/o", "--overlap", "1"],
+        "--overlap must be in [0, 1), got 1.0",
+    ),
+    "experiment name": (
+        ["experiment", "ablation", "{dataset}", "--out", "{dataset}/o"],
+        "experiment must be one of context, relocation, patch-vs-full, uncertainty",
+    ),
+    "experiment method": (
+        ["experiment", "uncertainty", "{dataset}", "--out", "{dataset}/o", "--method", "vote"],
+        "--method must be one of tta, mc_dropout, ensemble, got 'vote'",
+    ),
+    "experiment ensemble member": (
+        ["experiment", "uncertainty", "{dataset}", "-o", "{dataset}/o", "--models", "nope"],
+        UNKNOWN_MODEL,
+    ),
+    "experiment missing dataset": (
+        ["experiment", "context", "{missing}", "--out", "{dataset}/o"],
+        "nothing: file not found",
+    ),
+    "analyse without a lesion table": (
+        ["analyse", "{dataset}"],
+        "lesions.tsv: lesion table not found",
+    ),
+    "train architecture": (
+        ["train", "{dataset}", "--val", "{dataset}", "-o", "{dataset}/o", "-a", "resnet"],
+        "--architecture must be one of nnunet, swinunetr, unet, got 'resnet'",
+    ),
+    "train missing cohort": (
+        ["train", "{missing}", "--val", "{dataset}", "--out", "{dataset}/o"],
+        "nothing: file not found",
+    ),
+    "train patch range": (
+        ["train", "{dataset}", "--val", "{dataset}", "--out", "{dataset}/o", "--patch", "0"],
+        "Input should be greater than or equal to 1",
+    ),
+    "phantom subjects range": (
+        ["phantom", "{dataset}/c", "--subjects", "0"],
+        "Input should be greater than or equal to 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_command_refuses_in_one_line_without_importing_torch(files, case):
+    args, message = CASES[case]
+    stdout, stderr = _refusal([arg.format(**files) for arg in args])
+    assert stdout == "exit 2 False"
+    assert message in stderr
+    assert "Traceback" not in stderr
+
+
+def test_global_threads_reach_torch_when_it_is_imported_later():
+    """``--threads`` before torch is imported: torch's own thread count reports it."""
+    probe = (
+        "import sys\n"
+        "from instasal.cli._app import limit_torch_threads\n"
+        "limit_torch_threads(1)\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "1", done.stderr
+
+
+def test_train_keeps_the_deprecated_threads_option_for_recorded_commands(files):
+    stdout, stderr = _refusal(
+        ["train", files["missing"], "--val", files["dataset"], "-o", "o", "--threads", "1"]
+    )
+    assert stdout == "exit 2 False"
+    assert "nothing: file not found" in stderr
+    listed = [line.lstrip("│ ") for line in _help("train").splitlines()]
+    assert not any(line.startswith("--threads") for line in listed)
+
+
+def _help(command: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "instasal.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return done.stdout
+
+
+def test_analyse_and_explain_share_the_regions_option():
+    assert "--regions " in _help("analyse")
+    assert "--regions-from" not in _help("analyse")
+    assert "--regions " in _help("explain")
