@@ -158,8 +158,11 @@ PROBE = """
     const dims = nv.volumes[0].dims;
     nv.moveCrosshairInVox(Math.round(dims[1] / 4), 0, 0);
     const after = readout.textContent;
+    const table = document.querySelector(".tablewrap");
     return { lit: lit, total: pixels.length / 4, before: before, after: after,
-             volumes: nv.volumes.length };
+             volumes: nv.volumes.length,
+             tableOverflow: table.scrollWidth - table.clientWidth,
+             pageOverflow: document.documentElement.scrollWidth - window.innerWidth };
   }
   window.addEventListener("load", function () {
     probe().then(function (found) { found.errors = errors; return found; },
@@ -225,9 +228,11 @@ def test_report_embeds_the_viewer_and_one_volume_set_per_domain(explained_report
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="(?!data:)', html)  # nothing fetched
 
 
+@pytest.mark.parametrize("width", [1000, 1600])
 def test_viewer_draws_and_reports_the_value_under_the_crosshair_in_chromium(
-    explained_report, tmp_path
+    explained_report, tmp_path, width
 ):
+    """…and at 1000 and 1600 px neither the lesion table nor the page scrolls sideways."""
     chromium = _chromium()
     if chromium is None:
         pytest.skip("no chromium binary on PATH (apt-get install chromium) for the browser test")
@@ -242,7 +247,7 @@ def test_viewer_draws_and_reports_the_value_under_the_crosshair_in_chromium(
             "--disable-gpu-sandbox",
             "--use-angle=swiftshader",
             "--enable-unsafe-swiftshader",
-            "--window-size=1400,1200",
+            f"--window-size={width},1200",
             "--virtual-time-budget=20000",
             "--dump-dom",
             page.as_uri(),
@@ -262,6 +267,16 @@ def test_viewer_draws_and_reports_the_value_under_the_crosshair_in_chromium(
         and "logit per normalised intensity" in (result["before"])
     )
     assert result["after"] != result["before"]
+    assert result["tableOverflow"] <= 0 and result["pageOverflow"] <= 0
+
+
+def test_lesion_table_heads_wrap_and_name_their_tsv_column_on_hover(explained_report):
+    html = explained_report.read_text()
+    heads = dict(re.findall(r'<th title="([a-zA-Z0-9_+]+): [^"]*"[^>]*>([^<]*)</th>', html))
+    assert heads["volume_mm3"] == "volume (mm³)"
+    assert heads["peak_FLAIR"] == "peak FLAIR"
+    assert heads["reliance_T1w"] == "reliance T1w"
+    assert all("_" not in head for head in heads.values())
 
 
 def test_instances_lookup_lists_every_id_with_the_reason_it_was_left_out():

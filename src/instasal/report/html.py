@@ -47,6 +47,14 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+COLUMN_LABELS = {"volume_mm3": "volume (mm³)", "gradcam_peak": "Grad\u2011CAM++ peak"}
+
+
+def _column_label(column: str) -> str:
+    """A column head that wraps: the TSV name with spaces for underscores (a few reworded)."""
+    return COLUMN_LABELS.get(column, column.replace("_", " "))
+
+
 REGION_TEXT = {"n/a": "no region map given", "none": "unlabelled tissue"}
 
 
@@ -290,7 +298,7 @@ def build_subject_report(
     ]
     sidecar = table_sidecar(channels)
     column_titles = {
-        c: sidecar[c]["Description"]
+        c: f"{c}: {sidecar[c]['Description']}"
         + (f" ({sidecar[c]['Units']})" if "Units" in sidecar[c] else "")
         for c in columns
     }
@@ -308,6 +316,7 @@ def build_subject_report(
         rows=rows,
         columns=columns,
         column_titles=column_titles,
+        column_labels={c: _column_label(c) for c in columns},
         n_domains=len(result.instances),
         lookup_name=result.layout.instances_lookup.name,
         threshold=resolved["threshold"],
