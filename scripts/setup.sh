@@ -18,4 +18,16 @@ TORCH_VERSION=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])"
 mkdir -p .venv/instasal
 echo "torch==${TORCH_VERSION}" > .venv/instasal/constraints.txt
 "$VPY" -m pip install -q -c .venv/instasal/constraints.txt -e ".[dev]"
+# The report's browser test (headless Chromium) runs wherever a chromium is installed: install one
+# where the set-up may (root with apt-get, as in CI containers); never fail the set-up for it.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+        && [ "${INSTASAL_NO_BROWSER:-0}" != 1 ]; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+            >/dev/null 2>&1 \
+            || echo "note: chromium could not be installed; the report's browser test is skipped"
+    else
+        echo "note: no chromium (apt-get install chromium as root); the browser test is skipped"
+    fi
+fi
 echo "instasal set up in .venv (torch ${TORCH_VERSION})"
