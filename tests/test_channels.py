@@ -147,7 +147,7 @@ def test_cli_dataset_commands_refuse_a_model_taking_another_order(
     data, model = str(tmp_path / "data"), str(linear_model_path)
     for command in (
         ["cohort", data, "--out", str(tmp_path / "c"), "--model", model],
-        ["evaluate", data, "--model", model],
+        ["evaluate", data, "--out", str(tmp_path / "v"), "--model", model],
         ["experiment", "context", data, "--out", str(tmp_path / "e"), "--model", model],
     ):
         done = _probe(command)

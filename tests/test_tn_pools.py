@@ -118,6 +118,8 @@ def test_cli_passes_trust_tn_from_and_tn_pools_on(tmp_path, linear_dataset, monk
     assert seen == {"trust": True, "tn_from": "gm"}
     assert run_app(["cohort", dataset, "--out", out, "--tn-from", "csf"]) == 2
     assert seen == {"trust": True, "tn_from": "gm"}  # refused before the run
+    Path(out).mkdir()
+    (Path(out) / "lesions.tsv").write_text("")  # analyse checks that the table exists first
     assert run_app(["analyse", out, "--tn-pool", "gm=runs/gm", "--tn-pool", "brain=b"]) == 2
     assert seen["tn_pools"] == {"gm": Path("runs/gm"), "brain": Path("b")}
     seen.clear()
