@@ -7,6 +7,9 @@ exactly that line and exits non-zero.
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "ConfigurationError",
     "ImageError",
@@ -14,6 +17,9 @@ __all__ = [
     "InstasalWarning",
     "ModelError",
     "OutputExistsError",
+    "OutputLockedError",
+    "StateFileError",
+    "describe_os_error",
     "one_line",
 ]
 
@@ -38,6 +44,14 @@ class OutputExistsError(InstasalError, FileExistsError):
     """An output exists already and overwriting was not requested."""
 
 
+class OutputLockedError(InstasalError):
+    """Another live run holds the output folder (or the cohort subject) this run would write."""
+
+
+class StateFileError(InstasalError, ValueError):
+    """A state file of an earlier run (``run.json``, ``cohort.json``) cannot be read."""
+
+
 class InstasalWarning(UserWarning):
     """A one-line note on something instasal assumed or did for the user (the CLI prints it)."""
 
@@ -49,3 +63,34 @@ def one_line(error: BaseException) -> str:
     'bad header'
     """
     return " ".join(str(error).split()) or type(error).__name__
+
+
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "no space left on the device; every file written so far is complete "
+    "(written atomically): free space and run the same command again to resume",
+    errno.EDQUOT: "disk quota exceeded; every file written so far is complete "
+    "(written atomically): free space and run the same command again to resume",
+    errno.EROFS: "read-only file system; choose a writable output folder (--out)",
+    errno.EACCES: "permission denied; choose a folder you may write (--out) or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you may write (--out)",
+    errno.EEXIST: "a file is in the way; choose another path (--out)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path (--out)",
+    errno.EISDIR: "is a folder, expected a file",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error: the path, what happened and what the user can do.
+
+    The one place where instasal turns :class:`OSError` into words (the command line prints it).
+
+    >>> describe_os_error(OSError(errno.EROFS, "Read-only file system", "/mnt/out"))
+    '/mnt/out: read-only file system; choose a writable output folder (--out)'
+    """
+    name = error.filename
+    path = os.fsdecode(name) if isinstance(name, str | bytes | os.PathLike) else "output"
+    advice = _OS_ERROR_ADVICE.get(error.errno or 0)
+    if advice is None:
+        reason = error.strerror or one_line(error)
+        advice = f"{reason} (OS error {error.errno})" if error.errno else reason
+    return f"{path}: {advice}"

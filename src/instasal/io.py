@@ -3,6 +3,8 @@
 A :class:`Subject` is one subject's channels stacked on one voxel grid with its affine; whatever
 reads a NIfTI here keeps the affine and checks that grids agree, and whatever writes one writes the
 source geometry back, atomically (a temporary file in the target folder, then a rename).
+Temporaries name their host and process, so that those a killed run left behind are recognised and
+removed by the next run (:func:`instasal.folders.remove_orphaned_temporaries`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from instasal.errors import ImageError, InstasalWarning, OutputExistsError, one_line
+from instasal.folders import temporary_prefix
 from instasal.typing import FloatArray, PathLike
 
 __all__ = [
@@ -383,10 +386,14 @@ def _umask_permissions() -> int:
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty temporary file in ``path``'s folder, with ordinary file permissions.
 
-    ``mkstemp`` creates files readable by their owner only; outputs must be readable like any
-    file the user writes (shared servers, viewers run by other users).
+    Its name is ``.<name>.<host>-<pid>.<random>.tmp<suffix>``
+    (:func:`~instasal.folders.temporary_prefix`). ``mkstemp`` creates files readable by their owner
+    only; outputs must be readable like any file the user writes (shared servers, viewers run by
+    other users).
     """
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=temporary_prefix(path), suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(handle)
     os.chmod(temporary, _umask_permissions())
     return Path(temporary)
@@ -406,7 +413,7 @@ def atomic_save(path: PathLike, save: Callable[[Path], object], *, overwrite: bo
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_beside(path, "".join(path.suffixes[-2:]) or ".tmp")
+    temporary = _temporary_beside(path, "".join(path.suffixes[-2:]))
     try:
         save(temporary)
         with open(temporary, "rb") as written:
