@@ -404,6 +404,7 @@ def atomic_save(path: PathLike, save: Callable[[Path], object], *, overwrite: bo
 
     The temporary keeps ``path``'s suffixes (savers such as nibabel choose the format by them) and
     is removed if ``save`` fails or is interrupted, so ``path`` is either the old file or the new.
+    An operating-system error (a full disk, a read-only folder) is raised naming ``path``.
 
     Raises
     ------
@@ -413,14 +414,19 @@ def atomic_save(path: PathLike, save: Callable[[Path], object], *, overwrite: bo
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_beside(path, "".join(path.suffixes[-2:]))
+    temporary: Path | None = None
     try:
+        temporary = _temporary_beside(path, "".join(path.suffixes[-2:]))
         save(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            # a full disk or a read-only folder: name the output, not its hidden temporary
+            raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
     return path
 

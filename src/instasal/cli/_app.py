@@ -13,7 +13,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from instasal.errors import ImageError, InstasalError, InstasalWarning, ModelError
+from instasal.errors import (
+    ImageError,
+    InstasalError,
+    InstasalWarning,
+    ModelError,
+    describe_os_error,
+)
 
 ImagesArgument = Annotated[
     list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
@@ -177,7 +183,7 @@ _python_showwarning = warnings.showwarning
 
 
 def run_app(argv: Sequence[str]) -> int:
-    """Run the CLI on ``argv``; return the exit status (2, one line, on a user error).
+    """Run the CLI on ``argv``; return the exit status (2, one line, on a user or OS error).
 
     instasal's notes (:class:`~instasal.errors.InstasalWarning`) are printed as ``note: …`` lines.
     """
@@ -186,6 +192,10 @@ def run_app(argv: Sequence[str]) -> int:
         status = app(args=list(argv), standalone_mode=False)
     except InstasalError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as error:  # a full disk, a read-only or forbidden folder: the path and the fix
+        message = describe_os_error(error)
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         return 2
     except typer.Abort:
         console.print("[bold red]aborted[/]")

@@ -324,6 +324,11 @@ def cohort(
         f"{len(result.done)} subject(s) done ({len(result.skipped)} reused), "
         f"{len(result.failed)} failed; {len(result.table)} domains in [bold]{result.table_path}[/]"
     )
+    if result.pending:
+        console.print(
+            f"{len(result.pending)} subject(s) still being explained by another worker "
+            f"({', '.join(result.pending)}); run again when it is done to gather them"
+        )
     for subject_id, error in result.failed.items():
         console.print(f"[red]failed[/] {subject_id}: {error}")
     if result.failed:

@@ -22,6 +22,7 @@ from instasal.cli._app import (
 )
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
+from instasal.folders import output_folder_lock
 from instasal.typing import UncertaintyMethod, UncertaintySignal
 
 __all__ = ["experiment"]
@@ -111,7 +112,7 @@ def experiment(
     from instasal.models import load_model
 
     network = load_model(model, trust_code=trust_model_code)
-    with pipeline_progress(console) as progress:
+    with output_folder_lock(out), pipeline_progress(console) as progress:
         if name == "context":
             summary = run_context_experiment(
                 dataset,

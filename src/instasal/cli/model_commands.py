@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,7 @@ from instasal.cli._app import (
 )
 from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError, InstasalWarning
+from instasal.folders import output_folder_lock
 
 __all__ = ["evaluate", "segment", "train"]
 
@@ -237,7 +239,8 @@ def evaluate(
     from instasal.metrics import evaluate_cohort
     from instasal.models import available_models
 
-    with pipeline_progress(console) as progress:
+    held = nullcontext() if out is None else output_folder_lock(out)
+    with held, pipeline_progress(console) as progress:
         _, summary = evaluate_cohort(
             model or available_models(),
             cohort,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from instasal.errors import OutputExistsError
+from instasal.folders import output_folder_lock
 from instasal.instances import find_instances
 from instasal.io import Subject, read_subject, write_nifti
 from instasal.models.cards import card_of
@@ -141,7 +142,8 @@ def segment_subject(
     images
         A :class:`~instasal.io.Subject`, or its channel files in the model's order (FLAIR first).
     out
-        Output folder (created if missing).
+        Output folder (created if missing), locked for the run (a second run into it is refused
+        while this one lives).
     name
         File name prefix; default: the subject's name (first file's stem).
     threshold
@@ -163,6 +165,8 @@ def segment_subject(
     ------
     OutputExistsError
         When an output exists and ``overwrite`` is false.
+    OutputLockedError
+        When another live run holds ``out``.
     ImageError, ModelError
         On unreadable images or channels that do not match the model.
 
@@ -179,20 +183,25 @@ def segment_subject(
     folder = Path(out)
     probability_path = folder / f"{prefix}_prob.nii.gz"
     mask_path = folder / f"{prefix}_mask.nii.gz"
-    if not overwrite:
-        for path in (probability_path, mask_path):
-            if path.exists():
-                raise OutputExistsError(
-                    f"{path}: exists already (pass overwrite=True / --overwrite)"
-                )
     used = card.threshold if threshold is None else threshold
-    probability = predict_subject(model, subject, overlap=overlap, device=device, tta=tta)
-    lesions = find_instances(probability, subject.affine, threshold=used)
-    mask = lesions.labels > 0
-    write_nifti(
-        probability, subject.affine, probability_path, header=subject.header, overwrite=overwrite
-    )
-    write_nifti(mask, subject.affine, mask_path, header=subject.header, overwrite=overwrite)
+    with output_folder_lock(folder):
+        if not overwrite:
+            for path in (probability_path, mask_path):
+                if path.exists():
+                    raise OutputExistsError(
+                        f"{path}: exists already (pass overwrite=True / --overwrite)"
+                    )
+        probability = predict_subject(model, subject, overlap=overlap, device=device, tta=tta)
+        lesions = find_instances(probability, subject.affine, threshold=used)
+        mask = lesions.labels > 0
+        write_nifti(
+            probability,
+            subject.affine,
+            probability_path,
+            header=subject.header,
+            overwrite=overwrite,
+        )
+        write_nifti(mask, subject.affine, mask_path, header=subject.header, overwrite=overwrite)
     return SegmentationResult(probability, mask, used, probability_path, mask_path)
 
 

@@ -4,17 +4,21 @@ Survives reality: every subject's outputs and its status record are written atom
 killed at any moment (even ``kill -9``) resumes where it stopped with nothing lost or corrupted; a
 failing subject is recorded and reported without stopping the others; seeds are derived per subject
 so results do not depend on the order or the executor. Executors: in-process (default) or Ray
-(``pip install instasal[ray]``), one task per subject.
+(``pip install instasal[ray]``), one task per subject. Several workers may run on one cohort
+folder at once: each subject is explained under a lock (``status/<id>.lock``), so a subject is
+never written by two workers; one held by a live worker is skipped, one left by a dead worker is
+taken over.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import time
 import traceback
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +27,20 @@ import pandas as pd
 
 from instasal.channels import check_channel_files
 from instasal.dataset import SubjectFiles, discover_dataset
-from instasal.errors import ConfigurationError, InstasalError, OutputExistsError
+from instasal.errors import (
+    ConfigurationError,
+    InstasalError,
+    InstasalWarning,
+    OutputExistsError,
+    OutputLockedError,
+    StateFileError,
+)
+from instasal.folders import (
+    check_output_folder,
+    hold_lock,
+    output_folder_lock,
+    read_state_file,
+)
 from instasal.io import atomic_write_json, atomic_write_text
 from instasal.pipeline.explain import explain_subject, model_fingerprint
 from instasal.pipeline.outputs import COHORT_TRUST_TABLES
@@ -45,7 +62,21 @@ def subject_seed(seed: int, subject_id: str) -> int:
 
 @dataclass(frozen=True)
 class CohortResult:
-    """What :func:`run_cohort` produced."""
+    """What :func:`run_cohort` produced.
+
+    Attributes
+    ----------
+    done, failed
+        Subjects finished, and those failed with their errors, as their status records say when
+        the table was gathered (whichever worker explained them).
+    skipped
+        Subjects found finished, so not explained again.
+    held
+        Subjects another live worker was explaining when this run came to them (skipped here).
+    pending
+        Subjects not finished when the table was gathered (held by another worker); a later
+        run gathers them.
+    """
 
     out: Path
     table: pd.DataFrame
@@ -53,6 +84,8 @@ class CohortResult:
     failed: dict[str, str]
     skipped: list[str]
     seconds_per_subject: float
+    held: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
     @property
     def table_path(self) -> Path:
@@ -63,15 +96,26 @@ def _status_path(out: Path, subject_id: str) -> Path:
     return out / "status" / f"{subject_id}.json"
 
 
+def _subject_lock(out: Path, subject_id: str) -> Path:
+    return out / "status" / f"{subject_id}.lock"
+
+
 def _read_status(out: Path, subject_id: str, key: str) -> dict[str, Any] | None:
+    """The subject's status record when a run with ``key`` wrote it (a corrupt one is noted)."""
     path = _status_path(out, subject_id)
     if not path.exists():
         return None
     try:
-        status = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        status = read_state_file(path, recovery="explaining the subject again")
+    except StateFileError as error:
+        warnings.warn(str(error), InstasalWarning, stacklevel=2)
         return None
-    return dict(status) if status.get("cohort_key") == key else None
+    return status if status.get("cohort_key") == key else None
+
+
+# errors of the output file system: every later subject would fail the same way, so they stop
+# the cohort (the CLI says what happened and that a rerun resumes)
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _explain_one(
@@ -85,7 +129,50 @@ def _explain_one(
     ignore_channel_names: bool = False,
     tn_from: str = "wm",
 ) -> dict[str, Any]:
-    """Explain one subject (max aggregation, and mean when asked); return its status record."""
+    """Explain one subject (max aggregation, and mean when asked); return its status record.
+
+    The subject is held by its lock meanwhile; when another live worker holds it the record's
+    state is ``held`` (nothing is written), and when that worker finished it first, ``done``.
+    """
+    lock = _subject_lock(out, subject.subject_id)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with hold_lock(lock, what=f"{out}: subject {subject.subject_id}"):
+            finished = None if overwrite else _read_status(out, subject.subject_id, key)
+            if finished is not None and finished.get("state") == "done":
+                return finished | {"state": "reused"}
+            return _explain_held(
+                subject,
+                model,
+                out,
+                settings,
+                key,
+                overwrite,
+                with_mean,
+                ignore_channel_names,
+                tn_from,
+            )
+    except OutputLockedError as error:
+        return {
+            "cohort_key": key,
+            "subject": subject.subject_id,
+            "state": "held",
+            "error": str(error),
+        }
+
+
+def _explain_held(
+    subject: SubjectFiles,
+    model: Any,
+    out: Path,
+    settings: ExplainSettings,
+    key: str,
+    overwrite: bool,
+    with_mean: bool,
+    ignore_channel_names: bool,
+    tn_from: str,
+) -> dict[str, Any]:
+    """:func:`_explain_one` once the subject is held: explain it, write its status record."""
     started = time.perf_counter()
     subject_settings = replace(settings, seed=subject_seed(settings.seed, subject.subject_id))
     status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
@@ -116,6 +203,8 @@ def _explain_one(
     except InstasalError as error:
         status |= {"state": "failed", "error": str(error)}
     except Exception as error:  # a bug: recorded with its traceback, the cohort goes on
+        if isinstance(error, OSError) and error.errno in _FATAL_ERRNOS:
+            raise
         status |= {
             "state": "failed",
             "error": f"{type(error).__name__}: {error}",
@@ -205,19 +294,12 @@ def run_cohort(
         if unknown:
             raise ConfigurationError(f"{dataset}: no subject(s) {sorted(unknown)} in the dataset")
         found = [s for s in found if s.subject_id in wanted]
+    check_output_folder(out)
     network = load_model(model, trust_code=trust_model_code)
     if not ignore_channel_names:
         card = card_of(network)
         for subject in found:
             check_channel_files(subject.images, card.channel_names, model=card.name)
-    key = run_key(
-        {
-            "dataset": str(Path(dataset).resolve()),
-            "model": model_fingerprint(network),
-            "settings": settings.as_dict(),
-            "with_mean": with_mean,
-        }
-    )
     payload = {
         "dataset": str(Path(dataset).resolve()),
         "model": model_fingerprint(network),
@@ -226,29 +308,10 @@ def run_cohort(
     }
     # the default pool leaves the key as before the option existed: earlier runs still resume
     key = run_key(payload if tn_from == "wm" else payload | {"tn_from": tn_from})
-    manifest_path = out / "cohort.json"
-    if manifest_path.exists() and not overwrite:
-        previous = json.loads(manifest_path.read_text()).get("cohort_key")
-        if previous != key:
-            raise OutputExistsError(
-                f"{out}: holds a cohort run with other data, model or settings "
-                f"(key {previous}, now {key}); pass --overwrite to replace it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        manifest_path,
-        {
-            "cohort_key": key,
-            "dataset": str(dataset),
-            "model": model,
-            "settings": settings.as_dict(),
-            "with_mean": with_mean,
-            "tn_from": tn_from,
-            "executor": executor,
-            "subjects": [s.subject_id for s in found],
-        },
-        overwrite=True,
-    )
+    with output_folder_lock(out, wait=True):
+        _write_manifest(
+            out, key, overwrite, dataset, model, settings, with_mean, tn_from, executor, found
+        )
     notify = progress or (lambda stage, done, total: None)
     todo, skipped = [], []
     for subject in found:
@@ -300,13 +363,97 @@ def run_cohort(
     else:
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
     elapsed = time.perf_counter() - started
-    failed = {s["subject"]: s["error"] for s in statuses if s["state"] == "failed"}
-    done = [s.subject_id for s in found if s.subject_id not in failed]
+    skipped += [s["subject"] for s in statuses if s["state"] == "reused"]
+    held = [s["subject"] for s in statuses if s["state"] == "held"]
+    for status in statuses:
+        if status["state"] == "held":
+            warnings.warn(f"{status['error']}; skipped here", InstasalWarning, stacklevel=2)
+    with output_folder_lock(out, wait=True):
+        done, failed, pending = _final_states(out, found, key, held)
+        table = _write_tables(out, done, failed, with_mean, settings.trust)
+    explained = len(todo) - len(held)
+    per_subject = elapsed / explained if explained > 0 else 0.0
+    return CohortResult(out, table, done, failed, skipped, per_subject, held, pending)
+
+
+def _write_manifest(
+    out: Path,
+    key: str,
+    overwrite: bool,
+    dataset: PathLike,
+    model: str,
+    settings: ExplainSettings,
+    with_mean: bool,
+    tn_from: str,
+    executor: Executor,
+    found: Sequence[SubjectFiles],
+) -> None:
+    """Refuse a cohort folder of another run (unless ``overwrite``); write ``cohort.json``."""
+    manifest_path = out / "cohort.json"
+    if manifest_path.exists() and not overwrite:
+        previous = read_state_file(manifest_path).get("cohort_key")
+        if previous != key:
+            raise OutputExistsError(
+                f"{out}: holds a cohort run with other data, model or settings "
+                f"(key {previous}, now {key}); pass --overwrite to replace it"
+            )
+    atomic_write_json(
+        manifest_path,
+        {
+            "cohort_key": key,
+            "dataset": str(dataset),
+            "model": model,
+            "settings": settings.as_dict(),
+            "with_mean": with_mean,
+            "tn_from": tn_from,
+            "executor": executor,
+            "subjects": [s.subject_id for s in found],
+        },
+        overwrite=True,
+    )
+
+
+def _held_now(out: Path, subject_id: str) -> bool:
+    """Whether another live worker holds the subject at this moment."""
+    try:
+        with hold_lock(_subject_lock(out, subject_id), what=f"{out}: subject {subject_id}"):
+            return False
+    except OutputLockedError:
+        return True
+
+
+def _final_states(
+    out: Path, found: Sequence[SubjectFiles], key: str, held: Sequence[str]
+) -> tuple[list[str], dict[str, str], list[str]]:
+    """Done, failed and pending subjects as their status records say now (any worker's).
+
+    A subject another worker held is pending while it still holds it (its record may be an
+    earlier run's).
+    """
+    done, failed, pending = [], {}, []
+    for subject in found:
+        if subject.subject_id in held and _held_now(out, subject.subject_id):
+            pending.append(subject.subject_id)
+            continue
+        status = _read_status(out, subject.subject_id, key) or {}
+        if status.get("state") == "done":
+            done.append(subject.subject_id)
+        elif status.get("state") == "failed":
+            failed[subject.subject_id] = str(status.get("error", "failed"))
+        else:
+            pending.append(subject.subject_id)
+    return done, failed, pending
+
+
+def _write_tables(
+    out: Path, done: list[str], failed: dict[str, str], with_mean: bool, trust: bool
+) -> pd.DataFrame:
+    """Gather the finished subjects' tables into ``lesions.tsv`` (and the mean one)."""
     table = _gather(out, done)
     atomic_write_text(
         out / "lesions.tsv", table.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
     )
-    for name in COHORT_TRUST_TABLES if settings.trust else ():
+    for name in COHORT_TRUST_TABLES if trust else ():
         atomic_write_text(
             out / f"{name}.tsv",
             _gather(out, done, name=name).to_csv(sep="\t", index=False, na_rep="n/a"),
@@ -322,8 +469,7 @@ def run_cohort(
     atomic_write_json(
         out / "failures.json", {"failed": failed, "n_failed": len(failed)}, overwrite=True
     )
-    per_subject = elapsed / len(todo) if todo else 0.0
-    return CohortResult(out, table, done, failed, skipped, per_subject)
+    return table
 
 
 def _run_ray(

@@ -21,6 +21,7 @@ from rich.console import Console
 from torch import nn
 
 from instasal.errors import ConfigurationError, ImageError, OutputExistsError
+from instasal.folders import output_folder_lock, read_state_file
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.io import (
     Subject,
@@ -99,16 +100,18 @@ def _regions(path: PathLike | None, subject: Subject) -> np.ndarray | None:
 
 
 def _prepare_out(layout: RunLayout, key: str, overwrite: bool) -> bool:
-    """Check the output folder; return True when a finished run with this key is already there."""
-    import json
+    """Check the output folder; return True when a finished run with this key is already there.
 
+    With ``overwrite`` an earlier run's files are removed unread, so that even a corrupt
+    ``run.json`` is recovered from.
+    """
     if layout.manifest.exists():
-        manifest = json.loads(layout.manifest.read_text())
-        same = manifest.get("run_key") == key
         if overwrite:
             for path in layout.owned_files():
                 path.unlink()
             return False
+        manifest = read_state_file(layout.manifest)
+        same = manifest.get("run_key") == key
         if not same:
             raise OutputExistsError(
                 f"{layout.root}: holds results of a run with other inputs or settings "
@@ -150,7 +153,8 @@ def explain_subject(
     model
         A built-in name, a path :func:`instasal.load_model` understands, or a loaded module.
     out
-        Output folder (created).
+        Output folder (created). It is locked for the whole run: a second run into it is
+        refused while this one lives; temporaries left there by killed runs are removed.
     reference
         Ground-truth lesion mask: domains are then typed TP/FP/FN and TN domains sampled.
     tissue_mask
@@ -180,6 +184,15 @@ def explain_subject(
     Returns
     -------
     ExplainResult
+
+    Raises
+    ------
+    OutputLockedError
+        When another live run holds ``out``; the message names its pid, host and start time.
+    OutputExistsError
+        When ``out`` holds results of other inputs or settings and ``overwrite`` is false.
+    StateFileError
+        When the earlier run's ``run.json`` is corrupt and ``overwrite`` is false.
     """
     if progress == "auto":
         console = Console(stderr=True)
@@ -204,8 +217,41 @@ def explain_subject(
                     trust_model_code=trust_model_code,
                     ignore_channel_names=ignore_channel_names,
                 )
-    settings = settings or ExplainSettings()
-    progress = progress or _noop
+    with output_folder_lock(out):
+        return _explain_locked(
+            images,
+            model,
+            Path(out),
+            reference=reference,
+            tissue_mask=tissue_mask,
+            regions=regions,
+            settings=settings or ExplainSettings(),
+            channel_names=channel_names,
+            overwrite=overwrite,
+            report=report,
+            progress=progress or _noop,
+            trust_model_code=trust_model_code,
+            ignore_channel_names=ignore_channel_names,
+        )
+
+
+def _explain_locked(
+    images: Sequence[PathLike] | Subject,
+    model: str | PathLike | Any,
+    out: Path,
+    *,
+    reference: PathLike | None,
+    tissue_mask: PathLike | None,
+    regions: PathLike | None,
+    settings: ExplainSettings,
+    channel_names: Sequence[str] | None,
+    overwrite: bool,
+    report: bool,
+    progress: ProgressCallback,
+    trust_model_code: bool,
+    ignore_channel_names: bool,
+) -> ExplainResult:
+    """:func:`explain_subject` once its output folder is held."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -243,7 +289,7 @@ def explain_subject(
     geometry = prepared.geometry()
 
     label = subject_label(subject.paths[0] if subject.paths else None)
-    layout = RunLayout(Path(out), label)
+    layout = RunLayout(out, label)
     inputs = [{"path": str(p), "sha256": file_sha256(p)} for p in subject.paths]
     extra_inputs = {
         name: {"path": str(p), "sha256": file_sha256(Path(p))}

@@ -6,8 +6,8 @@ presence (with the run's key) means the lesion is complete and can be reused on 
 
 from __future__ import annotations
 
-import json
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from instasal.errors import InstasalWarning, StateFileError
+from instasal.folders import read_state_file
 from instasal.io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -143,8 +145,9 @@ class RunLayout:
         if not path.exists():
             return None
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            record = read_state_file(path, recovery="recomputing this lesion")
+        except StateFileError as error:
+            warnings.warn(str(error), InstasalWarning, stacklevel=2)
             return None
         if record.get("run_key") != key:
             return None
