@@ -20,7 +20,7 @@ import pytest
 from conftest import write_linear_subject
 from instasal.cli import run_app
 from instasal.errors import InstasalWarning, StateFileError
-from instasal.folders import LOCK_NAME, hold_lock, output_folder_lock
+from instasal.folders import LOCK_NAME, hold_lock, host_tag, output_folder_lock
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.cohort import run_cohort
 
@@ -92,16 +92,18 @@ def test_two_explain_runs_started_together_never_both_succeed(
     assert json.loads((out / "run.json").read_text())["complete"] is True
 
 
-@pytest.mark.parametrize("command", ["explain", "segment"])
+@pytest.mark.parametrize("command", ["explain", "segment", "evaluate", "experiment"])
 def test_a_held_folder_is_refused_in_one_line(
     tmp_path, linear_dataset, linear_model_path, capsys, command
 ):
     out = tmp_path / "out"
-    arguments = (
-        _explain_args(linear_dataset, linear_model_path, out)
-        if command == "explain"
-        else ["segment", *_images(linear_dataset), "--out", str(out), "-m", str(linear_model_path)]
-    )
+    model = ["--model", str(linear_model_path)]
+    arguments = {
+        "explain": _explain_args(linear_dataset, linear_model_path, out),
+        "segment": ["segment", *_images(linear_dataset), "--out", str(out), *model],
+        "evaluate": ["evaluate", str(linear_dataset), "--out", str(out), *model],
+        "experiment": ["experiment", "context", str(linear_dataset), "--out", str(out), *model],
+    }[command]
     with output_folder_lock(out):
         status = run_app(arguments)
         assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing written
@@ -364,3 +366,22 @@ def test_corrupt_cohort_state_is_one_line_and_overwrite_recovers(
     assert f"{out / 'cohort.json'}: corrupt state file" in line and "--overwrite" in line
     assert run_app([*arguments, "--overwrite"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "lesions.tsv", sep="\t"), clean.table)
+
+
+def test_explain_removes_the_temporaries_of_a_killed_run_only(
+    tmp_path, linear_dataset, linear_model_path
+):
+    out = tmp_path / "out"
+    (out / "lesions").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = host_tag()
+    orphan = (
+        out / "lesions" / f".sub-01_lesion-001_summary.json.{host}-{dead.pid}.k2j3h4g5.tmp.json"
+    )
+    live = out / f".sub-01_desc-lesion_probseg.nii.gz.{host}-{os.getpid()}.k2j3h4g5.tmp.nii.gz"
+    for path in (orphan, live):
+        path.write_bytes(bytes(4096))
+    with pytest.warns(InstasalWarning, match="removed 1 temporary file"):
+        explain_subject(_images(linear_dataset), linear_model_path, out, settings=SETTINGS)
+    assert not orphan.exists() and live.exists()
