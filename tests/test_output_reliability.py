@@ -275,9 +275,9 @@ def test_two_cohort_workers_never_explain_one_subject_and_lose_nothing(
     tmp_path, rng, linear_model_path
 ):
     dataset = tmp_path / "dataset"
-    participants = [f"sub-0{k}" for k in range(1, 5)]
-    for participant in participants:
-        write_linear_subject(dataset, participant, rng)
+    participants = [f"sub-0{k}" for k in range(1, 6)]
+    for participant in participants:  # sub-05 fails (a NaN voxel): failures count as written
+        write_linear_subject(dataset, participant, rng, broken=participant == "sub-05")
     out = tmp_path / "cohort"
     racer = ["-c", COHORT_RACER, str(dataset), str(linear_model_path), str(out)]
     processes = [
@@ -294,6 +294,9 @@ def test_two_cohort_workers_never_explain_one_subject_and_lose_nothing(
     ]
     assert not explained[0] & explained[1]  # no subject explained by both workers
     assert explained[0] | explained[1] == set(participants)  # each by one of them
+    for report in reports:  # failed, or still held by the other worker when this one gathered
+        assert set(report["failed"]) <= {"sub-05"}
+        assert "sub-05" in report["failed"] + report["pending"]
     oracle = run_cohort(dataset, str(linear_model_path), tmp_path / "alone", settings=SETTINGS)
     gathered = pd.read_csv(out / "lesions.tsv", sep="\t")
     pd.testing.assert_frame_equal(_sorted(gathered), _sorted(oracle.table))

@@ -70,7 +70,8 @@ class CohortResult:
         Subjects finished, and those failed with their errors, as their status records say when
         the table was gathered (whichever worker explained them).
     skipped
-        Subjects found finished, so not explained again.
+        Subjects not explained again: done by an earlier run, or done or failed by another
+        worker while this run went on.
     held
         Subjects another live worker was explaining when this run came to them (skipped here).
     pending
@@ -126,20 +127,23 @@ def _explain_one(
     key: str,
     overwrite: bool,
     with_mean: bool,
+    since: float,
     ignore_channel_names: bool = False,
     tn_from: str = "wm",
 ) -> dict[str, Any]:
     """Explain one subject (max aggregation, and mean when asked); return its status record.
 
     The subject is held by its lock meanwhile; when another live worker holds it the record's
-    state is ``held`` (nothing is written), and when that worker finished it first, ``done``.
+    state is ``held`` (nothing is written). A subject another worker finished (done, or failed
+    after this run began at ``since``, a Unix time) is not explained again: state ``reused``.
     """
     lock = _subject_lock(out, subject.subject_id)
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         with hold_lock(lock, what=f"{out}: subject {subject.subject_id}"):
-            finished = None if overwrite else _read_status(out, subject.subject_id, key)
-            if finished is not None and finished.get("state") == "done":
+            finished = _read_status(out, subject.subject_id, key) or {}
+            done_before = not overwrite and finished.get("state") == "done"
+            if done_before or float(finished.get("finished_at", 0.0)) >= since:
                 return finished | {"state": "reused"}
             return _explain_held(
                 subject,
@@ -211,6 +215,7 @@ def _explain_held(
             "traceback": traceback.format_exc(),
         }
     status["seconds"] = time.perf_counter() - started
+    status["finished_at"] = time.time()
     atomic_write_json(_status_path(out, subject.subject_id), status, overwrite=True)
     return status
 
@@ -308,6 +313,7 @@ def run_cohort(
     }
     # the default pool leaves the key as before the option existed: earlier runs still resume
     key = run_key(payload if tn_from == "wm" else payload | {"tn_from": tn_from})
+    since = time.time()
     with output_folder_lock(out, wait=True):
         _write_manifest(
             out, key, overwrite, dataset, model, settings, with_mean, tn_from, executor, found
@@ -340,6 +346,7 @@ def run_cohort(
                     key,
                     overwrite,
                     with_mean,
+                    since,
                     ignore_channel_names,
                     tn_from,
                 )
@@ -359,6 +366,7 @@ def run_cohort(
             trust_model_code,
             ignore_channel_names,
             tn_from,
+            since,
         )
     else:
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -485,6 +493,7 @@ def _run_ray(
     trust_model_code: bool,
     ignore_channel_names: bool,
     tn_from: str,
+    since: float,
 ) -> list[dict[str, Any]]:
     try:
         import ray
@@ -510,6 +519,7 @@ def _run_ray(
                 key,
                 overwrite,
                 with_mean,
+                since,
                 ignore_channel_names,
                 tn_from,
             )
