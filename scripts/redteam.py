@@ -43,6 +43,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from instasal.folders import host_tag
+
 ROOT = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 SHAPE = (26, 16, 16)
@@ -784,7 +786,8 @@ def orphaned_temporary(lab: Lab) -> tuple[str, str]:
         time.sleep(0.05)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    orphan = out / ".sub-01_FLAIR_lesions.tsv.dead1234.tsv"  # what atomic_save leaves when killed
+    # what an atomic write of the killed worker leaves: instasal.folders.temporary_prefix + mkstemp
+    orphan = out / f".sub-01_FLAIR_lesions.tsv.{host_tag()}-{worker.pid}.k1ll3d00.tmp.tsv"
     orphan.write_bytes(b"\0" * (1 << 20))
     old = time.time() - 3600
     os.utime(orphan, (old, old))

@@ -153,4 +153,15 @@ def test_a_bad_option_value_is_one_usage_line_not_a_traceback(
     assert run_app(["phantom", str(tmp_path / "cohort"), "--subjects", "many"]) == 2
     error = capsys.readouterr().err
     assert "Invalid value" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1 and error.startswith("error:")
     assert not (tmp_path / "cohort").exists()
+
+
+def test_an_error_naming_a_path_with_brackets_prints_the_path_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "scan[flair]" / "sub-01[x]_FLAIR.nii.gz"
+    out = tmp_path / "out"
+    assert run_app(["segment", str(missing), "--model", "unet", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "sub-01[x]_FLAIR.nii.gz" in error and "scan[flair]" in error

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from instasal.errors import (
     ImageError,
@@ -174,7 +175,8 @@ def _show_note(
 ) -> None:
     """Print instasal's notes as one line each; other warnings as Python prints them."""
     if issubclass(category, InstasalWarning):
-        console.print(f"[bold yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+        note = escape(str(message))
+        console.print(f"[bold yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
 
@@ -191,11 +193,11 @@ def run_app(argv: Sequence[str]) -> int:
     try:
         status = app(args=list(argv), standalone_mode=False)
     except InstasalError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except OSError as error:  # a full disk, a read-only or forbidden folder: the path and the fix
         message = describe_os_error(error)
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 2
     except typer.Abort:
         console.print("[bold red]aborted[/]")
@@ -207,8 +209,11 @@ def run_app(argv: Sequence[str]) -> int:
         return 130
     except Exception as error:
         if isinstance(error, _usage_errors()):
-            usage_error: Any = error  # click's and typer's classes share show() and exit_code
-            usage_error.show()
+            usage_error: Any = error  # click's and typer's classes share these attributes
+            context = getattr(usage_error, "ctx", None)
+            hint = f" (see: {context.command_path} --help)" if context is not None else ""
+            message = escape(f"{usage_error.format_message()}{hint}")
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             return int(usage_error.exit_code)
         raise
     return status if isinstance(status, int) else 0
