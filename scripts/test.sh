@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
-.venv/bin/mypy src
+.venv/bin/mypy src tests
 .venv/bin/python -m pytest -n 2 -q

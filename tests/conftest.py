@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, TypedDict
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from instasal.typing import Aggregation, EngineName, PathLike
 
 
 @pytest.fixture
@@ -31,7 +34,9 @@ def oblique_affine() -> np.ndarray:
 
 
 @pytest.fixture
-def two_channel_files(tmp_path: Path, rng: np.random.Generator, oblique_affine: np.ndarray):
+def two_channel_files(
+    tmp_path: Path, rng: np.random.Generator, oblique_affine: np.ndarray
+) -> tuple[list[Path], np.ndarray]:
     """FLAIR and T1w NIfTI files on one oblique grid; returns (paths, data [2, X, Y, Z])."""
     data = rng.normal(100.0, 20.0, size=(2, 12, 10, 8)).astype(np.float32)
     paths = []
@@ -40,6 +45,50 @@ def two_channel_files(tmp_path: Path, rng: np.random.Generator, oblique_affine: 
         nib.save(nib.Nifti1Image(channel, oblique_affine), path)
         paths.append(path)
     return paths, data
+
+
+class SmoothGradOptions(TypedDict, total=False):
+    """Keyword options that tests pass alike to several SmoothGrad calls (never ``context``)."""
+
+    n_samples: int
+    seed: int
+    engine: EngineName
+    aggregation: Aggregation
+    patch_size: int
+
+
+def load_nifti(path: PathLike) -> nib.Nifti1Image:
+    """``nib.load`` narrowed to the NIfTI-1 image every writer of instasal produces."""
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    return image
+
+
+def set_card(model: nn.Module, card: dict[str, object]) -> None:
+    """Give ``model`` a (partial) card dictionary, as the loaders do (SPEC §5's ``model.card``)."""
+    setattr(model, "card", card)  # noqa: B010 (nn.Module types attributes as Tensor | Module)
+
+
+def raw_card(model: nn.Module) -> dict[str, Any]:
+    """``model.card`` as the loader left it (no defaults filled in, unlike ``card_of``)."""
+    card = getattr(model, "card", None)
+    assert isinstance(card, dict)
+    return card
+
+
+def set_pointwise(
+    conv: nn.Conv3d, weights: dict[tuple[int, int], float], biases: dict[int, float]
+) -> None:
+    """Zero a convolution, then fill the given (out, in) kernels and output biases."""
+    bias = conv.bias
+    assert bias is not None
+    with torch.no_grad():
+        conv.weight.zero_()
+        bias.zero_()
+        for (out, into), value in weights.items():
+            conv.weight[out, into] = value
+        for out, value in biases.items():
+            bias[out] = value
 
 
 LINEAR_SHAPE = (26, 16, 16)
@@ -52,12 +101,7 @@ class PointwiseLinear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv3d(2, 2, kernel_size=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = 1.5
-            self.conv.weight[1, 1] = -0.5
-            self.conv.bias[1] = -2.0
+        set_pointwise(self.conv, {(1, 0): 1.5, (1, 1): -0.5}, {1: -2.0})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -116,11 +160,7 @@ class FlairThreshold(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv3d(2, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = 10.0
-            self.conv.bias[1] = -15.0
+        set_pointwise(self.conv, {(1, 0): 10.0}, {1: -15.0})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

@@ -204,7 +204,9 @@ def test_error_modes_counts_missing_values_apart(rng):
     assert (group.distribution.n, group.n_missing) == (8, 2)
 
 
-def test_missing_column_names_the_column_and_the_file(tmp_path: Path, rng):
+def test_missing_column_names_the_column_and_the_file(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     path = tmp_path / "lesions.tsv"
     typed_table(rng, PAPER_MEDIANS, n=3).drop(columns="peak_FLAIR").to_csv(
         path, sep="\t", index=False
@@ -216,11 +218,11 @@ def test_missing_column_names_the_column_and_the_file(tmp_path: Path, rng):
         read_lesion_table(tmp_path / "absent.tsv")
 
 
-def test_read_lesion_table_reads_na_as_missing(tmp_path: Path):
+def test_read_lesion_table_reads_na_as_missing(tmp_path: Path) -> None:
     path = tmp_path / "lesions.tsv"
     path.write_text("subject\tid\ttype\tvolume_mm3\tpeak_FLAIR\nsub-01\t1\tTP\t8.0\tn/a\n")
     table = read_lesion_table(path)
-    assert np.isnan(table.loc[0, "peak_FLAIR"])
+    assert np.isnan(table["peak_FLAIR"][0])
     assert table.attrs["source"] == str(path)
 
 

@@ -133,9 +133,8 @@ def test_error_modes_figure_axis_and_labels(rng):
     spread = table.assign(peak_FLAIR=np.where(table["type"] == "TN", 1e-3, table["peak_FLAIR"]))
     log_axis = error_modes_figure(spread, error_modes(spread)).axes[0]
     assert log_axis.get_ylabel() == "log₁₀ peak_FLAIR"
-    lowest = min(
-        float(np.min(c.get_offsets()[:, 1])) for c in log_axis.collections if len(c.get_offsets())
-    )
+    offsets = [np.asarray(c.get_offsets()) for c in log_axis.collections]
+    lowest = min(float(np.min(points[:, 1])) for points in offsets if len(points))
     assert lowest == pytest.approx(-3.0)  # points drawn at log10(1e-3)
 
 
@@ -224,7 +223,7 @@ def test_report_of_a_table_without_rows(rng):
 
 
 @pytest.fixture
-def cohort_folder(tmp_path: Path, rng) -> Path:
+def cohort_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
     cohort_table(rng).to_csv(tmp_path / "lesions.tsv", sep="\t", index=False, na_rep="n/a")
     cohort_table(rng, aggregation="mean").to_csv(
         tmp_path / "lesions_mean.tsv", sep="\t", index=False, na_rep="n/a"
@@ -313,7 +312,9 @@ def test_analyse_cohort_crash_leaves_no_report(cohort_folder, monkeypatch, stub_
     assert not [p for p in out.iterdir() if p.name.startswith(".report.html.")]
 
 
-def test_analyse_cohort_names_the_missing_column_and_file(tmp_path: Path, rng):
+def test_analyse_cohort_names_the_missing_column_and_file(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     path = tmp_path / "lesions.tsv"
     cohort_table(rng).drop(columns="ring_mean_FLAIR").to_csv(path, sep="\t", index=False)
     with pytest.raises(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import load_nifti
 from instasal.errors import ImageError, InstasalWarning, OutputExistsError
 from instasal.io import (
     load_image,
@@ -141,7 +142,7 @@ def test_write_nifti_round_trip_through_nibabel_and_simpleitk(tmp_path, two_chan
     subject = read_subject(paths)
     target = tmp_path / "out" / "map.nii.gz"
     write_nifti(subject.data[0], subject.affine, target, header=subject.header)
-    back = nib.load(target)
+    back = load_nifti(target)
     np.testing.assert_array_equal(np.asanyarray(back.dataobj), data[0])
     np.testing.assert_allclose(back.affine, subject.affine, atol=1e-5)
     # SimpleITK reads (k, j, i) arrays in LPS; a voxel's physical point must be the RAS point
@@ -160,7 +161,7 @@ def test_write_nifti_refuses_to_overwrite_and_leaves_no_temporary(tmp_path, obli
     with pytest.raises(OutputExistsError, match=r"mask\.nii\.gz: exists already"):
         write_nifti(np.zeros((3, 3, 3), bool), oblique_affine, target)
     write_nifti(np.zeros((3, 3, 3), bool), oblique_affine, target, overwrite=True)
-    assert np.asanyarray(nib.load(target).dataobj).sum() == 0
+    assert np.asanyarray(load_nifti(target).dataobj).sum() == 0
     assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]
 
 
@@ -174,7 +175,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, oblique_affine, mon
     monkeypatch.setattr(nib, "save", fail)
     with pytest.raises(KeyboardInterrupt):
         write_nifti(np.zeros((3, 3, 3), np.float32), oblique_affine, target, overwrite=True)
-    assert np.asanyarray(nib.load(target).dataobj).sum() == 27
+    assert np.asanyarray(load_nifti(target).dataobj).sum() == 27
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.nii.gz"]
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import instasal
+from conftest import raw_card
 from instasal.errors import ConfigurationError, ModelError
 from instasal.models import (
     ARCHITECTURES,
@@ -94,7 +95,7 @@ def test_shipped_model_loads_offline_with_a_full_card(name: str) -> None:
     assert weights.stat().st_size <= 10 * 1024 * 1024
     model = load_model(name)
     assert not model.training
-    assert set(model.card) == CARD_FIELDS
+    assert set(raw_card(model)) == CARD_FIELDS
     card = card_of(model)
     assert card.architecture == name
     assert card.channel_names == ("FLAIR", "T1w")

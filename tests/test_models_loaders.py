@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ def test_bundle_without_weights(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     (tmp_path / "user_models.py").write_text(FACTORY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "user_models"

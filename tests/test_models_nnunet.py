@@ -24,11 +24,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import load_nifti
 from instasal.cli import model_commands  # noqa: F401  (registers segment)
 from instasal.cli._app import run_app
 from instasal.errors import ConfigurationError, ModelError
 from instasal.io import read_subject, zscore_nonzero
 from instasal.models import card_of, load_model, predict_logits
+from instasal.models.nnunet import NnUNetNetwork
 from instasal.models.nnunet_predict import MirroredAverage, nnunet_tta_module, predict_nnunet
 from instasal.models.segmentation import predict_subject
 from instasal.pipeline import ExplainSettings, explain_subject
@@ -290,7 +292,7 @@ def _subject_files(folder: Path) -> list[Path]:
 def _theirs(written: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
     """nnU-Net's foreground probability and mask, back in the stored (nibabel) array order."""
     probabilities = np.load(written[0])["probabilities"]  # (c, z, y, x) of the stored array
-    mask = np.asarray(nib.load(written[1]).dataobj)
+    mask = np.asarray(load_nifti(written[1]).dataobj)
     return probabilities[1].transpose(2, 1, 0).astype(np.float32), mask
 
 
@@ -340,8 +342,10 @@ def test_mirrored_average_is_the_symmetrised_linear_map() -> None:
     axes = (0, 2)
     weight = conv.weight.detach()
     flips = [(), (2,), (4,), (2, 4)]  # weight dims of spatial axes 0 and 2
-    symmetric = sum(torch.flip(weight, f) if f else weight for f in flips) / 4
-    expected = nn.functional.conv3d(x, symmetric, conv.bias.detach(), padding=1)
+    symmetric = torch.stack([torch.flip(weight, f) if f else weight for f in flips]).mean(dim=0)
+    bias = conv.bias
+    assert bias is not None
+    expected = nn.functional.conv3d(x, symmetric, bias.detach(), padding=1)
     mirrored = MirroredAverage(conv, axes)
     output = mirrored(x)
     torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
@@ -359,6 +363,7 @@ def test_tta_module_is_nnunet_mirroring(trained_folder: Path) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     model = load_model(trained_folder / "fold_all")
+    assert isinstance(model, NnUNetNetwork)
     setup = model.setup
     assert setup is not None and setup.mirroring_axes
     predictor = nnUNetPredictor(use_mirroring=True, device=torch.device("cpu"))
@@ -404,7 +409,7 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
         reduced=True,
     )
     result = explain_subject(_subject_files(flipped_subject), model, tmp_path, settings=settings)
-    probability = np.asarray(nib.load(result.layout.probability).dataobj, dtype=np.float32)
+    probability = np.asarray(load_nifti(result.layout.probability).dataobj, dtype=np.float32)
     np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
     assert len(result.table) == 1 and np.isfinite(result.table["peak_FLAIR"]).all()
     provenance = json.loads(result.layout.provenance.read_text())
@@ -426,12 +431,12 @@ def test_segment_cli_writes_nnunet_predictions_in_both_modes(
     for tta, flag in ((True, []), (False, ["--no-tta"])):
         out = tmp_path / f"tta_{tta}"
         assert run_app(["segment", *files, *model, "--out", str(out), "--name", "s", *flag]) == 0
-        written = nib.load(out / "s_prob.nii.gz")
+        written = load_nifti(out / "s_prob.nii.gz")
         theirs, _ = _theirs(nnunet_written[tta])
         probability = np.asarray(written.dataobj, dtype=np.float32)
         np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
         # on the input's own (flipped) grid and affine
-        np.testing.assert_allclose(written.affine, nib.load(files[0]).affine, atol=1e-6)
+        np.testing.assert_allclose(written.affine, load_nifti(files[0]).affine, atol=1e-6)
 
 
 @pytest.mark.parametrize("role", ["network_class_name", "nonlin"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FlairThreshold
+from conftest import FlairThreshold, load_nifti
 from instasal.cli import model_commands  # noqa: F401  (registers train, segment, evaluate)
 from instasal.cli._app import run_app
 from instasal.errors import ModelError, OutputExistsError
@@ -72,16 +72,16 @@ def test_segment_writes_probability_and_mask_on_the_input_grid(
     result = segment_subject(_model(), images, tmp_path / "out")
     assert result.probability_path.name == "sub-01_prob.nii.gz"
     assert result.mask_path.name == "sub-01_mask.nii.gz"
-    source = nib.load(images[0])
+    source = load_nifti(images[0])
     for path in (result.probability_path, result.mask_path):
-        written = nib.load(path)
+        written = load_nifti(path)
         assert written.shape == source.shape
         np.testing.assert_allclose(written.affine, source.affine)
-    mask = np.asarray(nib.load(result.mask_path).dataobj)
+    mask = np.asarray(load_nifti(result.mask_path).dataobj)
     expected = np.zeros(source.shape, np.uint8)
     expected[4:8, 4:8, 4:8] = 1  # the single bright voxel is dropped by the size rule
     np.testing.assert_array_equal(mask, expected)
-    probability = np.asarray(nib.load(result.probability_path).dataobj)
+    probability = np.asarray(load_nifti(result.probability_path).dataobj)
     assert probability[5, 5, 5] == pytest.approx(1 / (1 + np.exp(-15.0)), rel=1e-5)
     assert probability[0, 0, 0] == pytest.approx(1 / (1 + np.exp(5.0)), rel=1e-5)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from instasal.metrics import evaluate_cohort
-from instasal.models import load_model
+from instasal.models import card_of, load_model
 from instasal.phantoms.cohort import write_cohort
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", ["unet", "nnunet", "swinunetr"])
 def test_shipped_model_scores_near_its_card_on_held_out_phantoms(held_out: Path, name: str) -> None:
     model = load_model(name)
-    card_ndsc = model.card["metrics"]["test"]["ndsc"]
+    card_ndsc = card_of(model).metrics["test"]["ndsc"]
     _, summary = evaluate_cohort([model], held_out)
     ndsc = float(summary["ndsc"].iloc[0])
     assert ndsc > 0.5 * card_ndsc, (name, ndsc, card_ndsc)

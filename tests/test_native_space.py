@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import load_nifti
 from instasal.phantoms import make_phantom
-from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.pipeline import ExplainResult, ExplainSettings, explain_subject
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def _explain(
     codes: str = "RAS",
     repeat: int = 1,
     settings: ExplainSettings = SETTINGS,
-):
+) -> ExplainResult:
     folder = Path(str(crop["folder"])) / name
     folder.mkdir()
     affine = np.asarray(crop["affine"]).copy()
@@ -94,13 +95,13 @@ def _by_position(table: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def reference_run(crop: dict[str, object]):
+def reference_run(crop: dict[str, object]) -> ExplainResult:
     return _explain(crop, "RAS")
 
 
 @pytest.mark.parametrize("codes", ["LPS", "LAS", "IRP"])
 def test_every_orientation_gives_the_lesion_table_and_maps_of_the_ras_run(
-    crop: dict[str, object], reference_run, codes: str
+    crop: dict[str, object], reference_run: ExplainResult, codes: str
 ) -> None:
     result = _explain(crop, codes, codes)
     ours, theirs = _by_position(result.table), _by_position(reference_run.table)
@@ -108,30 +109,30 @@ def test_every_orientation_gives_the_lesion_table_and_maps_of_the_ras_run(
     pd.testing.assert_frame_equal(ours[COLUMNS], theirs[COLUMNS], rtol=1e-9, atol=1e-9)
     # the network sees the same array: equal to float32 round-off of the engines' sums
     np.testing.assert_allclose(ours[VALUES], theirs[VALUES], rtol=1e-5, atol=1e-7)
-    stored = nib.load(result.layout.instances)
+    stored = load_nifti(result.layout.instances)
     assert "".join(nib.aff2axcodes(stored.affine)) == codes
-    for ours_row, theirs_row in zip(ours.itertuples(), theirs.itertuples(), strict=True):
+    centroids = ours[["centroid_i", "centroid_j", "centroid_k"]].to_numpy(float)
+    rows = zip(ours["id"].tolist(), theirs["id"].tolist(), ours["n_voxels"], centroids, strict=True)
+    for ours_id, theirs_id, n_voxels, centroid in rows:
         for path, reference_path in (
             (
-                result.layout.smoothgrad(ours_row.id, "FLAIR"),
-                reference_run.layout.smoothgrad(theirs_row.id, "FLAIR"),
+                result.layout.smoothgrad(ours_id, "FLAIR"),
+                reference_run.layout.smoothgrad(theirs_id, "FLAIR"),
             ),
-            (result.layout.gradcam(ours_row.id), reference_run.layout.gradcam(theirs_row.id)),
+            (result.layout.gradcam(ours_id), reference_run.layout.gradcam(theirs_id)),
         ):
-            back = nib.as_closest_canonical(nib.load(path))
-            np.testing.assert_allclose(back.affine, nib.load(reference_path).affine, atol=1e-9)
+            back = nib.as_closest_canonical(load_nifti(path))
+            np.testing.assert_allclose(back.affine, load_nifti(reference_path).affine, atol=1e-9)
             np.testing.assert_allclose(
                 np.asarray(back.dataobj),
-                np.asarray(nib.load(reference_path).dataobj),
+                np.asarray(load_nifti(reference_path).dataobj),
                 rtol=1e-5,
                 atol=1e-7,
             )
         # ids and centroids refer to the stored grid
-        domain = np.argwhere(np.asarray(stored.dataobj) == ours_row.id)
-        assert len(domain) == ours_row.n_voxels
-        np.testing.assert_allclose(
-            domain.mean(axis=0), [ours_row.centroid_i, ours_row.centroid_j, ours_row.centroid_k]
-        )
+        domain = np.argwhere(np.asarray(stored.dataobj) == ours_id)
+        assert len(domain) == n_voxels
+        np.testing.assert_allclose(domain.mean(axis=0), centroid)
 
 
 def test_an_exact_1mm_copy_gives_the_same_lesions_and_saliency_per_mm3(

@@ -6,11 +6,11 @@ import csv
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import load_nifti
 from instasal import __version__
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.phantoms import REGION_LABELS, PhantomSubject, make_phantom, write_cohort
@@ -257,10 +257,10 @@ def test_cohort_files_hold_what_make_phantom_returns(cohort: tuple) -> None:
     assert float(row["lesion_volume_mm3"]) == pytest.approx(subject.lesion_volume_mm3, abs=0.1)
     anat = out / "sub-002" / "anat"
     derived = out / "derivatives" / "instasal-phantom" / "sub-002" / "anat"
-    flair = nib.load(anat / "sub-002_FLAIR.nii.gz")
+    flair = load_nifti(anat / "sub-002_FLAIR.nii.gz")
     np.testing.assert_array_equal(np.asarray(flair.dataobj), subject.flair)
     np.testing.assert_allclose(flair.affine, subject.affine)
-    t1w = np.asarray(nib.load(anat / "sub-002_T1w.nii.gz").dataobj)
+    t1w = np.asarray(load_nifti(anat / "sub-002_T1w.nii.gz").dataobj)
     np.testing.assert_array_equal(t1w, subject.t1w)
     for suffix, expected in [
         ("desc-lesion_mask", subject.lesion_mask),
@@ -270,7 +270,7 @@ def test_cohort_files_hold_what_make_phantom_returns(cohort: tuple) -> None:
         ("desc-lesionregion_dseg", subject.lesion_regions),
         ("desc-regions_dseg", subject.region_atlas),
     ]:
-        written = np.asarray(nib.load(derived / f"sub-002_{suffix}.nii.gz").dataobj)
+        written = np.asarray(load_nifti(derived / f"sub-002_{suffix}.nii.gz").dataobj)
         np.testing.assert_array_equal(written, expected.astype(np.uint8))
     lesions = _read_tsv(derived / "sub-002_lesions.tsv")
     assert len(lesions) == len(subject.lesions)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 import nibabel as nib
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import load_nifti, set_pointwise
 from instasal.errors import ImageError, ModelError, OutputExistsError
 from instasal.pipeline import ExplainSettings, explain_subject
 
@@ -28,12 +30,7 @@ class LinearLesionModel(nn.Module):
     def __init__(self, in_channels: int = 2, bias: float = BIAS) -> None:
         super().__init__()
         self.conv = nn.Conv3d(in_channels, 2, kernel_size=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = W_FLAIR
-            self.conv.weight[1, 1] = W_T1W
-            self.conv.bias[1] = bias
+        set_pointwise(self.conv, {(1, 0): W_FLAIR, (1, 1): W_T1W}, {1: bias})
         names = ["FLAIR", "T1w", "T2w"][:in_channels]
         self.card = {
             "name": "linear-test",
@@ -54,8 +51,14 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
+class SubjectFiles(TypedDict):
+    images: list[Path]
+    reference: Path
+    affine: np.ndarray
+
+
 @pytest.fixture
-def subject_files(tmp_path: Path, rng: np.random.Generator):
+def subject_files(tmp_path: Path, rng: np.random.Generator) -> SubjectFiles:
     """Two bright FLAIR blobs (one matched by the reference) on a noisy head; 2 mm voxels."""
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     flair = rng.normal(10.0, 0.2, SHAPE).astype(np.float32)
@@ -91,25 +94,25 @@ def test_table_values_match_the_hand_computed_jacobian(tmp_path, subject_files):
     assert list(table["type"]) == ["TP", "FP", "FN", "TN", "TN"]
     assert list(table["id"]) == [1, 2, 3, 4, 5]
     assert list(table["volume_mm3"][:3]) == pytest.approx([27 * 8.0, 18 * 8.0, 8 * 8.0])
-    for row in table.itertuples():
-        domain = result.instances.mask(row.id)
+    for row in table.to_dict("records"):
+        domain = result.instances.mask(row["id"])
         # max aggregation of rows that are w_k·δ_v: w_k on Ω, 0 elsewhere
-        assert row.peak_FLAIR == pytest.approx(W_FLAIR)
-        assert row.inside_mean_FLAIR == pytest.approx(W_FLAIR)
-        assert row.ring_mean_FLAIR == 0.0
-        assert row.trough_T1w == pytest.approx(W_T1W)
-        assert row.peak_T1w == 0.0
+        assert row["peak_FLAIR"] == pytest.approx(W_FLAIR)
+        assert row["inside_mean_FLAIR"] == pytest.approx(W_FLAIR)
+        assert row["ring_mean_FLAIR"] == 0.0
+        assert row["trough_T1w"] == pytest.approx(W_T1W)
+        assert row["peak_T1w"] == 0.0
         # reliance = peak_FLAIR / (|peak_FLAIR| + |peak_T1w|), and T1w's peak (max) is 0 here
-        assert row.reliance_FLAIR == pytest.approx(1.0)
-        assert row.reliance_T1w == 0.0
+        assert row["reliance_FLAIR"] == pytest.approx(1.0)
+        assert row["reliance_T1w"] == 0.0
         first = np.argwhere(domain)[0]
-        assert row.trough_T1w_voxel == ",".join(map(str, first))
-        saliency = nib.load(result.layout.smoothgrad(row.id, "FLAIR")).get_fdata()
+        assert row["trough_T1w_voxel"] == ",".join(map(str, first))
+        saliency = load_nifti(result.layout.smoothgrad(row["id"], "FLAIR")).get_fdata()
         np.testing.assert_allclose(saliency, W_FLAIR * domain, atol=1e-6)
-        assert nib.load(result.layout.smoothgrad(row.id, "FLAIR")).affine == pytest.approx(
+        assert load_nifti(result.layout.smoothgrad(row["id"], "FLAIR")).affine == pytest.approx(
             subject_files["affine"]
         )
-    probability = nib.load(result.layout.probability).get_fdata()
+    probability = load_nifti(result.layout.probability).get_fdata()
     tp = result.instances.mask(1)
     assert table["prob_max"][0] == pytest.approx(probability[tp].max(), rel=1e-5)
     sidecar = json.loads(result.layout.table_sidecar.read_text())
@@ -195,7 +198,7 @@ def test_subject_at_another_voxel_size_is_explained_on_its_own_grid(tmp_path, su
     provenance = json.loads(result.layout.provenance.read_text())
     assert provenance["geometry"]["resampled"] is True
     lesion = result.table.iloc[0]
-    flair = nib.load(result.layout.smoothgrad(int(lesion["id"]), "FLAIR"))
+    flair = load_nifti(result.layout.smoothgrad(int(lesion["id"]), "FLAIR"))
     assert flair.shape == SHAPE
     np.testing.assert_allclose(flair.affine, subject_files["affine"])
     # per axis, linear ×2 up-sampling then box-averaging back gives out_i = ½(up_2i + up_2i+1)
@@ -237,7 +240,7 @@ def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, rng):
     result = explain_subject(images, never, tmp_path / "o", settings=quiet)
     assert len(result.table) == 0
     assert "No lesion was found" in result.report.read_text()
-    assert nib.load(result.layout.mask).get_fdata().sum() == 0
+    assert load_nifti(result.layout.mask).get_fdata().sum() == 0
 
 
 def test_anisotropic_oblique_lps_subject_is_explained_on_its_own_grid(tmp_path, rng):
@@ -269,10 +272,10 @@ def test_anisotropic_oblique_lps_subject_is_explained_on_its_own_grid(tmp_path, 
     # 8×8×3 voxels of 2.43 mm³; the model's 2 mm voxels quantise the in-plane boundary
     assert 0.8 * 8 * 8 * 3 * 2.43 < lesion["volume_mm3"] < 1.5 * 8 * 8 * 3 * 2.43
     for path in (result.layout.instances, result.layout.smoothgrad(int(lesion["id"]), "FLAIR")):
-        written = nib.load(path)
+        written = load_nifti(path)
         assert written.shape == shape
         np.testing.assert_allclose(written.affine, affine, atol=1e-6)
-    labels = np.asarray(nib.load(result.layout.instances).dataobj)
+    labels = np.asarray(load_nifti(result.layout.instances).dataobj)
     assert labels[12, 15, 4] == lesion["id"]  # the blob, on the stored grid
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import load_nifti, set_pointwise
 from instasal.pipeline import ExplainSettings, explain_subject
 
 SHAPE = (40, 40, 40)
@@ -33,13 +34,12 @@ class DilatedLinearModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv3d(2, 2, 3, padding=DILATION, dilation=DILATION)
+        set_pointwise(
+            self.conv, {(1, 0): OFF_CENTRE["FLAIR"], (1, 1): OFF_CENTRE["T1w"]}, {1: BIAS}
+        )
         with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
             for k, name in enumerate(("FLAIR", "T1w")):
-                self.conv.weight[1, k] = OFF_CENTRE[name]
                 self.conv.weight[1, k, 1, 1, 1] = CENTRE[name]
-            self.conv.bias[1] = BIAS
         self.card = {
             "name": "dilated-linear-test",
             "architecture": "dilated 3x3x3 convolution",
@@ -110,7 +110,7 @@ def test_each_context_gives_its_own_hand_computed_map(tmp_path, images, context)
     assert int(domain.sum()) == 27
     box = _patch_box(domain) if context == "patch" else None
     for channel in ("FLAIR", "T1w"):
-        saliency = nib.load(result.layout.smoothgrad(record.id, channel)).get_fdata()
+        saliency = load_nifti(result.layout.smoothgrad(record.id, channel)).get_fdata()
         expected = _oracle(domain, channel, box)
         # float32 sums of one weight: exact up to float32 representation of the weights
         np.testing.assert_allclose(saliency, expected, rtol=1e-6, atol=1e-7)

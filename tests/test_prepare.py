@@ -16,10 +16,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import set_card
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import classify_instances, find_instances
 from instasal.io import Subject
 from instasal.prepare import (
+    Growth,
     Reorientation,
     ResampledNetwork,
     normalise,
@@ -88,7 +90,7 @@ def test_instances_restated_on_the_stored_grid_keep_world_positions() -> None:
     )
     subject = Subject(np.stack([np.asarray(stored.dataobj)] * 2), stored.affine)
     model = nn.Identity()
-    model.card = {"orientation": "RAS"}  # type: ignore[assignment]
+    set_card(model, {"orientation": "RAS"})
     prepared = prepare_subject(subject, model)
     working = classify_instances(
         find_instances(
@@ -149,7 +151,11 @@ def _box_matrix(n_out: int, factor: int) -> np.ndarray:
 def test_resampling_matches_the_hand_written_matrices_per_axis() -> None:
     volume = torch.randn(1, 1, 8, 3, 5, dtype=torch.float64)
     down = _box_matrix(4, 2)
-    for grow, up in (("linear", _linear_matrix(7, 3)), ("nearest", _nearest_matrix(7, 3))):
+    cases: tuple[tuple[Growth, np.ndarray], ...] = (
+        ("linear", _linear_matrix(7, 3)),
+        ("nearest", _nearest_matrix(7, 3)),
+    )
+    for grow, up in cases:
         out = resample(volume, (4, 7, 5), grow=grow).numpy()[0, 0]  # x halves, y grows 7/3
         expected = np.einsum("ai,bj,ijk->abk", down, up, volume.numpy()[0, 0])
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)

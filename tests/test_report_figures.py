@@ -22,7 +22,9 @@ def _table() -> pd.DataFrame:
 
 
 def _legend(figure: matplotlib.figure.Figure) -> list[str]:
-    return [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    legend = figure.axes[0].get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def test_legend_says_how_many_of_each_type_were_explained() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import LINEAR_SHAPE, PointwiseLinear, write_linear_subject
+from conftest import LINEAR_SHAPE, PointwiseLinear, load_nifti, set_card, write_linear_subject
 from instasal.instances import Instance
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.outputs import instances_lookup
@@ -189,20 +189,23 @@ def _inject(html: str) -> str:
 
 def _pointwise_with_card() -> PointwiseLinear:
     model = PointwiseLinear()
-    model.card = {  # type: ignore[assignment]
-        "name": "pointwise-test",
-        "architecture": "1x1x1 convolution",
-        "channel_names": ["FLAIR", "T1w"],
-        "patch_size": list(LINEAR_SHAPE),
-        "threshold": 0.5,
-        "gradcam_layer": "conv",
-        "target_class": 1,
-    }
+    set_card(
+        model,
+        {
+            "name": "pointwise-test",
+            "architecture": "1x1x1 convolution",
+            "channel_names": ["FLAIR", "T1w"],
+            "patch_size": list(LINEAR_SHAPE),
+            "threshold": 0.5,
+            "gradcam_layer": "conv",
+            "target_class": 1,
+        },
+    )
     return model
 
 
 @pytest.fixture(scope="module")
-def explained_report(tmp_path_factory) -> Path:
+def explained_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("viewer")
     write_linear_subject(root / "data", "sub-01", np.random.default_rng(3))
     anat = root / "data" / "sub-01" / "anat"
@@ -297,7 +300,7 @@ def test_run_writes_a_lookup_row_for_every_id_of_the_instance_map(explained_repo
     root = explained_report.parent
     (labels,) = root.glob("*_desc-instances_dseg.nii.gz")
     (table,) = root.glob("*_desc-instances_dseg.tsv")
-    ids = sorted(int(i) for i in np.unique(np.asarray(nib.load(labels).dataobj)) if i)
+    ids = sorted(int(i) for i in np.unique(np.asarray(load_nifti(labels).dataobj)) if i)
     lookup = pd.read_csv(table, sep="\t")
     assert lookup["index"].tolist() == ids
     explained = pd.read_csv(next(root.glob("*_lesions.tsv")), sep="\t")["id"].tolist()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SmoothGradOptions
 from instasal.errors import ConfigurationError
 from instasal.saliency import instance_smoothgrad, map_agreement, patch_full_agreement
 
@@ -48,7 +49,7 @@ def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
     x = torch.randn(2, 36, 32, 28)
     domain = torch.zeros(36, 32, 28, dtype=torch.bool)
     domain[10:12, 20, 14] = True
-    kwargs = {"patch_size": 20, "n_samples": 2, "seed": 4, "engine": "naive"}
+    kwargs: SmoothGradOptions = {"patch_size": 20, "n_samples": 2, "seed": 4, "engine": "naive"}
     report = patch_full_agreement(model, x, domain, **kwargs)
     full = instance_smoothgrad(model, x, domain, context="full", **kwargs)
     patch = instance_smoothgrad(model, x, domain, context="patch", **kwargs)

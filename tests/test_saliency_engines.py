@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from monai.networks.nets import DynUNet, SwinUNETR, UNet
 from torch import nn
 
+from conftest import SmoothGradOptions
 from instasal.errors import ConfigurationError
 from instasal.saliency import cached_engine_choices, instance_smoothgrad, instance_smoothgrad_many
 from instasal.saliency.engines import MAX_ROWS_PER_CALL, rows_under_budget
+from instasal.typing import Aggregation, EngineName
 
 
 def _domain(shape: tuple[int, ...], voxels: list[tuple[int, int, int]]) -> torch.Tensor:
@@ -81,9 +85,9 @@ def test_batched_engine_equals_the_naive_loop(name: str) -> None:
     domain = _domain(
         shape, [(middle, middle, middle), (middle, middle + 1, middle), (middle + 1, middle, 2)]
     )
-    kwargs = {"n_samples": 2, "seed": 3}
-    naive = instance_smoothgrad(model, x, domain, engine="naive", **kwargs)
-    batched = instance_smoothgrad(model, x, domain, engine="batched", **kwargs)
+    smoothgrad = functools.partial(instance_smoothgrad, model, x, domain, n_samples=2, seed=3)
+    naive = smoothgrad(engine="naive")
+    batched = smoothgrad(engine="batched")
     scale = naive.abs().max()
     assert scale > 0
     torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-5 * float(scale))
@@ -98,8 +102,13 @@ def test_chunked_equals_unchunked_for_rows_and_domains() -> None:
         1: _domain(shape, [(2, 2, 2), (2, 3, 2), (3, 3, 3), (3, 3, 4), (4, 3, 4)]),
         2: _domain(shape, [(9, 9, 9), (9, 9, 10)]),
     }
-    for aggregation in ("max", "mean"):
-        kwargs = {"n_samples": 2, "aggregation": aggregation, "engine": "batched"}
+    aggregations: tuple[Aggregation, ...] = ("max", "mean")
+    for aggregation in aggregations:
+        kwargs: SmoothGradOptions = {
+            "n_samples": 2,
+            "aggregation": aggregation,
+            "engine": "batched",
+        }
         whole = instance_smoothgrad_many(model, x, domains, **kwargs)
         for rows_per_call in (1, 2, 3):
             chunked = instance_smoothgrad_many(
@@ -169,7 +178,7 @@ def test_cuda_map_equals_cpu_map() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("engine", ["naive", "batched"])
-def test_cuda_row_loop_never_waits_for_the_device(engine: str) -> None:
+def test_cuda_row_loop_never_waits_for_the_device(engine: EngineName) -> None:
     from instasal.saliency.engines import aggregate_rows
 
     torch.manual_seed(4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ import torch.nn.functional as F
 from monai.visualize import GradCAM, GradCAMpp
 from torch import nn
 
+from conftest import set_card
 from instasal.errors import ConfigurationError
 from instasal.saliency import instance_gradcam, instance_gradcam_many, normalise_map
+from instasal.saliency.gradcam import CamVariant
 
 SHAPE = (12, 10, 8)
 
@@ -84,7 +88,7 @@ def _domain() -> torch.Tensor:
 
 @pytest.mark.parametrize("variant", ["gradcam++", "gradcam"])
 @pytest.mark.parametrize("layer", ["middle", "up", "mix"])
-def test_map_equals_the_spec_formula_upsampled(variant: str, layer: str) -> None:
+def test_map_equals_the_spec_formula_upsampled(variant: CamVariant, layer: str) -> None:
     torch.manual_seed(0)
     model = _EncoderDecoder().eval()
     x = torch.randn(2, *SHAPE)
@@ -119,8 +123,10 @@ def test_gradcampp_equals_monai_gradcampp_after_normalisation() -> None:
     torch.manual_seed(2)
     model = _EncoderDecoder().eval()
     x = torch.randn(2, *SHAPE)
+    bias = model.head.bias
+    assert bias is not None
     with torch.no_grad():  # centre the logits so that exp(score) stays finite
-        model.head.bias[1] -= model(x.unsqueeze(0))[0, 1].mean()
+        bias[1] -= model(x.unsqueeze(0))[0, 1].mean()
     domain = torch.ones(SHAPE, dtype=torch.bool)
     wrapper = _InstanceScore(model, domain)
     monai_map = GradCAMpp(wrapper, target_layers="model.squash")(x.unsqueeze(0), class_idx=0)
@@ -183,7 +189,7 @@ class _Reused(_EncoderDecoder):
         ("middle", "scorecam", "variant must be one of .*got 'scorecam'"),
     ],
 )
-def test_bad_layer_or_variant(layer: str, variant, message: str) -> None:
+def test_bad_layer_or_variant(layer: str, variant: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         instance_gradcam(
             _EncoderDecoder(), torch.randn(2, *SHAPE), _domain(), layer=layer, variant=variant
@@ -235,7 +241,7 @@ def test_gradcam_on_a_padded_input_equals_the_explicitly_padded_volume() -> None
     x = torch.randn(2, 11, 10, 7)  # odd sides: the stride-2 encoder cannot run without padding
     domain = torch.zeros(11, 10, 7, dtype=torch.bool)
     domain[5:7, 4, 3] = True
-    model.card = {"size_divisibility": 2}
+    set_card(model, {"size_divisibility": 2})
     ours = instance_gradcam(model, x, domain, layer="middle")
     del model.card
     padded = instance_gradcam(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from conftest import set_card
 from instasal.errors import ConfigurationError, ModelError
 from instasal.saliency import instance_smoothgrad
 
 SHAPE = (8, 8, 8)
 
 
-def _net(outputs: int = 2) -> nn.Module:
+def _net(outputs: int = 2) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.BatchNorm3d(3), nn.Conv3d(3, outputs, 1))
 
 
@@ -63,19 +66,21 @@ def domain() -> torch.Tensor:
         ({"memory_budget_bytes": 0}, "memory_budget_bytes must be >= 1, got 0"),
     ],
 )
-def test_bad_arguments_raise_configuration_errors(x, domain, change, message) -> None:
-    arguments = {"x": x, "domain": domain, "n_samples": 1} | change
+def test_bad_arguments_raise_configuration_errors(
+    x: torch.Tensor, domain: torch.Tensor, change: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, Any] = {"x": x, "domain": domain, "n_samples": 1} | change
     with pytest.raises(ConfigurationError, match=message):
         instance_smoothgrad(_net(), **arguments)
 
 
-def test_non_finite_input_is_refused(x, domain) -> None:
+def test_non_finite_input_is_refused(x: torch.Tensor, domain: torch.Tensor) -> None:
     x[0, 1, 1, 1] = float("nan")
     with pytest.raises(ConfigurationError, match="x holds NaN or infinite values"):
         instance_smoothgrad(_net(), x, domain)
 
 
-def test_single_output_model_refuses_target_two(x, domain) -> None:
+def test_single_output_model_refuses_target_two(x: torch.Tensor, domain: torch.Tensor) -> None:
     with pytest.raises(ConfigurationError, match=r"target must be 0 or 1 .* 1 output channel"):
         instance_smoothgrad(_net(outputs=1), x, domain, target=2, n_samples=1)
 
@@ -97,27 +102,31 @@ class _Pair(nn.Module):
         (_Pair(), "must return one logit tensor .*got tuple"),
     ],
 )
-def test_models_with_the_wrong_output_raise_model_errors(x, domain, model, message) -> None:
+def test_models_with_the_wrong_output_raise_model_errors(
+    x: torch.Tensor, domain: torch.Tensor, model: nn.Module, message: str
+) -> None:
     with pytest.raises(ModelError, match=message):
         instance_smoothgrad(model, x, domain, n_samples=1)
 
 
-def test_patch_size_is_taken_from_the_model_card(x, domain) -> None:
+def test_patch_size_is_taken_from_the_model_card(x: torch.Tensor, domain: torch.Tensor) -> None:
     model = _net()
     explicit = instance_smoothgrad(model, x, domain, context="patch", patch_size=8, n_samples=1)
-    model.card = {"patch_size": [8, 8, 8]}
+    set_card(model, {"patch_size": [8, 8, 8]})
     from_card = instance_smoothgrad(model, x, domain, context="patch", n_samples=1)
     assert torch.equal(from_card, explicit)
 
 
-def test_numpy_input_and_domain_are_accepted(x, domain) -> None:
+def test_numpy_input_and_domain_are_accepted(x: torch.Tensor, domain: torch.Tensor) -> None:
     model = _net()
     expected = instance_smoothgrad(model, x, domain, n_samples=1)
     given = instance_smoothgrad(model, x.numpy(), domain.numpy().astype(np.uint8), n_samples=1)
     assert torch.equal(given, expected)
 
 
-def test_model_state_input_and_parameters_are_left_as_found(x, domain) -> None:
+def test_model_state_input_and_parameters_are_left_as_found(
+    x: torch.Tensor, domain: torch.Tensor
+) -> None:
     model = _net()
     model.train()
     model[2].eval()  # a mixed-mode model: each module's own flag must come back
@@ -143,7 +152,9 @@ class _Failing(nn.Module):
         raise RuntimeError("boom inside the model")
 
 
-def test_model_state_is_restored_after_an_exception_in_the_model(x, domain) -> None:
+def test_model_state_is_restored_after_an_exception_in_the_model(
+    x: torch.Tensor, domain: torch.Tensor
+) -> None:
     model = _Failing().train()
     with pytest.raises(RuntimeError, match="boom inside the model"):
         instance_smoothgrad(model, x, domain, n_samples=1)

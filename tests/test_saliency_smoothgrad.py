@@ -3,7 +3,9 @@ Captum's Saliency, the noise definition, and the patch context."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+from typing import TypeAlias
 
 import numpy as np
 import pytest
@@ -11,10 +13,13 @@ import torch
 from captum.attr import Saliency
 from torch import nn
 
+from conftest import SmoothGradOptions, set_card
 from instasal.saliency import instance_smoothgrad, instance_smoothgrad_many
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
+from instasal.typing import Aggregation, Context, EngineName, NoiseRange
 
 SHAPE = (9, 8, 7)
+LinearCase: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _domain(shape: tuple[int, ...], voxels: list[tuple[int, int, int]]) -> torch.Tensor:
@@ -41,7 +46,7 @@ def _analytic_rows(weight: torch.Tensor, target: int, domain: torch.Tensor) -> l
         for offset in itertools.product(range(3), repeat=3):
             u = tuple(int(vi) + o - 1 for vi, o in zip(v, offset, strict=True))
             if all(0 <= ui < n for ui, n in zip(u, shape, strict=True)):
-                row[(slice(None), *u)] = kernel[(slice(None), *offset)]
+                row[np.index_exp[:] + u] = kernel[np.index_exp[:] + offset]
         rows.append(row)
     return rows
 
@@ -55,7 +60,7 @@ def _max_by_magnitude(rows: list[np.ndarray]) -> np.ndarray:
 
 
 @pytest.fixture
-def linear_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_case() -> LinearCase:
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(2, 2, 3, 3, 3, generator=generator, dtype=torch.float64)
     x = torch.randn(2, *SHAPE, generator=generator, dtype=torch.float64)
@@ -64,7 +69,9 @@ def linear_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("engine", ["naive", "batched", "auto"])
-def test_linear_net_max_is_the_analytic_jacobian_max(linear_case, engine: str) -> None:
+def test_linear_net_max_is_the_analytic_jacobian_max(
+    linear_case: LinearCase, engine: EngineName
+) -> None:
     weight, x, domain = linear_case
     expected = _max_by_magnitude(_analytic_rows(weight, 1, domain))
     # A linear net's Jacobian does not depend on the input, so noise cannot change the map.
@@ -72,7 +79,7 @@ def test_linear_net_max_is_the_analytic_jacobian_max(linear_case, engine: str) -
     np.testing.assert_allclose(saliency.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_linear_net_mean_is_the_analytic_jacobian_mean(linear_case) -> None:
+def test_linear_net_mean_is_the_analytic_jacobian_mean(linear_case: LinearCase) -> None:
     weight, x, domain = linear_case
     expected = np.mean(_analytic_rows(weight, 0, domain), axis=0)
     saliency = instance_smoothgrad(
@@ -82,7 +89,7 @@ def test_linear_net_mean_is_the_analytic_jacobian_mean(linear_case) -> None:
 
 
 @pytest.mark.parametrize("engine", ["naive", "batched"])
-def test_ties_keep_the_earlier_row_with_its_sign(engine: str) -> None:
+def test_ties_keep_the_earlier_row_with_its_sign(engine: EngineName) -> None:
     # Along the first axis the kernel is +1 at offset 0 and −1 at offset 2: the voxel between two
     # domain voxels two apart gets −1 from the earlier row and +1 from the later one.
     weight = torch.zeros(2, 1, 3, 3, 3, dtype=torch.float64)
@@ -109,7 +116,9 @@ class _SmallNonlinear(nn.Module):
         return self.body(x) * self.body(x).sigmoid()
 
 
-def _reference_map(model, x, domain, target, aggregation):
+def _reference_map(
+    model: nn.Module, x: torch.Tensor, domain: torch.Tensor, target: int, aggregation: Aggregation
+) -> np.ndarray:
     """A_Ω(x) from autograd's full Jacobian (an independent route to the rows)."""
     model.eval()
 
@@ -123,7 +132,7 @@ def _reference_map(model, x, domain, target, aggregation):
 
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
-def test_noiseless_map_equals_the_full_jacobian_oracle(aggregation: str) -> None:
+def test_noiseless_map_equals_the_full_jacobian_oracle(aggregation: Aggregation) -> None:
     torch.manual_seed(0)
     model = _SmallNonlinear().double()
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
@@ -191,7 +200,9 @@ def test_noise_sigma_per_channel_and_first_channel() -> None:
 @pytest.mark.parametrize(
     ("noise_range", "expected"), [("per_channel", (0.2, 1.0)), ("first_channel", (0.2, 0.2))]
 )
-def test_drawn_noise_has_the_requested_sigma_per_channel(noise_range, expected) -> None:
+def test_drawn_noise_has_the_requested_sigma_per_channel(
+    noise_range: NoiseRange, expected: tuple[float, float]
+) -> None:
     x = torch.zeros(2, 40, 40, 40)
     x[0, 0, 0, 0], x[0, 1, 0, 0] = -1.0, 1.0  # range 2
     x[1, 0, 0, 0], x[1, 1, 0, 0] = 0.0, 10.0  # range 10
@@ -229,7 +240,7 @@ def test_many_domains_equal_one_call_per_domain_and_report_progress() -> None:
         9: _domain(SHAPE, [(4, 4, 3), (4, 5, 3), (5, 5, 3)]),
     }
     calls: list[tuple[int, int]] = []
-    kwargs = {"n_samples": 3, "seed": 11, "engine": "naive"}
+    kwargs: SmoothGradOptions = {"n_samples": 3, "seed": 11, "engine": "naive"}
     maps = instance_smoothgrad_many(
         model, x, domains, progress=lambda done, total: calls.append((done, total)), **kwargs
     )
@@ -266,11 +277,11 @@ def test_patch_context_equals_full_where_the_receptive_field_fits() -> None:
     model = _Local()
     x = torch.randn(2, 40, 36, 32)
     domain = _domain((40, 36, 32), [(30, 10, 8), (31, 10, 8), (31, 11, 9)])
-    kwargs = {"n_samples": 3, "seed": 2, "engine": "naive"}
-    full = instance_smoothgrad(model, x, domain, context="full", **kwargs)
-    patch = instance_smoothgrad(
-        model, x, domain, context="patch", patch_size=(16, 16, 16), **kwargs
+    smoothgrad = functools.partial(
+        instance_smoothgrad, model, x, domain, n_samples=3, seed=2, engine="naive"
     )
+    full = smoothgrad(context="full")
+    patch = smoothgrad(context="patch", patch_size=(16, 16, 16))
     torch.testing.assert_close(patch, full, rtol=1e-5, atol=1e-7)
     assert full.abs().max() > 0
 
@@ -278,7 +289,7 @@ def test_patch_context_equals_full_where_the_receptive_field_fits() -> None:
 def test_patch_context_map_is_zero_outside_the_patch_and_nonzero_inside() -> None:
     torch.manual_seed(7)
     model = _Dense()
-    model.card = {"patch_size": (24, 24, 24), "size_divisibility": 8}
+    set_card(model, {"patch_size": (24, 24, 24), "size_divisibility": 8})
     x = torch.randn(2, 40, 36, 40)
     domain = _domain((40, 36, 40), [(38, 3, 20), (38, 4, 20)])  # near edges: the patch shifts in
     patch = instance_smoothgrad(model, x, domain, context="patch", n_samples=2)
@@ -311,21 +322,23 @@ def test_many_domains_with_patches_share_coinciding_patches_and_equal_single_cal
         2: _domain((40, 36, 32), [(2, 2, 2), (2, 3, 2)]),  # same corner patch
         3: _domain((40, 36, 32), [(30, 20, 20)]),
     }
-    kwargs = {"context": "patch", "patch_size": 20, "n_samples": 2, "engine": "naive"}
+    kwargs: SmoothGradOptions = {"patch_size": 20, "n_samples": 2, "engine": "naive"}
     forwards = []
     handle = model.first.register_forward_hook(lambda *args: forwards.append(1))
     try:
-        maps = instance_smoothgrad_many(model, x, domains, **kwargs)
+        maps = instance_smoothgrad_many(model, x, domains, context="patch", **kwargs)
     finally:
         handle.remove()
     assert len(forwards) == 2 * 2  # two distinct patches per noise draw
     for domain_id, domain in domains.items():
-        assert torch.equal(maps[domain_id], instance_smoothgrad(model, x, domain, **kwargs))
+        assert torch.equal(
+            maps[domain_id], instance_smoothgrad(model, x, domain, context="patch", **kwargs)
+        )
 
 
 @pytest.mark.parametrize("context", ["full", "patch"])
 def test_input_is_padded_to_the_size_divisibility_like_an_explicitly_padded_volume(
-    context: str,
+    context: Context,
 ) -> None:
     from monai.networks.nets import UNet
 
@@ -335,7 +348,7 @@ def test_input_is_padded_to_the_size_divisibility_like_an_explicitly_padded_volu
     domain = _domain((10, 11, 9), [(4, 5, 4), (5, 5, 4)])
     with pytest.raises(RuntimeError):  # 11 and 9 are not multiples of 4: the net cannot run
         model(x.unsqueeze(0))
-    model.card = {"size_divisibility": [4, 4, 4], "patch_size": [8, 8, 8]}
+    set_card(model, {"size_divisibility": [4, 4, 4], "patch_size": [8, 8, 8]})
     ours = instance_smoothgrad(model, x, domain, noise_level=0.0, context=context)
     padded_x = torch.nn.functional.pad(x, (0, 3, 0, 1, 0, 2))
     padded_domain = torch.nn.functional.pad(domain, (0, 3, 0, 1, 0, 2))

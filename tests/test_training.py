@@ -177,7 +177,9 @@ def test_config_validation() -> None:
         )
 
 
-def test_loss_falls_and_lesions_are_found_on_a_learnable_task(subjects, tmp_path: Path) -> None:
+def test_loss_falls_and_lesions_are_found_on_a_learnable_task(
+    subjects: tuple[list[TrainingSubject], list[TrainingSubject]], tmp_path: Path
+) -> None:
     """Lesions 2.5 noise σ brighter in FLAIR: a working training loop must learn them."""
     training, validation = subjects
     config = _config(epochs=8, iterations_per_epoch=4, learning_rate=1e-2, thresholds=(0.5,))

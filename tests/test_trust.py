@@ -36,7 +36,7 @@ def _cube(shape: tuple[int, int, int], low: int, high: int) -> np.ndarray:
 
 def _distances_to(omega: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """Brute force: the smallest Euclidean distance (mm) from each voxel centre to Ω's centres."""
-    grid = np.stack(np.indices(omega.shape), axis=-1) * np.asarray(spacing)
+    grid = np.moveaxis(np.indices(omega.shape), 0, -1) * np.asarray(spacing)
     points = np.argwhere(omega) * np.asarray(spacing)
     return np.min(np.linalg.norm(grid[..., None, :] - points, axis=-1), axis=-1)
 
@@ -87,11 +87,11 @@ def test_neighbourhood_is_omega_dilated_in_mm_with_anisotropic_spacing() -> None
 def _linear_chain() -> nn.Sequential:
     """Two 1×1×1 convolutions without bias: the noiseless map on Ω is ``(W2 W1)[1]`` per voxel."""
     generator = torch.Generator().manual_seed(5)
-    net = nn.Sequential(nn.Conv3d(2, 3, 1, bias=False), nn.Conv3d(3, 2, 1, bias=False)).double()
+    convs = (nn.Conv3d(2, 3, 1, bias=False), nn.Conv3d(3, 2, 1, bias=False))
     with torch.no_grad():
-        for conv in net:
+        for conv in convs:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator))
-    return net
+    return nn.Sequential(*convs).double()
 
 
 def _scale_by_three(module: nn.Module, generator: torch.Generator) -> None:
@@ -249,16 +249,14 @@ def test_a_map_faithful_by_construction_gives_the_optimal_curves_and_beats_rando
     logit = np.tensordot(WEIGHT, x, axes=1)[omega]
     optimal_deletion = [(logit.sum() - drops[:k].sum()) / omega.sum() for k in counts]
     optimal_insertion = [(logit.sum() - drops[k:].sum()) / omega.sum() for k in counts]
-    curves = result.curves[result.curves["order"] == "smoothgrad"].set_index("kind")
-    np.testing.assert_allclose(
-        curves.loc["deletion", "logit_mean"], optimal_deletion, rtol=0, atol=1e-5
-    )
-    np.testing.assert_allclose(
-        curves.loc["insertion", "logit_mean"], optimal_insertion, rtol=0, atol=1e-5
-    )
+    curves = result.curves[result.curves["order"] == "smoothgrad"]
+    deletion = curves[curves["kind"] == "deletion"]
+    insertion = curves[curves["kind"] == "insertion"]
+    np.testing.assert_allclose(deletion["logit_mean"], optimal_deletion, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(insertion["logit_mean"], optimal_insertion, rtol=0, atol=1e-5)
     # Probability at the end of deletion: every Ω voxel at the baseline.
     end = _sigmoid(np.full(omega.sum(), WEIGHT @ base)).mean()
-    assert curves.loc["deletion", "prob_mean"].iloc[-1] == pytest.approx(end, abs=1e-6)
+    assert deletion["prob_mean"].iloc[-1] == pytest.approx(end, abs=1e-6)
     numbers = result.numbers
     random_areas = [
         np.trapezoid(group["logit_mean"], group["fraction"])
@@ -301,11 +299,11 @@ def test_radial_profile_shell_means_of_a_distance_map_with_anisotropic_spacing()
     assert list(profile.columns) == ["shell", "inner_mm", "outer_mm", "n_voxels", "channel", "mean"]
     flair = profile[profile["channel"] == "FLAIR"].reset_index(drop=True)
     assert list(flair["outer_mm"]) == [0.0, 2.5, 5.0, 7.5, 10.0]
-    for row in flair.itertuples():
-        inner, outer = (row.shell - 1) * width, row.shell * width
-        members = omega if row.shell == 0 else ~omega & (distance > inner) & (distance <= outer)
-        assert row.n_voxels == members.sum()
-        assert row.mean == pytest.approx(distance[members].mean(), abs=1e-9)
+    for row in flair.to_dict("records"):
+        inner, outer = (row["shell"] - 1) * width, row["shell"] * width
+        members = omega if row["shell"] == 0 else ~omega & (distance > inner) & (distance <= outer)
+        assert row["n_voxels"] == members.sum()
+        assert row["mean"] == pytest.approx(distance[members].mean(), abs=1e-9)
     t1w = profile[profile["channel"] == "T1w"]["mean"].to_numpy()
     np.testing.assert_allclose(t1w, -2.0 * flair["mean"].to_numpy() + 1.0, atol=1e-9)
 

@@ -57,7 +57,7 @@ class _Convolution(nn.Module):
         return self.conv(x)
 
 
-def _convolution(kernel: torch.Tensor) -> nn.Module:
+def _convolution(kernel: torch.Tensor) -> _Convolution:
     return attach_card(_Convolution(kernel), _card(patch_size=None))
 
 
@@ -99,15 +99,17 @@ class _Dropping(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm3d(1, eps=0.0)
         self.drop = nn.Dropout(p)
+        running_var = self.norm.running_var
+        assert running_var is not None
         with torch.no_grad():
-            self.norm.running_var.fill_(0.25)
+            running_var.fill_(0.25)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lesion = self.drop(self.norm(x[:, :1]))
         return torch.cat([torch.zeros_like(lesion), lesion], dim=1)
 
 
-def _dropping(p: float = 0.5) -> nn.Module:
+def _dropping(p: float = 0.5) -> _Dropping:
     return attach_card(_Dropping(p), _card("dropping", patch_size=None))
 
 

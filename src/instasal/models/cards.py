@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any, Literal, TypeAlias, TypeVar, get_args
 
 from torch import nn
 
@@ -28,6 +28,7 @@ __all__ = [
 
 Normalisation: TypeAlias = Literal["zscore_nonzero", "zscore", "none", "nnunet"]
 OutputActivation: TypeAlias = Literal["softmax", "sigmoid"]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def read_card(path: Path) -> ModelCard:
     return ModelCard.from_dict(payload, where=str(path))
 
 
-def attach_card(model: nn.Module, card: ModelCard) -> nn.Module:
+def attach_card(model: ModuleT, card: ModelCard) -> ModuleT:
     """Set ``model.card`` to ``card``'s dictionary and return the model."""
     setattr(model, "card", card.to_dict())  # noqa: B010 (nn.Module types attributes as Tensor | Module)
     return model

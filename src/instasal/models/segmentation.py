@@ -14,6 +14,8 @@ reports.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +124,7 @@ def predict_subject(
 
 def segment_subject(
     model: nn.Module,
-    images: Subject | PathLike | list[PathLike],
+    images: Subject | PathLike | Sequence[PathLike],
     out: PathLike,
     *,
     name: str | None = None,
@@ -205,5 +207,5 @@ def segment_subject(
     return SegmentationResult(probability, mask, used, probability_path, mask_path)
 
 
-def _as_list(images: PathLike | list[PathLike]) -> list[PathLike]:
-    return list(images) if isinstance(images, list) else [images]
+def _as_list(images: PathLike | Sequence[PathLike]) -> list[PathLike]:
+    return [images] if isinstance(images, str | os.PathLike) else list(images)

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from instasal.errors import ConfigurationError
-from instasal.typing import BoolArray, FloatArray
+from instasal.typing import BoolArray, FloatArray, IntArray
 
 __all__ = [
     "DEEP_GREY_BOX",
@@ -104,7 +104,7 @@ class TemplateAnatomy:
         inverse = np.linalg.inv(self.affine)
         return np.asarray(world, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
 
-    def voxel_to_world(self, voxels: FloatArray) -> FloatArray:
+    def voxel_to_world(self, voxels: FloatArray | IntArray) -> FloatArray:
         """Map voxel coordinates ``[..., 3]`` of this grid to world (RAS mm) coordinates."""
         return np.asarray(voxels, dtype=np.float64) @ self.affine[:3, :3].T + self.affine[:3, 3]
 
