@@ -233,9 +233,11 @@ def test_subject_seeds_are_stable_when_the_cohort_grows() -> None:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[tuple]]:
+def cohort(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[Path], list[tuple[str, float, float]]]:
     out = tmp_path_factory.mktemp("cohort") / "phantoms"
-    calls: list[tuple] = []
+    calls: list[tuple[str, float, float]] = []
     folders = write_cohort(out, 2, seed=9, progress=lambda *call: calls.append(call))
     return out, folders, calls
 
@@ -248,7 +250,7 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
 def test_cohort_files_hold_what_make_phantom_returns(cohort: tuple) -> None:
     out, folders, calls = cohort
     assert folders == [out / "sub-001", out / "sub-002"]
-    assert calls == [(1, 2, "sub-001"), (2, 2, "sub-002")]
+    assert calls == [("phantom of sub-001", 1, 2), ("phantom of sub-002", 2, 2)]
     participants = _read_tsv(out / "participants.tsv")
     assert [row["participant_id"] for row in participants] == ["sub-001", "sub-002"]
     row = participants[1]

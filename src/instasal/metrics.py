@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ import numpy as np
 
 from instasal.errors import ConfigurationError
 from instasal.instances import label_components
-from instasal.typing import Connectivity, PathLike
+from instasal.typing import Connectivity, PathLike, Progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,7 +266,7 @@ def evaluate_cohort(
     overlap: float = 0.5,
     overwrite: bool = False,
     write_probabilities: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -291,7 +291,8 @@ def evaluate_cohort(
     write_probabilities
         Also write each probability map as ``out/<model>/<subject>_prob.nii.gz``.
     progress
-        Called after each (model, subject) with ``(done, total, label)``.
+        Called after each (model, subject) as
+        ``progress("segmentation of <model> <subject>", done, total)``.
     trust_model_code
         Let models given by path run code from their own files
         (:func:`instasal.models.load_model`).
@@ -343,7 +344,7 @@ def evaluate_cohort(
             rows.append({"model": card.name, "subject": files.subject_id} | metrics.as_dict())
             done += 1
             if progress is not None:
-                progress(done, total, f"{card.name} {files.subject_id}")
+                progress(f"segmentation of {card.name} {files.subject_id}", done, total)
         summaries.append({"model": card.name, "threshold": used} | summarise_metrics(results))
     per_subject, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
     if out is not None:

@@ -43,7 +43,7 @@ from instasal.models.cards import ModelCard, attach_card
 from instasal.models.export import git_commit, hardware_description, save_atomic
 from instasal.models.inference import predict_probability
 from instasal.prepare import reorient_subject, reorientation_for
-from instasal.typing import BoolArray, FloatArray, PathLike
+from instasal.typing import BoolArray, FloatArray, PathLike, Progress
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -233,7 +233,6 @@ def load_training_subjects(files: Sequence[Any]) -> list[TrainingSubject]:
     return subjects
 
 
-ProgressCallback = Callable[[str, int, int], None]
 TRAINING_ORIENTATION = "RAS"
 
 
@@ -244,7 +243,7 @@ def train(
     out: PathLike,
     *,
     resume: bool = True,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
 ) -> TrainingResult:
     """Train ``config.architecture`` and keep the best epoch on validation.
@@ -487,7 +486,7 @@ def _validate(
     network: nn.Module,
     validation: Sequence[TrainingSubject],
     config: TrainingConfig,
-    progress: ProgressCallback | None,
+    progress: Progress | None,
 ) -> tuple[float, dict[str, float]]:
     """Segment every validation subject; the threshold with the best mean nDSC and its metrics."""
     probabilities = []

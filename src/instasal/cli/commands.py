@@ -47,17 +47,13 @@ def phantom(
     if resolution not in (1, 2):
         raise ConfigurationError(f"--resolution must be 1 or 2, got {resolution}")
     with pipeline_progress(console) as progress:
-
-        def step(done: int, total: int, name: str) -> None:
-            progress(f"generating {name}", done, total)  # type: ignore[operator]
-
         written = write_cohort(
             out,
             subjects,
             seed=seed,
             resolution=1 if resolution == 1 else 2,
             overwrite=overwrite,
-            progress=step,
+            progress=progress,
         )
     console.print(f"wrote {len(written)} phantom subjects to [bold]{out}[/]")
 
@@ -157,7 +153,7 @@ def explain(
             regions=regions,
             settings=settings,
             overwrite=overwrite,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
             trust_model_code=trust_model_code,
         )
     _print_summary(result)
@@ -225,7 +221,7 @@ def demo(
             regions=subject.regions,
             settings=DEMO_SETTINGS,
             overwrite=overwrite,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
         )
     _print_summary(result)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
@@ -315,7 +311,7 @@ def cohort(
             with_mean=with_mean,
             overwrite=overwrite,
             subjects=subjects.split(",") if subjects else None,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
             trust_model_code=trust_model_code,
             ignore_channel_names=ignore_channel_names,
             tn_from=tn_from,

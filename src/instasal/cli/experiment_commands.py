@@ -121,7 +121,7 @@ def experiment(
                 volume_band_mm3=band,
                 max_lesions=max_lesions,
                 overwrite=overwrite,
-                progress=progress,  # type: ignore[arg-type]
+                progress=progress,
                 ignore_channel_names=ignore_channel_names,
             )
         elif name == "relocation":
@@ -132,7 +132,7 @@ def experiment(
                 max_lesions=max_lesions,
                 seed=seed,
                 overwrite=overwrite,
-                progress=progress,  # type: ignore[arg-type]
+                progress=progress,
                 ignore_channel_names=ignore_channel_names,
             )
         elif name == "patch-vs-full":
@@ -142,7 +142,7 @@ def experiment(
                 out,
                 max_lesions=max_lesions,
                 overwrite=overwrite,
-                progress=progress,  # type: ignore[arg-type]
+                progress=progress,
                 ignore_channel_names=ignore_channel_names,
             )
         else:
@@ -159,7 +159,7 @@ def experiment(
                 max_explained=max_explained,
                 seed=seed,
                 overwrite=overwrite,
-                progress=progress,  # type: ignore[arg-type]
+                progress=progress,
                 ignore_channel_names=ignore_channel_names,
             )
     for key, value in summary.items():

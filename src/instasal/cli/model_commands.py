@@ -132,7 +132,7 @@ def train(
             training_subjects,
             validation_subjects,
             out,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
         )
     for record in result.history:
         metrics = record.metrics
@@ -248,7 +248,7 @@ def evaluate(
             threshold=threshold,
             overlap=overlap,
             overwrite=overwrite,
-            progress=lambda done, total, label: progress(f"segmentation of {label}", done, total),  # type: ignore[operator]
+            progress=progress,
             trust_model_code=trust_model_code,
             ignore_channel_names=ignore_channel_names,
         )

@@ -12,15 +12,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import rich.progress
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    Progress,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from instasal.typing import Progress
 
 __all__ = ["pipeline_progress"]
 
@@ -34,11 +36,13 @@ def pipeline_progress(
     *,
     interval: float = LOG_INTERVAL_S,
     clock: Callable[[], float] = time.monotonic,
-) -> Iterator[object]:
-    """A ``progress(stage, done, total)`` callback showing each stage with its ETA.
+) -> Iterator[Progress]:
+    """A :class:`~instasal.typing.Progress` callback showing each stage with its ETA.
 
     Stages are grouped by the words before `` of `` (``"saliency of lesion(s) 3, 4"`` updates the
-    ``saliency`` bar, whose description shows the lesions being explained).
+    ``saliency`` bar, whose description shows the lesions being explained). A stage's elapsed time
+    runs from the previous update of any stage, since its first call only comes after its first
+    unit of work.
     """
     if not console.is_terminal:
         yield _LineLog(console, interval, clock).update
@@ -51,13 +55,16 @@ def pipeline_progress(
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bars:
+    with rich.progress.Progress(*columns, console=console, transient=False, get_time=clock) as bars:
         tasks: dict[str, TaskID] = {}
+        last_event = [clock()]
 
-        def update(stage: str, done: float, total: float) -> None:
+        def update(stage: str, done: float, total: float, /) -> None:
             family = stage.split(" of ")[0]
             if family not in tasks:
                 tasks[family] = bars.add_task(stage, total=total)
+                bars.tasks[-1].start_time = last_event[0]
+            last_event[0] = clock()
             bars.update(tasks[family], description=stage, completed=done, total=total)
 
         yield update
@@ -90,7 +97,7 @@ class _LineLog:
         self.stages: dict[str, _Stage] = {}
         self.last_event = clock()
 
-    def update(self, stage: str, done: float, total: float) -> None:
+    def update(self, stage: str, done: float, total: float, /) -> None:
         family = stage.split(" of ")[0]
         now = self.clock()
         state = self.stages.get(family)

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from instasal.errors import ConfigurationError
 from instasal.instances import Instances
+from instasal.typing import Progress
 
 __all__ = ["ContextCurve", "context_curve", "plateau_distance", "summarise_curve"]
 
@@ -82,7 +83,7 @@ def context_curve(
     *,
     threshold: float,
     max_iterations: int = 34,
-    progress: Callable[[str, float, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> ContextCurve:
     """Mean probability inside Ω against the width of context kept around it.
 

@@ -23,7 +23,6 @@ from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.experiments.runner import (
     ExperimentSubject,
-    Progress,
     nan_to_none,
     prepared_subjects,
     save_figure,
@@ -33,7 +32,7 @@ from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
 from instasal.models.cards import card_of
 from instasal.prepare import ResampledNetwork
-from instasal.typing import PathLike
+from instasal.typing import PathLike, Progress
 from instasal.uncertainty import (
     METHODS,
     SIGNALS,

@@ -8,7 +8,7 @@ a figure, atomically.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from instasal.experiments.relocation import relocate
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.io import Subject, atomic_write_json, atomic_write_text, load_mask, read_subject
 from instasal.prepare import prepare_subject
-from instasal.typing import PathLike
+from instasal.typing import PathLike, Progress
 
 __all__ = [
     "ExperimentSubject",
@@ -37,8 +37,6 @@ __all__ = [
     "save_figure",
     "write_table",
 ]
-
-Progress = Callable[[str, float, float], None]
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,10 @@ from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text, write_nifti
 from instasal.phantoms.anatomy import Resolution
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
-from instasal.typing import PathLike
+from instasal.typing import PathLike, Progress
 
 __all__ = [
     "DERIVATIVES_NAME",
-    "ProgressCallback",
     "subject_files",
     "subject_id",
     "subject_seeds",
@@ -45,7 +43,6 @@ __all__ = [
 ]
 
 DERIVATIVES_NAME = "instasal-phantom"
-ProgressCallback = Callable[[int, int, str], None]
 _BIDS_VERSION = "1.9.0"
 
 
@@ -165,7 +162,7 @@ def write_cohort(
     seed: int = 0,
     resolution: Resolution = 2,
     overwrite: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Generate ``n_subjects`` phantom subjects and write them as a BIDS-like cohort.
 
@@ -182,7 +179,7 @@ def write_cohort(
     overwrite
         Replace an existing cohort's files (and drop subjects it had beyond this one's).
     progress
-        Called after each subject with ``(done, total, participant_id)``.
+        Called after each subject as ``progress("phantom of <participant_id>", done, total)``.
 
     Returns
     -------
@@ -267,7 +264,7 @@ def write_cohort(
         )
         folders.append(out / participant)
         if progress is not None:
-            progress(index + 1, n_subjects, participant)
+            progress(f"phantom of {participant}", index + 1, n_subjects)
     header = ["participant_id", "seed", "n_lesions", "lesion_volume_mm3", "resolution_mm"]
     atomic_write_text(out / "participants.tsv", _tsv(header, rows), overwrite=overwrite)
     return folders

@@ -5,19 +5,18 @@ from typing import TYPE_CHECKING, Any
 from instasal.pipeline.settings import DEMO_SETTINGS, ExplainSettings
 
 if TYPE_CHECKING:
-    from instasal.pipeline.explain import ExplainResult, ProgressCallback, explain_subject
+    from instasal.pipeline.explain import ExplainResult, explain_subject
 
 __all__ = [
     "DEMO_SETTINGS",
     "ExplainResult",
     "ExplainSettings",
-    "ProgressCallback",
     "explain_subject",
 ]
 
 # The settings import light; the explain stage (torch, models) loads on first use, so that the
 # command line validates its options before paying for torch.
-_FROM_EXPLAIN = ("ExplainResult", "ProgressCallback", "explain_subject")
+_FROM_EXPLAIN = ("ExplainResult", "explain_subject")
 
 
 def __getattr__(name: str) -> Any:

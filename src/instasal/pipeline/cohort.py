@@ -46,12 +46,11 @@ from instasal.pipeline.explain import explain_subject, model_fingerprint
 from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.pipeline.settings import ExplainSettings, run_key
 from instasal.pipeline.tn_pools import TN_POOLS, tn_pool_mask
-from instasal.typing import Aggregation, PathLike
+from instasal.typing import Aggregation, PathLike, Progress
 
 __all__ = ["CohortResult", "Executor", "run_cohort", "subject_seed"]
 
 Executor = Literal["local", "ray"]
-CohortProgress = Callable[[str, float, float], None]
 
 
 def subject_seed(seed: int, subject_id: str) -> int:
@@ -246,7 +245,7 @@ def run_cohort(
     with_mean: bool = False,
     overwrite: bool = False,
     subjects: Sequence[str] | None = None,
-    progress: CohortProgress | None = None,
+    progress: Progress | None = None,
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
     tn_from: str = "wm",

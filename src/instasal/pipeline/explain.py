@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,12 +38,9 @@ from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.provenance import software_versions
-from instasal.typing import PathLike
+from instasal.typing import PathLike, Progress
 
-__all__ = ["ExplainResult", "ProgressCallback", "explain_subject", "model_fingerprint"]
-
-ProgressCallback = Callable[[str, float, float], None]
-"""``progress(stage, done, total)``: what the run is doing and how far it is."""
+__all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ def explain_subject(
     channel_names: Sequence[str] | None = None,
     overwrite: bool = False,
     report: bool = True,
-    progress: ProgressCallback | Literal["auto"] | None = "auto",
+    progress: Progress | Literal["auto"] | None = "auto",
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
 ) -> ExplainResult:
@@ -213,7 +210,7 @@ def explain_subject(
                     channel_names=channel_names,
                     overwrite=overwrite,
                     report=report,
-                    progress=shown,  # type: ignore[arg-type]
+                    progress=shown,
                     trust_model_code=trust_model_code,
                     ignore_channel_names=ignore_channel_names,
                 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from instasal.pipeline.settings import ExplainSettings
 from instasal.prepare import PreparedSubject
 from instasal.saliency import instance_gradcam_many, instance_smoothgrad_many, normalise_map
 from instasal.summaries import lesion_summary, saliency_columns
-from instasal.typing import Context
+from instasal.typing import Context, Progress
 
 __all__ = [
     "LESIONS_PER_BATCH",
@@ -95,7 +95,7 @@ def explain_lesions(
     target: int,
     layer: str | None,
     rows: list[dict[str, Any]],
-    progress: Callable[[str, float, float], None],
+    progress: Progress,
 ) -> None:
     """Explain the working-grid domains in ``todo`` in small batches sharing noise and forwards.
 
