@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, Any
 from instasal.pipeline.settings import DEMO_SETTINGS, ExplainSettings
 
 if TYPE_CHECKING:
-    from instasal.pipeline.explain import ExplainResult, explain_subject
+    from instasal.pipeline.explain import explain_subject
+    from instasal.pipeline.results import ExplainResult
 
 __all__ = [
     "DEMO_SETTINGS",

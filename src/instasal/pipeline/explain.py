@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from instasal.io import (
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
 from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
+from instasal.pipeline.results import ExplainResult
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
@@ -41,23 +41,6 @@ from instasal.provenance import software_versions
 from instasal.typing import PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
-
-
-@dataclass(frozen=True)
-class ExplainResult:
-    """What :func:`explain_subject` produced."""
-
-    out: Path
-    layout: RunLayout
-    table: pd.DataFrame
-    instances: Instances
-    settings: ExplainSettings
-    timings: dict[str, float] = field(default_factory=dict)
-    reused_lesions: int = 0
-
-    @property
-    def report(self) -> Path:
-        return self.layout.report
 
 
 def model_fingerprint(model: Any) -> str:

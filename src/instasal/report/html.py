@@ -6,7 +6,7 @@ import base64
 import math
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -14,6 +14,7 @@ import pandas as pd
 
 from instasal.io import Subject, atomic_write_text, load_image
 from instasal.pipeline.outputs import table_sidecar
+from instasal.pipeline.results import ExplainResult
 from instasal.report.figures import (
     HALF_WINDOW_MM,
     figure_png,
@@ -30,9 +31,6 @@ from instasal.report.trust_figures import (
 from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.sanity import RANDOMISATION_THRESHOLD
-
-if TYPE_CHECKING:
-    from instasal.pipeline.explain import ExplainResult
 
 __all__ = ["SubjectReport", "write_subject_report"]
 

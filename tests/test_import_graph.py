@@ -1,0 +1,101 @@
+"""No import circle among instasal's modules.
+
+Every ``import`` statement counts, at module level, inside functions and under ``TYPE_CHECKING``
+alike: a circle that only type checking or a late import closes is still a circle a reader must
+untangle. The finder is first run on a hand-made package whose circles are known.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import instasal
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    """Dotted module names of the package at ``root`` (``__init__`` named by its package)."""
+    names = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def _imported(node: ast.Import | ast.ImportFrom, package: str, modules: set[str]) -> set[str]:
+    """The package's modules an import statement loads: ``from a import b`` loads ``a.b`` where
+    that is a module, else ``a`` (whose ``b`` it reads)."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names} & modules
+    base = node.module or ""
+    if node.level:
+        parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join([*parents, base] if base else parents)
+    named = (f"{base}.{alias.name}" for alias in node.names)
+    return {name if name in modules else base for name in named} & modules
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module → the package's modules it imports."""
+    modules = _modules(root)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                graph[name] |= _imported(node, package, set(modules)) - {name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            component: list[str] = []
+            while not component or component[-1] != module:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return sorted(found)
+
+
+def test_the_finder_reports_the_circles_of_a_hand_made_package(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "a.py": "from pkg import b\n",
+        "b.py": "def late():\n    from pkg.sub import c\n",
+        "sub/__init__.py": "",
+        "sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import x\n",
+        "d.py": "import pkg.e\n",
+        "e.py": "from . import sub\nimport numpy\n",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    graph = import_graph(package)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.e"] == {"pkg.sub"}
+    assert circles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
+
+
+def test_instasal_has_no_import_circle() -> None:
+    graph = import_graph(Path(instasal.__file__).parent)
+    assert len(graph) > 50
+    assert circles(graph) == []
