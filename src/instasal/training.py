@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from instasal.dataset import SubjectFiles
 from instasal.errors import ConfigurationError, ModelError
 from instasal.io import atomic_write_json, load_mask, read_subject, zscore_nonzero
 from instasal.metrics import lesion_metrics, summarise_metrics
@@ -201,7 +202,7 @@ class TrainingResult:
     checkpoint: Path
 
 
-def load_training_subjects(files: Sequence[Any]) -> list[TrainingSubject]:
+def load_training_subjects(files: Sequence[SubjectFiles]) -> list[TrainingSubject]:
     """Read subjects found by :func:`instasal.dataset.discover_dataset` (they need lesion masks).
 
     Each is reoriented to the closest canonical RAS array (exact; the orientation the trained

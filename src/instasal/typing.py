@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:  # names for the aliases below; importing torch here would slow the CLI's start
+    import torch
+    from torch import nn
 
 __all__ = [
     "Aggregation",
     "BoolArray",
     "Connectivity",
     "Context",
+    "DomainLike",
     "EngineName",
     "FloatArray",
+    "InputLike",
     "IntArray",
+    "ModelLike",
     "NoiseRange",
     "PathLike",
     "Progress",
@@ -27,6 +34,13 @@ PathLike: TypeAlias = str | os.PathLike[str]
 FloatArray: TypeAlias = npt.NDArray[np.floating]
 IntArray: TypeAlias = npt.NDArray[np.integer]
 BoolArray: TypeAlias = npt.NDArray[np.bool_]
+
+InputLike: TypeAlias = "torch.Tensor | npt.NDArray[np.floating]"
+"""One subject's network input ``[C, X, Y, Z]`` (floating point), as a tensor or an array."""
+DomainLike: TypeAlias = "torch.Tensor | BoolArray | IntArray"
+"""A domain Ω ``[X, Y, Z]``: boolean, or integers that are only 0 and 1."""
+ModelLike: TypeAlias = "str | os.PathLike[str] | nn.Module"
+"""A loaded model, or what :func:`instasal.load_model` loads one from (name or path)."""
 
 Connectivity: TypeAlias = Literal[6, 18, 26]
 Aggregation: TypeAlias = Literal["max", "mean"]

@@ -11,12 +11,15 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError
@@ -24,6 +27,7 @@ from instasal.experiments.context import PLATEAU_FRACTION, context_curve, summar
 from instasal.experiments.relocation import relocate
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.io import Subject, atomic_write_json, atomic_write_text, load_mask, read_subject
+from instasal.models.cards import card_of
 from instasal.prepare import prepare_subject
 from instasal.typing import PathLike, Progress
 
@@ -60,7 +64,11 @@ class ExperimentSubject:
 
 
 def prepared_subjects(
-    dataset: PathLike, model: Any, *, limit: int | None = None, ignore_channel_names: bool = False
+    dataset: PathLike,
+    model: nn.Module,
+    *,
+    limit: int | None = None,
+    ignore_channel_names: bool = False,
 ) -> Iterator[ExperimentSubject]:
     """Read, prepare, segment and type each subject of ``dataset`` that has a reference mask.
 
@@ -71,7 +79,7 @@ def prepared_subjects(
     from instasal.models import check_channels
     from instasal.models.segmentation import predict_prepared
 
-    card = model.card
+    threshold = card_of(model).threshold
     subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
     if not subjects:
         raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
@@ -91,7 +99,7 @@ def prepared_subjects(
             else subject.data[0] > 0
         )
         wm = prepared.to_working(load_mask(files.wm_mask, native)) if files.wm_mask else brain
-        predicted = find_instances(probability, subject.affine, threshold=card["threshold"])
+        predicted = find_instances(probability, subject.affine, threshold=threshold)
         instances = classify_instances(predicted, reference)
         yield ExperimentSubject(
             files,
@@ -113,7 +121,7 @@ def write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> P
     return path
 
 
-def save_figure(figure: Any, path: Path, overwrite: bool) -> None:
+def save_figure(figure: Figure, path: Path, overwrite: bool) -> None:
     """Write a matplotlib figure as a PNG atomically (and close it)."""
     from instasal.io import atomic_write_bytes
     from instasal.report.figures import figure_png
@@ -123,7 +131,7 @@ def save_figure(figure: Any, path: Path, overwrite: bool) -> None:
 
 def run_context_experiment(
     dataset: PathLike,
-    model: Any,
+    model: nn.Module,
     out: PathLike,
     *,
     volume_band_mm3: tuple[float, float] = (90.0, 120.0),
@@ -153,7 +161,7 @@ def run_context_experiment(
             prepared.x,
             prepared.instances,
             chosen,
-            threshold=model.card["threshold"],
+            threshold=card_of(model).threshold,
             max_iterations=max(1, round(max_distance_mm / spacing)),
             progress=progress,
         )
@@ -204,7 +212,7 @@ def run_context_experiment(
     return summary
 
 
-def _predict(model: Any, x: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
+def _predict(model: nn.Module, x: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
     """The probability, computed only by the windows that reach the lesion (exact there)."""
     from instasal.models import predict_probability
 
@@ -213,7 +221,7 @@ def _predict(model: Any, x: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
 
 def run_relocation_experiment(
     dataset: PathLike,
-    model: Any,
+    model: nn.Module,
     out: PathLike,
     *,
     max_lesions: int = 40,
@@ -246,7 +254,7 @@ def run_relocation_experiment(
                     brain_mask=prepared.brain_mask,
                     wm_mask=prepared.wm_mask,
                     lesion_mask=prepared.reference | (prepared.instances.labels > 0),
-                    threshold=model.card["threshold"],
+                    threshold=card_of(model).threshold,
                     spacing=prepared.subject.spacing,
                     shell_mm=shell_mm,
                     seed=seed + record.id,
@@ -298,7 +306,7 @@ def nan_to_none(value: Any) -> float | None:
 
 def run_patch_full_experiment(
     dataset: PathLike,
-    model: Any,
+    model: nn.Module,
     out: PathLike,
     *,
     max_lesions: int = 20,
@@ -321,7 +329,7 @@ def run_patch_full_experiment(
                 prepared.x,
                 prepared.instances.mask(record.id),
                 n_samples=n_samples,
-                target=int(model.card.get("target_class", 1)),
+                target=card_of(model).target_class,
             )
             rows.append(
                 {

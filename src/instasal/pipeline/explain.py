@@ -38,12 +38,12 @@ from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.provenance import software_versions
-from instasal.typing import PathLike, Progress
+from instasal.typing import ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
 
 
-def model_fingerprint(model: Any) -> str:
+def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 over a module's parameters and buffers (identifies the weights whatever the path)."""
     import hashlib
 
@@ -109,7 +109,7 @@ def _prepare_out(layout: RunLayout, key: str, overwrite: bool) -> bool:
 
 def explain_subject(
     images: Sequence[PathLike] | Subject,
-    model: str | PathLike | Any,
+    model: ModelLike,
     out: PathLike,
     *,
     reference: PathLike | None = None,

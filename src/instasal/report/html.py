@@ -31,6 +31,7 @@ from instasal.report.trust_figures import (
 from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.sanity import RANDOMISATION_THRESHOLD
+from instasal.typing import PathLike
 
 __all__ = ["SubjectReport", "write_subject_report"]
 
@@ -141,7 +142,7 @@ class SubjectReport:
 
     html: str
 
-    def save_as_html(self, path: Any, *, overwrite: bool = True) -> None:
+    def save_as_html(self, path: PathLike, *, overwrite: bool = True) -> None:
         """Write the report atomically."""
         atomic_write_text(path, self.html, overwrite=overwrite)
 

@@ -11,6 +11,7 @@ from instasal.errors import ConfigurationError
 from instasal.saliency.context import context_windows
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.smoothgrad import instance_smoothgrad
+from instasal.typing import DomainLike, InputLike
 
 __all__ = ["map_agreement", "patch_full_agreement"]
 
@@ -50,7 +51,7 @@ def map_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str,
 
 
 def patch_full_agreement(
-    model: nn.Module, x: Any, domain: Any, **smoothgrad_kwargs: Any
+    model: nn.Module, x: InputLike, domain: DomainLike, **smoothgrad_kwargs: Any
 ) -> dict[str, float]:
     """Compare instance SmoothGrad with ``context="patch"`` against ``context="full"`` (SPEC §2).
 

@@ -31,7 +31,7 @@ from instasal.errors import ConfigurationError, ModelError
 from instasal.saliency.context import Window, context_windows, end_padding
 from instasal.saliency.inputs import as_domain, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
-from instasal.typing import Context
+from instasal.typing import Context, DomainLike, InputLike
 
 __all__ = [
     "CamVariant",
@@ -135,8 +135,8 @@ def normalise_map(saliency_map: torch.Tensor) -> torch.Tensor:
 
 def instance_gradcam_many(
     model: nn.Module,
-    x: Any,
-    domains: Mapping[int, Any],
+    x: InputLike,
+    domains: Mapping[int, DomainLike],
     *,
     layer: str,
     variant: CamVariant = "gradcam++",
@@ -200,8 +200,8 @@ def instance_gradcam_many(
 
 def instance_gradcam(
     model: nn.Module,
-    x: Any,
-    domain: Any,
+    x: InputLike,
+    domain: DomainLike,
     *,
     layer: str,
     variant: CamVariant = "gradcam++",

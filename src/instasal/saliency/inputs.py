@@ -8,7 +8,6 @@ what was expected.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from instasal.errors import ConfigurationError, ModelError
 __all__ = ["as_domain", "as_input", "run_target_logits", "target_channel"]
 
 
-def as_input(x: Any) -> torch.Tensor:
+def as_input(x: object) -> torch.Tensor:
     """``x`` as a finite floating-point tensor ``[C, X, Y, Z]`` (not copied when already one).
 
     Raises
@@ -46,7 +45,7 @@ def as_input(x: Any) -> torch.Tensor:
     return x
 
 
-def as_domain(domain: Any, spatial_shape: tuple[int, ...], name: str = "domain") -> torch.Tensor:
+def as_domain(domain: object, spatial_shape: tuple[int, ...], name: str = "domain") -> torch.Tensor:
     """``domain`` as a boolean CPU tensor on the input grid.
 
     Integer arrays are accepted when they hold only 0 and 1.

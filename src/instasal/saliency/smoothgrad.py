@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias, get_args
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from instasal.saliency.engines import (
 from instasal.saliency.inputs import as_domain, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
-from instasal.typing import Aggregation, Context, NoiseRange
+from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
 
 __all__ = ["MemoryFormat", "SmoothGradConfig", "instance_smoothgrad", "instance_smoothgrad_many"]
 
@@ -196,8 +196,8 @@ def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
 
 def smoothgrad_maps(
     model: nn.Module,
-    x: Any,
-    domains: Mapping[int, Any],
+    x: InputLike,
+    domains: Mapping[int, DomainLike],
     config: SmoothGradConfig,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, torch.Tensor]:
@@ -291,8 +291,8 @@ def _as_tuple(value: int | Sequence[int] | None) -> int | tuple[int, ...] | None
 
 def instance_smoothgrad(
     model: nn.Module,
-    x: Any,
-    domain: Any,
+    x: InputLike,
+    domain: DomainLike,
     *,
     target: int = 1,
     n_samples: int = 50,
@@ -392,8 +392,8 @@ def instance_smoothgrad(
 
 def instance_smoothgrad_many(
     model: nn.Module,
-    x: Any,
-    domains: Mapping[int, Any],
+    x: InputLike,
+    domains: Mapping[int, DomainLike],
     *,
     target: int = 1,
     n_samples: int = 50,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from instasal.saliency.inputs import as_domain, as_input, target_channel
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.summaries import ring_mask
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, neighbourhood
-from instasal.typing import BoolArray, Context, FloatArray
+from instasal.typing import BoolArray, Context, DomainLike, FloatArray, InputLike
 
 __all__ = [
     "BASELINE_BLUR_MM",
@@ -224,9 +224,9 @@ def _numbers(curves: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
 
 def deletion_insertion(
     model: nn.Module,
-    x: Any,
-    domain: Any,
-    maps: Mapping[str, Any],
+    x: InputLike,
+    domain: DomainLike,
+    maps: Mapping[str, torch.Tensor | FloatArray],
     *,
     spacing: Sequence[float],
     baseline: Baseline = "local_mean",

@@ -27,6 +27,7 @@ from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.smoothgrad import SmoothGradConfig, smoothgrad_maps
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, map_similarity, neighbourhood
+from instasal.typing import DomainLike, InputLike
 
 __all__ = [
     "COHORT_PASS_SHARE",
@@ -246,8 +247,8 @@ def _centre_slice(saliency_map: np.ndarray, region: np.ndarray, mask: np.ndarray
 
 def randomisation(
     model: nn.Module,
-    x: Any,
-    domain: Any,
+    x: InputLike,
+    domain: DomainLike,
     *,
     spacing: Sequence[float],
     smoothgrad: SmoothGradConfig | None = None,
