@@ -155,6 +155,33 @@ def test_write_nifti_round_trip_through_nibabel_and_simpleitk(tmp_path, two_chan
         np.testing.assert_allclose(lps * [-1, -1, 1], ras, atol=1e-4)
 
 
+def test_a_grid_image_saves_its_siblings_with_the_subject_geometry(
+    tmp_path: Path, two_channel_files: tuple[list[Path], np.ndarray]
+) -> None:
+    paths, data = two_channel_files
+    source = load_nifti(paths[0])
+    source.set_qform(source.affine, code=2)  # codes and units a copy must keep
+    source.set_sform(source.affine, code=4)
+    nib.save(source, paths[0])
+    subject = read_subject(paths)
+    labels = (data[0] > 100).astype(np.int16)
+    first = subject.on_grid(labels)
+    second = first.sibling(data[1][..., None])  # extra axes after the grid are allowed
+    assert second.affine is subject.affine and second.header is subject.header
+    for image, expected in ((first, labels), (second, data[1][..., None])):
+        back = load_nifti(image.save(tmp_path / f"{expected.ndim}d.nii.gz"))
+        np.testing.assert_array_equal(np.asanyarray(back.dataobj), expected)
+        assert back.get_data_dtype() == expected.dtype
+        np.testing.assert_allclose(back.affine, source.affine, atol=1e-6)
+        assert (int(back.header["qform_code"]), int(back.header["sform_code"])) == (2, 4)
+    with pytest.raises(OutputExistsError, match=r"3d\.nii\.gz: exists already"):
+        first.save(tmp_path / "3d.nii.gz")
+    with pytest.raises(ImageError, match=r"shape \(12, 10\) is not on the grid \(12, 10, 8\)"):
+        subject.on_grid(labels[:, :, 0])
+    with pytest.raises(ImageError, match=r"shape \(10, 12, 8\) is not on the grid"):
+        first.sibling(labels.transpose(1, 0, 2))
+
+
 def test_write_nifti_refuses_to_overwrite_and_leaves_no_temporary(tmp_path, oblique_affine):
     target = tmp_path / "mask.nii.gz"
     write_nifti(np.ones((3, 3, 3), bool), oblique_affine, target)

@@ -29,6 +29,7 @@ from instasal.typing import FloatArray, PathLike
 
 __all__ = [
     "DEFAULT_CHANNELS",
+    "GridImage",
     "Subject",
     "atomic_save",
     "atomic_write_bytes",
@@ -118,6 +119,18 @@ class Subject:
     def normalised(self) -> Subject:
         """A copy z-scored per channel over non-zero voxels (the training normalisation)."""
         return replace(self, data=zscore_nonzero(self.data))
+
+    def on_grid(self, data: np.ndarray) -> GridImage:
+        """``data`` (``[X, Y, Z]``, or with more axes after them) on this subject's grid, to save
+        with the subject's affine and header.
+
+        Raises
+        ------
+        ImageError
+            When ``data``'s first three axes are not the subject's grid.
+        """
+        _check_on_grid(data, self.shape)
+        return GridImage(data, self.affine, self.header)
 
 
 def _nifti_stem(path: Path) -> str:
@@ -491,3 +504,66 @@ def write_nifti(
     image.header["scl_slope"] = np.nan
     image.header["scl_inter"] = np.nan
     return atomic_save(path, lambda temporary: nib.save(image, temporary), overwrite=True)
+
+
+def _check_on_grid(data: np.ndarray, shape: tuple[int, int, int]) -> None:
+    if tuple(np.shape(data)[:3]) != shape:
+        raise ImageError(f"image data of shape {np.shape(data)} is not on the grid {shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class GridImage:
+    """A volume that knows its grid: voxel data, the voxel-to-world affine and the NIfTI header
+    whose geometry (qform/sform codes, units) a saved copy carries.
+
+    Parameters
+    ----------
+    data
+        The voxels, spatial axes first (``[X, Y, Z]`` or ``[X, Y, Z, ...]``).
+    affine
+        Voxel-to-world (RAS mm) matrix.
+    header
+        The header of the image the grid came from (``None``: a fresh one).
+
+    Raises
+    ------
+    ImageError
+        When ``data`` has fewer than 3 axes or ``affine`` is not 4×4.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if np.ndim(self.data) < 3:
+            raise ImageError(f"image data must be [X, Y, Z, ...], got shape {np.shape(self.data)}")
+        if np.shape(self.affine) != (4, 4):
+            raise ImageError(f"affine must be 4x4, got shape {np.shape(self.affine)}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The spatial grid shape ``(X, Y, Z)``."""
+        x, y, z = np.shape(self.data)[:3]
+        return (int(x), int(y), int(z))
+
+    def sibling(self, data: np.ndarray) -> GridImage:
+        """Other voxel data on the same grid (same affine and header).
+
+        Raises
+        ------
+        ImageError
+            When ``data``'s first three axes are not this grid.
+        """
+        _check_on_grid(data, self.shape)
+        return GridImage(data, self.affine, self.header)
+
+    def save(self, path: PathLike, *, overwrite: bool = False) -> Path:
+        """Write the image atomically as NIfTI (:func:`write_nifti`); return ``path``.
+
+        Raises
+        ------
+        OutputExistsError
+            When ``path`` exists and ``overwrite`` is false.
+        """
+        return write_nifti(self.data, self.affine, path, header=self.header, overwrite=overwrite)
