@@ -50,7 +50,7 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instances, relabel_in_raster_order
-from instasal.io import Subject, zscore_nonzero
+from instasal.io import GridImage, Subject, zscore_nonzero
 from instasal.typing import FloatArray
 
 __all__ = [
@@ -303,6 +303,10 @@ class PreparedSubject:
     def to_native(self, array: Any) -> Any:
         """A working-grid array ``[..., *working_shape]`` on the stored grid."""
         return self.reorientation.to_stored(array)
+
+    def native_image(self, working: np.ndarray) -> GridImage:
+        """A working-grid volume restated on the stored grid, to save with its affine and header."""
+        return self.native.on_grid(np.ascontiguousarray(self.to_native(working)))
 
     def native_instances(self, instances: Instances) -> tuple[Instances, dict[int, int]]:
         """Working-grid instances restated on the stored grid, and the map working id → stored id.

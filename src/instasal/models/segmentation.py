@@ -26,7 +26,7 @@ from torch import nn
 from instasal.errors import OutputExistsError
 from instasal.folders import output_folder_lock
 from instasal.instances import find_instances
-from instasal.io import Subject, read_subject, write_nifti
+from instasal.io import Subject, read_subject
 from instasal.models.cards import card_of
 from instasal.models.inference import predict_logits, probability_from_logits
 from instasal.models.loaders import check_channels
@@ -196,14 +196,8 @@ def segment_subject(
         probability = predict_subject(model, subject, overlap=overlap, device=device, tta=tta)
         lesions = find_instances(probability, subject.affine, threshold=used)
         mask = lesions.labels > 0
-        write_nifti(
-            probability,
-            subject.affine,
-            probability_path,
-            header=subject.header,
-            overwrite=overwrite,
-        )
-        write_nifti(mask, subject.affine, mask_path, header=subject.header, overwrite=overwrite)
+        subject.on_grid(probability).save(probability_path, overwrite=overwrite)
+        subject.on_grid(mask).save(mask_path, overwrite=overwrite)
     return SegmentationResult(probability, mask, used, probability_path, mask_path)
 
 

@@ -7,9 +7,12 @@ interrupted run with the same settings is started again; replacing results needs
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,15 +24,17 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, ImageError, OutputExistsError
 from instasal.folders import output_folder_lock, read_state_file
-from instasal.instances import Instances, classify_instances, find_instances
+from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
     Subject,
     atomic_write_json,
     load_image,
     load_mask,
     read_subject,
-    write_nifti,
 )
+from instasal.models import check_channels, load_model
+from instasal.models.nnunet_predict import with_mirrored_network
+from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
 from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
@@ -38,15 +43,14 @@ from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.provenance import software_versions
-from instasal.typing import ModelLike, PathLike, Progress
+from instasal.report import write_subject_report
+from instasal.typing import Context, ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
 
 
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 over a module's parameters and buffers (identifies the weights whatever the path)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -175,89 +179,159 @@ def explain_subject(
         When the earlier run's ``run.json`` is corrupt and ``overwrite`` is false.
     """
     if progress == "auto":
-        console = Console(stderr=True)
-        if not (console.is_terminal or console.is_jupyter):
-            progress = None
-        else:
-            from instasal.cli.progress import pipeline_progress
-
-            with pipeline_progress(console) as shown:
-                return explain_subject(
-                    images,
-                    model,
-                    out,
-                    reference=reference,
-                    tissue_mask=tissue_mask,
-                    regions=regions,
-                    settings=settings,
-                    channel_names=channel_names,
-                    overwrite=overwrite,
-                    report=report,
-                    progress=shown,
-                    trust_model_code=trust_model_code,
-                    ignore_channel_names=ignore_channel_names,
-                )
+        with _shown_progress() as shown:
+            return explain_subject(
+                images,
+                model,
+                out,
+                reference=reference,
+                tissue_mask=tissue_mask,
+                regions=regions,
+                settings=settings,
+                channel_names=channel_names,
+                overwrite=overwrite,
+                report=report,
+                progress=shown,
+                trust_model_code=trust_model_code,
+                ignore_channel_names=ignore_channel_names,
+            )
+    settings = settings or ExplainSettings()
+    progress = progress or _noop
     with output_folder_lock(out):
-        return _explain_locked(
-            images,
-            model,
-            Path(out),
-            reference=reference,
-            tissue_mask=tissue_mask,
-            regions=regions,
-            settings=settings or ExplainSettings(),
-            channel_names=channel_names,
-            overwrite=overwrite,
-            report=report,
-            progress=progress or _noop,
-            trust_model_code=trust_model_code,
-            ignore_channel_names=ignore_channel_names,
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        inputs = read_inputs(images, channel_names, reference, tissue_mask, regions)
+        space = enter_model_space(inputs, model, settings, trust_model_code, ignore_channel_names)
+        run = identify_run(inputs, space, settings, Path(out))
+        open_run(run, overwrite, progress)
+        timings["validate_s"] = time.perf_counter() - started
+
+        step = time.perf_counter()
+        probability = segment(space.prepared, run.layout, settings, progress)
+        timings["segment_s"] = time.perf_counter() - step
+        found = find_domains(probability, space, inputs, run.layout, settings)
+        resumed = resume(found, run, settings.max_lesions)
+        if settings.context is None and space.context == "full":
+            check_full_context_cost(
+                space.prepared, resumed.todo, settings, space.target, space.card
+            )
+
+        step = time.perf_counter()
+        lesions = found.lesion_space(space.prepared, inputs.regions)
+        rows = list(resumed.rows)
+        explain_lesions(
+            resumed.todo,
+            lesions,
+            run.layout,
+            run.key,
+            settings,
+            context=space.context,
+            target=space.target,
+            layer=space.layer,
+            rows=rows,
+            progress=progress,
         )
+        timings["saliency_s"] = time.perf_counter() - step
+
+        table = write_tables(rows, resumed.chosen, lesions, space, run.layout, settings, progress)
+        timings["total_s"] = time.perf_counter() - started
+        provenance = write_provenance(
+            run, space, found, settings, len(rows), resumed.reused, timings
+        )
+        result = ExplainResult(
+            run.layout.root, run.layout, table, found.native, settings, timings, resumed.reused
+        )
+        if report:
+            write_report(result, inputs.subject, provenance, progress)
+        _write_manifest(run, complete=True)
+        return result
 
 
-def _explain_locked(
+@contextmanager
+def _shown_progress() -> Iterator[Progress | None]:
+    """Progress bars where standard error is a terminal or a notebook; ``None`` elsewhere."""
+    console = Console(stderr=True)
+    if not (console.is_terminal or console.is_jupyter):
+        yield None
+        return
+    from instasal.cli.progress import pipeline_progress
+
+    with pipeline_progress(console) as shown:
+        yield shown
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectInputs:
+    """Stage 1, validate: the subject and its optional masks, read and checked on its grid."""
+
+    subject: Subject
+    reference: np.ndarray | None
+    tissue: np.ndarray | None
+    regions: np.ndarray | None
+    paths: dict[str, PathLike]
+    """The optional inputs given, by role (``reference``, ``tissue_mask``, ``regions``)."""
+
+
+def read_inputs(
     images: Sequence[PathLike] | Subject,
-    model: str | PathLike | Any,
-    out: Path,
-    *,
+    channel_names: Sequence[str] | None,
     reference: PathLike | None,
     tissue_mask: PathLike | None,
     regions: PathLike | None,
+) -> SubjectInputs:
+    """Read the channels and the optional masks, refusing any that are not on one grid."""
+    subject = _load_subject(images, channel_names)
+    given = {"reference": reference, "tissue_mask": tissue_mask, "regions": regions}
+    return SubjectInputs(
+        subject,
+        _optional_mask(reference, subject, "reference lesion mask"),
+        _optional_mask(tissue_mask, subject, "tissue mask"),
+        _regions(regions, subject),
+        {role: path for role, path in given.items() if path is not None},
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpace:
+    """Stage 2, prepare: the subject in the model's input space and the choices resolved there.
+
+    ``card`` is the loaded model's card; ``context``, ``threshold``, ``target`` and ``layer`` are
+    the settings' values, or the card's where the settings leave them open.
+    """
+
+    network: nn.Module
+    prepared: PreparedSubject
+    card: dict[str, Any]
+    context: Context
+    threshold: float
+    target: int
+    layer: str | None
+    geometry: dict[str, Any]
+
+
+def enter_model_space(
+    inputs: SubjectInputs,
+    model: ModelLike,
     settings: ExplainSettings,
-    channel_names: Sequence[str] | None,
-    overwrite: bool,
-    report: bool,
-    progress: ProgressCallback,
     trust_model_code: bool,
     ignore_channel_names: bool,
-) -> ExplainResult:
-    """:func:`explain_subject` once its output folder is held."""
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    subject = _load_subject(images, channel_names)
-    reference_mask = _optional_mask(reference, subject, "reference lesion mask")
-    tissue = _optional_mask(tissue_mask, subject, "tissue mask")
-    region_map = _regions(regions, subject)
-    from instasal.models import check_channels, load_model
-    from instasal.models.segmentation import predict_prepared
-
+) -> ModelSpace:
+    """Load the model, check the subject's channels against it and prepare the subject
+    (their file names too, unless ``ignore_channel_names``)."""
     network = (
         model
         if isinstance(model, nn.Module)
         else load_model(os.fspath(model), trust_code=trust_model_code)
     )
     card: dict[str, Any] = dict(getattr(network, "card", {}))
+    subject = inputs.subject
     check_channels(network, subject.channel_names, () if ignore_channel_names else subject.paths)
     prepared = prepare_subject(subject, network)
     if settings.saliency_of == "tta":
-        from instasal.models.nnunet_predict import with_mirrored_network
-
         prepared = with_mirrored_network(prepared)
     working_card: dict[str, Any] = dict(getattr(prepared.network, "card", {}))
     context = resolve_context(settings.context, working_card)
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
-    target = int(card.get("target_class", 1))
     layer = working_card.get("gradcam_layer")
     if settings.gradcam_layer:
         prefix = "network." if prepared.resampled else ""
@@ -266,173 +340,245 @@ def _explain_locked(
         raise ConfigurationError(
             "gradcam is on but neither settings.gradcam_layer nor the model card names a layer"
         )
-    geometry = prepared.geometry()
+    target = int(card.get("target_class", 1))
+    return ModelSpace(
+        network, prepared, card, context, threshold, target, layer, prepared.geometry()
+    )
 
+
+@dataclass(frozen=True, eq=False)
+class RunIdentity:
+    """Stage 3, key: where the run writes, and the key of its inputs, model and settings."""
+
+    layout: RunLayout
+    key: str
+    label: str
+    inputs: list[dict[str, str]]
+    extra_inputs: dict[str, dict[str, str]]
+
+
+def identify_run(
+    inputs: SubjectInputs, space: ModelSpace, settings: ExplainSettings, out: Path
+) -> RunIdentity:
+    """Name the run's files and hash everything its results depend on into its key."""
+    subject = inputs.subject
     label = subject_label(subject.paths[0] if subject.paths else None)
-    layout = RunLayout(out, label)
-    inputs = [{"path": str(p), "sha256": file_sha256(p)} for p in subject.paths]
-    extra_inputs = {
-        name: {"path": str(p), "sha256": file_sha256(Path(p))}
-        for name, p in (
-            ("reference", reference),
-            ("tissue_mask", tissue_mask),
-            ("regions", regions),
-        )
-        if p is not None
+    files = [{"path": str(p), "sha256": file_sha256(p)} for p in subject.paths]
+    extra = {
+        role: {"path": str(p), "sha256": file_sha256(Path(p))} for role, p in inputs.paths.items()
     }
     if not subject.paths:
-        inputs = [{"array_sha256": run_key({"data": subject.data.tobytes().hex()[:4096]})}]
+        files = [{"array_sha256": run_key({"data": subject.data.tobytes().hex()[:4096]})}]
     key = run_key(
         {
-            "inputs": inputs,
-            "extra": extra_inputs,
-            "model": model_fingerprint(network),
+            "inputs": files,
+            "extra": extra,
+            "model": model_fingerprint(space.network),
             "settings": settings.as_dict(),
-            "context": context,
-            "threshold": threshold,
-            "geometry": {k: v for k, v in geometry.items() if k != "notes"},
+            "context": space.context,
+            "threshold": space.threshold,
+            "geometry": {k: v for k, v in space.geometry.items() if k != "notes"},
         }
     )
-    already_complete = _prepare_out(layout, key, overwrite)
+    return RunIdentity(RunLayout(out, label), key, label, files, extra)
+
+
+def open_run(run: RunIdentity, overwrite: bool, progress: Progress) -> None:
+    """Check the output folder (:func:`_prepare_out`), create it and mark the run started."""
+    layout = run.layout
+    already_complete = _prepare_out(layout, run.key, overwrite)
     if already_complete:
         progress("results complete already; reusing them", 1, 1)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.lesion_dir.mkdir(exist_ok=True)
-    timings["validate_s"] = time.perf_counter() - started
     if not already_complete:
-        atomic_write_json(
-            layout.manifest,
-            {"run_key": key, "complete": False, "started": _now(), "label": label},
-            overwrite=True,
+        _write_manifest(run, complete=False)
+
+
+def _write_manifest(run: RunIdentity, *, complete: bool) -> None:
+    when = "finished" if complete else "started"
+    atomic_write_json(
+        run.layout.manifest,
+        {"run_key": run.key, "complete": complete, when: _now(), "label": run.label},
+        overwrite=True,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """Stage 4, segment: the probability and the typed domains on both grids.
+
+    ``probability`` and ``instances`` are on the working grid; ``native`` holds the same domains
+    on the stored grid, and ``native_ids`` maps a working id to its stored id.
+    """
+
+    probability: np.ndarray
+    instances: Instances
+    native: Instances
+    native_ids: dict[int, int]
+
+    def lesion_space(self, prepared: PreparedSubject, regions: np.ndarray | None) -> SubjectSpace:
+        """What the per-lesion stage needs, the region map moved to the working grid."""
+        working_regions = None if regions is None else prepared.to_working(regions)
+        return SubjectSpace(
+            prepared,
+            self.probability,
+            self.instances,
+            self.native,
+            self.native_ids,
+            working_regions,
         )
 
-    step = time.perf_counter()
+
+def segment(
+    prepared: PreparedSubject, layout: RunLayout, settings: ExplainSettings, progress: Progress
+) -> np.ndarray:
+    """Stage 4, segment: the target probability on the working grid, written on the stored grid.
+
+    A probability this run wrote already (:func:`_prepare_out` leaves only files of this run's
+    key) is read back instead of predicted again.
+    """
     progress("segmenting", 0, 1)
-    if layout.probability.exists():  # _prepare_out left only files of this run key
+    if layout.probability.exists():
         stored = np.asarray(load_image(layout.probability).dataobj, dtype=np.float32)
         probability = np.ascontiguousarray(prepared.to_working(stored))
     else:
         probability = predict_prepared(prepared, tta=settings.tta)
-        _write(prepared, probability, layout.probability)
+        prepared.native_image(probability).save(layout.probability, overwrite=True)
     progress("segmenting", 1, 1)
-    timings["segment_s"] = time.perf_counter() - step
+    return probability
 
-    instances = _typed_instances(prepared, probability, threshold, settings, reference_mask, tissue)
-    native, native_ids = prepared.native_instances(instances)
-    _write(prepared, probability >= threshold, layout.mask)
-    write_nifti(
-        native.labels.astype(np.int16),
-        subject.affine,
-        layout.instances,
-        header=subject.header,
-        overwrite=True,
+
+def find_domains(
+    probability: np.ndarray,
+    space: ModelSpace,
+    inputs: SubjectInputs,
+    layout: RunLayout,
+    settings: ExplainSettings,
+) -> Segmentation:
+    """Stage 4, segment: the typed domains on both grids; writes the mask and the instance map."""
+    prepared = space.prepared
+    instances = _typed_instances(
+        prepared, probability, space.threshold, settings, inputs.reference, inputs.tissue
     )
+    native, native_ids = prepared.native_instances(instances)
+    prepared.native_image(probability >= space.threshold).save(layout.mask, overwrite=True)
+    subject = inputs.subject
+    subject.on_grid(native.labels.astype(np.int16)).save(layout.instances, overwrite=True)
+    return Segmentation(probability, instances, native, native_ids)
 
-    chosen = _choose(instances, settings.max_lesions)
+
+@dataclass(frozen=True, eq=False)
+class Resumed:
+    """Stage 5, resume: the domains to explain, and which of them a stopped run finished."""
+
+    chosen: list[Instance]
+    todo: list[Instance]
+    rows: list[dict[str, Any]]
+    """Table rows of the finished domains, read back from their records."""
+
+    @property
+    def reused(self) -> int:
+        return len(self.rows)
+
+
+def resume(found: Segmentation, run: RunIdentity, max_lesions: int | None) -> Resumed:
+    """Choose the domains to explain; keep the rows of those this run's key finished already."""
+    chosen = _choose(found.instances, max_lesions)
     rows: list[dict[str, Any]] = []
     todo = []
-    reused = 0
     for record in chosen:
-        stored_record = layout.read_lesion_record(native_ids[record.id], key)
+        stored_record = run.layout.read_lesion_record(found.native_ids[record.id], run.key)
         if stored_record is None:
             todo.append(record)
         else:
             rows.append(stored_record["row"])
-            reused += 1
+    return Resumed(chosen, todo, rows)
 
-    if settings.context is None and context == "full":
-        check_full_context_cost(prepared, todo, settings, target, card)
-    step = time.perf_counter()
-    space = SubjectSpace(
-        prepared,
-        probability,
-        instances,
-        native,
-        native_ids,
-        None if region_map is None else prepared.to_working(region_map),
-    )
-    explain_lesions(
-        todo,
-        space,
-        layout,
-        key,
-        settings,
-        context=context,
-        target=target,
-        layer=layer,
-        rows=rows,
-        progress=progress,
-    )
-    timings["saliency_s"] = time.perf_counter() - step
 
-    rows.sort(key=lambda row: int(row["id"]))
+def write_tables(
+    rows: list[dict[str, Any]],
+    chosen: list[Instance],
+    lesions: SubjectSpace,
+    space: ModelSpace,
+    layout: RunLayout,
+    settings: ExplainSettings,
+    progress: Progress,
+) -> pd.DataFrame:
+    """Stage 7, write: the lesion table (trust columns too when asked) and the instance lookup."""
+    channels = lesions.prepared.native.channel_names
+    rows = sorted(rows, key=lambda row: int(row["id"]))
     table = (
-        pd.DataFrame(rows, columns=table_columns(subject.channel_names))
+        pd.DataFrame(rows, columns=table_columns(channels))
         if rows
-        else pd.DataFrame(columns=table_columns(subject.channel_names))
+        else pd.DataFrame(columns=table_columns(channels))
     )
-    sidecar = table_sidecar(subject.channel_names)
+    sidecar = table_sidecar(channels)
     if settings.trust:
         progress("trust checks", 0, 1)
         table, sidecar = with_trust(
             table,
             sidecar,
             chosen,
-            space,
+            lesions,
             layout,
             settings,
-            context=context,
-            target=target,
-            layer=layer,
+            context=space.context,
+            target=space.target,
+            layer=space.layer,
         )
         progress("trust checks", 1, 1)
     layout.write_table(table, sidecar)
     explained_ids = {int(i) for i in table["id"]}
-    layout.write_instances_lookup(instances_lookup(native, explained_ids, settings.max_lesions))
-    timings["total_s"] = time.perf_counter() - started
+    lookup = instances_lookup(lesions.native, explained_ids, settings.max_lesions)
+    layout.write_instances_lookup(lookup)
+    return table
 
+
+def write_provenance(
+    run: RunIdentity,
+    space: ModelSpace,
+    found: Segmentation,
+    settings: ExplainSettings,
+    n_explained: int,
+    reused: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Stage 7, write: what ran on what, and how long it took (``<subject>_provenance.json``)."""
     provenance = {
-        "run_key": key,
+        "run_key": run.key,
         "finished": _now(),
-        "subject": label,
-        "inputs": inputs,
-        "extra_inputs": extra_inputs,
-        "model": {"fingerprint_sha256": model_fingerprint(network), "card": card},
+        "subject": run.label,
+        "inputs": run.inputs,
+        "extra_inputs": run.extra_inputs,
+        "model": {"fingerprint_sha256": model_fingerprint(space.network), "card": space.card},
         "settings": settings.as_dict(),
-        "geometry": geometry,
+        "geometry": space.geometry,
         "resolved": {
-            "context": context,
-            "threshold": threshold,
-            "target": target,
-            "gradcam_layer": layer,
+            "context": space.context,
+            "threshold": space.threshold,
+            "target": space.target,
+            "gradcam_layer": space.layer,
         },
-        "counts": {kind: len(native.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")},
-        "explained": len(rows),
+        "counts": {
+            kind: len(found.native.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")
+        },
+        "explained": n_explained,
         "reused_lesions": reused,
         "timings": timings,
         "versions": software_versions(_PROVENANCE_DISTRIBUTIONS),
     }
-    atomic_write_json(layout.provenance, provenance, overwrite=True)
-    result = ExplainResult(layout.root, layout, table, native, settings, timings, reused)
-    if report:
-        from instasal.report import write_subject_report
-
-        progress("writing report", 0, 1)
-        write_subject_report(result, subject, provenance)
-        progress("writing report", 1, 1)
-    atomic_write_json(
-        layout.manifest,
-        {"run_key": key, "complete": True, "finished": _now(), "label": label},
-        overwrite=True,
-    )
-    return result
+    atomic_write_json(run.layout.provenance, provenance, overwrite=True)
+    return provenance
 
 
-def _write(prepared: PreparedSubject, working: np.ndarray, path: Path) -> None:
-    """Write a working-grid volume on the subject's stored grid, with its affine and header."""
-    native = prepared.native
-    array = np.ascontiguousarray(prepared.to_native(working))
-    write_nifti(array, native.affine, path, header=native.header, overwrite=True)
+def write_report(
+    result: ExplainResult, subject: Subject, provenance: dict[str, Any], progress: Progress
+) -> None:
+    """Stage 8, report: the self-contained HTML report of the run."""
+    progress("writing report", 0, 1)
+    write_subject_report(result, subject, provenance)
+    progress("writing report", 1, 1)
 
 
 def _typed_instances(
@@ -473,10 +619,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _choose(instances: Instances, max_lesions: int | None) -> list[Any]:
+def _choose(instances: Instances, max_lesions: int | None) -> list[Instance]:
     if max_lesions is None:
         return list(instances)
-    chosen = []
+    chosen: list[Instance] = []
     for kind in ("lesion", "TP", "FP", "FN", "TN"):
         chosen += instances.of_kind(kind)[:max_lesions]
     return sorted(chosen, key=lambda r: r.id)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from instasal.instances import Instance, Instances
-from instasal.io import write_nifti
 from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.settings import ExplainSettings
 from instasal.prepare import PreparedSubject
@@ -177,10 +176,7 @@ def _lesion_outputs(
     saliency = np.ascontiguousarray(prepared.to_native(saliency))
 
     def write(array: np.ndarray, path: Path) -> Path:
-        write_nifti(
-            array, native_subject.affine, path, header=native_subject.header, overwrite=True
-        )
-        return path
+        return native_subject.on_grid(array).save(path, overwrite=True)
 
     files = [
         write(saliency[k], layout.smoothgrad(native_id, channel))
