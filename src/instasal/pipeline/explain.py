@@ -36,7 +36,7 @@ from instasal.models import check_channels, load_model
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
-from instasal.pipeline.lesions import SubjectSpace, explain_lesions, table_columns
+from instasal.pipeline.lesions import LesionPlan, SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
 from instasal.pipeline.results import ExplainResult
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
@@ -218,19 +218,8 @@ def explain_subject(
 
         step = time.perf_counter()
         lesions = found.lesion_space(space.prepared, inputs.regions)
-        rows = list(resumed.rows)
-        explain_lesions(
-            resumed.todo,
-            lesions,
-            run.layout,
-            run.key,
-            settings,
-            context=space.context,
-            target=space.target,
-            layer=space.layer,
-            rows=rows,
-            progress=progress,
-        )
+        plan = LesionPlan(settings, space.context, space.target, space.layer, run.layout, run.key)
+        rows = [*resumed.rows, *explain_lesions(resumed.todo, lesions, plan, progress)]
         timings["saliency_s"] = time.perf_counter() - step
 
         table = write_tables(rows, resumed.chosen, lesions, space, run.layout, settings, progress)

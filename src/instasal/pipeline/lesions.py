@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from instasal.typing import Context, Progress
 __all__ = [
     "LESIONS_PER_BATCH",
     "REGION_NAMES",
+    "LesionPlan",
     "SubjectSpace",
     "explain_lesions",
     "region_of",
@@ -83,80 +84,119 @@ class SubjectSpace:
     region_map: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class LesionPlan:
+    """How every domain of a run is explained: the settings, what the run resolved for them, and
+    where the results go.
+
+    Attributes
+    ----------
+    settings
+        The run's settings.
+    context, target, layer
+        The forward window, the target class and the Grad-CAM layer (``None``: no Grad-CAM).
+    layout, key
+        The run's files and run key (each domain's record carries the key).
+    """
+
+    settings: ExplainSettings
+    context: Context
+    target: int
+    layer: str | None
+    layout: RunLayout
+    key: str
+
+
 def explain_lesions(
-    todo: list[Instance],
-    space: SubjectSpace,
-    layout: RunLayout,
-    key: str,
-    settings: ExplainSettings,
-    *,
-    context: Context,
-    target: int,
-    layer: str | None,
-    rows: list[dict[str, Any]],
-    progress: Progress,
-) -> None:
+    todo: Sequence[Instance], space: SubjectSpace, plan: LesionPlan, progress: Progress
+) -> list[dict[str, Any]]:
     """Explain the working-grid domains in ``todo`` in small batches sharing noise and forwards.
 
-    Maps are computed on the working grid and written on the stored grid; table rows describe the
-    stored-grid domain (ids, centroids, peak locations).
+    Maps are computed on the working grid and written on the stored grid, each domain's record
+    as soon as its batch is done (the resume granularity); the returned table rows, in ``todo``'s
+    order, describe the stored-grid domains (ids, centroids, peak locations).
     """
-    if not todo:
-        return
-    prepared = space.prepared
+    settings = plan.settings
     draws = 1 if settings.noise_level == 0 else settings.n_samples  # no noise: one exact draw
     total_rows = float(sum(r.n_voxels for r in todo) * draws)
     done_rows = 0.0
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(todo), LESIONS_PER_BATCH):
         batch = todo[start : start + LESIONS_PER_BATCH]
-        domains = {r.id: space.instances.mask(r.id) for r in batch}
         offset = done_rows
         ids = ", ".join(str(space.native_ids[r.id]) for r in batch)
 
         def report_rows(done: int, total: int, offset: float = offset, ids: str = ids) -> None:
             progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
 
-        maps = instance_smoothgrad_many(
-            prepared.network,
-            prepared.x,
-            domains,
-            target=target,
-            n_samples=settings.n_samples,
-            noise_level=settings.noise_level,
-            noise_range=settings.noise_range,
-            aggregation=settings.aggregation,
-            context=context,
-            seed=settings.seed,
-            engine=settings.engine,
-            progress=report_rows,
-        )
+        maps, cams = _batch_maps(batch, space, plan, report_rows)
         done_rows += sum(r.n_voxels for r in batch) * draws
-        cams = (
-            instance_gradcam_many(
-                prepared.network,
-                prepared.x,
-                domains,
-                layer=layer,
-                variant=settings.gradcam_variant,
-                target=target,
-                context=context,
-            )
-            if settings.gradcam and layer
-            else {}
-        )
         for record in batch:
-            saliency = maps[record.id].detach().cpu().numpy()
-            cam = cams[record.id].detach().cpu().numpy() if record.id in cams else None
-            row, files = _lesion_outputs(space, record, saliency, cam, layout)
-            layout.write_lesion_record(
-                int(row["id"]),
-                {
-                    "run_key": key,
-                    "row": row,
-                    "files": [str(p.relative_to(layout.root)) for p in files],
-                },
-            )
-            rows.append(row)
+            rows.append(_write_lesion(space, record, maps[record.id], cams.get(record.id), plan))
+    return rows
+
+
+def _batch_maps(
+    batch: Sequence[Instance],
+    space: SubjectSpace,
+    plan: LesionPlan,
+    progress: Callable[[int, int], None],
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """SmoothGrad maps ``[C, X, Y, Z]`` and Grad-CAM maps (when asked) of one batch's domains."""
+    settings, network, x = plan.settings, space.prepared.network, space.prepared.x
+    domains = {r.id: space.instances.mask(r.id) for r in batch}
+    maps = instance_smoothgrad_many(
+        network,
+        x,
+        domains,
+        target=plan.target,
+        n_samples=settings.n_samples,
+        noise_level=settings.noise_level,
+        noise_range=settings.noise_range,
+        aggregation=settings.aggregation,
+        context=plan.context,
+        seed=settings.seed,
+        engine=settings.engine,
+        progress=progress,
+    )
+    cams = (
+        instance_gradcam_many(
+            network,
+            x,
+            domains,
+            layer=plan.layer,
+            variant=settings.gradcam_variant,
+            target=plan.target,
+            context=plan.context,
+        )
+        if settings.gradcam and plan.layer
+        else {}
+    )
+    return (
+        {i: m.detach().cpu().numpy() for i, m in maps.items()},
+        {i: m.detach().cpu().numpy() for i, m in cams.items()},
+    )
+
+
+def _write_lesion(
+    space: SubjectSpace,
+    record: Instance,
+    saliency: np.ndarray,
+    cam: np.ndarray | None,
+    plan: LesionPlan,
+) -> dict[str, Any]:
+    """Write one domain's maps and its record (row and files, under the run key); its row."""
+    layout = plan.layout
+    row, files = _lesion_outputs(space, record, saliency, cam, layout)
+    layout.write_lesion_record(
+        int(row["id"]),
+        {
+            "run_key": plan.key,
+            "row": row,
+            "files": [str(p.relative_to(layout.root)) for p in files],
+        },
+    )
+    return row
 
 
 def _lesion_outputs(
