@@ -279,6 +279,44 @@ def train(
     checkpoint_path = folder / CHECKPOINT_NAME
     if checkpoint_path.exists() and not resume:
         raise ConfigurationError(f"{checkpoint_path}: exists; resume it or choose another folder")
+    run = _start_run(config, training, validation, checkpoint_path)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            began = time.perf_counter()
+            loss = _train_epoch(run, epoch, config, training, progress)
+            threshold, metrics = _validate(run.network, validation, config, progress)
+            record = EpochRecord(epoch + 1, loss, threshold, metrics, time.perf_counter() - began)
+            _end_epoch(run, record, config, folder)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return _best_model(run, checkpoint_path)
+
+
+@dataclass(eq=False)
+class _TrainingRun:
+    """What a training run carries from epoch to epoch (and its checkpoint stores)."""
+
+    network: nn.Module
+    card: ModelCard
+    optimiser: torch.optim.Optimizer
+    loss_function: Callable[..., torch.Tensor]
+    rng: np.random.Generator
+    history: list[EpochRecord]
+    best: dict[str, Any]
+    start_epoch: int
+
+
+def _start_run(
+    config: TrainingConfig,
+    training: Sequence[TrainingSubject],
+    validation: Sequence[TrainingSubject],
+    checkpoint_path: Path,
+) -> _TrainingRun:
+    """Build the seeded network and optimiser, restored from the checkpoint when there is one."""
     hyperparameters = config.network_hyperparameters()
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -288,73 +326,85 @@ def train(
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    rng = np.random.default_rng(config.seed)
-    history: list[EpochRecord] = []
-    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "threshold": 0.5, "model": None}
-    start_epoch = 0
+    run = _TrainingRun(
+        network,
+        card,
+        optimiser,
+        _loss(config.architecture, hyperparameters),
+        np.random.default_rng(config.seed),
+        [],
+        {"score": -math.inf, "epoch": 0, "threshold": 0.5, "model": None},
+        0,
+    )
     if checkpoint_path.exists():
         state = _read_checkpoint(checkpoint_path, config)
         network.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        history = [EpochRecord(**record) for record in state["history"]]
-        best = state["best"]
-        start_epoch = int(state["epoch"])
-    loss_function = _loss(config.architecture, hyperparameters)
+        run.rng.bit_generator.state = state["rng"]
+        run.history = [EpochRecord(**record) for record in state["history"]]
+        run.best = state["best"]
+        run.start_epoch = int(state["epoch"])
+    return run
+
+
+def _train_epoch(
+    run: _TrainingRun,
+    epoch: int,
+    config: TrainingConfig,
+    training: Sequence[TrainingSubject],
+    progress: Progress | None,
+) -> float:
+    """One epoch of optimiser steps on sampled patches (polynomial learning-rate decay over the
+    whole run); the mean loss."""
     total_steps = config.epochs * config.iterations_per_epoch
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            began = time.perf_counter()
-            network.train()
-            losses = []
-            for iteration in range(config.iterations_per_epoch):
-                step = epoch * config.iterations_per_epoch + iteration
-                for group in optimiser.param_groups:
-                    group["lr"] = config.learning_rate * (1 - step / total_steps) ** 0.9
-                images, labels = _sample_batch(training, config, rng)
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_function(network(images), labels)
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
-                if progress is not None:
-                    progress("train", step + 1, total_steps)
-            threshold, metrics = _validate(network, validation, config, progress)
-            record = EpochRecord(
-                epoch + 1,
-                float(np.mean(losses)),
-                threshold,
-                metrics,
-                time.perf_counter() - began,
-            )
-            history.append(record)
-            if metrics["ndsc"] > best["score"]:
-                best = {
-                    "score": metrics["ndsc"],
-                    "epoch": epoch + 1,
-                    "threshold": threshold,
-                    "model": copy.deepcopy(network.state_dict()),
-                }
-            save_atomic(
-                checkpoint_path,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": config.as_dict(),
-                    "epoch": epoch + 1,
-                    "model": network.state_dict(),
-                    "optimizer": optimiser.state_dict(),
-                    "rng": rng.bit_generator.state,
-                    "history": [asdict(r) for r in history],
-                    "best": best,
-                },
-            )
-            atomic_write_json(folder / "history.json", [asdict(r) for r in history], overwrite=True)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-    finally:
-        torch.set_num_threads(previous_threads)
+    run.network.train()
+    losses = []
+    for iteration in range(config.iterations_per_epoch):
+        step = epoch * config.iterations_per_epoch + iteration
+        for group in run.optimiser.param_groups:
+            group["lr"] = config.learning_rate * (1 - step / total_steps) ** 0.9
+        images, labels = _sample_batch(training, config, run.rng)
+        run.optimiser.zero_grad(set_to_none=True)
+        loss = run.loss_function(run.network(images), labels)
+        loss.backward()
+        run.optimiser.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress("train", step + 1, total_steps)
+    return float(np.mean(losses))
+
+
+def _end_epoch(
+    run: _TrainingRun, record: EpochRecord, config: TrainingConfig, folder: Path
+) -> None:
+    """Keep the epoch's weights when they are the best so far; write the checkpoint and history."""
+    run.history.append(record)
+    if record.metrics["ndsc"] > run.best["score"]:
+        run.best = {
+            "score": record.metrics["ndsc"],
+            "epoch": record.epoch,
+            "threshold": record.threshold,
+            "model": copy.deepcopy(run.network.state_dict()),
+        }
+    save_atomic(
+        folder / CHECKPOINT_NAME,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.as_dict(),
+            "epoch": record.epoch,
+            "model": run.network.state_dict(),
+            "optimizer": run.optimiser.state_dict(),
+            "rng": run.rng.bit_generator.state,
+            "history": [asdict(r) for r in run.history],
+            "best": run.best,
+        },
+    )
+    atomic_write_json(folder / "history.json", [asdict(r) for r in run.history], overwrite=True)
+
+
+def _best_model(run: _TrainingRun, checkpoint_path: Path) -> TrainingResult:
+    """The best epoch's weights in eval mode, with a card holding its threshold and metrics."""
+    network, card, history, best = run.network, run.card, run.history, run.best
     if best["model"] is not None:
         network.load_state_dict(best["model"])
     best_record = next((r for r in history if r.epoch == best["epoch"]), history[-1])
