@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
@@ -156,11 +157,62 @@ def build_subject_report(
     """Render the report of ``result`` (maps are read back from the run's NIfTI outputs)."""
     channels = subject.channel_names
     table = result.table
-    layout = result.layout
     scale = _shared_scale(result, channels) if len(table) else 1.0
+    lesions, viewer_data = _lesion_panels(result, subject, scale)
+    totals = {str(k): int(v) for k, v in provenance["counts"].items()}
+    settings = provenance["settings"]
+    resolved = provenance["resolved"]
+    card = provenance["model"]["card"]
+    counts = {k: v for k, v in provenance["counts"].items() if v}
+    counts_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no lesion"
+    columns, rows, column_titles = _table_view(table, channels)
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template_text = (
+        resources.files("instasal.report").joinpath("templates/subject.html").read_text("utf-8")
+    )
+    html = environment.from_string(template_text).render(
+        subject=provenance["subject"],
+        model_name=card.get("name", "user model"),
+        counts_text=counts_text,
+        model_note=_model_note(card),
+        finished=provenance["finished"],
+        version=provenance["versions"]["instasal"],
+        reduced=settings["reduced"],
+        n_samples=settings["n_samples"],
+        max_lesions=settings["max_lesions"],
+        run_rows=[(k, _format(v)) for k, v in _run_rows(provenance, channels, counts_text)],
+        rows=rows,
+        columns=columns,
+        column_titles=column_titles,
+        column_labels={c: _column_label(c) for c in columns},
+        n_domains=len(result.instances),
+        lookup_name=result.layout.instances_lookup.name,
+        threshold=resolved["threshold"],
+        has_reference="reference" in provenance["extra_inputs"],
+        aggregation=settings["aggregation"],
+        summary_figures=_summary_figures(table, channels, totals),
+        lesions=lesions,
+        scale=f"{scale:.3g}",
+        window_mm=int(2 * HALF_WINDOW_MM),
+        viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
+        channels=channels,
+        gradcam=bool(settings["gradcam"]),
+        viewer_data=viewer_data,
+        niivue_script=niivue_script() if lesions else "",
+        trust=trust_section(result, channels) if settings.get("trust") else None,
+    )
+    return SubjectReport(html)
+
+
+def _lesion_panels(
+    result: ExplainResult, subject: Subject, scale: float
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Per explained domain: its figure and facts, and the volumes its viewer shows."""
+    channels = subject.channel_names
+    layout = result.layout
     lesions = []
     viewer_data: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_dict(orient="records"):
+    for row in result.table.to_dict(orient="records"):
         lesion_id = int(row["id"])
         saliency = np.stack(
             [
@@ -170,92 +222,105 @@ def build_subject_report(
         )
         cam_path = layout.gradcam(lesion_id, normalised=True)
         cam = np.asarray(load_image(cam_path).dataobj, np.float32) if cam_path.exists() else None
+        domain = result.instances.mask(lesion_id)
         figure = lesion_figure(
             list(subject.data),
             channels,
             saliency,
-            result.instances.mask(lesion_id),
+            domain,
             subject.affine,
             scale=scale,
             gradcam=cam,
             title=f"domain {lesion_id} ({row['type']})",
         )
-        viewer_data[str(lesion_id)] = [
-            asdict(volume)
-            for volume in lesion_volumes(
-                list(subject.data),
-                channels,
-                saliency,
-                result.instances.mask(lesion_id),
-                subject.affine,
-                scale=scale,
-                gradcam=cam,
-            )
-        ]
-        facts = [
-            ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
-            ("region", _region_text(row["region"])),
-            (
-                "centroid (RAS mm)",
-                f"{row['centroid_x']:.1f}, {row['centroid_y']:.1f}, {row['centroid_z']:.1f}",
-            ),
-            ("probability mean / max", f"{row['prob_mean']:.3f} / {row['prob_max']:.3f}"),
-        ]
-        for name in channels:
-            facts.append(
-                (
-                    f"{name} peak / trough",
-                    f"{_format(row[f'peak_{name}'])} / {_format(row[f'trough_{name}'])}",
-                )
-            )
-            facts.append(
-                (
-                    f"{name} inside / ring mean",
-                    f"{_format(row[f'inside_mean_{name}'])} / {_format(row[f'ring_mean_{name}'])}",
-                )
-            )
-            facts.append((f"{name} reliance", _format(row[f"reliance_{name}"])))
-        facts.append(("Grad-CAM++ peak (raw)", _format(row["gradcam_peak"])))
+        volumes = lesion_volumes(
+            list(subject.data), channels, saliency, domain, subject.affine, scale=scale, gradcam=cam
+        )
+        viewer_data[str(lesion_id)] = [asdict(volume) for volume in volumes]
         lesions.append(
             {
                 "id": lesion_id,
                 "type": row["type"],
                 "figure": _b64(figure_png(figure)),
-                "facts": facts,
+                "facts": _lesion_facts(row, channels),
             }
         )
-    totals = {str(k): int(v) for k, v in provenance["counts"].items()}
-    summary_figures = []
-    if len(table):
-        summary_figures.append(
-            {
-                "alt": "peak saliency vs volume",
-                "data": _b64(figure_png(peak_vs_volume_figure(table, channels[0], totals), dpi=90)),
-            }
-        )
-        if len(channels) >= 2:
-            summary_figures.append(
-                {
-                    "alt": "modality reliance",
-                    "data": _b64(figure_png(reliance_figure(table, channels, totals), dpi=90)),
-                }
+    return lesions, viewer_data
+
+
+def _lesion_facts(row: Mapping[Hashable, Any], channels: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The numbers printed beside one domain's figure, from its table row."""
+    facts = [
+        ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
+        ("region", _region_text(row["region"])),
+        (
+            "centroid (RAS mm)",
+            f"{row['centroid_x']:.1f}, {row['centroid_y']:.1f}, {row['centroid_z']:.1f}",
+        ),
+        ("probability mean / max", f"{row['prob_mean']:.3f} / {row['prob_max']:.3f}"),
+    ]
+    for name in channels:
+        facts.append(
+            (
+                f"{name} peak / trough",
+                f"{_format(row[f'peak_{name}'])} / {_format(row[f'trough_{name}'])}",
             )
-    settings = provenance["settings"]
-    resolved = provenance["resolved"]
-    card = provenance["model"]["card"]
+        )
+        facts.append(
+            (
+                f"{name} inside / ring mean",
+                f"{_format(row[f'inside_mean_{name}'])} / {_format(row[f'ring_mean_{name}'])}",
+            )
+        )
+        facts.append((f"{name} reliance", _format(row[f"reliance_{name}"])))
+    facts.append(("Grad-CAM++ peak (raw)", _format(row["gradcam_peak"])))
+    return facts
+
+
+def _summary_figures(
+    table: pd.DataFrame, channels: tuple[str, ...], totals: dict[str, int]
+) -> list[dict[str, str]]:
+    """Peak saliency against volume, and modality reliance when there are two channels or more."""
+    if not len(table):
+        return []
+    figures = [
+        {
+            "alt": "peak saliency vs volume",
+            "data": _b64(figure_png(peak_vs_volume_figure(table, channels[0], totals), dpi=90)),
+        }
+    ]
+    if len(channels) >= 2:
+        figures.append(
+            {
+                "alt": "modality reliance",
+                "data": _b64(figure_png(reliance_figure(table, channels, totals), dpi=90)),
+            }
+        )
+    return figures
+
+
+def _model_note(card: dict[str, Any]) -> str:
+    """What a built-in phantom-trained model is (empty for other models)."""
     cohort = card.get("training", {}).get("training_cohort")
-    model_note = (
+    if not (cohort and "n_subjects" in cohort):
+        return ""
+    return (
         f"{card.get('name', 'This model')} was trained by instasal on {cohort['n_subjects']} "
         "phantom subjects (synthetic lesions on MNI152 anatomy): a small demonstration network, "
         "weaker than the paper's networks trained on patient scans, so expect missed lesions and "
         "false positives. docs/models.md in the instasal sources describes its training and "
         "accuracy; docs/method.md defines every number in this report."
-        if cohort and "n_subjects" in cohort
-        else ""
     )
-    counts = {k: v for k, v in provenance["counts"].items() if v}
-    counts_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no lesion"
-    run_rows = [
+
+
+def _run_rows(
+    provenance: dict[str, Any], channels: tuple[str, ...], counts_text: str
+) -> list[tuple[str, Any]]:
+    """The run's inputs, model and settings as (name, value) rows."""
+    settings = provenance["settings"]
+    resolved = provenance["resolved"]
+    card = provenance["model"]["card"]
+    return [
         ("subject", provenance["subject"]),
         ("inputs", ", ".join(i.get("path", "in memory") for i in provenance["inputs"])),
         ("model", f"{card.get('name', 'user model')} — {card.get('architecture', '')}"),
@@ -282,10 +347,12 @@ def build_subject_report(
             ", ".join(f"{k} {v}" for k, v in provenance["versions"].items() if k != "platform"),
         ),
     ]
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template_text = (
-        resources.files("instasal.report").joinpath("templates/subject.html").read_text("utf-8")
-    )
+
+
+def _table_view(
+    table: pd.DataFrame, channels: tuple[str, ...]
+) -> tuple[list[str], list[dict[str, str]], dict[str, str]]:
+    """The lesion table's shown columns, its rows as text, and each column's title."""
     columns = (
         TABLE_COLUMNS_BASE
         + [c for name in channels for c in (f"peak_{name}", f"trough_{name}", f"reliance_{name}")]
@@ -296,43 +363,12 @@ def build_subject_report(
         for r in table.to_dict(orient="records")
     ]
     sidecar = table_sidecar(channels)
-    column_titles = {
+    titles = {
         c: f"{c}: {sidecar[c]['Description']}"
         + (f" ({sidecar[c]['Units']})" if "Units" in sidecar[c] else "")
         for c in columns
     }
-    html = environment.from_string(template_text).render(
-        subject=provenance["subject"],
-        model_name=card.get("name", "user model"),
-        counts_text=counts_text,
-        model_note=model_note,
-        finished=provenance["finished"],
-        version=provenance["versions"]["instasal"],
-        reduced=settings["reduced"],
-        n_samples=settings["n_samples"],
-        max_lesions=settings["max_lesions"],
-        run_rows=[(k, _format(v)) for k, v in run_rows],
-        rows=rows,
-        columns=columns,
-        column_titles=column_titles,
-        column_labels={c: _column_label(c) for c in columns},
-        n_domains=len(result.instances),
-        lookup_name=result.layout.instances_lookup.name,
-        threshold=resolved["threshold"],
-        has_reference="reference" in provenance["extra_inputs"],
-        aggregation=settings["aggregation"],
-        summary_figures=summary_figures,
-        lesions=lesions,
-        scale=f"{scale:.3g}",
-        window_mm=int(2 * HALF_WINDOW_MM),
-        viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
-        channels=channels,
-        gradcam=bool(settings["gradcam"]),
-        viewer_data=viewer_data,
-        niivue_script=niivue_script() if lesions else "",
-        trust=trust_section(result, channels) if settings.get("trust") else None,
-    )
-    return SubjectReport(html)
+    return columns, rows, titles
 
 
 def write_subject_report(
