@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from instasal.experiments.runner import (
 )
 from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
-from instasal.models.cards import card_of
+from instasal.models.cards import ModelCard, card_of
 from instasal.prepare import ResampledNetwork
 from instasal.typing import PathLike, Progress
 from instasal.uncertainty import (
@@ -359,77 +360,122 @@ def run_uncertainty_experiment(
     for name in OUTPUTS:
         if (out / name).exists() and not overwrite:
             raise OutputExistsError(f"{out / name}: exists already (pass overwrite=True)")
-    peak = f"peak_{card.channel_names[0]}"
+    plan = _SweepPlan(
+        method, signal, levels, tuple(ensemble), dropout_passes, n_samples, max_explained, seed
+    )
     n_total = len([s for s in discover_dataset(dataset) if s.lesion_mask is not None])
     n_total = min(n_total, max_subjects) if max_subjects is not None else n_total
-    frames: list[pd.DataFrame] = []
-    counts: list[dict[str, Any]] = []
-    seconds = {"uncertainty": 0.0, "saliency": 0.0}
-    n_passes = 0
     started = time.perf_counter()
-    for index, prepared in enumerate(
-        prepared_subjects(
-            dataset, model, limit=max_subjects, ignore_channel_names=ignore_channel_names
-        )
-    ):
-        subject = prepared.files.subject_id
+    sweeps: list[_SubjectSweep] = []
+    subjects = prepared_subjects(
+        dataset, model, limit=max_subjects, ignore_channel_names=ignore_channel_names
+    )
+    for index, prepared in enumerate(subjects):
         if progress is not None:
             progress("subjects", index, n_total)
-        clock = time.perf_counter()
-        uncertainty = voxel_uncertainty(
-            prepared.network,
-            prepared.x,
-            method,
-            n_samples=dropout_passes,
-            seed=seed,
-            ensemble=_on_working_grid(ensemble, prepared.network),
-        )
-        n_passes = uncertainty.n_passes
-        predicted = prepared.probability >= card.threshold
-        domain_index: dict[Any, int] = {}
-        rows: list[dict[str, Any]] = []
-        found_at: dict[float, Instances] = {}
-        for level in levels:
-            found_at[level] = find_candidates(
-                uncertainty.signal(signal), predicted, prepared.subject.affine, level=level
-            )
-            candidates = classify_candidates(
-                found_at[level], prepared.instances, prepared.reference
-            )
-            rows += _candidate_rows(
-                subject, level, candidates, uncertainty, prepared.probability, domain_index
-            )
-        seconds["uncertainty"] += time.perf_counter() - clock
-        table = pd.DataFrame(rows)
-        clock = time.perf_counter()
-        masks = {}
-        for domain in _chosen_domains(table, max_explained, seed + index):
-            first = table[table["domain"] == domain].iloc[0]
-            masks[domain] = found_at[first["level"]].mask(int(first["candidate_id"]))
-        saliency = _explain(prepared.network, prepared, masks, n_samples, seed, progress)
-        seconds["saliency"] += time.perf_counter() - clock
-        if saliency:
-            columns = pd.DataFrame.from_dict(saliency, orient="index")
-            table = table.join(columns, on="domain")
-        frames.append(table)
-        reference_lesions = connected_components(prepared.reference, prepared.subject.affine)
-        counts.append(
-            {
-                "subject": subject,
-                "n_reference_lesions": len(reference_lesions),
-                "n_FN": len(prepared.instances.of_kind("FN")),
-            }
-        )
+        sweeps.append(_sweep_subject(prepared, index, plan, card.threshold, progress))
     if progress is not None:
         progress("subjects", n_total, n_total)
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    table = pd.concat([s.table for s in sweeps], ignore_index=True) if sweeps else pd.DataFrame()
     if table.empty:
         raise ConfigurationError(
             f"{dataset}: no candidate domain at levels {list(levels)}; lower the levels"
         )
+    return _write_outputs(table, sweeps, plan, card, out, overwrite, started)
+
+
+@dataclass(frozen=True)
+class _SweepPlan:
+    """The choices of the sweep: how uncertainty is measured, the levels, what is explained."""
+
+    method: UncertaintyMethod
+    signal: UncertaintySignal
+    levels: tuple[float, ...]
+    ensemble: tuple[nn.Module, ...]
+    dropout_passes: int
+    n_samples: int
+    max_explained: int
+    seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class _SubjectSweep:
+    """One subject's candidate rows (saliency columns for the explained sample), its counts and
+    the time each part took."""
+
+    table: pd.DataFrame
+    counts: dict[str, Any]
+    n_passes: int
+    seconds: dict[str, float]
+
+
+def _sweep_subject(
+    prepared: ExperimentSubject,
+    index: int,
+    plan: _SweepPlan,
+    threshold: float,
+    progress: Progress | None,
+) -> _SubjectSweep:
+    """The candidates of every level for one subject, typed, and a seeded sample explained."""
+    subject = prepared.files.subject_id
+    clock = time.perf_counter()
+    uncertainty = voxel_uncertainty(
+        prepared.network,
+        prepared.x,
+        plan.method,
+        n_samples=plan.dropout_passes,
+        seed=plan.seed,
+        ensemble=_on_working_grid(plan.ensemble, prepared.network),
+    )
+    predicted = prepared.probability >= threshold
+    domain_index: dict[Any, int] = {}
+    rows: list[dict[str, Any]] = []
+    found_at: dict[float, Instances] = {}
+    for level in plan.levels:
+        found_at[level] = find_candidates(
+            uncertainty.signal(plan.signal), predicted, prepared.subject.affine, level=level
+        )
+        candidates = classify_candidates(found_at[level], prepared.instances, prepared.reference)
+        rows += _candidate_rows(
+            subject, level, candidates, uncertainty, prepared.probability, domain_index
+        )
+    seconds = {"uncertainty": time.perf_counter() - clock}
+    table = pd.DataFrame(rows)
+    clock = time.perf_counter()
+    masks = {}
+    for domain in _chosen_domains(table, plan.max_explained, plan.seed + index):
+        first = table[table["domain"] == domain].iloc[0]
+        masks[domain] = found_at[first["level"]].mask(int(first["candidate_id"]))
+    saliency = _explain(prepared.network, prepared, masks, plan.n_samples, plan.seed, progress)
+    seconds["saliency"] = time.perf_counter() - clock
+    if saliency:
+        columns = pd.DataFrame.from_dict(saliency, orient="index")
+        table = table.join(columns, on="domain")
+    counts = {
+        "subject": subject,
+        "n_reference_lesions": len(
+            connected_components(prepared.reference, prepared.subject.affine)
+        ),
+        "n_FN": len(prepared.instances.of_kind("FN")),
+    }
+    return _SubjectSweep(table, counts, uncertainty.n_passes, seconds)
+
+
+def _write_outputs(
+    table: pd.DataFrame,
+    sweeps: Sequence[_SubjectSweep],
+    plan: _SweepPlan,
+    card: ModelCard,
+    out: Path,
+    overwrite: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The per-level curve, the ROC AUC of the explained sample, the tables, figure and summary."""
+    peak = f"peak_{card.channel_names[0]}"
     if peak not in table:
         table[peak] = np.nan
-    curve = _curve(table, pd.DataFrame(counts), levels, peak)
+    counts = [s.counts for s in sweeps]
+    curve = _curve(table, pd.DataFrame(counts), plan.levels, peak)
     domains = table.drop_duplicates(["subject", "domain"])
     explained = domains[domains[peak].notna()]
     auc, n_found, n_false = _auc(explained, peak)
@@ -437,28 +483,31 @@ def run_uncertainty_experiment(
     write_table(out, "uncertainty_candidates", table, overwrite)
     write_table(out, "uncertainty_curve", curve, overwrite)
     save_figure(_figure(curve, explained, peak, auc), out / "uncertainty.png", overwrite)
+    seconds = {
+        part: float(sum(s.seconds[part] for s in sweeps)) for part in ("uncertainty", "saliency")
+    }
     summary = {
-        "method": method,
-        "signal": signal,
-        "n_passes": n_passes,
-        "levels": list(levels),
-        "candidate_rule": f"18-connected components of voxels whose {signal} over the passes "
-        "is >= level and that neither overlap nor touch a predicted lesion "
+        "method": plan.method,
+        "signal": plan.signal,
+        "n_passes": sweeps[-1].n_passes,
+        "levels": list(plan.levels),
+        "candidate_rule": f"18-connected components of voxels whose {plan.signal} over the "
+        "passes is >= level and that neither overlap nor touch a predicted lesion "
         f"(plain probability >= {card.threshold}), volume > 5 mm³",
         "n_subjects": len(counts),
         "n_reference_lesions": int(sum(c["n_reference_lesions"] for c in counts)),
         "n_FN": int(sum(c["n_FN"] for c in counts)),
         "per_level": curve.astype(object).where(curve.notna(), None).to_dict(orient="records"),
         "explained": {
-            "n_samples": n_samples,
-            "max_per_subject_level_kind": max_explained,
+            "n_samples": plan.n_samples,
+            "max_per_subject_level_kind": plan.max_explained,
             "n_found_FN_domains": n_found,
             "n_false_alarm_domains": n_false,
             f"auc_{peak}": nan_to_none(auc),
             "auc_max_probability": nan_to_none(_auc(explained, "max_probability")[0]),
         },
         "seconds": {**seconds, "total": time.perf_counter() - started},
-        "seed": seed,
+        "seed": plan.seed,
     }
     atomic_write_json(out / "uncertainty_summary.json", summary, overwrite=overwrite)
     return summary
