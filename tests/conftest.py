@@ -50,7 +50,9 @@ def two_channel_files(
 class SmoothGradOptions(TypedDict, total=False):
     """Keyword options that tests pass alike to several SmoothGrad calls (never ``context``)."""
 
+    target: int
     n_samples: int
+    noise_level: float
     seed: int
     engine: EngineName
     aggregation: Aggregation

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_linear_subject
@@ -124,7 +125,9 @@ def _probe(arguments: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_explain_refuses_swapped_channels_before_importing_torch(tmp_path: Path, rng) -> None:
+def test_cli_explain_refuses_swapped_channels_before_importing_torch(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     write_linear_subject(tmp_path, "sub-001", rng)
     anat = tmp_path / "sub-001" / "anat"
     swapped = [str(anat / "sub-001_T1w.nii.gz"), str(anat / "sub-001_FLAIR.nii.gz")]
@@ -138,7 +141,7 @@ def test_cli_explain_refuses_swapped_channels_before_importing_torch(tmp_path: P
 
 
 def test_cli_dataset_commands_refuse_a_model_taking_another_order(
-    tmp_path: Path, rng, linear_model_path: Path
+    tmp_path: Path, rng: np.random.Generator, linear_model_path: Path
 ) -> None:
     write_linear_subject(tmp_path / "data", "sub-01", rng)
     card = json.loads(linear_model_path.with_suffix(".json").read_text())
@@ -157,7 +160,7 @@ def test_cli_dataset_commands_refuse_a_model_taking_another_order(
 
 
 def test_api_refuses_swapped_files_and_ignore_channel_names_overrides(
-    tmp_path: Path, rng, linear_model_path: Path
+    tmp_path: Path, rng: np.random.Generator, linear_model_path: Path
 ) -> None:
     from instasal.models import load_model
     from instasal.models.segmentation import segment_subject

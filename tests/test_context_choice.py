@@ -6,11 +6,10 @@ import json
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import PointwiseLinear, write_linear_subject
+from conftest import PointwiseLinear, load_nifti, write_linear_subject
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.models import load_model
 from instasal.pipeline import ExplainSettings, context_choice, explain_subject
@@ -36,7 +35,7 @@ def _no_patch_model(tmp_path: Path) -> Path:
 
 def _explained_voxels(out: Path) -> int:
     (labels,) = out.glob("*_desc-instances_dseg.nii.gz")
-    return int((np.asarray(nib.load(labels).dataobj) > 0).sum())
+    return int((np.asarray(load_nifti(labels).dataobj) > 0).sum())
 
 
 def test_over_the_budget_an_unasked_full_context_is_refused_before_any_lesion(

@@ -304,7 +304,7 @@ def test_explain_notes_a_non_binary_reference_in_one_line(tmp_path, rng, linear_
     write_linear_subject(tmp_path, "sub-01", rng)
     anat = tmp_path / "sub-01" / "anat"
     reference = tmp_path / "derivatives" / "manual" / "sub-01" / "anat"
-    binary = nib.load(reference / "sub-01_desc-lesion_mask.nii.gz")
+    binary = load_nifti(reference / "sub-01_desc-lesion_mask.nii.gz")
     labels = np.asarray(binary.dataobj).astype(np.uint8) * 3
     labelled = reference / "labels.nii.gz"
     nib.save(nib.Nifti1Image(labels, binary.affine), labelled)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SmoothGradOptions
 from instasal.models import card_of, load_model
 from instasal.saliency import instance_smoothgrad
 
@@ -156,7 +157,12 @@ def test_patch_context_equals_the_naive_loop_on_the_patch_and_is_zero_outside(
     start = min(max((lo + hi + 1) // 2 - SIDE // 2, 0), SIDE)  # centred, shifted inside
     window = (slice(start, start + SIDE), slice(None), slice(None))
     expected = _naive_smoothgrad(patched, wide, domain, window)
-    common = {"target": 1, "n_samples": N_SAMPLES, "noise_level": NOISE_LEVEL, "seed": SEED}
+    common: SmoothGradOptions = {
+        "target": 1,
+        "n_samples": N_SAMPLES,
+        "noise_level": NOISE_LEVEL,
+        "seed": SEED,
+    }
     patch = instance_smoothgrad(patched, wide, domain, context="patch", **common)
     _assert_float32_close(patch, expected)
     full = instance_smoothgrad(patched, wide, domain, context="full", **common)
@@ -172,7 +178,12 @@ def test_patch_spanning_the_volume_equals_full_context(network, t1, monkeypatch)
     monkeypatch.setattr(network, "card", card.to_dict())
     patched = network
     domain = _uncertain_voxels(network, t1, 3)
-    common = {"target": 1, "n_samples": N_SAMPLES, "noise_level": NOISE_LEVEL, "seed": SEED}
+    common: SmoothGradOptions = {
+        "target": 1,
+        "n_samples": N_SAMPLES,
+        "noise_level": NOISE_LEVEL,
+        "seed": SEED,
+    }
     patch = instance_smoothgrad(patched, t1, domain, context="patch", **common)
     full = instance_smoothgrad(patched, t1, domain, context="full", **common)
     _assert_float32_close(patch, full)
