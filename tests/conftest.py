@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -64,6 +65,13 @@ def load_nifti(path: PathLike) -> nib.Nifti1Image:
     image = nib.load(path)
     assert isinstance(image, nib.Nifti1Image)
     return image
+
+
+def row_of(frame: pd.DataFrame, label: str | tuple[str, ...]) -> pd.Series:
+    """The one row of ``frame`` labelled ``label`` (``frame.loc[label]``, typed as a row)."""
+    row = frame.T[label]
+    assert isinstance(row, pd.Series)
+    return row
 
 
 def set_card(model: nn.Module, card: dict[str, object]) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import row_of
 from instasal.analyses.error_modes import error_modes
 from instasal.analyses.reliance import modality_reliance
 from instasal.analyses.size import aggregation_vs_size
@@ -41,13 +42,13 @@ def _shared_effects() -> pd.DataFrame:
 def test_effects_shared_by_every_subject_have_intervals_of_width_zero() -> None:
     table = _shared_effects()
     level = _level(table, table)
-    modes = level.loc["median peak_FLAIR: TP − FP"]
+    modes = row_of(level, "median peak_FLAIR: TP − FP")
     # median TP peak = 2 − 0.2 = 1.8 in every resample; FP 1.0
     assert modes[["estimate", "low", "high"]].tolist() == pytest.approx([0.8, 0.8, 0.8])
     assert modes["excludes_null"] and modes["n_subjects"] == 6 and modes["n_domains"] == 36
-    modality = level.loc["median peak_FLAIR − peak_T1w (TP)"]
+    modality = row_of(level, "median peak_FLAIR − peak_T1w (TP)")
     assert modality[["estimate", "low", "high"]].tolist() == pytest.approx([0.5, 0.5, 0.5])
-    size = level.loc["Spearman ρ of peak_FLAIR vs volume, max aggregation"]
+    size = row_of(level, "Spearman ρ of peak_FLAIR vs volume, max aggregation")
     assert size[["estimate", "low", "high"]].tolist() == pytest.approx([-1.0, -1.0, -1.0])
     assert size["domain_p"] < 0.01
 
@@ -57,7 +58,7 @@ def test_an_effect_of_one_subject_is_significant_per_domain_but_not_per_subject(
     for s in range(1, 6):
         rows += [(f"s{s}", "TP", 10.0, 0.0, 1.0)] * 2 + [(f"s{s}", "FP", 10.0, 0.0, 1.0)] * 2
     level = _level(_table(rows))
-    modes = level.loc["median peak_FLAIR: TP − FP"]
+    modes = row_of(level, "median peak_FLAIR: TP − FP")
     assert modes["domain_p"] < 1e-3  # 20 of 30 TP above every FP
     assert modes["estimate"] == pytest.approx(5.0)
     # s0 is left out of (5/6)^6 ≈ 33 % of resamples, which give a difference of 0

@@ -309,9 +309,9 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
     assert len(outside) and np.abs(outside).max() <= 1e-6
     # 2 mm voxels: shells of 2 mm out to 10 mm
     assert sorted(set(profiles["outer_mm"])) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
-    steps = pd.read_csv(result.layout.trust_randomisation, sep="\t")
-    assert set(steps["method"]) == {"smoothgrad", "gradcam"}
-    last = steps[steps["step"] == steps["step"].max()].set_index(["id", "method"])["changed"]
+    cascade = pd.read_csv(result.layout.trust_randomisation, sep="\t")
+    assert set(cascade["method"]) == {"smoothgrad", "gradcam"}
+    last = cascade[cascade["step"] == cascade["step"].max()].set_index(["id", "method"])["changed"]
     curves = pd.read_csv(result.layout.trust_curves, sep="\t")
     for row in table.to_dict(orient="records"):
         for method in ("smoothgrad", "gradcam"):

@@ -18,14 +18,19 @@ from instasal.report.trust_figures import (
 
 def _lines(axis: matplotlib.axes.Axes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {
-        line.get_label(): (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+        str(line.get_label()): (
+            np.asarray(line.get_xdata(), float),
+            np.asarray(line.get_ydata(), float),
+        )
         for line in axis.get_lines()
-        if not line.get_label().startswith("_")
+        if not str(line.get_label()).startswith("_")
     }
 
 
 def _legend(axis: matplotlib.axes.Axes) -> list[str]:
-    return [t.get_text() for t in axis.get_legend().get_texts()]
+    legend = axis.get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def test_curve_summary_centres_and_ranges_per_x() -> None:

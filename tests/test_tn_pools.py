@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import load_nifti, row_of
 from instasal.analyses.tn_sensitivity import tn_sensitivity
 from instasal.errors import ConfigurationError
 from instasal.pipeline import ExplainSettings
@@ -34,8 +35,8 @@ def test_a_gm_cohort_draws_its_tn_domains_in_the_grey_matter_pool(
 ):
     anat = linear_dataset / "sub-01" / "anat"
     derivatives = linear_dataset / "derivatives" / "manual" / "sub-01" / "anat"
-    flair_image = nib.load(anat / "sub-01_FLAIR.nii.gz")
-    brain = np.asarray(nib.load(derivatives / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
+    flair_image = load_nifti(anat / "sub-01_FLAIR.nii.gz")
+    brain = np.asarray(load_nifti(derivatives / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
     white = np.zeros_like(brain)
     white[2:8] = brain[2:8]
     nib.save(
@@ -56,7 +57,7 @@ def test_a_gm_cohort_draws_its_tn_domains_in_the_grey_matter_pool(
     )
     assert json.loads((out / "cohort.json").read_text())["tn_from"] == "gm"
     lookup = pd.read_csv(out / "sub-01" / "sub-01_desc-instances_dseg.tsv", sep="\t")
-    labels = np.asarray(nib.load(out / "sub-01" / "sub-01_desc-instances_dseg.nii.gz").dataobj)
+    labels = np.asarray(load_nifti(out / "sub-01" / "sub-01_desc-instances_dseg.nii.gz").dataobj)
     tn_ids = lookup.loc[lookup["type"] == "TN", "index"].tolist()
     assert len(tn_ids) == 3
     for tn_id in tn_ids:
@@ -83,7 +84,7 @@ def test_tn_sensitivity_compares_each_pool_like_scipy_on_the_split_groups() -> N
     found = tn_sensitivity(base, tables).set_index(["pool", "comparison"])
     for name, tn in pools.items():
         for kind, values in detected.items():
-            row = found.loc[(name, f"{kind} − TN")]
+            row = row_of(found, (name, f"{kind} − TN"))
             assert row["n_first"] == len(values) and row["n_tn"] == len(tn)
             assert row["median_tn"] == pytest.approx(np.median(tn))
             raw = stats.mannwhitneyu(values, tn, alternative="two-sided").pvalue
@@ -91,7 +92,7 @@ def test_tn_sensitivity_compares_each_pool_like_scipy_on_the_split_groups() -> N
             assert row["estimate"] == pytest.approx(np.median(values) - np.median(tn))
     # every TP is above every white-matter TN: rank-biserial 1; grey-matter TN overlap TP
     assert found.loc[("wm", "TP − TN"), "rank_biserial"] == pytest.approx(1.0)
-    assert found.loc[("gm", "TP − TN"), "rank_biserial"] < 1.0
+    assert row_of(found, ("gm", "TP − TN"))["rank_biserial"] < 1.0
     assert found.loc[("wm", "TP − TN"), "median_order"] == "TP > FP > FN > TN"
 
 
