@@ -83,7 +83,7 @@ CASES = {
     ),
     "experiment name": (
         ["experiment", "ablation", "{dataset}", "--out", "{dataset}/o"],
-        "experiment must be one of context, relocation, patch-vs-full, uncertainty",
+        "No such command 'ablation'",
     ),
     "experiment method": (
         ["experiment", "uncertainty", "{dataset}", "--out", "{dataset}/o", "--method", "vote"],
@@ -170,3 +170,24 @@ def test_analyse_and_explain_share_the_regions_option():
     assert "--regions " in _help("analyse")
     assert "--regions-from" not in _help("analyse")
     assert "--regions " in _help("explain")
+
+
+def test_each_experiment_takes_only_its_own_options(files):
+    def options(name: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "instasal.cli", "experiment", name, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        return {word for word in done.stdout.split() if word.startswith("--")}
+
+    common = {"--out", "--model", "--overwrite", "--trust-model-code", "--ignore-channel-names"}
+    assert options("context") - common == {"--max-lesions", "--band", "--no-overwrite", "--help"}
+    assert options("relocation") - common == {"--max-lesions", "--seed", "--no-overwrite", "--help"}
+    assert "--band" not in options("uncertainty") and "--method" in options("uncertainty")
+    stdout, stderr = _refusal(
+        ["experiment", "relocation", files["dataset"], "-o", "o", "--method", "tta"]
+    )
+    assert stdout == "exit 2 False" and "No such option: --method" in stderr

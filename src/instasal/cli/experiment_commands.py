@@ -1,10 +1,14 @@
-"""``instasal experiment NAME``: the paper's experiments over a dataset (issue 8)."""
+"""``instasal experiment NAME``: the paper's experiments over a dataset, one sub-command each.
+
+Each sub-command has only its own options; all write a table, a summary JSON and a figure under
+``--out``. Options are checked before torch is imported.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -25,68 +29,165 @@ from instasal.errors import ConfigurationError
 from instasal.folders import output_folder_lock
 from instasal.typing import UncertaintyMethod, UncertaintySignal
 
-__all__ = ["experiment"]
+__all__ = ["experiment_app"]
 
-EXPERIMENTS = ("context", "relocation", "patch-vs-full", "uncertainty")
+experiment_app = typer.Typer(
+    help="The paper's experiments over a dataset with reference masks: a table, a summary and a "
+    "figure each.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+DatasetArgument = Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")]
+MaxLesionsOption = Annotated[int, typer.Option(min=1, help="Lesions to use at most.")]
 
 
-@app.command()
-def experiment(
-    name: Annotated[str, typer.Argument(help="context, relocation, patch-vs-full or uncertainty.")],
-    dataset: Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")],
+def _check_inputs(dataset: Path, models: list[str], ignore_channel_names: bool) -> None:
+    """The dataset and every model exist, and the file names agree with the models' channels."""
+    require_files(dataset)
+    for member in models:
+        check_model(member)
+    require_dataset_channel_order(dataset, models, ignore_channel_names)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    for key, value in summary.items():
+        console.print(f"{key}: {value}")
+    console.print(f"results in [bold]{out}[/]")
+
+
+@experiment_app.command("context")
+def context(
+    dataset: DatasetArgument,
     out: OutOption,
     model: ModelOption = "unet",
-    max_lesions: Annotated[int, typer.Option(min=1, help="Lesions to use at most.")] = 40,
+    max_lesions: MaxLesionsOption = 40,
     band: Annotated[
         tuple[float, float],
-        typer.Option(help="context: TP volume band in mm³, low then high (0 <= low < high)."),
+        typer.Option(help="TP volume band in mm³, low then high (0 <= low < high)."),
     ] = (90.0, 120.0),
-    seed: Annotated[
-        int,
-        typer.Option(min=0, help="Seed of relocation targets; uncertainty: dropout and samples."),
-    ] = 0,
-    method: Annotated[
-        str, typer.Option(help=f"uncertainty: {', '.join(get_args(UncertaintyMethod))}.")
-    ] = "tta",
-    signal: Annotated[
-        str,
-        typer.Option(
-            help=f"uncertainty: statistic thresholded, {', '.join(get_args(UncertaintySignal))}."
-        ),
-    ] = "max",
-    level: Annotated[
-        list[float] | None,
-        typer.Option(
-            help="uncertainty: a level (>= 0) of the candidate rule, in units of the signal "
-            "(repeat; default 4)."
-        ),
-    ] = None,
-    models: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="uncertainty, ensemble: other ensemble members (repeat; model names or paths)."
-        ),
-    ] = None,
-    max_subjects: Annotated[
-        int | None,
-        typer.Option(min=1, help="uncertainty: use the first subjects only (default: all)."),
-    ] = None,
-    n_samples: Annotated[
-        int, typer.Option(min=1, help="uncertainty: SmoothGrad noise samples N.")
-    ] = 8,
-    max_explained: Annotated[
-        int,
-        typer.Option(min=1, help="uncertainty: domains explained per subject, level and kind."),
-    ] = 4,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
-    """Run one of the paper's experiments and write its table, summary and figure."""
-    if name not in EXPERIMENTS:
-        raise ConfigurationError(
-            f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}"
+    """Perilesional context: how much healthy tissue around a lesion the model needs to find it."""
+    if not 0.0 <= band[0] < band[1]:
+        raise ConfigurationError(f"--band must be two volumes 0 <= low < high, got {band}")
+    _check_inputs(dataset, [model], ignore_channel_names)
+    from instasal.experiments.runner import run_context_experiment
+    from instasal.models import load_model
+
+    network = load_model(model, trust_code=trust_model_code)
+    with output_folder_lock(out), pipeline_progress(console) as progress:
+        summary = run_context_experiment(
+            dataset,
+            network,
+            out,
+            volume_band_mm3=band,
+            max_lesions=max_lesions,
+            overwrite=overwrite,
+            progress=progress,
+            ignore_channel_names=ignore_channel_names,
         )
+    _print_summary(summary, out)
+
+
+@experiment_app.command("relocation")
+def relocation(
+    dataset: DatasetArgument,
+    out: OutOption,
+    model: ModelOption = "unet",
+    max_lesions: MaxLesionsOption = 40,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the relocation targets.")] = 0,
+    overwrite: OverwriteOption = False,
+    trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
+) -> None:
+    """Relocation: a lesion copied into white matter, out of the brain, and out with its rim."""
+    _check_inputs(dataset, [model], ignore_channel_names)
+    from instasal.experiments.runner import run_relocation_experiment
+    from instasal.models import load_model
+
+    network = load_model(model, trust_code=trust_model_code)
+    with output_folder_lock(out), pipeline_progress(console) as progress:
+        summary = run_relocation_experiment(
+            dataset,
+            network,
+            out,
+            max_lesions=max_lesions,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+            ignore_channel_names=ignore_channel_names,
+        )
+    _print_summary(summary, out)
+
+
+@experiment_app.command("patch-vs-full")
+def patch_vs_full(
+    dataset: DatasetArgument,
+    out: OutOption,
+    model: ModelOption = "unet",
+    max_lesions: MaxLesionsOption = 40,
+    overwrite: OverwriteOption = False,
+    trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
+) -> None:
+    """Patch against full context: each lesion's SmoothGrad map with both forward windows."""
+    _check_inputs(dataset, [model], ignore_channel_names)
+    from instasal.experiments.runner import run_patch_full_experiment
+    from instasal.models import load_model
+
+    network = load_model(model, trust_code=trust_model_code)
+    with output_folder_lock(out), pipeline_progress(console) as progress:
+        summary = run_patch_full_experiment(
+            dataset,
+            network,
+            out,
+            max_lesions=max_lesions,
+            overwrite=overwrite,
+            progress=progress,
+            ignore_channel_names=ignore_channel_names,
+        )
+    _print_summary(summary, out)
+
+
+@experiment_app.command("uncertainty")
+def uncertainty(
+    dataset: DatasetArgument,
+    out: OutOption,
+    model: ModelOption = "unet",
+    method: Annotated[
+        str,
+        typer.Option(help=f"Uncertainty from: {', '.join(get_args(UncertaintyMethod))}."),
+    ] = "tta",
+    signal: Annotated[
+        str,
+        typer.Option(help=f"Statistic thresholded: {', '.join(get_args(UncertaintySignal))}."),
+    ] = "max",
+    level: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="A level (>= 0) of the candidate rule, in units of the signal (repeat; default 4)."
+        ),
+    ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(help="ensemble: other ensemble members (repeat; model names or paths)."),
+    ] = None,
+    max_subjects: Annotated[
+        int | None, typer.Option(min=1, help="Use the first subjects only (default: all).")
+    ] = None,
+    n_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad noise samples N.")] = 8,
+    max_explained: Annotated[
+        int, typer.Option(min=1, help="Domains explained per subject, level and kind.")
+    ] = 4,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of dropout and of the samples.")] = 0,
+    overwrite: OverwriteOption = False,
+    trust_model_code: TrustOption = False,
+    ignore_channel_names: IgnoreChannelNamesOption = False,
+) -> None:
+    """Missed lesions from uncertainty: candidates where the model hesitates, typed, explained."""
     if method not in get_args(UncertaintyMethod):
         raise ConfigurationError(
             f"--method must be one of {', '.join(get_args(UncertaintyMethod))}, got {method!r}"
@@ -95,73 +196,29 @@ def experiment(
         raise ConfigurationError(
             f"--signal must be one of {', '.join(get_args(UncertaintySignal))}, got {signal!r}"
         )
-    if not 0.0 <= band[0] < band[1]:
-        raise ConfigurationError(f"--band must be two volumes 0 <= low < high, got {band}")
     if not all(math.isfinite(value) and value >= 0 for value in level or []):
         raise ConfigurationError(f"--level must be finite numbers >= 0, got {level}")
-    require_files(dataset)
-    for member in [model, *(models or [])]:
-        check_model(member)
-    require_dataset_channel_order(dataset, [model, *(models or [])], ignore_channel_names)
+    _check_inputs(dataset, [model, *(models or [])], ignore_channel_names)
     from instasal.experiments.missed import run_uncertainty_experiment
-    from instasal.experiments.runner import (
-        run_context_experiment,
-        run_patch_full_experiment,
-        run_relocation_experiment,
-    )
     from instasal.models import load_model
 
     network = load_model(model, trust_code=trust_model_code)
     with output_folder_lock(out), pipeline_progress(console) as progress:
-        if name == "context":
-            summary = run_context_experiment(
-                dataset,
-                network,
-                out,
-                volume_band_mm3=band,
-                max_lesions=max_lesions,
-                overwrite=overwrite,
-                progress=progress,
-                ignore_channel_names=ignore_channel_names,
-            )
-        elif name == "relocation":
-            summary = run_relocation_experiment(
-                dataset,
-                network,
-                out,
-                max_lesions=max_lesions,
-                seed=seed,
-                overwrite=overwrite,
-                progress=progress,
-                ignore_channel_names=ignore_channel_names,
-            )
-        elif name == "patch-vs-full":
-            summary = run_patch_full_experiment(
-                dataset,
-                network,
-                out,
-                max_lesions=max_lesions,
-                overwrite=overwrite,
-                progress=progress,
-                ignore_channel_names=ignore_channel_names,
-            )
-        else:
-            summary = run_uncertainty_experiment(
-                dataset,
-                network,
-                out,
-                method=method,  # type: ignore[arg-type]
-                signal=signal,  # type: ignore[arg-type]
-                levels=level or None,
-                ensemble=[load_model(m, trust_code=trust_model_code) for m in models or []],
-                max_subjects=max_subjects,
-                n_samples=n_samples,
-                max_explained=max_explained,
-                seed=seed,
-                overwrite=overwrite,
-                progress=progress,
-                ignore_channel_names=ignore_channel_names,
-            )
-    for key, value in summary.items():
-        console.print(f"{key}: {value}")
-    console.print(f"results in [bold]{out}[/]")
+        summary = run_uncertainty_experiment(
+            dataset,
+            network,
+            out,
+            # method and signal were checked against their Literal's values above
+            method=method,  # type: ignore[arg-type]
+            signal=signal,  # type: ignore[arg-type]
+            levels=level or None,
+            ensemble=[load_model(m, trust_code=trust_model_code) for m in models or []],
+            max_subjects=max_subjects,
+            n_samples=n_samples,
+            max_explained=max_explained,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+            ignore_channel_names=ignore_channel_names,
+        )
+    _print_summary(summary, out)
