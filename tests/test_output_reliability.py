@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import pandas as pd
 import pytest
 
-from conftest import write_linear_subject
+from conftest import load_nifti, write_linear_subject
 from instasal.cli import run_app
 from instasal.errors import InstasalWarning, StateFileError
 from instasal.folders import LOCK_NAME, hold_lock, host_tag, output_folder_lock
@@ -177,10 +176,12 @@ def _fail_writes_under(folder: Path, code: int, monkeypatch: pytest.MonkeyPatch)
     """Make every file creation under ``folder`` fail as a read-only or forbidden file system."""
     real_open = os.open
 
-    def refusing_open(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def refusing_open(
+        path: str | bytes, flags: int, mode: int = 0o777, *, dir_fd: int | None = None
+    ) -> int:
         if Path(os.fsdecode(path)).is_relative_to(folder) and flags & os.O_CREAT:
             raise OSError(code, os.strerror(code), os.fsdecode(path))
-        return real_open(path, flags, *args, **kwargs)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "open", refusing_open)
 
@@ -246,7 +247,7 @@ def test_disk_full_is_one_line_and_a_rerun_resumes_to_the_clean_table(
     assert not [p for p in written if ".tmp" in p.name]  # no partial file is left
     for path in written:  # and every file written before the disk filled is whole
         if path.name.endswith(".nii.gz"):
-            assert nib.load(path).get_fdata().size > 0
+            assert load_nifti(path).get_fdata().size > 0
         elif path.suffix == ".json":
             json.loads(path.read_text())
     assert run_app(_explain_args(linear_dataset, linear_model_path, out)) == 0
