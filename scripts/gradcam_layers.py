@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare instance Grad-CAM++ at several layers of a built-in model (zero maps, grain, faithfulness).
+"""Compare instance Grad-CAM++ at layers of a built-in model (zero maps, grain, faithfulness).
 
 Example (the comparison reported in ``docs/method.md``)::
 

@@ -271,3 +271,19 @@ def test_card_validation_and_round_trip() -> None:
         ModelCard.from_dict({"name": "x", "architecture": "unet", "colour": "red"})
     with pytest.raises(ModelError, match=r"missing card field\(s\) \['architecture'\]"):
         ModelCard.from_dict({"name": "x"})
+
+
+def test_bundled_unet_card_names_the_skip_connection_layer() -> None:
+    # docs/method.md: the layer comparison of scripts/gradcam_layers.py chose model.1 for the
+    # bundled weights (its 16 + 16 concatenated channels at half resolution)
+    network = load_model("unet")
+    assert network.card["gradcam_layer"] == "model.1"
+    captured: list[torch.Tensor] = []
+    layer = dict(network.named_modules())["model.1"]
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 2, 32, 32, 32))
+    finally:
+        handle.remove()
+    assert tuple(captured[0].shape) == (1, 32, 16, 16, 16)

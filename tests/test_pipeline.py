@@ -348,3 +348,22 @@ def test_cli_trust_flag_reaches_the_settings(tmp_path, subject_files, monkeypatc
     for flags, expected in (([], False), (["--trust"], True)):
         assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
         assert seen[-1].trust is expected
+
+
+def test_cli_gradcam_layer_reaches_the_settings(tmp_path, subject_files, monkeypatch):
+    import instasal.pipeline
+    from instasal.cli import run_app
+    from instasal.errors import ConfigurationError
+
+    seen: list[ExplainSettings] = []
+
+    def record(*args, settings=None, **kwargs):
+        seen.append(settings)
+        raise ConfigurationError("stopped after the settings")
+
+    monkeypatch.setattr(instasal.pipeline, "explain_subject", record)
+    image = str(subject_files["images"][0])
+    authors = ["--gradcam-layer", "model.1.submodule.2.conv"]
+    for flags, expected in (([], None), (authors, "model.1.submodule.2.conv")):
+        assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
+        assert seen[-1].gradcam_layer == expected

@@ -104,6 +104,13 @@ def explain(
         int, typer.Option(min=0, help="TN domains sampled in normal tissue (needs --reference).")
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
+    gradcam_layer: Annotated[
+        str | None,
+        typer.Option(
+            help="Grad-CAM++ layer, a name from the network's named_modules() (default: the "
+            "model card's; the authors' U-Net layer is model.1.submodule.2.conv)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of noise draws and TN sampling.")] = 0,
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
@@ -133,6 +140,7 @@ def explain(
         max_lesions=max_lesions,
         n_true_negatives=n_true_negatives,
         gradcam=gradcam,
+        gradcam_layer=gradcam_layer,
         seed=seed,
         tta=not no_tta,
         saliency_of=saliency_of,
@@ -254,6 +262,13 @@ def cohort(
         int, typer.Option(min=0, help="TN domains sampled per subject in normal tissue.")
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
+    gradcam_layer: Annotated[
+        str | None,
+        typer.Option(
+            help="Grad-CAM++ layer, a name from the network's named_modules() (default: the "
+            "model card's; the authors' U-Net layer is model.1.submodule.2.conv)."
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Cohort seed (per-subject seeds derive from it).")
     ] = 0,
@@ -294,6 +309,7 @@ def cohort(
         max_lesions=max_lesions,
         n_true_negatives=n_true_negatives,
         gradcam=gradcam,
+        gradcam_layer=gradcam_layer,
         seed=seed,
         trust=trust,
     )
