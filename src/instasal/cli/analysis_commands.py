@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from instasal.cli._app import app, console, require_files
 from instasal.errors import ConfigurationError
@@ -58,5 +59,7 @@ def analyse(
     )
     for finding in report.analysis.findings:
         style = _VERDICT_STYLE[finding.verdict]
-        console.print(f"[{style}]{finding.verdict:>14}[/]  {finding.title}", highlight=False)
-    console.print(f"wrote [bold]{cohort_out / 'analysis' / 'report.html'}[/]", highlight=False)
+        title = escape(finding.title)
+        console.print(f"[{style}]{finding.verdict:>14}[/]  {title}", highlight=False)
+    report_path = escape(str(cohort_out / "analysis" / "report.html"))
+    console.print(f"wrote [bold]{report_path}[/]", highlight=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from instasal.cli._app import (
@@ -55,7 +56,7 @@ def phantom(
             overwrite=overwrite,
             progress=progress,
         )
-    console.print(f"wrote {len(written)} phantom subjects to [bold]{out}[/]")
+    console.print(f"wrote {len(written)} phantom subjects to [bold]{escape(str(out))}[/]")
 
 
 def _settings(**values: Any) -> Any:
@@ -189,8 +190,8 @@ def _print_summary(result: Any) -> None:
         console.print(view)
     if result.reused_lesions:
         console.print(f"reused {result.reused_lesions} lesion(s) from an interrupted run")
-    console.print(f"lesion table: [bold]{result.layout.table}[/]")
-    console.print(f"report: [bold]{result.report}[/]")
+    console.print(f"lesion table: [bold]{escape(str(result.layout.table))}[/]")
+    console.print(f"report: [bold]{escape(str(result.report))}[/]")
 
 
 @app.command()
@@ -342,6 +343,6 @@ def cohort(
             f"({', '.join(result.pending)}); run again when it is done to gather them"
         )
     for subject_id, error in result.failed.items():
-        console.print(f"[red]failed[/] {subject_id}: {error}")
+        console.print(f"[red]failed[/] {escape(f'{subject_id}: {error}')}")
     if result.failed:
         raise typer.Exit(1)

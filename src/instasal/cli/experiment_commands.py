@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
+from rich.markup import escape
 
 from instasal.cli._app import (
     IgnoreChannelNamesOption,
@@ -52,8 +53,8 @@ def _check_inputs(dataset: Path, models: list[str], ignore_channel_names: bool) 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     for key, value in summary.items():
-        console.print(f"{key}: {value}")
-    console.print(f"results in [bold]{out}[/]")
+        console.print(escape(f"{key}: {value}"))
+    console.print(f"results in [bold]{escape(str(out))}[/]")
 
 
 @experiment_app.command("context")

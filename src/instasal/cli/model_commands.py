@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from instasal.cli._app import (
@@ -154,7 +155,7 @@ def train(
             },
             overwrite=overwrite,
         )
-        console.print(f"exported {paths[0]} and {paths[1]}")
+        console.print(escape(f"exported {paths[0]} and {paths[1]}"))
 
 
 @app.command()
@@ -201,7 +202,7 @@ def segment(
         tta=not no_tta,
         ignore_channel_names=ignore_channel_names,
     )
-    console.print(f"wrote {result.probability_path} and {result.mask_path}")
+    console.print(escape(f"wrote {result.probability_path} and {result.mask_path}"))
 
 
 @app.command()
