@@ -277,7 +277,7 @@ def test_bundled_unet_card_names_the_skip_connection_layer() -> None:
     # docs/method.md: the layer comparison of scripts/gradcam_layers.py chose model.1 for the
     # bundled weights (its 16 + 16 concatenated channels at half resolution)
     network = load_model("unet")
-    assert card_of(network)["gradcam_layer"] == "model.1"
+    assert card_of(network).gradcam_layer == "model.1"
     captured: list[torch.Tensor] = []
     layer = dict(network.named_modules())["model.1"]
     handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
