@@ -332,7 +332,19 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
     assert "Randomisation, SmoothGrad (max):" in html and 'alt="deletion and insertion' in html
 
 
-def test_cli_trust_flag_reaches_the_settings(tmp_path, subject_files, monkeypatch):
+AUTHORS_LAYER = "model.1.submodule.2.conv"
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "expected"),
+    [
+        ([], "trust", False),
+        (["--trust"], "trust", True),
+        ([], "gradcam_layer", None),
+        (["--gradcam-layer", "model.1.submodule.2.conv"], "gradcam_layer", AUTHORS_LAYER),
+    ],
+)
+def test_cli_flags_reach_the_settings(tmp_path, subject_files, monkeypatch, flags, field, expected):
     import instasal.pipeline
     from instasal.cli import run_app
     from instasal.errors import ConfigurationError
@@ -345,25 +357,5 @@ def test_cli_trust_flag_reaches_the_settings(tmp_path, subject_files, monkeypatc
 
     monkeypatch.setattr(instasal.pipeline, "explain_subject", record)
     image = str(subject_files["images"][0])
-    for flags, expected in (([], False), (["--trust"], True)):
-        assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
-        assert seen[-1].trust is expected
-
-
-def test_cli_gradcam_layer_reaches_the_settings(tmp_path, subject_files, monkeypatch):
-    import instasal.pipeline
-    from instasal.cli import run_app
-    from instasal.errors import ConfigurationError
-
-    seen: list[ExplainSettings] = []
-
-    def record(*args, settings=None, **kwargs):
-        seen.append(settings)
-        raise ConfigurationError("stopped after the settings")
-
-    monkeypatch.setattr(instasal.pipeline, "explain_subject", record)
-    image = str(subject_files["images"][0])
-    authors = ["--gradcam-layer", "model.1.submodule.2.conv"]
-    for flags, expected in (([], None), (authors, "model.1.submodule.2.conv")):
-        assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
-        assert seen[-1].gradcam_layer == expected
+    assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
+    assert getattr(seen[-1], field) == expected

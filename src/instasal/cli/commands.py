@@ -59,6 +59,15 @@ def phantom(
     console.print(f"wrote {len(written)} phantom subjects to [bold]{escape(str(out))}[/]")
 
 
+GradcamLayerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Grad-CAM++ layer, a name from the network's named_modules() (default: the model "
+        "card's; the authors' U-Net layer is model.1.submodule.2.conv)."
+    ),
+]
+
+
 def _settings(**values: Any) -> Any:
     from instasal.pipeline import ExplainSettings
 
@@ -105,13 +114,7 @@ def explain(
         int, typer.Option(min=0, help="TN domains sampled in normal tissue (needs --reference).")
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
-    gradcam_layer: Annotated[
-        str | None,
-        typer.Option(
-            help="Grad-CAM++ layer, a name from the network's named_modules() (default: the "
-            "model card's; the authors' U-Net layer is model.1.submodule.2.conv)."
-        ),
-    ] = None,
+    gradcam_layer: GradcamLayerOption = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of noise draws and TN sampling.")] = 0,
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
@@ -263,13 +266,7 @@ def cohort(
         int, typer.Option(min=0, help="TN domains sampled per subject in normal tissue.")
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
-    gradcam_layer: Annotated[
-        str | None,
-        typer.Option(
-            help="Grad-CAM++ layer, a name from the network's named_modules() (default: the "
-            "model card's; the authors' U-Net layer is model.1.submodule.2.conv)."
-        ),
-    ] = None,
+    gradcam_layer: GradcamLayerOption = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Cohort seed (per-subject seeds derive from it).")
     ] = 0,

@@ -7,6 +7,7 @@ Each sub-command has only its own options; all write a table, a summary JSON and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -57,6 +58,24 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"results in [bold]{escape(str(out))}[/]")
 
 
+def _run(
+    runner: Callable[..., dict[str, Any]],
+    dataset: Path,
+    model: str,
+    out: Path,
+    *,
+    trust_model_code: bool,
+    **options: Any,
+) -> None:
+    """Load the model, hold ``out``, run the experiment with progress and print its summary."""
+    from instasal.models import load_model
+
+    network = load_model(model, trust_code=trust_model_code)
+    with output_folder_lock(out), pipeline_progress(console) as progress:
+        summary = runner(dataset, network, out, progress=progress, **options)
+    _print_summary(summary, out)
+
+
 @experiment_app.command("context")
 def context(
     dataset: DatasetArgument,
@@ -76,21 +95,18 @@ def context(
         raise ConfigurationError(f"--band must be two volumes 0 <= low < high, got {band}")
     _check_inputs(dataset, [model], ignore_channel_names)
     from instasal.experiments.runner import run_context_experiment
-    from instasal.models import load_model
 
-    network = load_model(model, trust_code=trust_model_code)
-    with output_folder_lock(out), pipeline_progress(console) as progress:
-        summary = run_context_experiment(
-            dataset,
-            network,
-            out,
-            volume_band_mm3=band,
-            max_lesions=max_lesions,
-            overwrite=overwrite,
-            progress=progress,
-            ignore_channel_names=ignore_channel_names,
-        )
-    _print_summary(summary, out)
+    _run(
+        run_context_experiment,
+        dataset,
+        model,
+        out,
+        trust_model_code=trust_model_code,
+        volume_band_mm3=band,
+        max_lesions=max_lesions,
+        overwrite=overwrite,
+        ignore_channel_names=ignore_channel_names,
+    )
 
 
 @experiment_app.command("relocation")
@@ -107,21 +123,18 @@ def relocation(
     """Relocation: a lesion copied into white matter, out of the brain, and out with its rim."""
     _check_inputs(dataset, [model], ignore_channel_names)
     from instasal.experiments.runner import run_relocation_experiment
-    from instasal.models import load_model
 
-    network = load_model(model, trust_code=trust_model_code)
-    with output_folder_lock(out), pipeline_progress(console) as progress:
-        summary = run_relocation_experiment(
-            dataset,
-            network,
-            out,
-            max_lesions=max_lesions,
-            seed=seed,
-            overwrite=overwrite,
-            progress=progress,
-            ignore_channel_names=ignore_channel_names,
-        )
-    _print_summary(summary, out)
+    _run(
+        run_relocation_experiment,
+        dataset,
+        model,
+        out,
+        trust_model_code=trust_model_code,
+        max_lesions=max_lesions,
+        seed=seed,
+        overwrite=overwrite,
+        ignore_channel_names=ignore_channel_names,
+    )
 
 
 @experiment_app.command("patch-vs-full")
@@ -137,20 +150,17 @@ def patch_vs_full(
     """Patch against full context: each lesion's SmoothGrad map with both forward windows."""
     _check_inputs(dataset, [model], ignore_channel_names)
     from instasal.experiments.runner import run_patch_full_experiment
-    from instasal.models import load_model
 
-    network = load_model(model, trust_code=trust_model_code)
-    with output_folder_lock(out), pipeline_progress(console) as progress:
-        summary = run_patch_full_experiment(
-            dataset,
-            network,
-            out,
-            max_lesions=max_lesions,
-            overwrite=overwrite,
-            progress=progress,
-            ignore_channel_names=ignore_channel_names,
-        )
-    _print_summary(summary, out)
+    _run(
+        run_patch_full_experiment,
+        dataset,
+        model,
+        out,
+        trust_model_code=trust_model_code,
+        max_lesions=max_lesions,
+        overwrite=overwrite,
+        ignore_channel_names=ignore_channel_names,
+    )
 
 
 @experiment_app.command("uncertainty")
@@ -203,23 +213,20 @@ def uncertainty(
     from instasal.experiments.missed import run_uncertainty_experiment
     from instasal.models import load_model
 
-    network = load_model(model, trust_code=trust_model_code)
-    with output_folder_lock(out), pipeline_progress(console) as progress:
-        summary = run_uncertainty_experiment(
-            dataset,
-            network,
-            out,
-            # method and signal were checked against their Literal's values above
-            method=method,  # type: ignore[arg-type]
-            signal=signal,  # type: ignore[arg-type]
-            levels=level or None,
-            ensemble=[load_model(m, trust_code=trust_model_code) for m in models or []],
-            max_subjects=max_subjects,
-            n_samples=n_samples,
-            max_explained=max_explained,
-            seed=seed,
-            overwrite=overwrite,
-            progress=progress,
-            ignore_channel_names=ignore_channel_names,
-        )
-    _print_summary(summary, out)
+    _run(
+        run_uncertainty_experiment,
+        dataset,
+        model,
+        out,
+        trust_model_code=trust_model_code,
+        method=method,
+        signal=signal,
+        levels=level or None,
+        ensemble=[load_model(m, trust_code=trust_model_code) for m in models or []],
+        max_subjects=max_subjects,
+        n_samples=n_samples,
+        max_explained=max_explained,
+        seed=seed,
+        overwrite=overwrite,
+        ignore_channel_names=ignore_channel_names,
+    )
