@@ -19,6 +19,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -327,6 +328,17 @@ def run_cohort(
             todo.append(subject)
     total = len(found)
     notify("subjects", len(skipped), total)
+    explain_one = partial(
+        _explain_one,
+        out=out,
+        settings=settings,
+        key=key,
+        overwrite=overwrite,
+        with_mean=with_mean,
+        since=since,
+        ignore_channel_names=ignore_channel_names,
+        tn_from=tn_from,
+    )
     started = time.perf_counter()
     statuses: list[dict[str, Any]] = []
     if executor == "local":
@@ -336,36 +348,16 @@ def run_cohort(
                 len(skipped) + len(statuses),
                 total,
             )
-            statuses.append(
-                _explain_one(
-                    subject,
-                    network,
-                    out,
-                    settings,
-                    key,
-                    overwrite,
-                    with_mean,
-                    since,
-                    ignore_channel_names,
-                    tn_from,
-                )
-            )
+            statuses.append(explain_one(subject, network))
             notify("subjects", len(skipped) + len(statuses), total)
     elif executor == "ray":
         statuses = _run_ray(
             todo,
+            explain_one,
             model,
-            out,
-            settings,
-            key,
-            overwrite,
-            with_mean,
             address,
             lambda done: notify("subjects", len(skipped) + done, total),
             trust_model_code,
-            ignore_channel_names,
-            tn_from,
-            since,
         )
     else:
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -481,18 +473,11 @@ def _write_tables(
 
 def _run_ray(
     todo: list[SubjectFiles],
+    explain_one: Callable[[SubjectFiles, Any], dict[str, Any]],
     model: str,
-    out: Path,
-    settings: ExplainSettings,
-    key: str,
-    overwrite: bool,
-    with_mean: bool,
     address: str | None,
     on_done: Callable[[int], None],
     trust_model_code: bool,
-    ignore_channel_names: bool,
-    tn_from: str,
-    since: float,
 ) -> list[dict[str, Any]]:
     try:
         import ray
@@ -510,18 +495,7 @@ def _run_ray(
         def task(subject: SubjectFiles) -> dict[str, Any]:
             from instasal.models import load_model
 
-            return _explain_one(
-                subject,
-                load_model(model, trust_code=trust_model_code),
-                out,
-                settings,
-                key,
-                overwrite,
-                with_mean,
-                since,
-                ignore_channel_names,
-                tn_from,
-            )
+            return explain_one(subject, load_model(model, trust_code=trust_model_code))
 
         pending = [task.remote(subject) for subject in todo]
         statuses: list[dict[str, Any]] = []
