@@ -128,7 +128,7 @@ def _authors(
 
 
 def _floor(model: torch.nn.Module, x: torch.Tensor, domain: torch.Tensor, patch: int) -> None:
-    from instasal.saliency.context import window_for
+    from instasal.saliency.windows import window_for
 
     window = window_for(domain, "patch", patch_size=(patch,) * 3)
     model.eval()

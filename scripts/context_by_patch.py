@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from instasal.io import atomic_write_bytes
-from instasal.report.figures import figure_png
+from instasal.report.subject_figures import figure_png
 
 COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
 

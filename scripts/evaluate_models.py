@@ -39,10 +39,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from instasal.io import atomic_write_json
-    from instasal.metrics import evaluate_cohort
     from instasal.models import available_models, read_card
     from instasal.models.export import cohort_description
     from instasal.models.loaders import weights_folder
+    from instasal.models.metrics import evaluate_cohort
 
     names = args.model or available_models()
     _, summary = evaluate_cohort(
@@ -78,7 +78,7 @@ def _print_detection_by_volume(cohort: Path, out: Path, rows: list[dict[str, obj
     """Lesion TPR per reference volume band, from the probability maps just written."""
     from instasal.dataset import discover_dataset
     from instasal.io import load_mask, read_subject
-    from instasal.metrics import detection_by_volume
+    from instasal.models.metrics import detection_by_volume
 
     edges = (5.0, 8.0, 24.0, 64.0, 200.0, float("inf"))
     references = {}

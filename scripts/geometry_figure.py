@@ -32,7 +32,7 @@ from instasal.instances import label_components
 from instasal.io import atomic_write_bytes
 from instasal.phantoms import make_phantom
 from instasal.pipeline import ExplainSettings, explain_subject
-from instasal.report.figures import figure_png
+from instasal.report.subject_figures import figure_png
 
 SEED = 3
 SETTINGS = ExplainSettings(n_samples=4, gradcam=False, seed=0)

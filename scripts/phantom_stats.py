@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from instasal.phantoms import PhantomSubject, make_phantom
 from instasal.phantoms.anatomy import load_template_anatomy
-from instasal.phantoms.cohort import subject_seeds
+from instasal.phantoms.bids_writer import subject_seeds
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CONNECTIVITY_18 = ndimage.generate_binary_structure(3, 2)

@@ -22,7 +22,7 @@ from instasal.analyses import (
     error_detection,
     error_modes,
 )
-from instasal.analyses.figures import (
+from instasal.analyses.cohort_figures import (
     aggregation_figure,
     error_modes_figure,
     roc_figure,

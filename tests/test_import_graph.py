@@ -1,8 +1,12 @@
-"""No import circle among instasal's modules.
+"""No import circle among instasal's modules, and no import hidden inside a library function.
 
 Every ``import`` statement counts, at module level, inside functions and under ``TYPE_CHECKING``
 alike: a circle that only type checking or a late import closes is still a circle a reader must
 untangle. The finder is first run on a hand-made package whose circles are known.
+
+Outside ``cli/`` (which imports late so that bad options are refused before torch loads) a function
+may import only an optional extra (nnU-Net v2, Ray), and a package ``__init__`` may re-export lazily
+through ``__getattr__`` (PEP 562) what it names under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
@@ -99,3 +103,49 @@ def test_instasal_has_no_import_circle() -> None:
     graph = import_graph(Path(instasal.__file__).parent)
     assert len(graph) > 50
     assert circles(graph) == []
+
+
+OPTIONAL_EXTRAS = {"nnunetv2", "ray"}
+
+
+def late_imports(root: Path) -> list[str]:
+    """``module:line name`` of every import inside a function outside ``cli/``, other than of an
+    optional extra or in a package ``__init__``'s ``__getattr__``."""
+    found = []
+    for name, path in _modules(root).items():
+        if ".cli" in name or name.endswith(".cli"):
+            continue
+        for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if path.name == "__init__.py" and function.name == "__getattr__":
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    targets = [node.module or "."]
+                else:
+                    continue
+                if any(target.split(".")[0] not in OPTIONAL_EXTRAS for target in targets):
+                    found.append(f"{name}:{node.lineno} {', '.join(targets)}")
+    return found
+
+
+def test_the_late_import_finder_on_a_hand_made_package(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "cli").mkdir(parents=True)
+    files = {
+        "__init__.py": "def __getattr__(name):\n    from pkg import a\n",
+        "a.py": "def f():\n    import ray\n    from nnunetv2.x import y\n",
+        "b.py": "import numpy\ndef g():\n    from pkg import a\n",
+        "cli/__init__.py": "",
+        "cli/c.py": "def h():\n    import torch\n",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    assert late_imports(package) == ["pkg.b:3 pkg"]
+
+
+def test_library_functions_import_nothing_late() -> None:
+    assert late_imports(Path(instasal.__file__).parent) == []

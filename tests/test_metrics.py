@@ -11,7 +11,8 @@ import pytest
 
 from conftest import FlairThreshold
 from instasal.errors import ConfigurationError
-from instasal.metrics import (
+from instasal.models.cards import ModelCard, attach_card
+from instasal.models.metrics import (
     LesionMetrics,
     detection_by_volume,
     evaluate_cohort,
@@ -19,7 +20,6 @@ from instasal.metrics import (
     normalised_dice,
     summarise_metrics,
 )
-from instasal.models.cards import ModelCard, attach_card
 
 AFFINE_1MM = np.eye(4)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from instasal.metrics import evaluate_cohort
 from instasal.models import card_of, load_model
-from instasal.phantoms.cohort import write_cohort
+from instasal.models.metrics import evaluate_cohort
+from instasal.phantoms.bids_writer import write_cohort
 
 pytestmark = pytest.mark.slow
 

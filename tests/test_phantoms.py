@@ -15,8 +15,8 @@ from instasal import __version__
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.phantoms import REGION_LABELS, PhantomSubject, make_phantom, write_cohort
 from instasal.phantoms.anatomy import load_template_anatomy
-from instasal.phantoms.cohort import subject_seeds
-from instasal.phantoms.lesions import LESION_PARAMETERS, draw_lesion_count
+from instasal.phantoms.bids_writer import subject_seeds
+from instasal.phantoms.lesion_placement import LESION_PARAMETERS, draw_lesion_count
 
 VOXEL_MM3 = 8.0  # the tests run at 2 mm
 

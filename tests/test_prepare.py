@@ -260,7 +260,7 @@ def test_nnunet_schemes_per_channel() -> None:
 
 
 def test_ensemble_members_are_resampled_like_the_explained_network() -> None:
-    from instasal.experiments.missed import _on_working_grid
+    from instasal.experiments.uncertainty_sweep import _on_working_grid
 
     network = ResampledNetwork(Linear([2.0, 2.0, 2.0]), (1.0, 1.0, 1.0))
     members = _on_working_grid([Linear([2.0, 2.0, 2.0]), Linear([2.0, 2.0, 2.0])], network)

@@ -6,8 +6,8 @@ matplotlib.use("Agg")
 
 import pandas as pd
 
-from instasal.report.figures import peak_vs_volume_figure, reliance_figure
 from instasal.report.html import _region_text
+from instasal.report.subject_figures import peak_vs_volume_figure, reliance_figure
 
 
 def _table() -> pd.DataFrame:

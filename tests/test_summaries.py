@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instasal.errors import ConfigurationError
-from instasal.summaries import lesion_summary, ring_mask
+from instasal.saliency.summaries import lesion_summary, ring_mask
 
 
 def test_ring_is_the_shell_between_one_and_three_mm():

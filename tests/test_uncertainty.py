@@ -25,10 +25,10 @@ from torch import nn
 from conftest import LINEAR_AFFINE, LINEAR_SHAPE, PointwiseLinear
 from instasal.cli import run_app
 from instasal.errors import ConfigurationError, ModelError, OutputExistsError
-from instasal.experiments.missed import default_levels, run_uncertainty_experiment
+from instasal.experiments.uncertainty_sweep import default_levels, run_uncertainty_experiment
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.models import ModelCard, attach_card, load_model
-from instasal.uncertainty import (
+from instasal.models.uncertainty import (
     Uncertainty,
     classify_candidates,
     ensemble_uncertainty,

@@ -27,12 +27,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
+from monai.transforms import (
+    Compose,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 from torch import nn
 
 from instasal.dataset import SubjectFiles
 from instasal.errors import ConfigurationError, ModelError
 from instasal.io import atomic_write_json, load_mask, read_subject, zscore_nonzero
-from instasal.metrics import lesion_metrics, summarise_metrics
 from instasal.models.architectures import (
     ARCHITECTURES,
     build_network,
@@ -43,6 +50,7 @@ from instasal.models.architectures import (
 from instasal.models.cards import ModelCard, attach_card
 from instasal.models.export import git_commit, hardware_description, save_atomic
 from instasal.models.inference import predict_probability
+from instasal.models.metrics import lesion_metrics, summarise_metrics
 from instasal.prepare import reorient_subject, reorientation_for
 from instasal.typing import BoolArray, FloatArray, PathLike, Progress
 
@@ -453,7 +461,6 @@ def _triple(values: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _loss(architecture: str, hyperparameters: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
-    from monai.losses import DiceCELoss
 
     dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     deep = architecture == "nnunet" and bool(hyperparameters.get("deep_supervision"))
@@ -492,13 +499,6 @@ def _sample_batch(
 
 
 def _augmentation() -> Any:
-    from monai.transforms import (
-        Compose,
-        RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-    )
 
     keys = ["image", "label"]
     return Compose(

@@ -8,8 +8,8 @@ concatenated with a ``subject`` column), never modify them, and return frozen da
 from __future__ import annotations
 
 from instasal.analyses._table import LesionTableError, read_lesion_table
-from instasal.analyses.cohort import CohortAnalysis, analyse_tables
 from instasal.analyses.cohort_report import CohortReport, analyse_cohort, build_cohort_report
+from instasal.analyses.combined import CohortAnalysis, analyse_tables
 from instasal.analyses.detection import ErrorDetection, error_detection
 from instasal.analyses.error_modes import ErrorModes, GroupSummary, PairwiseTest, error_modes
 from instasal.analyses.findings import Finding

@@ -1,6 +1,6 @@
 """The cohort report (SPEC §4): self-contained HTML and the files of ``instasal analyse``.
 
-:func:`build_cohort_report` renders a :class:`~instasal.analyses.cohort.CohortAnalysis` with its
+:func:`build_cohort_report` renders a :class:`~instasal.analyses.combined.CohortAnalysis` with its
 figures (PNG, base64-embedded) through a package template with autoescaping;
 :func:`analyse_cohort` does it for a cohort run folder and writes ``analysis/`` atomically.
 """
@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 from instasal.analyses._table import LesionTableError, read_lesion_table
-from instasal.analyses.cohort import CohortAnalysis, analyse_tables, jsonable
-from instasal.analyses.figures import (
+from instasal.analyses.cohort_figures import (
     LOG_SPAN,
     aggregation_figure,
     error_modes_figure,
@@ -33,6 +32,7 @@ from instasal.analyses.figures import (
     roc_figure,
     sign_pattern_figure,
 )
+from instasal.analyses.combined import CohortAnalysis, analyse_tables, jsonable
 from instasal.analyses.pruning import PruningResult, RegionPruningComparison
 from instasal.analyses.regions import assign_regions
 from instasal.analyses.reliance import ModalityReliance, SignPattern
@@ -44,7 +44,7 @@ from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.provenance import software_versions
-from instasal.report.figures import figure_png
+from instasal.report.subject_figures import figure_png
 from instasal.report.trust_figures import deletion_figure, profile_figure, randomisation_figure
 
 __all__ = ["CohortReport", "analyse_cohort", "build_cohort_report"]

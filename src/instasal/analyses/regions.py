@@ -4,7 +4,7 @@ A run explained with a lesion-only region map (or none) leaves false positives a
 without a region. Region-wise analyses (FP pruning per region, issue 8 Q2) need every domain's
 region; the saliency does not depend on it, so it is assigned afterwards from the instance label
 map the run wrote and the dataset's region atlas (``desc-regions_dseg``), by the same majority rule
-as :func:`instasal.pipeline.lesions.region_of`.
+as :func:`instasal.pipeline.per_lesion.region_of`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from instasal.analyses._table import require_columns
 from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError
 from instasal.io import load_image
-from instasal.pipeline.lesions import region_of
 from instasal.pipeline.outputs import RunLayout
+from instasal.pipeline.per_lesion import region_of
 from instasal.typing import PathLike
 
 __all__ = ["assign_regions"]

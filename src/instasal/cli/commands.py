@@ -24,8 +24,8 @@ from instasal.cli._app import (
     require_dataset_channel_order,
     require_files,
 )
-from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
+from instasal.progress import pipeline_progress
 
 __all__ = ["cohort", "demo", "explain", "phantom"]
 

@@ -26,9 +26,9 @@ from instasal.cli._app import (
     require_dataset_channel_order,
     require_files,
 )
-from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError
 from instasal.folders import output_folder_lock
+from instasal.progress import pipeline_progress
 from instasal.typing import UncertaintyMethod, UncertaintySignal
 
 __all__ = ["experiment_app"]
@@ -210,7 +210,7 @@ def uncertainty(
     if not all(math.isfinite(value) and value >= 0 for value in level or []):
         raise ConfigurationError(f"--level must be finite numbers >= 0, got {level}")
     _check_inputs(dataset, [model, *(models or [])], ignore_channel_names)
-    from instasal.experiments.missed import run_uncertainty_experiment
+    from instasal.experiments.uncertainty_sweep import run_uncertainty_experiment
     from instasal.models import load_model
 
     _run(

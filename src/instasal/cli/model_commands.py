@@ -29,9 +29,9 @@ from instasal.cli._app import (
     require_dataset_channel_order,
     require_files,
 )
-from instasal.cli.progress import pipeline_progress
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.folders import output_folder_lock
+from instasal.progress import pipeline_progress
 
 __all__ = ["evaluate", "segment", "train"]
 
@@ -237,8 +237,8 @@ def evaluate(
     for name in model or []:
         check_model(name)
     require_dataset_channel_order(cohort, model or builtin_model_names(), ignore_channel_names)
-    from instasal.metrics import evaluate_cohort
     from instasal.models import available_models
+    from instasal.models.metrics import evaluate_cohort
 
     held = nullcontext() if out is None else output_folder_lock(out)
     with held, pipeline_progress(console) as progress:

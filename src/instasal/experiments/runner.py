@@ -21,14 +21,27 @@ from torch import nn
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+import matplotlib.pyplot as plt
+
 from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError
-from instasal.experiments.context import PLATEAU_FRACTION, context_curve, summarise_curve
+from instasal.experiments.perilesional import PLATEAU_FRACTION, context_curve, summarise_curve
 from instasal.experiments.relocation import relocate
 from instasal.instances import Instances, classify_instances, find_instances
-from instasal.io import Subject, atomic_write_json, atomic_write_text, load_mask, read_subject
+from instasal.io import (
+    Subject,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_mask,
+    read_subject,
+)
+from instasal.models import check_channels, predict_probability
 from instasal.models.cards import card_of
+from instasal.models.segmentation import predict_prepared
 from instasal.prepare import prepare_subject
+from instasal.report.subject_figures import figure_png
+from instasal.saliency import patch_full_agreement
 from instasal.typing import PathLike, Progress
 
 __all__ = [
@@ -76,8 +89,6 @@ def prepared_subjects(
     model's channels even where their names say another order
     (:func:`instasal.channels.check_channel_files`); without it that is refused.
     """
-    from instasal.models import check_channels
-    from instasal.models.segmentation import predict_prepared
 
     threshold = card_of(model).threshold
     subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
@@ -123,8 +134,6 @@ def write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> P
 
 def save_figure(figure: Figure, path: Path, overwrite: bool) -> None:
     """Write a matplotlib figure as a PNG atomically (and close it)."""
-    from instasal.io import atomic_write_bytes
-    from instasal.report.figures import figure_png
 
     atomic_write_bytes(path, figure_png(figure, dpi=110), overwrite=overwrite)
 
@@ -142,7 +151,6 @@ def run_context_experiment(
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Perilesional context over the TP lesions of a volume band (authors: 90–120 mm³ at 1 mm)."""
-    import matplotlib.pyplot as plt
 
     out = Path(out)
     low, high = volume_band_mm3
@@ -214,7 +222,6 @@ def run_context_experiment(
 
 def _predict(model: nn.Module, x: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
     """The probability, computed only by the windows that reach the lesion (exact there)."""
-    from instasal.models import predict_probability
 
     return predict_probability(model, x, region=lesion)
 
@@ -233,7 +240,6 @@ def run_relocation_experiment(
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4)."""
-    import matplotlib.pyplot as plt
 
     out = Path(out)
     rows: list[dict[str, Any]] = []
@@ -316,7 +322,6 @@ def run_patch_full_experiment(
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2)."""
-    from instasal.saliency import patch_full_agreement
 
     out = Path(out)
     rows: list[dict[str, Any]] = []

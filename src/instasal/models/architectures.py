@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeAlias, cast, get_args
 
 import torch
+from monai.networks.nets import DynUNet, SwinUNETR, UNet
 from torch import nn
 
 from instasal.errors import ModelError
@@ -157,7 +158,6 @@ def build_network(architecture: str, hyperparameters: Mapping[str, Any]) -> nn.M
     ModelError
         On an unknown architecture or hyper-parameters the MONAI constructor rejects.
     """
-    from monai.networks.nets import DynUNet, SwinUNETR, UNet
 
     name = _check_architecture(architecture)
     params = dict(hyperparameters)

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
-_TRAINING_CODE = ("training.py", "metrics.py", "models")
+_TRAINING_CODE = ("training.py", "models")
 
 
 def save_atomic(path: Path, payload: Any) -> None:

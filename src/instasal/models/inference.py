@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
 from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
@@ -61,7 +62,6 @@ def predict_logits(
         On ``overlap`` or ``sw_batch_size`` out of range, ``x`` not 4D, or a ``region`` that is
         empty or not on ``x``'s grid.
     """
-    from monai.inferers import sliding_window_inference
 
     card = card_of(model)
     volume = _check_input(x, card)

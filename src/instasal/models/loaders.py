@@ -34,13 +34,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import monai.networks.nets
 import torch
+from monai.bundle import ConfigParser
 from torch import nn
 
 from instasal.channels import canonical_channel, check_channel_files
 from instasal.errors import ModelError, one_line
 from instasal.models.architectures import ARCHITECTURES, build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
+from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
 
 __all__ = [
     "FACTORY_PATTERN",
@@ -111,7 +114,6 @@ def load_model(name_or_path: str | Path, *, trust_code: bool = False) -> nn.Modu
     if path.is_dir():
         if (path / "configs").is_dir():
             return _load_bundle(path, trust_code)
-        from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
 
         if is_nnunet_folder(path):
             return load_nnunet_folder(path, trust_code)
@@ -297,7 +299,6 @@ _CODE_KEYS = ("_requires_", "_mode_", "_disabled_")
 
 def _untrusted_construct(node: Any) -> str | None:
     """The first construct in a bundle config item that could run code, or None."""
-    import monai.networks.nets
 
     if isinstance(node, str):
         return node if node[:1] in ("$", "@", "%") else None
@@ -321,7 +322,6 @@ def _untrusted_construct(node: Any) -> str | None:
 
 
 def _load_bundle(folder: Path, trust_code: bool = False) -> nn.Module:
-    from monai.bundle import ConfigParser
 
     configs = folder / "configs"
     config_file = next(

@@ -5,8 +5,8 @@ with nilearn, warped per subject, re-contrasted into FLAIR and T1w, with white-m
 MS puts them and FLAIR hyperintensities that are not lesions.
 """
 
-from instasal.phantoms.cohort import write_cohort
-from instasal.phantoms.lesions import REGION_LABELS, Lesion, LesionRegion
+from instasal.phantoms.bids_writer import write_cohort
+from instasal.phantoms.lesion_placement import REGION_LABELS, Lesion, LesionRegion
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
 
 __all__ = [

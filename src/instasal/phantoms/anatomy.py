@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import numpy as np
+from nilearn import datasets
 from scipy import ndimage
 
 from instasal.errors import ConfigurationError
@@ -168,7 +169,6 @@ def load_template_anatomy(resolution: Resolution = 2) -> TemplateAnatomy:
         Maps, masks and distance maps on the chosen grid.
     """
     _check_resolution(resolution)
-    from nilearn import datasets
 
     template = datasets.load_mni152_template(resolution=1)
     maps = {

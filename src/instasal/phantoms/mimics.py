@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from instasal.phantoms.anatomy import SubjectAnatomy, sample_trilinear
-from instasal.phantoms.lesions import soft_ellipsoid
+from instasal.phantoms.lesion_placement import soft_ellipsoid
 from instasal.typing import BoolArray, FloatArray
 
 __all__ = ["MIMIC_PARAMETERS", "MimicParameters", "MimicSet", "insert_mimics"]

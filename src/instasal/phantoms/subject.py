@@ -26,7 +26,7 @@ from instasal.phantoms.contrast import (
     random_contrast,
     synthesise_images,
 )
-from instasal.phantoms.lesions import (
+from instasal.phantoms.lesion_placement import (
     LESION_PARAMETERS,
     REGION_LABELS,
     Lesion,
@@ -57,7 +57,7 @@ class PhantomSubject:
         4 infratentorial.
     region_atlas
         uint8 region of every brain voxel (same labels; 0 outside the brain), by the placement
-        rules made exhaustive (:func:`instasal.phantoms.lesions.region_atlas`).
+        rules made exhaustive (:func:`instasal.phantoms.lesion_placement.region_atlas`).
     brain_mask, wm_mask
         Brain and (anatomical, lesions included) white matter.
     mimic_mask

@@ -20,6 +20,7 @@ import torch
 
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instance
+from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
 from instasal.pipeline.settings import ExplainSettings
 from instasal.prepare import PreparedSubject
 from instasal.saliency.model_state import inference_state, model_device
@@ -115,7 +116,6 @@ def check_full_context_cost(
     """
     if not todo:
         return
-    from instasal.pipeline.lesions import LESIONS_PER_BATCH
 
     draws = 1 if settings.noise_level == 0 else settings.n_samples
     per_draw = sum(r.n_voxels if settings.aggregation == "max" else 1 for r in todo)

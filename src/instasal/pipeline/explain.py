@@ -36,12 +36,13 @@ from instasal.models import check_channels, load_model
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
-from instasal.pipeline.lesions import LesionPlan, SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
+from instasal.pipeline.per_lesion import LesionPlan, SubjectSpace, explain_lesions, table_columns
 from instasal.pipeline.results import ExplainResult
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
+from instasal.progress import pipeline_progress
 from instasal.provenance import software_versions
 from instasal.report import write_subject_report
 from instasal.typing import Context, ModelLike, PathLike, Progress
@@ -243,7 +244,6 @@ def _shown_progress() -> Iterator[Progress | None]:
     if not (console.is_terminal or console.is_jupyter):
         yield None
         return
-    from instasal.cli.progress import pipeline_progress
 
     with pipeline_progress(console) as shown:
         yield shown

@@ -16,8 +16,8 @@ import pandas as pd
 
 from instasal.instances import Instance
 from instasal.io import atomic_write_text
-from instasal.pipeline.lesions import SubjectSpace
 from instasal.pipeline.outputs import RunLayout
+from instasal.pipeline.per_lesion import SubjectSpace
 from instasal.pipeline.settings import ExplainSettings
 from instasal.saliency import SmoothGradConfig, instance_gradcam_many
 from instasal.saliency.smoothgrad import smoothgrad_maps

@@ -16,7 +16,7 @@ import pandas as pd
 from instasal.io import Subject, atomic_write_text, load_image
 from instasal.pipeline.outputs import table_sidecar
 from instasal.pipeline.results import ExplainResult
-from instasal.report.figures import (
+from instasal.report.subject_figures import (
     HALF_WINDOW_MM,
     figure_png,
     lesion_figure,

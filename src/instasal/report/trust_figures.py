@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from instasal.report.figures import SALIENCY_UNIT, TYPE_COLOURS
+from instasal.report.subject_figures import SALIENCY_UNIT, TYPE_COLOURS
 from instasal.trust.profiles import TROUGH_BAND_MM
 from instasal.trust.sanity import RANDOMISATION_THRESHOLD
 

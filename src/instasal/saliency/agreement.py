@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.context import context_windows
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.smoothgrad import instance_smoothgrad
+from instasal.saliency.windows import context_windows
 from instasal.typing import DomainLike, InputLike
 
 __all__ = ["map_agreement", "patch_full_agreement"]

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
-from instasal.saliency.context import Window, context_windows, end_padding
 from instasal.saliency.inputs import as_domain, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
+from instasal.saliency.windows import Window, context_windows, end_padding
 from instasal.typing import Context, DomainLike, InputLike
 
 __all__ = [

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.context import Window, context_windows, end_padding
 from instasal.saliency.engines import (
     EngineName,
     aggregate_rows,
@@ -29,6 +28,7 @@ from instasal.saliency.engines import (
 from instasal.saliency.inputs import as_domain, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
+from instasal.saliency.windows import Window, context_windows, end_padding
 from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
 
 __all__ = ["MemoryFormat", "SmoothGradConfig", "instance_smoothgrad", "instance_smoothgrad_many"]

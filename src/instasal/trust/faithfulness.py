@@ -21,10 +21,10 @@ from scipy import ndimage
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.context import context_windows, end_padding
 from instasal.saliency.inputs import as_domain, as_input, target_channel
 from instasal.saliency.model_state import inference_state, model_device
-from instasal.summaries import ring_mask
+from instasal.saliency.summaries import ring_mask
+from instasal.saliency.windows import context_windows, end_padding
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, neighbourhood
 from instasal.typing import BoolArray, Context, DomainLike, FloatArray, InputLike
 

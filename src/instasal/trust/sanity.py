@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.context import context_windows, end_padding
 from instasal.saliency.gradcam import CamVariant, instance_gradcam_many
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.smoothgrad import SmoothGradConfig, smoothgrad_maps
+from instasal.saliency.windows import context_windows, end_padding
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, map_similarity, neighbourhood
 from instasal.typing import DomainLike, InputLike
 

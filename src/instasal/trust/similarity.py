@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from instasal.errors import ConfigurationError
-from instasal.summaries import ring_mask
+from instasal.saliency.summaries import ring_mask
 from instasal.typing import BoolArray, FloatArray
 
 __all__ = [

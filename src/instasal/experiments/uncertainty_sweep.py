@@ -1,11 +1,12 @@
 """Missed lesions from uncertainty, explained by instance saliency (issue 8, open question Q3).
 
 For every subject of a dataset with a reference: the model's voxel-wise uncertainty
-(:mod:`instasal.uncertainty`), candidate domains where the signal is high away from any predicted
-lesion, each typed as a found FN (it overlaps a reference lesion the model missed), another lesion
-or a false alarm, and instance SmoothGrad (SPEC §2) on a seeded sample of them. The candidate rule
-is swept over a few levels, giving a curve of FNs found against false alarms per subject, and the
-ROC AUC of peak saliency tells whether saliency separates found FNs from false alarms.
+(:mod:`instasal.models.uncertainty`), candidate domains where the signal is high away from any
+predicted lesion, each typed as a found FN (it overlaps a reference lesion the model missed),
+another lesion or a false alarm, and instance SmoothGrad (SPEC §2) on a seeded sample of them. The
+candidate rule is swept over a few levels, giving a curve of FNs found against false alarms per
+subject, and the ROC AUC of peak saliency tells whether saliency separates found FNs from false
+alarms.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from torch import nn
 
+from instasal.analyses.detection import error_detection
 from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.experiments.runner import (
@@ -32,9 +35,7 @@ from instasal.experiments.runner import (
 from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
 from instasal.models.cards import ModelCard, card_of
-from instasal.prepare import ResampledNetwork
-from instasal.typing import PathLike, Progress
-from instasal.uncertainty import (
+from instasal.models.uncertainty import (
     METHODS,
     SIGNALS,
     Candidates,
@@ -45,6 +46,10 @@ from instasal.uncertainty import (
     find_candidates,
     voxel_uncertainty,
 )
+from instasal.prepare import ResampledNetwork
+from instasal.saliency import instance_smoothgrad_many
+from instasal.saliency.summaries import lesion_summary
+from instasal.typing import PathLike, Progress
 
 __all__ = ["EXPLAINED_KINDS", "default_levels", "run_uncertainty_experiment"]
 
@@ -159,8 +164,6 @@ def _explain(
     progress: Progress | None,
 ) -> dict[int, dict[str, Any]]:
     """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map."""
-    from instasal.saliency import instance_smoothgrad_many
-    from instasal.summaries import lesion_summary
 
     card = card_of(model)
     patch = card.patch_size
@@ -202,7 +205,6 @@ def _explain(
 
 def _auc(table: pd.DataFrame, feature: str) -> tuple[float, int, int]:
     """ROC AUC of ``feature`` for found-FN against false-alarm rows (NaN with an empty class)."""
-    from instasal.analyses.detection import error_detection
 
     result = error_detection(
         table.rename(columns={"kind": "type"}), feature, "found_FN", "false_alarm"
@@ -255,7 +257,6 @@ def _curve(
 
 
 def _figure(curve: pd.DataFrame, domains: pd.DataFrame, peak: str, auc: float) -> Any:
-    import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     left.plot(curve["false_alarms_per_subject"], curve["fraction_FN_found"], "o-", color="#1b9e77")
@@ -325,12 +326,12 @@ def run_uncertainty_experiment(
         ``uncertainty.png``.
     method
         ``"tta"`` (8 flips), ``"mc_dropout"`` (``dropout_passes`` passes) or ``"ensemble"``
-        (``model`` with the members ``ensemble``); see :mod:`instasal.uncertainty`.
+        (``model`` with the members ``ensemble``); see :mod:`instasal.models.uncertainty`.
     signal
         Which statistic the candidate rule thresholds: ``"max"`` probability over the passes (the
         default: some pass calls the voxel lesion), ``"mean"`` or ``"sd"``.
     levels
-        The levels swept (:func:`instasal.uncertainty.find_candidates`); default
+        The levels swept (:func:`instasal.models.uncertainty.find_candidates`); default
         :func:`default_levels`.
     max_subjects
         Use the first subjects only.

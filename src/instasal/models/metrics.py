@@ -25,9 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
+from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError
 from instasal.instances import label_components
+from instasal.io import atomic_write_text, load_mask, read_subject, write_nifti
+from instasal.models.cards import card_of
+from instasal.models.loaders import check_channels, load_model
+from instasal.models.segmentation import predict_subject
 from instasal.typing import Connectivity, PathLike, Progress
 
 if TYPE_CHECKING:
@@ -306,13 +312,6 @@ def evaluate_cohort(
         One row per (model, subject) with :class:`LesionMetrics` fields; one row per model with
         :func:`summarise_metrics` keys and the threshold used.
     """
-    import pandas as pd
-
-    from instasal.dataset import discover_dataset
-    from instasal.io import atomic_write_text, load_mask, read_subject, write_nifti
-    from instasal.models.cards import card_of
-    from instasal.models.loaders import check_channels, load_model
-    from instasal.models.segmentation import predict_subject
 
     subjects = [(s, s.lesion_mask) for s in discover_dataset(cohort) if s.lesion_mask is not None]
     if not subjects:

@@ -29,6 +29,8 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
 from instasal.instances import Instances, connected_components, label_components
+from instasal.models import attach_card, card_of, predict_probability
+from instasal.saliency.model_state import inference_state, model_device
 from instasal.typing import (
     BoolArray,
     Connectivity,
@@ -157,7 +159,6 @@ def flip_uncertainty(
     >>> uncertainty.n_passes  # doctest: +SKIP
     8
     """
-    from instasal.models import predict_probability
 
     volume = _as_input(x)
     statistics = _RunningStatistics()
@@ -213,8 +214,6 @@ def mc_dropout_uncertainty(
         When the model has no dropout module with ``p > 0`` (the built-in U-Net is trained with
         dropout 0.0), or ``n_samples < 1``.
     """
-    from instasal.models import attach_card, card_of, predict_probability
-    from instasal.saliency.model_state import inference_state, model_device
 
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigurationError(f"n_samples must be an integer >= 1, got {n_samples!r}")
@@ -265,7 +264,6 @@ def ensemble_uncertainty(
     ModelError
         When a model's channels, normalisation or voxel size differ from the first model's.
     """
-    from instasal.models import card_of, predict_probability
 
     if len(models) < 2:
         raise ConfigurationError(f"an ensemble needs at least 2 models, got {len(models)}")

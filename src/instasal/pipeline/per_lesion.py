@@ -15,7 +15,7 @@ from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.settings import ExplainSettings
 from instasal.prepare import PreparedSubject
 from instasal.saliency import instance_gradcam_many, instance_smoothgrad_many, normalise_map
-from instasal.summaries import lesion_summary, saliency_columns
+from instasal.saliency.summaries import lesion_summary, saliency_columns
 from instasal.typing import Context, Progress
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Figures of the cohort analyses (SPEC §4): one matplotlib figure per analysis, Agg backend.
 
-Colours follow the subject report (:data:`instasal.report.figures.TYPE_COLOURS`). Saliency values
-are drawn on their own quantitative scale, never rescaled. The error-modes figure switches to a
-log₁₀ axis by a fixed rule, stated on the axis: every value positive and the largest at least
+Colours follow the subject report (:data:`instasal.report.subject_figures.TYPE_COLOURS`). Saliency
+values are drawn on their own quantitative scale, never rescaled. The error-modes figure switches to
+a log₁₀ axis by a fixed rule, stated on the axis: every value positive and the largest at least
 :data:`LOG_SPAN` times the smallest; the violins are then density estimates of log₁₀ values.
 """
 
@@ -26,7 +26,7 @@ from instasal.analyses.error_modes import ErrorModes
 from instasal.analyses.reliance import ModalityReliance, SignPattern
 from instasal.analyses.size import AggregationVsSize, peak_and_volume
 from instasal.analyses.statistics import ALPHA
-from instasal.report.figures import TYPE_COLOURS
+from instasal.report.subject_figures import TYPE_COLOURS
 from instasal.typing import FloatArray
 
 __all__ = [

@@ -7,7 +7,7 @@ import re
 
 from rich.console import Console
 
-from instasal.cli.progress import pipeline_progress
+from instasal.progress import pipeline_progress
 
 
 def test_plain_lines_outside_a_terminal_with_eta_and_rate_limit() -> None:

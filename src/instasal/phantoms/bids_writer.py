@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instasal import __version__
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text, write_nifti
 from instasal.phantoms.anatomy import Resolution
@@ -206,7 +207,6 @@ def write_cohort(
         raise OutputExistsError(
             f"{out}: cohort folder exists and is not empty (pass overwrite=True / --overwrite)"
         )
-    from instasal import __version__
 
     seeds = subject_seeds(seed, n_subjects)
     participants = [subject_id(index) for index in range(n_subjects)]
