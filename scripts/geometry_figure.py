@@ -33,9 +33,10 @@ from instasal.io import atomic_write_bytes
 from instasal.phantoms import make_phantom
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.report.subject_figures import figure_png
+from instasal.saliency import SmoothGradConfig
 
 SEED = 3
-SETTINGS = ExplainSettings(n_samples=4, gradcam=False, seed=0)
+SETTINGS = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=4, seed=0), gradcam=None)
 
 
 def _crops() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     from instasal.experiments.runner import prepared_subjects
     from instasal.io import atomic_write_text
     from instasal.models import load_model
-    from instasal.saliency import instance_gradcam_many
+    from instasal.saliency import GradCamConfig, instance_gradcam_many
     from instasal.trust import deletion_insertion
 
     model = load_model(args.model)
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
             domains = {r.id: prepared.instances.mask(r.id) for r in records[: args.domains]}
             maps = {
                 label: instance_gradcam_many(
-                    prepared.network, prepared.x, domains, layer=layer, context="patch"
+                    prepared.network, prepared.x, domains, GradCamConfig(layer, context="patch")
                 )
                 for label, layer in LAYERS.items()
             }

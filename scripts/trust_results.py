@@ -25,12 +25,18 @@ KINDS = ("randomisation", "faithfulness", "profiles")
 
 
 def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
-    from instasal.saliency import SmoothGradConfig, instance_gradcam_many
-    from instasal.saliency.smoothgrad import smoothgrad_maps
+    from instasal.saliency import (
+        GradCamConfig,
+        SmoothGradConfig,
+        instance_gradcam_many,
+        instance_smoothgrad_many,
+    )
     from instasal.trust import deletion_insertion, radial_profile, randomisation
 
     card = prepared.network.card
     config = SmoothGradConfig(n_samples=args.samples, context="patch", seed=0)
+    layer = card.get("gradcam_layer")
+    gradcam = GradCamConfig(layer, context="patch") if layer else None
     spacing = prepared.subject.spacing
     records = sorted(prepared.instances.of_kind("TP"), key=lambda r: -r.n_voxels)
     tables: dict[str, list[pd.DataFrame]] = {kind: [] for kind in KINDS}
@@ -42,23 +48,18 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
             omega,
             spacing=spacing,
             smoothgrad=config,
+            gradcam=gradcam,
             steps=args.steps,
             modes=("cascading",),
         )
         rows = [{"method": m, **sanity.verdict(m)} for m in sorted(set(sanity.table["method"]))]
         verdicts = pd.DataFrame(rows).assign(lesion=record.id)
         tables["randomisation"].append(verdicts.merge(sanity.table, on="method"))
-        smoothgrad = smoothgrad_maps(prepared.network, prepared.x, {0: omega}, config)[0]
+        smoothgrad = instance_smoothgrad_many(prepared.network, prepared.x, {0: omega}, config)[0]
         maps = {"smoothgrad": smoothgrad.cpu().numpy()}
-        if card.get("gradcam_layer"):
-            gradcam = instance_gradcam_many(
-                prepared.network,
-                prepared.x,
-                {0: omega},
-                layer=card["gradcam_layer"],
-                context="patch",
-            )[0]
-            maps["gradcam"] = gradcam.cpu().numpy()
+        if gradcam is not None:
+            cam = instance_gradcam_many(prepared.network, prepared.x, {0: omega}, gradcam)[0]
+            maps["gradcam"] = cam.cpu().numpy()
         faithful = deletion_insertion(
             prepared.network,
             prepared.x,

@@ -14,6 +14,7 @@ import pytest
 from conftest import write_linear_subject
 from instasal.channels import channel_of_file, check_channel_files, declared_channel_names
 from instasal.errors import ImageError
+from instasal.saliency import SmoothGradConfig
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,9 @@ def test_api_refuses_swapped_files_and_ignore_channel_names_overrides(
     anat = tmp_path / "data" / "sub-01" / "anat"
     swapped = [anat / "sub-01_T1w.nii.gz", anat / "sub-01_FLAIR.nii.gz"]
     model = load_model(linear_model_path)
-    settings = ExplainSettings(n_samples=1, n_true_negatives=0, context="full", gradcam=False)
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None, n_true_negatives=0, context="full"
+    )
     with pytest.raises(ImageError, match="say the channels are T1w, FLAIR"):
         explain_subject(swapped, model, tmp_path / "x", settings=settings, progress=None)
     assert not (tmp_path / "x").exists()

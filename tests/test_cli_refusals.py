@@ -66,7 +66,7 @@ CASES = {
     "cohort missing dataset": (["cohort", "{missing}", "--out", "{dataset}/o"], "file not found"),
     "cohort executor": (
         ["cohort", "{dataset}", "--out", "{dataset}/o", "--executor", "dask"],
-        "--executor must be local or ray, got 'dask'",
+        "'dask' is not one of 'local', 'ray'",
     ),
     "cohort unknown model": (
         ["cohort", "{dataset}", "--out", "{dataset}/o", "--model", "nope"],

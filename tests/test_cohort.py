@@ -15,8 +15,11 @@ import pytest
 from instasal.errors import OutputExistsError
 from instasal.pipeline import ExplainSettings
 from instasal.pipeline.cohort import run_cohort, subject_seed
+from instasal.saliency import SmoothGradConfig
 
-SETTINGS = ExplainSettings(n_samples=2, n_true_negatives=1, context="full", gradcam=False)
+SETTINGS = ExplainSettings(
+    smoothgrad=SmoothGradConfig(n_samples=2), gradcam=None, n_true_negatives=1, context="full"
+)
 
 
 def test_subject_seeds_depend_on_subject_not_order():
@@ -46,7 +49,7 @@ def test_cohort_gathers_tables_and_records_failures(tmp_path, linear_dataset, li
 def test_cohort_with_other_settings_is_refused(tmp_path, linear_dataset, linear_model_path):
     out = tmp_path / "cohort"
     run_cohort(linear_dataset, str(linear_model_path), out, settings=SETTINGS, subjects=["sub-01"])
-    other = ExplainSettings(n_samples=3, context="full", gradcam=False)
+    other = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=3), gradcam=None, context="full")
     with pytest.raises(OutputExistsError, match="other data, model or settings"):
         run_cohort(linear_dataset, str(linear_model_path), out, settings=other, subjects=["sub-01"])
 
@@ -79,7 +82,9 @@ def test_cohort_resumes_after_kill_9(tmp_path, linear_dataset, linear_model_path
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert first_status.exists()
-    settings = ExplainSettings(n_samples=2, n_true_negatives=1, context="full", gradcam=False)
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=2), gradcam=None, n_true_negatives=1, context="full"
+    )
     resumed = run_cohort(linear_dataset, str(linear_model_path), out, settings=settings)
     assert "sub-01" in resumed.skipped
     clean = run_cohort(
@@ -116,7 +121,11 @@ def test_cohort_trust_gathers_the_checks_and_analyse_summarises_them(
 
     out = tmp_path / "trusted"
     settings = ExplainSettings(
-        n_samples=2, n_true_negatives=1, context="full", gradcam=False, trust=True
+        smoothgrad=SmoothGradConfig(n_samples=2),
+        gradcam=None,
+        n_true_negatives=1,
+        context="full",
+        trust=True,
     )
     subjects = ["sub-01", "sub-02"]
     run_cohort(

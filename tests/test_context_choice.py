@@ -13,6 +13,7 @@ from conftest import PointwiseLinear, load_nifti, write_linear_subject
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.models import load_model
 from instasal.pipeline import ExplainSettings, context_choice, explain_subject
+from instasal.saliency import SmoothGradConfig
 
 N_SAMPLES = 3
 
@@ -44,7 +45,9 @@ def test_over_the_budget_an_unasked_full_context_is_refused_before_any_lesion(
     images = _subject(tmp_path, rng)
     model_path = _no_patch_model(tmp_path)
     monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
-    settings = ExplainSettings(n_samples=N_SAMPLES, n_true_negatives=0, gradcam=False)
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=N_SAMPLES), gradcam=None, n_true_negatives=0
+    )
     out = tmp_path / "out"
     with pytest.raises(ConfigurationError) as caught:
         explain_subject(images, load_model(model_path), out, settings=settings, progress=None)
@@ -66,7 +69,9 @@ def test_mean_aggregation_counts_one_row_per_domain_and_draw(tmp_path, rng, monk
     images = _subject(tmp_path, rng)
     monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
     settings = ExplainSettings(
-        n_samples=N_SAMPLES, n_true_negatives=0, gradcam=False, aggregation="mean"
+        smoothgrad=SmoothGradConfig(n_samples=N_SAMPLES, aggregation="mean"),
+        gradcam=None,
+        n_true_negatives=0,
     )
     out = tmp_path / "out"
     with pytest.raises(ConfigurationError, match=f"each of {N_SAMPLES} Jacobian rows"):
@@ -76,7 +81,9 @@ def test_mean_aggregation_counts_one_row_per_domain_and_draw(tmp_path, rng, monk
 def test_asked_full_context_runs_whatever_the_budget(tmp_path, rng, monkeypatch):
     images = _subject(tmp_path, rng)
     monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
-    settings = ExplainSettings(n_samples=1, n_true_negatives=0, gradcam=False, context="full")
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None, n_true_negatives=0, context="full"
+    )
     result = explain_subject(
         images,
         load_model(_no_patch_model(tmp_path)),
@@ -90,7 +97,9 @@ def test_asked_full_context_runs_whatever_the_budget(tmp_path, rng, monkeypatch)
 
 def test_under_the_budget_full_context_is_noted(tmp_path, rng):
     images = _subject(tmp_path, rng)
-    settings = ExplainSettings(n_samples=1, n_true_negatives=0, gradcam=False)
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None, n_true_negatives=0
+    )
     with pytest.warns(InstasalWarning, match="states no patch size, so saliency differentiates"):
         result = explain_subject(
             images,
@@ -105,7 +114,9 @@ def test_under_the_budget_full_context_is_noted(tmp_path, rng):
 
 def test_patch_context_without_a_patch_size_is_refused_before_segmenting(tmp_path, rng):
     images = _subject(tmp_path, rng)
-    settings = ExplainSettings(n_samples=1, n_true_negatives=0, gradcam=False, context="patch")
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None, n_true_negatives=0, context="patch"
+    )
     with pytest.raises(ConfigurationError, match="context patch needs the model's patch size"):
         explain_subject(
             images, load_model(_no_patch_model(tmp_path)), tmp_path / "out", settings=settings

@@ -34,6 +34,7 @@ from instasal.models.nnunet import NnUNetNetwork
 from instasal.models.nnunet_predict import MirroredAverage, nnunet_tta_module, predict_nnunet
 from instasal.models.segmentation import predict_subject
 from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.saliency import SmoothGradConfig
 
 nnunetv2 = pytest.importorskip("nnunetv2")
 
@@ -400,10 +401,10 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
     # a high threshold keeps the lesion (and so the Jacobian rows per mirror) few; below the
     # peak of nnU-Net's own prediction (the tiny network's training varies) so one lesion exists
     settings = ExplainSettings(
-        n_samples=1,
+        smoothgrad=SmoothGradConfig(n_samples=1),
+        gradcam=None,
         n_true_negatives=0,
         max_lesions=1,
-        gradcam=False,
         threshold=min(0.85, float(theirs.max()) - 0.05),
         saliency_of="tta",
         reduced=True,

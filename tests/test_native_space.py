@@ -19,10 +19,13 @@ import pytest
 from conftest import load_nifti
 from instasal.phantoms import make_phantom
 from instasal.pipeline import ExplainResult, ExplainSettings, explain_subject
+from instasal.saliency import SmoothGradConfig
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ExplainSettings(n_samples=2, max_lesions=2, n_true_negatives=1, seed=0)
+SETTINGS = ExplainSettings(
+    smoothgrad=SmoothGradConfig(n_samples=2, seed=0), max_lesions=2, n_true_negatives=1
+)
 COLUMNS = ["type", "volume_mm3", "n_voxels", "centroid_x", "centroid_y", "centroid_z"]
 VALUES = ["prob_max", "peak_FLAIR", "peak_T1w", "trough_FLAIR", "ring_mean_FLAIR", "gradcam_peak"]
 
@@ -51,7 +54,9 @@ def _stored(image: nib.Nifti1Image, codes: str) -> nib.Nifti1Image:
     return image.as_reoriented(transform)
 
 
-EXACT = ExplainSettings(n_samples=1, noise_level=0.0, max_lesions=2, gradcam=False)
+EXACT = ExplainSettings(
+    smoothgrad=SmoothGradConfig(n_samples=1, noise_level=0.0), gradcam=None, max_lesions=2
+)
 
 
 def _explain(

@@ -22,8 +22,11 @@ from instasal.errors import InstasalWarning, StateFileError
 from instasal.folders import LOCK_NAME, hold_lock, host_tag, output_folder_lock
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.cohort import run_cohort
+from instasal.saliency import SmoothGradConfig
 
-SETTINGS = ExplainSettings(n_samples=2, n_true_negatives=1, context="full", gradcam=False)
+SETTINGS = ExplainSettings(
+    smoothgrad=SmoothGradConfig(n_samples=2), gradcam=None, n_true_negatives=1, context="full"
+)
 FLAGS = ["--n-samples", "2", "--n-true-negatives", "1", "--context", "full", "--no-gradcam"]
 
 # waits until the test says go, so that two processes call the command at the same moment

@@ -8,6 +8,7 @@ whatever the noise, so every saliency column of the lesion table is known by han
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 from typing import TypedDict
 
@@ -21,6 +22,7 @@ from torch import nn
 from conftest import load_nifti, set_pointwise
 from instasal.errors import ImageError, ModelError, OutputExistsError
 from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.saliency import SmoothGradConfig
 
 W_FLAIR, W_T1W, BIAS = 1.5, -0.5, -2.0
 SHAPE = (16, 16, 16)
@@ -78,7 +80,9 @@ def subject_files(tmp_path: Path, rng: np.random.Generator) -> SubjectFiles:
     }
 
 
-SETTINGS = ExplainSettings(n_samples=3, n_true_negatives=2, context="full", seed=1)
+SETTINGS = ExplainSettings(
+    smoothgrad=SmoothGradConfig(n_samples=3, seed=1), n_true_negatives=2, context="full"
+)
 
 
 def test_table_values_match_the_hand_computed_jacobian(tmp_path, subject_files):
@@ -129,7 +133,9 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, subject_files
         if stage.startswith("saliency") and "5" in stage:
             raise KeyboardInterrupt
 
-    settings = ExplainSettings(n_samples=2, n_true_negatives=2, context="full", seed=1)
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=2, seed=1), n_true_negatives=2, context="full"
+    )
     with pytest.raises(KeyboardInterrupt):
         explain_subject(
             subject_files["images"],
@@ -166,7 +172,7 @@ def test_other_settings_are_refused_without_overwrite(tmp_path, subject_files):
     explain_subject(
         subject_files["images"], LinearLesionModel(), out, settings=SETTINGS, report=False
     )
-    changed = ExplainSettings(n_samples=4, context="full")
+    changed = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=4), context="full")
     with pytest.raises(OutputExistsError, match=r"other inputs or settings.*--overwrite"):
         explain_subject(subject_files["images"], LinearLesionModel(), out, settings=changed)
     result = explain_subject(
@@ -235,7 +241,7 @@ def test_a_subject_without_lesions_gets_a_report_saying_so(tmp_path, rng):
         )
         for name in ("FLAIR", "T1w")
     ]
-    quiet = ExplainSettings(n_samples=2, context="full")
+    quiet = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=2), context="full")
     never = LinearLesionModel(bias=-100.0)  # lesion logit far below 0 everywhere
     result = explain_subject(images, never, tmp_path / "o", settings=quiet)
     assert len(result.table) == 0
@@ -281,7 +287,11 @@ def test_anisotropic_oblique_lps_subject_is_explained_on_its_own_grid(tmp_path, 
 
 def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, subject_files):
     settings = ExplainSettings(
-        n_samples=2, n_true_negatives=0, context="full", seed=1, max_lesions=1, trust=True
+        smoothgrad=SmoothGradConfig(n_samples=2, seed=1),
+        n_true_negatives=0,
+        context="full",
+        max_lesions=1,
+        trust=True,
     )
     result = explain_subject(
         subject_files["images"],
@@ -340,8 +350,8 @@ AUTHORS_LAYER = "model.1.submodule.2.conv"
     [
         ([], "trust", False),
         (["--trust"], "trust", True),
-        ([], "gradcam_layer", None),
-        (["--gradcam-layer", "model.1.submodule.2.conv"], "gradcam_layer", AUTHORS_LAYER),
+        ([], "gradcam.layer", None),
+        (["--gradcam-layer", "model.1.submodule.2.conv"], "gradcam.layer", AUTHORS_LAYER),
     ],
 )
 def test_cli_flags_reach_the_settings(tmp_path, subject_files, monkeypatch, flags, field, expected):
@@ -358,4 +368,4 @@ def test_cli_flags_reach_the_settings(tmp_path, subject_files, monkeypatch, flag
     monkeypatch.setattr(instasal.pipeline, "explain_subject", record)
     image = str(subject_files["images"][0])
     assert run_app(["explain", image, "--out", str(tmp_path / "out"), *flags]) == 2
-    assert getattr(seen[-1], field) == expected
+    assert operator.attrgetter(field)(seen[-1]) == expected

@@ -21,6 +21,7 @@ from torch import nn
 
 from conftest import load_nifti, set_pointwise
 from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.saliency import SmoothGradConfig
 
 SHAPE = (40, 40, 40)
 PATCH = 20
@@ -100,7 +101,10 @@ def images(tmp_path: Path, rng: np.random.Generator) -> list[Path]:
 @pytest.mark.parametrize("context", ["patch", "full"])
 def test_each_context_gives_its_own_hand_computed_map(tmp_path, images, context):
     settings = ExplainSettings(
-        n_samples=2, n_true_negatives=0, context=context, gradcam=False, seed=0
+        smoothgrad=SmoothGradConfig(n_samples=2, seed=0),
+        gradcam=None,
+        n_true_negatives=0,
+        context=context,
     )
     result = explain_subject(
         images, DilatedLinearModel(), tmp_path / context, settings=settings, report=False

@@ -27,6 +27,7 @@ from instasal.instances import Instance
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.outputs import instances_lookup
 from instasal.report.viewer import crop_box, domain_outline, lesion_volumes, niivue_script
+from instasal.saliency import SmoothGradConfig
 
 
 def _decode(volume_base64: str) -> nib.Nifti1Image:
@@ -214,7 +215,9 @@ def explained_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [anat / "sub-01_FLAIR.nii.gz", anat / "sub-01_T1w.nii.gz"],
         model,
         root / "out",
-        settings=ExplainSettings(n_samples=2, n_true_negatives=1, context="full", seed=1),
+        settings=ExplainSettings(
+            smoothgrad=SmoothGradConfig(n_samples=2, seed=1), n_true_negatives=1, context="full"
+        ),
     )
     return result.report
 
@@ -343,7 +346,9 @@ def test_explain_subject_shows_progress_by_default_only_in_a_terminal(
         [anat / "sub-01_FLAIR.nii.gz", anat / "sub-01_T1w.nii.gz"],
         _pointwise_with_card(),
         tmp_path / "out",
-        settings=ExplainSettings(n_samples=2, n_true_negatives=0, context="full", seed=1),
+        settings=ExplainSettings(
+            smoothgrad=SmoothGradConfig(n_samples=2, seed=1), n_true_negatives=0, context="full"
+        ),
         report=False,
     )
     shown = capfd.readouterr().err

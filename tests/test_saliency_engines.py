@@ -11,7 +11,12 @@ from torch import nn
 
 from conftest import SmoothGradOptions
 from instasal.errors import ConfigurationError
-from instasal.saliency import cached_engine_choices, instance_smoothgrad, instance_smoothgrad_many
+from instasal.saliency import (
+    SmoothGradConfig,
+    cached_engine_choices,
+    instance_smoothgrad,
+    instance_smoothgrad_many,
+)
 from instasal.saliency.engines import MAX_ROWS_PER_CALL, rows_under_budget
 from instasal.typing import Aggregation, EngineName
 
@@ -109,10 +114,10 @@ def test_chunked_equals_unchunked_for_rows_and_domains() -> None:
             "aggregation": aggregation,
             "engine": "batched",
         }
-        whole = instance_smoothgrad_many(model, x, domains, **kwargs)
+        whole = instance_smoothgrad_many(model, x, domains, SmoothGradConfig(**kwargs))
         for rows_per_call in (1, 2, 3):
             chunked = instance_smoothgrad_many(
-                model, x, domains, rows_per_call=rows_per_call, **kwargs
+                model, x, domains, SmoothGradConfig(rows_per_call=rows_per_call, **kwargs)
             )
             for domain_id in domains:
                 torch.testing.assert_close(

@@ -13,8 +13,8 @@ from torch import nn
 
 from conftest import set_card
 from instasal.errors import ConfigurationError
-from instasal.saliency import instance_gradcam, instance_gradcam_many, normalise_map
-from instasal.saliency.gradcam import CamVariant
+from instasal.saliency import GradCamConfig, instance_gradcam, instance_gradcam_many, normalise_map
+from instasal.saliency.config import CamVariant
 
 SHAPE = (12, 10, 8)
 
@@ -228,7 +228,7 @@ def test_many_equals_one_call_per_domain() -> None:
     x = torch.randn(2, *SHAPE)
     second = torch.zeros(SHAPE, dtype=torch.bool)
     second[1:3, 1, 1] = True
-    maps = instance_gradcam_many(model, x, {4: _domain(), 2: second}, layer="up")
+    maps = instance_gradcam_many(model, x, {4: _domain(), 2: second}, GradCamConfig("up"))
     assert list(maps) == [4, 2]
     torch.testing.assert_close(maps[4], instance_gradcam(model, x, _domain(), layer="up"))
     torch.testing.assert_close(maps[2], instance_gradcam(model, x, second, layer="up"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from instasal.saliency import instance_smoothgrad, instance_smoothgrad_many
+from instasal.saliency import SmoothGradConfig, instance_smoothgrad, instance_smoothgrad_many
 from instasal.saliency.noise import noise_sigmas
 
 # float32 round-off of a few hundred multiply-adds, relative to the map's largest entry.
@@ -110,8 +110,7 @@ def test_progress_counts_every_draws_rows_once_when_packed(case):
         model,
         x,
         {1: domain, 2: other},
-        n_samples=5,
-        draws_per_pass=2,
+        SmoothGradConfig(n_samples=5, draws_per_pass=2),
         progress=lambda done, total: calls.append((done, total)),
     )
     rows = 5 * (int(domain.sum()) + 1)

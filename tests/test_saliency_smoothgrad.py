@@ -14,7 +14,7 @@ from captum.attr import Saliency
 from torch import nn
 
 from conftest import SmoothGradOptions, set_card
-from instasal.saliency import instance_smoothgrad, instance_smoothgrad_many
+from instasal.saliency import SmoothGradConfig, instance_smoothgrad, instance_smoothgrad_many
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
 from instasal.typing import Aggregation, Context, EngineName, NoiseRange
 
@@ -242,7 +242,11 @@ def test_many_domains_equal_one_call_per_domain_and_report_progress() -> None:
     calls: list[tuple[int, int]] = []
     kwargs: SmoothGradOptions = {"n_samples": 3, "seed": 11, "engine": "naive"}
     maps = instance_smoothgrad_many(
-        model, x, domains, progress=lambda done, total: calls.append((done, total)), **kwargs
+        model,
+        x,
+        domains,
+        SmoothGradConfig(**kwargs),
+        progress=lambda done, total: calls.append((done, total)),
     )
     assert list(maps) == [3, 7, 9]
     for domain_id, domain in domains.items():
@@ -326,7 +330,9 @@ def test_many_domains_with_patches_share_coinciding_patches_and_equal_single_cal
     forwards = []
     handle = model.first.register_forward_hook(lambda *args: forwards.append(1))
     try:
-        maps = instance_smoothgrad_many(model, x, domains, context="patch", **kwargs)
+        maps = instance_smoothgrad_many(
+            model, x, domains, SmoothGradConfig(context="patch", **kwargs)
+        )
     finally:
         handle.remove()
     assert len(forwards) == 2 * 2  # two distinct patches per noise draw

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +19,7 @@ from instasal.errors import ConfigurationError
 from instasal.pipeline import ExplainSettings
 from instasal.pipeline.cohort import run_cohort
 from instasal.pipeline.tn_pools import grey_matter_pool
+from instasal.saliency import SmoothGradConfig
 
 
 def test_grey_matter_is_brain_outside_white_matter_at_least_as_bright_as_it() -> None:
@@ -45,7 +47,9 @@ def test_a_gm_cohort_draws_its_tn_domains_in_the_grey_matter_pool(
     )
     flair = np.asarray(flair_image.dataobj)
     pool = brain & ~white & (flair >= np.median(flair[white]))
-    settings = ExplainSettings(n_samples=1, n_true_negatives=3, context="full", gradcam=False)
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None, n_true_negatives=3, context="full"
+    )
     out = tmp_path / "gm"
     run_cohort(
         linear_dataset,
@@ -62,8 +66,9 @@ def test_a_gm_cohort_draws_its_tn_domains_in_the_grey_matter_pool(
     assert len(tn_ids) == 3
     for tn_id in tn_ids:
         assert pool[labels == tn_id].all()
-    with pytest.raises(ConfigurationError, match="tn_from"):
-        run_cohort(linear_dataset, str(linear_model_path), out, settings=settings, tn_from="csf")
+    unknown: Any = "csf"  # not a TnPool: refused at run time too
+    with pytest.raises(ConfigurationError, match="tn_from must be one of"):
+        run_cohort(linear_dataset, str(linear_model_path), out, settings=settings, tn_from=unknown)
 
 
 def _cohort(values: dict[str, list[float]], tn: list[float]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency import SmoothGradConfig
+from instasal.saliency import GradCamConfig, SmoothGradConfig
 from instasal.trust import (
     baseline_values,
     deletion_insertion,
@@ -152,7 +152,9 @@ def test_randomisation_never_modifies_the_model_and_is_seeded() -> None:
     x = torch.randn(2, 10, 10, 10, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     omega = torch.from_numpy(_cube((10, 10, 10), 4, 6))
     runs = [
-        randomisation(net, x, omega, spacing=(1, 1, 1), smoothgrad=NOISELESS, gradcam_layer="0")
+        randomisation(
+            net, x, omega, spacing=(1, 1, 1), smoothgrad=NOISELESS, gradcam=GradCamConfig("0")
+        )
         for _ in range(2)
     ]
     assert net.training

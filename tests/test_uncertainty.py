@@ -192,7 +192,9 @@ def test_uncertainty_arguments_are_checked(volume):
         voxel_uncertainty(model, volume, "bagging")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="ensemble models are given but method is 'tta'"):
         voxel_uncertainty(model, volume, "tta", ensemble=[model])
-    with pytest.raises(ConfigurationError, match=r"x must be \[C, X, Y, Z\], got shape \(7, 6\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"x must have 4 dimensions \[C, X, Y, Z\].*got shape \(7, 6\)"
+    ):
         flip_uncertainty(model, volume[0, :, :, 0])
     flat = np.zeros((2, 2, 2), np.float32)
     with pytest.raises(ConfigurationError, match=r"signal must be one of .* got 'median'"):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, get_args
 
 import numpy as np
 import numpy.typing as npt
+
+from instasal.errors import ConfigurationError
 
 if TYPE_CHECKING:  # names for the aliases below; importing torch here would slow the CLI's start
     import torch
@@ -19,6 +21,7 @@ __all__ = [
     "Context",
     "DomainLike",
     "EngineName",
+    "Executor",
     "FloatArray",
     "InputLike",
     "IntArray",
@@ -26,8 +29,10 @@ __all__ = [
     "NoiseRange",
     "PathLike",
     "Progress",
+    "TnPool",
     "UncertaintyMethod",
     "UncertaintySignal",
+    "check_choice",
 ]
 
 PathLike: TypeAlias = str | os.PathLike[str]
@@ -47,6 +52,8 @@ Aggregation: TypeAlias = Literal["max", "mean"]
 Context: TypeAlias = Literal["full", "patch"]
 EngineName: TypeAlias = Literal["naive", "batched", "auto"]
 NoiseRange: TypeAlias = Literal["per_channel", "first_channel"]
+Executor: TypeAlias = Literal["local", "ray"]
+TnPool: TypeAlias = Literal["wm", "gm", "brain"]
 UncertaintyMethod: TypeAlias = Literal["tta", "mc_dropout", "ensemble"]
 UncertaintySignal: TypeAlias = Literal["max", "mean", "sd"]
 
@@ -60,3 +67,27 @@ class Progress(Protocol):
     """
 
     def __call__(self, stage: str, done: float, total: float, /) -> None: ...
+
+
+def check_choice(name: str, value: object, choices: Any) -> None:
+    """Refuse ``value`` unless it is one of the ``Literal`` type ``choices``' values.
+
+    The allowed values are read from the ``Literal`` itself (:func:`typing.get_args`), so each
+    option's choices are written once.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the option, its allowed values and the value given.
+
+    Examples
+    --------
+    >>> check_choice("aggregation", "max", Aggregation)
+    >>> check_choice("aggregation", "median", Aggregation)
+    Traceback (most recent call last):
+    ...
+    instasal.errors.ConfigurationError: aggregation must be one of ('max', 'mean'), got 'median'
+    """
+    allowed = get_args(choices)
+    if isinstance(value, bool) or value not in allowed:
+        raise ConfigurationError(f"{name} must be one of {allowed}, got {value!r}")

@@ -25,7 +25,10 @@ from instasal.cli._app import (
     require_files,
 )
 from instasal.errors import ConfigurationError
+from instasal.pipeline.settings import ExplainSettings, SaliencyOf
 from instasal.progress import pipeline_progress
+from instasal.saliency.config import GradCamConfig, SmoothGradConfig
+from instasal.typing import Aggregation, Context, Executor, NoiseRange, TnPool
 
 __all__ = ["cohort", "demo", "explain", "phantom"]
 
@@ -68,10 +71,10 @@ GradcamLayerOption = Annotated[
 ]
 
 
-def _settings(**values: Any) -> Any:
-    from instasal.pipeline import ExplainSettings
-
-    return ExplainSettings(**values)
+ContextOption = Annotated[
+    Context | None,
+    typer.Option(help="patch or full (default: patch when the model card gives a patch size)."),
+]
 
 
 @app.command()
@@ -96,12 +99,11 @@ def explain(
         typer.Option(help="Noise σ as a fraction of the intensity range (max − min), in [0, 1)."),
     ] = 0.05,
     noise_range: Annotated[
-        str, typer.Option(help="Range the noise σ is taken from: per_channel or first_channel.")
+        NoiseRange,
+        typer.Option(help="Range the noise σ is taken from: per_channel or first_channel."),
     ] = "per_channel",
-    aggregation: Annotated[str, typer.Option(help="max (paper v3) or mean (v1).")] = "max",
-    context: Annotated[
-        str | None, typer.Option(help="patch or full (default: patch when the card has one).")
-    ] = None,
+    aggregation: Annotated[Aggregation, typer.Option(help="max (paper v3) or mean (v1).")] = "max",
+    context: ContextOption = None,
     threshold: Annotated[
         float | None,
         typer.Option(help="Probability threshold in (0, 1) (default: the model card's threshold)."),
@@ -120,7 +122,8 @@ def explain(
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
     ] = False,
     saliency_of: Annotated[
-        str, typer.Option(help="network, or tta (nnU-Net's mirrored average; --no-gradcam).")
+        SaliencyOf,
+        typer.Option(help="network, or tta (nnU-Net's mirrored average; --no-gradcam)."),
     ] = "network",
     trust: Annotated[
         bool,
@@ -134,18 +137,19 @@ def explain(
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
-    settings = _settings(
-        n_samples=n_samples,
-        noise_level=noise_level,
-        noise_range=noise_range,
-        aggregation=aggregation,
+    settings = ExplainSettings(
+        SmoothGradConfig(
+            n_samples=n_samples,
+            noise_level=noise_level,
+            noise_range=noise_range,
+            aggregation=aggregation,
+            seed=seed,
+        ),
+        GradCamConfig(layer=gradcam_layer) if gradcam else None,
         context=context,
         threshold=threshold,
         max_lesions=max_lesions,
         n_true_negatives=n_true_negatives,
-        gradcam=gradcam,
-        gradcam_layer=gradcam_layer,
-        seed=seed,
         tta=not no_tta,
         saliency_of=saliency_of,
         trust=trust,
@@ -216,7 +220,7 @@ def demo(
     model = available_models()[0]
     console.print(
         f"instasal demo: model [bold]{model}[/], phantom subject (seed {seed}, 2 mm) in {cohort}\n"
-        f"reduced settings for speed: N = {DEMO_SETTINGS.n_samples} noise samples "
+        f"reduced settings for speed: N = {DEMO_SETTINGS.smoothgrad.n_samples} noise samples "
         f"(paper: 50), at most {DEMO_SETTINGS.max_lesions} domains per type, "
         f"{DEMO_SETTINGS.n_true_negatives} TN domains"
     )
@@ -246,7 +250,7 @@ def cohort(
     ],
     out: OutOption,
     model: ModelOption = "unet",
-    executor: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
+    executor: Annotated[Executor, typer.Option(help="local (in-process) or ray.")] = "local",
     address: Annotated[
         str | None,
         typer.Option(help="Ray cluster address (default: a local Ray instance; --executor ray)."),
@@ -255,9 +259,7 @@ def cohort(
         bool, typer.Option(help="Also compute mean-aggregation maps (aggregation vs size).")
     ] = False,
     n_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad noise samples N.")] = 50,
-    context: Annotated[
-        str | None, typer.Option(help="patch or full (default: patch when the card has one).")
-    ] = None,
+    context: ContextOption = None,
     max_lesions: Annotated[
         int | None,
         typer.Option(min=1, help="Explain at most this many domains per type (default: all)."),
@@ -275,7 +277,7 @@ def cohort(
         typer.Option(help="Only these subject ids, comma-separated (default: every subject)."),
     ] = None,
     tn_from: Annotated[
-        str,
+        TnPool,
         typer.Option(
             help="Where TN domains are drawn: wm (white matter, else the brain), gm (grey "
             "matter: brain outside white matter, FLAIR at least white matter's median) or brain."
@@ -295,20 +297,14 @@ def cohort(
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
-    if executor not in ("local", "ray"):
-        raise ConfigurationError(f"--executor must be local or ray, got {executor!r}")
-    if tn_from not in ("wm", "gm", "brain"):
-        raise ConfigurationError(f"--tn-from must be wm, gm or brain, got {tn_from!r}")
     require_files(dataset)
     check_model(model)
-    settings = _settings(
-        n_samples=n_samples,
+    settings = ExplainSettings(
+        SmoothGradConfig(n_samples=n_samples, seed=seed),
+        GradCamConfig(layer=gradcam_layer) if gradcam else None,
         context=context,
         max_lesions=max_lesions,
         n_true_negatives=n_true_negatives,
-        gradcam=gradcam,
-        gradcam_layer=gradcam_layer,
-        seed=seed,
         trust=trust,
     )
     require_dataset_channel_order(dataset, [model], ignore_channel_names)
@@ -320,7 +316,7 @@ def cohort(
             model,
             out,
             settings=settings,
-            executor=executor,  # type: ignore[arg-type]
+            executor=executor,
             address=address,
             with_mean=with_mean,
             overwrite=overwrite,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,6 @@ from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
 from instasal.models.cards import ModelCard, card_of
 from instasal.models.uncertainty import (
-    METHODS,
-    SIGNALS,
     Candidates,
     Uncertainty,
     UncertaintyMethod,
@@ -47,9 +45,9 @@ from instasal.models.uncertainty import (
     voxel_uncertainty,
 )
 from instasal.prepare import ResampledNetwork
-from instasal.saliency import instance_smoothgrad_many
+from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
 from instasal.saliency.summaries import lesion_summary
-from instasal.typing import PathLike, Progress
+from instasal.typing import PathLike, Progress, check_choice
 
 __all__ = ["EXPLAINED_KINDS", "default_levels", "run_uncertainty_experiment"]
 
@@ -79,21 +77,16 @@ def _check_arguments(
     signal: str,
     levels: Sequence[float],
     max_subjects: int | None,
-    n_samples: int,
     max_explained: int,
 ) -> None:
-    if method not in METHODS:
-        raise ConfigurationError(f"method must be one of {METHODS}, got {method!r}")
-    if signal not in SIGNALS:
-        raise ConfigurationError(f"signal must be one of {SIGNALS}, got {signal!r}")
+    check_choice("method", method, UncertaintyMethod)
+    check_choice("signal", signal, UncertaintySignal)
     if not levels or not all(np.isfinite(v) and v >= 0 for v in levels):
         raise ConfigurationError(
             f"levels must be one or more finite numbers >= 0, got {list(levels)}"
         )
     if max_subjects is not None and max_subjects < 1:
         raise ConfigurationError(f"max_subjects must be >= 1, got {max_subjects}")
-    if n_samples < 1:
-        raise ConfigurationError(f"n_samples must be >= 1, got {n_samples}")
     if max_explained < 0:
         raise ConfigurationError(f"max_explained must be >= 0, got {max_explained}")
 
@@ -159,16 +152,21 @@ def _explain(
     model: nn.Module,
     prepared: ExperimentSubject,
     masks: dict[int, np.ndarray],
-    n_samples: int,
-    seed: int,
+    smoothgrad: SmoothGradConfig,
     progress: Progress | None,
 ) -> dict[int, dict[str, Any]]:
-    """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map."""
-
+    """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map, with the
+    window of the subject's prepared network (target class, patch context at its patch size)."""
     card = card_of(model)
-    patch = card.patch_size
+    config = replace(
+        smoothgrad,
+        target=card.target_class,
+        context="patch" if card.patch_size is not None else "full",
+        patch_size=card.patch_size,
+        size_divisibility=card.size_divisibility,
+    )
     subject = prepared.files.subject_id
-    total_rows = sum(int(m.sum()) for m in masks.values()) * n_samples
+    total_rows = sum(int(m.sum()) for m in masks.values()) * config.n_draws
     done = 0
     columns: dict[int, dict[str, Any]] = {}
     ids = list(masks)
@@ -180,19 +178,8 @@ def _explain(
             if progress is not None:
                 progress(f"saliency of {subject}", offset + rows, total_rows)
 
-        maps = instance_smoothgrad_many(
-            model,
-            prepared.x,
-            batch,
-            target=card.target_class,
-            n_samples=n_samples,
-            context="patch" if patch is not None else "full",
-            patch_size=patch,
-            size_divisibility=card.size_divisibility,
-            seed=seed,
-            progress=report,
-        )
-        done += sum(int(m.sum()) for m in batch.values()) * n_samples
+        maps = instance_smoothgrad_many(model, prepared.x, batch, config, progress=report)
+        done += sum(int(m.sum()) for m in batch.values()) * config.n_draws
         for domain_id, saliency in maps.items():
             columns[domain_id] = lesion_summary(
                 saliency.detach().cpu().numpy(),
@@ -356,13 +343,14 @@ def run_uncertainty_experiment(
     levels = tuple(
         float(v) for v in (default_levels(signal, card.threshold) if levels is None else levels)
     )
-    _check_arguments(method, signal, levels, max_subjects, n_samples, max_explained)
+    _check_arguments(method, signal, levels, max_subjects, max_explained)
+    smoothgrad = SmoothGradConfig(n_samples=n_samples, seed=seed)
     out = Path(out)
     for name in OUTPUTS:
         if (out / name).exists() and not overwrite:
             raise OutputExistsError(f"{out / name}: exists already (pass overwrite=True)")
     plan = _SweepPlan(
-        method, signal, levels, tuple(ensemble), dropout_passes, n_samples, max_explained, seed
+        method, signal, levels, tuple(ensemble), dropout_passes, smoothgrad, max_explained, seed
     )
     n_total = len([s for s in discover_dataset(dataset) if s.lesion_mask is not None])
     n_total = min(n_total, max_subjects) if max_subjects is not None else n_total
@@ -394,7 +382,7 @@ class _SweepPlan:
     levels: tuple[float, ...]
     ensemble: tuple[nn.Module, ...]
     dropout_passes: int
-    n_samples: int
+    smoothgrad: SmoothGradConfig
     max_explained: int
     seed: int
 
@@ -447,7 +435,7 @@ def _sweep_subject(
     for domain in _chosen_domains(table, plan.max_explained, plan.seed + index):
         first = table[table["domain"] == domain].iloc[0]
         masks[domain] = found_at[first["level"]].mask(int(first["candidate_id"]))
-    saliency = _explain(prepared.network, prepared, masks, plan.n_samples, plan.seed, progress)
+    saliency = _explain(prepared.network, prepared, masks, plan.smoothgrad, progress)
     seconds["saliency"] = time.perf_counter() - clock
     if saliency:
         columns = pd.DataFrame.from_dict(saliency, orient="index")
@@ -500,7 +488,7 @@ def _write_outputs(
         "n_FN": int(sum(c["n_FN"] for c in counts)),
         "per_level": curve.astype(object).where(curve.notna(), None).to_dict(orient="records"),
         "explained": {
-            "n_samples": plan.n_samples,
+            "n_samples": plan.smoothgrad.n_samples,
             "max_per_subject_level_kind": plan.max_explained,
             "n_found_FN_domains": n_found,
             "n_false_alarm_domains": n_false,

@@ -30,6 +30,7 @@ from torch import nn
 from instasal.errors import ConfigurationError, ModelError
 from instasal.instances import Instances, connected_components, label_components
 from instasal.models import attach_card, card_of, predict_probability
+from instasal.saliency.inputs import as_input
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.typing import (
     BoolArray,
@@ -37,6 +38,7 @@ from instasal.typing import (
     FloatArray,
     UncertaintyMethod,
     UncertaintySignal,
+    check_choice,
 )
 
 __all__ = [
@@ -56,8 +58,6 @@ __all__ = [
 
 CandidateKind: TypeAlias = Literal["found_FN", "other_lesion", "false_alarm"]
 
-METHODS: tuple[str, ...] = ("tta", "mc_dropout", "ensemble")
-SIGNALS: tuple[str, ...] = ("max", "mean", "sd")
 _DROPOUT_TYPES = (
     nn.Dropout,
     nn.Dropout1d,
@@ -91,8 +91,7 @@ class Uncertainty:
 
     def signal(self, name: UncertaintySignal) -> FloatArray:
         """The statistic ``name`` (``"max"``, ``"mean"`` or ``"sd"``)."""
-        if name not in SIGNALS:
-            raise ConfigurationError(f"signal must be one of {SIGNALS}, got {name!r}")
+        check_choice("signal", name, UncertaintySignal)
         return {"max": self.max, "mean": self.mean, "sd": self.sd}[name]
 
 
@@ -128,13 +127,6 @@ class _RunningStatistics:
         )
 
 
-def _as_input(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    volume = torch.as_tensor(x).float()
-    if volume.ndim != 4:
-        raise ConfigurationError(f"x must be [C, X, Y, Z], got shape {tuple(volume.shape)}")
-    return volume
-
-
 def flip_uncertainty(
     model: nn.Module, x: torch.Tensor | np.ndarray, *, target: int | None = None
 ) -> Uncertainty:
@@ -160,7 +152,7 @@ def flip_uncertainty(
     8
     """
 
-    volume = _as_input(x)
+    volume = as_input(x).float()
     statistics = _RunningStatistics()
     for count in range(4):
         for axes in itertools.combinations((0, 1, 2), count):
@@ -228,7 +220,7 @@ def mc_dropout_uncertainty(
             + (f" (trained with dropout {declared})" if declared is not None else "")
             + "; use method 'tta' or 'ensemble'"
         )
-    volume = _as_input(x)
+    volume = as_input(x).float()
     sampler = attach_card(_SamplingDropout(model, dropouts), card)
     device = model_device(model)
     statistics = _RunningStatistics()
@@ -276,7 +268,7 @@ def ensemble_uncertainty(
                     f"ensemble model {card.name!r} has {field} {getattr(card, field)}, "
                     f"model {first.name!r} has {getattr(first, field)}; members must agree"
                 )
-    volume = _as_input(x)
+    volume = as_input(x).float()
     statistics = _RunningStatistics()
     for model in models:
         statistics.add(predict_probability(model, volume, target=target))
@@ -298,8 +290,7 @@ def voxel_uncertainty(
     ``n_samples`` and ``seed`` apply to MC dropout only (TTA always has 8 passes); with
     ``method="ensemble"`` the members are ``model`` followed by ``ensemble``.
     """
-    if method not in METHODS:
-        raise ConfigurationError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, UncertaintyMethod)
     if ensemble and method != "ensemble":
         raise ConfigurationError(f"ensemble models are given but method is {method!r}")
     if method == "tta":

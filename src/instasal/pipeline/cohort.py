@@ -21,10 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from instasal.channels import check_channel_files
 from instasal.dataset import SubjectFiles, discover_dataset
@@ -43,15 +45,14 @@ from instasal.folders import (
     read_state_file,
 )
 from instasal.io import atomic_write_json, atomic_write_text
+from instasal.models import card_of, load_model
 from instasal.pipeline.explain import explain_subject, model_fingerprint
 from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.pipeline.settings import ExplainSettings, run_key
-from instasal.pipeline.tn_pools import TN_POOLS, tn_pool_mask
-from instasal.typing import Aggregation, PathLike, Progress
+from instasal.pipeline.tn_pools import tn_pool_mask
+from instasal.typing import Aggregation, Executor, PathLike, Progress, TnPool, check_choice
 
-__all__ = ["CohortResult", "Executor", "run_cohort", "subject_seed"]
-
-Executor = Literal["local", "ray"]
+__all__ = ["CohortResult", "run_cohort", "subject_seed"]
 
 
 def subject_seed(seed: int, subject_id: str) -> int:
@@ -129,7 +130,7 @@ def _explain_one(
     with_mean: bool,
     since: float,
     ignore_channel_names: bool = False,
-    tn_from: str = "wm",
+    tn_from: TnPool = "wm",
 ) -> dict[str, Any]:
     """Explain one subject (max aggregation, and mean when asked); return its status record.
 
@@ -174,11 +175,12 @@ def _explain_held(
     overwrite: bool,
     with_mean: bool,
     ignore_channel_names: bool,
-    tn_from: str,
+    tn_from: TnPool,
 ) -> dict[str, Any]:
     """:func:`_explain_one` once the subject is held: explain it, write its status record."""
     started = time.perf_counter()
-    subject_settings = replace(settings, seed=subject_seed(settings.seed, subject.subject_id))
+    seed = subject_seed(settings.smoothgrad.seed, subject.subject_id)
+    subject_settings = replace(settings, smoothgrad=replace(settings.smoothgrad, seed=seed))
     status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
     try:
         tissue = tn_pool_mask(subject, tn_from, out / "tn_pools")
@@ -195,8 +197,8 @@ def _explain_held(
                 regions=subject.region_map,
                 settings=replace(
                     subject_settings,
-                    aggregation=aggregation,
-                    gradcam=subject_settings.gradcam and aggregation == "max",
+                    smoothgrad=replace(subject_settings.smoothgrad, aggregation=aggregation),
+                    gradcam=subject_settings.gradcam if aggregation == "max" else None,
                     trust=subject_settings.trust and aggregation == "max",
                 ),
                 overwrite=overwrite,
@@ -249,7 +251,7 @@ def run_cohort(
     progress: Progress | None = None,
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
-    tn_from: str = "wm",
+    tn_from: TnPool = "wm",
 ) -> CohortResult:
     """Run :func:`~instasal.pipeline.explain_subject` over every subject of ``dataset``.
 
@@ -285,13 +287,79 @@ def run_cohort(
         Where TN domains are drawn (:mod:`instasal.pipeline.tn_pools`): ``"wm"`` (white matter,
         else the brain; the default), ``"gm"`` or ``"brain"``; recorded in ``cohort.json``.
     """
-    from instasal.models import card_of, load_model
-
-    if tn_from not in TN_POOLS:
-        raise ConfigurationError(f"tn_from must be one of {', '.join(TN_POOLS)}, got {tn_from!r}")
-
     settings = settings or ExplainSettings()
-    out = Path(out)
+    run = open_cohort(
+        dataset,
+        model,
+        Path(out),
+        settings,
+        subjects,
+        CohortOptions(
+            with_mean, overwrite, executor, trust_model_code, ignore_channel_names, tn_from
+        ),
+    )
+    notify = progress or _silent
+    todo, skipped = pending_subjects(run, overwrite)
+    notify("subjects", len(skipped), len(run.subjects))
+    explain_one = partial(
+        _explain_one,
+        out=run.out,
+        settings=settings,
+        key=run.key,
+        overwrite=overwrite,
+        with_mean=with_mean,
+        since=run.since,
+        ignore_channel_names=ignore_channel_names,
+        tn_from=tn_from,
+    )
+    started = time.perf_counter()
+    statuses = explain_subjects(todo, len(skipped), run, explain_one, address, notify)
+    elapsed = time.perf_counter() - started
+    return gather_cohort(run, todo, skipped, statuses, elapsed, settings.trust)
+
+
+def _silent(stage: str, done: float, total: float) -> None:
+    """A progress callback that shows nothing."""
+
+
+@dataclass(frozen=True)
+class CohortOptions:
+    """How a cohort runs, besides its settings (the parameters of :func:`run_cohort`)."""
+
+    with_mean: bool
+    overwrite: bool
+    executor: Executor
+    trust_model_code: bool
+    ignore_channel_names: bool
+    tn_from: TnPool
+
+
+@dataclass(frozen=True, eq=False)
+class CohortRun:
+    """Stage 1, validate and key: the subjects, the model loaded once, the run key, and when
+    this run began (``since``: a subject finished by another worker after it is not redone)."""
+
+    out: Path
+    subjects: list[SubjectFiles]
+    network: nn.Module
+    model: str
+    key: str
+    since: float
+    options: CohortOptions
+
+
+def open_cohort(
+    dataset: PathLike,
+    model: str,
+    out: Path,
+    settings: ExplainSettings,
+    subjects: Sequence[str] | None,
+    options: CohortOptions,
+) -> CohortRun:
+    """Check the options, subjects and their channel files, key the run and write
+    ``cohort.json`` (refusing a folder of another run unless ``overwrite``)."""
+    check_choice("tn_from", options.tn_from, TnPool)
+    check_choice("executor", options.executor, Executor)
     found = discover_dataset(dataset)
     if subjects is not None:
         wanted = set(subjects)
@@ -300,8 +368,8 @@ def run_cohort(
             raise ConfigurationError(f"{dataset}: no subject(s) {sorted(unknown)} in the dataset")
         found = [s for s in found if s.subject_id in wanted]
     check_output_folder(out)
-    network = load_model(model, trust_code=trust_model_code)
-    if not ignore_channel_names:
+    network = load_model(model, trust_code=options.trust_model_code)
+    if not options.ignore_channel_names:
         card = card_of(network)
         for subject in found:
             check_channel_files(subject.images, card.channel_names, model=card.name)
@@ -309,87 +377,91 @@ def run_cohort(
         "dataset": str(Path(dataset).resolve()),
         "model": model_fingerprint(network),
         "settings": settings.as_dict(),
-        "with_mean": with_mean,
+        "with_mean": options.with_mean,
     }
     # the default pool leaves the key as before the option existed: earlier runs still resume
-    key = run_key(payload if tn_from == "wm" else payload | {"tn_from": tn_from})
+    key = run_key(payload if options.tn_from == "wm" else payload | {"tn_from": options.tn_from})
     since = time.time()
     with output_folder_lock(out, wait=True):
-        _write_manifest(
-            out, key, overwrite, dataset, model, settings, with_mean, tn_from, executor, found
-        )
-    notify = progress or (lambda stage, done, total: None)
+        _write_manifest(out, key, dataset, model, settings, options, found)
+    return CohortRun(out, found, network, model, key, since, options)
+
+
+def pending_subjects(run: CohortRun, overwrite: bool) -> tuple[list[SubjectFiles], list[str]]:
+    """Stage 2, plan: the subjects to explain, and the ids of those finished under this key."""
     todo, skipped = [], []
-    for subject in found:
-        status = None if overwrite else _read_status(out, subject.subject_id, key)
+    for subject in run.subjects:
+        status = None if overwrite else _read_status(run.out, subject.subject_id, run.key)
         if status is not None and status.get("state") == "done":
             skipped.append(subject.subject_id)
         else:
             todo.append(subject)
-    total = len(found)
-    notify("subjects", len(skipped), total)
-    explain_one = partial(
-        _explain_one,
-        out=out,
-        settings=settings,
-        key=key,
-        overwrite=overwrite,
-        with_mean=with_mean,
-        since=since,
-        ignore_channel_names=ignore_channel_names,
-        tn_from=tn_from,
-    )
-    started = time.perf_counter()
-    statuses: list[dict[str, Any]] = []
-    if executor == "local":
-        for subject in todo:
-            notify(
-                f"subjects of cohort: explaining {subject.subject_id}",
-                len(skipped) + len(statuses),
-                total,
-            )
-            statuses.append(explain_one(subject, network))
-            notify("subjects", len(skipped) + len(statuses), total)
-    elif executor == "ray":
-        statuses = _run_ray(
+    return todo, skipped
+
+
+def explain_subjects(
+    todo: Sequence[SubjectFiles],
+    n_skipped: int,
+    run: CohortRun,
+    explain_one: Callable[[SubjectFiles, Any], dict[str, Any]],
+    address: str | None,
+    notify: Progress,
+) -> list[dict[str, Any]]:
+    """Stage 3, explain: each pending subject in this process or as a Ray task; their statuses."""
+    total = len(run.subjects)
+    if run.options.executor == "ray":
+        return _run_ray(
             todo,
             explain_one,
-            model,
+            run.model,
             address,
-            lambda done: notify("subjects", len(skipped) + done, total),
-            trust_model_code,
+            lambda done: notify("subjects", n_skipped + done, total),
+            run.options.trust_model_code,
         )
-    else:
-        raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
-    elapsed = time.perf_counter() - started
-    skipped += [s["subject"] for s in statuses if s["state"] == "reused"]
+    statuses: list[dict[str, Any]] = []
+    for subject in todo:
+        done = n_skipped + len(statuses)
+        notify(f"subjects of cohort: explaining {subject.subject_id}", done, total)
+        statuses.append(explain_one(subject, run.network))
+        notify("subjects", done + 1, total)
+    return statuses
+
+
+def gather_cohort(
+    run: CohortRun,
+    todo: Sequence[SubjectFiles],
+    skipped: list[str],
+    statuses: list[dict[str, Any]],
+    elapsed: float,
+    trust: bool,
+) -> CohortResult:
+    """Stage 4, gather: every subject's state as the status records say now (any worker's), the
+    finished subjects' tables gathered, under the folder's lock."""
+    skipped = [*skipped, *(s["subject"] for s in statuses if s["state"] == "reused")]
     held = [s["subject"] for s in statuses if s["state"] == "held"]
     for status in statuses:
         if status["state"] == "held":
-            warnings.warn(f"{status['error']}; skipped here", InstasalWarning, stacklevel=2)
-    with output_folder_lock(out, wait=True):
-        done, failed, pending = _final_states(out, found, key, held)
-        table = _write_tables(out, done, failed, with_mean, settings.trust)
+            warnings.warn(f"{status['error']}; skipped here", InstasalWarning, stacklevel=3)
+    with output_folder_lock(run.out, wait=True):
+        done, failed, pending = _final_states(run.out, run.subjects, run.key, held)
+        table = _write_tables(run.out, done, failed, run.options.with_mean, trust)
     explained = len(todo) - len(held)
     per_subject = elapsed / explained if explained > 0 else 0.0
-    return CohortResult(out, table, done, failed, skipped, per_subject, held, pending)
+    return CohortResult(run.out, table, done, failed, skipped, per_subject, held, pending)
 
 
 def _write_manifest(
     out: Path,
     key: str,
-    overwrite: bool,
     dataset: PathLike,
     model: str,
     settings: ExplainSettings,
-    with_mean: bool,
-    tn_from: str,
-    executor: Executor,
+    options: CohortOptions,
     found: Sequence[SubjectFiles],
 ) -> None:
     """Refuse a cohort folder of another run (unless ``overwrite``); write ``cohort.json``."""
     manifest_path = out / "cohort.json"
-    if manifest_path.exists() and not overwrite:
+    if manifest_path.exists() and not options.overwrite:
         previous = read_state_file(manifest_path).get("cohort_key")
         if previous != key:
             raise OutputExistsError(
@@ -403,9 +475,9 @@ def _write_manifest(
             "dataset": str(dataset),
             "model": model,
             "settings": settings.as_dict(),
-            "with_mean": with_mean,
-            "tn_from": tn_from,
-            "executor": executor,
+            "with_mean": options.with_mean,
+            "tn_from": options.tn_from,
+            "executor": options.executor,
             "subjects": [s.subject_id for s in found],
         },
         overwrite=True,
@@ -472,7 +544,7 @@ def _write_tables(
 
 
 def _run_ray(
-    todo: list[SubjectFiles],
+    todo: Sequence[SubjectFiles],
     explain_one: Callable[[SubjectFiles, Any], dict[str, Any]],
     model: str,
     address: str | None,
@@ -483,8 +555,6 @@ def _run_ray(
         import ray
     except ImportError as error:
         raise ConfigurationError("executor 'ray' needs Ray: pip install 'instasal[ray]'") from error
-    import torch
-
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -493,8 +563,6 @@ def _run_ray(
 
         @ray.remote(num_gpus=gpus)
         def task(subject: SubjectFiles) -> dict[str, Any]:
-            from instasal.models import load_model
-
             return explain_one(subject, load_model(model, trust_code=trust_model_code))
 
         pending = [task.remote(subject) for subject in todo]

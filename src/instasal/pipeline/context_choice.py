@@ -21,8 +21,8 @@ import torch
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instance
 from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
-from instasal.pipeline.settings import ExplainSettings
 from instasal.prepare import PreparedSubject
+from instasal.saliency import SmoothGradConfig
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.typing import Context
 
@@ -98,8 +98,7 @@ def _duration(seconds: float) -> str:
 def check_full_context_cost(
     prepared: PreparedSubject,
     todo: Sequence[Instance],
-    settings: ExplainSettings,
-    target: int,
+    smoothgrad: SmoothGradConfig,
     card: Mapping[str, Any],
 ) -> None:
     """Refuse an unasked whole-volume saliency stage estimated over the budget; else note it.
@@ -117,10 +116,10 @@ def check_full_context_cost(
     if not todo:
         return
 
-    draws = 1 if settings.noise_level == 0 else settings.n_samples
-    per_draw = sum(r.n_voxels if settings.aggregation == "max" else 1 for r in todo)
+    draws = smoothgrad.n_draws
+    per_draw = sum(r.n_voxels if smoothgrad.aggregation == "max" else 1 for r in todo)
     rows = draws * per_draw
-    forward, backward = full_context_seconds(prepared, target)
+    forward, backward = full_context_seconds(prepared, smoothgrad.target)
     batches = -(-len(todo) // LESIONS_PER_BATCH)
     estimate = draws * batches * forward + rows * backward
     shape = "×".join(str(s) for s in prepared.x.shape[1:])

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +45,8 @@ from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.progress import pipeline_progress
 from instasal.provenance import software_versions
 from instasal.report import write_subject_report
-from instasal.typing import Context, ModelLike, PathLike, Progress
+from instasal.saliency import GradCamConfig, SmoothGradConfig
+from instasal.typing import ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
 
@@ -212,14 +213,12 @@ def explain_subject(
         timings["segment_s"] = time.perf_counter() - step
         found = find_domains(probability, space, inputs, run.layout, settings)
         resumed = resume(found, run, settings.max_lesions)
-        if settings.context is None and space.context == "full":
-            check_full_context_cost(
-                space.prepared, resumed.todo, settings, space.target, space.card
-            )
+        if settings.context is None and space.smoothgrad.context == "full":
+            check_full_context_cost(space.prepared, resumed.todo, space.smoothgrad, space.card)
 
         step = time.perf_counter()
         lesions = found.lesion_space(space.prepared, inputs.regions)
-        plan = LesionPlan(settings, space.context, space.target, space.layer, run.layout, run.key)
+        plan = LesionPlan(space.smoothgrad, space.gradcam, run.layout, run.key)
         rows = [*resumed.rows, *explain_lesions(resumed.todo, lesions, plan, progress)]
         timings["saliency_s"] = time.perf_counter() - step
 
@@ -284,17 +283,18 @@ def read_inputs(
 class ModelSpace:
     """Stage 2, prepare: the subject in the model's input space and the choices resolved there.
 
-    ``card`` is the loaded model's card; ``context``, ``threshold``, ``target`` and ``layer`` are
-    the settings' values, or the card's where the settings leave them open.
+    ``card`` is the loaded model's card; ``threshold`` the settings' or else the card's;
+    ``smoothgrad`` and ``gradcam`` the settings' configs with the window resolved for this model
+    (target class from the card, context from the settings or the card, the Grad-CAM layer named
+    inside the prepared network), as every later stage receives them.
     """
 
     network: nn.Module
     prepared: PreparedSubject
     card: dict[str, Any]
-    context: Context
     threshold: float
-    target: int
-    layer: str | None
+    smoothgrad: SmoothGradConfig
+    gradcam: GradCamConfig | None
     geometry: dict[str, Any]
 
 
@@ -321,18 +321,20 @@ def enter_model_space(
     working_card: dict[str, Any] = dict(getattr(prepared.network, "card", {}))
     context = resolve_context(settings.context, working_card)
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
-    layer = working_card.get("gradcam_layer")
-    if settings.gradcam_layer:
-        prefix = "network." if prepared.resampled else ""
-        layer = f"{prefix}{settings.gradcam_layer}"
-    if settings.gradcam and not layer:
-        raise ConfigurationError(
-            "gradcam is on but neither settings.gradcam_layer nor the model card names a layer"
-        )
     target = int(card.get("target_class", 1))
-    return ModelSpace(
-        network, prepared, card, context, threshold, target, layer, prepared.geometry()
-    )
+    smoothgrad = replace(settings.smoothgrad, target=target, context=context)
+    gradcam = None
+    if settings.gradcam is not None:
+        layer = settings.gradcam.layer
+        if layer and prepared.resampled:
+            layer = f"network.{layer}"  # the prepared network wraps the model
+        layer = layer or working_card.get("gradcam_layer")
+        if not layer:
+            raise ConfigurationError(
+                "gradcam is on but neither settings.gradcam.layer nor the model card names a layer"
+            )
+        gradcam = replace(settings.gradcam, layer=layer, target=target, context=context)
+    return ModelSpace(network, prepared, card, threshold, smoothgrad, gradcam, prepared.geometry())
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,7 +366,7 @@ def identify_run(
             "extra": extra,
             "model": model_fingerprint(space.network),
             "settings": settings.as_dict(),
-            "context": space.context,
+            "context": space.smoothgrad.context,
             "threshold": space.threshold,
             "geometry": {k: v for k, v in space.geometry.items() if k != "notes"},
         }
@@ -511,10 +513,8 @@ def write_tables(
             chosen,
             lesions,
             layout,
-            settings,
-            context=space.context,
-            target=space.target,
-            layer=space.layer,
+            space.smoothgrad,
+            space.gradcam,
         )
         progress("trust checks", 1, 1)
     layout.write_table(table, sidecar)
@@ -544,10 +544,10 @@ def write_provenance(
         "settings": settings.as_dict(),
         "geometry": space.geometry,
         "resolved": {
-            "context": space.context,
+            "context": space.smoothgrad.context,
             "threshold": space.threshold,
-            "target": space.target,
-            "gradcam_layer": space.layer,
+            "target": space.smoothgrad.target,
+            "gradcam_layer": space.gradcam.layer if space.gradcam else None,
         },
         "counts": {
             kind: len(found.native.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")
@@ -597,7 +597,7 @@ def _typed_instances(
         min_volume_mm3=settings.min_volume_mm3,
         tissue_mask=tissue_region,
         n_true_negatives=settings.n_true_negatives,
-        seed=settings.seed,
+        seed=settings.smoothgrad.seed,
     )
 
 

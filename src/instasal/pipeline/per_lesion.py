@@ -12,11 +12,16 @@ import torch
 
 from instasal.instances import Instance, Instances
 from instasal.pipeline.outputs import RunLayout
-from instasal.pipeline.settings import ExplainSettings
 from instasal.prepare import PreparedSubject
-from instasal.saliency import instance_gradcam_many, instance_smoothgrad_many, normalise_map
+from instasal.saliency import (
+    GradCamConfig,
+    SmoothGradConfig,
+    instance_gradcam_many,
+    instance_smoothgrad_many,
+    normalise_map,
+)
 from instasal.saliency.summaries import lesion_summary, saliency_columns
-from instasal.typing import Context, Progress
+from instasal.typing import Progress
 
 __all__ = [
     "LESIONS_PER_BATCH",
@@ -91,18 +96,15 @@ class LesionPlan:
 
     Attributes
     ----------
-    settings
-        The run's settings.
-    context, target, layer
-        The forward window, the target class and the Grad-CAM layer (``None``: no Grad-CAM).
+    smoothgrad, gradcam
+        The run's SmoothGrad and Grad-CAM configs with their window (target class, context)
+        resolved for this model (``gradcam=None``: no Grad-CAM); passed to the methods as they are.
     layout, key
         The run's files and run key (each domain's record carries the key).
     """
 
-    settings: ExplainSettings
-    context: Context
-    target: int
-    layer: str | None
+    smoothgrad: SmoothGradConfig
+    gradcam: GradCamConfig | None
     layout: RunLayout
     key: str
 
@@ -116,8 +118,7 @@ def explain_lesions(
     as soon as its batch is done (the resume granularity); the returned table rows, in ``todo``'s
     order, describe the stored-grid domains (ids, centroids, peak locations).
     """
-    settings = plan.settings
-    draws = 1 if settings.noise_level == 0 else settings.n_samples  # no noise: one exact draw
+    draws = plan.smoothgrad.n_draws
     total_rows = float(sum(r.n_voxels for r in todo) * draws)
     done_rows = 0.0
     rows: list[dict[str, Any]] = []
@@ -143,35 +144,10 @@ def _batch_maps(
     progress: Callable[[int, int], None],
 ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """SmoothGrad maps ``[C, X, Y, Z]`` and Grad-CAM maps (when asked) of one batch's domains."""
-    settings, network, x = plan.settings, space.prepared.network, space.prepared.x
+    network, x = space.prepared.network, space.prepared.x
     domains = {r.id: space.instances.mask(r.id) for r in batch}
-    maps = instance_smoothgrad_many(
-        network,
-        x,
-        domains,
-        target=plan.target,
-        n_samples=settings.n_samples,
-        noise_level=settings.noise_level,
-        noise_range=settings.noise_range,
-        aggregation=settings.aggregation,
-        context=plan.context,
-        seed=settings.seed,
-        engine=settings.engine,
-        progress=progress,
-    )
-    cams = (
-        instance_gradcam_many(
-            network,
-            x,
-            domains,
-            layer=plan.layer,
-            variant=settings.gradcam_variant,
-            target=plan.target,
-            context=plan.context,
-        )
-        if settings.gradcam and plan.layer
-        else {}
-    )
+    maps = instance_smoothgrad_many(network, x, domains, plan.smoothgrad, progress=progress)
+    cams = instance_gradcam_many(network, x, domains, plan.gradcam) if plan.gradcam else {}
     return (
         {i: m.detach().cpu().numpy() for i, m in maps.items()},
         {i: m.detach().cpu().numpy() for i, m in cams.items()},

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from instasal.errors import ConfigurationError
-from instasal.typing import Aggregation, Connectivity, Context, EngineName, NoiseRange
+from instasal.saliency.config import GradCamConfig, SmoothGradConfig
+from instasal.typing import Connectivity, Context, check_choice
 
 __all__ = ["DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
 
-GradcamVariant = Literal["gradcam++", "gradcam"]
 SaliencyOf = Literal["network", "tta"]
+
+_PER_RUN = ("target", "context", "patch_size", "size_divisibility")
+"""Config fields an explain run sets itself, from ``context`` and the model card."""
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,14 @@ class ExplainSettings:
 
     Parameters
     ----------
-    n_samples, noise_level, noise_range, aggregation, engine
-        Instance SmoothGrad (SPEC §2; paper: N = 50, 5 %, max aggregation).
+    smoothgrad
+        Instance SmoothGrad (SPEC §2; paper: N = 50, 5 %, max aggregation): N, noise, aggregation,
+        engine and seed, which also seeds TN sampling. The run sets the config's window (target
+        class, context, patch size, size divisibility) from ``context`` and the model card, so
+        those fields must keep their defaults here.
+    gradcam
+        Instance Grad-CAM++ (SPEC §3) with its variant and layer (``layer=None``: the model card's
+        default layer); ``None``: no Grad-CAM. Its window is set by the run as SmoothGrad's.
     context
         ``"patch"`` or ``"full"``; ``None`` picks ``"patch"`` when the model card gives a training
         patch size (the paper's geometry), else ``"full"``.
@@ -34,10 +43,6 @@ class ExplainSettings:
         Instance definition (SPEC §1).
     n_true_negatives
         TN domains sampled when a reference is given.
-    gradcam, gradcam_variant, gradcam_layer
-        Instance Grad-CAM++ (SPEC §3); ``gradcam_layer=None`` takes the card's default layer.
-    seed
-        Seeds the noise draws and TN sampling.
     max_lesions
         Explain only the first ``max_lesions`` domains of each type (``None``: all).
     reduced
@@ -52,22 +57,22 @@ class ExplainSettings:
     trust
         Also run the trust checks of ``docs/trust.md`` per explained domain (model randomisation,
         deletion and insertion, radial profile): extra table columns and a profile TSV.
+
+    Examples
+    --------
+    >>> from instasal.saliency import GradCamConfig, SmoothGradConfig
+    >>> settings = ExplainSettings(SmoothGradConfig(n_samples=8), GradCamConfig(variant="gradcam"))
+    >>> settings.smoothgrad.n_samples, settings.as_dict()["gradcam_variant"]
+    (8, 'gradcam')
     """
 
-    n_samples: int = 50
-    noise_level: float = 0.05
-    noise_range: NoiseRange = "per_channel"
-    aggregation: Aggregation = "max"
+    smoothgrad: SmoothGradConfig = field(default_factory=SmoothGradConfig)
+    gradcam: GradCamConfig | None = field(default_factory=GradCamConfig)
     context: Context | None = None
-    engine: EngineName = "auto"
     threshold: float | None = None
     connectivity: Connectivity = 18
     min_volume_mm3: float = 5.0
     n_true_negatives: int = 10
-    gradcam: bool = True
-    gradcam_variant: GradcamVariant = "gradcam++"
-    gradcam_layer: str | None = None
-    seed: int = 0
     max_lesions: int | None = None
     reduced: bool = False
     tta: bool = True
@@ -75,53 +80,72 @@ class ExplainSettings:
     trust: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_samples < 1:
-            raise ConfigurationError(f"n_samples must be >= 1, got {self.n_samples}")
-        if not 0.0 <= self.noise_level < 1.0:
-            raise ConfigurationError(f"noise_level must be in [0, 1), got {self.noise_level}")
-        if self.noise_range not in ("per_channel", "first_channel"):
+        if not isinstance(self.smoothgrad, SmoothGradConfig):
             raise ConfigurationError(
-                f"noise_range must be 'per_channel' or 'first_channel', got {self.noise_range!r}"
+                f"smoothgrad must be a SmoothGradConfig, got {self.smoothgrad!r}"
             )
-        if self.aggregation not in ("max", "mean"):
+        if self.gradcam is not None and not isinstance(self.gradcam, GradCamConfig):
             raise ConfigurationError(
-                f"aggregation must be 'max' or 'mean', got {self.aggregation!r}"
+                f"gradcam must be a GradCamConfig or None, got {self.gradcam!r}"
             )
-        if self.engine not in ("naive", "batched", "auto"):
-            raise ConfigurationError(
-                f"engine must be 'naive', 'batched' or 'auto', got {self.engine!r}"
-            )
-        if self.context not in (None, "full", "patch"):
-            raise ConfigurationError(f"context must be 'full' or 'patch', got {self.context!r}")
+        for name, config, default in (
+            ("smoothgrad", self.smoothgrad, SmoothGradConfig()),
+            ("gradcam", self.gradcam, GradCamConfig()),
+        ):
+            for key in _PER_RUN:
+                if config is not None and getattr(config, key) != getattr(default, key):
+                    raise ConfigurationError(
+                        f"{name}.{key} is set by the run (from context and the model card); "
+                        f"give the context as ExplainSettings(context=...) instead"
+                    )
+        if self.context is not None:
+            check_choice("context", self.context, Context)
+        check_choice("connectivity", self.connectivity, Connectivity)
+        check_choice("saliency_of", self.saliency_of, SaliencyOf)
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ConfigurationError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.connectivity not in (6, 18, 26):
-            raise ConfigurationError(f"connectivity must be 6, 18 or 26, got {self.connectivity}")
         if self.n_true_negatives < 0:
             raise ConfigurationError(f"n_true_negatives must be >= 0, got {self.n_true_negatives}")
         if self.max_lesions is not None and self.max_lesions < 1:
             raise ConfigurationError(f"max_lesions must be >= 1, got {self.max_lesions}")
-        if self.saliency_of not in ("network", "tta"):
-            raise ConfigurationError(
-                f"saliency_of must be 'network' or 'tta', got {self.saliency_of!r}"
-            )
-        if self.saliency_of == "tta" and self.gradcam:
+        if self.saliency_of == "tta" and self.gradcam is not None:
             raise ConfigurationError(
                 "saliency_of='tta' explains a mirrored average, where the Grad-CAM layer runs "
-                "once per mirror; turn Grad-CAM off (gradcam=False / --no-gradcam)"
-            )
-        if self.gradcam_variant not in ("gradcam++", "gradcam"):
-            raise ConfigurationError(
-                f"gradcam_variant must be 'gradcam++' or 'gradcam', got {self.gradcam_variant!r}"
+                "once per mirror; turn Grad-CAM off (gradcam=None / --no-gradcam)"
             )
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-ready dict."""
-        return asdict(self)
+        """The settings as a flat JSON-ready dict (``run.json``; the run key is its hash).
+
+        Flat and with the same keys whatever the nesting above, so that a folder written by an
+        earlier release has the same run key and resumes.
+        """
+        smoothgrad, gradcam = self.smoothgrad, self.gradcam
+        return {
+            "n_samples": smoothgrad.n_samples,
+            "noise_level": smoothgrad.noise_level,
+            "noise_range": smoothgrad.noise_range,
+            "aggregation": smoothgrad.aggregation,
+            "context": self.context,
+            "engine": smoothgrad.engine,
+            "threshold": self.threshold,
+            "connectivity": self.connectivity,
+            "min_volume_mm3": self.min_volume_mm3,
+            "n_true_negatives": self.n_true_negatives,
+            "gradcam": gradcam is not None,
+            "gradcam_variant": gradcam.variant if gradcam else GradCamConfig().variant,
+            "gradcam_layer": gradcam.layer if gradcam else None,
+            "seed": smoothgrad.seed,
+            "max_lesions": self.max_lesions,
+            "reduced": self.reduced,
+            "tta": self.tta,
+            "saliency_of": self.saliency_of,
+            "trust": self.trust,
+        }
 
 
 DEMO_SETTINGS = ExplainSettings(
-    n_samples=4, n_true_negatives=4, max_lesions=6, reduced=True, engine="auto"
+    SmoothGradConfig(n_samples=4), n_true_negatives=4, max_lesions=6, reduced=True
 )
 """Reduced settings for ``instasal demo`` (within minutes on 2 CPU cores)."""
 

@@ -12,18 +12,15 @@ do not land in the ventricles or sulci.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 
 from instasal.dataset import SubjectFiles
 from instasal.errors import ConfigurationError
 from instasal.io import load_image, load_mask, read_subject, write_nifti
+from instasal.typing import TnPool, check_choice
 
-__all__ = ["TN_POOLS", "TnPool", "grey_matter_pool", "tn_pool_mask"]
-
-TnPool = Literal["wm", "gm", "brain"]
-TN_POOLS: tuple[str, ...] = get_args(TnPool)
+__all__ = ["grey_matter_pool", "tn_pool_mask"]
 
 
 def grey_matter_pool(flair: np.ndarray, brain: np.ndarray, white: np.ndarray) -> np.ndarray:
@@ -44,8 +41,7 @@ def tn_pool_mask(subject: SubjectFiles, pool: str, folder: Path) -> Path | None:
     ConfigurationError
         On an unknown pool, or a subject lacking the masks the pool needs (named).
     """
-    if pool not in TN_POOLS:
-        raise ConfigurationError(f"tn_from must be one of {', '.join(TN_POOLS)}, got {pool!r}")
+    check_choice("tn_from", pool, TnPool)
     if pool == "wm":
         return subject.wm_mask or subject.brain_mask
     if subject.brain_mask is None:

@@ -18,11 +18,13 @@ from instasal.instances import Instance
 from instasal.io import atomic_write_text
 from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.per_lesion import SubjectSpace
-from instasal.pipeline.settings import ExplainSettings
-from instasal.saliency import SmoothGradConfig, instance_gradcam_many
-from instasal.saliency.smoothgrad import smoothgrad_maps
+from instasal.saliency import (
+    GradCamConfig,
+    SmoothGradConfig,
+    instance_gradcam_many,
+    instance_smoothgrad_many,
+)
 from instasal.trust import deletion_insertion, radial_profile, randomisation
-from instasal.typing import Context
 
 RANDOMISATION_STEPS = 5
 """Cascading randomisation blocks per domain (output layer first)."""
@@ -65,11 +67,8 @@ def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
 def trust_checks(
     records: list[Instance],
     space: SubjectSpace,
-    settings: ExplainSettings,
-    *,
-    context: Context,
-    target: int,
-    layer: str | None,
+    smoothgrad: SmoothGradConfig,
+    gradcam: GradCamConfig | None,
 ) -> TrustTables:
     """Run the trust checks on the working-grid domains ``records``.
 
@@ -79,10 +78,9 @@ def trust_checks(
         Domains of ``space.instances`` to check.
     space
         The subject on both grids.
-    settings
-        The run's settings (SmoothGrad, Grad-CAM++ and seed).
-    context, target, layer
-        As resolved by :func:`instasal.pipeline.explain_subject`.
+    smoothgrad, gradcam
+        The run's configs as :func:`instasal.pipeline.explain_subject` resolved them (window set;
+        ``gradcam=None``: no Grad-CAM); SmoothGrad's seed also seeds the random weights and orders.
 
     Returns
     -------
@@ -90,18 +88,7 @@ def trust_checks(
         The table columns, profiles, randomisation steps and curves of every domain.
     """
     prepared = space.prepared
-    spacing = prepared.working.spacing
-    config = SmoothGradConfig(
-        n_samples=settings.n_samples,
-        noise_level=settings.noise_level,
-        noise_range=settings.noise_range,
-        aggregation=settings.aggregation,
-        context=context,
-        target=target,
-        seed=settings.seed,
-        engine=settings.engine,
-    )
-    gradcam_layer = layer if settings.gradcam else None
+    network, x, spacing = prepared.network, prepared.x, prepared.working.spacing
     rows: list[dict[str, Any]] = []
     profiles: list[pd.DataFrame] = []
     steps: list[pd.DataFrame] = []
@@ -110,16 +97,15 @@ def trust_checks(
         omega = space.instances.mask(record.id)
         native_id = space.native_ids[record.id]
         sanity = randomisation(
-            prepared.network,
-            prepared.x,
+            network,
+            x,
             omega,
             spacing=spacing,
-            smoothgrad=config,
-            gradcam_layer=gradcam_layer,
-            gradcam_variant=settings.gradcam_variant,
+            smoothgrad=smoothgrad,
+            gradcam=gradcam,
             steps=RANDOMISATION_STEPS,
             modes=("cascading",),
-            seed=settings.seed,
+            seed=smoothgrad.seed,
         )
         keys = {"id": native_id, "type": record.kind}
         cascade = sanity.table[sanity.table["mode"] == "cascading"]
@@ -129,27 +115,19 @@ def trust_checks(
             verdict = sanity.verdict(method)
             row[f"randomisation_passes_{method}"] = verdict["passes"]
             row[f"randomisation_crossing_{method}"] = verdict["crossing_step"]
-        maps = {"smoothgrad": smoothgrad_maps(prepared.network, prepared.x, {0: omega}, config)[0]}
-        if gradcam_layer:
-            maps["gradcam"] = instance_gradcam_many(
-                prepared.network,
-                prepared.x,
-                {0: omega},
-                layer=gradcam_layer,
-                variant=settings.gradcam_variant,
-                target=target,
-                context=context,
-            )[0]
+        maps = {"smoothgrad": instance_smoothgrad_many(network, x, {0: omega}, smoothgrad)[0]}
+        if gradcam is not None:
+            maps["gradcam"] = instance_gradcam_many(network, x, {0: omega}, gradcam)[0]
         arrays = {name: m.detach().cpu().numpy() for name, m in maps.items()}
         faithful = deletion_insertion(
-            prepared.network,
-            prepared.x,
+            network,
+            x,
             omega,
             arrays,
             spacing=spacing,
-            target=target,
-            context=context,
-            seed=settings.seed,
+            target=smoothgrad.target,
+            context=smoothgrad.context,
+            seed=smoothgrad.seed,
         )
         rows.append(row | faithful.numbers)
         curves.append(faithful.curves.assign(**keys))
@@ -185,11 +163,8 @@ def with_trust(
     records: list[Instance],
     space: SubjectSpace,
     layout: RunLayout,
-    settings: ExplainSettings,
-    *,
-    context: Context,
-    target: int,
-    layer: str | None,
+    smoothgrad: SmoothGradConfig,
+    gradcam: GradCamConfig | None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
     """The lesion table and its sidecar with the trust columns; writes the trust TSVs.
 
@@ -198,7 +173,7 @@ def with_trust(
     domain, method and cascading step) and ``layout.trust_curves`` (one row per domain, order,
     curve and point).
     """
-    found = trust_checks(records, space, settings, context=context, target=target, layer=layer)
+    found = trust_checks(records, space, smoothgrad, gradcam)
     for path, frame in (
         (layout.profiles, found.profiles),
         (layout.trust_randomisation, found.randomisation),

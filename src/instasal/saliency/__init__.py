@@ -1,26 +1,30 @@
 """Instance saliency: instance SmoothGrad and instance Grad-CAM++ / Grad-CAM (SPEC §2, §3, §5).
 
 Pure functions over ``(model, x, domain)``: no files, no model zoo. One concept per module:
-``noise`` (seeded SmoothGrad noise), ``context`` (whole volume or patch), ``engines`` (exact
+``noise`` (seeded SmoothGrad noise), ``windows`` (whole volume or patch), ``engines`` (exact
 Jacobian-row engines), ``smoothgrad``, ``gradcam``, ``agreement`` (patch versus full context),
-``model_state`` (eval mode and restoring the model), ``inputs`` (argument checks).
+``model_state`` (eval mode and restoring the model), ``inputs`` (argument checks), ``summaries``
+(the lesion-table numbers of one map). Each method's settings are one validated, frozen config
+(:class:`SmoothGradConfig`, :class:`GradCamConfig`) that the batch functions take as it is; the
+single-domain functions of SPEC §5 take them as keywords.
 """
 
-from instasal.saliency.agreement import map_agreement, patch_full_agreement
-from instasal.saliency.engines import EngineChoice, cached_engine_choices
-from instasal.saliency.gradcam import (
-    instance_gradcam,
-    instance_gradcam_many,
-    normalise_map,
-)
-from instasal.saliency.smoothgrad import (
-    SmoothGradConfig,
-    instance_smoothgrad,
-    instance_smoothgrad_many,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from instasal.saliency.config import CamVariant, GradCamConfig, MemoryFormat, SmoothGradConfig
+
+if TYPE_CHECKING:
+    from instasal.saliency.agreement import map_agreement, patch_full_agreement
+    from instasal.saliency.engines import EngineChoice, cached_engine_choices
+    from instasal.saliency.gradcam import instance_gradcam, instance_gradcam_many, normalise_map
+    from instasal.saliency.smoothgrad import instance_smoothgrad, instance_smoothgrad_many
 
 __all__ = [
+    "CamVariant",
     "EngineChoice",
+    "GradCamConfig",
+    "MemoryFormat",
     "SmoothGradConfig",
     "cached_engine_choices",
     "instance_gradcam",
@@ -31,3 +35,23 @@ __all__ = [
     "normalise_map",
     "patch_full_agreement",
 ]
+
+# The configs import light (a command line checks its options with them before torch loads); the
+# methods, which need torch, load on first use.
+_LAZY = {
+    "map_agreement": "instasal.saliency.agreement",
+    "patch_full_agreement": "instasal.saliency.agreement",
+    "EngineChoice": "instasal.saliency.engines",
+    "cached_engine_choices": "instasal.saliency.engines",
+    "instance_gradcam": "instasal.saliency.gradcam",
+    "instance_gradcam_many": "instasal.saliency.gradcam",
+    "normalise_map": "instasal.saliency.gradcam",
+    "instance_smoothgrad": "instasal.saliency.smoothgrad",
+    "instance_smoothgrad_many": "instasal.saliency.smoothgrad",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'instasal.saliency' has no attribute {name!r}")

@@ -21,20 +21,20 @@ import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
+from instasal.saliency.config import CamVariant, GradCamConfig
 from instasal.saliency.inputs import as_domain, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.windows import Window, context_windows, end_padding
 from instasal.typing import Context, DomainLike, InputLike
 
 __all__ = [
-    "CamVariant",
     "LayerCapture",
     "cam_from_activations",
     "capture_layer",
@@ -43,7 +43,6 @@ __all__ = [
     "normalise_map",
 ]
 
-CamVariant: TypeAlias = Literal["gradcam++", "gradcam"]
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -134,32 +133,23 @@ def normalise_map(saliency_map: torch.Tensor) -> torch.Tensor:
 
 
 def instance_gradcam_many(
-    model: nn.Module,
-    x: InputLike,
-    domains: Mapping[int, DomainLike],
-    *,
-    layer: str,
-    variant: CamVariant = "gradcam++",
-    target: int = 1,
-    context: Context = "full",
-    patch_size: int | Sequence[int] | None = None,
-    size_divisibility: int | Sequence[int] | None = None,
+    model: nn.Module, x: InputLike, domains: Mapping[int, DomainLike], config: GradCamConfig
 ) -> dict[int, torch.Tensor]:
     """Instance Grad-CAM maps ``[X, Y, Z]`` of several domains, one forward pass per window.
 
-    Equal to one :func:`instance_gradcam` call per domain; arguments as there.
+    Equal to one :func:`instance_gradcam` call per domain with the same settings, given once as a
+    :class:`GradCamConfig`.
     """
-    if variant not in get_args(CamVariant):
-        raise ConfigurationError(f"variant must be one of {get_args(CamVariant)}, got {variant!r}")
-    if context not in ("full", "patch"):
-        raise ConfigurationError(f"context must be one of ('full', 'patch'), got {context!r}")
+    layer = config.layer_of(model)
     x = as_input(x)
     spatial = tuple(x.shape[1:])
     ids = list(domains)
     masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
     if not masks:
         return {}
-    windows, divisibility = context_windows(model, masks, context, patch_size, size_divisibility)
+    windows, divisibility = context_windows(
+        model, masks, config.context, config.patch_size, config.size_divisibility
+    )
     groups: dict[Window, list[int]] = {}
     for index, window in enumerate(windows):
         groups.setdefault(window, []).append(index)
@@ -171,7 +161,7 @@ def instance_gradcam_many(
             inputs = window.crop(x.detach().to(device)).unsqueeze(0).clone().requires_grad_(True)
             capture.activations.clear()
             padding = end_padding(window.size, divisibility)
-            logits = run_target_logits(model, inputs, target, padding)
+            logits = run_target_logits(model, inputs, config.target, padding)
             if len(capture.activations) != 1:
                 raise ConfigurationError(
                     f"layer {layer!r} ran {len(capture.activations)} times in one forward pass; "
@@ -188,7 +178,7 @@ def instance_gradcam_many(
                         f"layer {layer!r} does not influence the model's output; choose a layer "
                         "on the path to the logits"
                     )
-                cam = cam_from_activations(activations[0].detach(), gradients[0], variant)
+                cam = cam_from_activations(activations[0].detach(), gradients[0], config.variant)
                 # The layer saw the padded input: upsample to it, then drop the padding.
                 padded_size = [n + extra for n, extra in zip(window.size, padding, strict=True)]
                 cam = _upsample(cam, padded_size)[tuple(slice(0, n) for n in window.size)]
@@ -243,14 +233,12 @@ def instance_gradcam(
         On an unknown layer (nearby names listed) or variant, or the input errors of
         :func:`instasal.saliency.instance_smoothgrad`.
     """
-    return instance_gradcam_many(
-        model,
-        x,
-        {0: domain},
+    config = GradCamConfig(
         layer=layer,
         variant=variant,
         target=target,
         context=context,
         patch_size=patch_size,
         size_divisibility=size_divisibility,
-    )[0]
+    )
+    return instance_gradcam_many(model, x, {0: domain}, config)[0]

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, TypeAlias, get_args
 
 import torch
 from torch import nn
 
-from instasal.errors import ConfigurationError
+from instasal.saliency.config import MemoryFormat, SmoothGradConfig
 from instasal.saliency.engines import (
     EngineName,
     aggregate_rows,
@@ -31,10 +29,9 @@ from instasal.saliency.noise import noise_sigmas, noisy_inputs
 from instasal.saliency.windows import Window, context_windows, end_padding
 from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
 
-__all__ = ["MemoryFormat", "SmoothGradConfig", "instance_smoothgrad", "instance_smoothgrad_many"]
+__all__ = ["instance_smoothgrad", "instance_smoothgrad_many"]
 
 
-MemoryFormat: TypeAlias = Literal["contiguous", "channels_last"]
 _MEMORY_FORMATS: dict[str, torch.memory_format] = {
     "contiguous": torch.contiguous_format,
     "channels_last": torch.channels_last_3d,
@@ -47,99 +44,6 @@ _PACKING_TOLERANCE = 1e-4
 _INDEPENDENT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], bool]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-@dataclass(frozen=True)
-class SmoothGradConfig:
-    """The settings of instance SmoothGrad, validated at construction (SPEC §2 and §5).
-
-    Attributes
-    ----------
-    target
-        Output channel explained (see :func:`instasal.saliency.inputs.target_channel`).
-    n_samples
-        N, the number of noise draws (paper: 50).
-    noise_level
-        σ as a fraction of the intensity range (paper: 0.05); 0 gives ``A_Ω(x)`` exactly.
-    noise_range
-        ``"per_channel"`` or ``"first_channel"`` (the authors' scripts).
-    aggregation
-        ``"max"`` (paper v3) or ``"mean"`` (paper v1).
-    context
-        ``"full"`` (whole volume) or ``"patch"`` (one training-size patch around Ω).
-    patch_size
-        Patch size for ``context="patch"``; ``None``: ``model.card["patch_size"]``.
-    seed
-        Seed of the noise generator.
-    engine
-        ``"naive"``, ``"batched"`` or ``"auto"`` (see :mod:`instasal.saliency.engines`).
-    size_divisibility
-        The network's input size divisibility (an integer or one per axis); ``None``:
-        ``model.card["size_divisibility"]``, else unknown. Inputs are zero-padded at the end of
-        each axis to a multiple of it (output cropped back); a patch too small for Ω is enlarged
-        to a multiple of it (of 16 where unknown).
-    rows_per_call
-        Jacobian rows per batched backward call; ``None``: as many as fit the memory budget.
-    memory_budget_bytes
-        Memory one batched call may use; ``None``: half the free GPU memory, 2 GiB on the CPU.
-    draws_per_pass
-        Noise draws forwarded together in one batch, their Jacobian rows pulled in the same
-        backward calls (each draw's rows from its own graph: exact); ``None``: after a first pass
-        of one draw, as many as the memory budget holds, at most ``MAX_DRAWS_PER_PASS``. Models
-        that mix the samples of a batch are detected and run one draw at a time.
-    memory_format
-        Layout of the differentiated input: ``"contiguous"`` or ``"channels_last"`` (channels
-        innermost, which convolutions then keep; faster for convolutional U-Nets on the CPU, see
-        ``docs/saliency.md``; a model that reshapes with ``view`` may refuse it). Same map to
-        float32 round-off.
-    """
-
-    target: int = 1
-    n_samples: int = 50
-    noise_level: float = 0.05
-    noise_range: NoiseRange = "per_channel"
-    aggregation: Aggregation = "max"
-    context: Context = "full"
-    patch_size: int | tuple[int, ...] | None = None
-    seed: int = 0
-    engine: EngineName = "auto"
-    size_divisibility: int | Sequence[int] | None = None
-    rows_per_call: int | None = None
-    memory_budget_bytes: int | None = None
-    draws_per_pass: int | None = None
-    memory_format: MemoryFormat = "contiguous"
-
-    def __post_init__(self) -> None:
-        choices: dict[str, tuple[str, ...]] = {
-            "aggregation": get_args(Aggregation),
-            "context": get_args(Context),
-            "noise_range": get_args(NoiseRange),
-            "engine": get_args(EngineName),
-            "memory_format": get_args(MemoryFormat),
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigurationError(f"{name} must be one of {allowed}, got {value!r}")
-        if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
-            raise ConfigurationError(f"target must be a non-negative integer, got {self.target!r}")
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int):
-            raise ConfigurationError(f"n_samples must be an integer, got {self.n_samples!r}")
-        if self.n_samples < 1:
-            raise ConfigurationError(f"n_samples must be >= 1, got {self.n_samples}")
-        level = float(self.noise_level)
-        if not level >= 0 or level == float("inf"):
-            raise ConfigurationError(
-                f"noise_level must be a finite number >= 0, got {self.noise_level!r}"
-            )
-        if self.rows_per_call is not None and self.rows_per_call < 1:
-            raise ConfigurationError(f"rows_per_call must be >= 1, got {self.rows_per_call}")
-        if self.draws_per_pass is not None and self.draws_per_pass < 1:
-            raise ConfigurationError(f"draws_per_pass must be >= 1, got {self.draws_per_pass}")
-        if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:
-            raise ConfigurationError(
-                f"memory_budget_bytes must be >= 1, got {self.memory_budget_bytes}"
-            )
 
 
 def _draws_per_pass(config: SmoothGradConfig, bytes_per_draw: int, budget: int) -> int:
@@ -194,18 +98,42 @@ def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
     return domain[window.slices].reshape(-1).nonzero().reshape(-1)
 
 
-def smoothgrad_maps(
+def instance_smoothgrad_many(
     model: nn.Module,
     x: InputLike,
     domains: Mapping[int, DomainLike],
-    config: SmoothGradConfig,
+    config: SmoothGradConfig | None = None,
+    *,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Instance SmoothGrad maps ``[C, X, Y, Z]`` for several domains of one subject (SPEC §2).
+    """Instance SmoothGrad maps of all domains of one subject, sharing noise and forward passes.
 
-    The function behind :func:`instance_smoothgrad` and :func:`instance_smoothgrad_many`, taking a
-    validated :class:`SmoothGradConfig`.
+    The same as ``{i: instance_smoothgrad(model, x, d, ...) for i, d in domains.items()}`` with the
+    same settings (identical with ``engine="naive"``; to float32 round-off otherwise), but with one
+    forward pass per noise draw (``context="full"``) or per draw and distinct patch
+    (``context="patch"``) instead of one per draw and domain. Settings as in
+    :func:`instance_smoothgrad`, given once as a :class:`SmoothGradConfig` (``None``: its
+    defaults); ``progress(done_rows, total_rows)`` is called after every backward call, counting
+    Jacobian rows (backward passes with ``aggregation="mean"``).
+
+    Returns
+    -------
+    dict of int to torch.Tensor
+        ``{domain id: [C, X, Y, Z] map}``, in the order of ``domains``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Conv3d(2, 2, 3, padding=1)
+    >>> x = torch.randn(2, 8, 8, 8)
+    >>> first, second = torch.zeros(2, 8, 8, 8, dtype=torch.bool)
+    >>> first[1:3, 1:3, 1:3] = second[5:7, 5:7, 5:7] = True
+    >>> config = SmoothGradConfig(n_samples=2)
+    >>> maps = instance_smoothgrad_many(net, x, {1: first, 2: second}, config)
+    >>> sorted(maps), maps[1].shape
+    ([1, 2], torch.Size([2, 8, 8, 8]))
     """
+    config = config or SmoothGradConfig()
     x = as_input(x)
     spatial = tuple(x.shape[1:])
     ids = list(domains)
@@ -283,10 +211,6 @@ def smoothgrad_maps(
         assert total is not None
         result[domain_id] = window.place(total / n_draws, spatial).to(x.device)
     return result
-
-
-def _as_tuple(value: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
-    return value if value is None or isinstance(value, int) else tuple(value)
 
 
 def instance_smoothgrad(
@@ -369,10 +293,7 @@ def instance_smoothgrad(
     >>> instance_smoothgrad(net, x, domain, n_samples=2).shape
     torch.Size([2, 8, 8, 8])
     """
-    return instance_smoothgrad_many(
-        model,
-        x,
-        {0: domain},
+    config = SmoothGradConfig(
         target=target,
         n_samples=n_samples,
         noise_level=noise_level,
@@ -387,60 +308,5 @@ def instance_smoothgrad(
         memory_budget_bytes=memory_budget_bytes,
         draws_per_pass=draws_per_pass,
         memory_format=memory_format,
-    )[0]
-
-
-def instance_smoothgrad_many(
-    model: nn.Module,
-    x: InputLike,
-    domains: Mapping[int, DomainLike],
-    *,
-    target: int = 1,
-    n_samples: int = 50,
-    noise_level: float = 0.05,
-    noise_range: NoiseRange = "per_channel",
-    aggregation: Aggregation = "max",
-    context: Context = "full",
-    patch_size: int | Sequence[int] | None = None,
-    seed: int = 0,
-    engine: EngineName = "auto",
-    size_divisibility: int | Sequence[int] | None = None,
-    rows_per_call: int | None = None,
-    memory_budget_bytes: int | None = None,
-    draws_per_pass: int | None = None,
-    memory_format: MemoryFormat = "contiguous",
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[int, torch.Tensor]:
-    """Instance SmoothGrad maps of all domains of one subject, sharing noise and forward passes.
-
-    The same as ``{i: instance_smoothgrad(model, x, d, ...) for i, d in domains.items()}`` with the
-    same seed (identical with ``engine="naive"``; to float32 round-off otherwise), but with one
-    forward pass per noise draw (``context="full"``) or per draw and distinct patch
-    (``context="patch"``) instead of one per draw and domain. Arguments as in
-    :func:`instance_smoothgrad`; ``progress(done_rows, total_rows)`` is called after every backward
-    call, counting Jacobian rows (backward passes with ``aggregation="mean"``).
-
-    Returns
-    -------
-    dict of int to torch.Tensor
-        ``{domain id: [C, X, Y, Z] map}``, in the order of ``domains``.
-    """
-    config = SmoothGradConfig(
-        target=target,
-        n_samples=n_samples,
-        noise_level=noise_level,
-        noise_range=noise_range,
-        aggregation=aggregation,
-        context=context,
-        patch_size=patch_size
-        if patch_size is None or isinstance(patch_size, int)
-        else tuple(patch_size),
-        seed=seed,
-        engine=engine,
-        size_divisibility=_as_tuple(size_divisibility),
-        rows_per_call=rows_per_call,
-        memory_budget_bytes=memory_budget_bytes,
-        draws_per_pass=draws_per_pass,
-        memory_format=memory_format,
     )
-    return smoothgrad_maps(model, x, domains, config, progress)
+    return instance_smoothgrad_many(model, x, {0: domain}, config)[0]

@@ -12,7 +12,7 @@ import copy
 import io
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.gradcam import CamVariant, instance_gradcam_many
+from instasal.saliency.config import GradCamConfig, SmoothGradConfig
+from instasal.saliency.gradcam import instance_gradcam_many
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.model_state import inference_state, model_device
-from instasal.saliency.smoothgrad import SmoothGradConfig, smoothgrad_maps
+from instasal.saliency.smoothgrad import instance_smoothgrad_many
 from instasal.saliency.windows import context_windows, end_padding
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, map_similarity, neighbourhood
 from instasal.typing import DomainLike, InputLike
@@ -202,27 +203,15 @@ def _has_changed(similarity: Mapping[str, float]) -> bool:
 
 @dataclass(frozen=True)
 class _Maps:
-    """What is recomputed at every step: the SmoothGrad settings and the optional Grad-CAM layer."""
+    """What is recomputed at every step: the SmoothGrad map and, when configured, Grad-CAM's."""
 
     smoothgrad: SmoothGradConfig
-    gradcam_layer: str | None
-    gradcam_variant: CamVariant
+    gradcam: GradCamConfig | None
 
     def compute(self, model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-        maps = {"smoothgrad": smoothgrad_maps(model, x, {0: mask}, self.smoothgrad)[0]}
-        if self.gradcam_layer is not None:
-            config = self.smoothgrad
-            maps["gradcam"] = instance_gradcam_many(
-                model,
-                x,
-                {0: mask},
-                layer=self.gradcam_layer,
-                variant=self.gradcam_variant,
-                target=config.target,
-                context=config.context,
-                patch_size=config.patch_size,
-                size_divisibility=config.size_divisibility,
-            )[0]
+        maps = {"smoothgrad": instance_smoothgrad_many(model, x, {0: mask}, self.smoothgrad)[0]}
+        if self.gradcam is not None:
+            maps["gradcam"] = instance_gradcam_many(model, x, {0: mask}, self.gradcam)[0]
         return {name: m.detach().cpu().double().numpy() for name, m in maps.items()}
 
 
@@ -252,8 +241,7 @@ def randomisation(
     *,
     spacing: Sequence[float],
     smoothgrad: SmoothGradConfig | None = None,
-    gradcam_layer: str | None = None,
-    gradcam_variant: CamVariant = "gradcam++",
+    gradcam: GradCamConfig | None = None,
     steps: int | None = None,
     modes: Sequence[Mode] = ("cascading", "independent"),
     neighbourhood_mm: float = NEIGHBOURHOOD_MM,
@@ -273,10 +261,10 @@ def randomisation(
         Voxel size in mm (for the neighbourhood of Ω).
     smoothgrad
         Instance SmoothGrad settings (default: :class:`~instasal.saliency.SmoothGradConfig`'s).
-        Their ``context``, ``patch_size``, ``size_divisibility`` and ``target`` serve Grad-CAM too.
-    gradcam_layer, gradcam_variant
-        Grad-CAM++ (or Grad-CAM) at this layer; ``None`` takes ``model.card["gradcam_layer"]``
-        when the model has one, else Grad-CAM is left out.
+    gradcam
+        Instance Grad-CAM++ (or Grad-CAM) settings, checked alongside (``layer=None``:
+        ``model.card["gradcam_layer"]``); ``None``: Grad-CAM is left out. Give it the same window
+        (``target``, ``context``, patch size) as ``smoothgrad`` to check the maps of one run.
     steps
         Number of blocks the layers are grouped in (see :func:`layer_blocks`); ``None``: one per
         layer.
@@ -316,10 +304,9 @@ def randomisation(
         )
     x = as_input(x)
     mask = as_domain(domain, tuple(x.shape[1:]))
-    if gradcam_layer is None:
-        card = getattr(model, "card", None)
-        gradcam_layer = card.get("gradcam_layer") if isinstance(card, dict) else None
-    maps = _Maps(config, gradcam_layer, gradcam_variant)
+    if gradcam is not None:
+        gradcam = replace(gradcam, layer=gradcam.layer_of(model))
+    maps = _Maps(config, gradcam)
     region = neighbourhood(mask.numpy(), spacing, neighbourhood_mm)
     blocks = layer_blocks(
         parameter_layers(model, _first_window_batch(model, x, mask, config)), steps
