@@ -143,7 +143,7 @@ def test_rows_under_budget() -> None:
     assert rows_under_budget(1, 10**12) == MAX_ROWS_PER_CALL
     assert rows_under_budget(1000, 10, rows_per_call=5) == 5
     with pytest.raises(ConfigurationError, match="rows_per_call must be >= 1, got 0"):
-        rows_under_budget(1000, 10, rows_per_call=0)
+        SmoothGradConfig(rows_per_call=0)
 
 
 def test_auto_measures_once_per_model_and_shape_and_stays_exact() -> None:

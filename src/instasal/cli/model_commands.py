@@ -36,6 +36,11 @@ from instasal.progress import pipeline_progress
 __all__ = ["evaluate", "segment", "train"]
 
 
+OverlapOption = Annotated[
+    float, typer.Option(help="Sliding-window overlap, a fraction of the window in [0, 1).")
+]
+
+
 @app.command()
 def train(
     training: Annotated[Path, typer.Argument(help="Labelled BIDS-like cohort to train on.")],
@@ -167,9 +172,7 @@ def segment(
         float | None,
         typer.Option(help="Decision threshold in (0, 1) (default: the model card's threshold)."),
     ] = None,
-    overlap: Annotated[
-        float, typer.Option(help="Sliding-window overlap, a fraction of the window in [0, 1).")
-    ] = 0.5,
+    overlap: OverlapOption = 0.5,
     name: Annotated[
         str | None,
         typer.Option(help="Output file prefix (default: the first image's subject name)."),
@@ -222,9 +225,7 @@ def evaluate(
         float | None,
         typer.Option(help="Threshold in (0, 1) for every model (default: each card's threshold)."),
     ] = None,
-    overlap: Annotated[
-        float, typer.Option(help="Sliding-window overlap, a fraction of the window in [0, 1).")
-    ] = 0.5,
+    overlap: OverlapOption = 0.5,
     overwrite: Annotated[
         bool, typer.Option(help="Replace existing tables (default: refuse to).")
     ] = False,

@@ -28,7 +28,6 @@ from typing import Literal, TypeAlias
 import torch
 from torch import nn
 
-from instasal.errors import ConfigurationError
 from instasal.typing import Aggregation, EngineName
 
 __all__ = [
@@ -119,13 +118,12 @@ def saved_tensor_bytes() -> Iterator[list[int]]:
 def rows_under_budget(
     bytes_per_row: int, memory_budget_bytes: int, rows_per_call: int | None = None
 ) -> int:
-    """Rows per batched backward call: ``rows_per_call`` if given, else what fits the budget."""
+    """Rows per batched backward call: ``rows_per_call`` if given, else what fits the budget.
+
+    The values come from a validated :class:`instasal.saliency.SmoothGradConfig` (both >= 1).
+    """
     if rows_per_call is not None:
-        if rows_per_call < 1:
-            raise ConfigurationError(f"rows_per_call must be >= 1, got {rows_per_call}")
         return rows_per_call
-    if memory_budget_bytes < 1:
-        raise ConfigurationError(f"memory_budget_bytes must be >= 1, got {memory_budget_bytes}")
     return max(1, min(MAX_ROWS_PER_CALL, memory_budget_bytes // max(bytes_per_row, 1)))
 
 
