@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ModelError
-from instasal.models.cards import ModelCard, attach_card
+from instasal.models.cards import ModelCard, Normalisation, attach_card
 
 __all__ = ["NnUNetNetwork", "NnUNetSetup", "is_nnunet_folder", "load_nnunet_folder"]
 
@@ -110,6 +110,16 @@ class NnUNetNetwork(nn.Module):
     def to_ours(self, values: Sequence[Any]) -> list[Any]:
         """Reorder per-axis values (spacing, patch size) from nnU-Net's order to ours."""
         return [values[self.from_nnunet[d] - 2] for d in range(3)]
+
+    def floats(self, values: Sequence[Any]) -> tuple[float, float, float]:
+        """:meth:`to_ours` as three floats."""
+        x, y, z = self.to_ours(values)
+        return float(x), float(y), float(z)
+
+    def ints(self, values: Sequence[Any]) -> tuple[int, int, int]:
+        """:meth:`to_ours` as three integers."""
+        x, y, z = self.to_ours(values)
+        return int(x), int(y), int(z)
 
 
 def is_nnunet_folder(path: Path) -> bool:
@@ -294,7 +304,7 @@ def _numpy_scalar_constructor() -> Any:
     return module.scalar
 
 
-def _normalisation(schemes: Sequence[str], masked: Sequence[bool]) -> str:
+def _normalisation(schemes: Sequence[str], masked: Sequence[bool]) -> Normalisation:
     if all(s == "ZScoreNormalization" for s in schemes):
         if all(masked):
             return "zscore_nonzero"
@@ -340,10 +350,10 @@ def _card(
         out_channels=int(label_manager.num_segmentation_heads),
         target_class=0 if regions else 1,
         output_activation="sigmoid" if regions else "softmax",
-        spacing_mm=tuple(float(s) for s in wrapped.to_ours(configuration.spacing)),  # type: ignore[arg-type]
-        patch_size=tuple(int(s) for s in wrapped.to_ours(configuration.patch_size)),  # type: ignore[arg-type]
-        size_divisibility=tuple(int(s) for s in wrapped.to_ours(pools)),  # type: ignore[arg-type]
-        normalisation=_normalisation(  # type: ignore[arg-type]
+        spacing_mm=wrapped.floats(configuration.spacing),
+        patch_size=wrapped.ints(configuration.patch_size),
+        size_divisibility=wrapped.ints(pools),
+        normalisation=_normalisation(
             configuration.normalization_schemes, configuration.use_mask_for_norm
         ),
         threshold=0.5,
