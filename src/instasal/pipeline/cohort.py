@@ -287,35 +287,14 @@ def run_cohort(
         Where TN domains are drawn (:mod:`instasal.pipeline.tn_pools`): ``"wm"`` (white matter,
         else the brain; the default), ``"gm"`` or ``"brain"``; recorded in ``cohort.json``.
     """
+    options = CohortOptions(
+        with_mean, overwrite, executor, address, trust_model_code, ignore_channel_names, tn_from
+    )
     settings = settings or ExplainSettings()
-    run = open_cohort(
-        dataset,
-        model,
-        Path(out),
-        settings,
-        subjects,
-        CohortOptions(
-            with_mean, overwrite, executor, trust_model_code, ignore_channel_names, tn_from
-        ),
-    )
-    notify = progress or _silent
-    todo, skipped = pending_subjects(run, overwrite)
-    notify("subjects", len(skipped), len(run.subjects))
-    explain_one = partial(
-        _explain_one,
-        out=run.out,
-        settings=settings,
-        key=run.key,
-        overwrite=overwrite,
-        with_mean=with_mean,
-        since=run.since,
-        ignore_channel_names=ignore_channel_names,
-        tn_from=tn_from,
-    )
-    started = time.perf_counter()
-    statuses = explain_subjects(todo, len(skipped), run, explain_one, address, notify)
-    elapsed = time.perf_counter() - started
-    return gather_cohort(run, todo, skipped, statuses, elapsed, settings.trust)
+    run = open_cohort(dataset, model, Path(out), settings, subjects, options)
+    plan = pending_subjects(run)
+    explained = explain_subjects(run, plan, progress or _silent)
+    return gather_cohort(run, plan, explained)
 
 
 def _silent(stage: str, done: float, total: float) -> None:
@@ -329,6 +308,7 @@ class CohortOptions:
     with_mean: bool
     overwrite: bool
     executor: Executor
+    address: str | None
     trust_model_code: bool
     ignore_channel_names: bool
     tn_from: TnPool
@@ -345,6 +325,7 @@ class CohortRun:
     model: str
     key: str
     since: float
+    settings: ExplainSettings
     options: CohortOptions
 
 
@@ -384,69 +365,91 @@ def open_cohort(
     since = time.time()
     with output_folder_lock(out, wait=True):
         _write_manifest(out, key, dataset, model, settings, options, found)
-    return CohortRun(out, found, network, model, key, since, options)
+    return CohortRun(out, found, network, model, key, since, settings, options)
 
 
-def pending_subjects(run: CohortRun, overwrite: bool) -> tuple[list[SubjectFiles], list[str]]:
+@dataclass(frozen=True, eq=False)
+class CohortPlan:
     """Stage 2, plan: the subjects to explain, and the ids of those finished under this key."""
+
+    todo: list[SubjectFiles]
+    skipped: list[str]
+
+
+def pending_subjects(run: CohortRun) -> CohortPlan:
+    """The subjects whose status record under this key does not say done (all of them with
+    ``overwrite``), and the others as skipped."""
     todo, skipped = [], []
+    overwrite = run.options.overwrite
     for subject in run.subjects:
         status = None if overwrite else _read_status(run.out, subject.subject_id, run.key)
         if status is not None and status.get("state") == "done":
             skipped.append(subject.subject_id)
         else:
             todo.append(subject)
-    return todo, skipped
+    return CohortPlan(todo, skipped)
 
 
-def explain_subjects(
-    todo: Sequence[SubjectFiles],
-    n_skipped: int,
-    run: CohortRun,
-    explain_one: Callable[[SubjectFiles, Any], dict[str, Any]],
-    address: str | None,
-    notify: Progress,
-) -> list[dict[str, Any]]:
-    """Stage 3, explain: each pending subject in this process or as a Ray task; their statuses."""
-    total = len(run.subjects)
-    if run.options.executor == "ray":
-        return _run_ray(
-            todo,
+@dataclass(frozen=True, eq=False)
+class ExplainedSubjects:
+    """Stage 3, explain: the status record of each subject this run came to, and the seconds
+    explaining them took."""
+
+    statuses: list[dict[str, Any]]
+    seconds: float
+
+
+def explain_subjects(run: CohortRun, plan: CohortPlan, notify: Progress) -> ExplainedSubjects:
+    """Each subject to explain, in this process or as a Ray task; both executors call one
+    :func:`_explain_one` bound to this run."""
+    options = run.options
+    total, n_skipped = len(run.subjects), len(plan.skipped)
+    notify("subjects", n_skipped, total)
+    explain_one = partial(
+        _explain_one,
+        out=run.out,
+        settings=run.settings,
+        key=run.key,
+        overwrite=options.overwrite,
+        with_mean=options.with_mean,
+        since=run.since,
+        ignore_channel_names=options.ignore_channel_names,
+        tn_from=options.tn_from,
+    )
+    started = time.perf_counter()
+    if options.executor == "ray":
+        statuses = _run_ray(
+            plan.todo,
             explain_one,
             run.model,
-            address,
+            options.address,
             lambda done: notify("subjects", n_skipped + done, total),
-            run.options.trust_model_code,
+            options.trust_model_code,
         )
-    statuses: list[dict[str, Any]] = []
-    for subject in todo:
+        return ExplainedSubjects(statuses, time.perf_counter() - started)
+    statuses = []
+    for subject in plan.todo:
         done = n_skipped + len(statuses)
         notify(f"subjects of cohort: explaining {subject.subject_id}", done, total)
         statuses.append(explain_one(subject, run.network))
         notify("subjects", done + 1, total)
-    return statuses
+    return ExplainedSubjects(statuses, time.perf_counter() - started)
 
 
-def gather_cohort(
-    run: CohortRun,
-    todo: Sequence[SubjectFiles],
-    skipped: list[str],
-    statuses: list[dict[str, Any]],
-    elapsed: float,
-    trust: bool,
-) -> CohortResult:
+def gather_cohort(run: CohortRun, plan: CohortPlan, explained: ExplainedSubjects) -> CohortResult:
     """Stage 4, gather: every subject's state as the status records say now (any worker's), the
     finished subjects' tables gathered, under the folder's lock."""
-    skipped = [*skipped, *(s["subject"] for s in statuses if s["state"] == "reused")]
+    statuses = explained.statuses
+    skipped = [*plan.skipped, *(s["subject"] for s in statuses if s["state"] == "reused")]
     held = [s["subject"] for s in statuses if s["state"] == "held"]
     for status in statuses:
         if status["state"] == "held":
             warnings.warn(f"{status['error']}; skipped here", InstasalWarning, stacklevel=3)
     with output_folder_lock(run.out, wait=True):
         done, failed, pending = _final_states(run.out, run.subjects, run.key, held)
-        table = _write_tables(run.out, done, failed, run.options.with_mean, trust)
-    explained = len(todo) - len(held)
-    per_subject = elapsed / explained if explained > 0 else 0.0
+        table = _write_tables(run.out, done, failed, run.options.with_mean, run.settings.trust)
+    explained_here = len(plan.todo) - len(held)
+    per_subject = explained.seconds / explained_here if explained_here > 0 else 0.0
     return CohortResult(run.out, table, done, failed, skipped, per_subject, held, pending)
 
 
