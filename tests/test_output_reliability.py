@@ -264,7 +264,10 @@ COHORT_RACER = """
 import json, sys
 from instasal.pipeline import ExplainSettings
 from instasal.pipeline.cohort import run_cohort
-settings = ExplainSettings(n_samples=2, n_true_negatives=1, context="full", gradcam=False)
+from instasal.saliency import SmoothGradConfig
+settings = ExplainSettings(
+    smoothgrad=SmoothGradConfig(n_samples=2), gradcam=None, n_true_negatives=1, context="full"
+)
 result = run_cohort(sys.argv[1], sys.argv[2], sys.argv[3], settings=settings)
 print(json.dumps({"done": result.done, "failed": list(result.failed),
                   "skipped": result.skipped, "held": result.held, "pending": result.pending}))
