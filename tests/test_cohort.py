@@ -1,4 +1,4 @@
-"""Cohort runs: gathering, failures recorded, resume after kill -9, the Ray executor."""
+"""Cohort runs: gathering, failures recorded, refusals, resume after kill -9, the Ray executor."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from instasal.errors import OutputExistsError
+from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.pipeline import ExplainSettings
 from instasal.pipeline.cohort import run_cohort, subject_seed
 from instasal.saliency import SmoothGradConfig
@@ -52,6 +53,16 @@ def test_cohort_with_other_settings_is_refused(tmp_path, linear_dataset, linear_
     other = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=3), gradcam=None, context="full")
     with pytest.raises(OutputExistsError, match="other data, model or settings"):
         run_cohort(linear_dataset, str(linear_model_path), out, settings=other, subjects=["sub-01"])
+
+
+def test_an_unknown_executor_is_refused_before_the_folder_is_written(
+    tmp_path, linear_dataset, linear_model_path
+):
+    out = tmp_path / "cohort"
+    unknown: Any = "dask"  # not an Executor: refused at run time too
+    with pytest.raises(ConfigurationError, match=r"executor must be one of .*got 'dask'"):
+        run_cohort(linear_dataset, str(linear_model_path), out, settings=SETTINGS, executor=unknown)
+    assert not out.exists()  # no cohort.json naming an executor that never ran
 
 
 def test_cohort_resumes_after_kill_9(tmp_path, linear_dataset, linear_model_path):
