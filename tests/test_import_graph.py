@@ -5,8 +5,8 @@ alike: a circle that only type checking or a late import closes is still a circl
 untangle. The finder is first run on a hand-made package whose circles are known.
 
 Outside ``cli/`` (which imports late so that bad options are refused before torch loads) a function
-may import only an optional extra (nnU-Net v2, Ray), and a package ``__init__`` may re-export lazily
-through ``__getattr__`` (PEP 562) what it names under ``TYPE_CHECKING``.
+may import only an optional extra (nnU-Net v2, Ray); packages that re-export torch-backed names do
+so through :func:`instasal.lazy.lazy_exports`, naming them under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
@@ -80,9 +80,16 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def hand_made_package(root: Path, files: dict[str, str]) -> Path:
+    """A package ``pkg`` under ``root`` with these files (relative path → text)."""
+    package = root / "pkg"
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    return package
+
+
 def test_the_finder_reports_the_circles_of_a_hand_made_package(tmp_path: Path) -> None:
-    package = tmp_path / "pkg"
-    (package / "sub").mkdir(parents=True)
     files = {
         "__init__.py": "",
         "a.py": "from pkg import b\n",
@@ -92,9 +99,7 @@ def test_the_finder_reports_the_circles_of_a_hand_made_package(tmp_path: Path) -
         "d.py": "import pkg.e\n",
         "e.py": "from . import sub\nimport numpy\n",
     }
-    for name, text in files.items():
-        (package / name).write_text(text)
-    graph = import_graph(package)
+    graph = import_graph(hand_made_package(tmp_path, files))
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.e"] == {"pkg.sub"}
     assert circles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
 
@@ -110,15 +115,13 @@ OPTIONAL_EXTRAS = {"nnunetv2", "ray"}
 
 def late_imports(root: Path) -> list[str]:
     """``module:line name`` of every import inside a function outside ``cli/``, other than of an
-    optional extra or in a package ``__init__``'s ``__getattr__``."""
+    optional extra."""
     found = []
     for name, path in _modules(root).items():
         if ".cli" in name or name.endswith(".cli"):
             continue
         for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            if path.name == "__init__.py" and function.name == "__getattr__":
                 continue
             for node in ast.walk(function):
                 if isinstance(node, ast.Import):
@@ -133,8 +136,6 @@ def late_imports(root: Path) -> list[str]:
 
 
 def test_the_late_import_finder_on_a_hand_made_package(tmp_path: Path) -> None:
-    package = tmp_path / "pkg"
-    (package / "cli").mkdir(parents=True)
     files = {
         "__init__.py": "def __getattr__(name):\n    from pkg import a\n",
         "a.py": "def f():\n    import ray\n    from nnunetv2.x import y\n",
@@ -142,9 +143,7 @@ def test_the_late_import_finder_on_a_hand_made_package(tmp_path: Path) -> None:
         "cli/__init__.py": "",
         "cli/c.py": "def h():\n    import torch\n",
     }
-    for name, text in files.items():
-        (package / name).write_text(text)
-    assert late_imports(package) == ["pkg.b:3 pkg"]
+    assert late_imports(hand_made_package(tmp_path, files)) == ["pkg:2 pkg", "pkg.b:3 pkg"]
 
 
 def test_library_functions_import_nothing_late() -> None:

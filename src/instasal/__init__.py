@@ -3,8 +3,7 @@
 The public API of SPEC §5 is re-exported here.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from instasal.errors import (
     ConfigurationError,
@@ -13,6 +12,7 @@ from instasal.errors import (
     ModelError,
     OutputExistsError,
 )
+from instasal.lazy import lazy_exports
 from instasal.provenance import instasal_version
 
 if TYPE_CHECKING:
@@ -48,10 +48,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'instasal' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __version__ = instasal_version()

@@ -1,7 +1,8 @@
 """Pipelines composing I/O, models, instances and saliency: explain one subject."""
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from instasal.lazy import lazy_exports
 from instasal.pipeline.settings import DEMO_SETTINGS, ExplainSettings
 
 if TYPE_CHECKING:
@@ -17,12 +18,7 @@ __all__ = [
 
 # The settings import light; the explain stage (torch, models) loads on first use, so that the
 # command line validates its options before paying for torch.
-_FROM_EXPLAIN = ("ExplainResult", "explain_subject")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_EXPLAIN:
-        from instasal.pipeline import explain
-
-        return getattr(explain, name)
-    raise AttributeError(f"module 'instasal.pipeline' has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    __name__,
+    {"ExplainResult": "instasal.pipeline.results", "explain_subject": "instasal.pipeline.explain"},
+)

@@ -9,9 +9,9 @@ Jacobian-row engines), ``smoothgrad``, ``gradcam``, ``agreement`` (patch versus 
 single-domain functions of SPEC §5 take them as keywords.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from instasal.lazy import lazy_exports
 from instasal.saliency.config import CamVariant, GradCamConfig, MemoryFormat, SmoothGradConfig
 
 if TYPE_CHECKING:
@@ -51,7 +51,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'instasal.saliency' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
