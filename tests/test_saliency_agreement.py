@@ -10,7 +10,12 @@ from torch import nn
 
 from conftest import SmoothGradOptions
 from instasal.errors import ConfigurationError
-from instasal.saliency import instance_smoothgrad, map_agreement, patch_full_agreement
+from instasal.saliency import (
+    SmoothGradConfig,
+    instance_smoothgrad,
+    map_agreement,
+    patch_full_agreement,
+)
 
 
 def test_map_agreement_known_values() -> None:
@@ -50,7 +55,7 @@ def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
     domain = torch.zeros(36, 32, 28, dtype=torch.bool)
     domain[10:12, 20, 14] = True
     kwargs: SmoothGradOptions = {"patch_size": 20, "n_samples": 2, "seed": 4, "engine": "naive"}
-    report = patch_full_agreement(model, x, domain, **kwargs)
+    report = patch_full_agreement(model, x, domain, SmoothGradConfig(**kwargs))
     full = instance_smoothgrad(model, x, domain, context="full", **kwargs)
     patch = instance_smoothgrad(model, x, domain, context="patch", **kwargs)
     expected = map_agreement(patch, full)
@@ -66,8 +71,13 @@ def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
     assert not math.isnan(report["correlation"])
 
 
-def test_context_keyword_is_refused() -> None:
-    domain = torch.zeros(8, 8, 8, dtype=torch.bool)
-    domain[4, 4, 4] = True
-    with pytest.raises(ConfigurationError, match="do not pass context, got context='full'"):
-        patch_full_agreement(_Net(False), torch.randn(2, 8, 8, 8), domain, context="full")
+def test_the_configs_context_does_not_matter() -> None:
+    torch.manual_seed(1)
+    model, x = _Net(True), torch.randn(2, 24, 24, 24)
+    domain = torch.zeros(24, 24, 24, dtype=torch.bool)
+    domain[10:12, 10, 10] = True
+    reports = [
+        patch_full_agreement(model, x, domain, SmoothGradConfig(context=c, patch_size=12))
+        for c in ("full", "patch")
+    ]
+    assert reports[0] == reports[1]

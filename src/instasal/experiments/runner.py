@@ -41,7 +41,7 @@ from instasal.models.cards import card_of
 from instasal.models.segmentation import predict_prepared
 from instasal.prepare import prepare_subject
 from instasal.report.subject_figures import figure_png
-from instasal.saliency import patch_full_agreement
+from instasal.saliency import SmoothGradConfig, patch_full_agreement
 from instasal.typing import PathLike, Progress
 
 __all__ = [
@@ -322,7 +322,7 @@ def run_patch_full_experiment(
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2)."""
-
+    config = SmoothGradConfig(n_samples=n_samples, target=card_of(model).target_class)
     out = Path(out)
     rows: list[dict[str, Any]] = []
     for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
@@ -330,11 +330,7 @@ def run_patch_full_experiment(
             if len(rows) >= max_lesions:
                 break
             agreement = patch_full_agreement(
-                prepared.network,
-                prepared.x,
-                prepared.instances.mask(record.id),
-                n_samples=n_samples,
-                target=card_of(model).target_class,
+                prepared.network, prepared.x, prepared.instances.mask(record.id), config
             )
             rows.append(
                 {

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
+from instasal.saliency.config import SmoothGradConfig
 from instasal.saliency.inputs import as_domain, as_input
-from instasal.saliency.smoothgrad import instance_smoothgrad
+from instasal.saliency.smoothgrad import instance_smoothgrad_many
 from instasal.saliency.windows import context_windows
 from instasal.typing import DomainLike, InputLike
 
@@ -51,7 +52,7 @@ def map_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str,
 
 
 def patch_full_agreement(
-    model: nn.Module, x: InputLike, domain: DomainLike, **smoothgrad_kwargs: Any
+    model: nn.Module, x: InputLike, domain: DomainLike, config: SmoothGradConfig | None = None
 ) -> dict[str, float]:
     """Compare instance SmoothGrad with ``context="patch"`` against ``context="full"`` (SPEC §2).
 
@@ -59,9 +60,9 @@ def patch_full_agreement(
     ----------
     model, x, domain
         As in :func:`instasal.saliency.instance_smoothgrad`.
-    **smoothgrad_kwargs
-        Any other keyword of :func:`instasal.saliency.instance_smoothgrad` but ``context``,
-        used for both maps (same seed, so both see the same noisy voxels).
+    config
+        The SmoothGrad settings of both maps (``None``: the defaults); its ``context`` is replaced
+        by each of the two, all else (seed included, so both see the same noisy voxels) is shared.
 
     Returns
     -------
@@ -69,20 +70,15 @@ def patch_full_agreement(
         The entries of :func:`map_agreement` (patch against full) and ``full_mass_outside_patch``,
         the fraction of the full map's absolute sum that lies outside the patch.
     """
-    if "context" in smoothgrad_kwargs:
-        raise ConfigurationError(
-            "patch_full_agreement computes both contexts; do not pass context, "
-            f"got context={smoothgrad_kwargs['context']!r}"
-        )
-    full = instance_smoothgrad(model, x, domain, context="full", **smoothgrad_kwargs)
-    patch = instance_smoothgrad(model, x, domain, context="patch", **smoothgrad_kwargs)
+    config = config or SmoothGradConfig()
+    maps = {
+        context: instance_smoothgrad_many(model, x, {0: domain}, replace(config, context=context))
+        for context in ("full", "patch")
+    }
+    full, patch = maps["full"][0], maps["patch"][0]
     spatial = tuple(as_input(x).shape[1:])
     (window,), _ = context_windows(
-        model,
-        [as_domain(domain, spatial)],
-        "patch",
-        smoothgrad_kwargs.get("patch_size"),
-        smoothgrad_kwargs.get("size_divisibility"),
+        model, [as_domain(domain, spatial)], "patch", config.patch_size, config.size_divisibility
     )
     total = float(full.abs().sum())
     inside = float(window.crop(full).abs().sum())
