@@ -18,7 +18,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -454,13 +453,13 @@ def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> 
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
 
 
-def atomic_write_json(path: PathLike, payload: Any, *, overwrite: bool = False) -> Path:
+def atomic_write_json(path: PathLike, payload: object, *, overwrite: bool = False) -> Path:
     """Write ``payload`` as indented JSON atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
     return atomic_write_text(path, text, overwrite=overwrite)
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -40,7 +40,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -69,6 +69,8 @@ __all__ = [
 
 SPACING_TOLERANCE = 0.05
 """Relative voxel-size difference per axis below which no resampling is done."""
+# what the grid maps move between grids: a NumPy array or a torch tensor, returned as the same kind
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Growth: TypeAlias = Literal["linear", "nearest"]
 OBLIQUE_NOTE_DEGREES = 1.0
 """Angles between the grid's axes and the world axes above which a note says so."""
@@ -124,23 +126,23 @@ class Reorientation:
             perm[int(target)] = axis
         return perm
 
-    def to_working(self, array: Any) -> Any:
+    def to_working(self, array: ArrayT) -> ArrayT:
         """``array`` ``[..., *stored_shape]`` (NumPy or torch) in the working orientation."""
         if self.is_identity:
             return array
-        lead = array.ndim - 3
+        lead: int = array.ndim - 3
         flips = [lead + i for i, (_, sign) in enumerate(self.ornt) if sign < 0]
         flipped = _flip(array, flips)
         order = [*range(lead), *(lead + p for p in self._permutation())]
         return _transpose(flipped, order)
 
-    def to_stored(self, array: Any) -> Any:
+    def to_stored(self, array: ArrayT) -> ArrayT:
         """The inverse of :meth:`to_working`."""
         if self.is_identity:
             return array
-        lead = array.ndim - 3
+        lead: int = array.ndim - 3
         perm = self._permutation()
-        inverse = [0, 0, 0]
+        inverse: list[int] = [0, 0, 0]
         for working, stored in enumerate(perm):
             inverse[stored] = working
         back = _transpose(array, [*range(lead), *(lead + i for i in inverse)])
@@ -155,7 +157,7 @@ class Reorientation:
         )
 
 
-def _flip(array: Any, axes: list[int]) -> Any:
+def _flip(array: ArrayT, axes: list[int]) -> ArrayT:
     if not axes:
         return array
     if isinstance(array, torch.Tensor):
@@ -163,7 +165,7 @@ def _flip(array: Any, axes: list[int]) -> Any:
     return np.flip(array, tuple(axes))
 
 
-def _transpose(array: Any, order: list[int]) -> Any:
+def _transpose(array: ArrayT, order: list[int]) -> ArrayT:
     if order == sorted(order):
         return array
     if isinstance(array, torch.Tensor):
@@ -296,11 +298,11 @@ class PreparedSubject:
         """Whether the network runs at another voxel size than the subject's."""
         return isinstance(self.network, ResampledNetwork)
 
-    def to_working(self, array: Any) -> Any:
+    def to_working(self, array: ArrayT) -> ArrayT:
         """A stored-grid array ``[..., X, Y, Z]`` on the working grid."""
         return self.reorientation.to_working(array)
 
-    def to_native(self, array: Any) -> Any:
+    def to_native(self, array: ArrayT) -> ArrayT:
         """A working-grid array ``[..., *working_shape]`` on the stored grid."""
         return self.reorientation.to_stored(array)
 

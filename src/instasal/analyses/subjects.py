@@ -14,7 +14,7 @@ interval is too narrow, so the number of subjects is always reported beside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ class ClusterInterval:
 
 def cluster_bootstrap(
     values: FloatArray,
-    subjects: Sequence[Any] | np.ndarray,
+    subjects: Sequence[Hashable] | np.ndarray,
     statistic: Statistic = np.mean,
     *,
     n_resamples: int = BOOTSTRAP_RESAMPLES,

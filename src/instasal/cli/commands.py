@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -29,6 +29,9 @@ from instasal.pipeline.settings import ExplainSettings, SaliencyOf
 from instasal.progress import pipeline_progress
 from instasal.saliency.config import GradCamConfig, SmoothGradConfig
 from instasal.typing import Aggregation, Context, Executor, NoiseRange, TnPool
+
+if TYPE_CHECKING:
+    from instasal.pipeline.results import ExplainResult
 
 __all__ = ["cohort", "demo", "explain", "phantom"]
 
@@ -175,7 +178,7 @@ def explain(
     _print_summary(result)
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: ExplainResult) -> None:
     table = result.table
     if len(table) == 0:
         console.print("no lesion found: nothing to explain (the report says so)")
@@ -185,8 +188,7 @@ def _print_summary(result: Any) -> None:
         channels = [c for c in channels if not c.endswith("_voxel")]
         for column in ["id", "type", "volume_mm3", "prob_max", *[f"peak_{c}" for c in channels]]:
             view.add_column(column, justify="right")
-        for row in table.itertuples(index=False):
-            record = row._asdict()
+        for record in table.to_dict("records"):
             view.add_row(
                 str(record["id"]),
                 str(record["type"]),

@@ -36,7 +36,7 @@ MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
 _TRAINING_CODE = ("training.py", "models")
 
 
-def save_atomic(path: Path, payload: Any) -> None:
+def save_atomic(path: Path, payload: object) -> None:
     """``torch.save`` through a temporary file in the same folder and a rename."""
     atomic_save(path, lambda temporary: torch.save(payload, temporary), overwrite=True)
 

@@ -122,7 +122,7 @@ _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 def _explain_one(
     subject: SubjectFiles,
-    model: Any,
+    model: nn.Module,
     out: Path,
     settings: ExplainSettings,
     key: str,
@@ -168,7 +168,7 @@ def _explain_one(
 
 def _explain_held(
     subject: SubjectFiles,
-    model: Any,
+    model: nn.Module,
     out: Path,
     settings: ExplainSettings,
     key: str,
@@ -548,7 +548,7 @@ def _write_tables(
 
 def _run_ray(
     todo: Sequence[SubjectFiles],
-    explain_one: Callable[[SubjectFiles, Any], dict[str, Any]],
+    explain_one: Callable[[SubjectFiles, nn.Module], dict[str, Any]],
     model: str,
     address: str | None,
     on_done: Callable[[int], None],
