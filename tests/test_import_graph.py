@@ -148,3 +148,81 @@ def test_the_late_import_finder_on_a_hand_made_package(tmp_path: Path) -> None:
 
 def test_library_functions_import_nothing_late() -> None:
     assert late_imports(Path(instasal.__file__).parent) == []
+
+
+# The layers of docs/architecture.md: a module imports from its own layer or the ones below.
+LAYERS = {
+    "errors": 0,
+    "typing": 0,
+    "lazy": 0,
+    "provenance": 0,
+    "io": 1,
+    "dataset": 1,
+    "channels": 1,
+    "folders": 1,
+    "progress": 1,
+    "instances": 2,
+    "saliency": 2,
+    "prepare": 3,
+    "models": 3,
+    "trust": 3,
+    "pipeline": 4,
+    "report": 5,
+    "analyses": 5,
+    "experiments": 5,
+    "training": 5,
+    "phantoms": 5,
+    "cli": 6,
+}
+# the one link against the layers the page names: the last stage of a subject's run is its report
+UPWARD_ALLOWED = {("pipeline.explain", "report")}
+PACKAGE_LAYER = max(LAYERS.values()) + 1  # the package itself re-exports from every layer
+
+
+def upward_imports(graph: dict[str, set[str]], package: str) -> list[str]:
+    """``importer -> imported`` for every import of a higher layer than the importer's (the
+    package itself counts as above all), other than the allowed ones; a module outside the
+    table is reported as ``module: no layer``."""
+
+    def place(module: str) -> tuple[str, int | None]:
+        inner = module.removeprefix(package).lstrip(".")
+        if not inner:
+            return "", PACKAGE_LAYER
+        top = inner.split(".")[0]
+        return inner, LAYERS.get(top)
+
+    found = []
+    for module in sorted(graph):
+        inner, layer = place(module)
+        if not inner:
+            continue
+        if layer is None:
+            found.append(f"{inner}: no layer")
+            continue
+        for target in sorted(graph[module]):
+            target_inner, target_layer = place(target)
+            allowed = (inner, target_inner.split(".")[0]) in UPWARD_ALLOWED
+            if target_layer is not None and target_layer > layer and not allowed:
+                found.append(f"{inner} -> {target_inner or package}")
+    return found
+
+
+def test_the_layer_check_on_a_hand_made_graph() -> None:
+    graph = {
+        "instasal": {"instasal.cli"},
+        "instasal.io": {"instasal.errors"},
+        "instasal.saliency.engines": {"instasal.pipeline.settings", "instasal.io"},
+        "instasal.pipeline.explain": {"instasal.report.html"},
+        "instasal.phantoms.bids_writer": {"instasal"},
+        "instasal.extra": set(),
+    }
+    assert upward_imports(graph, "instasal") == [
+        "extra: no layer",
+        "phantoms.bids_writer -> instasal",
+        "saliency.engines -> pipeline.settings",
+    ]
+
+
+def test_instasal_modules_import_only_their_layer_and_below() -> None:
+    graph = import_graph(Path(instasal.__file__).parent)
+    assert upward_imports(graph, "instasal") == []

@@ -198,7 +198,10 @@ def _print_summary(result: ExplainResult) -> None:
             )
         console.print(view)
     if result.reused_lesions:
-        console.print(f"reused {result.reused_lesions} lesion(s) from an interrupted run")
+        console.print(
+            f"reused {result.reused_lesions} lesion(s) of an earlier run "
+            "with the same inputs and settings"
+        )
     console.print(f"lesion table: [bold]{escape(str(result.layout.table))}[/]")
     console.print(f"report: [bold]{escape(str(result.report))}[/]")
 

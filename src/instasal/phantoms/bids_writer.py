@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from instasal import __version__
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text, write_nifti
 from instasal.phantoms.anatomy import Resolution
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
+from instasal.provenance import instasal_version
 from instasal.typing import PathLike, Progress
 
 __all__ = [
@@ -213,7 +213,7 @@ def write_cohort(
     if overwrite:
         _remove_stale_subjects(out, set(participants))
     out.mkdir(parents=True, exist_ok=True)
-    generated_by = [{"Name": "instasal", "Version": __version__}]
+    generated_by = [{"Name": "instasal", "Version": instasal_version()}]
     atomic_write_json(
         out / "dataset_description.json",
         {
@@ -237,7 +237,7 @@ def write_cohort(
     atomic_write_json(
         out / "phantom_parameters.json",
         {
-            "instasal_version": __version__,
+            "instasal_version": instasal_version(),
             "cohort_seed": seed,
             "n_subjects": n_subjects,
             "resolution_mm": resolution,
