@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -98,6 +99,92 @@ def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
     return domain[window.slices].reshape(-1).nonzero().reshape(-1)
 
 
+@dataclass(frozen=True)
+class _DomainPlan:
+    """Where each domain's Jacobian rows come from: its forward window, its voxels' flat indices
+    in that window, and the domains that share each window (one forward pass serves them)."""
+
+    windows: list[Window]
+    voxels: list[torch.Tensor]
+    groups: dict[Window, list[int]]
+    divisibility: tuple[int, ...] | None
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, masks: Sequence[torch.Tensor], config: SmoothGradConfig
+    ) -> _DomainPlan:
+        windows, divisibility = context_windows(
+            model, masks, config.context, config.patch_size, config.size_divisibility
+        )
+        groups: dict[Window, list[int]] = {}
+        for index, window in enumerate(windows):
+            groups.setdefault(window, []).append(index)
+        voxels = [_flat_voxels(w, m) for w, m in zip(windows, masks, strict=True)]
+        return cls(windows, voxels, groups, divisibility)
+
+    def rows_per_draw(self, aggregation: Aggregation) -> int:
+        """Backward rows one noise draw costs: a row per voxel (max), or per domain (mean)."""
+        return sum(len(v) for v in self.voxels) if aggregation == "max" else len(self.voxels)
+
+
+def _summed_over_draws(
+    model: nn.Module,
+    x_model: torch.Tensor,
+    plan: _DomainPlan,
+    config: SmoothGradConfig,
+    n_draws: int,
+    advance: Callable[[int], None],
+) -> list[torch.Tensor]:
+    """``Σ_n A_Ω(x + ε_n)`` of each domain on its window, over the ``n_draws`` noise draws.
+
+    The first pass forwards one draw and measures its graph; the later ones as many draws as the
+    settings and the memory budget allow.
+    """
+    budget = config.memory_budget_bytes or default_memory_budget(x_model.device)
+    sums: list[torch.Tensor | None] = [None] * len(plan.windows)
+    draws = noisy_inputs(
+        x_model,
+        n_samples=n_draws,
+        noise_level=config.noise_level,
+        noise_range=config.noise_range,
+        seed=config.seed,
+    )
+    done_draws, bytes_per_draw = 0, 0
+    with inference_state(model), torch.enable_grad():
+        while done_draws < n_draws:
+            size = 1 if done_draws == 0 else _draws_per_pass(config, bytes_per_draw, budget)
+            chunk = [next(draws) for _ in range(min(size, n_draws - done_draws))]
+            for window, members in plan.groups.items():
+                padding = end_padding(window.size, plan.divisibility)
+                for inputs, logits, graph_bytes in _forward_passes(
+                    model,
+                    [window.crop(d) for d in chunk],
+                    config.target,
+                    padding,
+                    _MEMORY_FORMATS[config.memory_format],
+                ):
+                    if done_draws == 0:
+                        volume_bytes = x_model.numel() * x_model.element_size()
+                        bytes_per_draw = max(bytes_per_draw, graph_bytes + volume_bytes)
+                    maps = aggregate_rows(
+                        model,
+                        logits,
+                        inputs,
+                        [plan.voxels[i] for i in members],
+                        aggregation=config.aggregation,
+                        engine=config.engine,
+                        rows_per_call=rows_under_budget(graph_bytes, budget, config.rows_per_call),
+                        progress=advance,
+                    )
+                    del logits
+                    for index, aggregated in zip(members, maps, strict=True):
+                        drawn = aggregated.sum(dim=0).contiguous()
+                        previous = sums[index]
+                        sums[index] = drawn if previous is None else previous + drawn
+            done_draws += len(chunk)
+    return [total for total in sums if total is not None]
+
+
 def instance_smoothgrad_many(
     model: nn.Module,
     x: InputLike,
@@ -140,21 +227,12 @@ def instance_smoothgrad_many(
     masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
     if not masks:
         return {}
-    windows, divisibility = context_windows(
-        model, masks, config.context, config.patch_size, config.size_divisibility
-    )
-    groups: dict[Window, list[int]] = {}
-    for index, window in enumerate(windows):
-        groups.setdefault(window, []).append(index)
-    voxels = [_flat_voxels(w, m) for w, m in zip(windows, masks, strict=True)]
-
-    device = model_device(model)
-    x_model = x.detach().to(device)
+    plan = _DomainPlan.of(model, masks, config)
+    x_model = x.detach().to(model_device(model))
     noiseless = not bool((noise_sigmas(x, config.noise_level, config.noise_range) != 0).any())
     # Every draw of zero noise is x itself: one draw gives A_Ω(x) exactly (SPEC §5).
     n_draws = 1 if noiseless else config.n_samples
-    rows_per_draw = sum(len(v) for v in voxels) if config.aggregation == "max" else len(masks)
-    total_rows, done_rows = n_draws * rows_per_draw, 0
+    total_rows, done_rows = n_draws * plan.rows_per_draw(config.aggregation), 0
 
     def advance(rows: int) -> None:
         nonlocal done_rows
@@ -162,55 +240,11 @@ def instance_smoothgrad_many(
         if progress is not None:
             progress(done_rows, total_rows)
 
-    budget = config.memory_budget_bytes or default_memory_budget(device)
-    sums: list[torch.Tensor | None] = [None] * len(masks)
-    draws = noisy_inputs(
-        x_model,
-        n_samples=n_draws,
-        noise_level=config.noise_level,
-        noise_range=config.noise_range,
-        seed=config.seed,
-    )
-    done_draws, bytes_per_draw = 0, 0
-    with inference_state(model), torch.enable_grad():
-        while done_draws < n_draws:
-            # The first pass forwards one draw and measures its graph; the later ones as many
-            # draws as the settings and the memory budget allow.
-            size = 1 if done_draws == 0 else _draws_per_pass(config, bytes_per_draw, budget)
-            chunk = [next(draws) for _ in range(min(size, n_draws - done_draws))]
-            for window, members in groups.items():
-                padding = end_padding(window.size, divisibility)
-                for inputs, logits, graph_bytes in _forward_passes(
-                    model,
-                    [window.crop(d) for d in chunk],
-                    config.target,
-                    padding,
-                    _MEMORY_FORMATS[config.memory_format],
-                ):
-                    if done_draws == 0:
-                        volume_bytes = x_model.numel() * x_model.element_size()
-                        bytes_per_draw = max(bytes_per_draw, graph_bytes + volume_bytes)
-                    maps = aggregate_rows(
-                        model,
-                        logits,
-                        inputs,
-                        [voxels[i] for i in members],
-                        aggregation=config.aggregation,
-                        engine=config.engine,
-                        rows_per_call=rows_under_budget(graph_bytes, budget, config.rows_per_call),
-                        progress=advance,
-                    )
-                    del logits
-                    for index, aggregated in zip(members, maps, strict=True):
-                        drawn = aggregated.sum(dim=0).contiguous()
-                        previous = sums[index]
-                        sums[index] = drawn if previous is None else previous + drawn
-            done_draws += len(chunk)
-    result = {}
-    for domain_id, window, total in zip(ids, windows, sums, strict=True):
-        assert total is not None
-        result[domain_id] = window.place(total / n_draws, spatial).to(x.device)
-    return result
+    sums = _summed_over_draws(model, x_model, plan, config, n_draws, advance)
+    return {
+        domain_id: window.place(total / n_draws, spatial).to(x.device)
+        for domain_id, window, total in zip(ids, plan.windows, sums, strict=True)
+    }
 
 
 def instance_smoothgrad(
