@@ -29,9 +29,9 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
 from instasal.saliency.config import CamVariant, GradCamConfig
-from instasal.saliency.inputs import as_domain, as_input, run_target_logits
+from instasal.saliency.inputs import as_domains, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
-from instasal.saliency.windows import Window, context_windows, end_padding
+from instasal.saliency.windows import context_windows, end_padding, shared_windows
 from instasal.typing import Context, DomainLike, InputLike
 
 __all__ = [
@@ -143,16 +143,13 @@ def instance_gradcam_many(
     layer = config.layer_of(model)
     x = as_input(x)
     spatial = tuple(x.shape[1:])
-    ids = list(domains)
-    masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
+    ids, masks = as_domains(domains, spatial)
     if not masks:
         return {}
     windows, divisibility = context_windows(
         model, masks, config.context, config.patch_size, config.size_divisibility
     )
-    groups: dict[Window, list[int]] = {}
-    for index, window in enumerate(windows):
-        groups.setdefault(window, []).append(index)
+    groups = shared_windows(windows)
 
     device = model_device(model)
     maps: dict[int, torch.Tensor] = {}

@@ -7,7 +7,7 @@ what was expected.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
 
-__all__ = ["as_domain", "as_input", "run_target_logits", "target_channel"]
+__all__ = ["as_domain", "as_domains", "as_input", "run_target_logits", "target_channel"]
 
 
 def as_input(x: object) -> torch.Tensor:
@@ -79,6 +79,15 @@ def as_domain(domain: object, spatial_shape: tuple[int, ...], name: str = "domai
     if not bool(domain.any()):
         raise ConfigurationError(f"{name} is empty: a domain Ω needs at least one voxel")
     return domain.detach().to("cpu")
+
+
+def as_domains(
+    domains: Mapping[int, object], spatial_shape: tuple[int, ...]
+) -> tuple[list[int], list[torch.Tensor]]:
+    """The ids of ``domains`` in their order and each domain through :func:`as_domain` (an error
+    names the domain by its id)."""
+    ids = list(domains)
+    return ids, [as_domain(domains[i], spatial_shape, name=f"domain {i}") for i in ids]
 
 
 def target_channel(target: int, n_outputs: int) -> int:

@@ -24,10 +24,10 @@ from instasal.saliency.engines import (
     rows_under_budget,
     saved_tensor_bytes,
 )
-from instasal.saliency.inputs import as_domain, as_input, run_target_logits
+from instasal.saliency.inputs import as_domains, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
-from instasal.saliency.windows import Window, context_windows, end_padding
+from instasal.saliency.windows import Window, context_windows, end_padding, shared_windows
 from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
 
 __all__ = ["instance_smoothgrad", "instance_smoothgrad_many"]
@@ -116,11 +116,8 @@ class _DomainPlan:
         windows, divisibility = context_windows(
             model, masks, config.context, config.patch_size, config.size_divisibility
         )
-        groups: dict[Window, list[int]] = {}
-        for index, window in enumerate(windows):
-            groups.setdefault(window, []).append(index)
         voxels = [_flat_voxels(w, m) for w, m in zip(windows, masks, strict=True)]
-        return cls(windows, voxels, groups, divisibility)
+        return cls(windows, voxels, shared_windows(windows), divisibility)
 
     def rows_per_draw(self, aggregation: Aggregation) -> int:
         """Backward rows one noise draw costs: a row per voxel (max), or per domain (mean)."""
@@ -223,8 +220,7 @@ def instance_smoothgrad_many(
     config = config or SmoothGradConfig()
     x = as_input(x)
     spatial = tuple(x.shape[1:])
-    ids = list(domains)
-    masks = [as_domain(domains[i], spatial, name=f"domain {i}") for i in ids]
+    ids, masks = as_domains(domains, spatial)
     if not masks:
         return {}
     plan = _DomainPlan.of(model, masks, config)

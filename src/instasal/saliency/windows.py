@@ -28,6 +28,7 @@ __all__ = [
     "end_padding",
     "resolve_patch_size",
     "resolve_size_divisibility",
+    "shared_windows",
     "window_for",
 ]
 
@@ -179,3 +180,17 @@ def context_windows(
         window_for(d, "patch", patch_size=sizes, size_divisibility=divisibility) for d in domains
     ]
     return windows, divisibility
+
+
+def shared_windows(windows: Sequence[Window]) -> dict[Window, list[int]]:
+    """Each distinct window and the indices of the domains that have it, in first-seen order:
+    one forward pass serves all domains of a window.
+
+    >>> a, b = Window((0, 0, 0), (4, 4, 4)), Window((2, 0, 0), (4, 4, 4))
+    >>> shared_windows([a, b, a]) == {a: [0, 2], b: [1]}
+    True
+    """
+    groups: dict[Window, list[int]] = {}
+    for index, window in enumerate(windows):
+        groups.setdefault(window, []).append(index)
+    return groups
