@@ -179,7 +179,9 @@ def _summed_over_draws(
                         previous = sums[index]
                         sums[index] = drawn if previous is None else previous + drawn
             done_draws += len(chunk)
-    return [total for total in sums if total is not None]
+    totals = [total for total in sums if total is not None]
+    assert len(totals) == len(sums), "every domain is in one window group and n_draws >= 1"
+    return totals
 
 
 def instance_smoothgrad_many(
