@@ -38,6 +38,7 @@ __all__ = [
     "LayerCapture",
     "cam_from_activations",
     "capture_layer",
+    "capture_obstacle",
     "instance_gradcam",
     "instance_gradcam_many",
     "normalise_map",
@@ -76,6 +77,24 @@ def _module(model: nn.Module, layer: str) -> nn.Module:
     )
 
 
+def capture_obstacle(model: nn.Module, layer: str | None) -> str | None:
+    """Why :func:`capture_layer` cannot record ``layer`` of ``model``; ``None`` when it can.
+
+    TorchScript modules (scripted, traced or read by ``torch.jit.load``) take no forward hook,
+    neither does any module inside them; ``layer=None`` asks only about the model as a whole.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``layer`` is not a name from ``model.named_modules()`` (nearby names are listed).
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        return "the model is TorchScript, whose modules take no forward hook"
+    if layer is not None and isinstance(_module(model, layer), torch.jit.ScriptModule):
+        return f"layer {layer!r} is TorchScript, whose modules take no forward hook"
+    return None
+
+
 @contextmanager
 def capture_layer(model: nn.Module, layer: str) -> Iterator[LayerCapture]:
     """Record the output of ``model``'s module ``layer`` during the block.
@@ -86,7 +105,12 @@ def capture_layer(model: nn.Module, layer: str) -> Iterator[LayerCapture]:
     ------
     ConfigurationError
         If ``layer`` is not a name from ``model.named_modules()`` (nearby names are listed).
+    ModelError
+        If the layer takes no forward hook (:func:`capture_obstacle`: TorchScript).
     """
+    obstacle = capture_obstacle(model, layer)
+    if obstacle is not None:
+        raise ModelError(f"Grad-CAM++ cannot record layer {layer!r}: {obstacle}")
     capture = LayerCapture(layer)
     handle = _module(model, layer).register_forward_hook(capture.hook)
     try:
