@@ -295,7 +295,9 @@ def test_instances_lookup_lists_every_id_with_the_reason_it_was_left_out():
     assert lookup["index"].tolist() == [1, 2, 3]
     assert lookup["name"].tolist() == ["FP-1", "FP-2", "TP-3"]
     assert lookup["explained"].tolist() == ["yes", "no", "yes"]
-    assert lookup.loc[1, "reason"] == "beyond the first 1 FP domains (max_lesions)"
+    assert lookup.loc[1, "reason"] == (
+        "not among the 1 FP domains drawn with the run's seed (max_lesions)"
+    )
     assert lookup["volume_mm3"].tolist() == [16.0, 8.0, 24.0]
 
 

@@ -113,14 +113,20 @@ def explain(
     ] = None,
     max_lesions: Annotated[
         int | None,
-        typer.Option(min=1, help="Explain at most this many domains per type (default: all)."),
+        typer.Option(
+            min=1,
+            help="Explain at most this many domains per type, drawn at random with --seed "
+            "(default: all).",
+        ),
     ] = None,
     n_true_negatives: Annotated[
         int, typer.Option(min=0, help="TN domains sampled in normal tissue (needs --reference).")
     ] = 10,
     gradcam: Annotated[bool, typer.Option(help="Also compute instance Grad-CAM++.")] = True,
     gradcam_layer: GradcamLayerOption = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of noise draws and TN sampling.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of noise draws, TN sampling and --max-lesions.")
+    ] = 0,
     no_tta: Annotated[
         bool, typer.Option("--no-tta", help="nnU-Net: no mirroring (as --disable_tta).")
     ] = False,
@@ -267,7 +273,11 @@ def cohort(
     context: ContextOption = None,
     max_lesions: Annotated[
         int | None,
-        typer.Option(min=1, help="Explain at most this many domains per type (default: all)."),
+        typer.Option(
+            min=1,
+            help="Explain at most this many domains per type, drawn at random with --seed "
+            "(default: all).",
+        ),
     ] = None,
     n_true_negatives: Annotated[
         int, typer.Option(min=0, help="TN domains sampled per subject in normal tissue.")

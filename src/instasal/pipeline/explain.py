@@ -37,7 +37,13 @@ from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
 from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
-from instasal.pipeline.per_lesion import LesionPlan, SubjectSpace, explain_lesions, table_columns
+from instasal.pipeline.per_lesion import (
+    LesionPlan,
+    SubjectSpace,
+    explain_lesions,
+    sample_domains,
+    table_columns,
+)
 from instasal.pipeline.results import ExplainResult
 from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
@@ -212,7 +218,7 @@ def explain_subject(
         probability = segment(space.prepared, run.layout, settings, progress)
         timings["segment_s"] = time.perf_counter() - step
         found = find_domains(probability, space, inputs, run.layout, settings)
-        resumed = resume(found, run, settings.max_lesions)
+        resumed = resume(found, run, settings.max_lesions, settings.smoothgrad.seed)
         if settings.context is None and space.smoothgrad.context == "full":
             check_full_context_cost(space.prepared, resumed.todo, space.smoothgrad, space.card)
 
@@ -473,9 +479,12 @@ class Resumed:
         return len(self.rows)
 
 
-def resume(found: Segmentation, run: RunIdentity, max_lesions: int | None) -> Resumed:
-    """Choose the domains to explain; keep the rows of those this run's key finished already."""
-    chosen = _choose(found.instances, max_lesions)
+def resume(
+    found: Segmentation, run: RunIdentity, max_lesions: int | None, seed: int
+) -> Resumed:
+    """Choose the domains to explain (:func:`~instasal.pipeline.per_lesion.sample_domains` with
+    the run's seed); keep the rows of those this run's key finished already."""
+    chosen = sample_domains(found.instances, max_lesions, seed)
     rows: list[dict[str, Any]] = []
     todo = []
     for record in chosen:
@@ -607,11 +616,3 @@ _PROVENANCE_DISTRIBUTIONS = ("torch", "monai", "numpy", "scipy", "nibabel", "pan
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
-
-def _choose(instances: Instances, max_lesions: int | None) -> list[Instance]:
-    if max_lesions is None:
-        return list(instances)
-    chosen: list[Instance] = []
-    for kind in ("lesion", "TP", "FP", "FN", "TN"):
-        chosen += instances.of_kind(kind)[:max_lesions]
-    return sorted(chosen, key=lambda r: r.id)

@@ -197,7 +197,10 @@ def instances_lookup(
         if explained:
             reason = "n/a"
         elif max_lesions is not None:
-            reason = f"beyond the first {max_lesions} {record.kind} domains (max_lesions)"
+            reason = (
+                f"not among the {max_lesions} {record.kind} domains drawn with the run's seed "
+                "(max_lesions)"
+            )
         else:
             reason = "no saliency row (run interrupted or failed for this domain)"
         rows.append(

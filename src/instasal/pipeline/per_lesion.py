@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from instasal.instances import Instance, Instances
+from instasal.instances import Instance, InstanceKind, Instances
 from instasal.pipeline.outputs import RunLayout
 from instasal.prepare import PreparedSubject
 from instasal.saliency import (
@@ -24,12 +24,14 @@ from instasal.saliency.summaries import lesion_summary, saliency_columns
 from instasal.typing import Progress
 
 __all__ = [
+    "DOMAIN_KINDS",
     "LESIONS_PER_BATCH",
     "REGION_NAMES",
     "LesionPlan",
     "SubjectSpace",
     "explain_lesions",
     "region_of",
+    "sample_domains",
     "table_columns",
 ]
 
@@ -59,6 +61,29 @@ def region_of(region_map: np.ndarray | None, domain: np.ndarray) -> str:
     if values.size == 0:
         return "none"
     return REGION_NAMES.get(int(np.bincount(values).argmax()), "other")
+
+
+DOMAIN_KINDS: tuple[InstanceKind, ...] = ("lesion", "TP", "FP", "FN", "TN")
+"""The domain types, in the order their ``max_lesions`` draws are seeded."""
+
+
+def sample_domains(instances: Instances, max_lesions: int | None, seed: int) -> list[Instance]:
+    """The domains to explain: all, or at most ``max_lesions`` of each type drawn at random.
+
+    Each type's draw is a uniform sample without replacement from a generator seeded with
+    ``(seed, index of the type in DOMAIN_KINDS)``: the same run seed draws the same domains, and
+    no part of the volume is favoured (a prefix of the ids, which are in raster order, would
+    favour the first rows of the grid). Returned in id order.
+    """
+    if max_lesions is None:
+        return list(instances)
+    chosen: list[Instance] = []
+    for index, kind in enumerate(DOMAIN_KINDS):
+        records = instances.of_kind(kind)
+        generator = np.random.default_rng([seed, index])
+        drawn = generator.choice(len(records), size=min(max_lesions, len(records)), replace=False)
+        chosen += [records[int(i)] for i in drawn]
+    return sorted(chosen, key=lambda record: record.id)
 
 
 @dataclass(frozen=True, eq=False)

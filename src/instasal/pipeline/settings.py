@@ -44,7 +44,8 @@ class ExplainSettings:
     n_true_negatives
         TN domains sampled when a reference is given.
     max_lesions
-        Explain only the first ``max_lesions`` domains of each type (``None``: all).
+        Explain at most ``max_lesions`` domains of each type, drawn at random with the
+        SmoothGrad seed (:func:`instasal.pipeline.per_lesion.sample_domains`; ``None``: all).
     reduced
         Marks settings reduced below the paper's for speed (the report says so).
     tta
