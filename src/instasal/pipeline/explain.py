@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ import pandas as pd
 from rich.console import Console
 from torch import nn
 
-from instasal.errors import ConfigurationError, ImageError, OutputExistsError
+from instasal.errors import ConfigurationError, ImageError, InstasalWarning, OutputExistsError
 from instasal.folders import output_folder_lock, read_state_file
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
@@ -32,7 +33,7 @@ from instasal.io import (
     load_mask,
     read_subject,
 )
-from instasal.models import check_channels, load_model
+from instasal.models import card_of, check_channels, load_model
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
@@ -52,7 +53,8 @@ from instasal.progress import pipeline_progress
 from instasal.provenance import software_versions
 from instasal.report import write_subject_report
 from instasal.saliency import GradCamConfig, SmoothGradConfig
-from instasal.typing import ModelLike, PathLike, Progress
+from instasal.saliency.gradcam import capture_obstacle
+from instasal.typing import Context, ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
 
@@ -230,11 +232,19 @@ def explain_subject(
 
         table = write_tables(rows, resumed.chosen, lesions, space, run.layout, settings, progress)
         timings["total_s"] = time.perf_counter() - started
+        notes = space.notes
         provenance = write_provenance(
-            run, space, found, settings, len(rows), resumed.reused, timings
+            run, space, found, settings, len(rows), resumed.reused, timings, notes
         )
         result = ExplainResult(
-            run.layout.root, run.layout, table, found.native, settings, timings, resumed.reused
+            run.layout.root,
+            run.layout,
+            table,
+            found.native,
+            settings,
+            timings,
+            resumed.reused,
+            notes,
         )
         if report:
             write_report(result, inputs.subject, provenance, progress)
@@ -302,6 +312,13 @@ class ModelSpace:
     smoothgrad: SmoothGradConfig
     gradcam: GradCamConfig | None
     geometry: dict[str, Any]
+    gradcam_skipped: str | None = None
+    """Why Grad-CAM++ was asked for but cannot run on this model (``None``: it runs or was off)."""
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """One-line notes on what the run could not do for this model."""
+        return () if self.gradcam_skipped is None else (f"Grad-CAM++ {self.gradcam_skipped}",)
 
 
 def enter_model_space(
@@ -329,18 +346,42 @@ def enter_model_space(
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
     target = int(card.get("target_class", 1))
     smoothgrad = replace(settings.smoothgrad, target=target, context=context)
-    gradcam = None
-    if settings.gradcam is not None:
-        layer = settings.gradcam.layer
-        if layer and prepared.resampled:
-            layer = f"network.{layer}"  # the prepared network wraps the model
-        layer = layer or working_card.get("gradcam_layer")
-        if not layer:
-            raise ConfigurationError(
-                "gradcam is on but neither settings.gradcam.layer nor the model card names a layer"
-            )
-        gradcam = replace(settings.gradcam, layer=layer, target=target, context=context)
-    return ModelSpace(network, prepared, card, threshold, smoothgrad, gradcam, prepared.geometry())
+    gradcam, skipped = _gradcam_window(settings, network, prepared, target, context)
+    space = ModelSpace(
+        network, prepared, card, threshold, smoothgrad, gradcam, prepared.geometry(), skipped
+    )
+    for note in space.notes:
+        warnings.warn(note, InstasalWarning, stacklevel=2)
+    return space
+
+
+def _gradcam_window(
+    settings: ExplainSettings,
+    network: nn.Module,
+    prepared: PreparedSubject,
+    target: int,
+    context: Context,
+) -> tuple[GradCamConfig | None, str | None]:
+    """The run's Grad-CAM config (its layer named inside the prepared network); or ``None`` and
+    why it is skipped, where no forward hook can record the layer (TorchScript)."""
+    if settings.gradcam is None:
+        return None, None
+    skipped = f"skipped for model {card_of(network).name!r}: {{}}; its table columns are empty"
+    obstacle = capture_obstacle(network, None)
+    if obstacle is not None:
+        return None, skipped.format(obstacle)
+    layer = settings.gradcam.layer
+    if layer and prepared.resampled:
+        layer = f"network.{layer}"  # the prepared network wraps the model
+    layer = layer or dict(getattr(prepared.network, "card", {})).get("gradcam_layer")
+    if not layer:
+        raise ConfigurationError(
+            "gradcam is on but neither settings.gradcam.layer nor the model card names a layer"
+        )
+    obstacle = capture_obstacle(prepared.network, layer)
+    if obstacle is not None:
+        return None, skipped.format(obstacle)
+    return replace(settings.gradcam, layer=layer, target=target, context=context), None
 
 
 @dataclass(frozen=True, eq=False)
@@ -479,9 +520,7 @@ class Resumed:
         return len(self.rows)
 
 
-def resume(
-    found: Segmentation, run: RunIdentity, max_lesions: int | None, seed: int
-) -> Resumed:
+def resume(found: Segmentation, run: RunIdentity, max_lesions: int | None, seed: int) -> Resumed:
     """Choose the domains to explain (:func:`~instasal.pipeline.per_lesion.sample_domains` with
     the run's seed); keep the rows of those this run's key finished already."""
     chosen = sample_domains(found.instances, max_lesions, seed)
@@ -514,6 +553,9 @@ def write_tables(
         else pd.DataFrame(columns=table_columns(channels))
     )
     sidecar = table_sidecar(channels)
+    if space.gradcam_skipped is not None:
+        for column in ("gradcam_peak", "gradcam_peak_voxel"):
+            sidecar[column]["Description"] += f" (empty: Grad-CAM++ {space.gradcam_skipped})"
     if settings.trust:
         progress("trust checks", 0, 1)
         table, sidecar = with_trust(
@@ -541,6 +583,7 @@ def write_provenance(
     n_explained: int,
     reused: int,
     timings: dict[str, float],
+    notes: Sequence[str],
 ) -> dict[str, Any]:
     """Stage 7, write: what ran on what, and how long it took (``<subject>_provenance.json``)."""
     provenance = {
@@ -557,7 +600,9 @@ def write_provenance(
             "threshold": space.threshold,
             "target": space.smoothgrad.target,
             "gradcam_layer": space.gradcam.layer if space.gradcam else None,
+            "gradcam_skipped": space.gradcam_skipped,
         },
+        "notes": list(notes),
         "counts": {
             kind: len(found.native.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")
         },
@@ -615,4 +660,3 @@ _PROVENANCE_DISTRIBUTIONS = ("torch", "monai", "numpy", "scipy", "nibabel", "pan
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-

@@ -29,6 +29,8 @@ class ExplainResult:
     settings: ExplainSettings
     timings: dict[str, float] = field(default_factory=dict)
     reused_lesions: int = 0
+    notes: tuple[str, ...] = ()
+    """One-line notes on what the run could not do or found missing (also in the provenance)."""
 
     @property
     def report(self) -> Path:

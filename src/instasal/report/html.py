@@ -175,6 +175,7 @@ def build_subject_report(
         model_name=card.get("name", "user model"),
         counts_text=counts_text,
         model_note=_model_note(card),
+        notes=provenance.get("notes", []),
         finished=provenance["finished"],
         version=provenance["versions"]["instasal"],
         reduced=settings["reduced"],
@@ -196,7 +197,7 @@ def build_subject_report(
         window_mm=int(2 * HALF_WINDOW_MM),
         viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
         channels=channels,
-        gradcam=bool(settings["gradcam"]),
+        gradcam=resolved["gradcam_layer"] is not None,
         viewer_data=viewer_data,
         niivue_script=niivue_script() if lesions else "",
         trust=trust_section(result, channels) if settings.get("trust") else None,
@@ -332,12 +333,7 @@ def _run_rows(
             f"({settings['noise_range']}), {settings['aggregation']} aggregation, "
             f"{resolved['context']} context, engine {settings['engine']}",
         ),
-        (
-            "Grad-CAM",
-            f"{settings['gradcam_variant']} at layer {resolved['gradcam_layer']}"
-            if settings["gradcam"]
-            else "off",
-        ),
+        ("Grad-CAM", _gradcam_text(settings, resolved)),
         ("seed", settings["seed"]),
         *_nnunet_rows(card, settings),
         ("domains", counts_text),
@@ -347,6 +343,15 @@ def _run_rows(
             ", ".join(f"{k} {v}" for k, v in provenance["versions"].items() if k != "platform"),
         ),
     ]
+
+
+def _gradcam_text(settings: dict[str, Any], resolved: dict[str, Any]) -> str:
+    """Grad-CAM's variant and layer, or why it did not run."""
+    if not settings["gradcam"]:
+        return "off"
+    if resolved.get("gradcam_skipped"):
+        return str(resolved["gradcam_skipped"])
+    return f"{settings['gradcam_variant']} at layer {resolved['gradcam_layer']}"
 
 
 def _table_view(

@@ -1,0 +1,86 @@
+"""explain_subject and the CLI with models that crashed or misled under the defaults (issue 24).
+
+TorchScript models (no forward hooks, so no Grad-CAM++), networks whose input sides must be
+multiples of 16, models that output NaN, channels other than FLAIR and T1w. The models are tiny
+convolutions on the 26×16×16 subjects of ``conftest.py``; each run takes about a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import LINEAR_SHAPE, PointwiseLinear
+from instasal.cli import run_app
+from instasal.errors import InstasalWarning
+from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.saliency import SmoothGradConfig
+
+FAST = ExplainSettings(SmoothGradConfig(n_samples=2), n_true_negatives=1)
+"""The default settings (Grad-CAM++ on) with fewer noise samples."""
+
+
+def _images(dataset: Path, participant: str = "sub-01") -> list[Path]:
+    anat = dataset / participant / "anat"
+    return [anat / f"{participant}_FLAIR.nii.gz", anat / f"{participant}_T1w.nii.gz"]
+
+
+def _torchscript(tmp_path: Path, how: str, card: dict[str, object]) -> Path:
+    network = PointwiseLinear().eval()
+    compiled = (
+        torch.jit.script(network)
+        if how == "script"
+        else torch.jit.trace(network, torch.zeros(1, 2, *LINEAR_SHAPE))
+    )
+    path = tmp_path / f"{how}.pt"
+    torch.jit.save(compiled, str(path))
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+TORCHSCRIPT_CARDS = {
+    "script, layer named": ("script", {"gradcam_layer": "conv"}),
+    "trace, no layer": ("trace", {}),
+}
+
+
+@pytest.mark.parametrize("how, layer", TORCHSCRIPT_CARDS.values(), ids=list(TORCHSCRIPT_CARDS))
+def test_torchscript_model_skips_gradcam_with_a_note(
+    tmp_path: Path, linear_dataset: Path, how: str, layer: dict[str, object]
+) -> None:
+    card = {"threshold": 0.5, "patch_size": list(LINEAR_SHAPE)} | layer
+    model = _torchscript(tmp_path, how, card)
+    out = tmp_path / "out"
+    with pytest.warns(InstasalWarning, match=r"Grad-CAM\+\+ skipped .*TorchScript"):
+        result = explain_subject(_images(linear_dataset), model, out, settings=FAST, progress=None)
+    assert len(result.table) == 1
+    assert result.table["gradcam_peak"].isna().all()
+    assert [note for note in result.notes if "Grad-CAM++ skipped" in note]
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert any("TorchScript" in note for note in provenance["notes"])
+    assert provenance["resolved"]["gradcam_layer"] is None
+    sidecar = json.loads(result.layout.table.with_suffix(".json").read_text())
+    assert "TorchScript" in sidecar["gradcam_peak"]["Description"]
+    assert not list(out.rglob("*gradcampp*"))
+    assert "Grad-CAM++ skipped" in result.report.read_text(encoding="utf-8")
+
+
+def test_torchscript_model_explained_by_the_cli_with_defaults(
+    tmp_path: Path, linear_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _torchscript(tmp_path, "script", {"threshold": 0.5, "patch_size": list(LINEAR_SHAPE)})
+    out = tmp_path / "out"
+    images = [str(p) for p in _images(linear_dataset)]
+    status = run_app(["explain", *images, "--model", str(model), "--out", str(out)])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert status == 0, text
+    notes = [line for line in text.splitlines() if "Grad-CAM++ skipped" in line]
+    assert len(notes) == 1 and notes[0].startswith("note:")
+    table = pd.read_csv(next(out.glob("*_lesions.tsv")), sep="\t")
+    assert len(table) >= 1
+    assert table["gradcam_peak"].isna().all()
