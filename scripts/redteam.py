@@ -214,7 +214,8 @@ CARD = {
     "orientation": "RAS",
     "gradcam_layer": "0",
 }
-FAST = ["--n-samples", "2", "--n-true-negatives", "0", "--no-gradcam"]
+FAST = ["--n-samples", "2", "--n-true-negatives", "0"]
+"""Fewer samples and no TN domains for speed; Grad-CAM++ on, as a user runs it."""
 
 
 def build(root: Path) -> Lab:
@@ -779,7 +780,6 @@ def orphaned_temporary(lab: Lab) -> tuple[str, str]:
         "400",
         "--n-true-negatives",
         "0",
-        "--no-gradcam",
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "lesions").is_dir():
@@ -802,7 +802,6 @@ def orphaned_temporary(lab: Lab) -> tuple[str, str]:
         "400",
         "--n-true-negatives",
         "0",
-        "--no-gradcam",
     )
     outcome, line = judge(run, "handled")
     if outcome == "handled" and orphan.exists():
@@ -820,7 +819,7 @@ def _finish(process: subprocess.Popen[str]) -> Run:
 
 
 def kill_and_resume(lab: Lab) -> tuple[str, str]:
-    args = ["--model", "linear.pt", "--n-samples", "120", "--n-true-negatives", "0", "--no-gradcam"]
+    args = ["--model", "linear.pt", "--n-samples", "120", "--n-true-negatives", "0"]
     images = _images(lab, "many")
     clean = lab.run("explain", *images, "--out", lab.path("out", "clean"), *args)
     if clean.rc != 0:
@@ -851,7 +850,6 @@ def concurrent_explains(lab: Lab) -> tuple[str, str]:
         out,
         "--n-true-negatives",
         "0",
-        "--no-gradcam",
     ]
     images = _images(lab, "many")
     first = lab.start("explain", *images, *args, "--n-samples", "60", "--seed", "1")
@@ -880,7 +878,6 @@ def concurrent_cohort_workers(lab: Lab) -> tuple[str, str]:
         "80",
         "--n-true-negatives",
         "0",
-        "--no-gradcam",
     ]
     workers = [lab.start(*args), lab.start(*args)]
     runs = [_finish(p) for p in workers]
@@ -934,7 +931,6 @@ def missing_patch_size_long(lab: Lab) -> tuple[str, str]:
         lab.path("out", "eta"),
         "--n-true-negatives",
         "0",
-        "--no-gradcam",
     )
     outcome, line = judge(run, "refused")
     if outcome == "handled" and "--context full" not in line:
