@@ -466,13 +466,55 @@ def crafted_bundle(lab: Lab, marker: Path) -> str:
     return str(bundle)
 
 
-def crafted_nnunet_plans(lab: Lab, marker: Path) -> str:
-    import torch
+def crafted_bundle_target_walk(lab: Lab, marker: Path) -> str:
+    bundle = lab.path("bundle_walk")
+    (bundle / "configs").mkdir(parents=True, exist_ok=True)
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1"}))
+    network_def = {
+        "_target_": "monai.networks.nets.unet.torch.serialization.os.system",
+        "command": f"touch {marker}",
+    }
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    (bundle / "models" / "model.pt").write_bytes(b"")
+    return str(bundle)
 
+
+def crafted_nnunet_plans(lab: Lab, marker: Path) -> str:
     (lab.path("planted.py")).write_text(
         f"def build(*args, **kwargs):\n    open({str(marker)!r}, 'w').write('x')\n"
     )
-    folder = lab.path("nnunet_crafted")
+    architecture = {"network_class_name": "planted.build", "arch_kwargs": {}}
+    return _nnunet_folder(lab, "nnunet_crafted", architecture)
+
+
+def crafted_nnunet_nonlin_walk(lab: Lab, marker: Path) -> str:
+    arch_kwargs = {
+        "n_stages": 1,
+        "features_per_stage": [4],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]],
+        "strides": [[1, 1, 1]],
+        "n_conv_per_stage": [1],
+        "n_conv_per_stage_decoder": [],
+        "conv_bias": True,
+        "norm_op": None,
+        "dropout_op": None,
+        "nonlin": "torch.nn.functional.torch.serialization.os.system",
+        "nonlin_kwargs": {"command": f"touch {marker}"},
+    }
+    architecture = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": arch_kwargs,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    return _nnunet_folder(lab, "nnunet_nonlin_walk", architecture)
+
+
+def _nnunet_folder(lab: Lab, name: str, architecture: dict[str, object]) -> str:
+    import torch
+
+    folder = lab.path(name)
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
     (folder / "dataset.json").write_text(
         json.dumps(
@@ -484,11 +526,7 @@ def crafted_nnunet_plans(lab: Lab, marker: Path) -> str:
             }
         )
     )
-    architecture = {
-        "network_class_name": "planted.build",
-        "arch_kwargs": {},
-        "_kw_requires_import": [],
-    }
+    architecture = {"_kw_requires_import": [], **architecture}
     configuration = {
         "data_identifier": "x",
         "preprocessor_name": "DefaultPreprocessor",
@@ -954,6 +992,8 @@ CASES: list[tuple[str, str, Callable[[Lab], tuple[str, str]]]] = [
     _refusal(moderate_header),
     ("crafted bundle ($ code)", "refused", _marker_case(crafted_bundle)),
     ("crafted nnU-Net plans", "refused", _marker_case(crafted_nnunet_plans)),
+    ("bundle _target_ walking to os.system", "refused", _marker_case(crafted_bundle_target_walk)),
+    ("nnU-Net nonlin walking to os.system", "refused", _marker_case(crafted_nnunet_nonlin_walk)),
     ("crafted pickle", "refused", _marker_case(crafted_pickle)),
     ("explain --out is a file", "refused", out_is_a_file("explain")),
     ("segment --out is a file", "refused", out_is_a_file("segment")),

@@ -470,3 +470,29 @@ def test_plans_naming_code_outside_nnunets_packages_is_refused_unless_trusted(
     with pytest.raises(ModelError):  # trusted: nnU-Net calls it, then the build fails
         load_model(folder, trust_code=True)
     assert marker.exists()
+
+
+COMMAND_NAMES = [
+    "torch.nn.functional.torch.serialization.os.system",
+    "torch.nn.modules.module.torch.serialization.os.system",
+]
+
+
+@pytest.mark.parametrize("name", COMMAND_NAMES)
+def test_plans_whose_nonlin_reaches_os_system_run_nothing(
+    trained_folder: Path, tmp_path: Path, name: str
+) -> None:
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "crafted"
+    shutil.copytree(trained_folder, folder)
+    plans_path = folder / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    for configuration in plans["configurations"].values():
+        architecture = configuration.get("architecture")
+        if architecture is not None:
+            architecture["arch_kwargs"]["nonlin"] = name
+            architecture["arch_kwargs"]["nonlin_kwargs"] = {"command": f"touch {marker}"}
+    plans_path.write_text(json.dumps(plans))
+    with pytest.raises(ModelError, match=r"plans\.json: nonlin: .*trust"):
+        load_model(folder)
+    assert not marker.exists()

@@ -34,13 +34,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import monai.networks.nets
+import monai.networks.nets  # noqa: F401 (MONAI completes bare bundle targets from imported modules)
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ComponentLocator, ConfigParser
 from torch import nn
 
 from instasal.channels import canonical_channel, check_channel_files
 from instasal.errors import ModelError, one_line
+from instasal.models.allowed_classes import allowed_class
 from instasal.models.architectures import ARCHITECTURES, build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
 from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
@@ -309,16 +310,37 @@ def _untrusted_construct(node: Any) -> str | None:
     for key, value in node.items():
         if key in _CODE_KEYS:
             return str(key)
-        if key == "_target_":
-            target = str(value)
-            allowed = target.startswith("monai.networks.") or (
-                "." not in target and isinstance(getattr(monai.networks.nets, target, None), type)
-            )
-            if not allowed:
-                return f"_target_ {target}"
+        if key == "_target_" and not _allowed_target(value):
+            return f"_target_ {value}"
         if found := _untrusted_construct(value):
             return found
     return None
+
+
+def _allowed_target(target: object) -> bool:
+    """Whether a bundle ``_target_`` resolves, as MONAI resolves it, to a network class of
+    ``monai.networks`` (see :mod:`instasal.models.allowed_classes`).
+
+    A bare name is completed as MONAI's ``ComponentLocator`` completes it (the first module that
+    defines it); every candidate module must give an allowed class.
+    """
+    if not isinstance(target, str):
+        return False
+    names = [target]
+    if "." not in target:
+        found = ComponentLocator().get_component_module_name(target)
+        if found is None:
+            return False
+        names = [f"{module}.{target}" for module in ([found] if isinstance(found, str) else found)]
+    try:
+        for name in names:
+            allowed_class(name, _BUNDLE_PACKAGES, where="_target_")
+    except ModelError:
+        return False
+    return True
+
+
+_BUNDLE_PACKAGES = ("monai.networks",)
 
 
 def _load_bundle(folder: Path, trust_code: bool = False) -> nn.Module:

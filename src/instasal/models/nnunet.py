@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ModelError
+from instasal.models.allowed_classes import allowed_class
 from instasal.models.cards import ModelCard, Normalisation, attach_card
 
 __all__ = ["NnUNetNetwork", "NnUNetSetup", "is_nnunet_folder", "load_nnunet_folder"]
@@ -224,25 +225,31 @@ def _orientation(root: Path, plans: Mapping[str, Any]) -> str:
     return READER_ORIENTATIONS[reader]
 
 
-_PLANNED_NETWORKS = "dynamic_network_architectures.architectures."
-_PLANNED_LAYERS = "torch.nn."
+_PLANNED_NETWORKS = ("dynamic_network_architectures.architectures",)
+_PLANNED_LAYERS = ("torch.nn",)
 
 
 def _check_planned_classes(configuration: Any, where: Path) -> None:
-    """Refuse plans naming classes nnU-Net would import from outside its own network packages."""
-    named = {"network class": str(configuration.network_arch_class_name)}
+    """Refuse plans naming anything but nnU-Net's network classes and torch.nn layers.
+
+    nnU-Net resolves these names with ``pydoc.locate`` and calls what it finds; each must resolve
+    (see :mod:`instasal.models.allowed_classes`) to a ``torch.nn.Module`` class defined in its
+    package.
+    """
+    named = {"network class": configuration.network_arch_class_name}
     arguments = configuration.network_arch_init_kwargs
     for key in configuration.network_arch_init_kwargs_req_import:
         if arguments.get(key) is not None:
-            named[key] = str(arguments[key])
+            named[key] = arguments[key]
     for role, name in named.items():
-        allowed = _PLANNED_NETWORKS if role == "network class" else _PLANNED_LAYERS
-        if not name.startswith(allowed):
+        packages = _PLANNED_NETWORKS if role == "network class" else _PLANNED_LAYERS
+        try:
+            allowed_class(name, packages, where=f"{where}: {role}")
+        except ModelError as error:
             raise ModelError(
-                f"{where}: {role} {name!r} is not under {allowed.rstrip('.')}; nnU-Net would "
-                "import and call it (pass --trust-model-code / trust_code=True if you trust "
-                "this folder)"
-            )
+                f"{error}; nnU-Net would import and call it (pass --trust-model-code / "
+                "trust_code=True if you trust this folder)"
+            ) from error
 
 
 def _resolve_fold(path: Path) -> tuple[Path, Path]:
