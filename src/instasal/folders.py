@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,9 +42,12 @@ __all__ = [
     "check_output_folder",
     "hold_lock",
     "host_tag",
+    "model_files",
     "output_folder_lock",
+    "plain_file_name",
     "process_alive",
     "read_state_file",
+    "refuse_writing_over_inputs",
     "remove_orphaned_temporaries",
     "temporary_prefix",
 ]
@@ -251,13 +254,19 @@ def hold_lock(path: PathLike, *, what: str, wait: bool = False) -> Iterator[None
 
 
 def check_output_folder(folder: PathLike) -> None:
-    """Refuse, in one line, an output folder path that is an existing file.
+    """Refuse, in one line, an empty output folder path or one that is an existing file.
+
+    An empty string would silently mean the working folder (``Path("")`` is ``.``).
 
     Raises
     ------
     ConfigurationError
-        When ``folder`` exists and is not a folder.
+        When ``folder`` is empty, or exists and is not a folder.
     """
+    if os.fspath(folder) == "":
+        raise ConfigurationError(
+            "the output folder (--out) is an empty path; give a folder (. for the working folder)"
+        )
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigurationError(
@@ -297,3 +306,71 @@ def output_folder_lock(folder: PathLike, *, wait: bool = False) -> Iterator[Path
         if created and not any(folder.iterdir()):
             with suppress(OSError):  # another run has just started writing there
                 folder.rmdir()
+
+
+def plain_file_name(name: str, *, what: str) -> str:
+    """``name`` when it is a plain file name: not empty, not ``.`` or ``..``, no folder part.
+
+    A name with a folder in it (``../../x``, ``/tmp/x``) would place a run's files outside its
+    output folder and outside that folder's lock.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming ``what`` (the option, e.g. ``--name``) and the value.
+
+    >>> plain_file_name("sub-01", what="--name")
+    'sub-01'
+    """
+    separators = {os.sep, os.altsep or os.sep, "\0"}
+    if name in {"", ".", ".."} or any(separator in name for separator in separators):
+        raise ConfigurationError(
+            f"{what} must be a plain file name, without a folder, got {name!r}"
+        )
+    return name
+
+
+def model_files(model: object) -> list[Path]:
+    """The files a model given by path is read from; none for a loaded module or a built-in name.
+
+    A file and the card beside it (``<stem>.json``), every file under a model folder (MONAI bundle,
+    nnU-Net results folder), or the weights of ``module:factory=weights.pt``.
+    """
+    if not isinstance(model, str | os.PathLike):
+        return []
+    spec = os.fspath(model)
+    factory, separator, weights = spec.partition("=")
+    path = Path(weights if separator and ":" in factory else spec)
+    if path.is_dir():
+        return [found for found in path.rglob("*") if found.is_file()]
+    return [found for found in (path, path.with_suffix(".json")) if found.is_file()]
+
+
+def refuse_writing_over_inputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike]) -> None:
+    """Refuse a run that would write, replace or remove one of its own inputs.
+
+    Files are compared as the file system sees them (device and inode), so an output that is an
+    input under another name (a symbolic link, a hard link, ``./`` or ``../`` in the path) is
+    found too. Checked before anything is written, with or without ``overwrite``.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the output, the input it is, and what to do.
+    """
+    given: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        with suppress(OSError):
+            status = os.stat(path)
+            given.setdefault((status.st_dev, status.st_ino), Path(path))
+    for output in outputs:
+        try:
+            status = os.stat(output)
+        except OSError:  # not there yet: a new file is no input
+            continue
+        same = given.get((status.st_dev, status.st_ino))
+        if same is not None:
+            raise ConfigurationError(
+                f"{output}: is an input of this run ({same}); no run writes over its inputs, "
+                "with or without --overwrite: choose another output folder (--out)"
+            )

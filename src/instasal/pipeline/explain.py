@@ -23,8 +23,8 @@ import pandas as pd
 from rich.console import Console
 from torch import nn
 
-from instasal.errors import ConfigurationError, ImageError, InstasalWarning, OutputExistsError
-from instasal.folders import output_folder_lock, read_state_file
+from instasal.errors import ConfigurationError, ImageError, InstasalWarning
+from instasal.folders import model_files, output_folder_lock
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
     Subject,
@@ -37,7 +37,13 @@ from instasal.models import card_of, check_channels, load_model
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
-from instasal.pipeline.outputs import RunLayout, instances_lookup, subject_label, table_sidecar
+from instasal.pipeline.outputs import (
+    RunLayout,
+    instances_lookup,
+    prepare_run_folder,
+    subject_label,
+    table_sidecar,
+)
 from instasal.pipeline.per_lesion import (
     LesionPlan,
     SubjectSpace,
@@ -93,34 +99,6 @@ def _regions(path: PathLike | None, subject: Subject) -> np.ndarray | None:
     return data.astype(np.int16)
 
 
-def _prepare_out(layout: RunLayout, key: str, overwrite: bool) -> bool:
-    """Check the output folder; return True when a finished run with this key is already there.
-
-    With ``overwrite`` an earlier run's files are removed unread, so that even a corrupt
-    ``run.json`` is recovered from.
-    """
-    if layout.manifest.exists():
-        if overwrite:
-            for path in layout.owned_files():
-                path.unlink()
-            return False
-        manifest = read_state_file(layout.manifest)
-        same = manifest.get("run_key") == key
-        if not same:
-            raise OutputExistsError(
-                f"{layout.root}: holds results of a run with other inputs or settings "
-                f"(run key {manifest.get('run_key')}, now {key}); pass --overwrite to replace them"
-            )
-        return bool(manifest.get("complete", False))
-    existing = [p for p in (layout.table, layout.probability, layout.report) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{existing[0]}: exists already and was not written by a resumable run; "
-            "pass --overwrite to replace it"
-        )
-    return False
-
-
 def explain_subject(
     images: Sequence[PathLike] | Subject,
     model: ModelLike,
@@ -159,8 +137,11 @@ def explain_subject(
     settings
         :class:`ExplainSettings`; default: the paper's settings.
     overwrite
-        Replace results of an earlier run in ``out``; without it an interrupted run with the same
-        inputs and settings resumes and one with other settings is refused.
+        Replace results of an earlier run in ``out`` (this subject's files and those of the subject
+        its ``run.json`` names); without it an interrupted run with the same inputs and settings
+        resumes, a finished one is returned as it is (no file rewritten), one with other settings
+        is refused, and so is a folder holding any file the run would write. No run writes over
+        one of its inputs (images, masks, the model's files), with or without ``overwrite``.
     report
         Also write the self-contained HTML report.
     progress
@@ -181,6 +162,8 @@ def explain_subject(
 
     Raises
     ------
+    ConfigurationError
+        When a file the run would write or remove is one of its inputs.
     OutputLockedError
         When another live run holds ``out``; the message names its pid, host and start time.
     OutputExistsError
@@ -213,7 +196,7 @@ def explain_subject(
         inputs = read_inputs(images, channel_names, reference, tissue_mask, regions)
         space = enter_model_space(inputs, model, settings, trust_model_code, ignore_channel_names)
         run = identify_run(inputs, space, settings, Path(out))
-        open_run(run, overwrite, progress)
+        complete = open_run(run, overwrite, progress, [*inputs.files, *model_files(model)])
         timings["validate_s"] = time.perf_counter() - started
 
         step = time.perf_counter()
@@ -221,6 +204,18 @@ def explain_subject(
         timings["segment_s"] = time.perf_counter() - step
         found = find_domains(probability, space, inputs, run.layout, settings)
         resumed = resume(found, run, settings.max_lesions, settings.smoothgrad.seed)
+        if complete:  # a finished run is left untouched
+            table = run.layout.read_table()
+            return ExplainResult(
+                run.layout.root,
+                run.layout,
+                table,
+                found.native,
+                settings,
+                {},
+                len(table),
+                space.notes,
+            )
         if settings.context is None and space.smoothgrad.context == "full":
             check_full_context_cost(space.prepared, resumed.todo, space.smoothgrad, space.card)
 
@@ -274,6 +269,11 @@ class SubjectInputs:
     regions: np.ndarray | None
     paths: dict[str, PathLike]
     """The optional inputs given, by role (``reference``, ``tissue_mask``, ``regions``)."""
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file read: the channels and the optional inputs (no run writes over them)."""
+        return [*self.subject.paths, *(Path(p) for p in self.paths.values())]
 
 
 def read_inputs(
@@ -421,16 +421,19 @@ def identify_run(
     return RunIdentity(RunLayout(out, label), key, label, files, extra)
 
 
-def open_run(run: RunIdentity, overwrite: bool, progress: Progress) -> None:
-    """Check the output folder (:func:`_prepare_out`), create it and mark the run started."""
+def open_run(run: RunIdentity, overwrite: bool, progress: Progress, inputs: Sequence[Path]) -> bool:
+    """Check the output folder against the run's ``inputs``
+    (:func:`~instasal.pipeline.outputs.prepare_run_folder`), create it and mark the run started;
+    True when a finished run of this key is there already."""
     layout = run.layout
-    already_complete = _prepare_out(layout, run.key, overwrite)
+    already_complete = prepare_run_folder(layout, run.key, overwrite, inputs)
     if already_complete:
         progress("results complete already; reusing them", 1, 1)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.lesion_dir.mkdir(exist_ok=True)
     if not already_complete:
         _write_manifest(run, complete=False)
+    return already_complete
 
 
 def _write_manifest(run: RunIdentity, *, complete: bool) -> None:
@@ -473,8 +476,8 @@ def segment(
 ) -> np.ndarray:
     """Stage 4, segment: the target probability on the working grid, written on the stored grid.
 
-    A probability this run wrote already (:func:`_prepare_out` leaves only files of this run's
-    key) is read back instead of predicted again.
+    A probability this run wrote already (:func:`~instasal.pipeline.outputs.prepare_run_folder`
+    leaves only files of this run's key) is read back instead of predicted again.
     """
     progress("segmenting", 0, 1)
     if layout.probability.exists():
@@ -500,9 +503,10 @@ def find_domains(
         prepared, probability, space.threshold, settings, inputs.reference, inputs.tissue
     )
     native, native_ids = prepared.native_instances(instances)
-    prepared.native_image(probability >= space.threshold).save(layout.mask, overwrite=True)
-    subject = inputs.subject
-    subject.on_grid(native.labels.astype(np.int16)).save(layout.instances, overwrite=True)
+    if not layout.mask.exists():  # else this run's key wrote it (a resumed or finished run)
+        prepared.native_image(probability >= space.threshold).save(layout.mask)
+    if not layout.instances.exists():
+        inputs.subject.on_grid(native.labels.astype(np.int16)).save(layout.instances)
     return Segmentation(probability, instances, native, native_ids)
 
 

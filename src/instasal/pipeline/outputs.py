@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from instasal.errors import InstasalWarning, StateFileError
-from instasal.folders import read_state_file
+from instasal.errors import InstasalWarning, OutputExistsError, StateFileError
+from instasal.folders import read_state_file, refuse_writing_over_inputs
 from instasal.io import atomic_write_json, atomic_write_text
 
 __all__ = [
     "COHORT_TRUST_TABLES",
     "RunLayout",
     "instances_lookup",
+    "prepare_run_folder",
     "subject_label",
     "table_sidecar",
 ]
@@ -116,8 +117,8 @@ class RunLayout:
     def lesion_record(self, lesion_id: int) -> Path:
         return Path(f"{self.lesion_prefix(lesion_id)}_summary.json")
 
-    def owned_files(self) -> list[Path]:
-        """Every file a previous run may have left here (removed before an overwrite)."""
+    def written_files(self) -> list[Path]:
+        """Every file a run writes here: the subject's files, and its lesions' files found now."""
         fixed = [
             self.probability,
             self.mask,
@@ -137,7 +138,15 @@ class RunLayout:
             if self.lesion_dir.exists()
             else []
         )
-        return [p for p in fixed if p.exists()] + lesion_files
+        return fixed + lesion_files
+
+    def owned_files(self) -> list[Path]:
+        """Every file a previous run may have left here (removed before an overwrite)."""
+        return [path for path in self.written_files() if path.exists()]
+
+    def read_table(self) -> pd.DataFrame:
+        """The lesion table as written (``n/a`` read as missing)."""
+        return pd.read_csv(self.table, sep="\t", na_values=["n/a"], keep_default_na=False)
 
     def read_lesion_record(self, lesion_id: int, key: str) -> dict[str, Any] | None:
         """The stored record of a lesion when it was completed by a run with ``key``."""
@@ -169,6 +178,66 @@ class RunLayout:
         atomic_write_text(
             self.instances_lookup, lookup.to_csv(sep="\t", index=False), overwrite=True
         )
+
+
+def prepare_run_folder(
+    layout: RunLayout, key: str, overwrite: bool, inputs: Sequence[Path]
+) -> bool:
+    """Check an explain run's folder before anything is written there; True when a finished run
+    with ``key`` is there already (the caller then leaves every file as it is).
+
+    No file the run writes, or removes with ``overwrite``, may be one of ``inputs`` (with or
+    without ``overwrite``). Without ``overwrite`` a folder holding results of another key, or any
+    file the run would write that no earlier run's ``run.json`` accounts for, is refused. With
+    it the earlier run's files are removed unread (even a corrupt ``run.json`` is recovered
+    from): those of this run's names, and those of the subject the earlier ``run.json`` names,
+    so that no other subject's results stay beside this one's. Files of other names are kept.
+
+    Raises
+    ------
+    ConfigurationError
+        When an output is one of ``inputs``.
+    OutputExistsError
+        When the folder holds results this run would replace and ``overwrite`` is false.
+    StateFileError
+        When the earlier ``run.json`` is corrupt and ``overwrite`` is false.
+    """
+    earlier = _earlier_layout(layout)
+    removed = [*layout.owned_files(), *earlier.owned_files()] if overwrite else []
+    refuse_writing_over_inputs([*layout.written_files(), *removed], inputs)
+    if overwrite:
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return False
+    if layout.manifest.exists():
+        manifest = read_state_file(layout.manifest)
+        if manifest.get("run_key") != key:
+            raise OutputExistsError(
+                f"{layout.root}: holds results of a run with other inputs or settings "
+                f"(run key {manifest.get('run_key')}, now {key}); pass --overwrite to replace them"
+            )
+        return bool(manifest.get("complete", False)) and layout.table.exists()
+    existing = layout.owned_files()
+    if existing:
+        raise OutputExistsError(
+            f"{existing[0]}: exists already and no run.json says a run of these inputs wrote "
+            "it; pass --overwrite to replace it"
+        )
+    return False
+
+
+def _earlier_layout(layout: RunLayout) -> RunLayout:
+    """The layout of the subject the folder's ``run.json`` names; ``layout`` itself where there is
+    none, it is unreadable, or it names no plain label."""
+    if not layout.manifest.is_file():
+        return layout
+    try:
+        label = read_state_file(layout.manifest).get("label")
+    except StateFileError:
+        return layout
+    if not isinstance(label, str) or label in {"", ".", ".."} or Path(label).name != label:
+        return layout
+    return RunLayout(layout.root, label)
 
 
 def instances_lookup(
