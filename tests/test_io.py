@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import SimpleITK as sitk
 from conftest import load_nifti
 from instasal.errors import ImageError, InstasalWarning, OutputExistsError
 from instasal.io import (
+    Subject,
     load_image,
     load_mask,
     read_subject,
@@ -334,3 +336,156 @@ def test_explain_notes_a_non_binary_reference_in_one_line(tmp_path, rng, linear_
         f"note: {labelled}: reference lesion mask is not binary (values 0, 3); "
         "every non-zero voxel is taken as inside it"
     ]
+
+
+# ---------------------------------------------------------------- odd voxel types and geometry
+
+
+def _rgb(dtype_fields: str, shape: tuple[int, ...]) -> np.ndarray:
+    colours = np.zeros(shape, dtype=[(name, np.uint8) for name in dtype_fields])
+    colours[dtype_fields[0]] = np.arange(np.prod(shape)).reshape(shape) % 200
+    return colours
+
+
+def _mask_on(subject_affine: np.ndarray, shape: tuple[int, ...]) -> nib.Nifti1Image:
+    return nib.Nifti1Image(
+        (np.arange(np.prod(shape)).reshape(shape) % 2).astype(np.uint8), subject_affine
+    )
+
+
+def _read_as(reader: str, path: Path, paths: list[Path]) -> object:
+    """Read ``path`` as the ``reader`` role would: a channel, or a mask on the subject's grid."""
+    if reader == "image":
+        return read_subject([path, paths[1]])
+    return load_mask(path, read_subject(paths))
+
+
+@pytest.mark.parametrize("reader", ["image", "mask"])
+@pytest.mark.parametrize(
+    ("voxels", "said"),
+    [
+        (lambda shape: _rgb("RGB", shape), r"colour voxels \(NIfTI datatype RGB"),
+        (lambda shape: _rgb("RGBA", shape), r"colour voxels \(NIfTI datatype RGBA"),
+        (lambda shape: np.full(shape, 1 + 2j, np.complex64), r"complex voxels \(complex64\)"),
+        (lambda shape: np.full(shape, 1 + 2j, np.complex128), r"complex voxels \(complex128\)"),
+    ],
+    ids=["RGB24", "RGBA32", "complex64", "complex128"],
+)
+def test_colour_and_complex_voxels_are_refused_naming_the_file(
+    two_channel_files, oblique_affine, reader, voxels, said
+):
+    paths, data = two_channel_files
+    odd = paths[0].parent / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(voxels(data.shape[1:]), oblique_affine), odd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw numpy warning on the way
+        with pytest.raises(ImageError, match=rf"^{odd}: holds {said}"):
+            _read_as(reader, odd, paths)
+
+
+def _with_header_fields(path: Path, image: nib.Nifti1Image, **fields: object) -> Path:
+    """``image`` written to ``path`` (uncompressed), then header ``fields`` overwritten as they
+    are, without nibabel checking them (as a broken converter would write them)."""
+    raw = bytearray(image.to_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(raw[:348])))
+    for name, value in fields.items():
+        header[name] = value
+    raw[:348] = header.binaryblock
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _broken(affine: np.ndarray, how: str) -> np.ndarray:
+    broken = affine.copy()
+    if how == "NaN":
+        broken[0, 0] = np.nan
+    else:  # singular: the third voxel axis along the second
+        broken[:3, 2] = broken[:3, 1]
+    return broken
+
+
+@pytest.mark.parametrize("reader", ["image", "mask"])
+@pytest.mark.parametrize("how", ["NaN", "singular"])
+def test_an_unusable_sform_falls_back_to_the_qform_with_a_note(
+    two_channel_files, oblique_affine, reader, how
+):
+    paths, data = two_channel_files
+    source = nib.load(paths[0]) if reader == "image" else _mask_on(oblique_affine, data.shape[1:])
+    assert isinstance(source, nib.Nifti1Image)
+    image = nib.Nifti1Image(np.asarray(source.dataobj), oblique_affine)
+    broken = _broken(oblique_affine, how)
+    odd = _with_header_fields(
+        paths[0].parent / "odd.nii",
+        image,
+        srow_x=broken[0],
+        srow_y=broken[1],
+        srow_z=broken[2],
+        qform_code=1,
+    )
+    with pytest.warns(InstasalWarning) as notes:
+        read = _read_as(reader, odd, paths)
+    (note,) = notes
+    reason = "is not finite (holds NaN or Inf)" if how == "NaN" else "is singular"
+    assert str(note.message).startswith(f"{odd}: the sform {reason}")
+    assert str(note.message).endswith("; the qform is used instead")
+    if reader == "image":
+        assert isinstance(read, Subject)
+        np.testing.assert_allclose(read.affine, oblique_affine, atol=1e-5)
+        np.testing.assert_array_equal(read.data[0], data[0])
+
+
+@pytest.mark.parametrize("reader", ["image", "mask"])
+@pytest.mark.parametrize("how", ["NaN", "singular"])
+def test_no_usable_affine_is_refused_in_one_line(two_channel_files, oblique_affine, reader, how):
+    paths, data = two_channel_files
+    image = nib.Nifti1Image(data[0], oblique_affine)
+    broken = _broken(oblique_affine, how)
+    reason = (
+        r"is not finite \(holds NaN or Inf\)"
+        if how == "NaN"
+        else r"is singular \(its voxel axes do not span 3D\)"
+    )
+    cases = {
+        "no qform": {"qform_code": 0},
+        "bad qform": {"qform_code": 1, "quatern_b": np.nan},
+    }
+    for name, qform in cases.items():
+        odd = _with_header_fields(
+            paths[0].parent / f"{name}.nii",
+            image,
+            srow_x=broken[0],
+            srow_y=broken[1],
+            srow_z=broken[2],
+            **qform,
+        )
+        with pytest.raises(ImageError, match=rf"^{odd}: the sform {reason}") as refused:
+            _read_as(reader, odd, paths)
+        assert "\n" not in str(refused.value)
+        assert "no usable voxel-to-world affine" in str(refused.value)
+
+
+def test_non_finite_voxel_sizes_without_sform_or_qform_are_refused(
+    two_channel_files, oblique_affine
+):
+    paths, data = two_channel_files
+    odd = _with_header_fields(
+        paths[0].parent / "flat.nii",
+        nib.Nifti1Image(data[0], oblique_affine),
+        sform_code=0,
+        qform_code=0,
+        pixdim=[1.0, 0.9, 1.1, np.nan, 1, 1, 1, 1],
+    )
+    with pytest.raises(
+        ImageError, match=rf"^{odd}: neither sform nor qform .* 0\.9, 1\.1, nan \(pixdim"
+    ):
+        read_subject([odd, odd])
+
+
+def test_values_beyond_float32_are_refused(two_channel_files, oblique_affine):
+    paths, data = two_channel_files
+    huge = data[1].astype(np.float64)
+    huge[1, 2, 3] = 1e300
+    odd = paths[0].parent / "huge_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(huge, oblique_affine), odd)
+    with pytest.raises(ImageError, match=rf"^{odd}: holds values up to 1e\+300, beyond float32"):
+        read_subject([paths[0], odd])

@@ -139,7 +139,9 @@ def _nifti_stem(path: Path) -> str:
 def load_image(path: PathLike) -> nib.Nifti1Image:
     """Load a NIfTI file, turning every way it can fail into an :class:`ImageError` naming it.
 
-    The voxel data are read (and so checked) here, not lazily later.
+    The voxel data are read (and so checked) here, not lazily later. Colour (RGB24, RGBA32) and
+    complex voxels are refused, and so is a file whose sform and qform both hold NaN/Inf or are
+    singular; an unusable sform beside a usable qform gives way to the qform, with a note.
     """
     path = Path(path)
     if not path.exists():
@@ -153,11 +155,88 @@ def load_image(path: PathLike) -> nib.Nifti1Image:
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageError(f"{path}: not a NIfTI image (read as {type(image).__name__})")
     _check_declared_size(image, path)
+    _check_voxel_type(image.header, path)
+    header = image.header.copy()
+    affine = _usable_affine(header, path)
     try:
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as error:
         raise ImageError(f"{path}: truncated or corrupt image data ({one_line(error)})") from error
-    return nib.Nifti1Image(data, image.affine, header=image.header)
+    return nib.Nifti1Image(data, affine, header=header)
+
+
+def _check_voxel_type(header: nib.Nifti1Header, path: Path) -> None:
+    """Refuse colour and complex voxels: every reader expects one real value per voxel.
+
+    Refused rather than converted: which grey value a colour or a complex number stands for
+    (a channel, a luminance, the magnitude, the real part) is the user's choice to make.
+    """
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None:
+        raise ImageError(
+            f"{path}: holds colour voxels (NIfTI datatype {header.get_value_label('datatype')}, "
+            f"{'/'.join(dtype.names or ())} per voxel); expected one grey value per voxel"
+        )
+    if dtype.kind == "c":
+        raise ImageError(
+            f"{path}: holds complex voxels ({dtype.name}); expected real values "
+            "(save the magnitude, or the part you mean, as a real image)"
+        )
+
+
+def _affine_problem(affine: np.ndarray) -> str | None:
+    """Why ``affine`` cannot map voxels to the world, or ``None`` when it can."""
+    if not np.isfinite(affine).all():
+        return "is not finite (holds NaN or Inf)"
+    singular_values = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    if singular_values[-1] <= 1e-6 * singular_values[0]:
+        return "is singular (its voxel axes do not span 3D)"
+    return None
+
+
+def _usable_affine(header: nib.Nifti1Header, path: Path) -> np.ndarray:
+    """The voxel-to-world affine as nibabel chooses it (the sform, else the qform, else the voxel
+    sizes), passing over a form that is set but not finite or singular.
+
+    When the sform is unusable and the qform usable, the qform is taken with a one-line note and
+    the header's sform is replaced by it (outputs carry the geometry used); when no form is
+    usable the image is refused, since no voxel of it has a place in the world.
+    """
+    problems: list[str] = []
+    unset: list[str] = []
+    for name in ("sform", "qform"):
+        try:
+            affine, code = (
+                header.get_sform(coded=True) if name == "sform" else header.get_qform(coded=True)
+            )
+        except ValueError as error:  # quaternions that describe no rotation
+            problems.append(f"the {name} is invalid ({one_line(error)})")
+            continue
+        if affine is None:
+            unset.append(f"no {name} is set")
+            continue
+        problem = _affine_problem(affine)
+        if problem is None:
+            if problems:
+                warnings.warn(
+                    f"{path}: {problems[0]}; the {name} is used instead",
+                    InstasalWarning,
+                    stacklevel=3,
+                )
+                header.set_sform(affine, code=int(code))
+            return affine
+        problems.append(f"the {name} {problem}")
+    if problems:
+        reasons = " and ".join([*problems, *unset])
+        raise ImageError(f"{path}: {reasons}; no usable voxel-to-world affine")
+    zooms = header.get_zooms()[:3]
+    if not all(np.isfinite(zoom) and zoom > 0 for zoom in zooms):
+        raise ImageError(
+            f"{path}: neither sform nor qform is set and the voxel sizes "
+            f"{', '.join(f'{zoom:g}' for zoom in zooms)} (pixdim) are not all finite and positive; "
+            "no usable voxel-to-world affine"
+        )
+    return header.get_base_affine()
 
 
 # deflate cannot shrink data by more than about 1032:1, so a larger ratio is a lying header
@@ -213,6 +292,16 @@ def _check_finite(data: np.ndarray, path: Path) -> None:
             raise ImageError(f"{path}: contains {int(bad.sum())} NaN/Inf voxels")
 
 
+def _check_fits_float32(data: np.ndarray, path: Path) -> None:
+    """Refuse values that the float32 channels would turn into Inf."""
+    largest = float(np.abs(data).max()) if data.size else 0.0
+    if largest > float(np.finfo(np.float32).max):
+        raise ImageError(
+            f"{path}: holds values up to {largest:g}, beyond float32's range "
+            f"(±{np.finfo(np.float32).max:.3g}); rescale the image"
+        )
+
+
 def _check_not_constant(data: np.ndarray, path: Path) -> None:
     if data.size == 0 or float(data.min()) == float(data.max()):
         value = float(data.flat[0]) if data.size else float("nan")
@@ -262,8 +351,9 @@ def read_subject(
     Raises
     ------
     ImageError
-        On a missing or unreadable file, a non-3D channel, mismatched shapes or affines, NaN/Inf
-        voxels or a constant channel; the message names the file.
+        On a missing or unreadable file (:func:`load_image`), a non-3D channel, mismatched
+        shapes or affines, NaN/Inf voxels, values beyond float32's range or a constant channel;
+        the message names the file.
 
     Examples
     --------
@@ -297,6 +387,7 @@ def read_subject(
             channel_paths.append(path)
     for data, path in zip(channels, channel_paths, strict=True):
         _check_finite(data, path)
+        _check_fits_float32(data, path)
         _check_not_constant(data, path)
     names = _channel_names(channel_names, len(channels), file_paths[0])
     stacked = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
