@@ -16,7 +16,9 @@ import torch
 
 from conftest import LINEAR_SHAPE, PointwiseLinear
 from instasal.cli import run_app
-from instasal.errors import InstasalWarning
+from instasal.errors import InstasalWarning, ModelError
+from instasal.models import load_model
+from instasal.models.segmentation import segment_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.saliency import SmoothGradConfig
 
@@ -84,3 +86,55 @@ def test_torchscript_model_explained_by_the_cli_with_defaults(
     table = pd.read_csv(next(out.glob("*_lesions.tsv")), sep="\t")
     assert len(table) >= 1
     assert table["gradcam_peak"].isna().all()
+
+
+class NanOutput(PointwiseLinear):
+    """:class:`PointwiseLinear` whose logits are NaN wherever the normalised FLAIR is above 2
+    (the lesion, about 8 standard deviations above the brain's mean)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.conv(x)
+        return torch.where(x[:, :1] > 2, torch.full_like(logits, float("nan")), logits)
+
+
+@pytest.fixture
+def nan_model_path(tmp_path: Path) -> Path:
+    path = tmp_path / "nan_model.pt"
+    torch.jit.save(torch.jit.script(NanOutput()), str(path))
+    card = {"threshold": 0.5, "patch_size": list(LINEAR_SHAPE), "channel_names": ["FLAIR", "T1w"]}
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+def test_nan_prediction_is_refused_by_explain(
+    tmp_path: Path, linear_dataset: Path, nan_model_path: Path
+) -> None:
+    with pytest.raises(ModelError, match=r"model 'nan_model' predicted \d+ NaN or infinite"):
+        explain_subject(
+            _images(linear_dataset), nan_model_path, tmp_path / "out", settings=FAST, progress=None
+        )
+
+
+def test_nan_prediction_is_refused_by_segment(
+    tmp_path: Path, linear_dataset: Path, nan_model_path: Path
+) -> None:
+    model = load_model(nan_model_path)
+    with pytest.raises(ModelError, match=r"model 'nan_model' predicted \d+ NaN or infinite"):
+        segment_subject(model, _images(linear_dataset), tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+@pytest.mark.parametrize("command", ["explain", "segment"])
+def test_nan_prediction_is_one_error_line_in_the_cli(
+    tmp_path: Path,
+    linear_dataset: Path,
+    nan_model_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    images = [str(p) for p in _images(linear_dataset)]
+    arguments = [command, *images, "--model", str(nan_model_path), "--out", str(tmp_path / "o")]
+    assert run_app(arguments) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in (captured.out + captured.err).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "nan_model" in errors[0] and "NaN" in errors[0]

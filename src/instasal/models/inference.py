@@ -24,7 +24,12 @@ from instasal.errors import ConfigurationError, ModelError
 from instasal.models.cards import ModelCard, card_of
 from instasal.typing import FloatArray
 
-__all__ = ["predict_logits", "predict_probability", "probability_from_logits"]
+__all__ = [
+    "check_finite_prediction",
+    "predict_logits",
+    "predict_probability",
+    "probability_from_logits",
+]
 
 
 def predict_logits(
@@ -57,7 +62,8 @@ def predict_logits(
     Raises
     ------
     ModelError
-        When ``x`` has another number of channels than the card.
+        When ``x`` has another number of channels than the card, or the network predicts NaN or
+        infinite logits (:func:`check_finite_prediction`).
     ConfigurationError
         On ``overlap`` or ``sw_batch_size`` out of range, ``x`` not 4D, or a ``region`` that is
         empty or not on ``x``'s grid.
@@ -105,9 +111,27 @@ def predict_logits(
             f"got {type(stitched).__name__}"
         )
     logits = stitched[0].detach().to("cpu", torch.float32).numpy()
+    check_finite_prediction(logits, card.name, "logits")
     if windows is not None:
         logits[:, windows.invalid()] = np.nan
     return logits
+
+
+def check_finite_prediction(values: np.ndarray, model: str, what: str) -> None:
+    """Refuse a prediction holding NaN or infinite values (it would read as "no lesion").
+
+    Raises
+    ------
+    ModelError
+        One line naming ``model``, how many of its ``what`` are not finite, and where to look.
+    """
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ModelError(
+            f"model {model!r} predicted {bad} NaN or infinite {what} of {values.size}; its "
+            "weights or its arithmetic break on this input (check the model and the input's "
+            "intensities), so no lesion could be decided"
+        )
 
 
 def probability_from_logits(

@@ -28,7 +28,11 @@ from instasal.folders import output_folder_lock
 from instasal.instances import find_instances
 from instasal.io import Subject, read_subject
 from instasal.models.cards import card_of
-from instasal.models.inference import predict_logits, probability_from_logits
+from instasal.models.inference import (
+    check_finite_prediction,
+    predict_logits,
+    probability_from_logits,
+)
 from instasal.models.loaders import check_channels
 from instasal.models.nnunet_predict import nnunet_network, predict_nnunet
 from instasal.prepare import PreparedSubject, ResampledNetwork, model_grid_shape, prepare_subject
@@ -80,6 +84,7 @@ def predict_prepared(
     network = prepared.network
     if nnunet_network(network) is not None:
         native = predict_nnunet(network, prepared.native, tta=tta, device=device)
+        check_finite_prediction(native, card_of(network).name, "probabilities")
         return np.ascontiguousarray(prepared.to_working(native))
     if not isinstance(network, ResampledNetwork):
         logits = predict_logits(
