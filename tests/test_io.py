@@ -489,3 +489,49 @@ def test_values_beyond_float32_are_refused(two_channel_files, oblique_affine):
     nib.save(nib.Nifti1Image(huge, oblique_affine), odd)
     with pytest.raises(ImageError, match=rf"^{odd}: holds values up to 1e\+300, beyond float32"):
         read_subject([paths[0], odd])
+
+
+# ---------------------------------------------------------------- label images (--regions)
+
+
+@pytest.mark.parametrize(
+    ("labels", "seen"),
+    [
+        (np.array([0, 1, 1.5, 2], np.float32), "values 1.5"),
+        (np.array([0, 2, -2.7], np.float32), "values -2.7"),
+        (np.array([0, 3, -1], np.int16), "values -1"),
+        (np.array([0, 4, 40000], np.uint16), "values 40000"),  # would wrap to -25536 as int16
+    ],
+    ids=["fraction", "negative fraction", "negative", "beyond int16"],
+)
+def test_a_region_map_holding_non_labels_is_refused_naming_the_file(
+    two_channel_files, oblique_affine, labels, seen
+):
+    from instasal.pipeline.explain import read_inputs
+
+    paths, data = two_channel_files
+    regions = paths[0].parent / "regions_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(np.resize(labels, data.shape[1:]), oblique_affine), regions)
+    with pytest.raises(ImageError) as refused:
+        read_inputs(paths, None, None, None, regions)
+    assert str(refused.value) == (
+        f"{regions}: region map holds {seen} that are not labels; "
+        "expected whole numbers from 0 to 32767"
+    )
+
+
+def test_a_region_map_is_read_as_its_labels_on_the_subject_grid(two_channel_files, oblique_affine):
+    from instasal.pipeline.explain import read_inputs
+
+    paths, data = two_channel_files
+    labels = np.resize(np.array([0, 1, 4, 32767], np.float64), data.shape[1:])
+    regions = paths[0].parent / "regions_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, oblique_affine), regions)
+    read = read_inputs(paths, None, None, None, regions).regions
+    assert read is not None
+    np.testing.assert_array_equal(read, labels)
+    moved = oblique_affine.copy()
+    moved[:3, 3] += 4.0
+    nib.save(nib.Nifti1Image(labels, moved), regions)
+    with pytest.raises(ImageError, match=rf"^{regions}: affine differs from sub-01_FLAIR\.nii\.gz"):
+        read_inputs(paths, None, None, None, regions)

@@ -28,6 +28,7 @@ from instasal.typing import FloatArray, PathLike
 
 __all__ = [
     "DEFAULT_CHANNELS",
+    "LABEL_MAX",
     "GridImage",
     "Subject",
     "atomic_save",
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "load_image",
+    "load_labels",
     "load_mask",
     "read_subject",
     "voxel_to_world",
@@ -433,12 +435,7 @@ def load_mask(
         When the file is unreadable, not 3D, holds NaN/Inf, or lies on another grid.
     """
     path = Path(path)
-    image = load_image(path)
-    data = _as_3d(image, path)
-    _check_finite(data, path)
-    ref_path = like.paths[0] if like.paths else Path("the subject")
-    _check_same_grid(data.shape, image.affine, like.shape, like.affine, path, ref_path, tolerance)
-    data = np.asarray(data)
+    data = _read_on_grid(path, like, tolerance)
     if not ((data == 0) | (data == 1)).all():
         warnings.warn(
             f"{path}: {role} is not binary ({_values_seen(data)}); "
@@ -447,6 +444,53 @@ def load_mask(
             stacklevel=2,
         )
     return data != 0
+
+
+LABEL_MAX = int(np.iinfo(np.int16).max)
+"""The largest label a label image may hold (labels are kept as int16)."""
+
+
+def load_labels(
+    path: PathLike,
+    like: Subject | None = None,
+    *,
+    tolerance: float = AFFINE_TOLERANCE_MM,
+    role: str = "region map",
+) -> np.ndarray:
+    """Read a label image (a region map or atlas) as int16 labels, on ``like``'s grid when given.
+
+    Labels are whole numbers from 0 (no label) to :data:`LABEL_MAX`; any other value would be cut
+    to a label that is not in the file (1.5 to 1, -2.7 to -2, 40000 wraps), so it is refused.
+
+    Raises
+    ------
+    ImageError
+        When the file is unreadable, not 3D, holds NaN/Inf or a value that is not a label
+        (fractional, negative, above :data:`LABEL_MAX`), or lies on another grid than ``like``;
+        the message names the file, its ``role`` and the values seen.
+    """
+    path = Path(path)
+    data = _read_on_grid(path, like, tolerance)
+    not_labels = (data < 0) | (data > LABEL_MAX) | (data != np.round(data))
+    if not_labels.any():
+        raise ImageError(
+            f"{path}: {role} holds {_values_seen(data[not_labels])} that are not labels; "
+            f"expected whole numbers from 0 to {LABEL_MAX}"
+        )
+    return data.astype(np.int16)
+
+
+def _read_on_grid(path: Path, like: Subject | None, tolerance: float) -> np.ndarray:
+    """A 3D image's finite voxels, checked to lie on ``like``'s grid when it is given."""
+    image = load_image(path)
+    data = np.asarray(_as_3d(image, path))
+    _check_finite(data, path)
+    if like is not None:
+        ref_path = like.paths[0] if like.paths else Path("the subject")
+        _check_same_grid(
+            data.shape, image.affine, like.shape, like.affine, path, ref_path, tolerance
+        )
+    return data
 
 
 def _values_seen(data: np.ndarray, listed: int = 8) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 from instasal.analyses._table import require_columns
 from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError
-from instasal.io import load_image
+from instasal.io import load_image, load_labels
 from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.per_lesion import region_of
 from instasal.typing import PathLike
@@ -61,7 +61,7 @@ def assign_regions(table: pd.DataFrame, cohort_out: PathLike, dataset: PathLike)
         if not instances_path.exists():
             raise ConfigurationError(f"{instances_path}: instance label map is missing")
         labels = np.asarray(load_image(instances_path).dataobj)
-        atlas = np.asarray(load_image(region_map_path).dataobj).astype(np.int16)
+        atlas = load_labels(region_map_path, role="region atlas")
         if labels.shape != atlas.shape:
             raise ConfigurationError(
                 f"{region_map_path}: shape {atlas.shape} differs from the run's instance map "

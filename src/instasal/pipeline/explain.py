@@ -23,13 +23,14 @@ import pandas as pd
 from rich.console import Console
 from torch import nn
 
-from instasal.errors import ConfigurationError, ImageError, InstasalWarning
+from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.folders import model_files, output_folder_lock
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
     Subject,
     atomic_write_json,
     load_image,
+    load_labels,
     load_mask,
     read_subject,
 )
@@ -91,12 +92,7 @@ def _optional_mask(path: PathLike | None, subject: Subject, role: str) -> np.nda
 
 
 def _regions(path: PathLike | None, subject: Subject) -> np.ndarray | None:
-    if path is None:
-        return None
-    data = np.asarray(load_image(path).dataobj)
-    if data.shape != subject.shape:
-        raise ImageError(f"{path}: region map shape {data.shape} differs from {subject.shape}")
-    return data.astype(np.int16)
+    return None if path is None else load_labels(path, subject, role="region map")
 
 
 def explain_subject(
