@@ -976,6 +976,69 @@ def missing_patch_size_long(lab: Lab) -> tuple[str, str]:
     return outcome, line
 
 
+# ---------------------------------------------------------------- cases: models under the defaults
+
+
+def _note_case(run: Run, note: str) -> tuple[str, str]:
+    """``handled`` when ``run`` exited 0 with exactly one ``note:`` line saying ``note``."""
+    outcome, line = judge(run, "handled")
+    if outcome != "handled":
+        return outcome, line
+    notes = [line for line in run.text.splitlines() if line.startswith("note:") and note in line]
+    if len(notes) != 1:
+        return "wrong exit", f"no one-line note saying {note!r}"
+    return "handled", notes[0]
+
+
+def _refused_saying(run: Run, words: str) -> tuple[str, str]:
+    """``handled`` when ``run`` was refused in one error line holding ``words``."""
+    outcome, line = judge(run, "refused")
+    if outcome == "handled" and words not in line:
+        return "wrong exit", f"refused without saying {words!r}: {line}"
+    return outcome, line
+
+
+def torchscript_default_gradcam(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "torchscript_gradcam")
+    run = lab.run(
+        "explain", *_images(lab), "--model", "linear.pt", "--out", out, "--n-samples", "2"
+    )
+    return _note_case(run, "Grad-CAM++ skipped")
+
+
+def _nan_model(lab: Lab) -> Path:
+    """A traced network whose logits are all NaN, with the card of ``linear.pt``."""
+    import torch
+    from torch import nn
+
+    class NanLogits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv3d(2, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * float("nan")
+
+    path = lab.path("nan_logits.pt")
+    if not path.exists():
+        traced = torch.jit.trace(NanLogits().eval(), torch.zeros(1, 2, *SHAPE))
+        torch.jit.save(traced, str(path))
+        path.with_suffix(".json").write_text(json.dumps(CARD))
+    return path
+
+
+def nan_output(command: str) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        out = lab.path("out", f"nan_{command}")
+        model = _nan_model(lab)
+        flags = ["--n-samples", "2"] if command == "explain" else []
+        run = lab.run(command, *_images(lab), "--model", model, "--out", out, *flags)
+        return _refused_saying(run, "NaN")
+
+    case.__name__ = f"nan_output_{command}"
+    return case
+
+
 # ---------------------------------------------------------------- the list
 
 
@@ -1069,6 +1132,10 @@ CASES: list[tuple[str, str, Callable[[Lab], tuple[str, str]]]] = [
     ("segment output exists", "refused", segment_output_exists),
     ("threshold out of range", "refused", bad_threshold),
     ("--n-samples 0", "refused", zero_samples),
+    # issue 24's model cases
+    ("TorchScript model, default Grad-CAM++", "handled", torchscript_default_gradcam),
+    ("model outputs NaN: explain", "refused", nan_output("explain")),
+    ("model outputs NaN: segment", "refused", nan_output("segment")),
 ]
 
 
