@@ -496,3 +496,30 @@ def test_plans_whose_nonlin_reaches_os_system_run_nothing(
     with pytest.raises(ModelError, match=r"plans\.json: nonlin: .*trust"):
         load_model(folder)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "name"),
+    [
+        ("configuration", "preprocessor_name", "load_pickle"),
+        ("configuration", "resampling_fn_data", "load_pickle"),
+        ("configuration", "normalization_schemes", ["load_pickle", "ZScoreNormalization"]),
+        ("plans", "label_manager", "load_json"),
+        ("plans", "label_manager", "os.system"),
+    ],
+)
+def test_plans_looking_up_helpers_nnunet_merely_imports_are_refused(
+    trained_folder: Path, tmp_path: Path, where: str, key: str, name: object
+) -> None:
+    folder = tmp_path / "crafted"
+    shutil.copytree(trained_folder, folder)
+    plans_path = folder / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    if where == "plans":
+        plans[key] = name
+    else:
+        for configuration in plans["configurations"].values():
+            configuration[key] = name
+    plans_path.write_text(json.dumps(plans))
+    with pytest.raises(ModelError, match=rf"plans\.json: {key} .*nnU-Net's own"):
+        load_model(folder)

@@ -22,6 +22,7 @@ description, configuration, trainer name, mirroring axes), so that
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -160,10 +161,11 @@ def load_nnunet_folder(path: Path, trust_code: bool = False) -> nn.Module:
     try:
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(configuration_name)
-        label_manager = plans_manager.get_label_manager(dataset)
-        in_channels = determine_num_input_channels(plans_manager, configuration, dataset)
         if not trust_code:
             _check_planned_classes(configuration, root / "plans.json")
+            _check_looked_up_names(plans, configuration.configuration, root / "plans.json")
+        label_manager = plans_manager.get_label_manager(dataset)
+        in_channels = determine_num_input_channels(plans_manager, configuration, dataset)
         network = get_network_from_plans(
             configuration.network_arch_class_name,
             configuration.network_arch_init_kwargs,
@@ -250,6 +252,66 @@ def _check_planned_classes(configuration: Any, where: Path) -> None:
                 f"{error}; nnU-Net would import and call it (pass --trust-model-code / "
                 "trust_code=True if you trust this folder)"
             ) from error
+
+
+def _check_looked_up_names(
+    plans: Mapping[str, Any], configuration: Mapping[str, Any], where: Path
+) -> None:
+    """Refuse plans whose by-name lookups would find anything but nnU-Net's own components.
+
+    nnU-Net finds the label manager, preprocessor, normalisations and resampling functions by
+    searching its own packages for an attribute of that name and calls what it finds with
+    arguments the plans and dataset.json hold; a module attribute it merely imports (a helper
+    from ``batchgenerators``, say) would be called too. Each name must give a component of its
+    role defined in nnunetv2.
+    """
+    import nnunetv2
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
+        ImageNormalization,
+    )
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    home = Path(nnunetv2.__path__[0])
+    lookups: list[tuple[str, object, str, type | None]] = [
+        (
+            "preprocessor_name",
+            configuration.get("preprocessor_name"),
+            "preprocessing",
+            DefaultPreprocessor,
+        )
+    ]
+    if "label_manager" in plans:
+        lookups.append(
+            ("label_manager", plans["label_manager"], "utilities.label_handling", LabelManager)
+        )
+    lookups += [
+        ("normalization_schemes", scheme, "preprocessing.normalization", ImageNormalization)
+        for scheme in configuration.get("normalization_schemes") or []
+    ]
+    lookups += [
+        (role, configuration.get(role), "preprocessing.resampling", None)
+        for role in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities")
+    ]
+    for role, name, package, base in lookups:
+        found = None
+        if isinstance(name, str) and name.isidentifier():
+            folder = home.joinpath(*package.split("."))
+            found = recursive_find_python_class(str(folder), name, f"nnunetv2.{package}")
+        defined_in_nnunet = getattr(found, "__module__", "").startswith(f"nnunetv2.{package}")
+        right_kind = (
+            isinstance(found, type) and issubclass(found, base)
+            if base is not None
+            else inspect.isfunction(found)
+        )
+        if not (defined_in_nnunet and right_kind):
+            raise ModelError(
+                f"{where}: {role} {name!r} is not one of nnU-Net's own "
+                f"{'functions' if base is None else 'classes'} in nnunetv2.{package}; nnU-Net "
+                "would call what it finds (pass --trust-model-code / trust_code=True if you trust "
+                "this folder)"
+            )
 
 
 def _resolve_fold(path: Path) -> tuple[Path, Path]:
