@@ -18,6 +18,7 @@ import traceback
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -41,15 +42,22 @@ from instasal.errors import (
 from instasal.folders import (
     check_output_folder,
     hold_lock,
+    model_files,
     output_folder_lock,
     read_state_file,
+    refuse_writing_over_inputs,
 )
-from instasal.io import atomic_write_json, atomic_write_text
+from instasal.io import atomic_write_json
 from instasal.models import card_of, load_model
 from instasal.pipeline.explain import explain_subject, model_fingerprint
-from instasal.pipeline.outputs import COHORT_TRUST_TABLES
+from instasal.pipeline.outputs import (
+    COHORT_TRUST_TABLES,
+    remove_run,
+    write_json_unless_same,
+    write_text_unless_same,
+)
 from instasal.pipeline.settings import ExplainSettings, run_key
-from instasal.pipeline.tn_pools import tn_pool_mask
+from instasal.pipeline.tn_pools import tn_pool_mask, tn_pool_path
 from instasal.typing import Aggregation, Executor, PathLike, Progress, TnPool, check_choice
 
 __all__ = ["CohortResult", "run_cohort", "subject_seed"]
@@ -342,6 +350,7 @@ def open_cohort(
     check_choice("tn_from", options.tn_from, TnPool)
     check_choice("executor", options.executor, Executor)
     found = discover_dataset(dataset)
+    read_from = [*model_files(model), *(path for s in found for path in _subject_files(s))]
     if subjects is not None:
         wanted = set(subjects)
         unknown = wanted - {s.subject_id for s in found}
@@ -363,7 +372,10 @@ def open_cohort(
     # the default pool leaves the key as before the option existed: earlier runs still resume
     key = run_key(payload if options.tn_from == "wm" else payload | {"tn_from": options.tn_from})
     since = time.time()
+    refuse_writing_over_inputs(_cohort_files(out, [s.subject_id for s in found]), read_from)
     with output_folder_lock(out, wait=True):
+        if options.overwrite:
+            _remove_earlier_run(out, found, options, settings.trust)
         _write_manifest(out, key, dataset, model, settings, options, found)
     return CohortRun(out, found, network, model, key, since, settings, options)
 
@@ -471,7 +483,7 @@ def _write_manifest(
                 f"{out}: holds a cohort run with other data, model or settings "
                 f"(key {previous}, now {key}); pass --overwrite to replace it"
             )
-    atomic_write_json(
+    write_json_unless_same(
         manifest_path,
         {
             "cohort_key": key,
@@ -483,8 +495,54 @@ def _write_manifest(
             "executor": options.executor,
             "subjects": [s.subject_id for s in found],
         },
-        overwrite=True,
     )
+
+
+def _subject_files(subject: SubjectFiles) -> list[Path]:
+    """Every file of ``subject`` a cohort reads: its channels and derivative masks."""
+    masks = (subject.lesion_mask, subject.brain_mask, subject.wm_mask, subject.regions)
+    return [*subject.images, *(p for p in (*masks, subject.region_atlas) if p is not None)]
+
+
+def _cohort_files(out: Path, subject_ids: Sequence[str]) -> list[Path]:
+    """The files a cohort writes in ``out`` besides its subjects' explain folders."""
+    tables = ["lesions", "lesions_mean", *COHORT_TRUST_TABLES]
+    return [
+        out / "cohort.json",
+        out / "failures.json",
+        *(out / f"{name}.tsv" for name in tables),
+        *(_status_path(out, subject_id) for subject_id in subject_ids),
+        *(tn_pool_path(out / "tn_pools", subject_id) for subject_id in subject_ids),
+    ]
+
+
+def _remove_earlier_run(
+    out: Path, found: Sequence[SubjectFiles], options: CohortOptions, trust: bool
+) -> None:
+    """Before an overwrite: remove what the earlier run in ``out`` wrote that this one will not
+    write again, so that no earlier subject's results stay beside this run's.
+
+    The earlier subjects are those its ``cohort.json`` lists and those with a status record; of
+    each, its explain folders (:func:`~instasal.pipeline.outputs.remove_run`), status record and
+    TN pool go. The gathered tables this run does not write (``lesions_mean.tsv`` without
+    ``with_mean``, the trust tables without trust) go too. Files of other names are kept.
+    """
+    earlier = {path.stem for path in (out / "status").glob("*.json")}
+    with suppress(StateFileError, FileNotFoundError):  # a corrupt manifest names no subjects
+        listed = read_state_file(out / "cohort.json").get("subjects")
+        earlier |= {str(s) for s in listed} if isinstance(listed, list) else set()
+    for subject_id in sorted(earlier - {s.subject_id for s in found}):
+        if subject_id in {"", ".", ".."} or Path(subject_id).name != subject_id:
+            continue
+        remove_run(out / subject_id / "mean")
+        remove_run(out / subject_id)
+        _status_path(out, subject_id).unlink(missing_ok=True)
+        tn_pool_path(out / "tn_pools", subject_id).unlink(missing_ok=True)
+    unwritten = ([] if options.with_mean else ["lesions_mean"]) + (
+        [] if trust else list(COHORT_TRUST_TABLES)
+    )
+    for name in unwritten:
+        (out / f"{name}.tsv").unlink(missing_ok=True)
 
 
 def _held_now(out: Path, subject_id: str) -> bool:
@@ -524,26 +582,17 @@ def _write_tables(
 ) -> pd.DataFrame:
     """Gather the finished subjects' tables into ``lesions.tsv`` (and the mean one)."""
     table = _gather(out, done)
-    atomic_write_text(
-        out / "lesions.tsv", table.to_csv(sep="\t", index=False, na_rep="n/a"), overwrite=True
-    )
+    write_text_unless_same(out / "lesions.tsv", _tsv(table))
     for name in COHORT_TRUST_TABLES if trust else ():
-        atomic_write_text(
-            out / f"{name}.tsv",
-            _gather(out, done, name=name).to_csv(sep="\t", index=False, na_rep="n/a"),
-            overwrite=True,
-        )
+        write_text_unless_same(out / f"{name}.tsv", _tsv(_gather(out, done, name=name)))
     if with_mean:
-        mean_table = _gather(out, done, "mean")
-        atomic_write_text(
-            out / "lesions_mean.tsv",
-            mean_table.to_csv(sep="\t", index=False, na_rep="n/a"),
-            overwrite=True,
-        )
-    atomic_write_json(
-        out / "failures.json", {"failed": failed, "n_failed": len(failed)}, overwrite=True
-    )
+        write_text_unless_same(out / "lesions_mean.tsv", _tsv(_gather(out, done, "mean")))
+    write_json_unless_same(out / "failures.json", {"failed": failed, "n_failed": len(failed)})
     return table
+
+
+def _tsv(table: pd.DataFrame) -> str:
+    return table.to_csv(sep="\t", index=False, na_rep="n/a")
 
 
 def _run_ray(

@@ -6,6 +6,7 @@ presence (with the run's key) means the lesion is complete and can be reused on 
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,11 @@ __all__ = [
     "RunLayout",
     "instances_lookup",
     "prepare_run_folder",
+    "remove_run",
     "subject_label",
     "table_sidecar",
+    "write_json_unless_same",
+    "write_text_unless_same",
 ]
 
 COHORT_TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
@@ -238,6 +242,33 @@ def _earlier_layout(layout: RunLayout) -> RunLayout:
     if not isinstance(label, str) or label in {"", ".", ".."} or Path(label).name != label:
         return layout
     return RunLayout(layout.root, label)
+
+
+def remove_run(root: Path) -> None:
+    """Remove the files of the explain run in ``root`` (those of the subject its ``run.json``
+    names), then its folders where left empty; a folder without a readable ``run.json`` is kept
+    as it is (nothing says which of its files a run wrote)."""
+    layout = _earlier_layout(RunLayout(root, ""))
+    if not layout.label:
+        return
+    for path in layout.owned_files():
+        path.unlink(missing_ok=True)
+    for folder in (layout.lesion_dir, root):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def write_text_unless_same(path: Path, text: str) -> None:
+    """Write ``text`` atomically unless ``path`` holds exactly that text already, so that a
+    finished run's files are left as they are (same inode, same modification time)."""
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return
+    atomic_write_text(path, text, overwrite=True)
+
+
+def write_json_unless_same(path: Path, payload: object) -> None:
+    """:func:`write_text_unless_same` for a JSON-ready ``payload`` (written indented)."""
+    write_text_unless_same(path, json.dumps(payload, indent=2) + "\n")
 
 
 def instances_lookup(

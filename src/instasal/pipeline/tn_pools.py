@@ -20,7 +20,7 @@ from instasal.errors import ConfigurationError
 from instasal.io import load_image, load_mask, read_subject, write_nifti
 from instasal.typing import TnPool, check_choice
 
-__all__ = ["grey_matter_pool", "tn_pool_mask"]
+__all__ = ["grey_matter_pool", "tn_pool_mask", "tn_pool_path"]
 
 
 def grey_matter_pool(flair: np.ndarray, brain: np.ndarray, white: np.ndarray) -> np.ndarray:
@@ -30,6 +30,11 @@ def grey_matter_pool(flair: np.ndarray, brain: np.ndarray, white: np.ndarray) ->
         return np.zeros_like(brain)
     median = float(np.median(np.asarray(flair)[white]))
     return brain & ~white & (np.asarray(flair) >= median)
+
+
+def tn_pool_path(folder: Path, subject_id: str) -> Path:
+    """Where :func:`tn_pool_mask` writes the ``gm`` pool of ``subject_id`` in ``folder``."""
+    return folder / f"{subject_id}_desc-tngm_mask.nii.gz"
 
 
 def tn_pool_mask(subject: SubjectFiles, pool: str, folder: Path) -> Path | None:
@@ -54,7 +59,7 @@ def tn_pool_mask(subject: SubjectFiles, pool: str, folder: Path) -> Path | None:
     pool_mask = grey_matter_pool(
         image.data[0], load_mask(subject.brain_mask, image), load_mask(subject.wm_mask, image)
     )
-    path = folder / f"{subject.subject_id}_desc-tngm_mask.nii.gz"
+    path = tn_pool_path(folder, subject.subject_id)
     folder.mkdir(parents=True, exist_ok=True)
     header = load_image(subject.images[0]).header
     write_nifti(pool_mask.astype(np.uint8), image.affine, path, header=header, overwrite=True)
