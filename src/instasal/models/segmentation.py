@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from instasal.errors import OutputExistsError
-from instasal.folders import output_folder_lock
+from instasal.folders import output_folder_lock, plain_file_name, refuse_writing_over_inputs
 from instasal.instances import find_instances
 from instasal.io import Subject, read_subject
 from instasal.models.cards import card_of
@@ -152,7 +152,8 @@ def segment_subject(
         Output folder (created if missing), locked for the run (a second run into it is refused
         while this one lives).
     name
-        File name prefix; default: the subject's name (first file's stem).
+        File name prefix, a plain file name (no folder part: the files stay in ``out``); default:
+        the subject's name (first file's stem).
     threshold
         Decision threshold; default: the card's (chosen on validation).
     overlap
@@ -170,6 +171,9 @@ def segment_subject(
 
     Raises
     ------
+    ConfigurationError
+        When ``name`` is not a plain file name, or an output is one of the images (with or
+        without ``overwrite``).
     OutputExistsError
         When an output exists and ``overwrite`` is false.
     OutputLockedError
@@ -186,12 +190,17 @@ def segment_subject(
     subject = images if isinstance(images, Subject) else read_subject(_as_list(images))
     card = card_of(model)
     check_channels(model, subject.channel_names, () if ignore_channel_names else subject.paths)
-    prefix = name or subject.name.removesuffix("_FLAIR")
+    prefix = (
+        subject.name.removesuffix("_FLAIR")
+        if name is None
+        else plain_file_name(name, what="--name")
+    )
     folder = Path(out)
     probability_path = folder / f"{prefix}_prob.nii.gz"
     mask_path = folder / f"{prefix}_mask.nii.gz"
     used = card.threshold if threshold is None else threshold
     with output_folder_lock(folder):
+        refuse_writing_over_inputs((probability_path, mask_path), subject.paths)
         if not overwrite:
             for path in (probability_path, mask_path):
                 if path.exists():
