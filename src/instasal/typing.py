@@ -49,7 +49,7 @@ ModelLike: TypeAlias = "str | os.PathLike[str] | nn.Module"
 
 Connectivity: TypeAlias = Literal[6, 18, 26]
 Aggregation: TypeAlias = Literal["max", "mean"]
-Context: TypeAlias = Literal["full", "patch"]
+Context: TypeAlias = Literal["deployed", "full", "patch"]
 EngineName: TypeAlias = Literal["naive", "batched", "auto"]
 NoiseRange: TypeAlias = Literal["per_channel", "first_channel"]
 Executor: TypeAlias = Literal["local", "ray"]

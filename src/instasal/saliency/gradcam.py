@@ -170,8 +170,11 @@ def instance_gradcam_many(
     ids, masks = as_domains(domains, spatial)
     if not masks:
         return {}
+    # The layer's activation is one window's: in the deployed context the map is that of the
+    # prediction window centred on Ω, the patch window (docs/method.md says why).
+    context = "patch" if config.context == "deployed" else config.context
     windows, divisibility = context_windows(
-        model, masks, config.context, config.patch_size, config.size_divisibility
+        model, masks, context, config.patch_size, config.size_divisibility
     )
     groups = shared_windows(windows)
 
@@ -241,7 +244,8 @@ def instance_gradcam(
         Output channel (as in :func:`instasal.saliency.instance_smoothgrad`).
     context, patch_size, size_divisibility
         As in :func:`instasal.saliency.instance_smoothgrad`: ``"patch"`` computes the map on one
-        patch around Ω and places it, zero outside.
+        patch around Ω and places it, zero outside; ``"deployed"`` is ``"patch"`` here (a layer's
+        activation belongs to one window, not to the blend of the prediction's windows).
 
     Returns
     -------

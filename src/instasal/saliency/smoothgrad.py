@@ -3,7 +3,10 @@
 ``S_Ω(x) = (1/N) Σ_n A_Ω(x + ε_n)`` with ``A_Ω`` the max (default) or mean aggregation of the
 Jacobian rows of the target logits over Ω. All domains of one subject share the N noise draws and
 the forward passes: with ``context="full"`` one forward pass per draw serves every domain; with
-``context="patch"`` one per draw and distinct patch, domains whose patches coincide sharing it.
+``context="patch"`` one per draw and distinct patch, domains whose patches coincide sharing it;
+with ``context="deployed"`` (the sliding-window prediction itself, see
+:mod:`instasal.saliency.deployed`) one per draw and distinct set of prediction windows holding
+the domains' voxels.
 Maps are in logit units per input-intensity unit and are never rescaled.
 """
 
@@ -12,11 +15,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from instasal.saliency.config import MemoryFormat, SmoothGradConfig
+from instasal.saliency.deployed import Tiling, sliding_tiling
 from instasal.saliency.engines import (
     EngineName,
     aggregate_rows,
@@ -27,7 +32,15 @@ from instasal.saliency.engines import (
 from instasal.saliency.inputs import as_domains, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
-from instasal.saliency.windows import Window, context_windows, end_padding, shared_windows
+from instasal.saliency.windows import (
+    Window,
+    context_windows,
+    end_padding,
+    resolve_patch_size,
+    resolve_size_divisibility,
+    shared_windows,
+    window_for,
+)
 from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
 
 __all__ = ["instance_smoothgrad", "instance_smoothgrad_many"]
@@ -53,8 +66,12 @@ def _draws_per_pass(config: SmoothGradConfig, bytes_per_draw: int, budget: int) 
     return max(1, min(MAX_DRAWS_PER_PASS, budget // max(bytes_per_draw, 1)))
 
 
+ForwardPass = Callable[[torch.Tensor], torch.Tensor]
+"""A forward pass: input ``[B, C, *S]`` to target logits (``[*S]`` for B = 1, else ``[B, *S]``)."""
+
+
 def _packs_independently(
-    model: nn.Module, crops: Sequence[torch.Tensor], target: int, padding: Sequence[int]
+    model: nn.Module, crops: Sequence[torch.Tensor], forward: ForwardPass
 ) -> bool:
     """Whether ``model`` gives each draw of a batch the logits it gives that draw alone.
 
@@ -65,8 +82,8 @@ def _packs_independently(
     known = _INDEPENDENT.setdefault(model, {})
     if key not in known:
         with torch.no_grad():
-            together = run_target_logits(model, torch.stack(list(crops[:2])), target, padding)
-            alone = [run_target_logits(model, c.unsqueeze(0), target, padding) for c in crops[:2]]
+            together = forward(torch.stack(list(crops[:2])))
+            alone = [forward(c.unsqueeze(0)) for c in crops[:2]]
         scale = max(float(a.abs().max()) for a in alone)
         known[key] = all(
             bool(torch.allclose(t, a, rtol=0.0, atol=_PACKING_TOLERANCE * max(scale, 1.0)))
@@ -78,20 +95,19 @@ def _packs_independently(
 def _forward_passes(
     model: nn.Module,
     crops: Sequence[torch.Tensor],
-    target: int,
-    padding: Sequence[int],
+    forward: ForwardPass,
     memory_format: torch.memory_format,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Forward the noisy crops of one window: all in one batch where the model treats them
     independently, else one by one. Yields the leaf, its target logits and the graph's bytes."""
-    if len(crops) > 1 and _packs_independently(model, crops, target, padding):
+    if len(crops) > 1 and _packs_independently(model, crops, forward):
         batches = [torch.stack(list(crops))]
     else:
         batches = [crop.unsqueeze(0) for crop in crops]
     for batch in batches:
         inputs = batch.clone(memory_format=memory_format).requires_grad_(True)
         with saved_tensor_bytes() as graph_bytes:
-            logits = run_target_logits(model, inputs, target, padding)
+            logits = forward(inputs)
         yield inputs, logits, graph_bytes[0]
 
 
@@ -100,24 +116,66 @@ def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class _Unit:
+    """One forward pass per noise draw: the box of the input it takes, the prediction windows it
+    blends (``None``: the box's own forward pass) and the domains it serves."""
+
+    window: Window
+    tiles: tuple[int, ...] | None
+    members: list[int]
+
+
+@dataclass(frozen=True)
 class _DomainPlan:
     """Where each domain's Jacobian rows come from: its forward window, its voxels' flat indices
-    in that window, and the domains that share each window (one forward pass serves them)."""
+    in that window, and the forward passes (units) that serve the domains."""
 
     windows: list[Window]
     voxels: list[torch.Tensor]
-    groups: dict[Window, list[int]]
+    units: list[_Unit]
     divisibility: tuple[int, ...] | None
+    tiling: Tiling | None
 
     @classmethod
     def of(
         cls, model: nn.Module, masks: Sequence[torch.Tensor], config: SmoothGradConfig
     ) -> _DomainPlan:
+        if config.context == "deployed":
+            return cls._deployed(model, masks, config)
         windows, divisibility = context_windows(
             model, masks, config.context, config.patch_size, config.size_divisibility
         )
         voxels = [_flat_voxels(w, m) for w, m in zip(windows, masks, strict=True)]
-        return cls(windows, voxels, shared_windows(windows), divisibility)
+        units = [_Unit(w, None, members) for w, members in shared_windows(windows).items()]
+        return cls(windows, voxels, units, divisibility, None)
+
+    @classmethod
+    def _deployed(
+        cls, model: nn.Module, masks: Sequence[torch.Tensor], config: SmoothGradConfig
+    ) -> _DomainPlan:
+        """Whole-grid rows of the sliding-window prediction; domains held by the same
+        prediction windows share a unit."""
+        ndim = masks[0].ndim
+        tiling = sliding_tiling(masks[0].shape, resolve_patch_size(model, config.patch_size, ndim))
+        whole = window_for(masks[0], "full")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, mask in enumerate(masks):
+            groups.setdefault(tiling.covering(mask), []).append(index)
+        return cls(
+            [whole] * len(masks),
+            [_flat_voxels(whole, m) for m in masks],
+            [_Unit(whole, tiles, members) for tiles, members in groups.items()],
+            resolve_size_divisibility(model, config.size_divisibility, ndim),
+            tiling,
+        )
+
+    def forward(self, model: nn.Module, unit: _Unit, target: int) -> ForwardPass:
+        """The forward pass of ``unit``: its window's (padded to the size divisibility), or the
+        blend of its prediction windows."""
+        if unit.tiles is None or self.tiling is None:
+            padding = end_padding(unit.window.size, self.divisibility)
+            return partial(run_target_logits, model, target=target, padding=padding)
+        return partial(self.tiling.target_logits, model, windows=unit.tiles, target=target)
 
     def rows_per_draw(self, aggregation: Aggregation) -> int:
         """Backward rows one noise draw costs: a row per voxel (max), or per domain (mean)."""
@@ -151,13 +209,12 @@ def _summed_over_draws(
         while done_draws < n_draws:
             size = 1 if done_draws == 0 else _draws_per_pass(config, bytes_per_draw, budget)
             chunk = [next(draws) for _ in range(min(size, n_draws - done_draws))]
-            for window, members in plan.groups.items():
-                padding = end_padding(window.size, plan.divisibility)
+            for unit in plan.units:
+                members = unit.members
                 for inputs, logits, graph_bytes in _forward_passes(
                     model,
-                    [window.crop(d) for d in chunk],
-                    config.target,
-                    padding,
+                    [unit.window.crop(d) for d in chunk],
+                    plan.forward(model, unit, config.target),
                     _MEMORY_FORMATS[config.memory_format],
                 ):
                     if done_draws == 0:

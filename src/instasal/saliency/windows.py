@@ -171,6 +171,11 @@ def context_windows(
     size_divisibility: int | Sequence[int] | None,
 ) -> tuple[list[Window], tuple[int, ...] | None]:
     """The window of every domain (SPEC §2 Context) and the network's size divisibility."""
+    if context == "deployed":
+        raise ConfigurationError(
+            'context="deployed" blends the prediction\'s windows (instasal.saliency.deployed); '
+            "it has no single window per domain"
+        )
     ndim = domains[0].ndim
     divisibility = resolve_size_divisibility(model, size_divisibility, ndim)
     if context == "full":

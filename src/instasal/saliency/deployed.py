@@ -1,0 +1,166 @@
+"""The deployed context: differentiate the logit the prediction itself thresholded.
+
+A sliding-window prediction (MONAI's ``sliding_window_inference``, as instasal's ``predict_logits``
+runs it) gives voxel v the logit
+
+    z(v) = Σ_w  g(v − s_w) f(x[w])(v − s_w)  /  Σ_w g(v − s_w)
+
+over the windows w of the tiling (start ``s_w``, the card's patch size, overlap 0.5), ``g`` the
+Gaussian importance map (σ = patch / 8, clamped below as MONAI clamps it) and the input zero-padded
+symmetrically where it is smaller than the patch. The denominator does not depend on x, so the
+Jacobian row of v is the blending-weighted sum of the rows of every window holding v. Here that sum
+is built by autograd itself: the forward pass of a domain runs exactly the windows that hold at
+least one of its voxels, blends them with the prediction's weights and normalisation, and every
+row is pulled from that one graph. No window is skipped, so the map is exact (tested against
+autograd through MONAI's own ``sliding_window_inference``). Domains held by the same windows share
+one forward pass per noise draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from torch import nn
+
+from instasal.saliency.inputs import target_channel
+
+__all__ = [
+    "SLIDING_WINDOW_OVERLAP",
+    "SLIDING_WINDOW_SIGMA_SCALE",
+    "Tiling",
+    "sliding_tiling",
+]
+
+SLIDING_WINDOW_OVERLAP = 0.5
+"""Fraction of a window shared with its neighbour in the deployed prediction."""
+SLIDING_WINDOW_SIGMA_SCALE = 0.125
+"""σ of the Gaussian blending weights, as a fraction of the patch (nnU-Net's 1/8)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Tiling:
+    """The windows and blending weights of a sliding-window prediction on one grid.
+
+    Attributes
+    ----------
+    shape
+        The grid the prediction is made on.
+    patch
+        Window size.
+    pad_before
+        Zero voxels added before each axis (where the grid is smaller than the patch); as many
+        or one more are added after it.
+    boxes
+        Each window as slices of the padded grid, in the prediction's order.
+    importance
+        Blending weight of each window voxel ``[*patch]``.
+    total_weight
+        Sum of the weights of every window at each voxel of the padded grid ``[*padded]``.
+    """
+
+    shape: tuple[int, ...]
+    patch: tuple[int, ...]
+    pad_before: tuple[int, ...]
+    boxes: tuple[tuple[slice, ...], ...]
+    importance: torch.Tensor
+    total_weight: torch.Tensor
+
+    @property
+    def padded(self) -> tuple[int, ...]:
+        """The padded grid's shape."""
+        return tuple(int(n) for n in self.total_weight.shape)
+
+    def padding_pairs(self) -> list[int]:
+        """``F.pad``'s argument: (before, after) per axis, the last axis first."""
+        pairs: list[int] = []
+        for size, padded, before in reversed(
+            list(zip(self.shape, self.padded, self.pad_before, strict=True))
+        ):
+            pairs += [before, padded - size - before]
+        return pairs
+
+    def covering(self, domain: torch.Tensor) -> tuple[int, ...]:
+        """Indices of the windows holding at least one voxel of ``domain`` (a mask on ``shape``)."""
+        padded = F.pad(domain[None, None].to(torch.uint8), self.padding_pairs())[0, 0].bool()
+        return tuple(i for i, box in enumerate(self.boxes) if bool(padded[box].any()))
+
+    def blended_logits(
+        self, model: nn.Module, batch: torch.Tensor, windows: Sequence[int]
+    ) -> torch.Tensor:
+        """The prediction's logits ``[B, K, *shape]`` where ``windows`` are all that hold a voxel.
+
+        Exact at every voxel all of whose windows are among ``windows`` (elsewhere the missing
+        windows' share is left out); differentiable in ``batch`` ``[B, C, *shape]``.
+        """
+        padded = F.pad(batch, self.padding_pairs())
+        importance = self.importance.to(batch.device, batch.dtype)
+        blended: torch.Tensor | None = None
+        for index in windows:
+            box = (slice(None), slice(None), *self.boxes[index])
+            weighted = model(padded[box]) * importance
+            if blended is None:
+                blended = weighted.new_zeros((batch.shape[0], weighted.shape[1], *self.padded))
+            blended = blended.index_put(_box_indices(box, blended), weighted, accumulate=True)
+        if blended is None:
+            raise ValueError("no window to blend")
+        total = self.total_weight.to(batch.device, batch.dtype)
+        inside = tuple(
+            slice(before, before + size)
+            for before, size in zip(self.pad_before, self.shape, strict=True)
+        )
+        return (blended / total)[(slice(None), slice(None), *inside)]
+
+    def target_logits(
+        self, model: nn.Module, batch: torch.Tensor, windows: Sequence[int], target: int
+    ) -> torch.Tensor:
+        """The target channel of :meth:`blended_logits`: ``[*shape]`` for a batch of one, else
+        ``[B, *shape]`` (as :func:`instasal.saliency.inputs.run_target_logits`)."""
+        logits = self.blended_logits(model, batch, windows)
+        chosen = logits[:, target_channel(target, logits.shape[1])]
+        return chosen[0] if chosen.shape[0] == 1 else chosen
+
+
+def _box_indices(box: tuple[slice, ...], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Broadcast index tensors selecting ``like[box]`` (for an out-of-place ``index_put``)."""
+    ranges = [
+        torch.arange(*s.indices(n), device=like.device)
+        for s, n in zip(box, like.shape, strict=True)
+    ]
+    return tuple(
+        r.reshape([-1 if axis == i else 1 for axis in range(len(ranges))])
+        for i, r in enumerate(ranges)
+    )
+
+
+def sliding_tiling(
+    shape: Sequence[int],
+    patch: Sequence[int],
+    *,
+    overlap: float = SLIDING_WINDOW_OVERLAP,
+    sigma_scale: float = SLIDING_WINDOW_SIGMA_SCALE,
+) -> Tiling:
+    """The tiling MONAI's ``sliding_window_inference`` uses on a grid of ``shape``
+    (``mode="gaussian"``, constant zero padding).
+
+    >>> tiling = sliding_tiling((20, 8, 8), (8, 8, 8))
+    >>> [box[0].start for box in tiling.boxes], tiling.padded
+    ([0, 4, 8, 12], (20, 8, 8))
+    """
+    shape, patch = tuple(int(s) for s in shape), tuple(int(p) for p in patch)
+    image = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
+    pad_before = tuple((max(p - s, 0)) // 2 for s, p in zip(shape, patch, strict=True))
+    interval = tuple(
+        p if p == n else max(int(p * (1 - overlap)), 1) for p, n in zip(patch, image, strict=True)
+    )
+    boxes = tuple(tuple(box) for box in dense_patch_slices(image, patch, interval))
+    importance = compute_importance_map(
+        patch, mode="gaussian", sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
+    )
+    total = torch.zeros(image, dtype=torch.float32)
+    for box in boxes:
+        total[box] += importance
+    return Tiling(shape, patch, pad_before, boxes, importance, total)
