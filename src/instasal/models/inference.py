@@ -22,6 +22,7 @@ from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
 from instasal.models.cards import ModelCard, card_of
+from instasal.saliency.deployed import SLIDING_WINDOW_OVERLAP, SLIDING_WINDOW_SIGMA_SCALE
 from instasal.typing import FloatArray
 
 __all__ = [
@@ -36,7 +37,7 @@ def predict_logits(
     model: nn.Module,
     x: torch.Tensor | np.ndarray,
     *,
-    overlap: float = 0.5,
+    overlap: float = SLIDING_WINDOW_OVERLAP,
     sw_batch_size: int = 2,
     device: torch.device | str | None = None,
     region: np.ndarray | None = None,
@@ -96,7 +97,7 @@ def predict_logits(
                     predictor=model if windows is None else windows,
                     overlap=overlap,
                     mode="gaussian",
-                    sigma_scale=0.125,
+                    sigma_scale=SLIDING_WINDOW_SIGMA_SCALE,
                     padding_mode="constant",
                     cval=0.0,
                     sw_device=target_device,
@@ -154,7 +155,7 @@ def predict_probability(
     x: torch.Tensor | np.ndarray,
     *,
     target: int | None = None,
-    overlap: float = 0.5,
+    overlap: float = SLIDING_WINDOW_OVERLAP,
     sw_batch_size: int = 2,
     device: torch.device | str | None = None,
     region: np.ndarray | None = None,
