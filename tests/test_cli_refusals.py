@@ -117,6 +117,37 @@ CASES = {
         ["phantom", "{dataset}/c", "--subjects", "0"],
         "Input should be greater than or equal to 1",
     ),
+    # issue 24: an empty output path would write into the working folder without a word, and a
+    # --name with folders in it outside --out
+    **{
+        f"{command[0]} {option} empty": (command, f"{option}': empty path; give a folder")
+        for command, option in [
+            (["explain", "{image}", "--out", ""], "-o"),
+            (["segment", "{image}", "--out", ""], "-o"),
+            (["cohort", "{dataset}", "--out", ""], "-o"),
+            (["evaluate", "{dataset}", "--out", ""], "-o"),
+            (["experiment", "context", "{dataset}", "--out", ""], "-o"),
+            (["train", "{dataset}", "--val", "{dataset}", "--out", ""], "-o"),
+            (
+                ["train", "{dataset}", "--val", "{dataset}", "-o", "{dataset}/o", "--export", ""],
+                "--export",
+            ),
+            (["demo", "--out", ""], "-o"),
+            (["phantom", ""], "out"),
+        ]
+    },
+    "segment name with a folder": (
+        ["segment", "{image}", "--out", "{dataset}/o", "--name", "../../x"],
+        "--name must be a plain file name, without a folder, got '../../x'",
+    ),
+    "segment absolute name": (
+        ["segment", "{image}", "--out", "{dataset}/o", "--name", "/tmp/x"],
+        "--name must be a plain file name, without a folder, got '/tmp/x'",
+    ),
+    "train export name with a folder": (
+        ["train", "{dataset}", "--val", "{dataset}", "-o", "{dataset}/o", "--name", "../x"],
+        "--name must be a plain file name, without a folder, got '../x'",
+    ),
 }
 
 

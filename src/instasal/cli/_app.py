@@ -25,7 +25,19 @@ from instasal.errors import (
 ImagesArgument = Annotated[
     list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
 ]
-OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (required).")]
+
+
+def output_path(value: str) -> Path:
+    """An output path option's value: refused when empty, which ``Path`` would silently read as
+    the working folder."""
+    if value == "":
+        raise typer.BadParameter("empty path; give a folder (. for the working folder)")
+    return Path(value)
+
+
+OutOption = Annotated[
+    Path, typer.Option("--out", "-o", parser=output_path, help="Output folder (required).")
+]
 
 
 def builtin_model_names() -> list[str]:

@@ -20,6 +20,7 @@ from instasal.cli._app import (
     app,
     check_model,
     console,
+    output_path,
     require_channel_order,
     require_dataset_channel_order,
     require_files,
@@ -38,7 +39,10 @@ __all__ = ["cohort", "demo", "explain", "phantom"]
 
 @app.command()
 def phantom(
-    out: Annotated[Path, typer.Argument(help="Folder of the new BIDS-like phantom cohort.")],
+    out: Annotated[
+        Path,
+        typer.Argument(parser=output_path, help="Folder of the new BIDS-like phantom cohort."),
+    ],
     subjects: Annotated[
         int, typer.Option("--subjects", "-n", min=1, help="Number of subjects.")
     ] = 4,
@@ -214,7 +218,9 @@ def _print_summary(result: ExplainResult) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("instasal-demo"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", parser=output_path, help="Demo folder.")
+    ] = Path("instasal-demo"),
     seed: Annotated[int, typer.Option(min=0, help="Seed of the phantom subject.")] = 7,
     overwrite: Annotated[
         bool, typer.Option(help="Regenerate and recompute everything (default: reuse).")

@@ -25,12 +25,13 @@ from instasal.cli._app import (
     check_model,
     console,
     limit_torch_threads,
+    output_path,
     require_channel_order,
     require_dataset_channel_order,
     require_files,
 )
 from instasal.errors import ConfigurationError, InstasalWarning
-from instasal.folders import output_folder_lock
+from instasal.folders import output_folder_lock, plain_file_name
 from instasal.progress import pipeline_progress
 
 __all__ = ["evaluate", "segment", "train"]
@@ -48,7 +49,10 @@ def train(
         Path, typer.Option("--val", help="Labelled cohort for validation (required).")
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Run folder: checkpoint, history (required).")
+        Path,
+        typer.Option(
+            "--out", "-o", parser=output_path, help="Run folder: checkpoint, history (required)."
+        ),
     ],
     architecture: Annotated[
         str,
@@ -76,8 +80,9 @@ def train(
     export: Annotated[
         Path | None,
         typer.Option(
+            parser=output_path,
             help="Write the best model as <name>.pt + <name>.json into this folder "
-            "(default: no export)."
+            "(default: no export).",
         ),
     ] = None,
     name: Annotated[
@@ -103,6 +108,8 @@ def train(
     if learning_rate <= 0:
         raise ConfigurationError(f"--lr must be > 0, got {learning_rate}")
     require_files(training, validation)
+    if name is not None:
+        plain_file_name(name, what="--name")
     if threads is not None:  # the shipped cards' reproduce commands give it after ``train``
         warnings.warn(
             InstasalWarning("train --threads is deprecated; use instasal --threads N train …"),
@@ -188,6 +195,8 @@ def segment(
 ) -> None:
     """Write the lesion probability and mask of one subject (sliding window, Gaussian blending)."""
     _check_threshold_and_overlap(threshold, overlap)
+    if name is not None:
+        plain_file_name(name, what="--name")
     require_files(*images)
     check_model(model)
     require_channel_order(images, [model], ignore_channel_names)
@@ -211,7 +220,12 @@ def segment(
 @app.command()
 def evaluate(
     cohort: Annotated[Path, typer.Argument(help="Labelled BIDS-like cohort (e.g. phantoms).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the TSV tables (required).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", parser=output_path, help="Folder for the TSV tables (required)."
+        ),
+    ],
     model: Annotated[
         list[str] | None,
         typer.Option(
