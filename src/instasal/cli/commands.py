@@ -80,7 +80,11 @@ GradcamLayerOption = Annotated[
 
 ContextOption = Annotated[
     Context | None,
-    typer.Option(help="patch or full (default: patch when the model card gives a patch size)."),
+    typer.Option(
+        help="deployed (the prediction's own sliding window: the default where instasal "
+        "reproduces it), patch (one patch around each lesion) or full (the whole volume in one "
+        "pass; the default when the card states no patch size)."
+    ),
 ]
 
 

@@ -1,5 +1,10 @@
 """Which context an explain run differentiates, and a guard against an unasked whole-volume run.
 
+By default a run explains the decision the model made: the deployed context, the sliding-window
+prediction's own forward (:mod:`instasal.saliency.deployed`), wherever instasal's prediction is
+that sliding window; the patch context, with a note, where it is not reproduced (an nnU-Net
+folder's own predictor, a model resampled to another voxel size).
+
 A model card without a patch size leaves only the whole volume as the forward pass to
 differentiate (``context="full"``). For a large volume and network that is days of work: every
 voxel of every domain costs one backward pass through the whole volume per noise draw. Where the
@@ -20,6 +25,7 @@ import torch
 
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instance
+from instasal.models.nnunet_predict import nnunet_network
 from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
 from instasal.prepare import PreparedSubject
 from instasal.saliency import SmoothGradConfig
@@ -29,6 +35,7 @@ from instasal.typing import Context
 __all__ = [
     "FULL_CONTEXT_BUDGET_S",
     "check_full_context_cost",
+    "deployed_obstacle",
     "full_context_seconds",
     "resolve_context",
 ]
@@ -54,13 +61,36 @@ def _patch_hint(card: Mapping[str, Any]) -> str:
     )
 
 
-def resolve_context(asked: Context | None, card: Mapping[str, Any]) -> Context:
-    """The context of a run: the one asked for, else ``patch`` when the card has a patch size.
+def deployed_obstacle(prepared: PreparedSubject) -> str | None:
+    """Why the deployed context cannot reproduce this model's prediction (``None``: it can)."""
+    if nnunet_network(prepared.network) is not None:
+        return (
+            "the prediction is nnU-Net's own predictor (its tiles, mirroring and resampling), "
+            "which the deployed context does not reproduce yet"
+        )
+    if prepared.resampled:
+        return (
+            "the model runs at another voxel size than the subject, and the deployed context "
+            "does not reproduce the resampling around the sliding window yet"
+        )
+    return None
+
+
+def resolve_context(
+    asked: Context | None, card: Mapping[str, Any], obstacle: str | None = None
+) -> tuple[Context, str | None]:
+    """The context of a run, and a note when by default it is not the prediction's own forward.
+
+    By default the maps differentiate the prediction itself: ``deployed`` (the sliding window
+    over the card's patch) where ``obstacle`` is ``None``, ``full`` where the card states no patch
+    (the prediction is then one whole-volume pass, which ``full`` differentiates exactly). Where
+    the deployed forward cannot be reproduced (``obstacle``), ``patch``, with a note saying so.
 
     Raises
     ------
     ConfigurationError
-        When ``patch`` is asked for and the card has no patch size (before any work).
+        When ``patch`` is asked for and the card has no patch size, or ``deployed`` for a model
+        whose prediction it cannot reproduce (before any work).
     """
     has_patch = bool(card.get("patch_size"))
     if asked == "patch" and not has_patch:
@@ -68,7 +98,21 @@ def resolve_context(asked: Context | None, card: Mapping[str, Any]) -> Context:
             f"context patch needs the model's patch size, and model {card.get('name')!r} states "
             f"none; {_patch_hint(card)}, or pass --context full (context='full')"
         )
-    return asked or ("patch" if has_patch else "full")
+    if asked == "deployed" and obstacle is not None and has_patch:
+        raise ConfigurationError(
+            f"context deployed is not available for model {card.get('name')!r}: {obstacle}; "
+            "pass --context patch or --context full"
+        )
+    if not has_patch and asked in (None, "deployed"):
+        return "full", None
+    if asked is not None:
+        return asked, None
+    if obstacle is None:
+        return "deployed", None
+    return "patch", (
+        f"maps differentiate one patch around each domain, not the prediction: {obstacle}; the "
+        "table's explained_prob_mean/max and explained_detects say how far that forward differs"
+    )
 
 
 def full_context_seconds(prepared: PreparedSubject, target: int) -> tuple[float, float]:

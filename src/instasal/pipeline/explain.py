@@ -37,7 +37,11 @@ from instasal.io import (
 from instasal.models import card_of, check_channels, load_model
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
-from instasal.pipeline.context_choice import check_full_context_cost, resolve_context
+from instasal.pipeline.context_choice import (
+    check_full_context_cost,
+    deployed_obstacle,
+    resolve_context,
+)
 from instasal.pipeline.outputs import (
     RunLayout,
     instances_lookup,
@@ -217,7 +221,14 @@ def explain_subject(
 
         step = time.perf_counter()
         lesions = found.lesion_space(space.prepared, inputs.regions)
-        plan = LesionPlan(space.smoothgrad, space.gradcam, run.layout, run.key)
+        plan = LesionPlan(
+            space.smoothgrad,
+            space.gradcam,
+            run.layout,
+            run.key,
+            space.threshold,
+            card_of(space.network),
+        )
         rows = [*resumed.rows, *explain_lesions(resumed.todo, lesions, plan, progress)]
         timings["saliency_s"] = time.perf_counter() - step
 
@@ -310,11 +321,16 @@ class ModelSpace:
     geometry: dict[str, Any]
     gradcam_skipped: str | None = None
     """Why Grad-CAM++ was asked for but cannot run on this model (``None``: it runs or was off)."""
+    context_note: str | None = None
+    """Why the maps by default are not of the prediction's own forward (``None``: they are)."""
 
     @property
     def notes(self) -> tuple[str, ...]:
         """One-line notes on what the run could not do for this model."""
-        return () if self.gradcam_skipped is None else (f"Grad-CAM++ {self.gradcam_skipped}",)
+        notes = [] if self.context_note is None else [self.context_note]
+        if self.gradcam_skipped is not None:
+            notes.append(f"Grad-CAM++ {self.gradcam_skipped}")
+        return tuple(notes)
 
 
 def enter_model_space(
@@ -338,13 +354,23 @@ def enter_model_space(
     if settings.saliency_of == "tta":
         prepared = with_mirrored_network(prepared)
     working_card: dict[str, Any] = dict(getattr(prepared.network, "card", {}))
-    context = resolve_context(settings.context, working_card)
+    context, context_note = resolve_context(
+        settings.context, working_card, deployed_obstacle(prepared)
+    )
     threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
     target = int(card.get("target_class", 1))
     smoothgrad = replace(settings.smoothgrad, target=target, context=context)
     gradcam, skipped = _gradcam_window(settings, network, prepared, target, context)
     space = ModelSpace(
-        network, prepared, card, threshold, smoothgrad, gradcam, prepared.geometry(), skipped
+        network,
+        prepared,
+        card,
+        threshold,
+        smoothgrad,
+        gradcam,
+        prepared.geometry(),
+        skipped,
+        context_note,
     )
     for note in space.notes:
         warnings.warn(note, InstasalWarning, stacklevel=2)

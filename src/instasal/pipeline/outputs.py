@@ -341,6 +341,22 @@ def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
         "centroid_z": {"Description": "Centroid, world RAS z", "Units": "mm"},
         "prob_mean": {"Description": "Mean lesion probability inside the domain"},
         "prob_max": {"Description": "Maximum lesion probability inside the domain"},
+        "explained_prob_mean": {
+            "Description": "Mean lesion probability inside the domain of the forward pass the "
+            "saliency maps differentiate (the run's context, named in provenance.json): equal to "
+            "prob_mean up to float32 round-off in the deployed context (the prediction's own "
+            "sliding window); in the patch or full context it shows how far that forward differs "
+            "from the prediction"
+        },
+        "explained_prob_max": {
+            "Description": "Maximum lesion probability inside the domain of the explained forward "
+            "pass (see explained_prob_mean)"
+        },
+        "explained_detects": {
+            "Description": "True where at least half of the domain's voxels reach the threshold "
+            "in the explained forward pass; False means the maps explain a forward pass that would "
+            "not have found this domain"
+        },
     }
     for name in channel_names:
         columns |= {

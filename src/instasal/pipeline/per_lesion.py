@@ -11,11 +11,14 @@ import numpy as np
 import torch
 
 from instasal.instances import Instance, InstanceKind, Instances
+from instasal.models.cards import ModelCard
+from instasal.models.inference import probability_from_logits
 from instasal.pipeline.outputs import RunLayout
 from instasal.prepare import PreparedSubject
 from instasal.saliency import (
     GradCamConfig,
     SmoothGradConfig,
+    explained_logits,
     instance_gradcam_many,
     instance_smoothgrad_many,
     normalise_map,
@@ -48,7 +51,8 @@ LESIONS_PER_BATCH = 4
 def table_columns(channel_names: Sequence[str]) -> list[str]:
     base = ["id", "type", "region", "volume_mm3", "n_voxels"]
     base += ["centroid_i", "centroid_j", "centroid_k", "centroid_x", "centroid_y", "centroid_z"]
-    base += ["prob_mean", "prob_max"]
+    base += ["prob_mean", "prob_max", "explained_prob_mean", "explained_prob_max"]
+    base += ["explained_detects"]
     return [*base, *saliency_columns(channel_names), "gradcam_peak", "gradcam_peak_voxel"]
 
 
@@ -126,12 +130,18 @@ class LesionPlan:
         resolved for this model (``gradcam=None``: no Grad-CAM); passed to the methods as they are.
     layout, key
         The run's files and run key (each domain's record carries the key).
+    threshold, card
+        The prediction's probability threshold and the model's card (its output activation): a
+        domain whose explained forward has more than half its voxels below the threshold is
+        marked as not detected by that forward.
     """
 
     smoothgrad: SmoothGradConfig
     gradcam: GradCamConfig | None
     layout: RunLayout
     key: str
+    threshold: float
+    card: ModelCard
 
 
 def explain_lesions(
@@ -156,10 +166,33 @@ def explain_lesions(
             progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
 
         maps, cams = _batch_maps(batch, space, plan, report_rows)
+        explained = _explained_columns(batch, space, plan)
         done_rows += sum(r.n_voxels for r in batch) * draws
         for record in batch:
-            rows.append(_write_lesion(space, record, maps[record.id], cams.get(record.id), plan))
+            row = _write_lesion(
+                space, record, maps[record.id], cams.get(record.id), explained[record.id], plan
+            )
+            rows.append(row)
     return rows
+
+
+def _explained_columns(
+    batch: Sequence[Instance], space: SubjectSpace, plan: LesionPlan
+) -> dict[int, dict[str, Any]]:
+    """Per domain, the explained forward's probability over Ω (mean, max) and whether that
+    forward detects the domain (at least half its voxels at or above the threshold)."""
+    network, x = space.prepared.network, space.prepared.x
+    domains = {r.id: space.instances.mask(r.id) for r in batch}
+    columns: dict[int, dict[str, Any]] = {}
+    for domain_id, logits in explained_logits(network, x, domains, plan.smoothgrad).items():
+        values = logits.numpy().astype(np.float32)[:, :, None, None]
+        probability = probability_from_logits(values, plan.card).reshape(-1)
+        columns[domain_id] = {
+            "explained_prob_mean": float(probability.mean()),
+            "explained_prob_max": float(probability.max()),
+            "explained_detects": bool((probability >= plan.threshold).mean() >= 0.5),
+        }
+    return columns
 
 
 def _batch_maps(
@@ -184,11 +217,13 @@ def _write_lesion(
     record: Instance,
     saliency: np.ndarray,
     cam: np.ndarray | None,
+    explained: dict[str, Any],
     plan: LesionPlan,
 ) -> dict[str, Any]:
     """Write one domain's maps and its record (row and files, under the run key); its row."""
     layout = plan.layout
     row, files = _lesion_outputs(space, record, saliency, cam, layout)
+    row |= explained
     layout.write_lesion_record(
         int(row["id"]),
         {

@@ -35,8 +35,10 @@ class ExplainSettings:
         Instance Grad-CAM++ (SPEC §3) with its variant and layer (``layer=None``: the model card's
         default layer); ``None``: no Grad-CAM. Its window is set by the run as SmoothGrad's.
     context
-        ``"patch"`` or ``"full"``; ``None`` picks ``"patch"`` when the model card gives a training
-        patch size (the paper's geometry), else ``"full"``.
+        ``"deployed"``, ``"patch"`` or ``"full"``; ``None`` picks the prediction's own forward:
+        ``"deployed"`` (the sliding window over the card's patch), or ``"full"`` when the card
+        gives no patch size; ``"patch"`` with a note where the deployed forward is not reproduced
+        (see :func:`instasal.pipeline.context_choice.resolve_context`).
     threshold
         Lesion probability threshold; ``None`` takes the model card's.
     connectivity, min_volume_mm3

@@ -1,7 +1,8 @@
 """Instance saliency: instance SmoothGrad and instance Grad-CAM++ / Grad-CAM (SPEC §2, §3, §5).
 
 Pure functions over ``(model, x, domain)``: no files, no model zoo. One concept per module:
-``noise`` (seeded SmoothGrad noise), ``windows`` (whole volume or patch), ``engines`` (exact
+``noise`` (seeded SmoothGrad noise), ``windows`` (whole volume or patch), ``deployed`` (the
+sliding-window prediction's own forward), ``explained`` (that forward's logits), ``engines`` (exact
 Jacobian-row engines), ``smoothgrad``, ``gradcam``, ``agreement`` (patch versus full context),
 ``model_state`` (eval mode and restoring the model), ``inputs`` (argument checks), ``summaries``
 (the lesion-table numbers of one map). Each method's settings are one validated, frozen config
@@ -17,6 +18,7 @@ from instasal.saliency.config import CamVariant, GradCamConfig, MemoryFormat, Sm
 if TYPE_CHECKING:
     from instasal.saliency.agreement import map_agreement, patch_full_agreement
     from instasal.saliency.engines import EngineChoice, cached_engine_choices
+    from instasal.saliency.explained import explained_logits
     from instasal.saliency.gradcam import instance_gradcam, instance_gradcam_many, normalise_map
     from instasal.saliency.smoothgrad import instance_smoothgrad, instance_smoothgrad_many
 
@@ -27,6 +29,7 @@ __all__ = [
     "MemoryFormat",
     "SmoothGradConfig",
     "cached_engine_choices",
+    "explained_logits",
     "instance_gradcam",
     "instance_gradcam_many",
     "instance_smoothgrad",
@@ -43,6 +46,7 @@ _LAZY = {
     "patch_full_agreement": "instasal.saliency.agreement",
     "EngineChoice": "instasal.saliency.engines",
     "cached_engine_choices": "instasal.saliency.engines",
+    "explained_logits": "instasal.saliency.explained",
     "instance_gradcam": "instasal.saliency.gradcam",
     "instance_gradcam_many": "instasal.saliency.gradcam",
     "normalise_map": "instasal.saliency.gradcam",
