@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PointwiseLinear
 from instasal.cli import run_app
 from instasal.errors import ConfigurationError
 from instasal.folders import refuse_writing_over_inputs
+from instasal.models.cards import ModelCard
+from instasal.models.export import export_weights
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.cohort import run_cohort
 from instasal.saliency import SmoothGradConfig
@@ -230,3 +233,12 @@ def test_same_file_through_any_link_is_refused_and_other_files_pass(tmp_path):
     for output in (given, hard, tmp_path / "." / "input.nii.gz"):
         with pytest.raises(ConfigurationError, match=r"is an input of this run \("):
             refuse_writing_over_inputs([output], [given])
+
+
+@pytest.mark.parametrize("name", ["../x", "{tmp}/x", "."])
+def test_an_exported_model_stays_in_its_folder(tmp_path, name):
+    network = PointwiseLinear()
+    card = ModelCard(name="linear", architecture="module", patch_size=(8, 8, 8))
+    with pytest.raises(ConfigurationError, match="--name must be a plain file name"):
+        export_weights(network, card, tmp_path / "weights", name=name.format(tmp=tmp_path))
+    assert sorted(tmp_path.rglob("*")) == []

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
+from instasal.folders import plain_file_name
 from instasal.io import atomic_save, atomic_write_json
 from instasal.models.cards import ModelCard
 from instasal.typing import PathLike
@@ -59,10 +60,11 @@ def export_weights(
     Raises
     ------
     ConfigurationError
-        When a file exists and ``overwrite`` is false.
+        When a file exists and ``overwrite`` is false, or ``name`` is not a plain file name (a
+        folder in it would write outside ``folder``).
     """
     out = Path(folder)
-    stem = name or card.architecture
+    stem = card.architecture if name is None else plain_file_name(name, what="--name")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     size = sum(v.numel() * v.element_size() for v in state.values())
     dtype = "float32"
