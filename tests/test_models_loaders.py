@@ -70,7 +70,7 @@ def test_torchscript_file_with_sidecar_card_and_inferred_channels(tmp_path: Path
     model = load_model(str(path))
     _same_outputs(model, reference)
     card = card_of(model)
-    assert card.channel_names == ("FLAIR", "T1w")  # two input channels, inferred
+    assert card.channel_names == ("ch0", "ch1")  # two input channels, inferred, not named
     assert card.gradcam_layer == "model.2.conv"
 
 

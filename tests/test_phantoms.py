@@ -216,7 +216,7 @@ def test_mimics_are_bright_and_never_lesions(crowded: list[PhantomSubject]) -> N
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
-        ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"seed": -1}, "seed must be a whole number from 0 to 2\\*\\*63 - 1 .*, got -1"),
         ({"seed": 0, "resolution": 3}, "resolution must be 1 or 2"),
         ({"seed": 0, "n_lesions": -2}, r"n_lesions must be None or an integer in \[0, 200\]"),
     ],

@@ -8,6 +8,7 @@ convolutions on the 26×16×16 subjects of ``conftest.py``; each run takes about
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ import torch
 
 from conftest import LINEAR_SHAPE, PointwiseLinear
 from instasal.cli import run_app
-from instasal.errors import InstasalWarning, ModelError
+from instasal.errors import ImageError, InstasalWarning, ModelError
 from instasal.models import load_model
 from instasal.models.segmentation import segment_subject
 from instasal.pipeline import ExplainSettings, explain_subject
@@ -138,3 +139,72 @@ def test_nan_prediction_is_one_error_line_in_the_cli(
     captured = capsys.readouterr()
     errors = [line for line in (captured.out + captured.err).splitlines() if "error:" in line]
     assert len(errors) == 1 and "nan_model" in errors[0] and "NaN" in errors[0]
+
+
+@pytest.fixture
+def t2_pd_files(tmp_path: Path, linear_dataset: Path) -> list[Path]:
+    """The first linear subject's channels saved as ``_T2w`` and ``_PDw`` (BIDS suffixes)."""
+    flair, t1w = _images(linear_dataset)
+    folder = tmp_path / "t2pd" / "sub-01" / "anat"
+    folder.mkdir(parents=True)
+    files = [folder / "sub-01_T2w.nii.gz", folder / "sub-01_PDw.nii.gz"]
+    for source, target in zip((flair, t1w), files, strict=True):
+        shutil.copy(source, target)
+    return files
+
+
+@pytest.fixture
+def t2_pd_model_path(tmp_path: Path) -> Path:
+    """:class:`PointwiseLinear` taking T2w then PDw (card beside the TorchScript file)."""
+    path = tmp_path / "t2pd.pt"
+    torch.jit.save(torch.jit.script(PointwiseLinear()), str(path))
+    card = {"threshold": 0.5, "patch_size": list(LINEAR_SHAPE), "channel_names": ["T2w", "PDw"]}
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+def test_channel_names_come_from_the_model_card(
+    tmp_path: Path, t2_pd_files: list[Path], t2_pd_model_path: Path
+) -> None:
+    result = explain_subject(
+        t2_pd_files, t2_pd_model_path, tmp_path / "out", settings=FAST, progress=None
+    )
+    assert len(result.table) == 1
+    assert {"peak_T2w", "peak_PDw"} <= set(result.table.columns)
+    assert not any("FLAIR" in column for column in result.table.columns)
+
+
+def test_segment_takes_the_model_cards_channels(
+    tmp_path: Path, t2_pd_files: list[Path], t2_pd_model_path: Path
+) -> None:
+    result = segment_subject(load_model(t2_pd_model_path), t2_pd_files, tmp_path / "out")
+    assert result.mask.sum() == 27
+
+
+def test_swapped_files_are_still_refused_by_their_names(
+    tmp_path: Path, t2_pd_files: list[Path], t2_pd_model_path: Path
+) -> None:
+    with pytest.raises(ImageError, match="say the channels are PDw, T2w"):
+        explain_subject(
+            t2_pd_files[::-1], t2_pd_model_path, tmp_path / "out", settings=FAST, progress=None
+        )
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_cli_explains_t2_pd_channels(
+    tmp_path: Path,
+    t2_pd_files: list[Path],
+    t2_pd_model_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    ignore: bool,
+) -> None:
+    """In the card's order they are explained; swapped, only ``--ignore-channel-names`` lets them
+    through, and then to the end (the flag reaches explain_subject)."""
+    images = [str(p) for p in (t2_pd_files[::-1] if ignore else t2_pd_files)]
+    flags = ["--ignore-channel-names"] if ignore else []
+    arguments = ["explain", *images, "--model", str(t2_pd_model_path), "--out", str(tmp_path / "o")]
+    status = run_app([*arguments, "--n-samples", "2", *flags])
+    captured = capsys.readouterr()
+    assert status == 0, captured.out + captured.err
+    table = pd.read_csv(next((tmp_path / "o").glob("*_lesions.tsv")), sep="\t")
+    assert {"peak_T2w", "peak_PDw"} <= set(table.columns)

@@ -8,7 +8,9 @@ same settings must be the same string.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from instasal.errors import ConfigurationError
@@ -69,3 +71,50 @@ def test_sizes_given_as_lists_are_kept_as_tuples() -> None:
     assert config.patch_size == (32, 32, 16) and config.size_divisibility == (16, 16, 8)
     assert config == SmoothGradConfig(patch_size=(32, 32, 16), size_divisibility=(16, 16, 8))
     assert SmoothGradConfig(noise_level=0.0, n_samples=9).n_draws == 1
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64, 2**70, 1.5, True])
+def test_a_seed_outside_0_to_2_63_is_refused_naming_it(seed: object) -> None:
+    from instasal.training import TrainingConfig
+
+    expected = (
+        f"seed must be a whole number from 0 to 2**63 - 1 (9223372036854775807), got {seed!r}"
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        SmoothGradConfig(seed=seed)  # type: ignore[arg-type]
+    assert str(refused.value) == expected
+    with pytest.raises(ConfigurationError) as refused:
+        TrainingConfig(seed=seed)  # type: ignore[arg-type]
+    assert str(refused.value) == expected
+
+
+def test_the_largest_seed_is_taken() -> None:
+    assert SmoothGradConfig(seed=2**63 - 1).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("command", ["explain", "cohort", "train"])
+def test_the_command_line_refuses_a_seed_beyond_64_bits_in_one_line(
+    command: str, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import write_linear_subject
+    from instasal.cli import run_app
+
+    dataset = tmp_path / "dataset"
+    write_linear_subject(dataset, "sub-01", rng)
+    anat = dataset / "sub-01" / "anat"
+    out = str(tmp_path / "out")
+    few = ["--n-samples", "1", "--n-true-negatives", "0", "--no-gradcam", "--max-lesions", "1"]
+    arguments = {  # little to do, should the seed be taken
+        "explain": ["explain", *map(str, sorted(anat.glob("*.nii.gz"))), "-m", "unet", *few],
+        "cohort": ["cohort", str(dataset), "-m", "unet", *few],
+        "train": ["train", str(dataset), "--val", str(dataset), "--epochs", "1"],
+    }
+    fast_training = ["--iterations", "1", "--batch-size", "1", "--patch", "16"]
+    if command == "train":
+        arguments[command] += fast_training
+    assert run_app([*arguments[command], "--out", out, "--seed", str(2**70)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: seed must be a whole number from 0 to 2**63 - 1 (9223372036854775807), got {2**70}"
+    )
+    assert not (tmp_path / "out").exists()

@@ -346,7 +346,8 @@ def read_subject(
         Channel files in model order (FLAIR first, then T1w), or a single 4D file whose last axis
         holds the channels.
     channel_names
-        Names of the channels; default ``("FLAIR", "T1w")`` for two channels, else ``ch0, ch1, …``.
+        Names of the channels; default ``ch0, ch1, …``: unnamed, they take the names of the model
+        they are given to (:func:`instasal.models.with_model_channels`), never a fixed list's.
     tolerance
         Largest allowed absolute difference between channel affines.
 
@@ -406,8 +407,6 @@ def read_subject(
 
 def _channel_names(names: Sequence[str] | None, count: int, path: Path) -> tuple[str, ...]:
     if names is None:
-        if count == len(DEFAULT_CHANNELS):
-            return DEFAULT_CHANNELS
         return tuple(f"ch{k}" for k in range(count))
     if len(names) != count:
         raise ImageError(

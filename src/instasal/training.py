@@ -52,7 +52,7 @@ from instasal.models.export import git_commit, hardware_description, save_atomic
 from instasal.models.inference import predict_probability
 from instasal.models.metrics import lesion_metrics, summarise_metrics
 from instasal.prepare import reorient_subject, reorientation_for
-from instasal.typing import BoolArray, FloatArray, PathLike, Progress
+from instasal.typing import BoolArray, FloatArray, PathLike, Progress, check_seed
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -89,7 +89,7 @@ class TrainingConfig:
     positive_fraction
         Fraction of patches centred on a lesion voxel.
     seed
-        Seed of every random choice.
+        Seed of every random choice, from 0 to 2**63 - 1 (:data:`instasal.typing.MAX_SEED`).
     threads
         torch CPU threads during training.
     validation_overlap
@@ -139,8 +139,7 @@ class TrainingConfig:
             raise ConfigurationError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.thresholds or not all(0.0 < t < 1.0 for t in self.thresholds):
             raise ConfigurationError(f"thresholds must lie in (0, 1), got {self.thresholds}")
-        if self.seed < 0:
-            raise ConfigurationError(f"seed must be >= 0, got {self.seed}")
+        check_seed(self.seed)
 
     def network_hyperparameters(self) -> dict[str, Any]:
         """The defaults for this architecture and patch, updated with :attr:`hyperparameters`."""

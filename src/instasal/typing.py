@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # names for the aliases below; importing torch here would slo
     from torch import nn
 
 __all__ = [
+    "MAX_SEED",
     "Aggregation",
     "BoolArray",
     "Connectivity",
@@ -33,6 +34,7 @@ __all__ = [
     "UncertaintyMethod",
     "UncertaintySignal",
     "check_choice",
+    "check_seed",
 ]
 
 PathLike: TypeAlias = str | os.PathLike[str]
@@ -91,3 +93,35 @@ def check_choice(name: str, value: object, choices: Any) -> None:
     allowed = get_args(choices)
     if isinstance(value, bool) or value not in allowed:
         raise ConfigurationError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: seeds derived from it by adding an index (one per lesion or subject) still
+fit the 64 bits of ``torch.Generator.manual_seed``."""
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed that is not a whole number from 0 to :data:`MAX_SEED`.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the range and the value given.
+
+    Examples
+    --------
+    >>> check_seed(7)
+    >>> check_seed(2**64)
+    Traceback (most recent call last):
+    ...
+    instasal.errors.ConfigurationError: seed must be a whole number from 0 to 2**63 - 1 \
+(9223372036854775807), got 18446744073709551616
+    """
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int | np.integer)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ConfigurationError(
+            f"seed must be a whole number from 0 to 2**63 - 1 ({MAX_SEED}), got {seed!r}"
+        )

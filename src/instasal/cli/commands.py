@@ -188,6 +188,7 @@ def explain(
             overwrite=overwrite,
             progress=progress,
             trust_model_code=trust_model_code,
+            ignore_channel_names=ignore_channel_names,
         )
     _print_summary(result)
 

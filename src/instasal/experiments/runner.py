@@ -36,7 +36,7 @@ from instasal.io import (
     load_mask,
     read_subject,
 )
-from instasal.models import check_channels, predict_probability
+from instasal.models import predict_probability, with_model_channels
 from instasal.models.cards import card_of
 from instasal.models.segmentation import predict_prepared
 from instasal.prepare import prepare_subject
@@ -95,8 +95,9 @@ def prepared_subjects(
     if not subjects:
         raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
     for files in subjects[:limit]:
-        native = read_subject(files.images)
-        check_channels(model, native.channel_names, () if ignore_channel_names else files.images)
+        native = with_model_channels(
+            model, read_subject(files.images), ignore_channel_names=ignore_channel_names
+        )
         prepared = prepare_subject(native, model)
         subject = prepared.working
         probability = predict_prepared(prepared)

@@ -14,7 +14,12 @@ from instasal.models.architectures import (
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
 from instasal.models.export import export_weights
 from instasal.models.inference import predict_logits, predict_probability, probability_from_logits
-from instasal.models.loaders import available_models, check_channels, load_model
+from instasal.models.loaders import (
+    available_models,
+    check_channels,
+    load_model,
+    with_model_channels,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -34,4 +39,5 @@ __all__ = [
     "probability_from_logits",
     "read_card",
     "size_divisibility",
+    "with_model_channels",
 ]

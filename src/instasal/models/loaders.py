@@ -30,6 +30,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ import torch
 from monai.bundle import ComponentLocator, ConfigParser
 from torch import nn
 
-from instasal.channels import canonical_channel, check_channel_files
+from instasal.channels import canonical_channel, channel_of_file, check_channel_files
 from instasal.errors import ModelError, one_line
+from instasal.io import Subject
 from instasal.models.allowed_classes import allowed_class
 from instasal.models.architectures import ARCHITECTURES, build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
@@ -53,6 +55,7 @@ __all__ = [
     "load_model",
     "load_state_dict_file",
     "weights_folder",
+    "with_model_channels",
 ]
 
 FACTORY_PATTERN = re.compile(
@@ -169,6 +172,38 @@ def check_channels(
                 f"give the images in the order {', '.join(expected)}"
             )
     check_channel_files(files, expected, model=card.name)
+
+
+def with_model_channels(
+    model: nn.Module, subject: Subject, *, ignore_channel_names: bool = False
+) -> Subject:
+    """``subject`` checked against ``model``'s channels, its unnamed channels named as the card
+    names them.
+
+    The checks are :func:`check_channels`' (the channel files' names too, unless
+    ``ignore_channel_names``). A channel read without a name (``ch0``, ``ch1``, …) takes the
+    card's name for it; where the card names none either, its file's BIDS suffix, if any. So the
+    channels of a model taking T2w and PDw are called T2w and PDw, whatever list of contrasts
+    instasal knows best.
+
+    Raises
+    ------
+    ModelError, ImageError
+        As :func:`check_channels`.
+    """
+    check_channels(model, subject.channel_names, () if ignore_channel_names else subject.paths)
+    declared = card_of(model).channel_names
+    suffixes: list[str | int | None] = [None] * len(declared)
+    if len(subject.paths) == len(declared):
+        suffixes = [channel_of_file(path) for path in subject.paths]
+    names = [
+        next(
+            (n for n in (given, card_name, suffix) if isinstance(n, str) and not _is_generic(n)),
+            given,
+        )
+        for given, card_name, suffix in zip(subject.channel_names, declared, suffixes, strict=True)
+    ]
+    return replace(subject, channel_names=tuple(names))
 
 
 def _is_generic(name: str) -> bool:
@@ -362,8 +397,9 @@ def _load_bundle(folder: Path, trust_code: bool = False) -> nn.Module:
         )
     parser = ConfigParser()
     try:
-        parser.read_meta(str(meta_file))
+        # metadata last: an inference config's own "_meta_" key would replace it
         parser.read_config(str(config_file))
+        parser.read_meta(str(meta_file))
         parser["bundle_root"] = str(folder)
         metadata = dict(parser.get("_meta_", {}))
     except (ValueError, KeyError, OSError) as error:
@@ -466,8 +502,7 @@ def _parse_overrides(text: str | bytes, where: str) -> dict[str, Any]:
 
 
 def _generic_names(count: int) -> list[str]:
-    if count == 2:
-        return ["FLAIR", "T1w"]
+    """Names of channels a model's source does not name: ``ch0, ch1, …`` (any channel fits)."""
     return [f"ch{k}" for k in range(count)]
 
 

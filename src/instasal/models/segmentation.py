@@ -33,7 +33,7 @@ from instasal.models.inference import (
     predict_logits,
     probability_from_logits,
 )
-from instasal.models.loaders import check_channels
+from instasal.models.loaders import check_channels, with_model_channels
 from instasal.models.nnunet_predict import nnunet_network, predict_nnunet
 from instasal.prepare import PreparedSubject, ResampledNetwork, model_grid_shape, prepare_subject
 from instasal.prepare import resample as resample_volume
@@ -189,7 +189,7 @@ def segment_subject(
     """
     subject = images if isinstance(images, Subject) else read_subject(_as_list(images))
     card = card_of(model)
-    check_channels(model, subject.channel_names, () if ignore_channel_names else subject.paths)
+    subject = with_model_channels(model, subject, ignore_channel_names=ignore_channel_names)
     prefix = (
         subject.name.removesuffix("_FLAIR")
         if name is None

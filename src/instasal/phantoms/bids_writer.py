@@ -32,7 +32,7 @@ from instasal.io import atomic_write_json, atomic_write_text, write_nifti
 from instasal.phantoms.anatomy import Resolution
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
 from instasal.provenance import instasal_version
-from instasal.typing import PathLike, Progress
+from instasal.typing import PathLike, Progress, check_seed
 
 __all__ = [
     "DERIVATIVES_NAME",
@@ -124,8 +124,7 @@ def write_subject(
 def _check_arguments(n_subjects: int, seed: int, resolution: int) -> None:
     if isinstance(n_subjects, bool) or not isinstance(n_subjects, int) or n_subjects < 1:
         raise ConfigurationError(f"n_subjects must be a positive integer, got {n_subjects!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if resolution not in (1, 2):
         raise ConfigurationError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
 

@@ -35,7 +35,7 @@ from instasal.phantoms.lesion_placement import (
     region_atlas,
 )
 from instasal.phantoms.mimics import MIMIC_PARAMETERS, insert_mimics
-from instasal.typing import BoolArray, FloatArray, IntArray
+from instasal.typing import BoolArray, FloatArray, IntArray, check_seed
 
 __all__ = ["MAX_LESIONS", "PhantomSubject", "generation_parameters", "make_phantom"]
 
@@ -95,8 +95,7 @@ class PhantomSubject:
 
 
 def _check_arguments(seed: int, resolution: int, n_lesions: int | None) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if resolution not in (1, 2):
         raise ConfigurationError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
     if n_lesions is not None and (

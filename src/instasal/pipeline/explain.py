@@ -34,7 +34,7 @@ from instasal.io import (
     load_mask,
     read_subject,
 )
-from instasal.models import card_of, check_channels, load_model
+from instasal.models import card_of, load_model, with_model_channels
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import (
@@ -249,7 +249,7 @@ def explain_subject(
             notes,
         )
         if report:
-            write_report(result, inputs.subject, provenance, progress)
+            write_report(result, space.prepared.native, provenance, progress)
         _write_manifest(run, complete=True)
         return result
 
@@ -348,8 +348,9 @@ def enter_model_space(
         else load_model(os.fspath(model), trust_code=trust_model_code)
     )
     card: dict[str, Any] = dict(getattr(network, "card", {}))
-    subject = inputs.subject
-    check_channels(network, subject.channel_names, () if ignore_channel_names else subject.paths)
+    subject = with_model_channels(
+        network, inputs.subject, ignore_channel_names=ignore_channel_names
+    )
     prepared = prepare_subject(subject, network)
     if settings.saliency_of == "tta":
         prepared = with_mirrored_network(prepared)

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from instasal.errors import ConfigurationError
-from instasal.typing import Aggregation, Context, EngineName, NoiseRange, check_choice
+from instasal.typing import (
+    Aggregation,
+    Context,
+    EngineName,
+    NoiseRange,
+    check_choice,
+    check_seed,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,7 +63,7 @@ class SmoothGradConfig:
     patch_size
         Patch size for ``context="patch"``; ``None``: ``model.card["patch_size"]``.
     seed
-        Seed of the noise generator.
+        Seed of the noise generator, from 0 to 2**63 - 1 (:data:`instasal.typing.MAX_SEED`).
     engine
         ``"naive"``, ``"batched"`` or ``"auto"`` (see :mod:`instasal.saliency.engines`).
     size_divisibility
@@ -103,6 +110,7 @@ class SmoothGradConfig:
         check_choice("engine", self.engine, EngineName)
         check_choice("memory_format", self.memory_format, MemoryFormat)
         _check_target(self.target)
+        check_seed(self.seed)
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int):
             raise ConfigurationError(f"n_samples must be an integer, got {self.n_samples!r}")
         if self.n_samples < 1:
