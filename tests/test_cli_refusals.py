@@ -134,6 +134,7 @@ CASES = {
             ),
             (["demo", "--out", ""], "-o"),
             (["phantom", ""], "out"),
+            (["analyse", ""], "cohort_out"),
         ]
     },
     "segment name with a folder": (

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from instasal.cli._app import app, console, require_files
+from instasal.cli._app import app, console, output_path, require_files
 from instasal.errors import ConfigurationError
 
 __all__ = ["analyse"]
@@ -20,7 +20,10 @@ _VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "not testable"
 def analyse(
     cohort_out: Annotated[
         Path,
-        typer.Argument(help="Cohort output folder with lesions.tsv (and lesions_mean.tsv)."),
+        typer.Argument(
+            parser=output_path,
+            help="Cohort output folder with lesions.tsv (and lesions_mean.tsv).",
+        ),
     ],
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier analysis/ folder (default: refuse to).")
