@@ -783,6 +783,159 @@ def zero_samples(lab: Lab) -> tuple[str, str]:
     return judge(run, "refused")
 
 
+# ---------------------------------------------------------------- cases: inputs and earlier results
+
+
+def _stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under ``folder`` with its inode and modification time (ns)."""
+    return {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _reference_copy(lab: Lab, folder: str) -> Path:
+    """A copy of sub-01's reference mask in its own folder (a loss spoils no later case)."""
+    name = "sub-01_desc-lesion_mask.nii.gz"
+    target = lab.path(folder, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(lab.path("data", "derivatives", "manual", "sub-01", "anat", name), target)
+    return target
+
+
+def out_in_reference_folder(overwrite: bool) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        reference = _reference_copy(lab, f"reference_folder_{overwrite}")
+        before = reference.read_bytes()
+        flags = ["--reference", reference, *(["--overwrite"] if overwrite else [])]
+        run = _explain(lab, _images(lab), reference.parent, *flags)
+        if reference.read_bytes() != before:
+            return "data lost", f"{reference.name} was replaced by the prediction"
+        return judge(run, "refused")
+
+    case.__name__ = "out_in_reference_folder" + ("_overwrite" if overwrite else "")
+    return case
+
+
+def linked_reference_in_out(lab: Lab) -> tuple[str, str]:
+    reference = _reference_copy(lab, "linked_reference")
+    out = lab.path("out", "linked_reference")
+    out.mkdir(parents=True, exist_ok=True)
+    os.link(reference, out / reference.name)
+    before = reference.read_bytes()
+    run = _explain(lab, _images(lab), out, "--reference", reference, "--overwrite")
+    if reference.read_bytes() != before:
+        return "data lost", "the reference, hard-linked into --out, was replaced"
+    return judge(run, "refused")
+
+
+def model_card_in_out(command: str) -> Callable[[Lab], tuple[str, str]]:
+    """A model whose card has a name the command writes (run.json, cohort.json) in --out."""
+    stem = "run" if command == "explain" else "cohort"
+
+    def case(lab: Lab) -> tuple[str, str]:
+        out = lab.path("out", f"card_{command}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lab.path("linear.pt"), out / f"{stem}.pt")
+        card = out / f"{stem}.json"
+        shutil.copy(lab.path("linear.json"), card)
+        before = card.read_bytes()
+        if command == "explain":
+            run = _explain(lab, _images(lab), out, "--overwrite", model=str(out / "run.pt"))
+        else:
+            model = out / "cohort.pt"
+            run = lab.run("cohort", lab.path("data"), "--model", model, "--out", out, *FAST)
+        if card.read_bytes() != before:
+            return "data lost", f"the model's card {card.name} was overwritten"
+        return judge(run, "refused")
+
+    case.__name__ = f"model_card_in_out_{command}"
+    return case
+
+
+def file_of_an_output_name(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "foreign_file")
+    out.mkdir(parents=True, exist_ok=True)
+    mine = out / "sub-01_desc-lesion_mask.nii.gz"
+    mine.write_bytes(b"someone else's mask")
+    run = _explain(lab, _images(lab), out)
+    if mine.read_bytes() != b"someone else's mask":
+        return "data lost", f"{mine.name} was overwritten without --overwrite"
+    return judge(run, "refused")
+
+
+def overwrite_with_another_subject(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "two_subjects")
+    first = _explain(lab, _images(lab), out)
+    if first.rc != 0:
+        return judge(first, "handled")
+    outcome, line = judge(
+        _explain(lab, _images(lab, participant="sub-02"), out, "--overwrite"), "handled"
+    )
+    left = sorted(p.name for p in out.rglob("sub-01*"))
+    if outcome == "handled" and left:
+        return "left over", f"{len(left)} file(s) of sub-01 beside sub-02's, e.g. {left[0]}"
+    return outcome, line
+
+
+def empty_out(lab: Lab) -> tuple[str, str]:
+    before = set(lab.root.iterdir())
+    run = lab.run("explain", *_images(lab), "--model", "linear.pt", "--out", "", *FAST)
+    written = set(lab.root.iterdir()) - before
+    if written:
+        return "left over", f"{len(written)} file(s) written into the working folder"
+    return judge(run, "refused")
+
+
+def segment_name_outside(kind: str) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        name = "../../escaped" if kind == "relative" else str(lab.path("escaped_absolute"))
+        out = lab.path("out", f"segment_name_{kind}")
+        run = lab.run(
+            "segment", *_images(lab), "--model", "linear.pt", "--out", out, "--name", name
+        )
+        escaped = sorted(lab.root.glob("escaped*"))
+        if escaped:
+            return "left over", f"{escaped[0].name} written outside --out"
+        return judge(run, "refused")
+
+    case.__name__ = f"segment_name_{kind}"
+    return case
+
+
+def finished_rerun(command: str) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        out = lab.path("out", f"finished_rerun_{command}")
+        head: list[str | Path] = (
+            ["cohort", lab.path("data")] if command == "cohort" else ["explain", *_images(lab)]
+        )
+        arguments = [*head, "--model", "linear.pt", "--out", out, *FAST]
+        first = lab.run(*arguments)
+        if first.rc != 0:
+            return judge(first, "handled")
+        stamps = _stamps(out)
+        outcome, line = judge(lab.run(*arguments), "handled")
+        rewritten = [p.name for p, stamp in _stamps(out).items() if stamps.get(p) != stamp]
+        if outcome == "handled" and rewritten:
+            return "data lost", f"rewritten: {', '.join(rewritten[:3])}"
+        return outcome, line
+
+    case.__name__ = f"finished_rerun_{command}"
+    return case
+
+
+def cohort_overwrite_other_subjects(lab: Lab) -> tuple[str, str]:
+    out = lab.path("out", "cohort_subjects")
+    arguments = ["cohort", lab.path("data"), "--model", "linear.pt", "--out", out, *FAST]
+    first = lab.run(*arguments, "--subjects", "sub-01")
+    if first.rc != 0:
+        return judge(first, "handled")
+    outcome, line = judge(lab.run(*arguments, "--subjects", "sub-02", "--overwrite"), "handled")
+    left = sorted(p.name for p in out.rglob("sub-01*"))
+    if outcome == "handled" and left:
+        return "left over", f"{len(left)} file(s) of sub-01 beside sub-02's, e.g. {left[0]}"
+    return outcome, line
+
+
 # ---------------------------------------------------------------- cases: state and concurrency
 
 
