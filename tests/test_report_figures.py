@@ -4,10 +4,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np
 import pandas as pd
+import pytest
+from matplotlib.contour import ContourSet
 
 from instasal.report.html import _region_text
-from instasal.report.subject_figures import peak_vs_volume_figure, reliance_figure
+from instasal.report.subject_figures import (
+    figure_png,
+    lesion_figure,
+    peak_vs_volume_figure,
+    reliance_figure,
+)
 
 
 def _table() -> pd.DataFrame:
@@ -50,3 +58,25 @@ def test_missing_regions_are_said_in_words() -> None:
     assert _region_text("n/a") == "no region map given"
     assert _region_text("none") == "unlabelled tissue"
     assert _region_text("frontal") == "frontal"
+
+
+@pytest.mark.parametrize("shape", [(12, 10, 1), (1, 10, 12), (12, 1, 10), (1, 1, 12), (1, 1, 1)])
+def test_a_lesion_of_a_one_voxel_thick_image_is_drawn_with_its_outline(
+    shape: tuple[int, int, int],
+) -> None:
+    """Each plane shows the lesion voxel's outline: the 0.5 level half a voxel round its centre."""
+    anatomy = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
+    domain = np.zeros(shape, bool)
+    centre = tuple(n // 2 for n in shape)
+    domain[centre] = True
+    saliency = np.stack([np.where(domain, 0.5, 0.0)] * 2)
+    figure = lesion_figure(
+        [anatomy, anatomy], ["FLAIR", "T1w"], saliency, domain, np.eye(4), scale=1.0
+    )
+    i, j, k = centre
+    for axis, (x, y) in zip(figure.axes[:3], [(i, j), (i, k), (j, k)], strict=True):
+        (outline,) = [c for c in axis.get_children() if isinstance(c, ContourSet)]
+        vertices = np.concatenate([path.vertices for path in outline.get_paths()])
+        np.testing.assert_allclose(vertices.min(axis=0), [x - 0.5, y - 0.5])
+        np.testing.assert_allclose(vertices.max(axis=0), [x + 0.5, y + 0.5])
+    assert figure_png(figure).startswith(b"\x89PNG")

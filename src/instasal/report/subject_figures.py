@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -76,6 +77,25 @@ def _planes(
         volume[windows[0], j, windows[2]].T,  # coronal: x right, z up
         volume[i, windows[1], windows[2]].T,  # sagittal: y right, z up
     ]
+
+
+def _draw_outline(axis: Axes, outline: np.ndarray) -> None:
+    """The domain's outline on one plane, closed where the domain meets the plane's edge.
+
+    The plane is padded with one empty voxel on every side, so a contour exists for planes one
+    voxel thin (a slab image) and an outline touching the edge is drawn round, not left open.
+    """
+    rows, columns = outline.shape
+    axis.contour(
+        np.arange(-1, columns + 1),
+        np.arange(-1, rows + 1),
+        np.pad(outline, 1),
+        levels=[0.5],
+        colors="#39ff14",
+        linewidths=0.8,
+    )
+    axis.set_xlim(-0.5, columns - 0.5)
+    axis.set_ylim(-0.5, rows - 0.5)
 
 
 def lesion_figure(
@@ -164,9 +184,7 @@ def lesion_figure(
                     alpha=0.6,
                 )
             if outline.any():
-                axis.contour(
-                    outline, levels=[0.5], colors="#39ff14", linewidths=0.8, origin="lower"
-                )
+                _draw_outline(axis, outline)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
