@@ -1192,6 +1192,25 @@ def nan_output(command: str) -> Callable[[Lab], tuple[str, str]]:
     return case
 
 
+def t2_pd_channels(ignore: bool) -> Callable[[Lab], tuple[str, str]]:
+    """A model taking T2w and PDw, with files named so (swapped and --ignore-channel-names)."""
+
+    def case(lab: Lab) -> tuple[str, str]:
+        files = [lab.path("t2pd", "sub-01_T2w.nii.gz"), lab.path("t2pd", "sub-01_PDw.nii.gz")]
+        files[0].parent.mkdir(exist_ok=True)
+        for source, target in zip(_images(lab), files, strict=True):
+            shutil.copy(source, target)
+        model = _model(lab.root, "t2pd", CARD | {"channel_names": ["T2w", "PDw"]})
+        # swapped, the noise of the T1w-like channel makes many one-voxel lesions: explain two
+        swapped = (files[::-1], ["--ignore-channel-names", "--max-lesions", "2"])
+        images, flags = swapped if ignore else (files, [])
+        out = lab.path("out", f"t2pd_{ignore}")
+        return judge(_explain(lab, images, out, *flags, model=str(model)), "handled")
+
+    case.__name__ = "t2_pd_channels" + ("_ignored_names" if ignore else "")
+    return case
+
+
 # ---------------------------------------------------------------- the list
 
 
@@ -1303,6 +1322,8 @@ CASES: list[tuple[str, str, Callable[[Lab], tuple[str, str]]]] = [
     ("TorchScript model, default Grad-CAM++", "handled", torchscript_default_gradcam),
     ("model outputs NaN: explain", "refused", nan_output("explain")),
     ("model outputs NaN: segment", "refused", nan_output("segment")),
+    ("T2w/PDw model, _T2w/_PDw files", "handled", t2_pd_channels(ignore=False)),
+    ("T2w/PDw swapped, --ignore-channel-names", "handled", t2_pd_channels(ignore=True)),
 ]
 
 
