@@ -843,7 +843,9 @@ def model_card_in_out(command: str) -> Callable[[Lab], tuple[str, str]]:
             run = _explain(lab, _images(lab), out, "--overwrite", model=str(out / "run.pt"))
         else:
             model = out / "cohort.pt"
-            run = lab.run("cohort", lab.path("data"), "--model", model, "--out", out, *FAST)
+            run = lab.run(
+                "cohort", lab.path("data"), "--model", model, "--out", out, *FAST, "--overwrite"
+            )
         if card.read_bytes() != before:
             return "data lost", f"the model's card {card.name} was overwritten"
         return judge(run, "refused")
