@@ -38,6 +38,7 @@ from instasal.errors import (
     OutputExistsError,
     OutputLockedError,
     StateFileError,
+    one_line,
 )
 from instasal.folders import (
     check_output_folder,
@@ -437,6 +438,7 @@ def explain_subjects(run: CohortRun, plan: CohortPlan, notify: Progress) -> Expl
             options.address,
             lambda done: notify("subjects", n_skipped + done, total),
             options.trust_model_code,
+            partial(_lost_by_ray, out=run.out, key=run.key, since=run.since),
         )
         return ExplainedSubjects(statuses, time.perf_counter() - started)
     statuses = []
@@ -595,6 +597,25 @@ def _tsv(table: pd.DataFrame) -> str:
     return table.to_csv(sep="\t", index=False, na_rep="n/a")
 
 
+def _lost_by_ray(
+    subject: SubjectFiles, reason: str, out: Path, key: str, since: float
+) -> dict[str, Any]:
+    """The record of a subject whose Ray task was lost: failed with ``reason`` (written, so the
+    table and a rerun see it), or done when it finished in this run before its answer was lost."""
+    finished = _read_status(out, subject.subject_id, key) or {}
+    if finished.get("state") == "done" and float(finished.get("finished_at", 0.0)) >= since:
+        return finished
+    status = {
+        "cohort_key": key,
+        "subject": subject.subject_id,
+        "state": "failed",
+        "error": reason,
+        "finished_at": time.time(),
+    }
+    atomic_write_json(_status_path(out, subject.subject_id), status, overwrite=True)
+    return status
+
+
 def _run_ray(
     todo: Sequence[SubjectFiles],
     explain_one: Callable[[SubjectFiles, nn.Module], dict[str, Any]],
@@ -602,7 +623,10 @@ def _run_ray(
     address: str | None,
     on_done: Callable[[int], None],
     trust_model_code: bool,
+    lost: Callable[[SubjectFiles, str], dict[str, Any]],
 ) -> list[dict[str, Any]]:
+    """One Ray task per subject; a task Ray loses (its worker or a Ray process died) gives the
+    subject's ``lost`` record, so the cohort goes on and a rerun explains the subject again."""
     try:
         import ray
     except ImportError as error:
@@ -617,11 +641,21 @@ def _run_ray(
         def task(subject: SubjectFiles) -> dict[str, Any]:
             return explain_one(subject, load_model(model, trust_code=trust_model_code))
 
-        pending = [task.remote(subject) for subject in todo]
+        subjects = {task.remote(subject): subject for subject in todo}
+        pending = list(subjects)
         statuses: list[dict[str, Any]] = []
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            statuses.extend(ray.get(ready))
+            (ready,), pending = ray.wait(pending, num_returns=1)
+            try:
+                statuses.append(ray.get(ready))
+            except ray.exceptions.RayTaskError:
+                raise  # the task's own error (a full disk) stops the cohort, as it does here
+            except ray.exceptions.RayError as error:
+                reason = (
+                    f"Ray lost the task ({type(error).__name__}: {one_line(error)}); "
+                    "run the cohort again to explain the subject"
+                )
+                statuses.append(lost(subjects[ready], reason))
             on_done(len(statuses))
         return statuses
     finally:
