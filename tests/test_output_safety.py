@@ -17,7 +17,7 @@ import pytest
 
 from conftest import PointwiseLinear
 from instasal.cli import run_app
-from instasal.errors import ConfigurationError
+from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.folders import refuse_writing_over_inputs
 from instasal.models.cards import ModelCard
 from instasal.models.export import export_weights
@@ -197,6 +197,20 @@ def test_a_cohort_never_writes_over_its_models_card(tmp_path, linear_dataset, li
         run_cohort(linear_dataset, str(model), out, settings=SETTINGS, overwrite=True)
     assert (out / "cohort.json").read_bytes() == card
 
+
+
+def test_a_cohort_folder_holding_a_file_it_would_write_is_refused_without_overwrite(
+    tmp_path, linear_dataset, linear_model_path
+):
+    out = tmp_path / "cohort"
+    out.mkdir()
+    mine = out / "lesions.tsv"
+    mine.write_text("my own table\n")
+    model = str(linear_model_path)
+    with pytest.raises(OutputExistsError, match=r"lesions\.tsv: exists already.*--overwrite"):
+        run_cohort(linear_dataset, model, out, settings=SETTINGS, subjects=["sub-01"])
+    assert mine.read_text() == "my own table\n"
+    assert sorted(p.name for p in out.iterdir()) == ["lesions.tsv"]
 
 @pytest.mark.parametrize("name", ["../x", "{tmp}/x", "a/b", "..", ""])
 def test_segment_refuses_a_name_that_is_not_a_plain_file_name(

@@ -476,7 +476,8 @@ def _write_manifest(
     options: CohortOptions,
     found: Sequence[SubjectFiles],
 ) -> None:
-    """Refuse a cohort folder of another run (unless ``overwrite``); write ``cohort.json``."""
+    """Refuse a cohort folder of another run, or holding a file the cohort writes that no
+    ``cohort.json`` accounts for (unless ``overwrite``); write ``cohort.json``."""
     manifest_path = out / "cohort.json"
     if manifest_path.exists() and not options.overwrite:
         previous = read_state_file(manifest_path).get("cohort_key")
@@ -485,6 +486,12 @@ def _write_manifest(
                 f"{out}: holds a cohort run with other data, model or settings "
                 f"(key {previous}, now {key}); pass --overwrite to replace it"
             )
+    existing = [p for p in _cohort_files(out, [s.subject_id for s in found]) if p.exists()]
+    if existing and not manifest_path.exists() and not options.overwrite:
+        raise OutputExistsError(
+            f"{existing[0]}: exists already and no cohort.json says a cohort run wrote it; "
+            "pass --overwrite to replace it"
+        )
     write_json_unless_same(
         manifest_path,
         {
