@@ -854,15 +854,22 @@ def model_card_in_out(command: str) -> Callable[[Lab], tuple[str, str]]:
     return case
 
 
-def file_of_an_output_name(lab: Lab) -> tuple[str, str]:
-    out = lab.path("out", "foreign_file")
-    out.mkdir(parents=True, exist_ok=True)
-    mine = out / "sub-01_desc-lesion_mask.nii.gz"
-    mine.write_bytes(b"someone else's mask")
-    run = _explain(lab, _images(lab), out)
-    if mine.read_bytes() != b"someone else's mask":
-        return "data lost", f"{mine.name} was overwritten without --overwrite"
-    return judge(run, "refused")
+def file_of_an_output_name(command: str) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        out = lab.path("out", f"foreign_file_{command}")
+        out.mkdir(parents=True, exist_ok=True)
+        mine = out / ("lesions.tsv" if command == "cohort" else "sub-01_desc-lesion_mask.nii.gz")
+        mine.write_bytes(b"someone else's file")
+        if command == "cohort":
+            run = lab.run("cohort", lab.path("data"), "--model", "linear.pt", "--out", out, *FAST)
+        else:
+            run = _explain(lab, _images(lab), out)
+        if mine.read_bytes() != b"someone else's file":
+            return "data lost", f"{mine.name} was overwritten without --overwrite"
+        return judge(run, "refused")
+
+    case.__name__ = f"file_of_an_output_name_{command}"
+    return case
 
 
 def overwrite_with_another_subject(lab: Lab) -> tuple[str, str]:
