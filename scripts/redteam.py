@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import errno
 import gzip
+import importlib.util
 import json
 import os
 import pickle
@@ -1218,6 +1219,108 @@ def t2_pd_channels(ignore: bool) -> Callable[[Lab], tuple[str, str]]:
 
     case.__name__ = "t2_pd_channels" + ("_ignored_names" if ignore else "")
     return case
+
+
+# ---------------------------------------------------------------- cases: odd files and values
+
+
+def _rgb(data: np.ndarray) -> np.ndarray:
+    colours = np.zeros(data.shape, dtype=[("R", np.uint8), ("G", np.uint8), ("B", np.uint8)])
+    colours["R"] = np.clip(data * 5, 0, 255).astype(np.uint8)
+    return colours
+
+
+def _with_header(name: str, **fields: object) -> Callable[[Lab], list[Path]]:
+    """The T1w written uncompressed, then header ``fields`` overwritten unchecked (as a broken
+    converter writes them)."""
+
+    def make(lab: Lab) -> list[Path]:
+        flair, t1w = _images(lab)
+        raw = bytearray(nib.Nifti1Image(_array(t1w), AFFINE).to_bytes())
+        header = nib.Nifti1Header(binaryblock=bytes(raw[:348]))
+        for key, value in fields.items():
+            header[key] = value
+        raw[:348] = header.binaryblock
+        bad = lab.path("bad", f"{name}_T1w.nii")
+        bad.parent.mkdir(exist_ok=True)
+        bad.write_bytes(bytes(raw))
+        return [flair, bad]
+
+    make.__name__ = name
+    return make
+
+
+def nan_sform_beside_a_qform(lab: Lab) -> tuple[str, str]:
+    images = _with_header("nan_sform_qform", srow_x=[np.nan, 0, 0, 0], qform_code=1)(lab)
+    run = _explain(lab, images, lab.path("out", "nan_sform_qform"))
+    return _note_case(run, "the qform is used instead")
+
+
+def slab_image(lab: Lab) -> tuple[str, str]:
+    """Both channels cut to the one axial slice through the first lesion (26×16×1)."""
+    images = [_save(lab.path("slab", p.name), _array(p)[:, :, 4:5]) for p in _images(lab)]
+    return judge(_explain(lab, images, lab.path("out", "slab")), "handled")
+
+
+def seed_given(seed: str, command: str) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        out = lab.path("out", f"seed_{command}")
+        inputs = _images(lab) if command == "explain" else [lab.path("data")]
+        run = lab.run(command, *inputs, "--model", "linear.pt", "--out", out, *FAST, "--seed", seed)
+        return _refused_saying(run, "seed")
+
+    case.__name__ = f"seed_{command}"
+    return case
+
+
+def regions_holding(name: str, values: list[float]) -> Callable[[Lab], tuple[str, str]]:
+    def case(lab: Lab) -> tuple[str, str]:
+        labels = np.resize(np.array(values, np.float32), SHAPE)
+        regions = _save(lab.path("bad", f"{name}_dseg.nii.gz"), labels)
+        run = _explain(lab, _images(lab), lab.path("out", name), "--regions", regions)
+        return _refused_saying(run, "not labels")
+
+    case.__name__ = name
+    return case
+
+
+def _raylet_under(pid: int) -> int | None:
+    """The process id of the raylet a process started (a child of it), if one runs."""
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            name = (entry / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and name == "raylet":
+            return int(entry.name)
+    return None
+
+
+def ray_raylet_dies(lab: Lab) -> tuple[str, str]:
+    """A cohort on Ray whose raylet (the run's own) is killed once a first subject is done: the
+    subjects Ray lost must fail in one line each, without a traceback."""
+    if importlib.util.find_spec("ray") is None:
+        return "handled", "Ray is not installed: nothing to kill"
+    data = lab.path("ray_data")
+    for k in range(4):
+        _subject(data, f"sub-{k + 1:02d}", seed=20 + k)
+    out = lab.path("out", "ray_raylet")
+    process = lab.start("cohort", data, "--model", "linear.pt", "--out", out, "--executor", "ray")
+    raylet, deadline = None, time.monotonic() + TIMEOUT_S
+    while raylet is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if (out / "status").is_dir() and any((out / "status").glob("*.json")):
+            raylet = _raylet_under(process.pid)
+    if raylet is not None:
+        os.kill(raylet, signal.SIGKILL)
+    run = _finish(process)
+    if run.traceback:
+        return "traceback", run.err.strip().splitlines()[-1]
+    lost = [line for line in run.text.splitlines() if "Ray lost the task" in line]
+    if raylet is None or not lost or any(not line.startswith("failed") for line in lost):
+        return "wrong exit", f"exit {run.rc}, raylet {raylet}: {run.error_line()}"
+    return "handled", f"{len(lost)} subject(s) failed: {lost[0]}"
 
 
 # ---------------------------------------------------------------- the list
