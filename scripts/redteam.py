@@ -1437,6 +1437,30 @@ CASES: list[tuple[str, str, Callable[[Lab], tuple[str, str]]]] = [
     ("model outputs NaN: segment", "refused", nan_output("segment")),
     ("T2w/PDw model, _T2w/_PDw files", "handled", t2_pd_channels(ignore=False)),
     ("T2w/PDw swapped, --ignore-channel-names", "handled", t2_pd_channels(ignore=True)),
+    # issue 24's odd files and values
+    ("RGB24 NIfTI", "refused", _bad_image_case(_volume_case("rgb", _rgb))),
+    (
+        "complex64 NIfTI",
+        "refused",
+        _bad_image_case(_volume_case("complex", lambda d: (d + 1j * d).astype(np.complex64))),
+    ),
+    ("sform NaN beside a qform", "handled", nan_sform_beside_a_qform),
+    (
+        "sform NaN, no qform",
+        "refused",
+        _bad_image_case(_with_header("nan_sform", srow_x=[np.nan, 0, 0, 0])),
+    ),
+    (
+        "singular sform, no qform",
+        "refused",
+        _bad_image_case(_with_header("singular_sform", srow_z=[0, 2.0, 0, 0])),
+    ),
+    ("one-voxel-thick slab", "handled", slab_image),
+    ("explain --seed 2**70", "refused", seed_given(str(2**70), "explain")),
+    ("cohort --seed -1", "refused", seed_given("-1", "cohort")),
+    ("--regions holding 1.5", "refused", regions_holding("fraction_regions", [0, 1, 1.5])),
+    ("--regions holding -2.7", "refused", regions_holding("negative_regions", [0, 2, -2.7])),
+    ("raylet killed mid-cohort", "handled", ray_raylet_dies),
 ]
 
 
