@@ -72,18 +72,21 @@ def test_faithfulness_summary_intervals_and_the_gradcam_comparison() -> None:
     lesions = pd.DataFrame(
         {
             "subject": np.repeat(["a", "b", "c"], 2),
-            "deletion_gain": [0.2, 0.2, 0.1, 0.1, 0.3, 0.3],
-            "insertion_gain": [-0.1, 0.1, -0.1, 0.1, -0.1, 0.1],
-            "deletion_auc": [0.3] * 6,
-            "deletion_auc_gradcam": [0.5] * 6,
+            "deletion_gain_smoothgrad_logit": [0.2, 0.2, 0.1, 0.1, 0.3, 0.3],
+            "insertion_gain_smoothgrad_logit": [-0.1, 0.1, -0.1, 0.1, -0.1, 0.1],
+            "deletion_auc_smoothgrad_logit": [0.3] * 6,
+            "deletion_auc_gradcam_logit": [0.5] * 6,
         }
     )
     summary = faithfulness_summary(lesions)
-    gain = summary["deletion_gain"]
+    gain = summary["deletion_gain_smoothgrad_logit"]
     assert gain["estimate"] == pytest.approx(0.2)
     assert 0.1 - 1e-12 <= gain["low"] <= gain["high"] <= 0.3 + 1e-12
-    assert gain["better_than_chance"]
-    assert summary["insertion_gain"]["estimate"] == pytest.approx(0.0, abs=1e-12)
-    assert not summary["insertion_gain"]["better_than_chance"]
-    lead = summary["deletion_auc_minus_gradcam"]
+    assert gain["better_than_image"]
+    insertion = summary["insertion_gain_smoothgrad_logit"]
+    assert insertion["estimate"] == pytest.approx(0.0, abs=1e-12)
+    assert not insertion["better_than_image"]
+    lead = summary["deletion_auc_smoothgrad_minus_gradcam_logit"]
     assert (lead["estimate"], lead["low"], lead["high"]) == pytest.approx((-0.2, -0.2, -0.2))
+    with pytest.raises(ConfigurationError, match="lacks every gain column"):
+        faithfulness_summary(lesions[["subject"]])

@@ -21,7 +21,10 @@ def _domains(kinds: list[InstanceKind]) -> Instances:
     return Instances(labels, np.eye(4), tuple(records))
 
 
-KINDS: list[InstanceKind] = ["FP"] * 30 + ["TP"] * 12 + ["TN"] * 3
+FP: InstanceKind = "FP"
+TP: InstanceKind = "TP"
+TN: InstanceKind = "TN"
+KINDS = [FP] * 30 + [TP] * 12 + [TN] * 3
 
 
 def test_the_draw_is_seeded_capped_per_type_and_in_id_order() -> None:

@@ -307,7 +307,9 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
         assert f"randomisation_passes_{method}" in table.columns
         steps = table[f"randomisation_crossing_{method}"].dropna()
         assert steps.isin(range(1, 6)).all()
-    numbers = table[["deletion_auc", "deletion_auc_random", "insertion_auc"]].to_numpy()
+    numbers = table[
+        ["deletion_auc_smoothgrad_logit", "deletion_auc_random", "insertion_auc_gradcam"]
+    ].to_numpy()
     assert np.isfinite(numbers).all()
     profiles = pd.read_csv(result.layout.profiles, sep="\t")
     assert set(profiles["id"]) == set(table["id"])
@@ -321,7 +323,8 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
     assert sorted(set(profiles["outer_mm"])) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
     cascade = pd.read_csv(result.layout.trust_randomisation, sep="\t")
     assert set(cascade["method"]) == {"smoothgrad", "gradcam"}
-    last = cascade[cascade["step"] == cascade["step"].max()].set_index(["id", "method"])["changed"]
+    near = cascade[cascade["region"] == "near"]
+    last = near[near["step"] == near["step"].max()].set_index(["id", "method"])["changed"]
     curves = pd.read_csv(result.layout.trust_curves, sep="\t")
     for row in table.to_dict(orient="records"):
         for method in ("smoothgrad", "gradcam"):
@@ -335,7 +338,7 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
                 own[(own["kind"] == "insertion") & (own["fraction"] == 1)],
             ]
         )
-        assert len(untouched) == 2 * own.groupby(["order", "seed"]).ngroups
+        assert len(untouched) == 2 * own.groupby(["order", "seed", "variant"]).ngroups
         np.testing.assert_allclose(untouched["prob_mean"], row["prob_mean"], rtol=1e-5)
     html = result.layout.report.read_text()
     assert "Can the maps be trusted?" in html

@@ -44,16 +44,21 @@ def test_curve_summary_centres_and_ranges_per_x() -> None:
 
 def _steps() -> pd.DataFrame:
     rows = []
-    # domain 1: SmoothGrad falls to 0.2 (passes); domain 2: stays at 0.9 (fails)
+    # domain 1: SmoothGrad falls to 0.2 (passes); domain 2: stays at 0.9 (fails); null at 0.4
     for lesion, values in ((1, [0.8, 0.2]), (2, [0.9, 0.9])):
         for step, value in enumerate(values, start=1):
-            changed = value < 0.5
-            rows.append((lesion, "smoothgrad", step, value, value / 2, changed))
-            rows.append((lesion, "gradcam", step, 0.1, 0.1, True))
-    return pd.DataFrame(rows, columns=["id", "method", "step", "spearman", "ssim", "changed"])
+            changed = value <= 0.4
+            for region in ("near", "window"):
+                shift = 0.0 if region == "near" else 0.05  # the other region is not drawn
+                similarity = (value + shift, value / 2)
+                rows.append((lesion, "smoothgrad", step, region, *similarity, 0.4, 0.3, changed))
+                rows.append((lesion, "gradcam", step, region, 0.1, 0.1, 0.4, 0.3, True))
+    columns = ["id", "method", "step", "region", "spearman_abs", "ssim"]
+    columns += ["spearman_abs_null_max", "ssim_null_max", "changed"]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def test_randomisation_figure_draws_median_per_step_and_the_threshold() -> None:
+def test_randomisation_figure_draws_median_per_step_and_the_null() -> None:
     figure = randomisation_figure(_steps())
     spearman, ssim = figure.axes
     lines = _lines(spearman)
@@ -62,9 +67,9 @@ def test_randomisation_figure_draws_median_per_step_and_the_threshold() -> None:
     np.testing.assert_allclose(y, [0.85, 0.55], atol=1e-12)  # medians of (0.8, 0.9), (0.2, 0.9)
     np.testing.assert_allclose(_lines(ssim)["SmoothGrad (max): 1 of 2 pass"][1], [0.425, 0.275])
     assert "Grad-CAM++: 2 of 2 pass" in lines
-    assert "changed below 0.5 (both)" in _legend(spearman)
-    threshold = lines["changed below 0.5 (both)"][1]
-    assert set(threshold.tolist()) == {0.5}
+    null = lines["SmoothGrad (max): null (two random copies)"][1]
+    assert set(null.tolist()) == {0.4}
+    assert set(_lines(ssim)["Grad-CAM++: null (two random copies)"][1].tolist()) == {0.3}
 
 
 def _curves() -> pd.DataFrame:
@@ -79,8 +84,11 @@ def _curves() -> pd.DataFrame:
             ):
                 for fraction, value in zip(fractions, values, strict=True):
                     curve = value if kind == "deletion" else 0.9 - value
-                    rows.append((lesion, order, seed, kind, fraction, scale * curve))
-    return pd.DataFrame(rows, columns=["id", "order", "seed", "kind", "fraction", "prob_mean"])
+                    for variant, shift in (("neighbourhood", 0.0), ("outside", 0.01)):
+                        value = scale * curve + shift  # only the neighbourhood is drawn
+                        rows.append((lesion, order, seed, variant, kind, fraction, value))
+    columns = ["id", "order", "seed", "variant", "kind", "fraction", "prob_mean"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def test_deletion_figure_averages_random_orders_per_domain_then_over_domains() -> None:

@@ -3,6 +3,8 @@ curves are written down by hand, and radial profiles of a map built from explici
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,15 +16,19 @@ from instasal.errors import ConfigurationError
 from instasal.saliency import GradCamConfig, SmoothGradConfig
 from instasal.trust import (
     baseline_values,
+    compare_with_null,
     deletion_insertion,
     layer_blocks,
+    model_free_orders,
     neighbourhood,
     parameter_layers,
     profile_minimum,
     radial_profile,
     randomisation,
     spearman_abs,
+    spearman_signed,
     ssim,
+    voxel_order,
 )
 
 NOISELESS = SmoothGradConfig(n_samples=1, noise_level=0.0)
@@ -113,20 +119,25 @@ def test_scaling_a_linear_layer_scales_the_map_by_the_known_factor() -> None:
     result = randomisation(
         net, x, omega, spacing=(1, 1, 1), smoothgrad=NOISELESS, randomise=_scale_by_three
     )
-    table = result.table.set_index(["mode", "step"])
+    table = result.table
     # Cascading: last layer ×3, then both ×3 → ×9; independent: each alone ×3.
     expected = {("cascading", 1): 3.0, ("cascading", 2): 9.0}
     expected |= {("independent", 1): 3.0, ("independent", 2): 3.0}
-    for key, factor in expected.items():
-        assert table.loc[key, "peak_ratio"] == pytest.approx(factor, rel=1e-12)
-        assert table.loc[key, "spearman"] == pytest.approx(1.0, abs=1e-12)
-        assert table.loc[key, "ssim"] == pytest.approx(1.0, abs=1e-12)
+    for (mode, step), factor in expected.items():
+        for region in ("near", "window"):
+            chosen = (table["mode"] == mode) & (table["step"] == step) & (table["region"] == region)
+            (row,) = table[chosen].to_dict(orient="records")
+            assert row["peak_ratio"] == pytest.approx(factor, rel=1e-12)
+            for measure in ("spearman", "spearman_abs", "ssim"):
+                assert row[measure] == pytest.approx(1.0, abs=1e-12)
+                assert row[f"{measure}_null_max"] == pytest.approx(1.0, abs=1e-12)
+                assert row[f"{measure}_null_at_ceiling"]
     assert not result.table["changed"].any()
     assert result.verdict("smoothgrad") == {"passes": False, "crossing_step": None}
     assert result.blocks == [("1",), ("0",)]
 
 
-def test_zeroed_layers_give_a_vanishing_map_which_has_changed() -> None:
+def test_a_vanishing_map_is_no_evidence_of_change() -> None:
     net = _linear_chain()
     x = torch.randn(2, 12, 12, 12, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     omega = torch.from_numpy(_cube((12, 12, 12), 5, 7))
@@ -140,7 +151,31 @@ def test_zeroed_layers_give_a_vanishing_map_which_has_changed() -> None:
         modes=("cascading",),
     )
     assert (result.table["peak_ratio"] == 0).all()
-    assert result.verdict("smoothgrad") == {"passes": True, "crossing_step": 1}
+    assert (result.table["ssim_null_max"] == 1).all()  # two all-zero maps are identical
+    assert result.table["spearman_abs"].isna().all()  # no ranking to correlate
+    assert result.verdict("smoothgrad") == {"passes": False, "crossing_step": None}
+
+
+def test_the_null_compares_every_pair_and_the_trained_map_with_each_copy() -> None:
+    rng = np.random.default_rng(2)
+    region = np.ones((12, 12, 12), dtype=bool)
+    omega = _cube((12, 12, 12), 5, 7)
+    common = rng.normal(size=(12, 12, 12))
+    copies = [common + rng.normal(scale=0.5, size=common.shape) for _ in range(3)]
+    trained = rng.normal(size=common.shape)
+    row = compare_with_null(trained, trained, copies, region, omega)
+    pairs = [spearman_signed(a, b, region) for a, b in itertools.combinations(copies, 2)]
+    against = [spearman_signed(c, trained, region) for c in copies]
+    assert row["spearman_null_min"] == pytest.approx(min(pairs))
+    assert row["spearman_null_max"] == pytest.approx(max(pairs))
+    assert row["spearman"] == pytest.approx(np.median(against))
+    assert row["spearman_ceiling"] == pytest.approx(1.0)
+    assert not row["spearman_above_null"] and row["changed"]
+    # the copies' common part as the trained map: closer to each copy than they are to each other
+    above = compare_with_null(common, common, copies, region, omega)
+    assert above["spearman_abs_above_null"] and above["ssim_above_null"] and not above["changed"]
+    with pytest.raises(ConfigurationError, match="null needs"):
+        compare_with_null(trained, trained, copies[:1], region, omega)
 
 
 def test_randomisation_never_modifies_the_model_and_is_seeded() -> None:
@@ -153,7 +188,14 @@ def test_randomisation_never_modifies_the_model_and_is_seeded() -> None:
     omega = torch.from_numpy(_cube((10, 10, 10), 4, 6))
     runs = [
         randomisation(
-            net, x, omega, spacing=(1, 1, 1), smoothgrad=NOISELESS, gradcam=GradCamConfig("0")
+            net,
+            x,
+            omega,
+            spacing=(1, 1, 1),
+            smoothgrad=NOISELESS,
+            gradcam=GradCamConfig("0"),
+            steps=2,
+            null_seeds=2,
         )
         for _ in range(2)
     ]
@@ -188,7 +230,7 @@ def test_a_torchscript_network_is_randomised_like_its_eager_original() -> None:
     omega[2:4, 2:4, 2:4] = True
     config = SmoothGradConfig(n_samples=2, seed=1)
     results = [
-        randomisation(model, x, omega, spacing=(1, 1, 1), smoothgrad=config, seed=5)
+        randomisation(model, x, omega, spacing=(1, 1, 1), smoothgrad=config, seed=5, null_seeds=2)
         for model in (net, torch.jit.script(net))
     ]
     assert results[0].blocks == results[1].blocks == [("2",), ("0",)]
@@ -251,7 +293,10 @@ def test_a_map_faithful_by_construction_gives_the_optimal_curves_and_beats_rando
     logit = np.tensordot(WEIGHT, x, axes=1)[omega]
     optimal_deletion = [(logit.sum() - drops[:k].sum()) / omega.sum() for k in counts]
     optimal_insertion = [(logit.sum() - drops[k:].sum()) / omega.sum() for k in counts]
-    curves = result.curves[result.curves["order"] == "smoothgrad"]
+    curves = result.curves[
+        (result.curves["order"] == "smoothgrad_times_delta")
+        & (result.curves["variant"] == "neighbourhood")
+    ]
     deletion = curves[curves["kind"] == "deletion"]
     insertion = curves[curves["kind"] == "insertion"]
     np.testing.assert_allclose(deletion["logit_mean"], optimal_deletion, rtol=0, atol=1e-5)
@@ -260,19 +305,43 @@ def test_a_map_faithful_by_construction_gives_the_optimal_curves_and_beats_rando
     end = _sigmoid(np.full(omega.sum(), WEIGHT @ base)).mean()
     assert deletion["prob_mean"].iloc[-1] == pytest.approx(end, abs=1e-6)
     numbers = result.numbers
-    random_areas = [
-        np.trapezoid(group["logit_mean"], group["fraction"])
-        for _, group in result.curves[
-            (result.curves["order"] == "random") & (result.curves["kind"] == "deletion")
-        ].groupby("seed")
+    others = result.curves[
+        (result.curves["kind"] == "deletion") & (result.curves["variant"] == "neighbourhood")
     ]
-    assert numbers["deletion_auc_logit"] <= min(random_areas) + 1e-6
-    assert numbers["deletion_gain"] > 0 and numbers["insertion_gain"] > 0
-    # The reversed order loses to chance.
-    assert numbers["deletion_gain_gradcam"] < 0 and numbers["insertion_gain_gradcam"] < 0
-    assert numbers["deletion_auc_random"] == pytest.approx(
-        numbers["deletion_auc"] + numbers["deletion_gain"], abs=1e-12
+    areas = [
+        np.trapezoid(group["logit_mean"], group["fraction"])
+        for _, group in others.groupby(["order", "seed"])
+    ]
+    # the optimal order's area is the smallest of all orders, model-free and random
+    assert numbers["deletion_auc_smoothgrad_times_delta_logit"] == pytest.approx(min(areas))
+    free = [numbers[f"deletion_auc_{order}_logit"] for order in ("brightness", "distance")]
+    best = min([*free, numbers["deletion_auc_random_logit"]])
+    assert numbers["deletion_auc_model_free_logit"] == pytest.approx(best, abs=1e-12)
+    assert numbers["deletion_gain_smoothgrad_times_delta_logit"] == pytest.approx(
+        best - numbers["deletion_auc_smoothgrad_times_delta_logit"], abs=1e-12
     )
+    assert result.better_than_image["smoothgrad_times_delta"]
+    # The reversed order loses to the model-free orders.
+    assert numbers["deletion_gain_gradcam_logit"] < 0
+    assert numbers["insertion_gain_gradcam_logit"] < 0
+    assert not result.better_than_image["gradcam"]
+    assert "gradcam_times_delta" not in result.better_than_image  # no channels: undefined
+    # the outside variant never replaces Ω, whose voxels alone move this model's logits
+    outside = result.curves[result.curves["variant"] == "outside"]
+    assert np.ptp(outside["logit_mean"]) < 1e-5
+
+
+def test_model_free_orders_rank_brightest_and_nearest_first() -> None:
+    x = np.zeros((2, 5, 1, 1))
+    x[0, :, 0, 0] = [0.0, 3.0, 1.0, 2.0, 0.5]
+    omega = np.zeros((5, 1, 1), dtype=bool)
+    omega[4] = True
+    scores = model_free_orders(x, omega, (2.0, 1.0, 1.0))
+    region = np.ones((5, 1, 1), dtype=bool)
+    tie_break = np.arange(5)
+    assert list(voxel_order(scores["brightness"], region, tie_break)) == [1, 3, 2, 4, 0]
+    assert list(voxel_order(scores["distance"], region, tie_break)) == [4, 3, 2, 1, 0]
+    np.testing.assert_allclose(scores["distance"].ravel(), [-8.0, -6.0, -4.0, -2.0, 0.0])
 
 
 def test_deletion_rejects_a_map_of_the_wrong_shape() -> None:

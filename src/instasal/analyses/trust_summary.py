@@ -17,6 +17,7 @@ from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.sanity import COHORT_PASS_SHARE
 
 __all__ = [
+    "MAP_ORDERS",
     "cohort_trust",
     "faithfulness_summary",
     "negative_neighbourhood",
@@ -52,27 +53,47 @@ def randomisation_summary(verdicts: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return summary
 
 
+MAP_ORDERS = ("smoothgrad", "smoothgrad_times_delta", "gradcam")
+"""The maps' voxel orders of :func:`instasal.trust.deletion_insertion` summarised on a cohort."""
+
+
 def faithfulness_summary(lesions: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
-    """Cluster-bootstrap intervals of the mean gains and of SmoothGrad's lead over Grad-CAM++.
+    """Cluster-bootstrap intervals of the mean logit gains over the best model-free order.
 
     ``lesions`` has ``subject`` and the numbers of :func:`instasal.trust.deletion_insertion`.
-    A method ranks better than chance when the interval of its mean ``deletion_gain`` lies above
-    0; the comparison is the interval of the mean ``deletion_auc − deletion_auc_gradcam`` (above
-    0: Grad-CAM++ removes what the model uses faster).
+    Per map order of :data:`MAP_ORDERS` and variant (all of ``N``; ``_outside``: ``N`` without
+    Ω), the mean ``deletion_gain_<order>[_outside]_logit`` and ``insertion_gain_…`` with their
+    intervals; an order is **better than the image** by a quantity when the interval lies above
+    0. SmoothGrad and Grad-CAM++, each by its value, are compared by the interval of the mean
+    ``deletion_auc_smoothgrad_logit − deletion_auc_gradcam_logit`` (below 0: SmoothGrad's order
+    removes what the model uses faster).
     """
-    _require(lesions, ["subject", "deletion_gain", "insertion_gain"], "the faithfulness table")
+    names = [
+        f"{kind}_gain_{order}{variant}_logit"
+        for order in MAP_ORDERS
+        for variant in ("", "_outside")
+        for kind in ("deletion", "insertion")
+    ]
+    present = [name for name in names if name in lesions.columns]
+    if not present:
+        raise ConfigurationError(f"the faithfulness table lacks every gain column, {names}")
+    _require(lesions, ["subject"], "the faithfulness table")
     subjects = lesions["subject"].to_numpy()
     result: dict[str, Any] = {}
-    names = ["deletion_gain", "insertion_gain", "deletion_gain_gradcam", "insertion_gain_gradcam"]
-    for name in [n for n in names if n in lesions.columns]:
+    for name in present:
         interval = cluster_bootstrap(lesions[name].to_numpy(float), subjects, seed=seed)
-        result[name] = {**interval.to_dict(), "better_than_chance": interval.low > 0}
-    if {"deletion_auc", "deletion_auc_gradcam"} <= set(lesions.columns):
-        lead = (lesions["deletion_auc"] - lesions["deletion_auc_gradcam"]).to_numpy(float)
-        result["deletion_auc_minus_gradcam"] = cluster_bootstrap(
+        result[name] = {**interval.to_dict(), "better_than_image": interval.low > 0}
+    pair = ["deletion_auc_smoothgrad_logit", "deletion_auc_gradcam_logit"]
+    if set(pair) <= set(lesions.columns):
+        lead = (lesions[pair[0]] - lesions[pair[1]]).to_numpy(float)
+        result["deletion_auc_smoothgrad_minus_gradcam_logit"] = cluster_bootstrap(
             lead, subjects, seed=seed
         ).to_dict()
     return result
+
+
+def _has_faithfulness(table: pd.DataFrame) -> bool:
+    return any(str(c).startswith("deletion_gain_") for c in table.columns)
 
 
 def negative_neighbourhood(
@@ -154,7 +175,7 @@ def cohort_trust(
     table
         The cohort lesion table (``subject``, ``type`` and the trust columns of ``explain
         --trust``: ``randomisation_passes_<method>``, ``randomisation_crossing_<method>``,
-        ``deletion_gain`` …).
+        ``deletion_gain_<order>_logit`` …).
     profiles
         The cohort's gathered profile TSVs (``subject``, ``id``, ``type``, ``channel``, shells),
         or None.
@@ -178,7 +199,7 @@ def cohort_trust(
         for c in table.columns
         if c.startswith("randomisation_passes_")
     ]
-    if not methods and "deletion_gain" not in table.columns:
+    if not methods and not _has_faithfulness(table):
         return None
     _require(table, ["subject", "type"], "the cohort lesion table")
     rows = table[table["type"].astype(str).isin(types)]
@@ -209,7 +230,7 @@ def cohort_trust(
         "types": list(types),
         "randomisation": randomisation_summary(verdicts),
         "faithfulness": (
-            faithfulness_summary(rows, seed=seed) if "deletion_gain" in rows.columns else None
+            faithfulness_summary(rows, seed=seed) if _has_faithfulness(rows) else None
         ),
         "negative_neighbourhood": neighbourhood,
     }
@@ -233,7 +254,7 @@ def trust_frame(summary: dict[str, Any]) -> pd.DataFrame:
             }
         )
     for name, found in (summary["faithfulness"] or {}).items():
-        verdict = found.get("better_than_chance")
+        verdict = found.get("better_than_image")
         rows.append(
             {
                 "check": "faithfulness",
@@ -244,7 +265,7 @@ def trust_frame(summary: dict[str, Any]) -> pd.DataFrame:
                 "n_subjects": found["n_subjects"],
                 "n_lesions": found["n_values"],
                 "verdict": (
-                    "" if verdict is None else "better than chance" if verdict else "not shown"
+                    "" if verdict is None else "better than the image" if verdict else "not shown"
                 ),
             }
         )

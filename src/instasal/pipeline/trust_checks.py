@@ -1,10 +1,11 @@
 """The trust checks of ``docs/trust.md`` per explained domain, for ``explain --trust``.
 
-Per domain on the working grid: cascading model randomisation (pass/fail per method), deletion
-and insertion curves (SmoothGrad, Grad-CAM++ and random orders) and the radial saliency profile
-of the SmoothGrad map. The maps are recomputed here with the run's settings, so ``--trust``
-costs about one more explanation plus the randomisation steps per domain. Besides the table
-columns, the per-step similarities and the curves are stored for the report's figures.
+Per domain on the working grid: cascading model randomisation against its null (pass/fail per
+method), deletion and insertion curves (the maps' orders beside the model-free ones) and the
+radial saliency profile of the SmoothGrad map. The maps are recomputed here with the run's
+settings, so ``--trust`` costs about two more explanations plus ``NULL_SEEDS`` per randomisation
+step and the deletion forwards per domain. Besides the table columns, the per-step similarities
+and the curves are stored for the report's figures.
 """
 
 from __future__ import annotations
@@ -38,26 +39,24 @@ class TrustTables:
     ----------
     columns
         One row per domain keyed by the stored ``id``: ``randomisation_passes_<method>``,
-        ``randomisation_crossing_<method>`` and the numbers of
-        :func:`instasal.trust.deletion_insertion` (``deletion_auc``, ``deletion_auc_random``, ...).
+        ``randomisation_crossing_<method>``, the numbers of
+        :func:`instasal.trust.deletion_insertion` (``deletion_auc_<order>_logit``, ...) and its
+        verdicts as ``better_than_image_<order>[_outside]``.
     profiles
         The radial profiles of :func:`instasal.trust.radial_profile` with ``id`` and ``type``.
     randomisation
-        The cascading steps of :func:`instasal.trust.randomisation` with ``id`` and ``type``:
-        ``method``, ``step``, ``spearman``, ``ssim``, ``peak_ratio``, ``changed``.
+        The cascading steps of :func:`instasal.trust.randomisation` with ``id`` and ``type`` (one
+        row per method, step and region; the columns of its table but ``mode``).
     curves
         The deletion and insertion curves of :func:`instasal.trust.deletion_insertion` with ``id``
-        and ``type``: ``order``, ``seed``, ``kind``, ``fraction``, ``prob_mean``, ``logit_mean``.
+        and ``type``: ``order``, ``seed``, ``variant``, ``kind``, ``fraction``, ``prob_mean``,
+        ``logit_mean``.
     """
 
     columns: pd.DataFrame
     profiles: pd.DataFrame
     randomisation: pd.DataFrame
     curves: pd.DataFrame
-
-
-STEP_COLUMNS = ["method", "step", "spearman", "ssim", "peak_ratio", "changed"]
-"""The columns of the randomisation steps kept for the report (besides ``id`` and ``type``)."""
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -109,7 +108,7 @@ def trust_checks(
         )
         keys = {"id": native_id, "type": record.kind}
         cascade = sanity.table[sanity.table["mode"] == "cascading"]
-        steps.append(cascade[STEP_COLUMNS].assign(**keys))
+        steps.append(cascade.drop(columns="mode").assign(**keys))
         row: dict[str, Any] = {"id": native_id}
         for method in sorted(set(sanity.table["method"])):
             verdict = sanity.verdict(method)
@@ -129,7 +128,8 @@ def trust_checks(
             context=smoothgrad.context,
             seed=smoothgrad.seed,
         )
-        rows.append(row | faithful.numbers)
+        verdicts = {f"better_than_image_{k}": v for k, v in faithful.better_than_image.items()}
+        rows.append(row | faithful.numbers | verdicts)
         curves.append(faithful.curves.assign(**keys))
         profile = radial_profile(
             arrays["smoothgrad"], omega, spacing, channel_names=prepared.working.channel_names
@@ -142,19 +142,26 @@ def trust_checks(
 
 
 TRUST_COLUMNS: dict[str, str] = {
-    "randomisation_passes": "Map changed at the last cascading randomisation step (docs/trust.md)",
+    "randomisation_passes": "Map changed at the last cascading randomisation step: no closer to "
+    "the randomised copies than they are to each other, which differ more than two noise draws "
+    "(docs/trust.md)",
     "randomisation_crossing": "First cascading step at which the map changed (n/a: never)",
+    "better_than_image": "The order beats the best model-free order in both deletion and "
+    "insertion of the mean logit (_outside: Ω itself never replaced)",
+    "deletion_auc_model_free": "Lowest deletion area of the model-free orders (brightness, "
+    "distance, random)",
+    "insertion_auc_model_free": "Highest insertion area of the model-free orders (brightness, "
+    "distance, random)",
     "deletion_auc_random_sd": "SD over random orders of the deletion area",
     "insertion_auc_random_sd": "SD over random orders of the insertion area",
-    "deletion_auc_random": "Mean deletion area over random orders",
-    "insertion_auc_random": "Mean insertion area over random orders",
-    "deletion_auc": "Area under the deletion curve of the domain's mean (no suffix: probability)",
-    "insertion_auc": "Area under the insertion curve of the domain's mean (no suffix: probability)",
-    "deletion_gain": "Random deletion area minus the map's (> 0: better than chance)",
-    "insertion_gain": "The map's insertion area minus the random one (> 0: better than chance)",
+    "deletion_auc": "Area under the deletion curve of the domain's mean for the named order",
+    "insertion_auc": "Area under the insertion curve of the domain's mean for the named order",
+    "deletion_gain": "Best model-free deletion area minus the order's (> 0: better than the image)",
+    "insertion_gain": "The order's insertion area minus the best model-free one (> 0: better "
+    "than the image)",
 }
-"""Sidecar descriptions of the trust columns by name prefix, longest first (``_gradcam``: that
-map's order; ``_logit``: of the mean logit)."""
+"""Sidecar descriptions of the trust columns by name prefix, longest first (``_outside``: Ω never
+replaced; ``_logit``: of the mean logit, else of the mean probability)."""
 
 
 def with_trust(

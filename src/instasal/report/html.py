@@ -25,13 +25,14 @@ from instasal.report.subject_figures import (
 )
 from instasal.report.trust_figures import (
     METHOD_LABELS,
+    ORDER_LABELS,
     deletion_figure,
     profile_figure,
     randomisation_figure,
 )
 from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
-from instasal.trust.sanity import RANDOMISATION_THRESHOLD
+from instasal.trust.similarity import NEIGHBOURHOOD_MM
 from instasal.typing import PathLike
 
 __all__ = ["SubjectReport", "write_subject_report"]
@@ -86,9 +87,10 @@ def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str,
     """Figures and verdict lines of the trust checks, from the run's trust TSVs (None without).
 
     The verdicts follow the rules of ``docs/trust.md``: a domain's map passes randomisation when
-    it has changed at the last cascading step; it is faithful when both its deletion and its
-    insertion gain are above 0; it has a negative neighbourhood when its profile minimum of the
-    first channel between 2 and 8 mm is below 0.
+    it has changed at the last cascading step; an order of a map is better than the image when
+    its deletion and insertion areas of the logit both beat the best model-free order; it has
+    a negative neighbourhood when its profile minimum of the first channel between 2 and 8 mm is
+    below 0.
     """
     layout, table = result.layout, result.table
     paths = (layout.trust_randomisation, layout.trust_curves, layout.profiles)
@@ -102,20 +104,23 @@ def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str,
             continue
         passes = table[column].astype(str).str.lower().isin(["true", "1"])
         verdicts.append(
-            f"Randomisation, {label}: {int(passes.sum())} of {len(table)} domains pass "
-            f"(Spearman and SSIM below {RANDOMISATION_THRESHOLD:g} with every block random)."
+            f"Randomisation, {label}: {int(passes.sum())} of {len(table)} domains pass (with "
+            "every block random the map is no closer to the randomised copies than they are to "
+            "each other, and they differ more than two noise draws of the trained map do; "
+            f"Spearman of |map| and SSIM within {NEIGHBOURHOOD_MM:g} mm of the domain)."
         )
-    for suffix, label in (("", METHOD_LABELS["smoothgrad"]), ("_gradcam", "Grad-CAM++")):
-        gains = table.filter([f"deletion_gain{suffix}", f"insertion_gain{suffix}"])
-        if gains.shape[1] < 2:
+    for order in ("smoothgrad", "smoothgrad_times_delta", "gradcam"):
+        column = f"better_than_image_{order}"
+        if column not in table.columns:
             continue
-        faithful = int((gains.to_numpy(dtype=float) > 0).all(axis=1).sum())
-        area = _format(table[f"deletion_auc{suffix}"].mean())
+        better = int(table[column].astype(str).str.lower().isin(["true", "1"]).sum())
+        area = _format(table[f"deletion_auc_{order}_logit"].mean())
+        model_free = _format(table["deletion_auc_model_free_logit"].mean())
         verdicts.append(
-            f"Faithfulness, {label}: mean deletion area {area} "
-            f"against {_format(table['deletion_auc_random'].mean())} for random orders "
-            f"(lower is better); {faithful} of {len(table)} domains rank better than chance in "
-            "both deletion and insertion."
+            f"Faithfulness, {ORDER_LABELS[order]}: mean deletion area of the logit {area} "
+            f"against {model_free} for the best model-free order (FLAIR brightness, distance "
+            f"from the domain or random; lower is better); {better} of {len(table)} domains "
+            "rank better than the image in both deletion and insertion."
         )
     low, high = TROUGH_BAND_MM
     for kind, group in profiles.groupby("type", sort=True):

@@ -21,11 +21,13 @@ from matplotlib.figure import Figure
 
 from instasal.report.subject_figures import SALIENCY_UNIT, TYPE_COLOURS
 from instasal.trust.profiles import TROUGH_BAND_MM
-from instasal.trust.sanity import RANDOMISATION_THRESHOLD
+from instasal.trust.sanity import VERDICT_REGION
 
 __all__ = [
     "METHOD_COLOURS",
     "METHOD_LABELS",
+    "ORDER_COLOURS",
+    "ORDER_LABELS",
     "curve_summary",
     "deletion_figure",
     "domain_curves",
@@ -33,8 +35,21 @@ __all__ = [
     "randomisation_figure",
 ]
 
-METHOD_LABELS = {"smoothgrad": "SmoothGrad (max)", "gradcam": "Grad-CAM++", "random": "random"}
-METHOD_COLOURS = {"smoothgrad": "#c0392b", "gradcam": "#2471a3", "random": "0.45"}
+METHOD_LABELS = {"smoothgrad": "SmoothGrad (max)", "gradcam": "Grad-CAM++"}
+METHOD_COLOURS = {"smoothgrad": "#c0392b", "gradcam": "#2471a3"}
+ORDER_LABELS = METHOD_LABELS | {
+    "smoothgrad_times_delta": "SmoothGrad (max) × (x − b)",
+    "brightness": "FLAIR brightness",
+    "distance": "distance from Ω",
+    "random": "random",
+}
+"""The voxel orders of the deletion figure: the maps' and the model-free ones."""
+ORDER_COLOURS = METHOD_COLOURS | {
+    "smoothgrad_times_delta": "#e67e22",
+    "brightness": "#27ae60",
+    "distance": "#8e44ad",
+    "random": "0.45",
+}
 
 
 def curve_summary(
@@ -80,19 +95,23 @@ def randomisation_figure(steps: pd.DataFrame) -> Figure:
     Parameters
     ----------
     steps : pandas.DataFrame
-        One row per domain (``id``), ``method`` and cascading ``step`` with ``spearman``, ``ssim``
-        and ``changed`` (the run's ``<subject>_trust_randomisation.tsv``).
+        One row per domain (``id``), ``method``, cascading ``step`` and ``region`` with
+        ``spearman_abs``, ``ssim``, their ``_null_max`` and ``changed`` (the run's
+        ``<subject>_trust_randomisation.tsv``); only the verdict's region is drawn.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Two panels (Spearman, SSIM): the median over domains per step, the band from the least
-        to the most similar domain, and the line below which a map counts as changed (both
-        measures below it). The legend says how many domains pass (changed at the last step).
+        Two panels (Spearman of ``|map|``, SSIM): per method the median over domains of the
+        trained-vs-randomised similarity, the band from the least to the most similar domain,
+        and dashed the median of the null's top (the largest similarity of two randomised
+        copies), at or below which a map counts as changed (``docs/trust.md``). The legend says
+        how many domains pass (changed at the last step).
     """
+    steps = steps[steps["region"] == VERDICT_REGION]
     figure, axes = plt.subplots(1, 2, figsize=(7.4, 3.2), sharey=True)
     for axis, measure, title in zip(
-        axes, ("spearman", "ssim"), ("Spearman of |map|", "SSIM"), strict=True
+        axes, ("spearman_abs", "ssim"), ("Spearman of |map|", "SSIM"), strict=True
     ):
         for method in [m for m in METHOD_LABELS if m in set(steps["method"])]:
             rows = steps[steps["method"] == method]
@@ -100,13 +119,15 @@ def randomisation_figure(steps: pd.DataFrame) -> Figure:
             label = f"{METHOD_LABELS[method]}: {passed} of {total} pass"
             summary = curve_summary(rows, "step", measure, pd.Series.median)
             _draw(axis, summary, "step", METHOD_COLOURS[method], label)
-        axis.axhline(
-            RANDOMISATION_THRESHOLD,
-            color="k",
-            ls="--",
-            lw=0.8,
-            label=f"changed below {RANDOMISATION_THRESHOLD:g} (both)",
-        )
+            null = curve_summary(rows, "step", f"{measure}_null_max", pd.Series.median)
+            axis.plot(
+                null["step"],
+                null["centre"],
+                color=METHOD_COLOURS[method],
+                ls="--",
+                lw=0.9,
+                label=f"{METHOD_LABELS[method]}: null (two random copies)",
+            )
         axis.set_xlabel("cascading step (blocks random, output first)")
         axis.set_title(title, fontsize=10)
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -118,9 +139,14 @@ def randomisation_figure(steps: pd.DataFrame) -> Figure:
 
 
 def domain_curves(curves: pd.DataFrame, kind: str, order: str) -> pd.DataFrame:
-    """One curve per domain of ``kind`` (deletion/insertion) for ``order``: the random orders of a
-    domain averaged first. Columns ``id``, ``fraction``, ``prob_mean``."""
-    rows = curves[(curves["kind"] == kind) & (curves["order"] == order)]
+    """One curve per domain of ``kind`` (deletion/insertion) for ``order``, all of the
+    neighbourhood replaced: the random orders of a domain averaged first. Columns ``id``,
+    ``fraction``, ``prob_mean``."""
+    rows = curves[
+        (curves["kind"] == kind)
+        & (curves["order"] == order)
+        & (curves["variant"] == "neighbourhood")
+    ]
     return rows.groupby(["id", "fraction"])["prob_mean"].mean().reset_index()
 
 
@@ -130,8 +156,9 @@ def deletion_figure(curves: pd.DataFrame) -> Figure:
     Parameters
     ----------
     curves : pandas.DataFrame
-        The run's ``<subject>_trust_curves.tsv``: ``id``, ``order`` (``smoothgrad``, ``gradcam``,
-        ``random``), ``seed``, ``kind``, ``fraction``, ``prob_mean``.
+        The run's ``<subject>_trust_curves.tsv``: ``id``, ``order`` (the maps' orders and the
+        model-free ``brightness``, ``distance``, ``random``), ``seed``, ``variant`` (only
+        ``neighbourhood`` is drawn), ``kind``, ``fraction``, ``prob_mean``.
 
     Returns
     -------
@@ -142,13 +169,13 @@ def deletion_figure(curves: pd.DataFrame) -> Figure:
     figure, axes = plt.subplots(1, 2, figsize=(7.4, 3.2), sharey=True)
     n_random = curves.loc[curves["order"] == "random", "seed"].nunique()
     for axis, kind in zip(axes, ("deletion", "insertion"), strict=True):
-        for order in [o for o in METHOD_LABELS if o in set(curves["order"])]:
+        for order in [o for o in ORDER_LABELS if o in set(curves["order"])]:
             per_domain = domain_curves(curves, kind, order)
-            label = METHOD_LABELS[order]
+            label = ORDER_LABELS[order]
             if order == "random":
                 label += f" ({n_random} orders)"
             summary = curve_summary(per_domain, "fraction", "prob_mean")
-            _draw(axis, summary, "fraction", METHOD_COLOURS[order], label)
+            _draw(axis, summary, "fraction", ORDER_COLOURS[order], label)
         axis.set_xlabel(
             "fraction of the neighbourhood replaced"
             if kind == "deletion"

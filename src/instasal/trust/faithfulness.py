@@ -1,10 +1,13 @@
-"""Deletion and insertion curves of one domain's maps against random orders (``docs/trust.md``).
+"""Deletion and insertion curves of one domain's maps against model-free orders (``docs/trust.md``).
 
-The voxels of the neighbourhood ``N`` of Ω are replaced by a baseline (all channels of a voxel at
-once) in the order a map ranks them, and the model's mean probability and mean target logit over Ω
-are followed. Deletion replaces the most important voxels first; insertion starts from ``N`` all
-baseline and restores them most important first. A map that ranks what the model uses moves the
-output faster than random orders: the areas between the curves measure by how much.
+The voxels of the neighbourhood ``N`` of Ω (or of ``N`` without Ω) are replaced by a baseline (all
+channels of a voxel at once) in the order a map ranks them, and the model's mean probability and
+mean target logit over Ω are followed. Deletion replaces the most important voxels first;
+insertion starts from them all at the baseline and restores them most important first. Every map
+is ranked by the same rules (its value; its value times ``x − b`` where the map has the input's
+channels), and beside the maps stand orders that need no model: the first channel's brightness,
+the distance from Ω and random permutations. A map is better than the image only when it moves the
+output faster than the best of those.
 """
 
 from __future__ import annotations
@@ -31,10 +34,15 @@ from instasal.typing import BoolArray, Context, DomainLike, FloatArray, InputLik
 __all__ = [
     "BASELINE_BLUR_MM",
     "BASELINE_SHELL_MM",
+    "DELETION_STEPS",
+    "MODEL_FREE_ORDERS",
+    "VARIANTS",
     "Baseline",
     "FaithfulnessResult",
     "baseline_values",
     "deletion_insertion",
+    "map_orders",
+    "model_free_orders",
     "voxel_order",
 ]
 
@@ -43,6 +51,12 @@ BASELINE_SHELL_MM = 5.0
 """Width of the tissue shell beyond ``N`` whose mean is the ``"local_mean"`` baseline."""
 BASELINE_BLUR_MM = 5.0
 """σ (mm) of the Gaussian blur of the ``"blur"`` baseline."""
+DELETION_STEPS = 50
+"""Steps from none to all of the replaced voxels (each step replaces at most 2 % of them)."""
+MODEL_FREE_ORDERS = ("brightness", "distance", "random")
+"""Orders that need no model; a map must beat the best of them (``docs/trust.md``)."""
+VARIANTS = {"": "neighbourhood", "_outside": "outside"}
+"""Which voxels are replaced, by the suffix of their numbers: all of ``N``, or ``N`` without Ω."""
 
 
 def baseline_values(
@@ -85,49 +99,72 @@ def baseline_values(
     return np.broadcast_to(means[:, None, None, None], x.shape).copy()
 
 
-def voxel_order(
-    saliency_map: FloatArray,
-    x: FloatArray,
-    base: FloatArray,
-    region: BoolArray,
-    tie_break: np.ndarray,
-) -> np.ndarray:
-    """Flat indices of ``region``'s voxels, most important first, by a map.
+def voxel_order(score: FloatArray, region: BoolArray, tie_break: np.ndarray) -> np.ndarray:
+    """Flat indices of ``region``'s voxels by ``score`` ``[X, Y, Z]``, largest first.
 
-    A map ``[C, X, Y, Z]`` (instance SmoothGrad) ranks by ``Σ_k S_k · (x_k − b_k)``, the map's
-    first-order prediction of the logit drop when the voxel is replaced by the baseline; a map
-    ``[X, Y, Z]`` (Grad-CAM) by its value. Ties follow ``tie_break``, a permutation of the region's
-    voxels (never raster order).
+    Ties follow ``tie_break``, a permutation of the region's voxels (never raster order).
+    """
+    voxels = np.flatnonzero(region)
+    ranked = np.lexsort((tie_break, -np.asarray(score, dtype=np.float64).ravel()[voxels]))
+    return voxels[ranked]
+
+
+def map_orders(
+    name: str, saliency_map: FloatArray, x: FloatArray, base: FloatArray
+) -> dict[str, FloatArray]:
+    """The scores by which a map ranks voxels, by order name (``docs/trust.md``).
+
+    ``name``: the map's own value (a map ``[C, X, Y, Z]`` summed over channels, a map
+    ``[X, Y, Z]`` as it is). ``name_times_delta``, for a map with the input's channels only:
+    ``Σ_k S_k · (x_k − b_k)``, the map's first-order prediction of how much replacing the voxel
+    lowers the target (undefined for a map without channels, such as Grad-CAM's).
     """
     values = np.asarray(saliency_map, dtype=np.float64)
-    if values.ndim == 4:
-        score = (values * (np.asarray(x) - np.asarray(base))).sum(axis=0)
-    elif values.ndim == 3:
-        score = values
-    else:
+    if values.ndim == 3:
+        return {name: values}
+    if values.ndim != 4:
         raise ConfigurationError(f"a map must be [C, X, Y, Z] or [X, Y, Z], got {values.shape}")
-    voxels = np.flatnonzero(region)
-    ranked = np.lexsort((tie_break, -score.ravel()[voxels]))
-    return voxels[ranked]
+    scores: dict[str, FloatArray] = {name: values.sum(axis=0)}
+    if values.shape[0] == np.asarray(x).shape[0]:
+        scores[f"{name}_times_delta"] = (values * (np.asarray(x) - np.asarray(base))).sum(axis=0)
+    return scores
+
+
+def model_free_orders(
+    x: FloatArray, domain: BoolArray, spacing: Sequence[float]
+) -> dict[str, FloatArray]:
+    """Scores that rank voxels without a model: ``brightness`` (the first channel's intensity,
+    FLAIR in our models, brightest first) and ``distance`` (nearest Ω first, Ω itself first)."""
+    distance = ndimage.distance_transform_edt(~np.asarray(domain, dtype=bool), sampling=spacing)
+    return {"brightness": np.asarray(x, dtype=np.float64)[0], "distance": -np.asarray(distance)}
 
 
 @dataclass(frozen=True)
 class FaithfulnessResult:
-    """Curves and per-lesion numbers of :func:`deletion_insertion`.
+    """Curves, per-lesion numbers and verdicts of :func:`deletion_insertion`.
 
     Attributes
     ----------
     curves
-        Tidy: ``order`` (a map's name or ``random``), ``seed`` (random orders; -1 otherwise),
-        ``kind`` (``deletion``/``insertion``), ``fraction`` replaced, ``prob_mean``,
-        ``logit_mean``.
+        Tidy: ``order`` (a map order such as ``smoothgrad`` or ``smoothgrad_times_delta``,
+        ``brightness``, ``distance`` or ``random``), ``seed`` (random orders; -1 otherwise),
+        ``variant`` (``neighbourhood`` or ``outside``), ``kind`` (``deletion``/``insertion``),
+        ``fraction`` replaced, ``prob_mean``, ``logit_mean``.
     numbers
-        ``deletion_auc`` … (see ``docs/trust.md``); map names other than ``smoothgrad`` add
-        ``_<name>``.
+        ``<kind>_auc_<order><variant><measure>`` for every order (``random``: the mean over the
+        random orders, ``random_sd`` their SD), ``<kind>_auc_model_free<variant><measure>`` (the
+        best of :data:`MODEL_FREE_ORDERS`: the lowest deletion, the highest insertion area) and
+        ``<kind>_gain_<order><variant><measure>`` for the map orders (the best model-free area
+        minus the order's for deletion, the order's minus it for insertion; > 0: better than every
+        model-free order). ``<variant>``: ``""`` (all of ``N``) or ``"_outside"`` (``N`` without
+        Ω); ``<measure>``: ``""`` (probability) or ``"_logit"``.
+    better_than_image
+        ``{<order><variant>: bool}`` per map order: both logit gains above 0 (``docs/trust.md``).
     """
 
     curves: pd.DataFrame
     numbers: dict[str, float]
+    better_than_image: dict[str, bool]
 
 
 def _probability(logits: torch.Tensor, target: int, activation: str) -> torch.Tensor:
@@ -160,14 +197,15 @@ class _Evaluator:
                     pairs = [amount for extra in reversed(self.padding) for amount in (0, extra)]
                     batch = F.pad(batch, pairs)
                 logits = self.model(batch)[(slice(None), slice(None), *spatial)]
-                probability = _probability(logits, self.target, self.activation)
+                # [B, K, |Ω|]: the activation is per voxel, so Ω's voxels alone suffice
+                inside = logits[:, :, self.omega.to(device)]
+                probability = _probability(inside, self.target, self.activation)
                 channel = target_channel(self.target, logits.shape[1])
-                omega = self.omega.to(device)
                 for b in range(len(chunk)):
                     results.append(
                         (
-                            float(probability[b][omega].double().mean()),
-                            float(logits[b, channel][omega].double().mean()),
+                            float(probability[b].double().mean()),
+                            float(inside[b, channel].double().mean()),
                         )
                     )
         return results
@@ -180,12 +218,9 @@ def _curve_inputs(
     flat_x, flat_base = x.reshape(x.shape[0], -1), base.reshape(base.shape[0], -1)
     inputs = []
     for count in counts:
-        if kind == "deletion":
-            values = flat_x.copy()
-            values[:, order[:count]] = flat_base[:, order[:count]]
-        else:
-            values = flat_x.copy()
-            values[:, order[count:]] = flat_base[:, order[count:]]
+        values = flat_x.copy()
+        replaced = order[:count] if kind == "deletion" else order[count:]
+        values[:, replaced] = flat_base[:, replaced]
         inputs.append(values.reshape(x.shape).astype(np.float32))
     return inputs
 
@@ -194,32 +229,65 @@ def _area(fractions: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum((values[1:] + values[:-1]) * np.diff(fractions)) / 2)
 
 
-def _numbers(curves: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
+def _numbers(curves: pd.DataFrame, map_orders: Sequence[str]) -> dict[str, float]:
     numbers: dict[str, float] = {}
-    for kind in ("deletion", "insertion"):
-        for measure, suffix in (("prob_mean", ""), ("logit_mean", "_logit")):
-            areas = {
-                (order, seed): _area(group["fraction"].to_numpy(), group[measure].to_numpy())
-                for (order, seed), group in curves[curves["kind"] == kind].groupby(
-                    ["order", "seed"], sort=False
+    for variant_suffix, variant in VARIANTS.items():
+        for kind in ("deletion", "insertion"):
+            rows = curves[(curves["kind"] == kind) & (curves["variant"] == variant)]
+            for measure, measure_suffix in (("prob_mean", ""), ("logit_mean", "_logit")):
+                tail = variant_suffix + measure_suffix
+                areas = {
+                    (order, seed): _area(group["fraction"].to_numpy(), group[measure].to_numpy())
+                    for (order, seed), group in rows.groupby(["order", "seed"], sort=False)
+                }
+                random = [area for (order, _), area in areas.items() if order == "random"]
+                numbers[f"{kind}_auc_random{tail}"] = float(np.mean(random))
+                numbers[f"{kind}_auc_random_sd{tail}"] = (
+                    float(np.std(random, ddof=1)) if len(random) > 1 else float("nan")
                 )
-            }
-            random = [area for (order, _), area in areas.items() if order == "random"]
-            numbers[f"{kind}_auc_random{suffix}"] = float(np.mean(random))
-            numbers[f"{kind}_auc_random_sd{suffix}"] = (
-                float(np.std(random, ddof=1)) if len(random) > 1 else float("nan")
-            )
-            for name in names:
-                label = "" if name == "smoothgrad" else f"_{name}"
-                area = areas[(name, -1)]
-                numbers[f"{kind}_auc{label}{suffix}"] = area
-                gain = (
-                    numbers[f"{kind}_auc_random{suffix}"] - area
-                    if kind == "deletion"
-                    else area - numbers[f"{kind}_auc_random{suffix}"]
-                )
-                numbers[f"{kind}_gain{label}{suffix}"] = gain
+                for order in MODEL_FREE_ORDERS[:-1]:
+                    numbers[f"{kind}_auc_{order}{tail}"] = areas[(order, -1)]
+                free = [numbers[f"{kind}_auc_{order}{tail}"] for order in MODEL_FREE_ORDERS]
+                best = min(free) if kind == "deletion" else max(free)
+                numbers[f"{kind}_auc_model_free{tail}"] = best
+                for order in map_orders:
+                    area = areas[(order, -1)]
+                    numbers[f"{kind}_auc_{order}{tail}"] = area
+                    gain = best - area if kind == "deletion" else area - best
+                    numbers[f"{kind}_gain_{order}{tail}"] = gain
     return numbers
+
+
+def _better_than_image(numbers: Mapping[str, float], map_orders: Sequence[str]) -> dict[str, bool]:
+    return {
+        f"{order}{suffix}": bool(
+            numbers[f"deletion_gain_{order}{suffix}_logit"] > 0
+            and numbers[f"insertion_gain_{order}{suffix}_logit"] > 0
+        )
+        for order in map_orders
+        for suffix in VARIANTS
+    }
+
+
+def _as_array(saliency_map: torch.Tensor | FloatArray) -> np.ndarray:
+    if isinstance(saliency_map, torch.Tensor):
+        return saliency_map.detach().cpu().double().numpy()
+    return np.asarray(saliency_map, dtype=np.float64)
+
+
+def _orders(
+    scores: Mapping[str, np.ndarray], region: np.ndarray, n_random: int, seed: int, variant: int
+) -> list[tuple[str, int, np.ndarray]]:
+    """Every scored order and ``n_random`` random ones over ``region``; ties and random orders
+    from generators seeded with ``(seed, ·, variant)``."""
+    n_region = int(region.sum())
+    tie_break = np.random.default_rng([seed, 0, variant]).permutation(n_region)
+    orders = [(name, -1, voxel_order(score, region, tie_break)) for name, score in scores.items()]
+    voxels = np.flatnonzero(region)
+    for i in range(n_random):
+        permutation = np.random.default_rng([seed, 1, i, variant]).permutation(n_region)
+        orders.append(("random", i, voxels[permutation]))
+    return orders
 
 
 def deletion_insertion(
@@ -232,7 +300,7 @@ def deletion_insertion(
     baseline: Baseline = "local_mean",
     tissue: BoolArray | None = None,
     neighbourhood_mm: float = NEIGHBOURHOOD_MM,
-    n_steps: int = 10,
+    n_steps: int = DELETION_STEPS,
     n_random: int = 3,
     seed: int = 0,
     target: int = 1,
@@ -241,7 +309,7 @@ def deletion_insertion(
     size_divisibility: int | Sequence[int] | None = None,
     batch_size: int = 4,
 ) -> FaithfulnessResult:
-    """Deletion and insertion curves of Ω's mean probability and logit, per map and random order.
+    """Deletion and insertion curves of Ω's mean probability and logit, per order and variant.
 
     Parameters
     ----------
@@ -252,20 +320,20 @@ def deletion_insertion(
     x, domain
         One normalised subject ``[C, X, Y, Z]`` and Ω, a boolean ``[X, Y, Z]``.
     maps
-        ``{name: map}``: instance SmoothGrad ``[C, X, Y, Z]`` (conventionally ``"smoothgrad"``)
-        and/or Grad-CAM ``[X, Y, Z]`` (``"gradcam"``); the order each gives is
-        :func:`voxel_order`'s.
+        ``{name: map}``: instance SmoothGrad ``[C, X, Y, Z]`` (conventionally ``"smoothgrad"``),
+        Grad-CAM ``[X, Y, Z]`` (``"gradcam"``), or any other map to test; each gives the orders
+        of :func:`map_orders`. Names must differ from :data:`MODEL_FREE_ORDERS`.
     spacing
         Voxel size in mm.
     baseline, tissue
         What a removed voxel becomes (:func:`baseline_values`).
     neighbourhood_mm
         The voxels of ``N = Ω`` dilated by this radius (mm), within the model's window, are the
-        ones replaced.
+        ones replaced (variant ``neighbourhood``); variant ``outside`` replaces ``N`` without Ω.
     n_steps
-        Steps from none to all of ``N`` (``n_steps + 1`` points per curve).
+        Steps from none to all of the replaced voxels (``n_steps + 1`` points per curve).
     n_random, seed
-        Random orders, seeded with ``(seed, i)``; ``seed`` also breaks ties of the maps' orders.
+        Random orders, seeded with ``(seed, i)``; ``seed`` also breaks ties of the other orders.
     target, context, patch_size, size_divisibility
         Which logit, and which forward pass: the whole volume or the patch around Ω, as in
         :func:`instasal.instance_smoothgrad`.
@@ -275,7 +343,7 @@ def deletion_insertion(
     Returns
     -------
     FaithfulnessResult
-        The curves and the per-lesion areas and gains of ``docs/trust.md``.
+        The curves, the per-lesion areas and gains and the verdicts of ``docs/trust.md``.
     """
     if n_steps < 1 or n_random < 1 or batch_size < 1:
         raise ConfigurationError(
@@ -284,6 +352,9 @@ def deletion_insertion(
         )
     if not maps:
         raise ConfigurationError("maps is empty: give at least one map to rank the voxels by")
+    reserved = set(maps) & set(MODEL_FREE_ORDERS)
+    if reserved:
+        raise ConfigurationError(f"map names may not be {sorted(reserved)}: model-free orders")
     tensor = as_input(x)
     omega = as_domain(domain, tuple(tensor.shape[1:])).numpy()
     volume = tensor.detach().cpu().double().numpy()
@@ -294,7 +365,7 @@ def deletion_insertion(
         model, [torch.from_numpy(omega)], context, patch_size, size_divisibility
     )
     crop = (slice(None), *window.slices)
-    region = neighbourhood(omega, spacing, neighbourhood_mm)[window.slices]
+    near = neighbourhood(omega, spacing, neighbourhood_mm)[window.slices]
     card = getattr(model, "card", None)
     evaluate = _Evaluator(
         model,
@@ -305,33 +376,35 @@ def deletion_insertion(
         batch_size,
     )
     local_x, local_base = volume[crop], base[crop]
-    n_region = int(region.sum())
-    tie_break = np.random.default_rng([seed, 0]).permutation(n_region)
-    orders: list[tuple[str, int, np.ndarray]] = []
+    scores: dict[str, np.ndarray] = {}
     for name, saliency_map in maps.items():
-        values = np.asarray(
-            saliency_map.detach().cpu() if isinstance(saliency_map, torch.Tensor) else saliency_map
-        )
-        if values.shape[-3:] != omega.shape:
+        values = _as_array(saliency_map)
+        if values.shape[-3:] != omega.shape or values.ndim not in (3, 4):
             raise ConfigurationError(
                 f"map {name!r} has shape {values.shape}; expected [C, *{omega.shape}] or "
                 f"{omega.shape}"
             )
         local = values[crop] if values.ndim == 4 else values[window.slices]
-        orders.append((name, -1, voxel_order(local, local_x, local_base, region, tie_break)))
-    voxels = np.flatnonzero(region)
-    for i in range(n_random):
-        orders.append(
-            ("random", i, voxels[np.random.default_rng([seed, 1, i]).permutation(n_region)])
-        )
-    fractions = np.linspace(0, n_region, n_steps + 1).round() / n_region
+        scores |= map_orders(name, local, local_x, local_base)
+    map_order_names = list(scores)
+    scores |= model_free_orders(local_x, omega[window.slices], spacing)
     rows = []
-    for name, order_seed, order in orders:
-        for kind in ("deletion", "insertion"):
-            points = evaluate(_curve_inputs(local_x, local_base, order, kind, n_steps))
-            for fraction, (prob, logit) in zip(fractions, points, strict=True):
-                rows.append((name, order_seed, kind, float(fraction), prob, logit))
+    regions = {"neighbourhood": near, "outside": near & ~omega[window.slices]}
+    if not regions["outside"].any():
+        raise ConfigurationError(
+            f"no voxel of the window lies within {neighbourhood_mm:g} mm of the domain outside "
+            "it; give a larger neighbourhood_mm"
+        )
+    for index, (variant, region) in enumerate(regions.items()):
+        fractions = np.linspace(0, region.sum(), n_steps + 1).round() / region.sum()
+        for name, order_seed, order in _orders(scores, region, n_random, seed, index):
+            for kind in ("deletion", "insertion"):
+                points = evaluate(_curve_inputs(local_x, local_base, order, kind, n_steps))
+                for fraction, (prob, logit) in zip(fractions, points, strict=True):
+                    rows.append((name, order_seed, variant, kind, float(fraction), prob, logit))
     curves = pd.DataFrame(
-        rows, columns=["order", "seed", "kind", "fraction", "prob_mean", "logit_mean"]
+        rows,
+        columns=["order", "seed", "variant", "kind", "fraction", "prob_mean", "logit_mean"],
     )
-    return FaithfulnessResult(curves, _numbers(curves, list(maps)))
+    numbers = _numbers(curves, map_order_names)
+    return FaithfulnessResult(curves, numbers, _better_than_image(numbers, map_order_names))

@@ -1,0 +1,256 @@
+"""The trust checks on cases whose answer is known, and on a check broken on purpose.
+
+Networks are built by hand so that the lesion logit depends only on T1w, only on a ring 2–6 mm
+around the lesion, or on a fixed filter with nothing learned before it; two map "methods" ignore
+the model altogether (the input itself, a distance map). A check that cannot tell these apart
+(docs/trust.md, "Calibration") is not a check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from instasal.saliency import SmoothGradConfig
+from instasal.trust import (
+    VARIANTS,
+    FaithfulnessResult,
+    MapMethod,
+    deletion_insertion,
+    randomisation,
+)
+
+NOISELESS = SmoothGradConfig(n_samples=1, noise_level=0.0)
+SHAPE = (16, 16, 16)
+CENTRE = (8, 8, 8)
+
+
+def _distance_from(omega: np.ndarray) -> np.ndarray:
+    return np.asarray(ndimage.distance_transform_edt(~omega))
+
+
+def _single_voxel() -> np.ndarray:
+    omega = np.zeros(SHAPE, dtype=bool)
+    omega[CENTRE] = True
+    return omega
+
+
+def _image(omega: np.ndarray) -> torch.Tensor:
+    """FLAIR and T1w: tissue at 1 with texture; the lesion brightest on FLAIR (+3), its first
+    2 mm brighter (+2) than the ring at 2–5 mm (+1); T1w darker in the lesion (−1)."""
+    rng = np.random.default_rng(3)
+    x = 1.0 + rng.normal(scale=0.1, size=(2, *SHAPE))
+    distance = _distance_from(omega)
+    x[0] += np.select([omega, distance <= 2, distance <= 5], [3.0, 2.0, 1.0], 0.0)
+    x[1, omega] -= 1.0
+    return torch.from_numpy(x).float()
+
+
+class CircularFilter(nn.Module):
+    """``y(u) = Σ_v k(u − v) x(v)`` over the periodic grid (an FFT convolution: a 13³
+    convolution costs the tests seconds), with the kernel ``k`` a parameter."""
+
+    def __init__(self, kernel: torch.Tensor) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = (-3, -2, -1)
+        product = torch.fft.rfftn(x, dim=axes) * torch.fft.rfftn(self.kernel, dim=axes)
+        return torch.fft.irfftn(product, s=x.shape[-3:], dim=axes)
+
+
+class Head(nn.Module):
+    """Background and lesion logits as two learned multiples of one feature map (a 1×1×1
+    convolution without bias; ``torch.conv3d`` is slow at this size on a CPU)."""
+
+    def __init__(self, weight: tuple[float, float]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(weight))
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return feature * self.weight.view(1, 2, 1, 1, 1)
+
+
+class RingNetwork(nn.Module):
+    """Lesion logit at u: a positive, spatially uneven weighting of FLAIR at 2 < d ≤ 6 mm from u
+    (T1w is never read), then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        offsets = np.indices(SHAPE) - np.asarray(CENTRE)[:, None, None, None]
+        radius = np.sqrt((offsets**2).sum(axis=0))
+        ring = (radius > 2) & (radius <= 6)
+        weights = np.where(ring, np.random.default_rng(4).uniform(0.5, 1.5, ring.shape), 0.0)
+        kernel = np.roll(weights / weights.sum(), [-c for c in CENTRE], axis=(0, 1, 2))
+        self.ring = CircularFilter(torch.from_numpy(kernel).float())
+        self.head = Head((0.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ring(x[:, :1]))
+
+
+def _t1w_network() -> nn.Sequential:
+    """Two convolutions with a smooth non-linearity; the first reads T1w only."""
+    torch.manual_seed(5)
+    first, second = nn.Conv3d(2, 4, 3, padding=1), nn.Conv3d(4, 2, 3, padding=1)
+    with torch.no_grad():
+        first.weight[:, 0] = 0.0
+    return nn.Sequential(first, nn.Softplus(), second)
+
+
+class FixedFilter(nn.Module):
+    """Lesion logit = a · (Gaussian blur of FLAIR): the filter is a buffer, nothing learned; the
+    only parameters, the head's, scale it (and may flip its sign when randomised)."""
+
+    kernel: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        grid = np.indices((5, 5, 5)) - 2
+        kernel = np.exp(-(grid**2).sum(axis=0) / 2.0)
+        self.register_buffer("kernel", torch.from_numpy(kernel / kernel.sum()).float()[None, None])
+        self.head = Head((-1.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.conv3d(x[:, :1], self.kernel, padding=2))
+
+
+def _input_itself(
+    model: nn.Module, x: torch.Tensor, omega: torch.Tensor, seed: int
+) -> torch.Tensor:
+    return x.detach().clone()
+
+
+def _distance_map(model: nn.Module, x: torch.Tensor, omega: torch.Tensor, seed: int) -> np.ndarray:
+    return np.exp(-_distance_from(omega.numpy()) / 2.0)
+
+
+MODEL_FREE_MAPS: dict[str, MapMethod] = {"input": _input_itself, "distance_map": _distance_map}
+
+
+def _verdicts(model: nn.Module, **options: object) -> dict[str, bool]:
+    omega = _single_voxel()
+    result = randomisation(
+        model,
+        _image(omega),
+        torch.from_numpy(omega),
+        spacing=(1, 1, 1),
+        smoothgrad=NOISELESS,
+        methods=MODEL_FREE_MAPS,
+        modes=("cascading",),
+        **options,  # type: ignore[arg-type]
+    )
+    return {method: result.verdict(method)["passes"] for method in ("smoothgrad", *MODEL_FREE_MAPS)}
+
+
+# --- randomisation ------------------------------------------------------------------------------
+
+
+def test_randomisation_passes_maps_of_learned_dependence_and_fails_maps_that_ignore_the_model():
+    for model in (RingNetwork(), _t1w_network()):
+        assert _verdicts(model) == {"smoothgrad": True, "input": False, "distance_map": False}
+
+
+def test_randomisation_fails_a_map_of_a_fixed_filter_with_nothing_learned() -> None:
+    assert _verdicts(FixedFilter())["smoothgrad"] is False
+
+
+def test_randomisation_fails_when_the_randomisation_is_broken() -> None:
+    def keep(module: nn.Module, generator: torch.Generator) -> None:
+        """A broken randomiser: the weights stay trained."""
+
+    assert _verdicts(_t1w_network(), randomise=keep)["smoothgrad"] is False
+
+
+def test_the_null_and_the_ceiling_explain_the_verdicts() -> None:
+    omega = _single_voxel()
+    result = randomisation(
+        RingNetwork(),
+        _image(omega),
+        torch.from_numpy(omega),
+        spacing=(1, 1, 1),
+        smoothgrad=NOISELESS,
+        methods=MODEL_FREE_MAPS,
+        modes=("cascading",),
+    )
+    table = result.table
+    last = table[(table["step"] == len(result.blocks)) & (table["region"] == "near")]
+    rows = last.set_index("method")
+    for method in MODEL_FREE_MAPS:  # identical maps: null, ceiling and trained all at 1
+        row = rows.loc[method]
+        assert row["ssim"] == pytest.approx(1.0) and row["ssim_null_max"] == pytest.approx(1.0)
+        assert row["ssim_null_at_ceiling"] and row["spearman_abs_null_at_ceiling"]
+    row = rows.loc["smoothgrad"]
+    assert row["ssim_ceiling"] == pytest.approx(1.0)  # noiseless: the repeat is the same map
+    assert not row["ssim_above_null"] and row["ssim_null_max"] < 1.0
+    assert row["omega_mean_trained"] == pytest.approx(0.0, abs=1e-6)  # zero on the lesion
+
+
+# --- deletion and insertion ---------------------------------------------------------------------
+
+
+def _cube() -> np.ndarray:
+    omega = np.zeros(SHAPE, dtype=bool)
+    omega[7:10, 7:10, 7:10] = True
+    return omega
+
+
+def _local_network() -> nn.Conv3d:
+    """Lesion logit at u: a positive 3×3×3 weighting of FLAIR around u (a bright-blob detector)."""
+    conv = nn.Conv3d(2, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[1, 0] = 1.0 / 27
+    return conv
+
+
+def _faithfulness(
+    model: nn.Module, omega: np.ndarray, maps: Mapping[str, MapMethod]
+) -> FaithfulnessResult:
+    """Deletion and insertion with each map computed as ``randomisation`` computes it."""
+    x = _image(omega)
+    tensor = torch.from_numpy(omega)
+    arrays = {name: method(model, x, tensor, 0) for name, method in maps.items()}
+    return deletion_insertion(model, x, tensor, arrays, spacing=(1, 1, 1), batch_size=32)
+
+
+def _gradient(model: nn.Module, x: torch.Tensor, omega: torch.Tensor, seed: int) -> torch.Tensor:
+    """The exact map of a linear network: the gradient of the lesion logit summed over Ω."""
+    leaf = x.detach().clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model(leaf[None])[0, 1][omega].sum(), leaf)
+    return gradient
+
+
+def test_a_map_of_the_ring_the_model_reads_beats_the_image_and_model_free_maps_do_not() -> None:
+    maps: dict[str, MapMethod] = {"smoothgrad": _gradient, "input": _input_itself}
+    verdicts = _faithfulness(RingNetwork(), _single_voxel(), maps).better_than_image
+    assert verdicts["smoothgrad"] and verdicts["smoothgrad_times_delta"]
+    assert verdicts["smoothgrad_outside"] and verdicts["smoothgrad_times_delta_outside"]
+    ignoring = {k: v for k, v in verdicts.items() if not k.startswith("smoothgrad")}
+    assert set(ignoring) == {
+        f"{order}{variant}" for order in ("input", "input_times_delta") for variant in VARIANTS
+    }
+    assert not any(ignoring.values())
+
+
+def test_the_input_as_a_map_beats_random_orders_but_not_the_image() -> None:
+    """The rule the model-free orders replaced (better than random) calls the input faithful."""
+    model, omega = _local_network(), _cube()
+    result = _faithfulness(model, omega, MODEL_FREE_MAPS)
+    numbers = result.numbers
+    for kind, sign in (("deletion", 1), ("insertion", -1)):
+        versus_random = sign * (
+            numbers[f"{kind}_auc_random_logit"] - numbers[f"{kind}_auc_input_logit"]
+        )
+        assert versus_random > numbers[f"{kind}_auc_random_sd_logit"]
+    assert not any(result.better_than_image.values())
+    # the distance map ranks as the distance order does: never better than it
+    for name in ("deletion_gain_distance_map_logit", "insertion_gain_distance_map_logit"):
+        assert numbers[name] <= 0
