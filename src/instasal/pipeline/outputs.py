@@ -206,8 +206,7 @@ def prepare_run_folder(
     StateFileError
         When the earlier ``run.json`` is corrupt and ``overwrite`` is false.
     """
-    earlier = _earlier_layout(layout)
-    removed = [*layout.owned_files(), *earlier.owned_files()] if overwrite else []
+    removed = [*layout.owned_files(), *_earlier_layout(layout).owned_files()] if overwrite else []
     refuse_writing_over_inputs([*layout.written_files(), *removed], inputs)
     if overwrite:
         for path in removed:
