@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets import BasicUNet, DynUNet, SwinUNETR, UNet
 
 from instasal.errors import ModelError
 from instasal.models import card_of, load_model
+from instasal.models.divisibility import size_divisibility_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -33,10 +34,28 @@ def not_a_module():
 """
 
 
+TINY_UNET = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2}
+TINY_UNET |= {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+
+
 def _tiny_unet(seed: int = 0) -> UNet:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return UNet(3, 2, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+        return UNet(**TINY_UNET).eval()
+
+
+class _NeedsMultipleOf(torch.nn.Module):
+    """A pointwise convolution that fails on input sides not a multiple of ``factor``."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = torch.nn.Conv3d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(side % self.factor for side in x.shape[2:]):
+            raise RuntimeError("Sizes of tensors must match except in dimension 1")
+        return self.conv(x)
 
 
 def _same_outputs(loaded: torch.nn.Module, reference: torch.nn.Module) -> None:
@@ -273,3 +292,50 @@ def test_cli_refuses_bundle_code_in_one_line_unless_told_to_trust_it(
     assert "trust-model-code" in refusal and len(refusal.strip().splitlines()) == 1, refusal
     assert run_app([*arguments, "--trust-model-code"]) == 2  # built (running the code), refused
     assert marker.exists()
+
+
+def _bundle_of(tmp_path: Path, network: torch.nn.Module, network_def: dict[str, object]) -> Path:
+    """A bundle of ``network`` (weights saved) whose metadata states no input shape."""
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1"}))
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+def test_bundle_size_divisibility_from_its_unet_strides(tmp_path: Path) -> None:
+    arguments = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2}
+    arguments |= {"channels": [2, 2, 2, 2, 2], "strides": [2, 2, 2, 2], "num_res_units": 0}
+    bundle = _bundle_of(tmp_path, UNet(**arguments), {"_target_": "UNet", **arguments})
+    assert card_of(load_model(bundle)).size_divisibility == (16, 16, 16)
+
+
+def test_bundle_size_divisibility_from_its_metadata(tmp_path: Path) -> None:
+    bundle = _bundle_of(tmp_path, _tiny_unet(), {"_target_": "UNet", **TINY_UNET})
+    shape = {"num_channels": 2, "spatial_shape": ["32*n", "32*n", "16*n"]}
+    metadata = {"network_data_format": {"inputs": {"image": shape}}}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    assert card_of(load_model(bundle)).size_divisibility == (32, 32, 16)
+
+
+@pytest.mark.parametrize(
+    ("network", "expected"),
+    [
+        (UNet(3, 2, 2, channels=(2, 2, 2), strides=(2, (1, 2, 2)), num_res_units=0), (2, 4, 4)),
+        (
+            DynUNet(3, 2, 2, [3, 3, 3], [1, 2, (2, 2, 1)], [2, (2, 2, 1)], filters=[2, 2, 2]),
+            (4, 4, 2),
+        ),
+        (SwinUNETR(in_channels=2, out_channels=2, feature_size=12, spatial_dims=3), (32, 32, 32)),
+        (BasicUNet(3, 2, 2, features=(2, 2, 2, 2, 2, 2)), (16, 16, 16)),
+        (_NeedsMultipleOf(8), (8, 8, 8)),
+        (_NeedsMultipleOf(1), (1, 1, 1)),
+    ],
+    ids=["UNet", "DynUNet", "SwinUNETR", "BasicUNet", "needs 8 (probed)", "pointwise (probed)"],
+)
+def test_size_divisibility_of_known_networks(
+    network: torch.nn.Module, expected: tuple[int, int, int]
+) -> None:
+    assert size_divisibility_of(network, in_channels=2) == expected

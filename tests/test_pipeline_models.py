@@ -18,7 +18,7 @@ import torch
 from conftest import LINEAR_SHAPE, PointwiseLinear
 from instasal.cli import run_app
 from instasal.errors import ImageError, InstasalWarning, ModelError
-from instasal.models import load_model
+from instasal.models import card_of, load_model
 from instasal.models.segmentation import segment_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.saliency import SmoothGradConfig
@@ -208,3 +208,33 @@ def test_cli_explains_t2_pd_channels(
     assert status == 0, captured.out + captured.err
     table = pd.read_csv(next((tmp_path / "o").glob("*_lesions.tsv")), sep="\t")
     assert {"peak_T2w", "peak_PDw"} <= set(table.columns)
+
+
+class NeedsSixteen(PointwiseLinear):
+    """:class:`PointwiseLinear` that fails on any input side not a multiple of 16, as a U-Net
+    with four poolings does; its card does not say so."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for size in x.shape[2:]:
+            if size % 16 != 0:
+                raise RuntimeError("Sizes of tensors must match except in dimension 1")
+        return self.conv(x)
+
+
+PATCHES = {"whole volume": {}, "patch 24×16×16": {"patch_size": [24, 16, 16]}}
+
+
+@pytest.mark.parametrize("patch", PATCHES.values(), ids=list(PATCHES))
+def test_size_divisibility_found_at_load_and_padded(
+    tmp_path: Path, linear_dataset: Path, patch: dict[str, object]
+) -> None:
+    path = tmp_path / "sixteen.pt"
+    torch.jit.save(torch.jit.script(NeedsSixteen()), str(path))
+    path.with_suffix(".json").write_text(json.dumps({"threshold": 0.5} | patch))
+    assert card_of(load_model(path)).size_divisibility == (16, 16, 16)
+    result = explain_subject(_images(linear_dataset), path, tmp_path / "o", settings=FAST)
+    assert len(result.table) == 1 and result.table["prob_max"].iloc[0] > 0.99
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert provenance["model"]["card"]["size_divisibility"] == [16, 16, 16]
+    segmented = segment_subject(load_model(path), _images(linear_dataset), tmp_path / "s")
+    assert segmented.mask.sum() == 27

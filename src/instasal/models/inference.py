@@ -4,7 +4,9 @@
 ``patch_size`` (MONAI ``sliding_window_inference``, Gaussian importance weights, σ = patch/8 as in
 nnU-Net); ``predict_probability`` turns them into the target probability of SPEC's notation:
 ``softmax(logits)[target]``, or ``sigmoid(logits)[target]`` for single-output / region models.
-A model without a patch size runs once on the whole volume, zero-padded to its size divisibility.
+A model without a patch size runs once on the whole volume; every input the network sees, whole
+volume or window, is zero-padded at the end of each axis to the card's size divisibility and its
+output cropped back.
 
 With ``region`` only the windows that overlap the region's bounding box run. Every window that
 covers a region voxel is among them, so values there equal the whole-volume result; voxels that a
@@ -13,6 +15,8 @@ the probability inside one lesion only (context, relocation) run several times f
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -78,23 +82,26 @@ def predict_logits(
         raise ConfigurationError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
     target_device = torch.device(device) if device is not None else _model_device(model)
     batch = volume[None].to(target_device)
+    network = _Padded(model, card.size_divisibility)
     windows = None
     if region is not None:
         mask = _checked_region(region, tuple(volume.shape[1:]))
         if card.patch_size is not None:
-            windows = _RegionWindows(model, mask, volume.shape[1:], card.patch_size)
+            windows = _RegionWindows(
+                network, card.out_channels, mask, volume.shape[1:], card.patch_size
+            )
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             if card.patch_size is None:
-                stitched: object = _whole_volume(model, batch, card.size_divisibility)
+                stitched: object = network(batch)
             else:
                 stitched = sliding_window_inference(
                     batch,
                     roi_size=card.patch_size,
                     sw_batch_size=sw_batch_size,
-                    predictor=model if windows is None else windows,
+                    predictor=network if windows is None else windows,
                     overlap=overlap,
                     mode="gaussian",
                     sigma_scale=SLIDING_WINDOW_SIGMA_SCALE,
@@ -195,15 +202,23 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _whole_volume(
-    model: nn.Module, batch: torch.Tensor, divisibility: tuple[int, int, int]
-) -> torch.Tensor:
-    shape = batch.shape[2:]
-    padding: list[int] = []
-    for size, factor in reversed(list(zip(shape, divisibility, strict=True))):
-        padding += [0, (-size) % factor]
-    output = model(F.pad(batch, padding))
-    return output[:, :, : shape[0], : shape[1], : shape[2]].to("cpu")
+class _Padded:
+    """``model`` on inputs zero-padded at the end of each axis to a multiple of
+    ``divisibility``, its output cropped back to the input's size."""
+
+    def __init__(self, model: nn.Module, divisibility: tuple[int, int, int]) -> None:
+        self.model = model
+        self.divisibility = divisibility
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        shape = batch.shape[2:]
+        padding: list[int] = []
+        for size, factor in reversed(list(zip(shape, self.divisibility, strict=True))):
+            padding += [0, (-size) % factor]
+        if not any(padding):
+            return self.model(batch)
+        output = self.model(F.pad(batch, padding))
+        return output[:, :, : shape[0], : shape[1], : shape[2]]
 
 
 def _padding(shape: tuple[int, ...], patch: tuple[int, ...]) -> list[int]:
@@ -241,12 +256,14 @@ class _RegionWindows:
 
     def __init__(
         self,
-        model: nn.Module,
+        network: Callable[[torch.Tensor], torch.Tensor],
+        out_channels: int,
         region: np.ndarray,
         shape: tuple[int, ...],
         patch: tuple[int, int, int],
     ) -> None:
-        self.model = model
+        self.network = network
+        self.out_channels = out_channels
         self.shape = tuple(shape)
         self.patch = patch
         self.box = _region_box(region, self.shape, patch)
@@ -262,14 +279,14 @@ class _RegionWindows:
         keep = [i for i, w in enumerate(windows) if self._overlaps(w)]
         self.skipped += [w for i, w in enumerate(windows) if i not in keep]
         if len(keep) == len(windows):
-            return self.model(patches)
+            return self.network(patches)
         if not keep:
             return torch.zeros(
-                (patches.shape[0], card_of(self.model).out_channels, *patches.shape[2:]),
+                (patches.shape[0], self.out_channels, *patches.shape[2:]),
                 dtype=patches.dtype,
                 device=patches.device,
             )
-        computed = self.model(patches[keep])
+        computed = self.network(patches[keep])
         output = computed.new_zeros((patches.shape[0], *computed.shape[1:]))
         output[keep] = computed
         return output

@@ -19,7 +19,9 @@
 Every state dict is read with ``torch.load(weights_only=True)``; nothing is ever downloaded. A card
 that cannot be read from the source is completed by probing the network (input channels from the
 first 3D convolution, output channels from one forward pass on zeros) and may be overridden by a
-sidecar JSON holding any subset of the :class:`~instasal.models.cards.ModelCard` fields.
+sidecar JSON holding any subset of the :class:`~instasal.models.cards.ModelCard` fields. The size
+divisibility a card does not state is found from the network
+(:func:`instasal.models.divisibility.size_divisibility_of`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from instasal.io import Subject
 from instasal.models.allowed_classes import allowed_class
 from instasal.models.architectures import ARCHITECTURES, build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
+from instasal.models.divisibility import bundle_size_divisibility, size_divisibility_of
 from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
 
 __all__ = [
@@ -452,6 +455,9 @@ def _bundle_card_fields(metadata: Mapping[str, Any], parser: Any) -> dict[str, A
     shape = roi if roi is not None else image.get("spatial_shape")
     if isinstance(shape, Sequence) and len(shape) == 3 and all(isinstance(s, int) for s in shape):
         fields["patch_size"] = list(shape)
+    divisibility = bundle_size_divisibility(image.get("spatial_shape"))
+    if divisibility is not None:
+        fields["size_divisibility"] = list(divisibility)
     return fields | _bundle_geometry(parser.get())
 
 
@@ -523,6 +529,10 @@ def _complete_card(
     } | dict(overrides)
     if "channel_names" not in fields:
         fields["channel_names"] = _generic_names(_probe_in_channels(network, source))
+    if "size_divisibility" not in fields:
+        found = size_divisibility_of(network, len(fields["channel_names"]))
+        if found is not None:
+            fields["size_divisibility"] = list(found)
     if "out_channels" not in fields:
         fields["out_channels"] = _probe_out_channels(network, len(fields["channel_names"]), fields)
     if fields["out_channels"] == 1:
@@ -543,7 +553,9 @@ def _probe_in_channels(network: nn.Module, source: str) -> int:
 
 def _probe_out_channels(network: nn.Module, in_channels: int, fields: Mapping[str, Any]) -> int:
     side = fields.get("patch_size") or [32, 32, 32]
-    probe = torch.zeros(1, in_channels, *[int(s) for s in side])
+    multiples = fields.get("size_divisibility") or [1, 1, 1]
+    padded = [-(-int(n) // int(f)) * int(f) for n, f in zip(side, multiples, strict=True)]
+    probe = torch.zeros(1, in_channels, *padded)
     try:
         with torch.no_grad():
             output = network(probe)

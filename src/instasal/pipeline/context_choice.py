@@ -29,7 +29,9 @@ from instasal.models.nnunet_predict import nnunet_network
 from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
 from instasal.prepare import PreparedSubject
 from instasal.saliency import SmoothGradConfig
+from instasal.saliency.inputs import run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
+from instasal.saliency.windows import end_padding, resolve_size_divisibility
 from instasal.typing import Context
 
 __all__ = [
@@ -120,13 +122,14 @@ def full_context_seconds(prepared: PreparedSubject, target: int) -> tuple[float,
     network = prepared.network
     device = model_device(network)
     x = prepared.x[None].to(device).requires_grad_(True)
+    divisibility = resolve_size_divisibility(network, None, x.ndim - 2)
     with inference_state(network):
         started = time.perf_counter()
-        logits = network(x)
+        logits = run_target_logits(network, x, target, end_padding(x.shape[2:], divisibility))
         forward = time.perf_counter() - started
-        voxel = tuple(s // 2 for s in logits.shape[2:])
+        voxel = tuple(s // 2 for s in logits.shape)
         started = time.perf_counter()
-        torch.autograd.grad(logits[(0, min(target, logits.shape[1] - 1), *voxel)], x)
+        torch.autograd.grad(logits[voxel], x)
         backward = time.perf_counter() - started
     return forward, backward
 

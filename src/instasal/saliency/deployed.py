@@ -27,6 +27,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
 from instasal.saliency.inputs import target_channel
+from instasal.saliency.windows import end_padding, resolve_size_divisibility
 
 __all__ = [
     "SLIDING_WINDOW_OVERLAP",
@@ -98,10 +99,13 @@ class Tiling:
         """
         padded = F.pad(batch, self.padding_pairs())
         importance = self.importance.to(batch.device, batch.dtype)
+        # each window padded to the network's size divisibility, as the prediction runs it
+        divisibility = resolve_size_divisibility(model, None, len(self.patch))
+        extra = end_padding(self.patch, divisibility)
         blended: torch.Tensor | None = None
         for index in windows:
             box = (slice(None), slice(None), *self.boxes[index])
-            weighted = model(padded[box]) * importance
+            weighted = _padded_forward(model, padded[box], extra) * importance
             if blended is None:
                 blended = weighted.new_zeros((batch.shape[0], weighted.shape[1], *self.padded))
             blended = blended.index_put(_box_indices(box, blended), weighted, accumulate=True)
@@ -122,6 +126,15 @@ class Tiling:
         logits = self.blended_logits(model, batch, windows)
         chosen = logits[:, target_channel(target, logits.shape[1])]
         return chosen[0] if chosen.shape[0] == 1 else chosen
+
+
+def _padded_forward(model: nn.Module, window: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
+    """``model``'s logits ``[B, K, *window]`` on ``window`` zero-padded by ``extra`` at the end."""
+    if not any(extra):
+        return model(window)
+    pairs = [amount for more in reversed(extra) for amount in (0, more)]
+    spatial = tuple(slice(0, n) for n in window.shape[2:])
+    return model(F.pad(window, pairs))[(slice(None), slice(None), *spatial)]
 
 
 def _box_indices(box: tuple[slice, ...], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
