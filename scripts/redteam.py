@@ -1231,20 +1231,22 @@ def _rgb(data: np.ndarray) -> np.ndarray:
 
 
 def _with_header(name: str, **fields: object) -> Callable[[Lab], list[Path]]:
-    """The T1w written uncompressed, then header ``fields`` overwritten unchecked (as a broken
-    converter writes them)."""
+    """Both channels written uncompressed, then header ``fields`` overwritten unchecked (as a
+    broken converter writes them; both alike, so that the channels still agree)."""
 
     def make(lab: Lab) -> list[Path]:
-        flair, t1w = _images(lab)
-        raw = bytearray(nib.Nifti1Image(_array(t1w), AFFINE).to_bytes())
-        header = nib.Nifti1Header(binaryblock=bytes(raw[:348]))
-        for key, value in fields.items():
-            header[key] = value
-        raw[:348] = header.binaryblock
-        bad = lab.path("bad", f"{name}_T1w.nii")
-        bad.parent.mkdir(exist_ok=True)
-        bad.write_bytes(bytes(raw))
-        return [flair, bad]
+        written = []
+        for channel in _images(lab):
+            raw = bytearray(nib.Nifti1Image(_array(channel), AFFINE).to_bytes())
+            header = nib.Nifti1Header(binaryblock=bytes(raw[:348]))
+            for key, value in fields.items():
+                header[key] = value
+            raw[:348] = header.binaryblock
+            bad = lab.path("bad", name, channel.name.removesuffix(".gz"))
+            bad.parent.mkdir(parents=True, exist_ok=True)
+            bad.write_bytes(bytes(raw))
+            written.append(bad)
+        return written
 
     make.__name__ = name
     return make
