@@ -11,6 +11,8 @@ One model (a MONAI UNet, random weights), one input and one lesion, measured in 
 - ``auto/full/1``, ``auto/patch/1``: the same with one noise draw per forward pass, beside the
   default that forwards several draws together and pulls their rows in the same backward calls;
 - ``auto/patch/channels_last``: the patch with the differentiated input stored channels-last;
+- ``auto/deployed``: the deployed context (the sliding-window prediction's own logit: every
+  window holding a lesion voxel, blended), with its cost over the patch context's;
 - on CUDA also ``floor``: a bare batched VJP of the same rows in the same patch (one call, no
   aggregation, no noise), and our fraction of it.
 
@@ -166,7 +168,7 @@ def _run(setting: Setting, name: str, model, x, domain) -> tuple[torch.Tensor | 
     )
     notes = []
     if engine == "auto":
-        window = (2, *setting.volume) if context == "full" else (2, *(setting.patch,) * 3)
+        window = (2, *(setting.patch,) * 3) if context == "patch" else (2, *setting.volume)
         for key, choice in cached_engine_choices(model).items():
             if key[0][1:] == window:
                 notes.append(
@@ -303,6 +305,7 @@ def main() -> None:
         "auto/patch",
         "auto/patch/1",
         "auto/patch/channels_last",
+        "auto/deployed",
     ]
     if device == "cuda":
         names.append("floor")
@@ -358,6 +361,14 @@ def main() -> None:
             / results[f"auto/{context}"].seconds_per_row
         )
         print(f"draws forwarded together vs one per pass ({context}): {packed:.2f}x")
+    deployed = results["auto/deployed"]
+    assert deployed.saliency_map is not None
+    cost = deployed.seconds_per_row / results["auto/patch"].seconds_per_row
+    gap = map_agreement(deployed.saliency_map, reference)["relative_max_difference"]
+    print(
+        f"deployed vs patch context: {cost:.2f}x the cost per row; deployed vs full map: "
+        f"relative max difference {gap:.2e}"
+    )
     layout = (
         results["auto/patch"].seconds_per_row / results["auto/patch/channels_last"].seconds_per_row
     )
