@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import LINEAR_SHAPE, PointwiseLinear
+from conftest import LINEAR_SHAPE, PointwiseLinear, set_card
 from instasal.cli import run_app
 from instasal.errors import ImageError, InstasalWarning, ModelError
 from instasal.models import card_of, load_model
@@ -238,3 +238,16 @@ def test_size_divisibility_found_at_load_and_padded(
     assert provenance["model"]["card"]["size_divisibility"] == [16, 16, 16]
     segmented = segment_subject(load_model(path), _images(linear_dataset), tmp_path / "s")
     assert segmented.mask.sum() == 27
+
+
+def test_model_without_a_gradcam_layer_skips_gradcam_with_a_note(
+    tmp_path: Path, linear_dataset: Path
+) -> None:
+    model = PointwiseLinear().eval()
+    card = {"name": "plain", "architecture": "module", "threshold": 0.5}
+    set_card(model, card | {"patch_size": list(LINEAR_SHAPE), "channel_names": ["FLAIR", "T1w"]})
+    with pytest.warns(InstasalWarning, match=r"Grad-CAM\+\+ skipped .*names no layer"):
+        result = explain_subject(
+            _images(linear_dataset), model, tmp_path / "o", settings=FAST, progress=None
+        )
+    assert len(result.table) == 1 and result.table["gradcam_peak"].isna().all()

@@ -23,7 +23,7 @@ import pandas as pd
 from rich.console import Console
 from torch import nn
 
-from instasal.errors import ConfigurationError, InstasalWarning
+from instasal.errors import InstasalWarning
 from instasal.folders import model_files, output_folder_lock
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
@@ -386,7 +386,7 @@ def _gradcam_window(
     context: Context,
 ) -> tuple[GradCamConfig | None, str | None]:
     """The run's Grad-CAM config (its layer named inside the prepared network); or ``None`` and
-    why it is skipped, where no forward hook can record the layer (TorchScript)."""
+    why it is skipped: no layer named, or none a forward hook can record (TorchScript)."""
     if settings.gradcam is None:
         return None, None
     skipped = f"skipped for model {card_of(network).name!r}: {{}}; its table columns are empty"
@@ -398,8 +398,8 @@ def _gradcam_window(
         layer = f"network.{layer}"  # the prepared network wraps the model
     layer = layer or dict(getattr(prepared.network, "card", {})).get("gradcam_layer")
     if not layer:
-        raise ConfigurationError(
-            "gradcam is on but neither settings.gradcam.layer nor the model card names a layer"
+        return None, skipped.format(
+            "its card names no layer (pass --gradcam-layer / GradCamConfig(layer=...))"
         )
     obstacle = capture_obstacle(prepared.network, layer)
     if obstacle is not None:
