@@ -445,7 +445,7 @@ def test_no_usable_affine_is_refused_in_one_line(two_channel_files, oblique_affi
         if how == "NaN"
         else r"is singular \(its voxel axes do not span 3D\)"
     )
-    cases = {
+    cases: dict[str, dict[str, float]] = {
         "no qform": {"qform_code": 0},
         "bad qform": {"qform_code": 1, "quatern_b": np.nan},
     }
