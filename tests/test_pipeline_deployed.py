@@ -44,7 +44,9 @@ class SmallNonLinearModel(nn.Module):
                 parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
             self.first.weight[:, 0] += 1.0 / 27
             self.second.weight[1, :, 1, 1, 1] += 1.0
-            self.second.bias[1] = -2.5
+            bias = self.second.bias
+            assert bias is not None
+            bias[1] = -2.5
         self.card = {
             "name": "small-non-linear-test",
             "architecture": "two dilated convolutions",
@@ -88,9 +90,11 @@ def _model_input(paths: list[Path], model: nn.Module) -> torch.Tensor:
 
 def _prediction_rows_max(model: nn.Module, x: torch.Tensor, domain: np.ndarray) -> torch.Tensor:
     leaf = x.clone().requires_grad_(True)
-    logits = sliding_window_inference(
+    stitched = sliding_window_inference(
         leaf[None], (PATCH,) * 3, 2, model, overlap=0.5, mode="gaussian", sigma_scale=0.125
-    )[0, 1]
+    )
+    assert isinstance(stitched, torch.Tensor)
+    logits = stitched[0, 1]
     best: torch.Tensor | None = None
     for voxel in np.argwhere(domain).tolist():
         row = torch.autograd.grad(logits[tuple(voxel)], leaf, retain_graph=True)[0]

@@ -17,6 +17,7 @@ from instasal.saliency.deployed import (
 )
 from instasal.saliency.noise import noisy_inputs
 from instasal.saliency.windows import context_windows
+from instasal.typing import Aggregation
 
 # float32 sums of a few hundred products of O(1) terms: ~1e-6 of the largest entry
 ROUND_OFF = 1e-5
@@ -78,7 +79,7 @@ def _domains(shape: tuple[int, int, int]) -> dict[int, torch.Tensor]:
 @pytest.mark.parametrize("shape", [(20, 14, 10), (13, 6, 9)])  # the second is padded on axis 1
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 def test_deployed_maps_are_the_rows_of_monais_sliding_window_logit(
-    shape: tuple[int, int, int], aggregation: str
+    shape: tuple[int, int, int], aggregation: Aggregation
 ) -> None:
     net = _Net().eval()
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
