@@ -19,8 +19,10 @@ from conftest import PointwiseLinear
 from instasal.cli import run_app
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.folders import refuse_writing_over_inputs
+from instasal.models import load_model
 from instasal.models.cards import ModelCard
 from instasal.models.export import export_weights
+from instasal.models.segmentation import segment_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.cohort import run_cohort
 from instasal.saliency import SmoothGradConfig
@@ -198,7 +200,6 @@ def test_a_cohort_never_writes_over_its_models_card(tmp_path, linear_dataset, li
     assert (out / "cohort.json").read_bytes() == card
 
 
-
 def test_a_cohort_folder_holding_a_file_it_would_write_is_refused_without_overwrite(
     tmp_path, linear_dataset, linear_model_path
 ):
@@ -211,6 +212,7 @@ def test_a_cohort_folder_holding_a_file_it_would_write_is_refused_without_overwr
         run_cohort(linear_dataset, model, out, settings=SETTINGS, subjects=["sub-01"])
     assert mine.read_text() == "my own table\n"
     assert sorted(p.name for p in out.iterdir()) == ["lesions.tsv"]
+
 
 @pytest.mark.parametrize("name", ["../x", "{tmp}/x", "a/b", "..", ""])
 def test_segment_refuses_a_name_that_is_not_a_plain_file_name(
@@ -256,3 +258,19 @@ def test_an_exported_model_stays_in_its_folder(tmp_path, name):
     with pytest.raises(ConfigurationError, match="--name must be a plain file name"):
         export_weights(network, card, tmp_path / "weights", name=name.format(tmp=tmp_path))
     assert sorted(tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize("function", ["explain_subject", "run_cohort", "segment_subject"])
+def test_the_library_refuses_an_empty_output_path(
+    tmp_path, linear_dataset, linear_model_path, monkeypatch, function
+):
+    monkeypatch.chdir(tmp_path / "dataset" / "sub-01")  # where an empty path would write
+    before = sorted(Path().rglob("*"))
+    with pytest.raises(ConfigurationError, match=r"output folder \(--out\) is an empty path"):
+        if function == "explain_subject":
+            explain_subject(_images(linear_dataset), linear_model_path, "", settings=SETTINGS)
+        elif function == "run_cohort":
+            run_cohort(linear_dataset, str(linear_model_path), "", settings=SETTINGS)
+        else:
+            segment_subject(load_model(str(linear_model_path)), _images(linear_dataset), "")
+    assert sorted(Path().rglob("*")) == before

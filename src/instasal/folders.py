@@ -284,12 +284,12 @@ def output_folder_lock(folder: PathLike, *, wait: bool = False) -> Iterator[Path
     Raises
     ------
     ConfigurationError
-        When ``folder`` is an existing file.
+        When ``folder`` is empty or an existing file.
     OutputLockedError
         When another live run holds ``folder`` (see :func:`hold_lock`).
     """
-    folder = Path(folder)
     check_output_folder(folder)
+    folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -199,7 +199,7 @@ def segment_subject(
     probability_path = folder / f"{prefix}_prob.nii.gz"
     mask_path = folder / f"{prefix}_mask.nii.gz"
     used = card.threshold if threshold is None else threshold
-    with output_folder_lock(folder):
+    with output_folder_lock(out):
         refuse_writing_over_inputs((probability_path, mask_path), subject.paths)
         if not overwrite:
             for path in (probability_path, mask_path):

@@ -300,6 +300,7 @@ def run_cohort(
         with_mean, overwrite, executor, address, trust_model_code, ignore_channel_names, tn_from
     )
     settings = settings or ExplainSettings()
+    check_output_folder(out)
     run = open_cohort(dataset, model, Path(out), settings, subjects, options)
     plan = pending_subjects(run)
     explained = explain_subjects(run, plan, progress or _silent)
@@ -358,7 +359,6 @@ def open_cohort(
         if unknown:
             raise ConfigurationError(f"{dataset}: no subject(s) {sorted(unknown)} in the dataset")
         found = [s for s in found if s.subject_id in wanted]
-    check_output_folder(out)
     network = load_model(model, trust_code=options.trust_model_code)
     if not options.ignore_channel_names:
         card = card_of(network)
