@@ -118,3 +118,12 @@ def test_the_command_line_refuses_a_seed_beyond_64_bits_in_one_line(
         f"error: seed must be a whole number from 0 to 2**63 - 1 (9223372036854775807), got {2**70}"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_relocation_experiment_refuses_a_seed_beyond_64_bits(tmp_path: Path) -> None:
+    from torch import nn
+
+    from instasal.experiments.runner import run_relocation_experiment
+
+    with pytest.raises(ConfigurationError, match=r"^seed must be a whole number from 0"):
+        run_relocation_experiment(tmp_path, nn.Identity(), tmp_path / "out", seed=2**70)

@@ -42,7 +42,7 @@ from instasal.models.segmentation import predict_prepared
 from instasal.prepare import prepare_subject
 from instasal.report.subject_figures import figure_png
 from instasal.saliency import SmoothGradConfig, patch_full_agreement
-from instasal.typing import PathLike, Progress
+from instasal.typing import PathLike, Progress, check_seed
 
 __all__ = [
     "ExperimentSubject",
@@ -241,7 +241,7 @@ def run_relocation_experiment(
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
     """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4)."""
-
+    check_seed(seed)
     out = Path(out)
     rows: list[dict[str, Any]] = []
     conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
