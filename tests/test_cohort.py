@@ -163,11 +163,13 @@ def test_cohort_trust_gathers_the_checks_and_analyse_summarises_them(
     gain = trust["faithfulness"]["deletion_gain_smoothgrad_logit"]
     assert gain["estimate"] == pytest.approx(tp["deletion_gain_smoothgrad_logit"].mean(), rel=1e-12)
     assert gain["n_subjects"] == 2
+    assert trust["ablation"]["n_lesions"] == len(tp)
     # a 1×1×1 linear model's map is 0 outside Ω: the profile's minimum is 0, not below it
     neighbourhood = trust["negative_neighbourhood"]
     assert abs(neighbourhood["minimum"]) <= 1e-6 and neighbourhood["reproduced"] is False
     rows = pd.read_csv(out / "analysis" / "trust.tsv", sep="\t")
-    assert set(rows["check"]) == {"randomisation", "faithfulness", "negative neighbourhood"}
+    checks = {"randomisation", "faithfulness", "modality reliance", "negative neighbourhood"}
+    assert set(rows["check"]) == checks
     assert "Can the maps be trusted?" in report.html
     for name in ("trust_randomisation", "trust_deletion_insertion", "trust_profiles"):
         assert (out / "analysis" / "figures" / f"{name}.png").stat().st_size > 0

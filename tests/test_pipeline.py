@@ -340,9 +340,14 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
         )
         assert len(untouched) == 2 * own.groupby(["order", "seed", "variant"]).ngroups
         np.testing.assert_allclose(untouched["prob_mean"], row["prob_mean"], rtol=1e-5)
+    # the linear model reads every channel: each has an ablation share
+    for channel in ("FLAIR", "T1w"):
+        shares = table[f"ablation_share_{channel}"].to_numpy(float)
+        assert np.isfinite(shares).all() and (np.abs(shares) <= 1 + 1e-9).all()
     html = result.layout.report.read_text()
     assert "Can the maps be trusted?" in html
     assert "Randomisation, SmoothGrad (max):" in html and 'alt="deletion and insertion' in html
+    assert "Modality reliance: in " in html
 
 
 AUTHORS_LAYER = "model.1.submodule.2.conv"

@@ -15,7 +15,9 @@ from torch import nn
 from instasal.errors import ConfigurationError
 from instasal.saliency import GradCamConfig, SmoothGradConfig
 from instasal.trust import (
+    ablation_agreement,
     baseline_values,
+    channel_ablation,
     compare_with_null,
     deletion_insertion,
     layer_blocks,
@@ -354,6 +356,43 @@ def test_deletion_rejects_a_map_of_the_wrong_shape() -> None:
             {"smoothgrad": np.zeros((2, 4, 4, 4))},
             spacing=(1, 1, 1),
         )
+
+
+def test_ablation_of_a_linear_model_drops_the_logit_by_the_weighted_difference() -> None:
+    rng = np.random.default_rng(12)
+    x = rng.normal(1.0, 0.5, size=(2, *SHAPE))
+    omega = _cube(SHAPE, 7, 10)
+    table = channel_ablation(
+        _pointwise(), torch.from_numpy(x).float(), torch.from_numpy(omega), spacing=(1, 1, 1)
+    )
+    shell = baseline_values(x, omega, (1, 1, 1))[:, 0, 0, 0]
+    normal = ~neighbourhood(omega, (1, 1, 1))
+    fills = {"tissue_mean": x[:, normal].mean(axis=1), "shell_mean": shell}
+    for row in table.to_dict(orient="records"):
+        k = int(str(row["channel"]).removeprefix("channel_"))
+        value = fills[str(row["fill"])][k]
+        assert row["value"] == pytest.approx(value, rel=1e-6)  # the input is float32
+        # only Ω's own voxels move Ω's logits: the drop is w_k · mean over Ω of (x_k − value)
+        expected = WEIGHT[k] * (x[k, omega] - value).mean()
+        assert row["drop"] == pytest.approx(expected, abs=1e-5)
+    drops = table[table["fill"] == "shell_mean"]["drop"].to_numpy()
+    shares = table[table["fill"] == "shell_mean"]["share"].to_numpy()
+    np.testing.assert_allclose(shares, drops / np.abs(drops).sum(), rtol=1e-12)
+
+
+def test_ablation_agreement_counts_matching_top_channels() -> None:
+    lesions = pd.DataFrame(
+        {
+            "reliance_FLAIR": [0.9, 0.8, 0.3, 0.6],
+            "reliance_T1w": [0.1, 0.2, 0.7, 0.4],
+            "ablation_share_FLAIR": [0.7, 0.6, 0.8, np.nan],
+            "ablation_share_T1w": [0.3, 0.4, 0.2, 0.5],
+        }
+    )
+    found = ablation_agreement(lesions, ["FLAIR", "T1w"])
+    assert found["n_lesions"] == 3  # the lesion without an ablation share left out
+    assert found["same_top_channel"] == pytest.approx(2 / 3)
+    assert found["spearman"] == pytest.approx(-0.5)
 
 
 # --- radial profile -----------------------------------------------------------------------------

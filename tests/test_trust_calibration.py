@@ -22,6 +22,7 @@ from instasal.trust import (
     VARIANTS,
     FaithfulnessResult,
     MapMethod,
+    channel_ablation,
     deletion_insertion,
     randomisation,
 )
@@ -254,3 +255,19 @@ def test_the_input_as_a_map_beats_random_orders_but_not_the_image() -> None:
     # the distance map ranks as the distance order does: never better than it
     for name in ("deletion_gain_distance_map_logit", "insertion_gain_distance_map_logit"):
         assert numbers[name] <= 0
+
+
+# --- channel ablation ---------------------------------------------------------------------------
+
+
+def test_ablation_finds_the_only_channel_each_network_reads() -> None:
+    omega = _single_voxel()
+    x, tensor = _image(omega), torch.from_numpy(omega)
+    for model, used, unused in ((RingNetwork(), "FLAIR", "T1w"), (_t1w_network(), "T1w", "FLAIR")):
+        table = channel_ablation(
+            model, x, tensor, spacing=(1, 1, 1), channel_names=["FLAIR", "T1w"]
+        ).set_index(["fill", "channel"])
+        for fill in ("tissue_mean", "shell_mean"):
+            assert table.loc[(fill, unused), "drop"] == pytest.approx(0.0, abs=1e-6)
+            assert abs(table.loc[(fill, used), "drop"]) > 1e-3
+            assert abs(table.loc[(fill, used), "share"]) == pytest.approx(1.0, abs=1e-5)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from instasal.analyses.subjects import cluster_bootstrap, subject_sign_test
 from instasal.errors import ConfigurationError
+from instasal.trust.ablation import ablated_channels, ablation_agreement
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.sanity import COHORT_PASS_SHARE
 
@@ -189,8 +190,10 @@ def cohort_trust(
     Returns
     -------
     dict or None
-        ``types``, ``randomisation`` (:func:`randomisation_summary`), ``faithfulness``
-        (:func:`faithfulness_summary`) and ``negative_neighbourhood``
+        ``types``, ``randomisation`` (:func:`randomisation_summary`), ``ablation``
+        (:func:`instasal.trust.ablation_agreement` of saliency reliance and the normal-tissue
+        ablation share; None without them), ``faithfulness`` (:func:`faithfulness_summary`) and
+        ``negative_neighbourhood``
         (:func:`negative_neighbourhood`, None without profiles); None when the table holds no
         trust column.
     """
@@ -226,9 +229,11 @@ def cohort_trust(
             lesion_type=types[0],
             seed=seed,
         )
+    channels = ablated_channels(rows)
     return {
         "types": list(types),
         "randomisation": randomisation_summary(verdicts),
+        "ablation": ablation_agreement(rows, channels) if channels else None,
         "faithfulness": (
             faithfulness_summary(rows, seed=seed) if _has_faithfulness(rows) else None
         ),
@@ -267,6 +272,17 @@ def trust_frame(summary: dict[str, Any]) -> pd.DataFrame:
                 "verdict": (
                     "" if verdict is None else "better than the image" if verdict else "not shown"
                 ),
+            }
+        )
+    agreement = summary.get("ablation")
+    if agreement is not None:
+        rows.append(
+            {
+                "check": "modality reliance",
+                "quantity": "share of lesions whose top saliency channel is the top ablated one",
+                "estimate": agreement["same_top_channel"],
+                "n_lesions": agreement["n_lesions"],
+                "verdict": f"Spearman {agreement['spearman']:.2f} (first channel's shares)",
             }
         )
     found = summary["negative_neighbourhood"]

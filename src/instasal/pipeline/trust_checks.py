@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from instasal.instances import Instance
@@ -25,7 +26,7 @@ from instasal.saliency import (
     instance_gradcam_many,
     instance_smoothgrad_many,
 )
-from instasal.trust import deletion_insertion, radial_profile, randomisation
+from instasal.trust import channel_ablation, deletion_insertion, radial_profile, randomisation
 
 RANDOMISATION_STEPS = 5
 """Cascading randomisation blocks per domain (output layer first)."""
@@ -40,8 +41,10 @@ class TrustTables:
     columns
         One row per domain keyed by the stored ``id``: ``randomisation_passes_<method>``,
         ``randomisation_crossing_<method>``, the numbers of
-        :func:`instasal.trust.deletion_insertion` (``deletion_auc_<order>_logit``, ...) and its
-        verdicts as ``better_than_image_<order>[_outside]``.
+        :func:`instasal.trust.deletion_insertion` (``deletion_auc_<order>_logit``, ...), its
+        verdicts as ``better_than_image_<order>[_outside]`` and the channel ablation of
+        :func:`instasal.trust.channel_ablation` (``ablation_drop_<channel>[_shell]``,
+        ``ablation_share_<channel>[_shell]``).
     profiles
         The radial profiles of :func:`instasal.trust.radial_profile` with ``id`` and ``type``.
     randomisation
@@ -61,6 +64,34 @@ class TrustTables:
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+ABLATION_SUFFIXES = {"tissue_mean": "", "shell_mean": "_shell"}
+"""Column suffix of each ablation fill: the normal-tissue mean is the primary one."""
+
+
+def _ablation_columns(
+    space: SubjectSpace, omega: np.ndarray, smoothgrad: SmoothGradConfig
+) -> dict[str, float]:
+    """``ablation_drop_<channel>[_shell]`` and ``ablation_share_<channel>[_shell]`` of a domain."""
+    prepared = space.prepared
+    table = channel_ablation(
+        prepared.network,
+        prepared.x,
+        omega,
+        spacing=prepared.working.spacing,
+        channel_names=prepared.working.channel_names,
+        target=smoothgrad.target,
+        context=smoothgrad.context,
+        patch_size=smoothgrad.patch_size,
+        size_divisibility=smoothgrad.size_divisibility,
+    )
+    columns: dict[str, float] = {}
+    for row in table.to_dict(orient="records"):
+        suffix = f"{row['channel']}{ABLATION_SUFFIXES[str(row['fill'])]}"
+        columns[f"ablation_drop_{suffix}"] = float(row["drop"])
+        columns[f"ablation_share_{suffix}"] = float(row["share"])
+    return columns
 
 
 def trust_checks(
@@ -126,10 +157,13 @@ def trust_checks(
             spacing=spacing,
             target=smoothgrad.target,
             context=smoothgrad.context,
+            patch_size=smoothgrad.patch_size,
+            size_divisibility=smoothgrad.size_divisibility,
             seed=smoothgrad.seed,
         )
         verdicts = {f"better_than_image_{k}": v for k, v in faithful.better_than_image.items()}
-        rows.append(row | faithful.numbers | verdicts)
+        ablation = _ablation_columns(space, omega, smoothgrad)
+        rows.append(row | faithful.numbers | verdicts | ablation)
         curves.append(faithful.curves.assign(**keys))
         profile = radial_profile(
             arrays["smoothgrad"], omega, spacing, channel_names=prepared.working.channel_names
@@ -146,6 +180,9 @@ TRUST_COLUMNS: dict[str, str] = {
     "the randomised copies than they are to each other, which differ more than two noise draws "
     "(docs/trust.md)",
     "randomisation_crossing": "First cascading step at which the map changed (n/a: never)",
+    "ablation_drop": "Mean lesion logit over the domain minus its value with the channel replaced "
+    "by the normal-tissue mean (_shell: by the 5-10 mm shell mean)",
+    "ablation_share": "The channel's ablation drop over the sum of all channels' absolute drops",
     "better_than_image": "The order beats the best model-free order in both deletion and "
     "insertion of the mean logit (_outside: Ω itself never replaced)",
     "deletion_auc_model_free": "Lowest deletion area of the model-free orders (brightness, "

@@ -31,6 +31,7 @@ from instasal.report.trust_figures import (
     randomisation_figure,
 )
 from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
+from instasal.trust.ablation import ablated_channels, ablation_agreement
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.similarity import NEIGHBOURHOOD_MM
 from instasal.typing import PathLike
@@ -121,6 +122,14 @@ def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str,
             f"against {model_free} for the best model-free order (FLAIR brightness, distance "
             f"from the domain or random; lower is better); {better} of {len(table)} domains "
             "rank better than the image in both deletion and insertion."
+        )
+    channels_ablated = ablated_channels(table)
+    agreement = ablation_agreement(table, channels_ablated) if channels_ablated else None
+    if agreement is not None and agreement["n_lesions"]:
+        verdicts.append(
+            f"Modality reliance: in {agreement['same_top_channel']:.0%} of the "
+            f"{agreement['n_lesions']} domains the channel with the largest saliency reliance is "
+            "the one whose replacement by the normal-tissue mean lowers the lesion logit most."
         )
     low, high = TROUGH_BAND_MM
     for kind, group in profiles.groupby("type", sort=True):

@@ -1,11 +1,19 @@
-"""Can a map be trusted? Model randomisation, deletion and insertion, radial profiles.
+"""Can a map be trusted? Model randomisation, deletion and insertion, ablation, radial profiles.
 
 The checks of ``docs/trust.md``, per lesion domain Ω, as pure functions over
-``(model, x, domain)`` and the maps of :mod:`instasal.saliency`: ``sanity`` (model randomisation,
-Adebayo et al. 2018), ``faithfulness`` (deletion and insertion curves), ``profiles`` (radial
-saliency profile and the negative-neighbourhood rule), ``similarity`` (the map comparisons).
+``(model, x, domain)`` and the maps of :mod:`instasal.saliency`: ``sanity`` (model randomisation
+against a null, Adebayo et al. 2018), ``faithfulness`` (deletion and insertion curves beside
+model-free orders), ``ablation`` (channel ablation, the ground truth of modality reliance),
+``profiles`` (radial saliency profile and the negative-neighbourhood rule), ``similarity`` (the
+map comparisons).
 """
 
+from instasal.trust.ablation import (
+    ABLATION_FILLS,
+    ablated_channels,
+    ablation_agreement,
+    channel_ablation,
+)
 from instasal.trust.faithfulness import (
     DELETION_STEPS,
     MODEL_FREE_ORDERS,
@@ -54,6 +62,7 @@ from instasal.trust.similarity import (
 )
 
 __all__ = [
+    "ABLATION_FILLS",
     "COHORT_PASS_SHARE",
     "DELETION_STEPS",
     "IDENTICAL",
@@ -70,7 +79,10 @@ __all__ = [
     "FaithfulnessResult",
     "MapMethod",
     "RandomisationResult",
+    "ablated_channels",
+    "ablation_agreement",
     "baseline_values",
+    "channel_ablation",
     "compare_with_null",
     "deletion_insertion",
     "layer_blocks",

@@ -39,11 +39,13 @@ __all__ = [
     "VARIANTS",
     "Baseline",
     "FaithfulnessResult",
+    "WindowEvaluator",
     "baseline_values",
     "deletion_insertion",
     "map_orders",
     "model_free_orders",
     "voxel_order",
+    "window_evaluator",
 ]
 
 Baseline = Literal["local_mean", "blur"]
@@ -175,8 +177,12 @@ def _probability(logits: torch.Tensor, target: int, activation: str) -> torch.Te
 
 
 @dataclass(frozen=True)
-class _Evaluator:
-    """Runs the model on perturbed copies of the window and reads Ω's mean probability and logit."""
+class WindowEvaluator:
+    """Runs the model on perturbed copies of a window and reads Ω's mean probability and logit.
+
+    Called with a list of windows ``[C, *window]``, it returns ``(probability, logit)`` per window,
+    each the mean over Ω's voxels (``omega``, on the window) of the target channel.
+    """
 
     model: nn.Module
     padding: tuple[int, ...]
@@ -209,6 +215,37 @@ class _Evaluator:
                         )
                     )
         return results
+
+
+def window_evaluator(
+    model: nn.Module,
+    omega: BoolArray,
+    *,
+    target: int = 1,
+    context: Context = "full",
+    patch_size: int | Sequence[int] | None = None,
+    size_divisibility: int | Sequence[int] | None = None,
+    batch_size: int = 4,
+) -> tuple[tuple[slice, ...], WindowEvaluator]:
+    """The window saliency uses for Ω (its slices) and a :class:`WindowEvaluator` over it.
+
+    The model card's ``output_activation`` (``"softmax"`` by default, sigmoid for a single
+    output) turns logits into the probability.
+    """
+    (window,), divisibility = context_windows(
+        model, [torch.from_numpy(np.asarray(omega))], context, patch_size, size_divisibility
+    )
+    slices = tuple(window.slices)
+    card = getattr(model, "card", None)
+    evaluate = WindowEvaluator(
+        model,
+        tuple(end_padding(window.size, divisibility)),
+        torch.from_numpy(np.asarray(omega)[slices]),
+        target,
+        str(card.get("output_activation", "softmax")) if isinstance(card, dict) else "softmax",
+        batch_size,
+    )
+    return slices, evaluate
 
 
 def _curve_inputs(
@@ -361,20 +398,17 @@ def deletion_insertion(
     base = baseline_values(
         volume, omega, spacing, baseline=baseline, tissue=tissue, neighbourhood_mm=neighbourhood_mm
     )
-    (window,), divisibility = context_windows(
-        model, [torch.from_numpy(omega)], context, patch_size, size_divisibility
-    )
-    crop = (slice(None), *window.slices)
-    near = neighbourhood(omega, spacing, neighbourhood_mm)[window.slices]
-    card = getattr(model, "card", None)
-    evaluate = _Evaluator(
+    slices, evaluate = window_evaluator(
         model,
-        tuple(end_padding(window.size, divisibility)),
-        torch.from_numpy(omega[window.slices]),
-        target,
-        str(card.get("output_activation", "softmax")) if isinstance(card, dict) else "softmax",
-        batch_size,
+        omega,
+        target=target,
+        context=context,
+        patch_size=patch_size,
+        size_divisibility=size_divisibility,
+        batch_size=batch_size,
     )
+    crop = (slice(None), *slices)
+    near = neighbourhood(omega, spacing, neighbourhood_mm)[slices]
     local_x, local_base = volume[crop], base[crop]
     scores: dict[str, np.ndarray] = {}
     for name, saliency_map in maps.items():
@@ -384,12 +418,12 @@ def deletion_insertion(
                 f"map {name!r} has shape {values.shape}; expected [C, *{omega.shape}] or "
                 f"{omega.shape}"
             )
-        local = values[crop] if values.ndim == 4 else values[window.slices]
+        local = values[crop] if values.ndim == 4 else values[slices]
         scores |= map_orders(name, local, local_x, local_base)
     map_order_names = list(scores)
-    scores |= model_free_orders(local_x, omega[window.slices], spacing)
+    scores |= model_free_orders(local_x, omega[slices], spacing)
     rows = []
-    regions = {"neighbourhood": near, "outside": near & ~omega[window.slices]}
+    regions = {"neighbourhood": near, "outside": near & ~omega[slices]}
     if not regions["outside"].any():
         raise ConfigurationError(
             f"no voxel of the window lies within {neighbourhood_mm:g} mm of the domain outside "
