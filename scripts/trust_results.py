@@ -6,10 +6,12 @@ Example (a small, preliminary run)::
     nice -n 5 python scripts/trust_results.py runs/results_cohort --out runs/trust \\
         --subjects 2 --lesions 2 --samples 2 --steps 3
 
-Per subject it writes ``<subject>_randomisation.tsv``, ``<subject>_faithfulness.tsv`` and
-``<subject>_profiles.tsv`` to ``--out`` (a subject whose three files exist is skipped, so a
-stopped run resumes), then ``summary.json`` with the cohort verdicts over every subject there.
-TP lesions are taken largest first, at most ``--lesions`` per subject.
+Per subject it writes ``<subject>_randomisation.tsv`` (the verdicts and every cascading step,
+region and measure against the null), ``<subject>_faithfulness.tsv`` (deletion and insertion
+numbers, the better-than-the-image verdicts, channel ablation and the saliency reliance it is
+compared with) and ``<subject>_profiles.tsv`` to ``--out`` (a subject whose three files exist is
+skipped, so a stopped run resumes), then ``summary.json`` with the cohort verdicts over every
+subject there. TP lesions are taken largest first, at most ``--lesions`` per subject.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
         instance_gradcam_many,
         instance_smoothgrad_many,
     )
-    from instasal.trust import deletion_insertion, radial_profile, randomisation
+    from instasal.saliency.summaries import lesion_summary
+    from instasal.trust import channel_ablation, deletion_insertion, radial_profile, randomisation
 
     card = prepared.network.card
     config = SmoothGradConfig(n_samples=args.samples, context="patch", seed=0)
@@ -70,7 +73,26 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
             context="patch",
             n_random=args.random,
         )
-        tables["faithfulness"].append(pd.DataFrame([{"lesion": record.id, **faithful.numbers}]))
+        verdicts = {f"better_than_image_{k}": v for k, v in faithful.better_than_image.items()}
+        names = prepared.subject.channel_names
+        ablation = channel_ablation(
+            prepared.network,
+            prepared.x,
+            omega,
+            spacing=spacing,
+            channel_names=names,
+            tissue=prepared.brain_mask,
+            context="patch",
+        )
+        normal = ablation[ablation["fill"] == "tissue_mean"]
+        shares = {
+            f"ablation_share_{c}": share
+            for c, share in zip(normal["channel"], normal["share"], strict=True)
+        }
+        summary = lesion_summary(maps["smoothgrad"], omega, spacing, names)
+        reliance = {f"reliance_{c}": summary[f"reliance_{c}"] for c in names}
+        row = {"lesion": record.id, **faithful.numbers, **verdicts, **shares, **reliance}
+        tables["faithfulness"].append(pd.DataFrame([row]))
         profile = radial_profile(
             maps["smoothgrad"], omega, spacing, channel_names=prepared.subject.channel_names
         )
@@ -99,6 +121,7 @@ def main(argv: list[str]) -> int:
     from instasal.experiments.runner import prepared_subjects
     from instasal.io import atomic_write_json
     from instasal.models import load_model
+    from instasal.trust import ablated_channels, ablation_agreement
 
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
@@ -120,6 +143,9 @@ def main(argv: list[str]) -> int:
     summary = {
         "randomisation": randomisation_summary(verdicts),
         "faithfulness": faithfulness_summary(read["faithfulness"]),
+        "ablation": ablation_agreement(
+            read["faithfulness"], ablated_channels(read["faithfulness"])
+        ),
         "negative_neighbourhood": negative_neighbourhood(read["profiles"], channel="FLAIR"),
         "settings": vars(args) | {"cohort": str(args.cohort), "out": str(args.out)},
     }
