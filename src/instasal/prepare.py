@@ -253,16 +253,28 @@ class ResampledNetwork(nn.Module):
         restated["resampled_from_mm"] = list(self.model_spacing)
         self.card = restated
 
+    def model_grid_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The network's grid for an input grid of ``shape`` (the same extent)."""
+        return model_grid_shape(shape, self.spacing, self.model_spacing)
+
+    def to_model_grid(self, batch: torch.Tensor) -> torch.Tensor:
+        """``[B, C, *S]`` resampled to the network's voxel size (as the prediction does)."""
+        return resample(batch, self.model_grid_shape(batch.shape[2:]))
+
+    def from_model_grid(self, logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Logits on the network's grid resampled back to ``shape`` (as the prediction does)."""
+        return resample(logits, shape, grow="nearest")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits on ``x``'s grid."""
         shape = tuple(int(n) for n in x.shape[2:])
-        inner = model_grid_shape(shape, self.spacing, self.model_spacing)
+        inner = self.model_grid_shape(shape)
         padding: list[int] = []
         for size, factor in reversed(list(zip(inner, self.divisibility, strict=True))):
             padding += [0, (-size) % factor]
-        output = self.network(F.pad(resample(x, inner), padding))
+        output = self.network(F.pad(self.to_model_grid(x), padding))
         cropped = output[:, :, : inner[0], : inner[1], : inner[2]]
-        return resample(cropped, shape, grow="nearest")
+        return self.from_model_grid(cropped, shape)
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,8 +35,7 @@ from instasal.models.inference import (
 )
 from instasal.models.loaders import check_channels, with_model_channels
 from instasal.models.nnunet_predict import nnunet_network, predict_nnunet
-from instasal.prepare import PreparedSubject, ResampledNetwork, model_grid_shape, prepare_subject
-from instasal.prepare import resample as resample_volume
+from instasal.prepare import PreparedSubject, ResampledNetwork, prepare_subject
 from instasal.typing import BoolArray, FloatArray, PathLike
 
 __all__ = ["SegmentationResult", "predict_prepared", "predict_subject", "segment_subject"]
@@ -91,13 +90,11 @@ def predict_prepared(
             network, prepared.x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
         )
         return probability_from_logits(logits, card_of(network))
-    inner = model_grid_shape(prepared.working.shape, network.spacing, network.model_spacing)
-    x = resample_volume(prepared.x[None], inner)[0]
+    x = network.to_model_grid(prepared.x[None])[0]
     logits = predict_logits(
         network.network, x, overlap=overlap, sw_batch_size=sw_batch_size, device=device
     )
-    back = resample_volume(torch.from_numpy(logits)[None], prepared.working.shape, grow="nearest")
-    back = back[0]
+    back = network.from_model_grid(torch.from_numpy(logits)[None], prepared.working.shape)[0]
     return probability_from_logits(back.numpy(), card_of(network.network))
 
 

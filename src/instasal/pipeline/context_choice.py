@@ -2,8 +2,8 @@
 
 By default a run explains the decision the model made: the deployed context, the sliding-window
 prediction's own forward (:mod:`instasal.saliency.deployed`), wherever instasal's prediction is
-that sliding window; the patch context, with a note, where it is not reproduced (an nnU-Net
-folder's own predictor, a model resampled to another voxel size).
+that sliding window (resampled in the graph where the model runs at another voxel size); the
+patch context, with a note, where it is not reproduced (an nnU-Net folder's own predictor).
 
 A model card without a patch size leaves only the whole volume as the forward pass to
 differentiate (``context="full"``). For a large volume and network that is days of work: every
@@ -69,11 +69,6 @@ def deployed_obstacle(prepared: PreparedSubject) -> str | None:
         return (
             "the prediction is nnU-Net's own predictor (its tiles, mirroring and resampling), "
             "which the deployed context does not reproduce yet"
-        )
-    if prepared.resampled:
-        return (
-            "the model runs at another voxel size than the subject, and the deployed context "
-            "does not reproduce the resampling around the sliding window yet"
         )
     return None
 

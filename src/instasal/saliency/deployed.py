@@ -7,7 +7,9 @@ runs it) gives voxel v the logit
 
 over the windows w of the tiling (start ``s_w``, the card's patch size, overlap 0.5), ``g`` the
 Gaussian importance map (σ = patch / 8, clamped below as MONAI clamps it) and the input zero-padded
-symmetrically where it is smaller than the patch. The denominator does not depend on x, so the
+symmetrically where it is smaller than the patch. Where the network runs at another voxel size
+(:class:`ModelGrid`), the input is resampled to its grid before the windows and the stitched logits
+resampled back after them, as the prediction does. The denominator does not depend on x, so the
 Jacobian row of v is the blending-weighted sum of the rows of every window holding v. Here that sum
 is built by autograd itself: the forward pass of a domain runs exactly the windows that hold at
 least one of its voxels, blends them with the prediction's weights and normalisation, and every
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +30,15 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
 from instasal.saliency.inputs import target_channel
-from instasal.saliency.windows import end_padding, resolve_size_divisibility
+from instasal.saliency.windows import end_padding, resolve_patch_size, resolve_size_divisibility
 
 __all__ = [
     "SLIDING_WINDOW_OVERLAP",
     "SLIDING_WINDOW_SIGMA_SCALE",
+    "DeployedForward",
+    "ModelGrid",
     "Tiling",
+    "deployed_forward",
     "sliding_tiling",
 ]
 
@@ -118,14 +124,98 @@ class Tiling:
         )
         return (blended / total)[(slice(None), slice(None), *inside)]
 
+
+@runtime_checkable
+class ModelGrid(Protocol):
+    """A network run on another grid than its input's (``instasal.prepare.ResampledNetwork``):
+    the prediction resamples the input to the network's grid, slides its windows there and
+    resamples the stitched logits back."""
+
+    network: nn.Module
+
+    def model_grid_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The network's grid for an input grid of ``shape``."""
+        ...
+
+    def to_model_grid(self, batch: torch.Tensor) -> torch.Tensor:
+        """``[B, C, *S]`` resampled to the network's grid (differentiable)."""
+        ...
+
+    def from_model_grid(self, logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Logits ``[B, K, *model grid]`` resampled back to ``shape`` (differentiable, linear)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class DeployedForward:
+    """The sliding-window prediction as a differentiable function of the input grid.
+
+    Attributes
+    ----------
+    network
+        What each window runs.
+    tiling
+        The prediction's windows on the network's grid.
+    grid
+        The resampling around the sliding window where the network runs at another voxel size
+        (``None``: the input grid is the network's).
+    shape
+        The input grid.
+    """
+
+    network: nn.Module
+    tiling: Tiling
+    grid: ModelGrid | None
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module, shape: Sequence[int], patch: Sequence[int]) -> DeployedForward:
+        """The prediction of ``model`` on grid ``shape`` with windows of ``patch`` (on the
+        network's own grid)."""
+        shape = tuple(int(n) for n in shape)
+        if isinstance(model, ModelGrid):
+            inner = model.model_grid_shape(shape)
+            return cls(model.network, sliding_tiling(inner, patch), model, shape)
+        return cls(model, sliding_tiling(shape, patch), None, shape)
+
+    def covering(self, domain: torch.Tensor) -> tuple[int, ...]:
+        """The prediction windows some voxel of ``domain`` (on the input grid) depends on."""
+        if self.grid is None:
+            return self.tiling.covering(domain)
+        # the resampling back is linear with non-negative weights: the network-grid voxels that
+        # feed the domain are where its adjoint applied to the domain is positive
+        with torch.enable_grad():
+            probe = torch.zeros((1, 1, *self.tiling.shape), requires_grad=True)
+            back = self.grid.from_model_grid(probe, self.shape)[0, 0]
+            (feeding,) = torch.autograd.grad(back[domain.to(back.device)].sum(), probe)
+        return self.tiling.covering(feeding[0, 0] > 0)
+
+    def logits(self, batch: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:
+        """Logits ``[B, K, *shape]`` of the prediction, exact wherever every window feeding a
+        voxel is among ``windows``."""
+        if self.grid is None:
+            return self.tiling.blended_logits(self.network, batch, windows)
+        inner = self.tiling.blended_logits(self.network, self.grid.to_model_grid(batch), windows)
+        return self.grid.from_model_grid(inner, self.shape)
+
     def target_logits(
-        self, model: nn.Module, batch: torch.Tensor, windows: Sequence[int], target: int
+        self, batch: torch.Tensor, windows: Sequence[int], target: int
     ) -> torch.Tensor:
-        """The target channel of :meth:`blended_logits`: ``[*shape]`` for a batch of one, else
+        """The target channel of :meth:`logits`: ``[*shape]`` for a batch of one, else
         ``[B, *shape]`` (as :func:`instasal.saliency.inputs.run_target_logits`)."""
-        logits = self.blended_logits(model, batch, windows)
+        logits = self.logits(batch, windows)
         chosen = logits[:, target_channel(target, logits.shape[1])]
         return chosen[0] if chosen.shape[0] == 1 else chosen
+
+
+def deployed_forward(
+    model: nn.Module, shape: Sequence[int], patch_size: int | Sequence[int] | None
+) -> DeployedForward:
+    """The deployed forward of ``model`` on grid ``shape``: windows of ``patch_size``, else of
+    the card's patch (of the network inside a :class:`ModelGrid`, on its own grid)."""
+    network = model.network if isinstance(model, ModelGrid) else model
+    given = None if isinstance(model, ModelGrid) else patch_size
+    return DeployedForward.of(model, shape, resolve_patch_size(network, given, len(shape)))
 
 
 def _padded_forward(model: nn.Module, window: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:

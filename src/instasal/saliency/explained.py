@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from instasal.saliency.config import SmoothGradConfig
-from instasal.saliency.deployed import sliding_tiling
+from instasal.saliency.deployed import deployed_forward
 from instasal.saliency.inputs import as_domains, as_input
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.windows import (
     context_windows,
     end_padding,
-    resolve_patch_size,
     shared_windows,
 )
 from instasal.typing import DomainLike, InputLike
@@ -63,13 +62,12 @@ def explained_logits(
     found: dict[int, torch.Tensor] = {}
     with inference_state(model), torch.no_grad():
         if config.context == "deployed":
-            patch = resolve_patch_size(model, config.patch_size, len(masks[0].shape))
-            tiling = sliding_tiling(masks[0].shape, patch)
+            deployed = deployed_forward(model, masks[0].shape, config.patch_size)
             groups: dict[tuple[int, ...], list[int]] = {}
             for index, mask in enumerate(masks):
-                groups.setdefault(tiling.covering(mask), []).append(index)
+                groups.setdefault(deployed.covering(mask), []).append(index)
             for tiles, members in groups.items():
-                logits = tiling.blended_logits(model, volume[None], tiles)[0]
+                logits = deployed.logits(volume[None], tiles)[0]
                 for index in members:
                     found[ids[index]] = logits[:, masks[index].to(device)].cpu()
             return found

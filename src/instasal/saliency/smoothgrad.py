@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from instasal.saliency.config import MemoryFormat, SmoothGradConfig
-from instasal.saliency.deployed import Tiling, sliding_tiling
+from instasal.saliency.deployed import DeployedForward, deployed_forward
 from instasal.saliency.engines import (
     EngineName,
     aggregate_rows,
@@ -36,8 +36,6 @@ from instasal.saliency.windows import (
     Window,
     context_windows,
     end_padding,
-    resolve_patch_size,
-    resolve_size_divisibility,
     shared_windows,
     window_for,
 )
@@ -134,7 +132,7 @@ class _DomainPlan:
     voxels: list[torch.Tensor]
     units: list[_Unit]
     divisibility: tuple[int, ...] | None
-    tiling: Tiling | None
+    deployed: DeployedForward | None
 
     @classmethod
     def of(
@@ -155,27 +153,26 @@ class _DomainPlan:
     ) -> _DomainPlan:
         """Whole-grid rows of the sliding-window prediction; domains held by the same
         prediction windows share a unit."""
-        ndim = masks[0].ndim
-        tiling = sliding_tiling(masks[0].shape, resolve_patch_size(model, config.patch_size, ndim))
+        deployed = deployed_forward(model, masks[0].shape, config.patch_size)
         whole = window_for(masks[0], "full")
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, mask in enumerate(masks):
-            groups.setdefault(tiling.covering(mask), []).append(index)
+            groups.setdefault(deployed.covering(mask), []).append(index)
         return cls(
             [whole] * len(masks),
             [_flat_voxels(whole, m) for m in masks],
             [_Unit(whole, tiles, members) for tiles, members in groups.items()],
-            resolve_size_divisibility(model, config.size_divisibility, ndim),
-            tiling,
+            None,
+            deployed,
         )
 
     def forward(self, model: nn.Module, unit: _Unit, target: int) -> ForwardPass:
         """The forward pass of ``unit``: its window's (padded to the size divisibility), or the
         blend of its prediction windows."""
-        if unit.tiles is None or self.tiling is None:
+        if unit.tiles is None or self.deployed is None:
             padding = end_padding(unit.window.size, self.divisibility)
             return partial(run_target_logits, model, target=target, padding=padding)
-        return partial(self.tiling.target_logits, model, windows=unit.tiles, target=target)
+        return partial(self.deployed.target_logits, windows=unit.tiles, target=target)
 
     def rows_per_draw(self, aggregation: Aggregation) -> int:
         """Backward rows one noise draw costs: a row per voxel (max), or per domain (mean)."""
