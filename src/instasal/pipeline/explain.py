@@ -602,6 +602,14 @@ def write_tables(
     return table
 
 
+def _gradcam_context(gradcam: GradCamConfig | None) -> str | None:
+    """The window Grad-CAM++ ran in: the patch window where the maps are deployed (a layer's
+    activation belongs to one window; docs/method.md)."""
+    if gradcam is None:
+        return None
+    return "patch" if gradcam.context == "deployed" else gradcam.context
+
+
 def write_provenance(
     run: RunIdentity,
     space: ModelSpace,
@@ -627,6 +635,7 @@ def write_provenance(
             "threshold": space.threshold,
             "target": space.smoothgrad.target,
             "gradcam_layer": space.gradcam.layer if space.gradcam else None,
+            "gradcam_context": _gradcam_context(space.gradcam),
             "gradcam_skipped": space.gradcam_skipped,
         },
         "notes": list(notes),

@@ -391,7 +391,11 @@ def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
             },
         }
     columns |= {
-        "gradcam_peak": {"Description": "Max of the raw instance Grad-CAM++ map (arbitrary units)"},
+        "gradcam_peak": {
+            "Description": "Max of the raw instance Grad-CAM++ map (arbitrary units); computed "
+            "in the run's context, in the deployed context on the patch window centred on the "
+            "domain (provenance.json resolved.gradcam_context)"
+        },
         "gradcam_peak_voxel": {"Description": "Voxel (i,j,k) of gradcam_peak"},
     }
     return columns
