@@ -11,11 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import LINEAR_SHAPE, PointwiseLinear, set_card
+from conftest import LINEAR_AFFINE, LINEAR_SHAPE, PointwiseLinear, set_card
 from instasal.cli import run_app
 from instasal.errors import ImageError, InstasalWarning, ModelError
 from instasal.models import card_of, load_model
@@ -251,3 +253,56 @@ def test_model_without_a_gradcam_layer_skips_gradcam_with_a_note(
             _images(linear_dataset), model, tmp_path / "o", settings=FAST, progress=None
         )
     assert len(result.table) == 1 and result.table["gradcam_peak"].isna().all()
+
+
+def _speckled_subject(tmp_path: Path, count: int) -> list[Path]:
+    """A 26×16×16 subject whose FLAIR holds ``count`` isolated one-voxel lesions."""
+    rng = np.random.default_rng(3)  # bounded noise: no voxel of it reaches the threshold
+    flair = rng.uniform(9.9, 10.1, LINEAR_SHAPE).astype(np.float32)
+    t1w = rng.uniform(9.9, 10.1, LINEAR_SHAPE).astype(np.float32)
+    voxels = [(2 + 3 * (k % 8), 2 + 3 * (k // 8 % 4), 2 + 3 * (k // 32)) for k in range(count)]
+    for voxel in voxels:
+        flair[voxel] = 40.0
+    files = [tmp_path / "sub-01_FLAIR.nii.gz", tmp_path / "sub-01_T1w.nii.gz"]
+    for data, path in zip((flair, t1w), files, strict=True):
+        nib.save(nib.Nifti1Image(data, LINEAR_AFFINE), path)
+    return files
+
+
+def test_report_caps_its_lesion_panels_and_every_stage_reports_progress(
+    tmp_path: Path, linear_model_path: Path
+) -> None:
+    calls: list[tuple[str, float, float]] = []
+    settings = ExplainSettings(SmoothGradConfig(n_samples=1), None, report_panels=5)
+    result = explain_subject(
+        _speckled_subject(tmp_path, 12),
+        linear_model_path,
+        tmp_path / "out",
+        settings=settings,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
+    )
+    assert len(result.table) == 12  # every lesion stays in the table
+    maps = list((tmp_path / "out").rglob("*desc-smoothgradFLAIR_saliency*"))
+    assert len(maps) == 12  # and every map
+    html = result.report.read_text(encoding="utf-8")
+    assert html.count('class="lesion-section"') == 5
+    assert "5 of the 12 explained domains" in html and "the other 7" in html
+    panels = [(done, total) for stage, done, total in calls if stage == "report panels"]
+    assert panels[0] == (0, 5) and panels[-1] == (5, 5)
+    stages = {stage.split(" of ")[0] for stage, _, _ in calls}
+    assert {"segmenting", "finding domains", "writing tables", "report panels"} <= stages
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert provenance["report"] == {"panels_cap": 5, "panels_shown": 5, "panels_left_out": 7}
+
+
+def test_report_panels_option_of_the_cli(
+    tmp_path: Path, linear_model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = [str(p) for p in _speckled_subject(tmp_path, 4)]
+    out = tmp_path / "out"
+    arguments = ["explain", *images, "--model", str(linear_model_path), "--out", str(out)]
+    assert run_app([*arguments, "--n-samples", "1", "--report-panels", "3"]) == 0
+    html = next(out.glob("*report*.html")).read_text(encoding="utf-8")
+    assert html.count('class="lesion-section"') == 3 and "the other 1 are" in html
+    assert run_app([*arguments, "--report-panels", "-1"]) == 2
+    capsys.readouterr()

@@ -78,6 +78,16 @@ GradcamLayerOption = Annotated[
 ]
 
 
+ReportPanelsOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="At most this many per-domain panels in the HTML report, the largest domains first "
+        "(every domain stays in the lesion table and keeps its maps).",
+    ),
+]
+
+
 ContextOption = Annotated[
     Context | None,
     typer.Option(
@@ -152,6 +162,7 @@ def explain(
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
+    report_panels: ReportPanelsOption = ExplainSettings.report_panels,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
     settings = ExplainSettings(
@@ -170,6 +181,7 @@ def explain(
         tta=not no_tta,
         saliency_of=saliency_of,
         trust=trust,
+        report_panels=report_panels,
     )
     require_files(*images, reference, tissue_mask, regions)
     check_model(model)
@@ -321,6 +333,7 @@ def cohort(
     ] = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
+    report_panels: ReportPanelsOption = ExplainSettings.report_panels,
 ) -> None:
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
     require_files(dataset)
@@ -332,6 +345,7 @@ def cohort(
         max_lesions=max_lesions,
         n_true_negatives=n_true_negatives,
         trust=trust,
+        report_panels=report_panels,
     )
     require_dataset_channel_order(dataset, [model], ignore_channel_names)
     from instasal.pipeline.cohort import run_cohort

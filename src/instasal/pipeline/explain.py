@@ -202,7 +202,9 @@ def explain_subject(
         step = time.perf_counter()
         probability = segment(space.prepared, run.layout, settings, progress)
         timings["segment_s"] = time.perf_counter() - step
+        progress("finding domains", 0, 1)
         found = find_domains(probability, space, inputs, run.layout, settings)
+        progress("finding domains", 1, 1)
         resumed = resume(found, run, settings.max_lesions, settings.smoothgrad.seed)
         if complete:  # a finished run is left untouched
             table = run.layout.read_table()
@@ -572,6 +574,7 @@ def write_tables(
     progress: Progress,
 ) -> pd.DataFrame:
     """Stage 7, write: the lesion table (trust columns too when asked) and the instance lookup."""
+    progress("writing tables", 0, 1)
     channels = lesions.prepared.native.channel_names
     rows = sorted(rows, key=lambda row: int(row["id"]))
     table = (
@@ -599,6 +602,7 @@ def write_tables(
     explained_ids = {int(i) for i in table["id"]}
     lookup = instances_lookup(lesions.native, explained_ids, settings.max_lesions)
     layout.write_instances_lookup(lookup)
+    progress("writing tables", 1, 1)
     return table
 
 
@@ -643,6 +647,11 @@ def write_provenance(
             kind: len(found.native.of_kind(kind)) for kind in ("lesion", "TP", "FP", "FN", "TN")
         },
         "explained": n_explained,
+        "report": {
+            "panels_cap": settings.report_panels,
+            "panels_shown": min(settings.report_panels, n_explained),
+            "panels_left_out": max(n_explained - settings.report_panels, 0),
+        },
         "reused_lesions": reused,
         "timings": timings,
         "versions": software_versions(_PROVENANCE_DISTRIBUTIONS),
@@ -656,7 +665,7 @@ def write_report(
 ) -> None:
     """Stage 8, report: the self-contained HTML report of the run."""
     progress("writing report", 0, 1)
-    write_subject_report(result, subject, provenance)
+    write_subject_report(result, subject, provenance, progress)
     progress("writing report", 1, 1)
 
 

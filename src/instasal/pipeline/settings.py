@@ -60,6 +60,11 @@ class ExplainSettings:
     trust
         Also run the trust checks of ``docs/trust.md`` per explained domain (model randomisation,
         deletion and insertion, radial profile): extra table columns and a profile TSV.
+    report_panels
+        At most this many per-domain panels (figure, facts, viewer volumes) in the HTML report,
+        the largest domains first; every domain stays in the table and keeps its maps, and the
+        report says how many panels it left out. Not part of the run key: it changes the report
+        only.
 
     Examples
     --------
@@ -81,6 +86,7 @@ class ExplainSettings:
     tta: bool = True
     saliency_of: SaliencyOf = "network"
     trust: bool = False
+    report_panels: int = 50
 
     def __post_init__(self) -> None:
         if not isinstance(self.smoothgrad, SmoothGradConfig):
@@ -109,6 +115,12 @@ class ExplainSettings:
             raise ConfigurationError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.n_true_negatives < 0:
             raise ConfigurationError(f"n_true_negatives must be >= 0, got {self.n_true_negatives}")
+        if isinstance(self.report_panels, bool) or not isinstance(self.report_panels, int):
+            raise ConfigurationError(
+                f"report_panels must be a whole number >= 0, got {self.report_panels!r}"
+            )
+        if self.report_panels < 0:
+            raise ConfigurationError(f"report_panels must be >= 0, got {self.report_panels}")
         if self.max_lesions is not None and self.max_lesions < 1:
             raise ConfigurationError(f"max_lesions must be >= 1, got {self.max_lesions}")
         if self.saliency_of == "tta" and self.gradcam is not None:

@@ -34,7 +34,7 @@ from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue
 from instasal.trust.ablation import ablated_channels, ablation_agreement
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.similarity import NEIGHBOURHOOD_MM
-from instasal.typing import PathLike
+from instasal.typing import PathLike, Progress
 
 __all__ = ["SubjectReport", "write_subject_report"]
 
@@ -166,13 +166,21 @@ class SubjectReport:
 
 
 def build_subject_report(
-    result: ExplainResult, subject: Subject, provenance: dict[str, Any]
+    result: ExplainResult,
+    subject: Subject,
+    provenance: dict[str, Any],
+    progress: Progress | None = None,
 ) -> SubjectReport:
-    """Render the report of ``result`` (maps are read back from the run's NIfTI outputs)."""
+    """Render the report of ``result`` (maps are read back from the run's NIfTI outputs).
+
+    Per-domain panels are drawn for at most ``result.settings.report_panels`` domains
+    (:func:`panel_rows`), each reported to ``progress`` as ``"report panels"``.
+    """
     channels = subject.channel_names
     table = result.table
     scale = _shared_scale(result, channels) if len(table) else 1.0
-    lesions, viewer_data = _lesion_panels(result, subject, scale)
+    panels = panel_rows(table, result.settings.report_panels)
+    lesions, viewer_data = _lesion_panels(result, subject, scale, panels, progress)
     totals = {str(k): int(v) for k, v in provenance["counts"].items()}
     settings = provenance["settings"]
     resolved = provenance["resolved"]
@@ -207,6 +215,9 @@ def build_subject_report(
         aggregation=settings["aggregation"],
         summary_figures=_summary_figures(table, channels, totals),
         lesions=lesions,
+        panel_ids={str(lesion["id"]) for lesion in lesions},
+        panel_cap=result.settings.report_panels,
+        panels_left_out=len(table) - len(lesions),
         scale=f"{scale:.3g}",
         window_mm=int(2 * HALF_WINDOW_MM),
         viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
@@ -219,15 +230,27 @@ def build_subject_report(
     return SubjectReport(html)
 
 
+def panel_rows(table: pd.DataFrame, cap: int) -> list[dict[Hashable, Any]]:
+    """The rows of the domains that get a report panel: the ``cap`` largest, in id order."""
+    largest = table.sort_values(["volume_mm3", "id"], ascending=[False, True]).head(cap)
+    return largest.sort_values("id").to_dict(orient="records")
+
+
 def _lesion_panels(
-    result: ExplainResult, subject: Subject, scale: float
+    result: ExplainResult,
+    subject: Subject,
+    scale: float,
+    panels: list[dict[Hashable, Any]],
+    progress: Progress | None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Per explained domain: its figure and facts, and the volumes its viewer shows."""
+    """Per domain of ``panels``: its figure and facts, and the volumes its viewer shows."""
     channels = subject.channel_names
     layout = result.layout
     lesions = []
     viewer_data: dict[str, list[dict[str, Any]]] = {}
-    for row in result.table.to_dict(orient="records"):
+    if progress is not None:
+        progress("report panels", 0, len(panels))
+    for row in panels:
         lesion_id = int(row["id"])
         saliency = np.stack(
             [
@@ -260,6 +283,8 @@ def _lesion_panels(
                 "facts": _lesion_facts(row, channels),
             }
         )
+        if progress is not None:
+            progress("report panels", len(lesions), len(panels))
     return lesions, viewer_data
 
 
@@ -391,10 +416,13 @@ def _table_view(
 
 
 def write_subject_report(
-    result: ExplainResult, subject: Subject, provenance: dict[str, Any]
+    result: ExplainResult,
+    subject: Subject,
+    provenance: dict[str, Any],
+    progress: Progress | None = None,
 ) -> SubjectReport:
     """Build the report of ``result`` and write it to the run's ``report.html``."""
-    report = build_subject_report(result, subject, provenance)
+    report = build_subject_report(result, subject, provenance, progress)
     report.save_as_html(result.layout.report)
     return report
 
