@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 
 from conftest import LINEAR_AFFINE, LINEAR_SHAPE, PointwiseLinear, set_card
 from instasal.cli import run_app
@@ -306,3 +307,31 @@ def test_report_panels_option_of_the_cli(
     assert html.count('class="lesion-section"') == 3 and "the other 1 are" in html
     assert run_app([*arguments, "--report-panels", "-1"]) == 2
     capsys.readouterr()
+
+
+def test_true_negatives_that_do_not_fit_are_noted(
+    tmp_path: Path, linear_dataset: Path, linear_model_path: Path
+) -> None:
+    """A tissue mask holding only the lesion's 2 mm rim leaves no voxel 3 mm from it for TN."""
+    derivatives = linear_dataset / "derivatives" / "manual" / "sub-01" / "anat"
+    reference = derivatives / "sub-01_desc-lesion_mask.nii.gz"
+    lesion = np.asarray(nib.load(reference).dataobj) > 0
+    rim = ndimage.binary_dilation(lesion) & ~lesion
+    tissue = tmp_path / "rim_mask.nii.gz"
+    nib.save(nib.Nifti1Image(rim.astype(np.uint8), LINEAR_AFFINE), tissue)
+    settings = ExplainSettings(SmoothGradConfig(n_samples=1), None, n_true_negatives=3)
+    with pytest.warns(InstasalWarning, match="0 of the 3 TN domains asked for fit"):
+        result = explain_subject(
+            _images(linear_dataset),
+            linear_model_path,
+            tmp_path / "out",
+            reference=reference,
+            tissue_mask=tissue,
+            settings=settings,
+            progress=None,
+        )
+    assert (result.table["type"] == "TN").sum() == 0
+    assert any("TN domains asked for" in note for note in result.notes)
+    provenance = json.loads(result.layout.provenance.read_text())
+    assert any("0 of the 3 TN domains" in note for note in provenance["notes"])
+    assert "0 of the 3 TN domains" in result.report.read_text(encoding="utf-8")

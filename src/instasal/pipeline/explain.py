@@ -236,7 +236,7 @@ def explain_subject(
 
         table = write_tables(rows, resumed.chosen, lesions, space, run.layout, settings, progress)
         timings["total_s"] = time.perf_counter() - started
-        notes = space.notes
+        notes = (*space.notes, *found.notes)
         provenance = write_provenance(
             run, space, found, settings, len(rows), resumed.reused, timings, notes
         )
@@ -482,6 +482,8 @@ class Segmentation:
     instances: Instances
     native: Instances
     native_ids: dict[int, int]
+    notes: tuple[str, ...] = ()
+    """One-line notes on domains asked for and not found (also issued as warnings)."""
 
     def lesion_space(self, prepared: PreparedSubject, regions: np.ndarray | None) -> SubjectSpace:
         """What the per-lesion stage needs, the region map moved to the working grid."""
@@ -532,7 +534,30 @@ def find_domains(
         prepared.native_image(probability >= space.threshold).save(layout.mask)
     if not layout.instances.exists():
         inputs.subject.on_grid(native.labels.astype(np.int16)).save(layout.instances)
-    return Segmentation(probability, instances, native, native_ids)
+    notes = _true_negative_shortfall(instances, settings.n_true_negatives, inputs)
+    for note in notes:
+        warnings.warn(note, InstasalWarning, stacklevel=2)
+    return Segmentation(probability, instances, native, native_ids, notes)
+
+
+def _true_negative_shortfall(
+    instances: Instances, asked: int, inputs: SubjectInputs
+) -> tuple[str, ...]:
+    """A note when fewer TN domains than asked fit where they may lie (none without a note)."""
+    if inputs.reference is None or asked == 0:
+        return ()
+    found = len(instances.of_kind("TN"))
+    if found >= asked:
+        return ()
+    where = (
+        f"the tissue mask {inputs.paths['tissue_mask']}"
+        if "tissue_mask" in inputs.paths
+        else "the non-zero voxels of the first channel"
+    )
+    return (
+        f"{found} of the {asked} TN domains asked for fit in {where} (every TN voxel at least "
+        f"3 mm from any lesion); the table holds {found}",
+    )
 
 
 @dataclass(frozen=True, eq=False)
