@@ -1375,6 +1375,58 @@ def sixteen_torchscript(lab: Lab) -> tuple[str, str]:
     return judge(_explain(lab, _images(lab), lab.path("out", "unet16"), model=str(path)), "handled")
 
 
+def true_negatives_without_room(lab: Lab) -> tuple[str, str]:
+    """TN asked for in a tissue mask that is only the lesion's 2 mm rim: none fit."""
+    from scipy import ndimage
+
+    lesion = _lesion_mask(lab) > 0
+    rim = _save(
+        lab.path("bad", "rim_mask.nii.gz"),
+        (ndimage.binary_dilation(lesion) & ~lesion).astype(np.uint8),
+    )
+    reference = lab.path("data/derivatives/manual/sub-01/anat/sub-01_desc-lesion_mask.nii.gz")
+    out = lab.path("out", "tn_no_room")
+    run = lab.run(
+        "explain",
+        *_images(lab),
+        "--model",
+        "linear.pt",
+        "--out",
+        out,
+        "--n-samples",
+        "2",
+        "--reference",
+        reference,
+        "--tissue-mask",
+        rim,
+        "--n-true-negatives",
+        "3",
+    )
+    return _note_case(run, "TN domains asked for")
+
+
+def many_one_voxel_lesions(lab: Lab) -> tuple[str, str]:
+    """200 one-voxel lesions: the report draws 50 panels and says so; every row in the table."""
+    flair, t1w = (_array(path) for path in _images(lab))
+    flair = flair.copy()
+    voxels = [(1 + 2 * (k % 12), 1 + 2 * (k // 12 % 7), 1 + 2 * (k // 84)) for k in range(200)]
+    for voxel in voxels:
+        flair[voxel] = 40.0
+    images = [
+        _save(lab.path("speckled", "sub-01_FLAIR.nii.gz"), flair),
+        _save(lab.path("speckled", "sub-01_T1w.nii.gz"), t1w),
+    ]
+    out = lab.path("out", "speckled")
+    outcome, line = judge(_explain(lab, images, out), "handled")
+    if outcome != "handled":
+        return outcome, line
+    rows = (_table(out) or "").count("\n") - 1
+    report = (out / "report.html").read_text(encoding="utf-8")
+    if "Panels capped" not in report or report.count('class="lesion-section"') != 50:
+        return "wrong exit", f"{rows} rows; the report draws every panel or says nothing"
+    return "handled", f"{rows} rows in the table, 50 panels in the report, the rest said"
+
+
 # ---------------------------------------------------------------- the list
 
 
@@ -1491,6 +1543,8 @@ CASES: list[tuple[str, str, Callable[[Lab], tuple[str, str]]]] = [
     ("T2w/PDw swapped, --ignore-channel-names", "handled", t2_pd_channels(ignore=True)),
     ("MONAI bundle needing 16, 26×16×16 image", "handled", sixteen_bundle),
     ("TorchScript U-Net needing 16, no card size", "handled", sixteen_torchscript),
+    ("TN asked for where none fit", "handled", true_negatives_without_room),
+    ("200 one-voxel lesions: report panels", "handled", many_one_voxel_lesions),
     # issue 24's odd files and values
     ("RGB24 NIfTI", "refused", _bad_image_case(_volume_case("rgb", _rgb))),
     (
