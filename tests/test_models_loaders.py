@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def not_a_module():
 """
 
 
-TINY_UNET = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2}
+TINY_UNET: dict[str, Any] = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2}
 TINY_UNET |= {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
 
@@ -306,7 +307,7 @@ def _bundle_of(tmp_path: Path, network: torch.nn.Module, network_def: dict[str, 
 
 
 def test_bundle_size_divisibility_from_its_unet_strides(tmp_path: Path) -> None:
-    arguments = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2}
+    arguments: dict[str, Any] = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2}
     arguments |= {"channels": [2, 2, 2, 2, 2], "strides": [2, 2, 2, 2], "num_res_units": 0}
     bundle = _bundle_of(tmp_path, UNet(**arguments), {"_target_": "UNet", **arguments})
     assert card_of(load_model(bundle)).size_divisibility == (16, 16, 16)
@@ -323,7 +324,7 @@ def test_bundle_size_divisibility_from_its_metadata(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("network", "expected"),
     [
-        (UNet(3, 2, 2, channels=(2, 2, 2), strides=(2, (1, 2, 2)), num_res_units=0), (2, 4, 4)),
+        (UNet(3, 2, 2, channels=(2, 2, 2), strides=(2, 2), num_res_units=0), (4, 4, 4)),
         (
             DynUNet(3, 2, 2, [3, 3, 3], [1, 2, (2, 2, 1)], [2, (2, 2, 1)], filters=[2, 2, 2]),
             (4, 4, 2),

@@ -18,7 +18,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import LINEAR_AFFINE, LINEAR_SHAPE, PointwiseLinear, set_card
+from conftest import LINEAR_AFFINE, LINEAR_SHAPE, PointwiseLinear, load_nifti, set_card
 from instasal.cli import run_app
 from instasal.errors import ImageError, InstasalWarning, ModelError
 from instasal.models import card_of, load_model
@@ -315,7 +315,7 @@ def test_true_negatives_that_do_not_fit_are_noted(
     """A tissue mask holding only the lesion's 2 mm rim leaves no voxel 3 mm from it for TN."""
     derivatives = linear_dataset / "derivatives" / "manual" / "sub-01" / "anat"
     reference = derivatives / "sub-01_desc-lesion_mask.nii.gz"
-    lesion = np.asarray(nib.load(reference).dataobj) > 0
+    lesion = np.asarray(load_nifti(reference).dataobj) > 0
     rim = ndimage.binary_dilation(lesion) & ~lesion
     tissue = tmp_path / "rim_mask.nii.gz"
     nib.save(nib.Nifti1Image(rim.astype(np.uint8), LINEAR_AFFINE), tissue)
