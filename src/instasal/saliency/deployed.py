@@ -11,11 +11,13 @@ symmetrically where it is smaller than the patch. Where the network runs at anot
 (:class:`ModelGrid`), the input is resampled to its grid before the windows and the stitched logits
 resampled back after them, as the prediction does. The denominator does not depend on x, so the
 Jacobian row of v is the blending-weighted sum of the rows of every window holding v. Here that sum
-is built by autograd itself: the forward pass of a domain runs exactly the windows that hold at
-least one of its voxels, blends them with the prediction's weights and normalisation, and every
-row is pulled from that one graph. No window is skipped, so the map is exact (tested against
-autograd through MONAI's own ``sliding_window_inference``). Domains held by the same windows share
-one forward pass per noise draw.
+is built by autograd itself: one forward pass runs exactly the windows a group of voxels depends
+on, blends them with the prediction's weights and normalisation, and every row of the group is
+pulled from that one graph. Voxels are grouped by the exact set of
+windows each depends on, so no row runs the backward pass of a window it does not depend on, and
+no window it depends on is skipped: the map is exact (tested against autograd through MONAI's own
+``sliding_window_inference``). Groups with the same windows share one forward pass per noise draw,
+across domains.
 """
 
 from __future__ import annotations
@@ -189,6 +191,38 @@ class DeployedForward:
             back = self.grid.from_model_grid(probe, self.shape)[0, 0]
             (feeding,) = torch.autograd.grad(back[domain.to(back.device)].sum(), probe)
         return self.tiling.covering(feeding[0, 0] > 0)
+
+    def cells(self, domain: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+        """``domain``'s voxels grouped by the exact set of prediction windows each depends on:
+        ``{windows: flat C-order indices of those voxels}``.
+
+        A voxel's row needs the backward pass of its own windows only: a graph of one cell's
+        windows serves its rows without running the others' backward.
+        """
+        where = domain.reshape(-1).nonzero().reshape(-1)
+        windows = self.covering(domain)
+        held = torch.zeros((len(where), len(windows)), dtype=torch.bool)
+        for column, index in enumerate(windows):
+            held[:, column] = self._influence(index).reshape(-1)[where]
+        cells: dict[tuple[int, ...], list[int]] = {}
+        for row, flags in enumerate(held.tolist()):
+            key = tuple(w for w, flag in zip(windows, flags, strict=True) if flag)
+            cells.setdefault(key, []).append(row)
+        return {key: where[torch.tensor(rows)] for key, rows in cells.items()}
+
+    def _influence(self, index: int) -> torch.Tensor:
+        """The input-grid voxels whose prediction window ``index`` takes part in (boolean)."""
+        inner = torch.zeros(self.tiling.padded, dtype=torch.bool)
+        inner[self.tiling.boxes[index]] = True
+        inside = tuple(
+            slice(before, before + size)
+            for before, size in zip(self.tiling.pad_before, self.tiling.shape, strict=True)
+        )
+        inner = inner[inside]
+        if self.grid is None:
+            return inner
+        spread = self.grid.from_model_grid(inner[None, None].float(), self.shape)[0, 0]
+        return spread > 0
 
     def logits(self, batch: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:
         """Logits ``[B, K, *shape]`` of the prediction, exact wherever every window feeding a

@@ -116,11 +116,14 @@ def _flat_voxels(window: Window, domain: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Unit:
     """One forward pass per noise draw: the box of the input it takes, the prediction windows it
-    blends (``None``: the box's own forward pass) and the domains it serves."""
+    blends (``None``: the box's own forward pass), the domains it serves and, per domain, the
+    flat indices of the voxels whose rows it gives (all of the domain's, except in the deployed
+    context, where a domain's voxels may be split over units by the windows they depend on)."""
 
     window: Window
     tiles: tuple[int, ...] | None
     members: list[int]
+    voxels: list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -144,24 +147,30 @@ class _DomainPlan:
             model, masks, config.context, config.patch_size, config.size_divisibility
         )
         voxels = [_flat_voxels(w, m) for w, m in zip(windows, masks, strict=True)]
-        units = [_Unit(w, None, members) for w, members in shared_windows(windows).items()]
+        units = [
+            _Unit(w, None, members, [voxels[i] for i in members])
+            for w, members in shared_windows(windows).items()
+        ]
         return cls(windows, voxels, units, divisibility, None)
 
     @classmethod
     def _deployed(
         cls, model: nn.Module, masks: Sequence[torch.Tensor], config: SmoothGradConfig
     ) -> _DomainPlan:
-        """Whole-grid rows of the sliding-window prediction; domains held by the same
-        prediction windows share a unit."""
+        """Whole-grid rows of the sliding-window prediction: one unit per set of prediction
+        windows, serving the voxels (of any domain) that depend on exactly those windows."""
         deployed = deployed_forward(model, masks[0].shape, config.patch_size)
         whole = window_for(masks[0], "full")
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[int, ...], tuple[list[int], list[torch.Tensor]]] = {}
         for index, mask in enumerate(masks):
-            groups.setdefault(deployed.covering(mask), []).append(index)
+            for tiles, voxels in deployed.cells(mask).items():
+                members, member_voxels = groups.setdefault(tiles, ([], []))
+                members.append(index)
+                member_voxels.append(voxels)
         return cls(
             [whole] * len(masks),
             [_flat_voxels(whole, m) for m in masks],
-            [_Unit(whole, tiles, members) for tiles, members in groups.items()],
+            [_Unit(whole, tiles, *served) for tiles, served in groups.items()],
             None,
             deployed,
         )
@@ -177,6 +186,39 @@ class _DomainPlan:
     def rows_per_draw(self, aggregation: Aggregation) -> int:
         """Backward rows one noise draw costs: a row per voxel (max), or per domain (mean)."""
         return sum(len(v) for v in self.voxels) if aggregation == "max" else len(self.voxels)
+
+
+class _DrawParts:
+    """Per domain and noise draw of one chunk, ``A_Ω`` combined over the units serving the
+    domain's voxels: the entry of largest magnitude (max aggregation) or the voxel-weighted sum
+    of the units' means (mean aggregation); summed over the chunk's draws at the end."""
+
+    def __init__(self, plan: _DomainPlan, aggregation: Aggregation, draws: int) -> None:
+        self.sizes = [len(v) for v in plan.voxels]
+        self.aggregation, self.draws = aggregation, draws
+        self.maps: dict[int, list[torch.Tensor | None]] = {}
+
+    def add(self, index: int, first_draw: int, n_voxels: int, aggregated: torch.Tensor) -> None:
+        """``aggregated`` ``[B, C, *S]``: the unit's aggregation of ``n_voxels`` of domain
+        ``index``'s voxels for draws ``first_draw … first_draw + B − 1`` of the chunk."""
+        if self.aggregation == "mean":
+            aggregated = aggregated * (n_voxels / self.sizes[index])
+        slots = self.maps.setdefault(index, [None] * self.draws)
+        for step, part in enumerate(aggregated):
+            known = slots[first_draw + step]
+            if known is None:
+                slots[first_draw + step] = part
+            elif self.aggregation == "mean":
+                slots[first_draw + step] = known + part
+            else:  # the earlier unit wins ties, as the earlier row does within one
+                slots[first_draw + step] = torch.where(part.abs() > known.abs(), part, known)
+
+    def summed(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Each domain's maps summed over the chunk's draws."""
+        for index, slots in self.maps.items():
+            filled = [part for part in slots if part is not None]
+            assert len(filled) == self.draws, "every draw of a served domain is aggregated"
+            yield index, torch.stack(filled).sum(dim=0).contiguous()
 
 
 def _summed_over_draws(
@@ -206,8 +248,9 @@ def _summed_over_draws(
         while done_draws < n_draws:
             size = 1 if done_draws == 0 else _draws_per_pass(config, bytes_per_draw, budget)
             chunk = [next(draws) for _ in range(min(size, n_draws - done_draws))]
+            parts = _DrawParts(plan, config.aggregation, len(chunk))
             for unit in plan.units:
-                members = unit.members
+                offset = 0
                 for inputs, logits, graph_bytes in _forward_passes(
                     model,
                     [unit.window.crop(d) for d in chunk],
@@ -221,17 +264,21 @@ def _summed_over_draws(
                         model,
                         logits,
                         inputs,
-                        [plan.voxels[i] for i in members],
+                        unit.voxels,
                         aggregation=config.aggregation,
                         engine=config.engine,
                         rows_per_call=rows_under_budget(graph_bytes, budget, config.rows_per_call),
                         progress=advance,
                     )
                     del logits
-                    for index, aggregated in zip(members, maps, strict=True):
-                        drawn = aggregated.sum(dim=0).contiguous()
-                        previous = sums[index]
-                        sums[index] = drawn if previous is None else previous + drawn
+                    for index, voxels, aggregated in zip(
+                        unit.members, unit.voxels, maps, strict=True
+                    ):
+                        parts.add(index, offset, len(voxels), aggregated)
+                    offset += inputs.shape[0]
+            for index, drawn in parts.summed():
+                previous = sums[index]
+                sums[index] = drawn if previous is None else previous + drawn
             done_draws += len(chunk)
     totals = [total for total in sums if total is not None]
     assert len(totals) == len(sums), "every domain is in one window group and n_draws >= 1"
