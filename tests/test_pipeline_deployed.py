@@ -22,7 +22,8 @@ from conftest import load_nifti
 from instasal.io import read_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.prepare import prepare_subject
-from instasal.saliency import SmoothGradConfig
+from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
+from instasal.trust.faithfulness import deletion_insertion, window_evaluator
 
 SHAPE = (24, 20, 20)
 PATCH = 12
@@ -141,3 +142,38 @@ def test_other_contexts_show_their_gap_to_the_prediction(
     assert provenance["resolved"]["context"] == context
     gaps = (result.table["explained_prob_mean"] - result.table["prob_mean"]).abs()
     assert float(gaps.max()) > 1e-3
+
+
+def test_deletion_in_the_deployed_context_evaluates_the_predictions_logit(
+    images: list[Path],
+) -> None:
+    model = SmallNonLinearModel().eval()
+    x = _model_input(images, model)
+    with torch.no_grad():
+        prediction = sliding_window_inference(
+            x[None], (PATCH,) * 3, 2, model, overlap=0.5, mode="gaussian", sigma_scale=0.125
+        )
+    assert isinstance(prediction, torch.Tensor)
+    omega = np.zeros(SHAPE, dtype=bool)
+    omega[11:13, 9:11, 9:11] = True
+    slices, evaluate = window_evaluator(model, omega, context="deployed", volume=x)
+    ((probability, logit),) = evaluate([x[(slice(None), *slices)].numpy()])
+    expected = torch.softmax(prediction[0], dim=0)[1][torch.from_numpy(omega)]
+    assert probability == pytest.approx(float(expected.double().mean()), abs=1e-5)
+    assert logit == pytest.approx(float(prediction[0, 1][torch.from_numpy(omega)].mean()), abs=1e-4)
+    saliency_map = instance_smoothgrad_many(
+        model, x, {1: omega}, SmoothGradConfig(noise_level=0.0, context="deployed")
+    )[1]
+    faithful = deletion_insertion(
+        model,
+        x,
+        omega,
+        {"smoothgrad": saliency_map},
+        spacing=(1.0, 1.0, 1.0),
+        n_steps=10,
+        n_random=1,
+        context="deployed",
+    )
+    start = faithful.curves[faithful.curves["fraction"] == 0]
+    assert np.allclose(start[start["kind"] == "deletion"]["logit_mean"], logit, atol=1e-4)
+    assert set(faithful.better_than_image) >= {"smoothgrad", "smoothgrad_times_delta"}

@@ -210,6 +210,16 @@ class DeployedForward:
             cells.setdefault(key, []).append(row)
         return {key: where[torch.tensor(rows)] for key, rows in cells.items()}
 
+    def region(self, domain: torch.Tensor) -> tuple[slice, ...]:
+        """The box of the input grid holding every voxel the prediction windows of ``domain``
+        take part in: perturbing the input outside it leaves ``domain``'s logits unchanged."""
+        union = torch.zeros(self.shape, dtype=torch.bool)
+        for index in self.covering(domain):
+            union |= self._influence(index)
+        where = union.nonzero()
+        low, high = where.amin(0).tolist(), where.amax(0).tolist()
+        return tuple(slice(lo, hi + 1) for lo, hi in zip(low, high, strict=True))
+
     def _influence(self, index: int) -> torch.Tensor:
         """The input-grid voxels whose prediction window ``index`` takes part in (boolean)."""
         inner = torch.zeros(self.tiling.padded, dtype=torch.bool)

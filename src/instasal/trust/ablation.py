@@ -106,6 +106,7 @@ def channel_ablation(
         context=context,
         patch_size=patch_size,
         size_divisibility=size_divisibility,
+        volume=volume,
     )
     local = volume[(slice(None), *slices)]
     fills = _fills(volume, omega, spacing, slices, tissue, neighbourhood_mm)

@@ -24,6 +24,7 @@ from scipy import ndimage
 from torch import nn
 
 from instasal.errors import ConfigurationError
+from instasal.saliency.deployed import DeployedForward, deployed_forward
 from instasal.saliency.inputs import as_domain, as_input, target_channel
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.summaries import ring_mask
@@ -176,6 +177,23 @@ def _probability(logits: torch.Tensor, target: int, activation: str) -> torch.Te
     return torch.softmax(logits, dim=1)[:, channel]
 
 
+@dataclass(frozen=True, eq=False)
+class _DeployedWindow:
+    """The deployed prediction's logits on a window of the input: the window is placed in the
+    unperturbed volume and the windows of the prediction that Ω depends on are blended."""
+
+    forward: DeployedForward
+    tiles: tuple[int, ...]
+    volume: torch.Tensor
+    slices: tuple[slice, ...]
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        whole = self.volume.to(batch.device, batch.dtype).expand(batch.shape[0], *self.volume.shape)
+        whole = whole.clone()
+        whole[(slice(None), slice(None), *self.slices)] = batch
+        return self.forward.logits(whole, self.tiles)[(slice(None), slice(None), *self.slices)]
+
+
 @dataclass(frozen=True)
 class WindowEvaluator:
     """Runs the model on perturbed copies of a window and reads Ω's mean probability and logit.
@@ -190,6 +208,18 @@ class WindowEvaluator:
     target: int
     activation: str
     batch_size: int
+    deployed: _DeployedWindow | None = None
+    """In the deployed context: the prediction's windows, run on the whole volume with the
+    window placed in it (the window holds everything Ω's logits depend on)."""
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.deployed is not None:
+            return self.deployed.logits(batch)
+        spatial = tuple(slice(0, n) for n in batch.shape[2:])
+        if any(self.padding):
+            pairs = [amount for extra in reversed(self.padding) for amount in (0, extra)]
+            batch = F.pad(batch, pairs)
+        return self.model(batch)[(slice(None), slice(None), *spatial)]
 
     def __call__(self, inputs: list[np.ndarray]) -> list[tuple[float, float]]:
         results: list[tuple[float, float]] = []
@@ -198,11 +228,7 @@ class WindowEvaluator:
             for start in range(0, len(inputs), self.batch_size):
                 chunk = inputs[start : start + self.batch_size]
                 batch = torch.from_numpy(np.stack(chunk)).to(device=device, dtype=torch.float32)
-                spatial = tuple(slice(0, n) for n in batch.shape[2:])
-                if any(self.padding):
-                    pairs = [amount for extra in reversed(self.padding) for amount in (0, extra)]
-                    batch = F.pad(batch, pairs)
-                logits = self.model(batch)[(slice(None), slice(None), *spatial)]
+                logits = self._logits(batch)
                 # [B, K, |Ω|]: the activation is per voxel, so Ω's voxels alone suffice
                 inside = logits[:, :, self.omega.to(device)]
                 probability = _probability(inside, self.target, self.activation)
@@ -226,23 +252,38 @@ def window_evaluator(
     patch_size: int | Sequence[int] | None = None,
     size_divisibility: int | Sequence[int] | None = None,
     batch_size: int = 4,
+    volume: InputLike | None = None,
 ) -> tuple[tuple[slice, ...], WindowEvaluator]:
     """The window saliency uses for Ω (its slices) and a :class:`WindowEvaluator` over it.
 
     The model card's ``output_activation`` (``"softmax"`` by default, sigmoid for a single
-    output) turns logits into the probability.
+    output) turns logits into the probability. In the deployed context the window is the box
+    of the input that the prediction windows holding Ω take in, and evaluating it needs the
+    whole ``volume`` ``[C, X, Y, Z]`` around it.
     """
-    (window,), divisibility = context_windows(
-        model, [torch.from_numpy(np.asarray(omega))], context, patch_size, size_divisibility
-    )
-    slices = tuple(window.slices)
+    mask = torch.from_numpy(np.asarray(omega))
     card = getattr(model, "card", None)
+    activation = (
+        str(card.get("output_activation", "softmax")) if isinstance(card, dict) else "softmax"
+    )
+    if context == "deployed":
+        if volume is None:
+            raise ConfigurationError("the deployed context evaluates Ω in the whole volume")
+        forward = deployed_forward(model, mask.shape, patch_size)
+        slices = forward.region(mask)
+        placed = _DeployedWindow(forward, forward.covering(mask), as_input(volume), slices)
+        evaluate = WindowEvaluator(
+            model, (0,) * mask.ndim, mask[slices], target, activation, batch_size, placed
+        )
+        return slices, evaluate
+    (window,), divisibility = context_windows(model, [mask], context, patch_size, size_divisibility)
+    slices = tuple(window.slices)
     evaluate = WindowEvaluator(
         model,
         tuple(end_padding(window.size, divisibility)),
-        torch.from_numpy(np.asarray(omega)[slices]),
+        mask[slices],
         target,
-        str(card.get("output_activation", "softmax")) if isinstance(card, dict) else "softmax",
+        activation,
         batch_size,
     )
     return slices, evaluate
@@ -406,6 +447,7 @@ def deletion_insertion(
         patch_size=patch_size,
         size_divisibility=size_divisibility,
         batch_size=batch_size,
+        volume=volume,
     )
     crop = (slice(None), *slices)
     near = neighbourhood(omega, spacing, neighbourhood_mm)[slices]

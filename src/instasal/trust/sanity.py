@@ -24,6 +24,7 @@ from torch import nn
 
 from instasal.errors import ConfigurationError
 from instasal.saliency.config import GradCamConfig, SmoothGradConfig
+from instasal.saliency.deployed import deployed_forward
 from instasal.saliency.gradcam import instance_gradcam_many
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.model_state import inference_state, model_device
@@ -318,7 +319,14 @@ def noise_seed(seed: int, draw: int) -> int:
 def _first_window(
     model: nn.Module, x: torch.Tensor, mask: torch.Tensor, config: SmoothGradConfig
 ) -> tuple[tuple[slice, ...], torch.Tensor]:
-    """The explained window of Ω (slices) and the input batch a forward pass over it takes."""
+    """The explained window of Ω (slices) and the input batch a forward pass over it takes.
+
+    In the deployed context the window is the box the prediction windows holding Ω take in, and
+    the batch one patch around Ω (the layers of one window's forward pass are those of all)."""
+    if config.context == "deployed":
+        region = deployed_forward(model, mask.shape, config.patch_size).region(mask)
+        _, batch = _first_window(model, x, mask, replace(config, context="patch"))
+        return region, batch
     (window,), divisibility = context_windows(
         model, [mask], config.context, config.patch_size, config.size_divisibility
     )
