@@ -160,9 +160,10 @@ class ExplainSettings:
 
 
 DEMO_SETTINGS = ExplainSettings(
-    SmoothGradConfig(n_samples=4), n_true_negatives=4, max_lesions=6, reduced=True
+    SmoothGradConfig(n_samples=2), n_true_negatives=2, max_lesions=3, reduced=True
 )
-"""Reduced settings for ``instasal demo`` (within minutes on 2 CPU cores)."""
+"""Reduced settings for ``instasal demo`` (within minutes on 2 CPU cores in the deployed context,
+whose rows cost the backward pass of every prediction window holding the voxel)."""
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
