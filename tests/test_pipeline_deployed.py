@@ -177,3 +177,15 @@ def test_deletion_in_the_deployed_context_evaluates_the_predictions_logit(
     start = faithful.curves[faithful.curves["fraction"] == 0]
     assert np.allclose(start[start["kind"] == "deletion"]["logit_mean"], logit, atol=1e-4)
     assert set(faithful.better_than_image) >= {"smoothgrad", "smoothgrad_times_delta"}
+
+
+@pytest.mark.parametrize(("detects", "warned"), [(True, False), (False, True), ("False", True)])
+def test_the_report_warns_where_the_explained_forward_misses_the_domain(
+    detects: object, warned: bool
+) -> None:
+    from instasal.report.html import _explained_text
+
+    row = {"explained_prob_mean": 0.2, "explained_prob_max": 0.4, "explained_detects": detects}
+    text = _explained_text(row)
+    assert text.startswith("0.200 / 0.400")
+    assert ("would not detect this domain" in text) == warned

@@ -224,6 +224,18 @@ def _print_summary(result: ExplainResult) -> None:
                 *[f"{record[f'peak_{c}']:.3g}" for c in channels],
             )
         console.print(view)
+    if "explained_detects" in table and len(table):
+        missed = [
+            str(record["id"])
+            for record in table.to_dict("records")
+            if str(record["explained_detects"]) in ("False", "false", "0")
+        ]
+        if missed:
+            console.print(
+                f"note: the forward pass the maps differentiate would not detect domain(s) "
+                f"{', '.join(missed)} (explained_detects in the table); the deployed context "
+                "explains the prediction itself"
+            )
     if result.reused_lesions:
         console.print(
             f"reused {result.reused_lesions} lesion(s) of an earlier run "

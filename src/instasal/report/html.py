@@ -298,6 +298,7 @@ def _lesion_facts(row: Mapping[Hashable, Any], channels: tuple[str, ...]) -> lis
             f"{row['centroid_x']:.1f}, {row['centroid_y']:.1f}, {row['centroid_z']:.1f}",
         ),
         ("probability mean / max", f"{row['prob_mean']:.3f} / {row['prob_max']:.3f}"),
+        ("explained forward: probability mean / max", _explained_text(row)),
     ]
     for name in channels:
         facts.append(
@@ -315,6 +316,21 @@ def _lesion_facts(row: Mapping[Hashable, Any], channels: tuple[str, ...]) -> lis
         facts.append((f"{name} reliance", _format(row[f"reliance_{name}"])))
     facts.append(("Grad-CAM++ peak (raw)", _format(row["gradcam_peak"])))
     return facts
+
+
+def _explained_text(row: Mapping[Hashable, Any]) -> str:
+    """The explained forward pass's probability over the domain, and a warning where that
+    forward would not detect it (the map then explains a pass that did not find this domain)."""
+    if "explained_prob_mean" not in row or pd.isna(row["explained_prob_mean"]):
+        return "n/a"
+    text = f"{row['explained_prob_mean']:.3f} / {row['explained_prob_max']:.3f}"
+    if str(row.get("explained_detects")) in ("False", "false", "0"):
+        text += (
+            " ⚠ the forward pass these maps differentiate would not detect this domain "
+            "(fewer than half its voxels reach the threshold): the maps explain that pass, "
+            "not the prediction"
+        )
+    return text
 
 
 def _summary_figures(
