@@ -9,7 +9,9 @@ prediction), row by row; the oracle of the table's explained probability is the 
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -185,7 +187,11 @@ def test_the_report_warns_where_the_explained_forward_misses_the_domain(
 ) -> None:
     from instasal.report.html import _explained_text
 
-    row = {"explained_prob_mean": 0.2, "explained_prob_max": 0.4, "explained_detects": detects}
+    row: dict[Hashable, Any] = {
+        "explained_prob_mean": 0.2,
+        "explained_prob_max": 0.4,
+        "explained_detects": detects,
+    }
     text = _explained_text(row)
     assert text.startswith("0.200 / 0.400")
     assert ("would not detect this domain" in text) == warned
