@@ -16,7 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -440,6 +442,21 @@ def test_segment_cli_writes_nnunet_predictions_in_both_modes(
         np.testing.assert_allclose(written.affine, load_nifti(files[0]).affine, atol=1e-6)
 
 
+def _crafted(trained_folder: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the trained folder whose plans.json ``edit`` changed in place."""
+    folder = tmp_path / "crafted"
+    shutil.copytree(trained_folder, folder)
+    plans_path = folder / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    edit(plans)
+    plans_path.write_text(json.dumps(plans))
+    return folder
+
+
+def _architectures(plans: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c["architecture"] for c in plans["configurations"].values() if "architecture" in c]
+
+
 @pytest.mark.parametrize("role", ["network_class_name", "nonlin"])
 def test_plans_naming_code_outside_nnunets_packages_is_refused_unless_trusted(
     trained_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
@@ -451,19 +468,15 @@ def test_plans_naming_code_outside_nnunets_packages_is_refused_unless_trusted(
         "    raise ValueError('planted code ran')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    folder = tmp_path / "crafted"
-    shutil.copytree(trained_folder, folder)
-    plans_path = folder / "plans.json"
-    plans = json.loads(plans_path.read_text())
-    for configuration in plans["configurations"].values():
-        architecture = configuration.get("architecture")
-        if architecture is None:
-            continue
-        if role == "network_class_name":
-            architecture["network_class_name"] = f"{module}.build"
-        else:
-            architecture["arch_kwargs"]["nonlin"] = f"{module}.build"
-    plans_path.write_text(json.dumps(plans))
+
+    def plant(plans: dict[str, Any]) -> None:
+        for architecture in _architectures(plans):
+            if role == "network_class_name":
+                architecture["network_class_name"] = f"{module}.build"
+            else:
+                architecture["arch_kwargs"]["nonlin"] = f"{module}.build"
+
+    folder = _crafted(trained_folder, tmp_path, plant)
     with pytest.raises(ModelError, match=rf"plans\.json: .*{module}\.build.*trust"):
         load_model(folder)
     assert not marker.exists()
@@ -483,16 +496,13 @@ def test_plans_whose_nonlin_reaches_os_system_run_nothing(
     trained_folder: Path, tmp_path: Path, name: str
 ) -> None:
     marker = tmp_path / "pwned"
-    folder = tmp_path / "crafted"
-    shutil.copytree(trained_folder, folder)
-    plans_path = folder / "plans.json"
-    plans = json.loads(plans_path.read_text())
-    for configuration in plans["configurations"].values():
-        architecture = configuration.get("architecture")
-        if architecture is not None:
+
+    def plant(plans: dict[str, Any]) -> None:
+        for architecture in _architectures(plans):
             architecture["arch_kwargs"]["nonlin"] = name
             architecture["arch_kwargs"]["nonlin_kwargs"] = {"command": f"touch {marker}"}
-    plans_path.write_text(json.dumps(plans))
+
+    folder = _crafted(trained_folder, tmp_path, plant)
     with pytest.raises(ModelError, match=r"plans\.json: nonlin: .*trust"):
         load_model(folder)
     assert not marker.exists()
@@ -511,15 +521,13 @@ def test_plans_whose_nonlin_reaches_os_system_run_nothing(
 def test_plans_looking_up_helpers_nnunet_merely_imports_are_refused(
     trained_folder: Path, tmp_path: Path, where: str, key: str, name: object
 ) -> None:
-    folder = tmp_path / "crafted"
-    shutil.copytree(trained_folder, folder)
-    plans_path = folder / "plans.json"
-    plans = json.loads(plans_path.read_text())
-    if where == "plans":
-        plans[key] = name
-    else:
-        for configuration in plans["configurations"].values():
-            configuration[key] = name
-    plans_path.write_text(json.dumps(plans))
+    def plant(plans: dict[str, Any]) -> None:
+        if where == "plans":
+            plans[key] = name
+        else:
+            for configuration in plans["configurations"].values():
+                configuration[key] = name
+
+    folder = _crafted(trained_folder, tmp_path, plant)
     with pytest.raises(ModelError, match=rf"plans\.json: {key} .*nnU-Net's own"):
         load_model(folder)
