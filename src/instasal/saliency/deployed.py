@@ -303,7 +303,10 @@ def sliding_tiling(
     interval = tuple(
         p if p == n else max(int(p * (1 - overlap)), 1) for p, n in zip(patch, image, strict=True)
     )
-    boxes = tuple(tuple(box) for box in dense_patch_slices(image, patch, interval))
+    boxes = tuple(
+        tuple(slice(int(axis.start), int(axis.stop)) for axis in box)
+        for box in dense_patch_slices(image, patch, interval)
+    )
     importance = compute_importance_map(
         patch, mode="gaussian", sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
     )
