@@ -81,9 +81,10 @@ def predict_prepared(
     ``sw_batch_size`` then do not apply (nnU-Net's step 0.5).
     """
     network = prepared.network
-    if nnunet_network(network) is not None:
+    folder = nnunet_network(network)
+    if folder is not None:
         native = predict_nnunet(network, prepared.native, tta=tta, device=device)
-        check_finite_prediction(native, card_of(network).name, "probabilities")
+        check_finite_prediction(native, card_of(folder).name, "probabilities")
         return np.ascontiguousarray(prepared.to_working(native))
     if not isinstance(network, ResampledNetwork):
         logits = predict_logits(
