@@ -297,8 +297,9 @@ def instance_smoothgrad_many(
 
     The same as ``{i: instance_smoothgrad(model, x, d, ...) for i, d in domains.items()}`` with the
     same settings (identical with ``engine="naive"``; to float32 round-off otherwise), but with one
-    forward pass per noise draw (``context="full"``) or per draw and distinct patch
-    (``context="patch"``) instead of one per draw and domain. Settings as in
+    forward pass per noise draw (``context="full"``), per draw and distinct patch
+    (``context="patch"``) or per draw and distinct set of prediction windows
+    (``context="deployed"``) instead of one per draw and domain. Settings as in
     :func:`instance_smoothgrad`, given once as a :class:`SmoothGradConfig` (``None``: its
     defaults); ``progress(done_rows, total_rows)`` is called after every backward call, counting
     Jacobian rows (backward passes with ``aggregation="mean"``).
@@ -390,7 +391,11 @@ def instance_smoothgrad(
         ``"mean"``: the gradient of the mean logit over Ω.
     context, patch_size, size_divisibility
         ``"full"``: differentiate the forward pass over the whole volume; ``"patch"``: over one
-        patch of ``patch_size`` (default ``model.card["patch_size"]``) around Ω, zero outside it.
+        patch of ``patch_size`` (default ``model.card["patch_size"]``) around Ω, zero outside it;
+        ``"deployed"``: the sliding-window prediction itself (windows of ``patch_size``, overlap
+        0.5, Gaussian blending, as :func:`instasal.models.predict_logits`; for a network wrapped
+        to run at another voxel size, its own card's patch on its own grid), every window holding
+        a voxel of Ω blended (:mod:`instasal.saliency.deployed`).
         Inputs are zero-padded at the end of each axis to a multiple of the network's size
         divisibility (default ``model.card["size_divisibility"]``), the output cropped back.
     engine, rows_per_call, memory_budget_bytes
