@@ -14,6 +14,7 @@ from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.models import load_model
 from instasal.pipeline import ExplainSettings, context_choice, explain_subject
 from instasal.saliency import SmoothGradConfig
+from instasal.typing import Context
 
 N_SAMPLES = 3
 
@@ -122,3 +123,38 @@ def test_patch_context_without_a_patch_size_is_refused_before_segmenting(tmp_pat
             images, load_model(_no_patch_model(tmp_path)), tmp_path / "out", settings=settings
         )
     assert not (tmp_path / "out").exists()
+
+
+NNUNET_OBSTACLE = "the prediction is nnU-Net's own predictor"
+
+
+@pytest.mark.parametrize(
+    ("asked", "patch", "obstacle", "expected", "noted"),
+    [
+        (None, [8, 8, 8], None, "deployed", False),  # the prediction's own sliding window
+        (None, None, None, "full", False),  # no patch: the prediction is one whole-volume pass
+        ("deployed", None, None, "full", False),
+        (None, [8, 8, 8], NNUNET_OBSTACLE, "patch", True),  # not reproduced: said, not silent
+        ("patch", [8, 8, 8], None, "patch", False),
+        ("full", [8, 8, 8], NNUNET_OBSTACLE, "full", False),
+    ],
+)
+def test_the_default_context_is_the_predictions_own_forward(
+    asked: Context | None,
+    patch: list[int] | None,
+    obstacle: str | None,
+    expected: str,
+    noted: bool,
+) -> None:
+    card = {"name": "m", "patch_size": patch}
+    context, note = context_choice.resolve_context(asked, card, obstacle)
+    assert context == expected
+    assert (note is not None) == noted
+    if note is not None:
+        assert str(obstacle) in note and "explained_detects" in note
+
+
+def test_asking_for_deployed_where_it_is_not_reproduced_is_refused() -> None:
+    card = {"name": "m", "patch_size": [8, 8, 8]}
+    with pytest.raises(ConfigurationError, match="context deployed is not available"):
+        context_choice.resolve_context("deployed", card, NNUNET_OBSTACLE)
