@@ -181,17 +181,27 @@ def test_deletion_in_the_deployed_context_evaluates_the_predictions_logit(
     assert set(faithful.better_than_image) >= {"smoothgrad", "smoothgrad_times_delta"}
 
 
-@pytest.mark.parametrize(("detects", "warned"), [(True, False), (False, True), ("False", True)])
-def test_the_report_warns_where_the_explained_forward_misses_the_domain(
-    detects: object, warned: bool
+@pytest.mark.parametrize(
+    ("kind", "detects", "warned"),
+    [
+        ("TP", True, False),
+        ("FP", False, True),
+        ("lesion", "False", True),
+        ("FN", False, False),  # the prediction missed it too
+        ("TN", "True", True),  # the explained forward would find what the prediction did not
+    ],
+)
+def test_the_report_warns_where_the_explained_forward_decides_otherwise(
+    kind: str, detects: object, warned: bool
 ) -> None:
     from instasal.report.html import _explained_text
 
     row: dict[Hashable, Any] = {
+        "type": kind,
         "explained_prob_mean": 0.2,
         "explained_prob_max": 0.4,
         "explained_detects": detects,
     }
     text = _explained_text(row)
     assert text.startswith("0.200 / 0.400")
-    assert ("would not detect this domain" in text) == warned
+    assert ("unlike the prediction" in text) == warned

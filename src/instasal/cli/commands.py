@@ -206,6 +206,8 @@ def explain(
 
 
 def _print_summary(result: ExplainResult) -> None:
+    from instasal.pipeline.outputs import explained_disagrees
+
     table = result.table
     if len(table) == 0:
         console.print("no lesion found: nothing to explain (the report says so)")
@@ -224,18 +226,13 @@ def _print_summary(result: ExplainResult) -> None:
                 *[f"{record[f'peak_{c}']:.3g}" for c in channels],
             )
         console.print(view)
-    if "explained_detects" in table and len(table):
-        missed = [
-            str(record["id"])
-            for record in table.to_dict("records")
-            if str(record["explained_detects"]) in ("False", "false", "0")
-        ]
-        if missed:
-            console.print(
-                f"note: the forward pass the maps differentiate would not detect domain(s) "
-                f"{', '.join(missed)} (explained_detects in the table); the deployed context "
-                "explains the prediction itself"
-            )
+    differing = [str(r["id"]) for r in table.to_dict("records") if explained_disagrees(r)]
+    if differing:
+        console.print(
+            f"note: the forward pass the maps differentiate decides domain(s) "
+            f"{', '.join(differing)} otherwise than the prediction (explained_detects in the "
+            "table); the deployed context explains the prediction itself"
+        )
     if result.reused_lesions:
         console.print(
             f"reused {result.reused_lesions} lesion(s) of an earlier run "

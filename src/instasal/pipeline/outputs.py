@@ -7,9 +7,10 @@ presence (with the run's key) means the lesion is complete and can be reused on 
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from instasal.io import atomic_write_json, atomic_write_text
 
 __all__ = [
     "COHORT_TRUST_TABLES",
+    "PREDICTED_KINDS",
     "RunLayout",
+    "explained_disagrees",
     "instances_lookup",
     "prepare_run_folder",
     "remove_run",
@@ -317,6 +320,21 @@ def instances_lookup(
     return pd.DataFrame(rows, columns=columns)
 
 
+PREDICTED_KINDS = ("lesion", "TP", "FP")
+"""Domain types the prediction detected (components of its thresholded probability)."""
+
+
+def explained_disagrees(row: Mapping[Hashable, Any]) -> bool:
+    """Whether a table row's explained forward pass decides its domain otherwise than the
+    prediction did: it would not detect a predicted domain (lesion, TP, FP), or it would detect one
+    the prediction did not (FN, TN). Rows without ``explained_detects`` never disagree."""
+    value = row.get("explained_detects")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    detects = str(value).strip().lower() in ("true", "1", "1.0")
+    return detects != (str(row.get("type")) in PREDICTED_KINDS)
+
+
 def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """Units and definitions of every lesion-table column (a BIDS-style JSON sidecar)."""
     saliency_unit = "logit per unit of normalised input intensity"
@@ -353,8 +371,9 @@ def table_sidecar(channel_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
         },
         "explained_detects": {
             "Description": "True where at least half of the domain's voxels reach the threshold "
-            "in the explained forward pass; False means the maps explain a forward pass that would "
-            "not have found this domain"
+            "in the explained forward pass. The prediction detects the lesion, TP and FP domains "
+            "and not the FN and TN ones; where this column says otherwise, the maps explain a "
+            "forward pass that decides the domain differently from the prediction"
         },
     }
     for name in channel_names:

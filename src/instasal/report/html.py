@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from instasal.io import Subject, atomic_write_text, load_image
-from instasal.pipeline.outputs import table_sidecar
+from instasal.pipeline.outputs import PREDICTED_KINDS, explained_disagrees, table_sidecar
 from instasal.pipeline.results import ExplainResult
 from instasal.report.subject_figures import (
     HALF_WINDOW_MM,
@@ -320,15 +320,15 @@ def _lesion_facts(row: Mapping[Hashable, Any], channels: tuple[str, ...]) -> lis
 
 def _explained_text(row: Mapping[Hashable, Any]) -> str:
     """The explained forward pass's probability over the domain, and a warning where that
-    forward would not detect it (the map then explains a pass that did not find this domain)."""
+    forward decides the domain otherwise than the prediction did."""
     if "explained_prob_mean" not in row or pd.isna(row["explained_prob_mean"]):
         return "n/a"
     text = f"{row['explained_prob_mean']:.3f} / {row['explained_prob_max']:.3f}"
-    if str(row.get("explained_detects")) in ("False", "false", "0"):
+    if explained_disagrees(row):
+        verb = "would not detect" if str(row.get("type")) in PREDICTED_KINDS else "would detect"
         text += (
-            " ⚠ the forward pass these maps differentiate would not detect this domain "
-            "(fewer than half its voxels reach the threshold): the maps explain that pass, "
-            "not the prediction"
+            f" ⚠ the forward pass these maps differentiate {verb} this domain, unlike the "
+            "prediction: the maps explain that pass, not the prediction's decision"
         )
     return text
 
