@@ -982,7 +982,7 @@ def orphaned_temporary(lab: Lab) -> tuple[str, str]:
         "--n-true-negatives",
         "0",
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + TIMEOUT_S  # a loaded machine takes minutes to get there
     while time.monotonic() < deadline and not (out / "lesions").is_dir():
         time.sleep(0.05)
     os.kill(worker.pid, signal.SIGKILL)
