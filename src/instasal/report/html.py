@@ -406,7 +406,10 @@ def _gradcam_text(settings: dict[str, Any], resolved: dict[str, Any]) -> str:
         return "off"
     if resolved.get("gradcam_skipped"):
         return str(resolved["gradcam_skipped"])
-    return f"{settings['gradcam_variant']} at layer {resolved['gradcam_layer']}"
+    text = f"{settings['gradcam_variant']} at layer {resolved['gradcam_layer']}"
+    if resolved.get("gradcam_context") and resolved["gradcam_context"] != resolved["context"]:
+        text += f", {resolved['gradcam_context']} context (a layer belongs to one window)"
+    return text
 
 
 def _table_view(
