@@ -205,3 +205,15 @@ def test_the_report_warns_where_the_explained_forward_decides_otherwise(
     text = _explained_text(row)
     assert text.startswith("0.200 / 0.400")
     assert ("unlike the prediction" in text) == warned
+
+
+def test_the_report_says_grad_cam_ran_on_the_patch_window_in_the_deployed_context() -> None:
+    from instasal.report.html import _gradcam_text
+
+    settings = {"gradcam": True, "gradcam_variant": "gradcam++"}
+    resolved = {"context": "deployed", "gradcam_context": "patch", "gradcam_layer": "model.1"}
+    assert _gradcam_text(settings, resolved).endswith(
+        "patch context (a layer belongs to one window)"
+    )
+    resolved |= {"context": "patch"}
+    assert _gradcam_text(settings, resolved) == "gradcam++ at layer model.1"
