@@ -32,7 +32,12 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
 from instasal.saliency.inputs import target_channel
-from instasal.saliency.windows import end_padding, resolve_patch_size, resolve_size_divisibility
+from instasal.saliency.windows import (
+    end_padding,
+    padded_forward,
+    resolve_patch_size,
+    resolve_size_divisibility,
+)
 
 __all__ = [
     "SLIDING_WINDOW_OVERLAP",
@@ -113,7 +118,7 @@ class Tiling:
         blended: torch.Tensor | None = None
         for index in windows:
             box = (slice(None), slice(None), *self.boxes[index])
-            weighted = _padded_forward(model, padded[box], extra) * importance
+            weighted = padded_forward(model, padded[box], extra) * importance
             if blended is None:
                 blended = weighted.new_zeros((batch.shape[0], weighted.shape[1], *self.padded))
             blended = blended.index_put(_box_indices(box, blended), weighted, accumulate=True)
@@ -260,15 +265,6 @@ def deployed_forward(
     network = model.network if isinstance(model, ModelGrid) else model
     given = None if isinstance(model, ModelGrid) else patch_size
     return DeployedForward.of(model, shape, resolve_patch_size(network, given, len(shape)))
-
-
-def _padded_forward(model: nn.Module, window: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
-    """``model``'s logits ``[B, K, *window]`` on ``window`` zero-padded by ``extra`` at the end."""
-    if not any(extra):
-        return model(window)
-    pairs = [amount for more in reversed(extra) for amount in (0, more)]
-    spatial = tuple(slice(0, n) for n in window.shape[2:])
-    return model(F.pad(window, pairs))[(slice(None), slice(None), *spatial)]
 
 
 def _box_indices(box: tuple[slice, ...], like: torch.Tensor) -> tuple[torch.Tensor, ...]:

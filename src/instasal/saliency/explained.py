@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from instasal.saliency.config import SmoothGradConfig
@@ -22,17 +21,12 @@ from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.windows import (
     context_windows,
     end_padding,
+    padded_forward,
     shared_windows,
 )
 from instasal.typing import DomainLike, InputLike
 
 __all__ = ["explained_logits"]
-
-
-def _window_logits(model: nn.Module, crop: torch.Tensor, padding: tuple[int, ...]) -> torch.Tensor:
-    pairs = [amount for extra in reversed(padding) for amount in (0, extra)]
-    output = model(F.pad(crop[None], pairs))[0]
-    return output[(slice(None), *(slice(0, n) for n in crop.shape[1:]))]
 
 
 def explained_logits(
@@ -75,9 +69,8 @@ def explained_logits(
             model, masks, config.context, config.patch_size, config.size_divisibility
         )
         for window, members in shared_windows(windows).items():
-            logits = _window_logits(
-                model, window.crop(volume), end_padding(window.size, divisibility)
-            )
+            crop = window.crop(volume)[None]
+            logits = padded_forward(model, crop, end_padding(window.size, divisibility))[0]
             for index in members:
                 found[ids[index]] = logits[:, masks[index][window.slices].to(device)].cpu()
     return found

@@ -15,6 +15,7 @@ from types import EllipsisType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError
@@ -26,6 +27,7 @@ __all__ = [
     "Window",
     "context_windows",
     "end_padding",
+    "padded_forward",
     "resolve_patch_size",
     "resolve_size_divisibility",
     "shared_windows",
@@ -122,6 +124,16 @@ def end_padding(size: Sequence[int], divisibility: Sequence[int] | None) -> tupl
     if divisibility is None:
         return (0,) * len(size)
     return tuple((-n) % f for n, f in zip(size, divisibility, strict=True))
+
+
+def padded_forward(model: nn.Module, batch: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
+    """``model``'s output ``[B, K, *S]`` on ``batch`` ``[B, C, *S]`` zero-padded by ``extra``
+    voxels at the end of each axis (see :func:`end_padding`) and cropped back to ``S``."""
+    if not any(extra):
+        return model(batch)
+    pairs = [amount for more in reversed(extra) for amount in (0, more)]
+    spatial = tuple(slice(0, n) for n in batch.shape[2:])
+    return model(F.pad(batch, pairs))[(slice(None), slice(None), *spatial)]
 
 
 def _bounding_box(domain: torch.Tensor) -> list[tuple[int, int]]:

@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
@@ -28,7 +27,7 @@ from instasal.saliency.deployed import DeployedForward, deployed_forward
 from instasal.saliency.inputs import as_domain, as_input, target_channel
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.summaries import ring_mask
-from instasal.saliency.windows import context_windows, end_padding
+from instasal.saliency.windows import context_windows, end_padding, padded_forward
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, neighbourhood
 from instasal.typing import BoolArray, Context, DomainLike, FloatArray, InputLike
 
@@ -215,11 +214,7 @@ class WindowEvaluator:
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         if self.deployed is not None:
             return self.deployed.logits(batch)
-        spatial = tuple(slice(0, n) for n in batch.shape[2:])
-        if any(self.padding):
-            pairs = [amount for extra in reversed(self.padding) for amount in (0, extra)]
-            batch = F.pad(batch, pairs)
-        return self.model(batch)[(slice(None), slice(None), *spatial)]
+        return padded_forward(self.model, batch, self.padding)
 
     def __call__(self, inputs: list[np.ndarray]) -> list[tuple[float, float]]:
         results: list[tuple[float, float]] = []
