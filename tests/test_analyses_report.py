@@ -29,7 +29,7 @@ from instasal.analyses.cohort_figures import (
     uses_log_scale,
 )
 from instasal.cli import run_app
-from instasal.errors import ConfigurationError, OutputExistsError
+from instasal.errors import ConfigurationError, ImageError, OutputExistsError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEDIANS = {"TP": 2.0, "FP": 1.6, "FN": 1.2, "TN": 0.5}
@@ -381,6 +381,17 @@ def test_regions_from_the_atlas_enable_region_pruning(cohort_folder, tmp_path, s
     assert len(splits) == 100
     assert "One threshold per lesion region" in report.html
     assert_well_formed(report.html)
+
+    flipped = dataset / "derivatives" / "truth" / "sub-01" / "anat"
+    flipped_path = flipped / "sub-01_desc-regions_dseg.nii.gz"
+    import nibabel as nib
+
+    # the same atlas stored left-right flipped: same shape, the labels on the mirrored voxels
+    mirror = np.diag([-2.0, 2.0, 2.0, 1.0])
+    mirror[0, 3] = 2.0 * (shape[0] - 1)
+    nib.save(nib.Nifti1Image(atlas[::-1].copy(), mirror), flipped_path)
+    with pytest.raises(ImageError, match="affine differs"):
+        assign_regions(table, cohort_folder, dataset)
 
     (cohort_folder / "sub-01" / "sub-01_desc-instances_dseg.nii.gz").unlink()
     with pytest.raises(ConfigurationError, match="instance label map is missing"):

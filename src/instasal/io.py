@@ -451,22 +451,25 @@ LABEL_MAX = int(np.iinfo(np.int16).max)
 
 def load_labels(
     path: PathLike,
-    like: Subject | None = None,
+    like: Subject | PathLike | None = None,
     *,
     tolerance: float = AFFINE_TOLERANCE_MM,
     role: str = "region map",
 ) -> np.ndarray:
     """Read a label image (a region map or atlas) as int16 labels, on ``like``'s grid when given.
 
-    Labels are whole numbers from 0 (no label) to :data:`LABEL_MAX`; any other value would be cut
-    to a label that is not in the file (1.5 to 1, -2.7 to -2, 40000 wraps), so it is refused.
+    ``like`` is a subject, or an image file whose grid (shape and affine) the labels must share: a
+    label image stored in another orientation or voxel size would put each label on other voxels.
 
-    Raises
-    ------
-    ImageError
-        When the file is unreadable, not 3D, holds NaN/Inf or a value that is not a label
-        (fractional, negative, above :data:`LABEL_MAX`), or lies on another grid than ``like``;
-        the message names the file, its ``role`` and the values seen.
+        Labels are whole numbers from 0 (no label) to :data:`LABEL_MAX`; any other value would be cut
+        to a label that is not in the file (1.5 to 1, -2.7 to -2, 40000 wraps), so it is refused.
+
+        Raises
+        ------
+        ImageError
+            When the file is unreadable, not 3D, holds NaN/Inf or a value that is not a label
+            (fractional, negative, above :data:`LABEL_MAX`), or lies on another grid than ``like``;
+            the message names the file, its ``role`` and the values seen.
     """
     path = Path(path)
     data = _read_on_grid(path, like, tolerance)
@@ -479,15 +482,21 @@ def load_labels(
     return data.astype(np.int16)
 
 
-def _read_on_grid(path: Path, like: Subject | None, tolerance: float) -> np.ndarray:
-    """A 3D image's finite voxels, checked to lie on ``like``'s grid when it is given."""
+def _read_on_grid(path: Path, like: Subject | PathLike | None, tolerance: float) -> np.ndarray:
+    """A 3D image's finite voxels, checked to lie on ``like``'s grid (a subject's, or an image
+    file's) when it is given."""
     image = load_image(path)
     data = np.asarray(_as_3d(image, path))
     _check_finite(data, path)
-    if like is not None:
+    if isinstance(like, Subject):
         ref_path = like.paths[0] if like.paths else Path("the subject")
         _check_same_grid(
             data.shape, image.affine, like.shape, like.affine, path, ref_path, tolerance
+        )
+    elif like is not None:
+        ref = load_image(like)
+        _check_same_grid(
+            data.shape, image.affine, ref.shape[:3], ref.affine, path, Path(like), tolerance
         )
     return data
 

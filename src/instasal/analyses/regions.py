@@ -42,7 +42,10 @@ def assign_regions(table: pd.DataFrame, cohort_out: PathLike, dataset: PathLike)
     ------
     ConfigurationError
         When a subject of the table is missing from ``dataset``, has no region map, or its
-        instance label map is missing or on another grid; the message names the file.
+        instance label map is missing; the message names the file.
+    ImageError
+        When a region atlas is not a label image or lies on another grid (shape, orientation or
+        voxel size) than the run's instance map.
     """
     require_columns(table, ["subject", "id", "region"])
     files = {s.subject_id: s for s in discover_dataset(dataset)}
@@ -61,12 +64,7 @@ def assign_regions(table: pd.DataFrame, cohort_out: PathLike, dataset: PathLike)
         if not instances_path.exists():
             raise ConfigurationError(f"{instances_path}: instance label map is missing")
         labels = np.asarray(load_image(instances_path).dataobj)
-        atlas = load_labels(region_map_path, role="region atlas")
-        if labels.shape != atlas.shape:
-            raise ConfigurationError(
-                f"{region_map_path}: shape {atlas.shape} differs from the run's instance map "
-                f"{instances_path} {labels.shape}"
-            )
+        atlas = load_labels(region_map_path, instances_path, role="region atlas")
         for row in np.flatnonzero(subjects == subject_id):
             regions[row] = region_of(atlas, np.asarray(labels == ids[row]))
     return table.assign(region=regions)
