@@ -21,6 +21,7 @@ from instasal.io import voxel_to_world
 from instasal.typing import BoolArray, Connectivity, IntArray
 
 __all__ = [
+    "PREDICTED_KINDS",
     "Instance",
     "InstanceKind",
     "Instances",
@@ -28,12 +29,17 @@ __all__ = [
     "connected_components",
     "find_instances",
     "label_components",
+    "lesion_components",
     "relabel_in_raster_order",
     "sample_true_negatives",
 ]
 
 InstanceKind: TypeAlias = Literal["lesion", "TP", "FP", "FN", "TN"]
 TN_FALLBACK_VOLUMES_MM3 = (10.0, 200.0)
+
+
+PREDICTED_KINDS: tuple[InstanceKind, ...] = ("lesion", "TP", "FP")
+"""The kinds of domain the model predicted (the others, FN and TN, it did not)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,13 @@ class Instances:
         """The records whose kind is one of ``kinds``."""
         return [r for r in self.records if r.kind in kinds]
 
+    def predicted_mask(self) -> BoolArray:
+        """The segmentation: the voxels of the predicted lesions (kinds :data:`PREDICTED_KINDS`),
+        i.e. the probability thresholded, split into components and cleared of those at or
+        below the minimum volume; FN and TN domains are not in it."""
+        ids = [r.id for r in self.records if r.kind in PREDICTED_KINDS]
+        return np.isin(self.labels, ids)
+
 
 def _structure(connectivity: int) -> np.ndarray:
     rank = {6: 1, 18: 2, 26: 3}.get(connectivity)
@@ -184,18 +197,33 @@ def connected_components(
     kind: InstanceKind = "lesion",
 ) -> Instances:
     """Components of ``mask`` larger than ``min_volume_mm3`` as :class:`Instances` (SPEC §1)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+    labels, n = lesion_components(mask, voxel_volume, connectivity, min_volume_mm3)
+    ids = list(range(1, n + 1))
+    return Instances(labels, affine, tuple(_records(labels, affine, ids, [kind] * len(ids))))
+
+
+def lesion_components(
+    mask: np.ndarray,
+    voxel_volume_mm3: float,
+    connectivity: Connectivity = 18,
+    min_volume_mm3: float = 5.0,
+) -> tuple[IntArray, int]:
+    """The lesions of a binary mask (SPEC §1): its connected components of volume above
+    ``min_volume_mm3``, numbered 1..n in the raster order of their first voxel.
+
+    The one rule that turns a thresholded probability (or a reference mask) into lesions: the
+    segmentation, the lesion table and the segmentation metrics all count lesions with it.
+    """
     if min_volume_mm3 < 0:
         raise ConfigurationError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
-    affine = np.asarray(affine, dtype=np.float64)
     labels, n = label_components(mask, connectivity)
-    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
     counts = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = np.flatnonzero(counts[1:] * voxel_volume > min_volume_mm3) + 1
+    keep = np.flatnonzero(counts[1:] * voxel_volume_mm3 > min_volume_mm3) + 1
     relabel = np.zeros(n + 1, dtype=np.int32)
     relabel[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
-    labels = relabel[labels]
-    ids = list(range(1, len(keep) + 1))
-    return Instances(labels, affine, tuple(_records(labels, affine, ids, [kind] * len(ids))))
+    return relabel[labels], len(keep)
 
 
 def find_instances(

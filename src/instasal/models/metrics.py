@@ -29,7 +29,7 @@ import pandas as pd
 
 from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError
-from instasal.instances import label_components
+from instasal.instances import lesion_components
 from instasal.io import atomic_write_text, load_mask, read_subject, write_nifti
 from instasal.models.cards import card_of
 from instasal.models.loaders import check_channels, load_model
@@ -154,10 +154,11 @@ def lesion_metrics(
             f"reference shape {gt.shape} differs from the probability's {probability.shape}"
         )
     voxel_volume = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
-    predicted = _lesions(probability >= threshold, voxel_volume, connectivity, min_volume_mm3)
-    references = _lesions(gt, voxel_volume, connectivity, min_volume_mm3)
+    predicted, n_predicted = lesion_components(
+        probability >= threshold, voxel_volume, connectivity, min_volume_mm3
+    )
+    references, n_reference = lesion_components(gt, voxel_volume, connectivity, min_volume_mm3)
     prediction_mask = predicted > 0
-    n_predicted, n_reference = int(predicted.max()), int(references.max())
     overlapping_predicted = np.unique(predicted[gt])
     n_tp = int(np.count_nonzero(overlapping_predicted))
     n_fp = n_predicted - n_tp
@@ -200,10 +201,10 @@ def detection_by_volume(
         raise ConfigurationError(f"edges_mm3 must increase, got {tuple(edges_mm3)}")
     voxel_volume = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
     gt = np.asarray(reference) != 0
-    predicted = _lesions(
+    predicted, _ = lesion_components(
         np.asarray(probability) >= threshold, voxel_volume, connectivity, min_volume_mm3
     )
-    references = _lesions(gt, voxel_volume, connectivity, min_volume_mm3)
+    references, _ = lesion_components(gt, voxel_volume, connectivity, min_volume_mm3)
     volumes = np.bincount(references.ravel())[1:] * voxel_volume
     detected = np.zeros(len(volumes), bool)
     hit = np.unique(references[predicted > 0])
@@ -213,18 +214,6 @@ def detection_by_volume(
         inside = (volumes > low) & (volumes <= high)
         bands.append((float(low), float(high), int(inside.sum()), int((inside & detected).sum())))
     return bands
-
-
-def _lesions(
-    mask: np.ndarray, voxel_volume: float, connectivity: Connectivity, min_volume_mm3: float
-) -> np.ndarray:
-    """Components of ``mask`` above ``min_volume_mm3``, relabelled 1..n (SPEC §1 rules)."""
-    labels, n = label_components(mask, connectivity)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = np.flatnonzero(counts[1:] * voxel_volume > min_volume_mm3) + 1
-    relabel = np.zeros(n + 1, dtype=np.int32)
-    relabel[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
-    return relabel[labels]
 
 
 def summarise_metrics(per_subject: Sequence[LesionMetrics]) -> dict[str, float]:

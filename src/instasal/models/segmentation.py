@@ -207,7 +207,7 @@ def segment_subject(
                     )
         probability = predict_subject(model, subject, overlap=overlap, device=device, tta=tta)
         lesions = find_instances(probability, subject.affine, threshold=used)
-        mask = lesions.labels > 0
+        mask = lesions.predicted_mask()
         subject.on_grid(probability).save(probability_path, overwrite=overwrite)
         subject.on_grid(mask).save(mask_path, overwrite=overwrite)
     return SegmentationResult(probability, mask, used, probability_path, mask_path)

@@ -34,7 +34,7 @@ from instasal.io import (
     load_mask,
     read_subject,
 )
-from instasal.models import card_of, load_model, with_model_channels
+from instasal.models import ModelCard, card_of, load_model, with_model_channels
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import (
@@ -219,7 +219,9 @@ def explain_subject(
                 space.notes,
             )
         if settings.context is None and space.smoothgrad.context == "full":
-            check_full_context_cost(space.prepared, resumed.todo, space.smoothgrad, space.card)
+            check_full_context_cost(
+                space.prepared, resumed.todo, space.smoothgrad, space.card.to_dict()
+            )
 
         step = time.perf_counter()
         lesions = found.lesion_space(space.prepared, inputs.regions)
@@ -229,7 +231,7 @@ def explain_subject(
             run.layout,
             run.key,
             space.threshold,
-            card_of(space.network),
+            space.card,
         )
         rows = [*resumed.rows, *explain_lesions(resumed.todo, lesions, plan, progress)]
         timings["saliency_s"] = time.perf_counter() - step
@@ -316,7 +318,7 @@ class ModelSpace:
 
     network: nn.Module
     prepared: PreparedSubject
-    card: dict[str, Any]
+    card: ModelCard
     threshold: float
     smoothgrad: SmoothGradConfig
     gradcam: GradCamConfig | None
@@ -349,7 +351,7 @@ def enter_model_space(
         if isinstance(model, nn.Module)
         else load_model(os.fspath(model), trust_code=trust_model_code)
     )
-    card: dict[str, Any] = dict(getattr(network, "card", {}))
+    card = card_of(network)
     subject = with_model_channels(
         network, inputs.subject, ignore_channel_names=ignore_channel_names
     )
@@ -360,8 +362,8 @@ def enter_model_space(
     context, context_note = resolve_context(
         settings.context, working_card, deployed_obstacle(prepared)
     )
-    threshold = settings.threshold if settings.threshold is not None else card.get("threshold", 0.3)
-    target = int(card.get("target_class", 1))
+    threshold = card.threshold if settings.threshold is None else settings.threshold
+    target = card.target_class
     smoothgrad = replace(settings.smoothgrad, target=target, context=context)
     gradcam, skipped = _gradcam_window(settings, network, prepared, target, context)
     space = ModelSpace(
@@ -531,7 +533,7 @@ def find_domains(
     )
     native, native_ids = prepared.native_instances(instances)
     if not layout.mask.exists():  # else this run's key wrote it (a resumed or finished run)
-        prepared.native_image(probability >= space.threshold).save(layout.mask)
+        inputs.subject.on_grid(native.predicted_mask()).save(layout.mask)
     if not layout.instances.exists():
         inputs.subject.on_grid(native.labels.astype(np.int16)).save(layout.instances)
     notes = _true_negative_shortfall(instances, settings.n_true_negatives, inputs)
@@ -656,7 +658,10 @@ def write_provenance(
         "subject": run.label,
         "inputs": run.inputs,
         "extra_inputs": run.extra_inputs,
-        "model": {"fingerprint_sha256": model_fingerprint(space.network), "card": space.card},
+        "model": {
+            "fingerprint_sha256": model_fingerprint(space.network),
+            "card": space.card.to_dict(),
+        },
         "settings": settings.as_dict(),
         "geometry": space.geometry,
         "resolved": {

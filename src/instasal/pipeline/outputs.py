@@ -19,6 +19,7 @@ import pandas as pd
 
 from instasal.errors import InstasalWarning, OutputExistsError, StateFileError
 from instasal.folders import read_state_file, refuse_writing_over_inputs
+from instasal.instances import PREDICTED_KINDS
 from instasal.io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -318,10 +319,6 @@ def instances_lookup(
         )
     columns = ["index", "name", "type", "volume_mm3", "n_voxels", "explained", "reason"]
     return pd.DataFrame(rows, columns=columns)
-
-
-PREDICTED_KINDS = ("lesion", "TP", "FP")
-"""Domain types the prediction detected (components of its thresholded probability)."""
 
 
 def explained_disagrees(row: Mapping[Hashable, Any]) -> bool:

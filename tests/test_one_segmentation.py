@@ -1,0 +1,93 @@
+"""One meaning of "the mask" and one threshold default, whichever command segments.
+
+``explain`` and ``segment`` both threshold the probability, split it into components and drop
+those at or below the minimum volume (SPEC §1); a model handed over with a card that states no
+threshold is segmented at :class:`~instasal.models.ModelCard`'s default by both.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from torch import nn
+
+from conftest import FlairThreshold, load_nifti, set_card
+from instasal.models.cards import ModelCard
+from instasal.models.metrics import lesion_metrics
+from instasal.models.segmentation import segment_subject
+from instasal.pipeline import ExplainSettings, explain_subject
+from instasal.saliency import SmoothGradConfig
+
+# FlairThreshold's lesion logit is 10·(FLAIR − 1.5): this FLAIR gives probability 0.4, between the
+# default of the old explain path (0.3) and the card's default (0.5).
+FLAIR_AT_04 = 1.5 + math.log(0.4 / 0.6) / 10.0
+
+
+def _model_without_threshold() -> nn.Module:
+    model = FlairThreshold()
+    set_card(
+        model,
+        {
+            "name": "flair-threshold",
+            "architecture": "module",
+            "normalisation": "none",
+            "patch_size": [8, 8, 8],
+            "channel_names": ["FLAIR", "T1w"],
+        },
+    )
+    return model
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    """1 mm grid: a 64 mm³ lesion (p ≈ 1), a lone bright voxel (1 mm³, below the 5 mm³ rule),
+    and a 27 mm³ block at p = 0.4."""
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    flair = np.ones((18, 16, 14), np.float32)
+    flair[2:6, 2:6, 2:6] = 3.0
+    flair[12, 12, 12] = 3.0
+    flair[10:13, 2:5, 8:11] = FLAIR_AT_04
+    t1w = np.full(flair.shape, 0.5, np.float32)
+    t1w[0, 0, 0] = 0.6  # not constant
+    paths = []
+    for name, data in (("FLAIR", flair), ("T1w", t1w)):
+        path = tmp_path / f"sub-01_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), path)
+        paths.append(path)
+    return paths
+
+
+def test_explain_and_segment_write_the_same_mask_at_the_card_threshold(
+    images: list[Path], tmp_path: Path
+) -> None:
+    settings = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None)
+    explained = explain_subject(
+        images, _model_without_threshold(), tmp_path / "explain", settings=settings
+    )
+    segmented = segment_subject(_model_without_threshold(), images, tmp_path / "segment")
+
+    assert segmented.threshold == ModelCard.__dataclass_fields__["threshold"].default
+    explain_mask = np.asarray(load_nifti(explained.layout.mask).dataobj) > 0
+    segment_mask = np.asarray(load_nifti(segmented.mask_path).dataobj) > 0
+    np.testing.assert_array_equal(explain_mask, segment_mask)
+    assert int(segment_mask.sum()) == 64  # the lesion; not the lone voxel, not the p = 0.4 block
+    assert len(explained.table) == 1
+
+    # the instance map holds the mask's lesions and nothing else
+    instances = np.asarray(load_nifti(explained.layout.instances).dataobj)
+    np.testing.assert_array_equal(instances > 0, segment_mask)
+
+
+def test_metrics_count_the_lesions_the_mask_holds(images: list[Path], tmp_path: Path) -> None:
+    segmented = segment_subject(_model_without_threshold(), images, tmp_path / "segment")
+    affine = load_nifti(images[0]).affine
+    metrics = lesion_metrics(
+        segmented.mask, segmented.probability, affine, threshold=segmented.threshold
+    )
+    assert metrics.n_predicted == 1
+    assert metrics.n_reference == 1
+    assert metrics.dice == pytest.approx(1.0, abs=1e-12)  # the mask is its own reference
