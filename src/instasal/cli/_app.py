@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from instasal.errors import (
     ImageError,
@@ -51,8 +53,9 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help=f"Built-in model ({', '.join(builtin_model_names())}) or a model file path "
-        "(TorchScript .pt, nnU-Net results folder, or module:factory=weights.pt).",
+        help=f"Built-in model ({', '.join(builtin_model_names())}) or a path: a TorchScript .pt "
+        "file, a MONAI bundle folder (configs/ and models/), an nnU-Net v2 results folder, or "
+        "module:factory=weights.pt.",
     ),
 ]
 OverwriteOption = Annotated[
@@ -150,12 +153,33 @@ def limit_torch_threads(threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+class CommandGroup(TyperGroup):
+    """A command group whose ``--help`` lists each command's first paragraph whole (click cuts it
+    at the terminal's width with "...")."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            first_paragraph = inspect.cleandoc(command.short_help or command.help or "")
+            rows.append((name, " ".join(first_paragraph.split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="instasal",
+    cls=CommandGroup,
     help="Instance-level quantitative saliency for 3D lesion segmentation networks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: rich's option table has six columns and, at 80 columns, cuts option
+    # names and values with an ellipsis (--n-true-negat…); click wraps the help text instead.
+    rich_markup_mode=None,
 )
 console = Console(stderr=True, soft_wrap=True)  # never break paths across lines
 
