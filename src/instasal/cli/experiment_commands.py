@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from instasal.cli._app import (
+    CommandGroup,
     IgnoreChannelNamesOption,
     ModelOption,
     OutOption,
@@ -37,6 +38,7 @@ experiment_app = typer.Typer(
     help="The paper's experiments over a dataset with reference masks: a table, a summary and a "
     "figure each.",
     no_args_is_help=True,
+    cls=CommandGroup,
 )
 app.add_typer(experiment_app, name="experiment")
 
