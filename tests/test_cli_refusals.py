@@ -216,7 +216,13 @@ def test_each_experiment_takes_only_its_own_options(files):
         return {word for word in done.stdout.split() if word.startswith("--")}
 
     common = {"--out", "--model", "--overwrite", "--trust-model-code", "--ignore-channel-names"}
-    assert options("context") - common == {"--max-lesions", "--band", "--no-overwrite", "--help"}
+    assert options("context") - common == {
+        "--max-lesions",
+        "--band",
+        "--seed",
+        "--no-overwrite",
+        "--help",
+    }
     assert options("relocation") - common == {"--max-lesions", "--seed", "--no-overwrite", "--help"}
     assert "--band" not in options("uncertainty") and "--method" in options("uncertainty")
     stdout, stderr = _refusal(

@@ -43,7 +43,15 @@ experiment_app = typer.Typer(
 app.add_typer(experiment_app, name="experiment")
 
 DatasetArgument = Annotated[Path, typer.Argument(help="BIDS-like dataset with reference masks.")]
-MaxLesionsOption = Annotated[int, typer.Option(min=1, help="Lesions to use at most.")]
+MaxLesionsOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Lesions to use at most, in all: drawn at random (--seed) within each subject, "
+        "spread over the subjects.",
+    ),
+]
+SampleSeedOption = Annotated[int, typer.Option(min=0, help="Seed of the lesions drawn.")]
 
 
 def _check_inputs(dataset: Path, models: list[str], ignore_channel_names: bool) -> None:
@@ -88,6 +96,7 @@ def context(
         tuple[float, float],
         typer.Option(help="TP volume band in mm³, low then high (0 <= low < high)."),
     ] = (90.0, 120.0),
+    seed: SampleSeedOption = 0,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -106,6 +115,7 @@ def context(
         trust_model_code=trust_model_code,
         volume_band_mm3=band,
         max_lesions=max_lesions,
+        seed=seed,
         overwrite=overwrite,
         ignore_channel_names=ignore_channel_names,
     )
@@ -117,7 +127,9 @@ def relocation(
     out: OutOption,
     model: ModelOption = "unet",
     max_lesions: MaxLesionsOption = 40,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the relocation targets.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the lesions drawn and of their new places.")
+    ] = 0,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -145,6 +157,9 @@ def patch_vs_full(
     out: OutOption,
     model: ModelOption = "unet",
     max_lesions: MaxLesionsOption = 40,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the lesions drawn and of the noise.")
+    ] = 0,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -160,6 +175,7 @@ def patch_vs_full(
         out,
         trust_model_code=trust_model_code,
         max_lesions=max_lesions,
+        seed=seed,
         overwrite=overwrite,
         ignore_channel_names=ignore_channel_names,
     )

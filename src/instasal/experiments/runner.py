@@ -8,7 +8,7 @@ a figure, atomically.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError
 from instasal.experiments.perilesional import PLATEAU_FRACTION, context_curve, summarise_curve
 from instasal.experiments.relocation import relocate
-from instasal.instances import Instances, classify_instances, find_instances
+from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
     Subject,
     atomic_write_bytes,
@@ -39,6 +39,8 @@ from instasal.io import (
 from instasal.models import predict_probability, with_model_channels
 from instasal.models.cards import card_of
 from instasal.models.segmentation import predict_prepared
+from instasal.pipeline.cohort import subject_seed
+from instasal.pipeline.per_lesion import sample_domains
 from instasal.prepare import prepare_subject
 from instasal.report.subject_figures import figure_png
 from instasal.saliency import SmoothGradConfig, patch_full_agreement
@@ -48,10 +50,13 @@ __all__ = [
     "ExperimentSubject",
     "nan_to_none",
     "prepared_subjects",
+    "reference_subjects",
     "run_context_experiment",
     "run_patch_full_experiment",
     "run_relocation_experiment",
+    "sample_lesions",
     "save_figure",
+    "subject_quota",
     "write_table",
 ]
 
@@ -76,6 +81,20 @@ class ExperimentSubject:
     wm_mask: np.ndarray
 
 
+def reference_subjects(dataset: PathLike, limit: int | None = None) -> list[SubjectFiles]:
+    """The subjects of ``dataset`` that have a reference lesion mask (the first ``limit``).
+
+    Raises
+    ------
+    ConfigurationError
+        If there is none.
+    """
+    subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
+    if not subjects:
+        raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
+    return subjects[:limit]
+
+
 def prepared_subjects(
     dataset: PathLike,
     model: nn.Module,
@@ -91,10 +110,7 @@ def prepared_subjects(
     """
 
     threshold = card_of(model).threshold
-    subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
-    if not subjects:
-        raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
-    for files in subjects[:limit]:
+    for files in reference_subjects(dataset, limit):
         native = with_model_channels(
             model, read_subject(files.images), ignore_channel_names=ignore_channel_names
         )
@@ -126,6 +142,32 @@ def prepared_subjects(
         )
 
 
+def subject_quota(max_lesions: int | None, done: int, subjects_left: int) -> int | None:
+    """The lesions the next subject may add to an experiment capped at ``max_lesions`` in all.
+
+    What is left of the cap spread evenly over the ``subjects_left`` subjects (this one
+    included), rounded up: a subject with fewer leaves the rest to those after it, and the first
+    subjects do not fill the sample. ``None``: no cap.
+    """
+    if max_lesions is None:
+        return None
+    return max(0, -(-(max_lesions - done) // max(subjects_left, 1)))
+
+
+def sample_lesions(
+    prepared: ExperimentSubject, eligible: Sequence[Instance], quota: int | None, seed: int
+) -> list[Instance]:
+    """At most ``quota`` of the ``eligible`` domains of one subject, drawn at random, in id order.
+
+    The draw is explain's (:func:`instasal.pipeline.per_lesion.sample_domains`: uniform without
+    replacement per type), seeded by the run's seed and the subject id
+    (:func:`instasal.pipeline.cohort.subject_seed`): never the raster-order prefix of the ids,
+    which favours the first rows of the grid. ``None``: all of them.
+    """
+    chosen = Instances(prepared.instances.labels, prepared.instances.affine, tuple(eligible))
+    return sample_domains(chosen, quota, subject_seed(seed, prepared.files.subject_id))
+
+
 def write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> Path:
     """Write ``<out>/<name>.tsv`` atomically (refused when it exists, unless ``overwrite``)."""
     path = out / f"{name}.tsv"
@@ -147,21 +189,29 @@ def run_context_experiment(
     volume_band_mm3: tuple[float, float] = (90.0, 120.0),
     max_distance_mm: float = 34.0,
     max_lesions: int | None = None,
+    seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
-    """Perilesional context over the TP lesions of a volume band (authors: 90–120 mm³ at 1 mm)."""
+    """Perilesional context over the TP lesions of a volume band (authors: 90–120 mm³ at 1 mm).
 
+    With ``max_lesions``, at most that many lesions in all, drawn at random with ``seed`` within
+    each subject (:func:`sample_lesions`), the cap spread over the subjects
+    (:func:`subject_quota`).
+    """
+    check_seed(seed)
     out = Path(out)
     low, high = volume_band_mm3
     frames: list[pd.DataFrame] = []
-    for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
+    n_subjects, done = len(reference_subjects(dataset)), 0
+    subjects = prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names)
+    for index, prepared in enumerate(subjects):
         predict = functools.partial(_predict, prepared.network)
-        chosen = [r.id for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
-        if max_lesions is not None:
-            done = sum(int(f["lesion_id"].nunique()) for f in frames)
-            chosen = chosen[: max(0, max_lesions - done)]
+        eligible = [r for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
+        quota = subject_quota(max_lesions, done, n_subjects - index)
+        chosen = [r.id for r in sample_lesions(prepared, eligible, quota, seed)]
+        done += len(chosen)
         if not chosen:
             continue
         spacing = float(min(prepared.subject.spacing))
@@ -240,17 +290,24 @@ def run_relocation_experiment(
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
-    """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4)."""
+    """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4).
+
+    At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
+    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`).
+    """
     check_seed(seed)
     out = Path(out)
     rows: list[dict[str, Any]] = []
     conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
-    for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
+    n_subjects, done = len(reference_subjects(dataset)), 0
+    subjects = prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names)
+    for index, prepared in enumerate(subjects):
         predict = functools.partial(_predict, prepared.network)
-        lesions = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
+        eligible = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
+        quota = subject_quota(max_lesions, done, n_subjects - index)
+        lesions = sample_lesions(prepared, eligible, quota, seed)
+        done += len(lesions)
         for record in lesions:
-            if len(rows) >= max_lesions * len(conditions):
-                break
             domain = prepared.instances.mask(record.id)
             for condition in conditions:
                 outcome = relocate(
@@ -318,18 +375,25 @@ def run_patch_full_experiment(
     *,
     max_lesions: int = 20,
     n_samples: int = 2,
+    seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
-    """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2)."""
-    config = SmoothGradConfig(n_samples=n_samples, target=card_of(model).target_class)
+    """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2).
+
+    At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
+    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`); ``seed``
+    also seeds the SmoothGrad noise.
+    """
+    config = SmoothGradConfig(n_samples=n_samples, target=card_of(model).target_class, seed=seed)
     out = Path(out)
     rows: list[dict[str, Any]] = []
-    for prepared in prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names):
-        for record in prepared.instances.of_kind("TP"):
-            if len(rows) >= max_lesions:
-                break
+    n_subjects = len(reference_subjects(dataset))
+    subjects = prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names)
+    for index, prepared in enumerate(subjects):
+        quota = subject_quota(max_lesions, len(rows), n_subjects - index)
+        for record in sample_lesions(prepared, prepared.instances.of_kind("TP"), quota, seed):
             agreement = patch_full_agreement(
                 prepared.network, prepared.x, prepared.instances.mask(record.id), config
             )

@@ -23,12 +23,12 @@ import pandas as pd
 from torch import nn
 
 from instasal.analyses.detection import error_detection
-from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.experiments.runner import (
     ExperimentSubject,
     nan_to_none,
     prepared_subjects,
+    reference_subjects,
     save_figure,
     write_table,
 )
@@ -352,8 +352,7 @@ def run_uncertainty_experiment(
     plan = _SweepPlan(
         method, signal, levels, tuple(ensemble), dropout_passes, smoothgrad, max_explained, seed
     )
-    n_total = len([s for s in discover_dataset(dataset) if s.lesion_mask is not None])
-    n_total = min(n_total, max_subjects) if max_subjects is not None else n_total
+    n_total = len(reference_subjects(dataset, max_subjects))
     started = time.perf_counter()
     sweeps: list[_SubjectSweep] = []
     subjects = prepared_subjects(
