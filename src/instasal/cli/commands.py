@@ -108,7 +108,10 @@ def explain(
     ] = None,
     tissue_mask: Annotated[
         Path | None,
-        typer.Option(help="Mask where TN domains may lie (default: the whole image)."),
+        typer.Option(
+            help="Mask where TN domains may lie (default: the non-zero voxels of the first "
+            "channel, the brain of a skull-stripped image)."
+        ),
     ] = None,
     regions: Annotated[
         Path | None,
