@@ -1,9 +1,11 @@
 """The paper's findings beside what a cohort shows, decided by fixed, stated rules (SPEC §4).
 
 Each rule is written before looking at any data and is never adjusted to a result: a finding
-is "reproduced" when the rule holds, "not reproduced" when it is testable and fails, and "not
+is "reproduced" when the rule holds, "not reproduced" when it is testable and fails, "not
 testable" when the cohort lacks what the rule needs (a domain type, the mean-aggregation table,
-enough values).
+enough values), and "not testable at this n" when its test is computed but cannot reach the
+threshold with so few values, whatever they are (6 lesions: a Wilcoxon signed-rank p is at least
+2/2⁶ = 0.031); ``note`` then says how many values would do.
 Every threshold is :data:`~instasal.analyses.statistics.ALPHA` = 0.001, the level the paper reports.
 """
 
@@ -15,7 +17,13 @@ from typing import Any, Literal
 from instasal.analyses.error_modes import ErrorModes
 from instasal.analyses.reliance import ModalityReliance, SignPattern
 from instasal.analyses.size import AggregationVsSize
-from instasal.analyses.statistics import ALPHA
+from instasal.analyses.statistics import (
+    ALPHA,
+    holm,
+    least_sufficient_n,
+    smallest_p_rank_sum,
+    smallest_p_signed_rank,
+)
 
 __all__ = [
     "Finding",
@@ -26,14 +34,16 @@ __all__ = [
     "sign_finding",
 ]
 
-Verdict = Literal["reproduced", "not reproduced", "not testable"]
+Verdict = Literal["reproduced", "not reproduced", "not testable", "not testable at this n"]
 
 PAPER_ORDER: tuple[str, ...] = ("TP", "FP", "FN", "TN")
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One paper finding: what the paper says, what the data show, the rule and its verdict."""
+    """One paper finding: what the paper says, what the data show, the rule and its verdict;
+    ``note`` says, for "not testable at this n", the smallest p the test can reach and the
+    number of values that would let it reach the threshold."""
 
     key: str
     title: str
@@ -41,6 +51,7 @@ class Finding:
     observed: str
     rule: str
     verdict: Verdict
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
@@ -59,6 +70,51 @@ def _p(value: float) -> str:
     return "n/a" if value != value else (f"{value:.2g}" if value >= 1e-300 else "< 1e-300")
 
 
+def _too_few(test: str, n_text: str, smallest: float, needed: int | None, unit: str) -> str:
+    """The note of a test that cannot reach α at this n: its smallest p and the n that would."""
+    enough = f"{needed} or more {unit}" if needed is not None else f"more than 200 {unit}"
+    return (
+        f"with {n_text} the smallest p {test} is {_p(smallest)}, not below "
+        f"{ALPHA:g}: it needs {enough}"
+    )
+
+
+def _signed_rank_limit(counts: dict[str, int]) -> str:
+    """The note when a Wilcoxon signed-rank test of one of ``counts`` (name: n) cannot reach α,
+    else ""."""
+    for name, n in counts.items():
+        smallest = smallest_p_signed_rank(n)
+        if not smallest < ALPHA:
+            needed = least_sufficient_n(smallest_p_signed_rank)
+            return _too_few(
+                "a Wilcoxon signed-rank test can give", f"{n} {name}", smallest, needed, name
+            )
+    return ""
+
+
+def _rank_sum_family_limit(sizes: list[tuple[int, int]]) -> str:
+    """The note when every one of these Holm-corrected Mann–Whitney tests (sample sizes per pair)
+    cannot reach α, else ""."""
+
+    def largest_holm(pairs: list[tuple[int, int]]) -> float:
+        return float(max(holm([smallest_p_rank_sum(a, b) for a, b in pairs])))
+
+    def with_each_type(k: int) -> float:
+        return largest_holm([(k, k)] * len(sizes))
+
+    smallest = largest_holm(sizes)
+    if smallest < ALPHA:
+        return ""
+    counts = "/".join(str(n) for n in sorted({n for pair in sizes for n in pair}))
+    return _too_few(
+        f"all {len(sizes)} Holm-corrected Mann–Whitney tests can reach together",
+        f"{counts} domains per type",
+        smallest,
+        least_sufficient_n(with_each_type),
+        "domains of each type",
+    )
+
+
 def error_modes_finding(result: ErrorModes) -> Finding:
     """TP > FP > FN > TN in median peak saliency, every pair p < 0.001 (paper Fig. 11)."""
     rule = (
@@ -74,8 +130,11 @@ def error_modes_finding(result: ErrorModes) -> Finding:
         f"{'' if result.strictly_ordered else ' (ties)'}; largest Holm p {_p(worst)}"
     )
     compared = tuple(g.type for g in result.groups)
+    note = ""
     if compared != PAPER_ORDER or not all(t.computable for t in result.tests):
         verdict: Verdict = "not testable"
+    elif note := _rank_sum_family_limit([(t.n_first, t.n_second) for t in result.tests]):
+        verdict = "not testable at this n"
     else:
         ordered = result.median_order == PAPER_ORDER and result.strictly_ordered
         verdict = "reproduced" if ordered and worst < ALPHA else "not reproduced"
@@ -87,6 +146,7 @@ def error_modes_finding(result: ErrorModes) -> Finding:
         observed,
         rule,
         verdict,
+        note,
     )
 
 
@@ -103,8 +163,11 @@ def modality_finding(result: ModalityReliance) -> Finding:
         f"{_percent(result.fraction_first_dominates)}; "
         f"p {_p(result.test.p_value)}; median reliance_{first} {_g(result.reliance.median)}"
     )
+    note = ""
     if not result.test.computable:
         verdict: Verdict = "not testable"
+    elif note := _signed_rank_limit({"lesions": result.difference.n}):
+        verdict = "not testable at this n"
     elif result.difference.median > 0 and result.test.p_value < ALPHA:
         verdict = "reproduced"
     else:
@@ -116,6 +179,7 @@ def modality_finding(result: ModalityReliance) -> Finding:
         observed,
         rule,
         verdict,
+        note,
     )
 
 
@@ -133,8 +197,11 @@ def sign_finding(result: SignPattern) -> Finding:
         f"p {_p(result.ring_test.p_value)} (n={result.ring.n}); both in "
         f"{_percent(result.fraction_both)} of lesions"
     )
+    note = ""
     if not (result.inside_test.computable and result.ring_test.computable):
         verdict: Verdict = "not testable"
+    elif note := _signed_rank_limit({"inside means": result.inside.n, "ring means": result.ring.n}):
+        verdict = "not testable at this n"
     elif (
         result.inside.median > 0
         and result.inside_test.p_value < ALPHA
@@ -151,6 +218,7 @@ def sign_finding(result: SignPattern) -> Finding:
         observed,
         rule,
         verdict,
+        note,
     )
 
 

@@ -10,7 +10,7 @@ say, false negatives still gets every other number.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,9 +26,12 @@ __all__ = [
     "TestResult",
     "describe",
     "holm",
+    "least_sufficient_n",
     "rank_biserial",
     "roc_auc",
     "roc_curve",
+    "smallest_p_rank_sum",
+    "smallest_p_signed_rank",
     "spearman",
     "wilcoxon_signed_rank",
 ]
@@ -166,6 +169,62 @@ def wilcoxon_signed_rank(differences: FloatArray) -> TestResult:
         return TestResult(_NAN, _NAN, "every value is 0")
     result = stats.wilcoxon(differences)
     return TestResult(float(result.statistic), float(result.pvalue))
+
+
+def smallest_p_signed_rank(n: int) -> float:
+    """The smallest p :func:`wilcoxon_signed_rank` can return for ``n`` non-zero differences.
+
+    It is reached when every difference has one sign and the magnitudes are distinct; for
+    ``n <= 50`` (scipy's exact distribution) it is ``2 / 2**n``. NaN below 2 values.
+
+    Examples
+    --------
+    >>> smallest_p_signed_rank(6)
+    0.03125
+    """
+    if n < 2:
+        return _NAN
+    return float(stats.wilcoxon(np.arange(1.0, n + 1)).pvalue)
+
+
+def smallest_p_rank_sum(n_first: int, n_second: int) -> float:
+    """The smallest p a two-sided Mann–Whitney U test of samples of these sizes can return.
+
+    It is reached when every value of one sample exceeds every value of the other, without ties,
+    computed as :mod:`instasal.analyses.error_modes` tests (:func:`scipy.stats.mannwhitneyu`,
+    ``method="auto"``: exact with at most 8 values in a sample, ``2 / C(n_1 + n_2, n_1)``, else
+    the normal approximation). NaN with fewer than 2 values on a side.
+
+    Examples
+    --------
+    >>> round(smallest_p_rank_sum(6, 6), 6)  # 2 / 924
+    0.002165
+    """
+    if min(n_first, n_second) < 2:
+        return _NAN
+    larger = np.arange(n_first, dtype=np.float64) + n_second
+    smaller = np.arange(n_second, dtype=np.float64)
+    return float(stats.mannwhitneyu(larger, smaller, alternative="two-sided").pvalue)
+
+
+def least_sufficient_n(
+    smallest_p: Callable[[int], float], alpha: float = ALPHA, limit: int = 200
+) -> int | None:
+    """The least ``n`` from which every ``m`` up to ``limit`` has ``smallest_p(m) < alpha``.
+
+    "From which on", not "the first": scipy's exact small-sample p-values can fall below ``alpha``
+    at a size where the normal approximation used just above it does not (two-sided Mann–Whitney
+    at 8 against 8 values, then not at 9 against 9). None when ``limit`` itself does not suffice.
+
+    Examples
+    --------
+    >>> least_sufficient_n(smallest_p_signed_rank)
+    11
+    """
+    failing = [m for m in range(2, limit + 1) if not smallest_p(m) < alpha]
+    if failing and failing[-1] == limit:
+        return None
+    return failing[-1] + 1 if failing else 2
 
 
 def spearman(x: FloatArray, y: FloatArray) -> Correlation:

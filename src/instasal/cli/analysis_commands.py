@@ -13,7 +13,12 @@ from instasal.errors import ConfigurationError
 
 __all__ = ["analyse"]
 
-_VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "not testable": "dim"}
+_VERDICT_STYLE = {
+    "reproduced": "green",
+    "not reproduced": "red",
+    "not testable": "dim",
+    "not testable at this n": "yellow",
+}
 
 
 @app.command()
@@ -63,6 +68,6 @@ def analyse(
     for finding in report.analysis.findings:
         style = _VERDICT_STYLE[finding.verdict]
         title = escape(finding.title)
-        console.print(f"[{style}]{finding.verdict:>14}[/]  {title}", highlight=False)
+        console.print(f"[{style}]{finding.verdict:>22}[/]  {title}", highlight=False)
     report_path = escape(str(cohort_out / "analysis" / "report.html"))
     console.print(f"wrote [bold]{report_path}[/]", highlight=False)
