@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,9 @@ from torch import nn
 
 from instasal.saliency.inputs import target_channel
 from instasal.saliency.windows import (
+    ModelGrid,
     end_padding,
+    model_grid_footprint,
     padded_forward,
     resolve_patch_size,
     resolve_size_divisibility,
@@ -132,27 +133,6 @@ class Tiling:
         return (blended / total)[(slice(None), slice(None), *inside)]
 
 
-@runtime_checkable
-class ModelGrid(Protocol):
-    """A network run on another grid than its input's (``instasal.prepare.ResampledNetwork``):
-    the prediction resamples the input to the network's grid, slides its windows there and
-    resamples the stitched logits back."""
-
-    network: nn.Module
-
-    def model_grid_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """The network's grid for an input grid of ``shape``."""
-        ...
-
-    def to_model_grid(self, batch: torch.Tensor) -> torch.Tensor:
-        """``[B, C, *S]`` resampled to the network's grid (differentiable)."""
-        ...
-
-    def from_model_grid(self, logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """Logits ``[B, K, *model grid]`` resampled back to ``shape`` (differentiable, linear)."""
-        ...
-
-
 @dataclass(frozen=True, eq=False)
 class DeployedForward:
     """The sliding-window prediction as a differentiable function of the input grid.
@@ -189,13 +169,7 @@ class DeployedForward:
         """The prediction windows some voxel of ``domain`` (on the input grid) depends on."""
         if self.grid is None:
             return self.tiling.covering(domain)
-        # the resampling back is linear with non-negative weights: the network-grid voxels that
-        # feed the domain are where its adjoint applied to the domain is positive
-        with torch.enable_grad():
-            probe = torch.zeros((1, 1, *self.tiling.shape), requires_grad=True)
-            back = self.grid.from_model_grid(probe, self.shape)[0, 0]
-            (feeding,) = torch.autograd.grad(back[domain.to(back.device)].sum(), probe)
-        return self.tiling.covering(feeding[0, 0] > 0)
+        return self.tiling.covering(model_grid_footprint(self.grid, domain))
 
     def cells(self, domain: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
         """``domain``'s voxels grouped by the exact set of prediction windows each depends on:

@@ -1,20 +1,40 @@
-"""SmoothGrad noise (SPEC §2): seeded Gaussian draws on the whole input grid.
+"""SmoothGrad noise (SPEC §2): seeded Gaussian draws where the network sees the input.
 
 ``σ_k = level × (max x_k − min x_k)`` per channel (``"per_channel"``) or from channel 0's range for
 every channel (``"first_channel"``, what the authors' scripts did). Draws come from a seeded CPU
 ``torch.Generator`` (never the global RNG), one full-grid draw after another, so the same seed gives
 the same noise on every device, for every context and for every domain of a subject.
+
+Each draw is made on the network's grid (:func:`noise_grid`) and carried to the input grid by
+nearest neighbour: every input voxel takes the noise of the network voxel holding its centre. Where
+the network runs at the input's voxel size the two grids are one; where it runs at a coarser one
+(a 1 mm subject, a 2 mm model) the voxels one network voxel averages share one draw, so the network
+sees noise of σ per voxel of its own, whatever the user's voxel size. Drawn per input voxel
+instead, the averaging would shrink it to σ/√8 at 1 mm and the maps of an exact 1 mm copy of a
+2 mm subject would differ from the 2 mm subject's (docs/method.md, "SmoothGrad").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from instasal.saliency.windows import ModelGrid
 from instasal.typing import NoiseRange
 
-__all__ = ["noise_sigmas", "noisy_inputs"]
+__all__ = ["noise_grid", "noise_sigmas", "noisy_inputs"]
+
+
+def noise_grid(model: nn.Module, shape: Sequence[int]) -> tuple[int, ...]:
+    """The grid noise is drawn on for an input grid of ``shape``: the network's own where
+    ``model`` runs it on another grid (:class:`instasal.saliency.deployed.ModelGrid`), else
+    ``shape``."""
+    if isinstance(model, ModelGrid):
+        return tuple(int(n) for n in model.model_grid_shape(shape))
+    return tuple(int(n) for n in shape)
 
 
 def noise_sigmas(x: torch.Tensor, noise_level: float, noise_range: NoiseRange) -> torch.Tensor:
@@ -43,11 +63,14 @@ def noisy_inputs(
     noise_level: float,
     noise_range: NoiseRange,
     seed: int,
+    grid: Sequence[int] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the ``n_samples`` noisy copies ``x + ε_n`` on ``x``'s device, ``x`` not modified.
 
     Noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)`` in the order of the
-    samples, then moved to ``x``'s device. With ``noise_level == 0`` every copy is ``x`` itself.
+    samples, on ``grid`` (default: ``x``'s own; see :func:`noise_grid`), carried to ``x``'s grid
+    by nearest neighbour (``nearest-exact``: the grid voxel holding each voxel centre) and moved
+    to ``x``'s device. With ``noise_level == 0`` every copy is ``x`` itself.
     """
     sigmas = noise_sigmas(x, noise_level, noise_range)
     if not bool((sigmas != 0).any()):
@@ -56,6 +79,10 @@ def noisy_inputs(
         return
     generator = torch.Generator().manual_seed(seed)
     scale = sigmas.reshape(-1, *([1] * (x.ndim - 1)))
+    spatial = tuple(x.shape[1:])
+    drawn = spatial if grid is None else tuple(int(n) for n in grid)
     for _ in range(n_samples):
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        noise = torch.randn((x.shape[0], *drawn), generator=generator, dtype=x.dtype)
+        if drawn != spatial:
+            noise = F.interpolate(noise[None], size=spatial, mode="nearest-exact")[0]
         yield x.detach() + noise.to(x.device) * scale

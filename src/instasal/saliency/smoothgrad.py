@@ -31,7 +31,7 @@ from instasal.saliency.engines import (
 )
 from instasal.saliency.inputs import as_domains, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
-from instasal.saliency.noise import noise_sigmas, noisy_inputs
+from instasal.saliency.noise import noise_grid, noise_sigmas, noisy_inputs
 from instasal.saliency.windows import (
     Window,
     context_windows,
@@ -242,6 +242,7 @@ def _summed_over_draws(
         noise_level=config.noise_level,
         noise_range=config.noise_range,
         seed=config.seed,
+        grid=noise_grid(model, x_model.shape[1:]),
     )
     done_draws, bytes_per_draw = 0, 0
     with inference_state(model), torch.enable_grad():

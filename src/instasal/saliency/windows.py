@@ -5,6 +5,14 @@ the volume, and enlarged to a multiple of the network's size divisibility when �
 margin. Where the volume is smaller than the patch along an axis, the patch spans that axis. A
 network with a size divisibility gets its input zero-padded at the end of each axis up to a
 multiple of it (as whole-volume inference does), the output cropped back.
+
+A network run on another grid than its input's (:class:`ModelGrid`: a 2 mm model explaining a 1 mm
+subject) gets its patch placed on its own grid, as the prediction places its windows: around the
+network-grid voxels Ω's logits come from, at the network's patch size, then carried to the input
+grid as the input voxels whose centres lie in it. The network's in-graph resampling of that crop
+then averages the voxel groups the prediction's resampling averages (exactly so where the voxel
+sizes are in an integer ratio and the grid holds a whole number of network voxels); a patch placed
+on the input grid instead could start between two network voxels and average other groups.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import EllipsisType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +32,11 @@ from instasal.typing import Context
 __all__ = [
     "DEFAULT_PATCH_MARGIN",
     "DEFAULT_SIZE_DIVISIBILITY",
+    "ModelGrid",
     "Window",
     "context_windows",
     "end_padding",
+    "model_grid_footprint",
     "padded_forward",
     "resolve_patch_size",
     "resolve_size_divisibility",
@@ -61,6 +71,42 @@ class Window:
         index: tuple[EllipsisType | slice, ...] = (Ellipsis, *self.slices)
         out[index] = values
         return out
+
+
+@runtime_checkable
+class ModelGrid(Protocol):
+    """A network run on another grid than its input's (``instasal.prepare.ResampledNetwork``):
+    the prediction resamples the input to the network's grid, slides its windows there and
+    resamples the stitched logits back."""
+
+    network: nn.Module
+
+    def model_grid_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The network's grid for an input grid of ``shape``."""
+        ...
+
+    def to_model_grid(self, batch: torch.Tensor) -> torch.Tensor:
+        """``[B, C, *S]`` resampled to the network's grid (differentiable)."""
+        ...
+
+    def from_model_grid(self, logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Logits ``[B, K, *model grid]`` resampled back to ``shape`` (differentiable, linear)."""
+        ...
+
+
+def model_grid_footprint(grid: ModelGrid, domain: torch.Tensor) -> torch.Tensor:
+    """The network-grid voxels whose logits ``domain``'s (a mask on the input grid) are
+    resampled from (boolean, on ``grid.model_grid_shape(domain.shape)``).
+
+    The resampling back is linear with non-negative weights: those voxels are where its adjoint
+    applied to the domain is positive.
+    """
+    shape = tuple(int(n) for n in domain.shape)
+    with torch.enable_grad():
+        probe = torch.zeros((1, 1, *grid.model_grid_shape(shape)), requires_grad=True)
+        back = grid.from_model_grid(probe, shape)[0, 0]
+        (feeding,) = torch.autograd.grad(back[domain.to(back.device)].sum(), probe)
+    return feeding[0, 0] > 0
 
 
 def _card(model: nn.Module) -> dict[str, Any]:
@@ -192,11 +238,44 @@ def context_windows(
     divisibility = resolve_size_divisibility(model, size_divisibility, ndim)
     if context == "full":
         return [window_for(d, "full") for d in domains], divisibility
+    if isinstance(model, ModelGrid):
+        return [_on_model_grid(model, d, patch_size) for d in domains], divisibility
     sizes = resolve_patch_size(model, patch_size, ndim)
     windows = [
         window_for(d, "patch", patch_size=sizes, size_divisibility=divisibility) for d in domains
     ]
     return windows, divisibility
+
+
+def _on_model_grid(
+    grid: ModelGrid, domain: torch.Tensor, patch_size: int | Sequence[int] | None
+) -> Window:
+    """The patch of ``domain`` placed on the network's grid (its card's patch, or
+    ``patch_size`` input voxels restated there) and carried to the input grid: the input voxels
+    whose centres lie in it (``nearest-exact``'s correspondence, which the resampling back uses).
+    """
+    shape = tuple(int(n) for n in domain.shape)
+    inner = tuple(int(n) for n in grid.model_grid_shape(shape))
+    if patch_size is None:
+        sizes = resolve_patch_size(grid.network, None, len(shape))
+    else:
+        sizes = grid.model_grid_shape(resolve_patch_size(grid.network, patch_size, len(shape)))
+    divisibility = resolve_size_divisibility(grid.network, None, len(shape))
+    on_grid = window_for(
+        model_grid_footprint(grid, domain),
+        "patch",
+        patch_size=sizes,
+        size_divisibility=divisibility,
+    )
+    starts, sizes_in = [], []
+    for start, size, n, n_inner in zip(on_grid.start, on_grid.size, shape, inner, strict=True):
+        # input voxel u lies in network voxel floor((u + ½) n_inner / n): the first u at or
+        # after a boundary b is ceil(b n / n_inner − ½)
+        first = -((n_inner - 2 * start * n) // (2 * n_inner))
+        stop = -((n_inner - 2 * (start + size) * n) // (2 * n_inner))
+        starts.append(min(max(first, 0), n))
+        sizes_in.append(min(max(stop, 0), n) - starts[-1])
+    return Window(start=tuple(starts), size=tuple(sizes_in))
 
 
 def shared_windows(windows: Sequence[Window]) -> dict[Window, list[int]]:
