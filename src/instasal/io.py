@@ -461,15 +461,15 @@ def load_labels(
     ``like`` is a subject, or an image file whose grid (shape and affine) the labels must share: a
     label image stored in another orientation or voxel size would put each label on other voxels.
 
-        Labels are whole numbers from 0 (no label) to :data:`LABEL_MAX`; any other value would be cut
-        to a label that is not in the file (1.5 to 1, -2.7 to -2, 40000 wraps), so it is refused.
+    Labels are whole numbers from 0 (no label) to :data:`LABEL_MAX`; any other value would be cut
+    to a label that is not in the file (1.5 to 1, -2.7 to -2, 40000 wraps), so it is refused.
 
-        Raises
-        ------
-        ImageError
-            When the file is unreadable, not 3D, holds NaN/Inf or a value that is not a label
-            (fractional, negative, above :data:`LABEL_MAX`), or lies on another grid than ``like``;
-            the message names the file, its ``role`` and the values seen.
+    Raises
+    ------
+    ImageError
+        When the file is unreadable, not 3D, holds NaN/Inf or a value that is not a label
+        (fractional, negative, above :data:`LABEL_MAX`), or lies on another grid than ``like``;
+        the message names the file, its ``role`` and the values seen.
     """
     path = Path(path)
     data = _read_on_grid(path, like, tolerance)
