@@ -39,7 +39,7 @@ HEAD_THRESHOLD = 12.0
 
 def resample_to_mni(path: Path) -> np.ndarray:
     """A NIfTI volume resampled by affine (trilinear) onto nilearn's MNI152 1 mm grid."""
-    image = nib.load(path)
+    image = nib.nifti1.load(path)
     target = np.indices(MNI_1MM_SHAPE, dtype=np.float64).reshape(3, -1)
     world = MNI_1MM_AFFINE[:3, :3] @ target + MNI_1MM_AFFINE[:3, 3:4]
     inverse = np.linalg.inv(image.affine)

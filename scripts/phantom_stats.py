@@ -1,10 +1,13 @@
 """Print statistics of a phantom cohort: lesions, volumes, regions, contrasts, mimics, timing.
 
-Subjects are generated in memory exactly as ``write_cohort`` would (same per-subject seeds).
+Subjects are generated in memory exactly as ``write_cohort`` would (same per-subject seeds). With
+``--generator v2`` it prints the realism table instead: every measure of docs/phantoms.md §v2
+against its target (``--contrast swapped`` and ``--head`` for the other arms).
 
 Usage::
 
     .venv/bin/python scripts/phantom_stats.py --subjects 40 --seed 0 --resolution 2 --timing 2
+    .venv/bin/python scripts/phantom_stats.py --generator v2 --subjects 30 --timing 2
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from scipy import ndimage
 
 from instasal.phantoms import PhantomSubject, make_phantom
 from instasal.phantoms.anatomy import load_template_anatomy
+from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.bids_writer import subject_seeds
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -111,7 +115,7 @@ def _subject_rows(subject: PhantomSubject) -> dict[str, list[float]]:
 
 def cohort_statistics(n_subjects: int, seed: int, resolution: int) -> None:
     """Generate the cohort in memory and print its statistics."""
-    load_template_anatomy(resolution)  # type: ignore[arg-type]
+    load_template_anatomy(resolution)
     seeds = subject_seeds(seed, n_subjects)
     counts: list[int] = []
     volumes: list[float] = []
@@ -182,19 +186,19 @@ def cohort_statistics(n_subjects: int, seed: int, resolution: int) -> None:
     print(f"seconds per subject at {resolution} mm (template cached): {_quantiles(seconds, 2)}")
 
 
-def timing(resolution: int, n_subjects: int) -> None:
+def timing(resolution: int, n_subjects: int, generator: str = "v1") -> None:
     """Print the first-call (template loading) and per-subject generation time."""
     load_template_anatomy.cache_clear()
     start = time.perf_counter()
-    load_template_anatomy(resolution)  # type: ignore[arg-type]
+    load_template_anatomy(resolution)
     loading = time.perf_counter() - start
     seconds = []
     for seed in range(n_subjects):
         start = time.perf_counter()
-        make_phantom(1000 + seed, resolution=resolution)  # type: ignore[arg-type]
+        make_phantom(1000 + seed, resolution=resolution, generator=generator)  # type: ignore[arg-type]
         seconds.append(time.perf_counter() - start)
     print(
-        f"timing {resolution} mm: template load (once per process) {loading:.1f} s, "
+        f"timing {generator} {resolution} mm: template load (once per process) {loading:.1f} s, "
         f"per subject {np.mean(seconds):.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f}, "
         f"n={n_subjects})"
     )
@@ -207,11 +211,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resolution", type=int, choices=(1, 2), default=2)
     parser.add_argument("--timing", type=int, default=2, help="subjects timed per resolution")
+    parser.add_argument("--generator", choices=("v1", "v2"), default="v1")
+    parser.add_argument("--contrast", choices=("standard", "swapped"), default="standard")
+    parser.add_argument("--head", action="store_true", help="v2: the non-skull-stripped arm")
     arguments = parser.parse_args()
-    cohort_statistics(arguments.subjects, arguments.seed, arguments.resolution)
+    if arguments.generator == "v2":
+        from phantom_realism_table import realism_table
+
+        arm = PhantomArm(contrast=arguments.contrast, skull_stripped=not arguments.head)
+        realism_table(arguments.subjects, arguments.seed, arguments.resolution, arm)
+    else:
+        cohort_statistics(arguments.subjects, arguments.seed, arguments.resolution)
     if arguments.timing > 0:
         for resolution in (2, 1):
-            timing(resolution, arguments.timing)
+            timing(resolution, arguments.timing, arguments.generator)
 
 
 if __name__ == "__main__":

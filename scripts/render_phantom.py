@@ -4,9 +4,14 @@ Rows: template T1, phantom T1w, phantom FLAIR, FLAIR with ground truth (lesions 
 shade, mimics yellow). Columns: axial, coronal, sagittal through a chosen voxel (default: the centre
 of the subject's largest lesion, else the grid centre).
 
+With ``--generator v2`` the first row is the subject's own template (MNI152 or Colin27) and the
+arm options apply (``--contrast swapped``, ``--head``, ``--anatomy``); the images are windowed
+to their 99.5th percentile, so the head arm shows its scalp and fat.
+
 Usage::
 
     .venv/bin/python scripts/render_phantom.py OUT.png --seed 3 --resolution 1
+    .venv/bin/python scripts/render_phantom.py OUT.png --seed 3 --resolution 2 --generator v2 --head
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import numpy as np
 
 from instasal.phantoms import make_phantom
 from instasal.phantoms.anatomy import load_template_anatomy
+from instasal.phantoms.arms import Generator, PhantomArm
+from instasal.phantoms.reference_data import load_colin27
 
 
 def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
@@ -35,19 +42,30 @@ def render(
     resolution: int,
     centre: tuple[int, int, int] | None,
     n_lesions: int | None,
+    arm: PhantomArm | None = None,
 ) -> None:
-    """Write the figure for ``make_phantom(seed, resolution=resolution)`` to ``out``."""
-    subject = make_phantom(seed, resolution=resolution, n_lesions=n_lesions)  # type: ignore[arg-type]
-    template = load_template_anatomy(resolution)  # type: ignore[arg-type]
+    """Write the figure for ``make_phantom(seed, resolution=resolution)`` (v2 with ``arm``)."""
+    generator: Generator = "v1" if arm is None else "v2"
+    subject = make_phantom(
+        seed,
+        resolution=resolution,  # type: ignore[arg-type]
+        n_lesions=n_lesions,
+        generator=generator,
+        arm=arm,
+    )
+    template = load_template_anatomy(resolution)
+    template_name = "MNI152"
+    if subject.draws.get("anatomy") == "colin27":
+        template, template_name = load_colin27(2).anatomy, "Colin27"
     if centre is None:
         if subject.lesions:
             largest = max(subject.lesions, key=lambda lesion: lesion.volume_mm3)
             centre = largest.centre
         else:
-            centre = tuple(n // 2 for n in subject.flair.shape)  # type: ignore[assignment]
+            centre = tuple(n // 2 for n in subject.flair.shape)
     assert centre is not None
     rows = [
-        ("MNI152 template T1", template.t1),
+        (f"{template_name} template T1", template.t1),
         (f"phantom T1w (seed {seed})", subject.t1w),
         ("phantom FLAIR", subject.flair),
         ("FLAIR + truth (red lesion, yellow mimic)", subject.flair),
@@ -74,7 +92,8 @@ def render(
             if column == 0:
                 axis.set_title(title, color="white", fontsize=10, loc="left")
     figure.suptitle(
-        f"seed {seed}, {resolution} mm, {len(subject.lesions)} lesions, slice at voxel {centre}",
+        f"{generator} seed {seed}, {resolution} mm, {len(subject.lesions)} lesions, "
+        f"slice at voxel {centre}" + (f"\n{arm}" if arm else ""),
         color="white",
     )
     figure.tight_layout()
@@ -90,9 +109,22 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, choices=(1, 2), default=1)
     parser.add_argument("--lesions", type=int, default=None, help="number of lesions")
     parser.add_argument("--centre", type=int, nargs=3, default=None, help="voxel i j k")
+    parser.add_argument("--generator", choices=("v1", "v2"), default="v1")
+    parser.add_argument("--contrast", choices=("standard", "swapped"), default="standard")
+    parser.add_argument("--head", action="store_true", help="v2: the non-skull-stripped arm")
+    parser.add_argument("--anatomy", choices=("drawn", "mni152", "colin27"), default="drawn")
     arguments = parser.parse_args()
     centre = tuple(arguments.centre) if arguments.centre else None
-    render(arguments.out, arguments.seed, arguments.resolution, centre, arguments.lesions)  # type: ignore[arg-type]
+    arm = (
+        PhantomArm(
+            contrast=arguments.contrast,
+            skull_stripped=not arguments.head,
+            anatomy=arguments.anatomy,
+        )
+        if arguments.generator == "v2"
+        else None
+    )
+    render(arguments.out, arguments.seed, arguments.resolution, centre, arguments.lesions, arm)
 
 
 if __name__ == "__main__":

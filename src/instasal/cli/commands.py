@@ -26,7 +26,7 @@ from instasal.cli._app import (
     require_files,
 )
 from instasal.errors import ConfigurationError
-from instasal.pipeline.settings import ExplainSettings, SaliencyOf
+from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, SaliencyOf
 from instasal.progress import pipeline_progress
 from instasal.saliency.config import GradCamConfig, SmoothGradConfig
 from instasal.typing import Aggregation, Context, Executor, NoiseRange, TnPool
@@ -51,12 +51,17 @@ def phantom(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing cohort (default: refuse to).")
     ] = False,
+    generator: Annotated[
+        str, typer.Option(help="Phantom generator: v1 (default) or v2 (docs/phantoms.md §v2).")
+    ] = "v1",
 ) -> None:
     """Generate a phantom MS cohort with ground truth on MNI152 anatomy."""
     from instasal.phantoms import write_cohort
 
     if resolution not in (1, 2):
         raise ConfigurationError(f"--resolution must be 1 or 2, got {resolution}")
+    if generator not in ("v1", "v2"):
+        raise ConfigurationError(f"--generator must be v1 or v2, got {generator!r}")
     with pipeline_progress(console) as progress:
         written = write_cohort(
             out,
@@ -65,6 +70,7 @@ def phantom(
             resolution=1 if resolution == 1 else 2,
             overwrite=overwrite,
             progress=progress,
+            generator="v2" if generator == "v2" else "v1",
         )
     console.print(f"wrote {len(written)} phantom subjects to [bold]{escape(str(out))}[/]")
 
@@ -86,6 +92,24 @@ ReportPanelsOption = Annotated[
         "(every domain stays in the lesion table and keeps its maps).",
     ),
 ]
+
+
+BudgetOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Refuse a subject whose saliency stage is estimated (measured before the first "
+        "lesion) to take longer than this many hours, saying what would shorten it.",
+    ),
+]
+YesOption = Annotated[
+    bool, typer.Option("--yes", "-y", help="Go ahead whatever the estimate (no --budget-hours).")
+]
+
+
+def budget_seconds(hours: float, yes: bool) -> float | None:
+    """The API's ``budget_s`` from ``--budget-hours`` and ``--yes``."""
+    return None if yes else hours * 3600.0
 
 
 ContextOption = Annotated[
@@ -166,6 +190,8 @@ def explain(
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
     report_panels: ReportPanelsOption = ExplainSettings.report_panels,
+    budget_hours: BudgetOption = DEFAULT_BUDGET_S / 3600.0,
+    yes: YesOption = False,
 ) -> None:
     """Segment one subject and explain each lesion: maps, lesion table, HTML report."""
     settings = ExplainSettings(
@@ -204,6 +230,7 @@ def explain(
             progress=progress,
             trust_model_code=trust_model_code,
             ignore_channel_names=ignore_channel_names,
+            budget_s=budget_seconds(budget_hours, yes),
         )
     _print_summary(result)
 
@@ -346,6 +373,8 @@ def cohort(
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
     report_panels: ReportPanelsOption = ExplainSettings.report_panels,
+    budget_hours: BudgetOption = DEFAULT_BUDGET_S / 3600.0,
+    yes: YesOption = False,
 ) -> None:
     """Explain every subject of a dataset (resumable) and gather one cohort lesion table."""
     require_files(dataset)
@@ -377,6 +406,7 @@ def cohort(
             trust_model_code=trust_model_code,
             ignore_channel_names=ignore_channel_names,
             tn_from=tn_from,
+            budget_s=budget_seconds(budget_hours, yes),
         )
     console.print(
         f"{len(result.done)} subject(s) done ({len(result.skipped)} reused), "

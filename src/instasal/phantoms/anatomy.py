@@ -27,10 +27,12 @@ __all__ = [
     "Resolution",
     "SubjectAnatomy",
     "TemplateAnatomy",
+    "deformation_coordinates",
     "load_template_anatomy",
     "sample_trilinear",
     "smooth_field",
     "soft_box",
+    "template_from_maps",
     "warp_anatomy",
 ]
 
@@ -182,6 +184,24 @@ def load_template_anatomy(resolution: Resolution = 2) -> TemplateAnatomy:
         maps = {name: _pool_to_2mm(volume) for name, volume in maps.items()}
         affine = affine.copy()
         affine[:3, :3] *= 2.0
+    return template_from_maps(maps, affine, resolution)
+
+
+def template_from_maps(
+    maps: dict[str, FloatArray], affine: np.ndarray, resolution: Resolution
+) -> TemplateAnatomy:
+    """Build a :class:`TemplateAnatomy` (CSF, ventricles, distance maps) from a brain's maps.
+
+    Parameters
+    ----------
+    maps
+        ``t1``, ``grey``, ``white`` and ``brain`` (probabilities; T1 contrast in [0, 1]), one
+        grid.
+    affine
+        The grid's voxel-to-world matrix (MNI space: the region rules read MNI coordinates).
+    resolution
+        Voxel size in mm.
+    """
     brain = np.clip(maps["brain"], 0.0, 1.0)
     grey = np.clip(maps["grey"], 0.0, 1.0) * brain
     white = np.clip(maps["white"], 0.0, 1.0) * brain
@@ -345,25 +365,30 @@ def sample_trilinear(volumes: FloatArray, coordinates: FloatArray) -> FloatArray
     return out
 
 
-def _deformation(
-    rng: np.random.Generator, template: TemplateAnatomy, lower: np.ndarray, upper: np.ndarray
+def deformation_coordinates(
+    rng: np.random.Generator,
+    template: TemplateAnatomy,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    ranges: dict[str, tuple[float, float]] = DEFORMATION_RANGES,
 ) -> FloatArray:
     """Template voxel coordinates ``[3, x, y, z]`` of the subject voxels in ``[lower, upper)``.
 
     Composes, from subject to template: a smooth free-form displacement (RMS 1–2.5 mm), a radial
     expansion around the ventricles (enlarged ventricles of atrophy, up to ~30 %), and a small
-    affine (±6 % scale, ±4° rotation) about the brain centre.
+    affine (±6 % scale, ±4° rotation) about the brain centre; ``ranges`` (default
+    :data:`DEFORMATION_RANGES`) bound each draw.
     """
     resolution = float(template.resolution)
     crop_shape = tuple(int(n) for n in upper - lower)
     grid = [np.arange(lo, hi, dtype=np.float32) for lo, hi in zip(lower, upper, strict=True)]
     centre = np.array(template.shape, dtype=np.float32) / 2.0
     ventricle_centre = np.argwhere(template.ventricles > 0.5).mean(axis=0).astype(np.float32)
-    angles = np.deg2rad(rng.uniform(*DEFORMATION_RANGES["rotation_deg"], size=3))
-    scales = np.diag(rng.uniform(*DEFORMATION_RANGES["scale"], size=3))
+    angles = np.deg2rad(rng.uniform(*ranges["rotation_deg"], size=3))
+    scales = np.diag(rng.uniform(*ranges["scale"], size=3))
     rotation = (_rotation_matrix(angles) @ scales).astype(np.float32)
-    displacement_mm = rng.uniform(*DEFORMATION_RANGES["free_form_rms_mm"])
-    expansion = rng.uniform(*DEFORMATION_RANGES["ventricle_expansion"])
+    displacement_mm = rng.uniform(*ranges["free_form_rms_mm"])
+    expansion = rng.uniform(*ranges["ventricle_expansion"])
     width = np.float32(VENTRICLE_EXPANSION_WIDTH_MM / resolution)
     relative = [axis_grid - ventricle_centre[axis] for axis, axis_grid in enumerate(grid)]
     radius2 = (
@@ -396,19 +421,28 @@ def _rotation_matrix(angles: np.ndarray) -> np.ndarray:
     return about_z @ about_y @ about_x
 
 
-def warp_anatomy(rng: np.random.Generator, template: TemplateAnatomy) -> SubjectAnatomy:
+def warp_anatomy(
+    rng: np.random.Generator,
+    template: TemplateAnatomy,
+    ranges: dict[str, tuple[float, float]] = DEFORMATION_RANGES,
+    whole_grid: bool = False,
+) -> SubjectAnatomy:
     """Draw a random smooth deformation and warp every template map through it.
 
-    Only the brain's bounding box (with a margin for the deformation) is computed; the brain
-    probability is warped first, and the other maps only where it is non-zero.
+    Only the brain's bounding box (with a margin for the deformation) is computed, or the whole
+    grid with ``whole_grid`` (for warping the head around the brain through
+    ``SubjectAnatomy.coordinates``); the brain probability is warped first, and the other maps only
+    where it is non-zero. ``ranges`` bound the deformation's draws.
     """
     brain_voxels = np.argwhere(template.brain > 0)
     margin = int(np.ceil(16.0 / template.resolution))
     shape = np.array(template.shape)
     lower = np.maximum(brain_voxels.min(axis=0) - margin, 0)
     upper = np.minimum(brain_voxels.max(axis=0) + 1 + margin, shape)
+    if whole_grid:
+        lower, upper = np.zeros(3, dtype=np.int64), shape
     crop_shape = tuple(int(n) for n in upper - lower)
-    coordinates = _deformation(rng, template, lower, upper)
+    coordinates = deformation_coordinates(rng, template, lower, upper, ranges)
     flat_coordinates = coordinates.reshape(3, -1)
     brain = sample_trilinear(template.brain[..., None], flat_coordinates)[:, 0]
     inside = np.flatnonzero(brain >= 0.5)

@@ -22,6 +22,7 @@ Every file is written atomically (:mod:`instasal.io`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -30,7 +31,9 @@ import numpy as np
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text, write_nifti
 from instasal.phantoms.anatomy import Resolution
+from instasal.phantoms.arms import Generator, PhantomArm
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
+from instasal.phantoms.subject_v2 import generation_parameters_v2
 from instasal.provenance import instasal_version
 from instasal.typing import PathLike, Progress, check_seed
 
@@ -155,6 +158,17 @@ def _remove_stale_subjects(out: Path, keep: set[str]) -> None:
                 folder.rmdir()
 
 
+def _generator_provenance(generator: Generator, arm: PhantomArm | None) -> dict[str, object]:
+    """What ``phantom_parameters.json`` says about the generator (v1: as it always did)."""
+    if generator == "v1":
+        return {"generator": generation_parameters()}
+    return {
+        "generator_version": "v2",
+        "arm": dataclasses.asdict(arm or PhantomArm()),
+        "generator": generation_parameters_v2(),
+    }
+
+
 def write_cohort(
     out: PathLike,
     n_subjects: int,
@@ -163,6 +177,8 @@ def write_cohort(
     resolution: Resolution = 2,
     overwrite: bool = False,
     progress: Progress | None = None,
+    generator: Generator = "v1",
+    arm: PhantomArm | None = None,
 ) -> list[Path]:
     """Generate ``n_subjects`` phantom subjects and write them as a BIDS-like cohort.
 
@@ -180,6 +196,9 @@ def write_cohort(
         Replace an existing cohort's files (and drop subjects it had beyond this one's).
     progress
         Called after each subject as ``progress("phantom of <participant_id>", done, total)``.
+    generator, arm
+        ``"v1"`` (default) or ``"v2"`` with its arm (docs/phantoms.md §v2); v2 cohorts record the
+        arm and each subject's anatomy and field strength in ``participants.tsv``.
 
     Returns
     -------
@@ -199,6 +218,17 @@ def write_cohort(
     [PosixPath('phantoms/sub-001'), ..., PosixPath('phantoms/sub-004')]
     """
     _check_arguments(n_subjects, seed, resolution)
+    # The same checks as make_phantom's, before anything is written.
+    make_arguments = {"resolution": resolution, "generator": generator, "arm": arm}
+    if generator == "v2":
+        arm = arm or PhantomArm()
+        make_arguments["arm"] = arm
+        if resolution != 2 and (arm.anatomy == "colin27" or not arm.skull_stripped):
+            raise ConfigurationError(
+                f"Colin27 and the head arm exist at 2 mm only, got resolution {resolution}"
+            )
+    elif arm is not None:
+        raise ConfigurationError(f"arms exist for generator='v2' only, got arm={arm!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
@@ -243,27 +273,30 @@ def write_cohort(
             "subject_seed_derivation": (
                 "numpy SeedSequence(cohort_seed).spawn(n)[i].generate_state(1)"
             ),
-            "generator": generation_parameters(),
+            **_generator_provenance(generator, arm),
         },
         overwrite=overwrite,
     )
     rows: list[list[object]] = []
     folders: list[Path] = []
     for index, (participant, subject_seed) in enumerate(zip(participants, seeds, strict=True)):
-        subject = make_phantom(subject_seed, resolution=resolution)
+        subject = make_phantom(subject_seed, **make_arguments)  # type: ignore[arg-type]
         write_subject(subject, out, participant, overwrite=overwrite)
-        rows.append(
-            [
-                participant,
-                subject_seed,
-                len(subject.lesions),
-                f"{subject.lesion_volume_mm3:.1f}",
-                resolution,
-            ]
-        )
+        row: list[object] = [
+            participant,
+            subject_seed,
+            len(subject.lesions),
+            f"{subject.lesion_volume_mm3:.1f}",
+            resolution,
+        ]
+        if generator == "v2":
+            row += [subject.draws["anatomy"], subject.draws["field_strength"]]
+        rows.append(row)
         folders.append(out / participant)
         if progress is not None:
             progress(f"phantom of {participant}", index + 1, n_subjects)
     header = ["participant_id", "seed", "n_lesions", "lesion_volume_mm3", "resolution_mm"]
+    if generator == "v2":
+        header += ["anatomy", "field_strength"]
     atomic_write_text(out / "participants.tsv", _tsv(header, rows), overwrite=overwrite)
     return folders

@@ -31,6 +31,7 @@ __all__ = [
     "is_infratentorial",
     "region_atlas",
     "soft_ellipsoid",
+    "ventricle_gradients",
 ]
 
 LesionRegion: TypeAlias = Literal["periventricular", "juxtacortical", "deep", "infratentorial"]
@@ -248,11 +249,11 @@ def _candidates(
         & (white >= 0.8),
         "infratentorial": infratentorial,
     }
-    gradients = _ventricle_gradients(anatomy, positions)
+    gradients = ventricle_gradients(anatomy, positions)
     return {region: (voxels[rule], gradients[rule]) for region, rule in rules.items()}
 
 
-def _ventricle_gradients(anatomy: SubjectAnatomy, positions: FloatArray) -> FloatArray:
+def ventricle_gradients(anatomy: SubjectAnatomy, positions: FloatArray) -> FloatArray:
     """Unit gradients ``[N, 3]`` of the template ventricle distance at template ``positions``."""
     distance = anatomy.template.distance_ventricles[..., None]
     gradient = np.zeros_like(positions)

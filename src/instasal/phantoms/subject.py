@@ -17,6 +17,7 @@ from instasal.phantoms.anatomy import (
     load_template_anatomy,
     warp_anatomy,
 )
+from instasal.phantoms.arms import Generator, PhantomArm
 from instasal.phantoms.contrast import (
     BIAS_SPACING_MM,
     CONTRAST_RANGES,
@@ -35,6 +36,7 @@ from instasal.phantoms.lesion_placement import (
     region_atlas,
 )
 from instasal.phantoms.mimics import MIMIC_PARAMETERS, insert_mimics
+from instasal.phantoms.subject_v2 import generate_v2
 from instasal.typing import BoolArray, FloatArray, IntArray, check_seed
 
 __all__ = ["MAX_LESIONS", "PhantomSubject", "generation_parameters", "make_phantom"]
@@ -68,6 +70,11 @@ class PhantomSubject:
         One record per placed lesion.
     seed, resolution
         What the subject was generated from.
+    generator, arm
+        ``"v1"`` (arm None) or ``"v2"`` with its :class:`PhantomArm`.
+    draws
+        v2 only: the subject-level draws (anatomy, field strength, tissue levels, SNR, bias,
+        perivascular spaces, extracerebral CSF band); empty for v1.
     """
 
     flair: FloatArray
@@ -82,6 +89,9 @@ class PhantomSubject:
     lesions: tuple[Lesion, ...]
     seed: int
     resolution: int
+    generator: Generator = "v1"
+    arm: PhantomArm | None = None
+    draws: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def image(self) -> FloatArray:
@@ -94,8 +104,16 @@ class PhantomSubject:
         return float(self.lesion_mask.sum()) * float(self.resolution) ** 3
 
 
-def _check_arguments(seed: int, resolution: int, n_lesions: int | None) -> None:
+def _check_arguments(
+    seed: int, resolution: int, n_lesions: int | None, generator: str, arm: PhantomArm | None
+) -> None:
     check_seed(seed)
+    if generator not in ("v1", "v2"):
+        raise ConfigurationError(f"generator must be 'v1' or 'v2', got {generator!r}")
+    if arm is not None and not isinstance(arm, PhantomArm):
+        raise ConfigurationError(f"arm must be a PhantomArm or None, got {arm!r}")
+    if generator == "v1" and arm is not None:
+        raise ConfigurationError(f"arms exist for generator='v2' only, got arm={arm!r} with 'v1'")
     if resolution not in (1, 2):
         raise ConfigurationError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
     if n_lesions is not None and (
@@ -109,7 +127,12 @@ def _check_arguments(seed: int, resolution: int, n_lesions: int | None) -> None:
 
 
 def make_phantom(
-    seed: int, *, resolution: Resolution = 2, n_lesions: int | None = None
+    seed: int,
+    *,
+    resolution: Resolution = 2,
+    n_lesions: int | None = None,
+    generator: Generator = "v1",
+    arm: PhantomArm | None = None,
 ) -> PhantomSubject:
     """Generate one phantom MS subject on real anatomy (the MNI152 2009 template).
 
@@ -124,8 +147,14 @@ def make_phantom(
     resolution
         Voxel size in mm: 1 (197×233×189) or 2 (99×117×95).
     n_lesions
-        Number of lesions to place; default draws 0–40 (negative binomial, mean 14). Fewer may be
-        placed when a subject's white matter runs out of free candidate voxels.
+        Number of lesions to place; default draws 0–40 (negative binomial, mean 14; v2: 0–120,
+        mean 22). Fewer may be placed when a subject's white matter runs out of free candidate
+        voxels.
+    generator
+        ``"v1"`` (default; byte-identical to every earlier release for the same seed) or
+        ``"v2"``, the realism-specified generator (docs/phantoms.md §v2).
+    arm
+        v2 only: contrast arm, skull stripping and anatomy (default ``PhantomArm()``).
 
     Returns
     -------
@@ -135,7 +164,8 @@ def make_phantom(
     Raises
     ------
     ConfigurationError
-        When ``seed``, ``resolution`` or ``n_lesions`` is out of range.
+        When ``seed``, ``resolution``, ``n_lesions``, ``generator`` or ``arm`` is out of range
+        (Colin27 and the head arm exist at 2 mm only).
 
     Examples
     --------
@@ -143,7 +173,9 @@ def make_phantom(
     >>> subject.image.shape  # doctest: +SKIP
     (2, 99, 117, 95)
     """
-    _check_arguments(seed, resolution, n_lesions)
+    _check_arguments(seed, resolution, n_lesions, generator, arm)
+    if generator == "v2":
+        return _make_v2(seed, resolution, n_lesions, arm or PhantomArm())
     rng = np.random.default_rng(int(seed))
     template = load_template_anatomy(resolution)
     anatomy = warp_anatomy(rng, template)
@@ -174,6 +206,30 @@ def make_phantom(
         lesions=lesions.lesions,
         seed=int(seed),
         resolution=int(resolution),
+    )
+
+
+def _make_v2(
+    seed: int, resolution: Resolution, n_lesions: int | None, arm: PhantomArm
+) -> PhantomSubject:
+    made = generate_v2(seed, resolution, n_lesions, arm)
+    anatomy = made.anatomy
+    return PhantomSubject(
+        flair=made.flair,
+        t1w=made.t1w,
+        lesion_mask=made.lesions.mask,
+        lesion_regions=made.lesions.regions,
+        region_atlas=made.atlas,
+        brain_mask=anatomy.brain_mask,
+        wm_mask=anatomy.white_mask,
+        mimic_mask=made.mimic_mask,
+        affine=anatomy.template.affine.copy(),
+        lesions=made.lesions.lesions,
+        seed=int(seed),
+        resolution=int(resolution),
+        generator="v2",
+        arm=arm,
+        draws=made.draws,
     )
 
 
