@@ -57,7 +57,7 @@ from instasal.pipeline.outputs import (
     write_json_unless_same,
     write_text_unless_same,
 )
-from instasal.pipeline.settings import ExplainSettings, run_key
+from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, run_key
 from instasal.pipeline.tn_pools import tn_pool_mask, tn_pool_path
 from instasal.typing import Aggregation, Executor, PathLike, Progress, TnPool, check_choice
 
@@ -135,11 +135,8 @@ def _explain_one(
     out: Path,
     settings: ExplainSettings,
     key: str,
-    overwrite: bool,
-    with_mean: bool,
+    options: CohortOptions,
     since: float,
-    ignore_channel_names: bool = False,
-    tn_from: TnPool = "wm",
 ) -> dict[str, Any]:
     """Explain one subject (max aggregation, and mean when asked); return its status record.
 
@@ -152,20 +149,10 @@ def _explain_one(
     try:
         with hold_lock(lock, what=f"{out}: subject {subject.subject_id}"):
             finished = _read_status(out, subject.subject_id, key) or {}
-            done_before = not overwrite and finished.get("state") == "done"
+            done_before = not options.overwrite and finished.get("state") == "done"
             if done_before or float(finished.get("finished_at", 0.0)) >= since:
                 return finished | {"state": "reused"}
-            return _explain_held(
-                subject,
-                model,
-                out,
-                settings,
-                key,
-                overwrite,
-                with_mean,
-                ignore_channel_names,
-                tn_from,
-            )
+            return _explain_held(subject, model, out, settings, key, options)
     except OutputLockedError as error:
         return {
             "cohort_key": key,
@@ -181,10 +168,7 @@ def _explain_held(
     out: Path,
     settings: ExplainSettings,
     key: str,
-    overwrite: bool,
-    with_mean: bool,
-    ignore_channel_names: bool,
-    tn_from: TnPool,
+    options: CohortOptions,
 ) -> dict[str, Any]:
     """:func:`_explain_one` once the subject is held: explain it, write its status record."""
     started = time.perf_counter()
@@ -192,9 +176,9 @@ def _explain_held(
     subject_settings = replace(settings, smoothgrad=replace(settings.smoothgrad, seed=seed))
     status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
     try:
-        tissue = tn_pool_mask(subject, tn_from, out / "tn_pools")
+        tissue = tn_pool_mask(subject, options.tn_from, out / "tn_pools")
         runs: list[tuple[Aggregation, Path]] = [("max", out / subject.subject_id)]
-        if with_mean:
+        if options.with_mean:
             runs.append(("mean", out / subject.subject_id / "mean"))
         for aggregation, folder in runs:
             explain_subject(
@@ -210,9 +194,10 @@ def _explain_held(
                     gradcam=subject_settings.gradcam if aggregation == "max" else None,
                     trust=subject_settings.trust and aggregation == "max",
                 ),
-                overwrite=overwrite,
+                overwrite=options.overwrite,
                 report=aggregation == "max",
-                ignore_channel_names=ignore_channel_names,
+                ignore_channel_names=options.ignore_channel_names,
+                budget_s=options.budget_s,
             )
         status |= {"state": "done"}
     except InstasalError as error:
@@ -261,6 +246,7 @@ def run_cohort(
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
     tn_from: TnPool = "wm",
+    budget_s: float | None = DEFAULT_BUDGET_S,
 ) -> CohortResult:
     """Run :func:`~instasal.pipeline.explain_subject` over every subject of ``dataset``.
 
@@ -295,9 +281,20 @@ def run_cohort(
     tn_from
         Where TN domains are drawn (:mod:`instasal.pipeline.tn_pools`): ``"wm"`` (white matter,
         else the brain; the default), ``"gm"`` or ``"brain"``; recorded in ``cohort.json``.
+    budget_s
+        Per subject: a saliency stage estimated over this many seconds is refused (the subject
+        fails with the estimate and the choices; :func:`~instasal.pipeline.explain_subject`'s
+        ``budget_s``); ``None``: no budget.
     """
     options = CohortOptions(
-        with_mean, overwrite, executor, address, trust_model_code, ignore_channel_names, tn_from
+        with_mean,
+        overwrite,
+        executor,
+        address,
+        trust_model_code,
+        ignore_channel_names,
+        tn_from,
+        budget_s,
     )
     settings = settings or ExplainSettings()
     check_output_folder(out)
@@ -322,6 +319,7 @@ class CohortOptions:
     trust_model_code: bool
     ignore_channel_names: bool
     tn_from: TnPool
+    budget_s: float | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -423,11 +421,8 @@ def explain_subjects(run: CohortRun, plan: CohortPlan, notify: Progress) -> Expl
         out=run.out,
         settings=run.settings,
         key=run.key,
-        overwrite=options.overwrite,
-        with_mean=options.with_mean,
+        options=options,
         since=run.since,
-        ignore_channel_names=options.ignore_channel_names,
-        tn_from=options.tn_from,
     )
     started = time.perf_counter()
     if options.executor == "ray":

@@ -8,6 +8,7 @@ interrupted run with the same settings is started again; replacing results needs
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 import warnings
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -42,6 +44,7 @@ from instasal.pipeline.context_choice import (
     deployed_obstacle,
     resolve_context,
 )
+from instasal.pipeline.cost import CostEstimate, check_budget, estimate_cost
 from instasal.pipeline.outputs import (
     RunLayout,
     instances_lookup,
@@ -57,7 +60,7 @@ from instasal.pipeline.per_lesion import (
     table_columns,
 )
 from instasal.pipeline.results import ExplainResult
-from instasal.pipeline.settings import ExplainSettings, file_sha256, run_key
+from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.progress import pipeline_progress
@@ -68,6 +71,8 @@ from instasal.saliency.gradcam import capture_obstacle
 from instasal.typing import Context, ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
+
+LOG = logging.getLogger("instasal")
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -114,6 +119,7 @@ def explain_subject(
     progress: Progress | Literal["auto"] | None = "auto",
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
+    budget_s: float | None = DEFAULT_BUDGET_S,
 ) -> ExplainResult:
     """Segment a subject, find its lesions, and explain each one (SPEC §1–§3; issue 6).
 
@@ -155,6 +161,11 @@ def explain_subject(
         Take the images as the model's channels in the order given even where their file names
         say otherwise (BIDS suffixes such as ``_T1w``, nnU-Net numbers such as ``_0001``; see
         :func:`instasal.channels.check_channel_files`). Without it such a mismatch is refused.
+    budget_s
+        Before the first lesion the saliency stage is counted and timed on this network and
+        input (:func:`instasal.pipeline.cost.estimate_cost`; logged to the ``instasal`` logger and
+        kept in the provenance); a stage estimated over ``budget_s`` seconds is refused with the
+        choices that shorten it. ``None``: no budget (the command line's ``--yes``).
 
     Returns
     -------
@@ -187,6 +198,7 @@ def explain_subject(
                 progress=shown,
                 trust_model_code=trust_model_code,
                 ignore_channel_names=ignore_channel_names,
+                budget_s=budget_s,
             )
     settings = settings or ExplainSettings()
     progress = progress or _noop
@@ -223,6 +235,8 @@ def explain_subject(
                 space.prepared, resumed.todo, space.smoothgrad, space.card.to_dict()
             )
 
+        estimate = estimate_saliency(space, found, resumed, settings, budget_s, run.label)
+        timings["estimate_s"] = estimate.total_s
         step = time.perf_counter()
         lesions = found.lesion_space(space.prepared, inputs.regions)
         plan = LesionPlan(
@@ -409,6 +423,25 @@ def _gradcam_window(
     if obstacle is not None:
         return None, skipped.format(obstacle)
     return replace(settings.gradcam, layer=layer, target=target, context=context), None
+
+
+def estimate_saliency(
+    space: ModelSpace,
+    found: Segmentation,
+    resumed: Resumed,
+    settings: ExplainSettings,
+    budget_s: float | None,
+    where: str,
+) -> CostEstimate:
+    """Count and time the saliency stage on this network and input, log it, and refuse it over
+    ``budget_s`` (:mod:`instasal.pipeline.cost`)."""
+    masks = {r.id: torch.from_numpy(found.instances.mask(r.id)) for r in resumed.todo}
+    network, x = space.prepared.network, space.prepared.x
+    estimate = estimate_cost(network, x, masks, space.smoothgrad, space.gradcam)
+    if estimate.domains:
+        LOG.info("%s: saliency stage: %s", where, estimate.line())
+    check_budget(estimate, budget_s, space.smoothgrad, settings.max_lesions, where)
+    return estimate
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,6 +22,7 @@ from instasal.saliency import (
     instance_gradcam_many,
     instance_smoothgrad_many,
     normalise_map,
+    smoothgrad_work,
 )
 from instasal.saliency.summaries import lesion_summary, saliency_columns
 from instasal.typing import Progress
@@ -153,12 +154,18 @@ def explain_lesions(
     as soon as its batch is done (the resume granularity); the returned table rows, in ``todo``'s
     order, describe the stored-grid domains (ids, centroids, peak locations).
     """
-    draws = plan.smoothgrad.n_draws
-    total_rows = float(sum(r.n_voxels for r in todo) * draws)
+    batches = [todo[i : i + LESIONS_PER_BATCH] for i in range(0, len(todo), LESIONS_PER_BATCH)]
+    network, x = space.prepared.network, space.prepared.x
+    batch_rows = [
+        smoothgrad_work(
+            network, x, {r.id: space.instances.mask(r.id) for r in batch}, plan.smoothgrad
+        ).rows
+        for batch in batches
+    ]
+    total_rows = float(sum(batch_rows))
     done_rows = 0.0
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(todo), LESIONS_PER_BATCH):
-        batch = todo[start : start + LESIONS_PER_BATCH]
+    for batch, batch_total in zip(batches, batch_rows, strict=True):
         offset = done_rows
         ids = ", ".join(str(space.native_ids[r.id]) for r in batch)
 
@@ -167,7 +174,7 @@ def explain_lesions(
 
         maps, cams = _batch_maps(batch, space, plan, report_rows)
         explained = _explained_columns(batch, space, plan)
-        done_rows += sum(r.n_voxels for r in batch) * draws
+        done_rows += batch_total
         for record in batch:
             row = _write_lesion(
                 space, record, maps[record.id], cams.get(record.id), explained[record.id], plan

@@ -12,7 +12,11 @@ from instasal.errors import ConfigurationError
 from instasal.saliency.config import GradCamConfig, SmoothGradConfig
 from instasal.typing import Connectivity, Context, check_choice
 
-__all__ = ["DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
+__all__ = ["DEFAULT_BUDGET_S", "DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
+
+DEFAULT_BUDGET_S = 3600.0
+"""The longest saliency stage a run starts without being told to (seconds; see
+:mod:`instasal.pipeline.cost`)."""
 
 SaliencyOf = Literal["network", "tta"]
 

@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from instasal.saliency.engines import EngineChoice, cached_engine_choices
     from instasal.saliency.explained import explained_logits
     from instasal.saliency.gradcam import instance_gradcam, instance_gradcam_many, normalise_map
-    from instasal.saliency.smoothgrad import instance_smoothgrad, instance_smoothgrad_many
+    from instasal.saliency.smoothgrad import (
+        SmoothGradWork,
+        instance_smoothgrad,
+        instance_smoothgrad_many,
+        smoothgrad_work,
+    )
 
 __all__ = [
     "CamVariant",
@@ -28,6 +33,7 @@ __all__ = [
     "GradCamConfig",
     "MemoryFormat",
     "SmoothGradConfig",
+    "SmoothGradWork",
     "cached_engine_choices",
     "explained_logits",
     "instance_gradcam",
@@ -37,6 +43,7 @@ __all__ = [
     "map_agreement",
     "normalise_map",
     "patch_full_agreement",
+    "smoothgrad_work",
 ]
 
 # The configs import light (a command line checks its options with them before torch loads); the
@@ -52,6 +59,8 @@ _LAZY = {
     "normalise_map": "instasal.saliency.gradcam",
     "instance_smoothgrad": "instasal.saliency.smoothgrad",
     "instance_smoothgrad_many": "instasal.saliency.smoothgrad",
+    "SmoothGradWork": "instasal.saliency.smoothgrad",
+    "smoothgrad_work": "instasal.saliency.smoothgrad",
 }
 
 

@@ -41,7 +41,12 @@ from instasal.saliency.windows import (
 )
 from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
 
-__all__ = ["instance_smoothgrad", "instance_smoothgrad_many"]
+__all__ = [
+    "SmoothGradWork",
+    "instance_smoothgrad",
+    "instance_smoothgrad_many",
+    "smoothgrad_work",
+]
 
 
 _MEMORY_FORMATS: dict[str, torch.memory_format] = {
@@ -183,9 +188,42 @@ class _DomainPlan:
             return partial(run_target_logits, model, target=target, padding=padding)
         return partial(self.deployed.target_logits, windows=unit.tiles, target=target)
 
-    def rows_per_draw(self, aggregation: Aggregation) -> int:
-        """Backward rows one noise draw costs: a row per voxel (max), or per domain (mean)."""
-        return sum(len(v) for v in self.voxels) if aggregation == "max" else len(self.voxels)
+    def work(self, aggregation: Aggregation, draws: int) -> SmoothGradWork:
+        """What ``draws`` noise draws cost: per unit, a row per voxel it serves (max) or per
+        domain it serves (mean), and one forward pass through each of its windows."""
+        rows = passes = window_rows = 0
+        for unit in self.units:
+            windows = 1 if unit.tiles is None else len(unit.tiles)
+            served = sum(len(v) for v in unit.voxels) if aggregation == "max" else len(unit.voxels)
+            rows += served
+            passes += windows
+            window_rows += windows * served
+        return SmoothGradWork(draws, draws * rows, draws * passes, draws * window_rows)
+
+
+@dataclass(frozen=True)
+class SmoothGradWork:
+    """The work of one :func:`instance_smoothgrad_many` call, counted before it runs.
+
+    Attributes
+    ----------
+    draws
+        Noise draws computed (1 when the noise is zero: every draw is the input itself).
+    rows
+        Jacobian rows (backward rows) over all draws: the count its ``progress`` reaches.
+    window_passes
+        Forward passes of one model window over all draws (a deployed-context blend of T
+        prediction windows counts T).
+    window_rows
+        Rows weighted by the number of windows each goes back through: with
+        :attr:`window_passes`, what the time is proportional to (a forward pass per window pass,
+        a backward row per window row).
+    """
+
+    draws: int
+    rows: int
+    window_passes: int
+    window_rows: int
 
 
 class _DrawParts:
@@ -330,10 +368,8 @@ def instance_smoothgrad_many(
         return {}
     plan = _DomainPlan.of(model, masks, config)
     x_model = x.detach().to(model_device(model))
-    noiseless = not bool((noise_sigmas(x, config.noise_level, config.noise_range) != 0).any())
-    # Every draw of zero noise is x itself: one draw gives A_Ω(x) exactly (SPEC §5).
-    n_draws = 1 if noiseless else config.n_samples
-    total_rows, done_rows = n_draws * plan.rows_per_draw(config.aggregation), 0
+    n_draws = _draws_needed(x, config)
+    total_rows, done_rows = plan.work(config.aggregation, n_draws).rows, 0
 
     def advance(rows: int) -> None:
         nonlocal done_rows
@@ -346,6 +382,43 @@ def instance_smoothgrad_many(
         domain_id: window.place(total / n_draws, spatial).to(x.device)
         for domain_id, window, total in zip(ids, plan.windows, sums, strict=True)
     }
+
+
+def _draws_needed(x: torch.Tensor, config: SmoothGradConfig) -> int:
+    """Noise draws to compute: every draw of zero noise is ``x`` itself, so one draw gives
+    ``A_Ω(x)`` exactly (SPEC §5)."""
+    noiseless = not bool((noise_sigmas(x, config.noise_level, config.noise_range) != 0).any())
+    return 1 if noiseless else config.n_samples
+
+
+def smoothgrad_work(
+    model: nn.Module,
+    x: InputLike,
+    domains: Mapping[int, DomainLike],
+    config: SmoothGradConfig | None = None,
+) -> SmoothGradWork:
+    """The work :func:`instance_smoothgrad_many` does for these arguments, without doing it:
+    its noise draws, Jacobian rows (a row per voxel of each domain with ``max``, one per domain
+    with ``mean``, per window unit serving it) and forward passes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Conv3d(2, 2, 3, padding=1)
+    >>> domain = torch.zeros(8, 8, 8, dtype=torch.bool)
+    >>> domain[1:3, 1:3, 1:3] = True
+    >>> x, config = torch.randn(2, 8, 8, 8), SmoothGradConfig(n_samples=3)
+    >>> work = smoothgrad_work(net, x, {1: domain}, config)
+    >>> work.rows, work.window_passes
+    (24, 3)
+    """
+    config = config or SmoothGradConfig()
+    x = as_input(x)
+    _, masks = as_domains(domains, tuple(x.shape[1:]))
+    draws = _draws_needed(x, config)
+    if not masks:
+        return SmoothGradWork(draws, 0, 0, 0)
+    return _DomainPlan.of(model, masks, config).work(config.aggregation, draws)
 
 
 def instance_smoothgrad(
