@@ -346,6 +346,7 @@ def test_trust_adds_columns_and_a_profile_known_for_the_linear_model(tmp_path, s
         assert np.isfinite(shares).all() and (np.abs(shares) <= 1 + 1e-9).all()
     html = result.layout.report.read_text()
     assert "Can the maps be trusted?" in html
+    assert '<a href="#trust">' in html.split('id="legend"')[1].split("<h2")[0]  # Definitions
     assert "Randomisation, SmoothGrad (max):" in html and 'alt="deletion and insertion' in html
     assert "Modality reliance: in " in html
 

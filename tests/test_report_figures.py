@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from matplotlib.contour import ContourSet
 
-from instasal.report.html import _region_text
+from instasal.report.html import _region_text, _volume_text
+from instasal.report.lesion_panels import lesion_scale, shared_scale
 from instasal.report.subject_figures import (
     figure_png,
     lesion_figure,
@@ -75,8 +76,87 @@ def test_a_lesion_of_a_one_voxel_thick_image_is_drawn_with_its_outline(
     )
     i, j, k = centre
     for axis, (x, y) in zip(figure.axes[:3], [(i, j), (i, k), (j, k)], strict=True):
-        (outline,) = [c for c in axis.get_children() if isinstance(c, ContourSet)]
-        vertices = np.concatenate([path.vertices for path in outline.get_paths()])
-        np.testing.assert_allclose(vertices.min(axis=0), [x - 0.5, y - 0.5])
+        halo, outline = [c for c in axis.get_children() if isinstance(c, ContourSet)]
+        for contour in (halo, outline):
+            vertices = np.concatenate([path.vertices for path in contour.get_paths()])
+            np.testing.assert_allclose(vertices.min(axis=0), [x - 0.5, y - 0.5])
         np.testing.assert_allclose(vertices.max(axis=0), [x + 0.5, y + 0.5])
     assert figure_png(figure).startswith(b"\x89PNG")
+
+
+def _lesion_figure_with_gradcam() -> tuple[matplotlib.figure.Figure, tuple[int, int, int]]:
+    shape = (20, 18, 16)
+    anatomy = np.ones(shape, np.float32)
+    domain = np.zeros(shape, bool)
+    domain[9:12, 7:10, 6:9] = True  # centre voxel (10, 8, 7)
+    saliency = np.stack([np.where(domain, 0.2, 0.0), np.where(domain, -0.05, 0.0)])
+    cam = np.zeros(shape, np.float32)
+    cam[2, 2, 7] = 1.0  # the hot spot, far from the domain
+    cam[3, 2, 7] = 0.1
+    figure = lesion_figure(
+        [anatomy, anatomy],
+        ["FLAIR", "T1w"],
+        saliency,
+        domain,
+        np.eye(4),
+        scale=0.2,
+        gradcam=cam,
+        gradcam_peak=0.0123,
+    )
+    return figure, (10, 8, 7)
+
+
+def test_every_panel_points_at_the_domain_centre_from_its_edges() -> None:
+    figure, (i, j, k) = _lesion_figure_with_gradcam()
+    panels = [axis for axis in figure.axes if axis.get_xticks().size == 0][:15]
+    assert len(panels) == 15  # 5 rows (2 images, 2 SmoothGrad, Grad-CAM++) x 3 planes
+    for index, axis in enumerate(panels):
+        # windows start at 0 on this small image, so plane positions are voxel indices
+        x, y = [(i, j), (i, k), (j, k)][index % 3]
+        ticks = {line.get_marker(): line for line in axis.get_lines()}
+        assert np.asarray(ticks["^"].get_xdata())[0] == x
+        assert np.asarray(ticks[">"].get_ydata())[0] == y
+
+
+def test_colour_bars_say_the_saliency_range_and_the_gradcam_peak() -> None:
+    figure, _ = _lesion_figure_with_gradcam()
+    labels = [axis.get_ylabel() for axis in figure.axes]
+    assert any("scale ±0.2 " in label for label in labels)
+    assert "fraction of raw peak 0.0123" in labels
+    saliency_bar = next(a for a in figure.axes if "scale ±0.2" in a.get_ylabel())
+    assert saliency_bar.get_ylim() == pytest.approx((-0.2, 0.2))
+
+
+def test_gradcam_opacity_grows_with_its_value() -> None:
+    figure, _ = _lesion_figure_with_gradcam()
+    axial_cam = [axis for axis in figure.axes if axis.get_xticks().size == 0][12]
+    overlay = np.asarray(axial_cam.get_images()[-1].get_array())
+    # axial plane at k = 7, shown transposed: [y, x]
+    assert overlay[2, 2, 3] == pytest.approx(0.85)
+    assert overlay[2, 3, 3] == pytest.approx(0.17)
+    assert overlay[8, 10, 3] == 0.0  # no Grad-CAM++ at the domain: anatomy shows
+
+
+def test_each_domain_has_its_own_range_and_the_run_one_shared_range() -> None:
+    table = pd.DataFrame(
+        {
+            "peak_FLAIR": [0.12, 3.0, 0.0],
+            "trough_FLAIR": [-0.05, -0.2, 0.0],
+            "peak_T1w": [0.02, 0.4, np.nan],
+            "trough_T1w": [-0.15, -3.5, np.nan],
+        }
+    )
+    rows = table.to_dict(orient="records")
+    assert lesion_scale(rows[0], ["FLAIR", "T1w"], fallback=9.0) == 0.15  # |trough_T1w|
+    assert lesion_scale(rows[1], ["FLAIR", "T1w"], fallback=9.0) == 3.5
+    assert lesion_scale(rows[2], ["FLAIR", "T1w"], fallback=9.0) == 9.0  # nothing to draw
+    assert shared_scale(table, ["FLAIR", "T1w"]) == 3.5
+    assert shared_scale(table.iloc[[2]], ["FLAIR", "T1w"]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("volume", "shown"),
+    [(7.999999999999998, "8"), (23.999999999999993, "24"), (2.43, "2.4"), (12345.64, "12345.6")],
+)
+def test_volumes_are_shown_to_a_tenth_of_a_cubic_millimetre(volume: float, shown: str) -> None:
+    assert _volume_text(volume) == shown

@@ -47,12 +47,20 @@ def test_crop_box_is_the_window_around_the_domain_centre_clipped_to_the_image():
     assert crop_box(long, affine, half_window_mm=8.0, margin_mm=8.0)[2] == slice(0, 20)
 
 
-def test_outline_of_a_cube_is_the_cube_less_its_interior():
+def test_outline_of_a_cube_is_the_layer_on_its_faces_outside_it():
     domain = np.zeros((7, 7, 7), bool)
     domain[1:6, 1:6, 1:6] = True
     outline = domain_outline(domain)
-    assert outline.sum() == 5**3 - 3**3
-    assert not outline[2:5, 2:5, 2:5].any() and outline[1, 3, 3] and outline[5, 5, 5]
+    assert outline.sum() == 6 * 5**2  # one 5 x 5 layer per face; edges and corners are not face
+    assert not (outline & domain).any()  # never over one of the domain's own voxels
+    assert outline[0, 3, 3] and outline[6, 1, 5] and not outline[0, 0, 3]
+
+
+def test_outline_of_a_one_voxel_domain_leaves_the_voxel_visible():
+    domain = np.zeros((3, 3, 3), bool)
+    domain[1, 1, 1] = True
+    outline = domain_outline(domain)
+    assert not outline[1, 1, 1] and outline.sum() == 6
 
 
 def test_cropped_volumes_keep_world_positions_and_values(rng):

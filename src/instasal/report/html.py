@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Hashable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -13,13 +13,13 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from instasal.io import Subject, atomic_write_text, load_image
+from instasal.io import Subject, atomic_write_text
 from instasal.pipeline.outputs import PREDICTED_KINDS, explained_disagrees, table_sidecar
 from instasal.pipeline.results import ExplainResult
+from instasal.report.lesion_panels import lesion_panel, panel_rows, shared_scale
 from instasal.report.subject_figures import (
     HALF_WINDOW_MM,
     figure_png,
-    lesion_figure,
     peak_vs_volume_figure,
     reliance_figure,
 )
@@ -30,7 +30,7 @@ from instasal.report.trust_figures import (
     profile_figure,
     randomisation_figure,
 )
-from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, lesion_volumes, niivue_script
+from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, niivue_script
 from instasal.trust.ablation import ablated_channels, ablation_agreement
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.similarity import NEIGHBOURHOOD_MM
@@ -69,15 +69,10 @@ def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
 
-def _shared_scale(result: ExplainResult, channels: tuple[str, ...]) -> float:
-    values = [
-        abs(float(v))
-        for name in channels
-        for column in (f"peak_{name}", f"trough_{name}")
-        for v in result.table[column].to_numpy(dtype=float)
-        if np.isfinite(v)
-    ]
-    return max(values) if values and max(values) > 0 else 1.0
+def _volume_text(value: Any) -> str:
+    """A volume in mm³ to 0.1 mm³, without the float noise of voxel count × voxel volume
+    (7.999999999999998 is shown as 8)."""
+    return "n/a" if pd.isna(value) else f"{round(float(value), 1):g}"
 
 
 def _read_tsv(path: Any) -> pd.DataFrame:
@@ -178,7 +173,7 @@ def build_subject_report(
     """
     channels = subject.channel_names
     table = result.table
-    scale = _shared_scale(result, channels) if len(table) else 1.0
+    scale = shared_scale(table, channels) if len(table) else 1.0
     panels = panel_rows(table, result.settings.report_panels)
     lesions, viewer_data = _lesion_panels(result, subject, scale, panels, progress)
     totals = {str(k): int(v) for k, v in provenance["counts"].items()}
@@ -219,6 +214,7 @@ def build_subject_report(
         panel_cap=result.settings.report_panels,
         panels_left_out=len(table) - len(lesions),
         scale=f"{scale:.3g}",
+        shared_scale=scale,
         window_mm=int(2 * HALF_WINDOW_MM),
         viewer_window_mm=int(2 * VIEWER_HALF_WINDOW_MM),
         channels=channels,
@@ -226,14 +222,9 @@ def build_subject_report(
         viewer_data=viewer_data,
         niivue_script=niivue_script() if lesions else "",
         trust=trust_section(result, channels) if settings.get("trust") else None,
+        tn_above_tp=_tn_above_tp(table, channels[0]) if len(table) else None,
     )
     return SubjectReport(html)
-
-
-def panel_rows(table: pd.DataFrame, cap: int) -> list[dict[Hashable, Any]]:
-    """The rows of the domains that get a report panel: the ``cap`` largest, in id order."""
-    largest = table.sort_values(["volume_mm3", "id"], ascending=[False, True]).head(cap)
-    return largest.sort_values("id").to_dict(orient="records")
 
 
 def _lesion_panels(
@@ -242,45 +233,23 @@ def _lesion_panels(
     scale: float,
     panels: list[dict[Hashable, Any]],
     progress: Progress | None,
-) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Per domain of ``panels``: its figure and facts, and the volumes its viewer shows."""
-    channels = subject.channel_names
-    layout = result.layout
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per domain of ``panels``: its figures and facts, and its viewer's volumes and range."""
     lesions = []
-    viewer_data: dict[str, list[dict[str, Any]]] = {}
+    viewer_data: dict[str, dict[str, Any]] = {}
     if progress is not None:
         progress("report panels", 0, len(panels))
     for row in panels:
-        lesion_id = int(row["id"])
-        saliency = np.stack(
-            [
-                np.asarray(load_image(layout.smoothgrad(lesion_id, name)).dataobj, np.float32)
-                for name in channels
-            ]
-        )
-        cam_path = layout.gradcam(lesion_id, normalised=True)
-        cam = np.asarray(load_image(cam_path).dataobj, np.float32) if cam_path.exists() else None
-        domain = result.instances.mask(lesion_id)
-        figure = lesion_figure(
-            list(subject.data),
-            channels,
-            saliency,
-            domain,
-            subject.affine,
-            scale=scale,
-            gradcam=cam,
-            title=f"domain {lesion_id} ({row['type']})",
-        )
-        volumes = lesion_volumes(
-            list(subject.data), channels, saliency, domain, subject.affine, scale=scale, gradcam=cam
-        )
-        viewer_data[str(lesion_id)] = [asdict(volume) for volume in volumes]
+        panel = lesion_panel(result, subject, row, scale)
+        viewer_data[str(row["id"])] = {"scale": panel.scale, "volumes": panel.volumes}
         lesions.append(
             {
-                "id": lesion_id,
+                "id": int(row["id"]),
                 "type": row["type"],
-                "figure": _b64(figure_png(figure)),
-                "facts": _lesion_facts(row, channels),
+                "figure": _b64(panel.own_png),
+                "shared_figure": _b64(panel.shared_png),
+                "scale": f"{panel.scale:.3g}",
+                "facts": _lesion_facts(row, subject.channel_names),
             }
         )
         if progress is not None:
@@ -291,7 +260,7 @@ def _lesion_panels(
 def _lesion_facts(row: Mapping[Hashable, Any], channels: tuple[str, ...]) -> list[tuple[str, str]]:
     """The numbers printed beside one domain's figure, from its table row."""
     facts = [
-        ("volume", f"{row['volume_mm3']:.1f} mm³ ({row['n_voxels']} voxels)"),
+        ("volume", f"{_volume_text(row['volume_mm3'])} mm³ ({row['n_voxels']} voxels)"),
         ("region", _region_text(row["region"])),
         (
             "centroid (RAS mm)",
@@ -314,7 +283,7 @@ def _lesion_facts(row: Mapping[Hashable, Any], channels: tuple[str, ...]) -> lis
             )
         )
         facts.append((f"{name} reliance", _format(row[f"reliance_{name}"])))
-    facts.append(("Grad-CAM++ peak (raw)", _format(row["gradcam_peak"])))
+    facts.append(("Grad-CAM++ peak (raw; its panel ÷ it)", _format(row["gradcam_peak"])))
     return facts
 
 
@@ -331,6 +300,24 @@ def _explained_text(row: Mapping[Hashable, Any]) -> str:
             "prediction: the maps explain that pass, not the prediction's decision"
         )
     return text
+
+
+def _tn_above_tp(table: pd.DataFrame, channel: str) -> dict[str, str] | None:
+    """The median peaks of the TN and TP domains where TN's is the larger (None otherwise)."""
+    medians = {
+        kind: float(table.loc[table["type"] == kind, f"peak_{channel}"].median())
+        for kind in ("TN", "TP")
+    }
+    if not all(math.isfinite(v) for v in medians.values()) or medians["TN"] <= medians["TP"]:
+        return None
+    counts = table["type"].value_counts()
+    return {
+        "channel": channel,
+        "tn": f"{medians['TN']:.3g}",
+        "tp": f"{medians['TP']:.3g}",
+        "n_tn": str(counts["TN"]),
+        "n_tp": str(counts["TP"]),
+    }
 
 
 def _summary_figures(
@@ -421,9 +408,9 @@ def _table_view(
         + [c for name in channels for c in (f"peak_{name}", f"trough_{name}", f"reliance_{name}")]
         + ["gradcam_peak"]
     )
+    shown = {"region": _region_text, "volume_mm3": _volume_text}
     rows = [
-        {c: _region_text(r[c]) if c == "region" else _format(r[c]) for c in columns}
-        for r in table.to_dict(orient="records")
+        {c: shown.get(c, _format)(r[c]) for c in columns} for r in table.to_dict(orient="records")
     ]
     sidecar = table_sidecar(channels)
     titles = {

@@ -1,14 +1,19 @@
 """Figures of an explain run: per-lesion orthogonal slices and the summary plots.
 
-Saliency maps are quantitative: every lesion is drawn with one diverging colour scale centred on
-zero and shared by all lesions and channels of the run, so colours compare across lesions.
-Images are reoriented to RAS before slicing and shown in neurological convention (L on the left).
+Saliency maps are quantitative: a lesion's channels are drawn with one diverging colour scale
+centred on zero, given by the caller (the report draws each lesion at its own range and again at
+the range shared by every lesion of the run) and printed on the colour bar, so colours compare
+between channels and, at the shared range, between lesions. Images are reoriented to RAS before
+slicing and shown in neurological convention (L on the left); every panel marks the domain with
+its outline and with ticks on the panel's edges at the domain's centre, visible however small the
+domain is.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -79,23 +84,43 @@ def _planes(
     ]
 
 
+OUTLINE_COLOUR = "#39ff14"
+
+
 def _draw_outline(axis: Axes, outline: np.ndarray) -> None:
     """The domain's outline on one plane, closed where the domain meets the plane's edge.
 
     The plane is padded with one empty voxel on every side, so a contour exists for planes one
-    voxel thin (a slab image) and an outline touching the edge is drawn round, not left open.
+    voxel thin (a slab image) and an outline touching the edge is drawn round, not left open. A
+    dark line under the green keeps it visible on bright anatomy and on hot Grad-CAM++ colours.
     """
     rows, columns = outline.shape
-    axis.contour(
-        np.arange(-1, columns + 1),
-        np.arange(-1, rows + 1),
-        np.pad(outline, 1),
-        levels=[0.5],
-        colors="#39ff14",
-        linewidths=0.8,
-    )
+    for colour, width in (("black", 2.0), (OUTLINE_COLOUR, 0.9)):
+        axis.contour(
+            np.arange(-1, columns + 1),
+            np.arange(-1, rows + 1),
+            np.pad(outline, 1),
+            levels=[0.5],
+            colors=colour,
+            linewidths=width,
+        )
     axis.set_xlim(-0.5, columns - 0.5)
     axis.set_ylim(-0.5, rows - 0.5)
+
+
+def _mark_centre(axis: Axes, x: float, y: float) -> None:
+    """Ticks on the bottom and left edges of a panel, pointing at the domain's centre."""
+    for position, marker in (((x, 0.0), "^"), ((0.0, y), ">")):
+        axis.plot(
+            *position,
+            marker=marker,
+            markersize=6,
+            color=OUTLINE_COLOUR,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            transform=axis.get_xaxis_transform() if marker == "^" else axis.get_yaxis_transform(),
+            clip_on=False,
+        )
 
 
 def lesion_figure(
@@ -107,6 +132,7 @@ def lesion_figure(
     *,
     scale: float,
     gradcam: np.ndarray | None = None,
+    gradcam_peak: float = float("nan"),
     title: str = "",
 ) -> Figure:
     """Orthogonal slices through a lesion's centre: anatomy, each channel's saliency, Grad-CAM++.
@@ -118,109 +144,157 @@ def lesion_figure(
     saliency
         The lesion's SmoothGrad map ``[C, X, Y, Z]``.
     domain
-        The lesion domain; its contour is drawn on every panel.
+        The lesion domain; its contour and ticks at its centre are drawn on every panel.
     scale
-        Half-range of the shared diverging colour scale (logit per intensity unit).
+        Half-range of the diverging colour scale of every channel (logit per intensity unit),
+        printed on the colour bar.
     gradcam
-        The [0, 1]-normalised Grad-CAM++ map, when computed.
+        The Grad-CAM++ map divided by its peak (so in [0, 1]), when computed.
+    gradcam_peak
+        The raw Grad-CAM++ peak that ``gradcam`` was divided by, printed on its colour bar.
     """
     extra = [gradcam] if gradcam is not None else []
     spacing, oriented = to_ras(affine, *anatomy, *saliency, domain.astype(np.uint8), *extra)
     n_channels = len(anatomy)
     images = oriented[:n_channels]
-    maps = oriented[n_channels : 2 * n_channels]
     mask = oriented[2 * n_channels]
-    cam = oriented[2 * n_channels + 1] if gradcam is not None else None
+    rows: list[tuple[str, np.ndarray, np.ndarray | None, str]] = [
+        (name, image, None, "") for name, image in zip(channel_names, images, strict=True)
+    ]
+    maps = oriented[n_channels : 2 * n_channels]
+    for name, image, value in zip(channel_names, images, maps, strict=True):
+        rows.append((f"SmoothGrad {name}", image, value, "saliency"))
+    if gradcam is not None:
+        rows.append(("Grad-CAM++ ÷ its peak", images[0], oriented[-1], "cam"))
     centre = [round(c) for c in np.argwhere(mask).mean(axis=0)]
     halves = [max(4, int(HALF_WINDOW_MM / s)) for s in spacing]
     windows = [_window(c, h, n) for c, h, n in zip(centre, halves, mask.shape, strict=True)]
-    aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
-    rows: list[tuple[str, np.ndarray, np.ndarray | None, str]] = []
-    for name, image in zip(channel_names, images, strict=True):
-        rows.append((name, image, None, ""))
-    for name, image, value in zip(channel_names, images, maps, strict=True):
-        rows.append((f"SmoothGrad {name}", image, value, "saliency"))
-    if cam is not None:
-        rows.append(("Grad-CAM++ (normalised)", images[0], cam, "cam"))
     layout = ConstrainedLayoutEngine(w_pad=0.01, h_pad=0.01, hspace=0.0, wspace=0.0)
     figure, axes = plt.subplots(
         len(rows), 3, figsize=(6.4, 1.95 * len(rows) + 0.4), squeeze=False, layout=layout
     )
-    mask_planes = _planes(mask, centre, windows)
-    saliency_artist = cam_artist = None
-    cam_empty = cam is not None and not bool(np.any(cam > 0))
+    geometry = _PanelGeometry(
+        centre,
+        windows,
+        [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]],
+        _planes(mask, centre, windows),
+    )
+    artists: dict[str, Any] = {}
     for row, (label, image, overlay, kind) in enumerate(rows):
-        image_planes = _planes(image, centre, windows)
-        overlay_planes = _planes(overlay, centre, windows) if overlay is not None else [None] * 3
-        for column, (plane, over, outline, aspect) in enumerate(
-            zip(image_planes, overlay_planes, mask_planes, aspects, strict=True)
-        ):
-            axis = axes[row, column]
-            low, high = np.percentile(image[image != 0], [1, 99.5]) if image.any() else (0, 1)
-            axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=high, aspect=aspect)
-            if over is not None and kind == "saliency":
-                saliency_artist = _diverging_overlay(axis, over, scale, aspect)
-            elif over is not None and cam_empty:
-                if column == 1:
-                    axis.text(
-                        0.5,
-                        0.5,
-                        "no positive Grad-CAM++\nevidence for this domain",
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white",
-                        transform=axis.transAxes,
-                        bbox={"facecolor": "black", "alpha": 0.7, "edgecolor": "none"},
-                    )
-            elif over is not None:
-                cam_artist = axis.imshow(
-                    np.ma.masked_where(over < 0.05, over),
-                    cmap="inferno",
-                    vmin=0,
-                    vmax=1,
-                    origin="lower",
-                    aspect=aspect,
-                    alpha=0.6,
-                )
-            if outline.any():
-                _draw_outline(axis, outline)
-            axis.set_xticks([])
-            axis.set_yticks([])
+        for column in range(3):
+            artist = _draw_panel(axes[row, column], geometry, column, image, overlay, kind, scale)
+            if artist is not None:
+                artists[kind] = artist
             if row == 0:
-                axis.set_title(("axial", "coronal", "sagittal")[column], fontsize=9)
-            if column == 0:
-                axis.set_ylabel(label, fontsize=8)
-            if row == 0:
-                left, right = ("P", "A") if column == 2 else ("L", "R")
-                for x, letter in ((0.03, left), (0.88, right)):
-                    axis.text(
-                        x,
-                        0.04,
-                        letter,
-                        color="white",
-                        fontsize=8,
-                        fontweight="bold",
-                        transform=axis.transAxes,
-                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.0, "edgecolor": "none"},
-                    )
-    if saliency_artist is not None:
+                _label_top_panel(axes[row, column], column)
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    if "saliency" in artists:
         saliency_axes = axes[n_channels : 2 * n_channels, 2].tolist()
-        bar = figure.colorbar(saliency_artist, ax=saliency_axes, shrink=0.9, pad=0.02)
-        bar.set_label("saliency (logit / intensity unit)", fontsize=8)
+        bar = figure.colorbar(artists["saliency"], ax=saliency_axes, shrink=0.9, pad=0.02)
+        bar.set_label(f"saliency, scale ±{scale:.3g} (logit / intensity unit)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    if cam_artist is not None:
-        bar = figure.colorbar(cam_artist, ax=axes[-1, 2], shrink=0.9, pad=0.02)
+    if "cam" in artists:
+        bar = figure.colorbar(artists["cam"], ax=axes[-1, 2], shrink=0.9, pad=0.02)
+        bar.set_label(f"fraction of raw peak {gradcam_peak:.3g}", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
 
 
+@dataclass(frozen=True)
+class _PanelGeometry:
+    """Where a lesion figure's panels cut the volume: the domain's centre voxel, the window of
+    each axis, each plane's aspect ratio, and the domain's mask on each plane."""
+
+    centre: list[int]
+    windows: list[slice]
+    aspects: list[float]
+    mask_planes: list[np.ndarray]
+
+    def centre_in_plane(self, column: int) -> tuple[float, float]:
+        """The domain centre's (x, y) position on the axial, coronal or sagittal panel."""
+        axes = ((0, 1), (0, 2), (1, 2))[column]
+        return (
+            self.centre[axes[0]] - self.windows[axes[0]].start,
+            self.centre[axes[1]] - self.windows[axes[1]].start,
+        )
+
+
+def _draw_panel(
+    axis: Axes,
+    geometry: _PanelGeometry,
+    column: int,
+    image: np.ndarray,
+    overlay: np.ndarray | None,
+    kind: str,
+    scale: float,
+) -> Any:
+    """One panel: anatomy, the overlay of its row, the domain's outline and centre ticks; returns
+    the overlay's colour mapping (None without one)."""
+    plane = _planes(image, geometry.centre, geometry.windows)[column]
+    aspect = geometry.aspects[column]
+    low, high = np.percentile(image[image != 0], [1, 99.5]) if image.any() else (0, 1)
+    axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=high, aspect=aspect)
+    artist = None
+    if overlay is not None:
+        values = _planes(overlay, geometry.centre, geometry.windows)[column]
+        if kind == "saliency":
+            artist = _diverging_overlay(axis, values, scale, aspect)
+        elif np.any(overlay > 0):
+            artist = _cam_overlay(axis, values, aspect)
+        elif column == 1:
+            axis.text(
+                0.5,
+                0.5,
+                "no positive Grad-CAM++\nevidence for this domain",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white",
+                transform=axis.transAxes,
+                bbox={"facecolor": "black", "alpha": 0.7, "edgecolor": "none"},
+            )
+    outline = geometry.mask_planes[column]
+    if outline.any():
+        _draw_outline(axis, outline)
+    _mark_centre(axis, *geometry.centre_in_plane(column))
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return artist
+
+
+def _label_top_panel(axis: Axes, column: int) -> None:
+    """The plane's name above a top-row panel and its orientation letters inside it."""
+    axis.set_title(("axial", "coronal", "sagittal")[column], fontsize=9)
+    left, right = ("P", "A") if column == 2 else ("L", "R")
+    for x, letter in ((0.06, left), (0.88, right)):
+        axis.text(
+            x,
+            0.04,
+            letter,
+            color="white",
+            fontsize=8,
+            fontweight="bold",
+            transform=axis.transAxes,
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.0, "edgecolor": "none"},
+        )
+
+
+def _cam_overlay(axis: Axes, values: np.ndarray, aspect: float) -> ScalarMappable:
+    """Grad-CAM++ over its peak on a sequential scale, opacity growing with the value, so weak
+    evidence lets the anatomy show instead of tinting the whole panel."""
+    norm = Normalize(vmin=0.0, vmax=1.0)
+    colours = colormaps["inferno"](norm(values))
+    colours[..., 3] = np.clip(2.0 * values, 0.0, 1.0) * 0.85
+    axis.imshow(colours, origin="lower", aspect=aspect)
+    return ScalarMappable(norm=norm, cmap="inferno")
+
+
 def _diverging_overlay(axis: Any, values: np.ndarray, scale: float, aspect: float) -> Any:
     """Draw ``values`` on a diverging scale ±``scale`` centred on zero, opacity growing with |v|.
 
-    Colours are the quantitative scale shared by all lesions; opacity only lets the anatomy show
+    Colours are the quantitative scale the caller chose; opacity only lets the anatomy show
     through where saliency is weak (|v| below a third of the scale fades out linearly).
     """
     norm = Normalize(vmin=-scale, vmax=scale)

@@ -91,9 +91,13 @@ def crop_box(
 
 
 def domain_outline(domain: np.ndarray) -> np.ndarray:
-    """Boundary voxels of a domain: inside it, with a face neighbour (6-connectivity) outside."""
+    """The voxels just outside a domain: not in it, with a face neighbour (6-connectivity) in it.
+
+    Drawn over the image, this ring surrounds the domain on every slice through it and never
+    covers one of the domain's own voxels (a one-voxel lesion's boundary would be the lesion).
+    """
     inside = np.asarray(domain, bool)
-    return inside & ~ndimage.binary_erosion(inside, border_value=0)
+    return ndimage.binary_dilation(inside) & ~inside
 
 
 def _nifti_base64(data: np.ndarray, affine: np.ndarray) -> str:
@@ -129,7 +133,8 @@ def lesion_volumes(
         Voxel-to-world affine of the grid; the crop's affine is shifted to the box's first voxel,
         so world positions are kept.
     scale
-        Half-range of the shared SmoothGrad colour scale.
+        Half-range of the SmoothGrad colour scale (the report's page can switch it to the range
+        shared by every domain).
     gradcam
         The [0, 1]-normalised Grad-CAM++ map, or None when not computed.
     half_window_mm
@@ -185,7 +190,7 @@ def lesion_volumes(
         ViewerVolume(
             "outline",
             "domain outline",
-            "1 on the domain's boundary",
+            "1 just outside the domain",
             _nifti_base64(domain_outline(domain)[box].astype(np.float32), cropped_affine),
             "green",
             "",
