@@ -4,6 +4,7 @@ progress that counts the work actually done."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -175,3 +176,40 @@ def test_progress_reaches_its_total(
     assert done == total
     expected = 2 * (27 + 8) if aggregation == "max" else 2 * 2
     assert total == expected
+
+
+def test_scripts_get_progress_and_the_estimate_through_logging(
+    subject: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No terminal (pytest captures standard error): the default progress writes its lines and
+    the estimate to the ``instasal`` logger instead of nothing."""
+    settings = ExplainSettings(
+        smoothgrad=SmoothGradConfig(n_samples=2), gradcam=None, context="patch"
+    )
+    with caplog.at_level(logging.INFO, logger="instasal"):
+        explain_subject(subject, _brightness(), tmp_path / "out", settings=settings, report=False)
+    messages = [r.getMessage() for r in caplog.records if r.name == "instasal"]
+    assert any(m.startswith("segmenting: ") for m in messages)
+    assert any("saliency stage: 2 domain(s), 70 Jacobian rows" in m for m in messages)
+    assert any(m.startswith("saliency of lesion(s)") and "(100 %)" in m for m in messages)
+
+
+def test_the_command_line_prints_the_estimate_and_refuses_over_budget(
+    subject: list[Path], tmp_path: Path, linear_model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from instasal.cli import commands  # noqa: F401  (registers explain)
+    from instasal.cli._app import run_app
+
+    args = ["explain", *map(str, subject), "--model", str(linear_model_path), "--n-samples", "2"]
+    args += ["--no-gradcam", "--context", "patch"]
+    status = run_app([*args, "--out", str(tmp_path / "refused"), "--budget-hours", "0"])
+    captured = capsys.readouterr()
+    refused = captured.out + captured.err
+    assert status == 2
+    assert "over the budget of 0 s; choose explain fewer domains" in " ".join(refused.split())
+
+    status = run_app([*args, "--out", str(tmp_path / "done"), "--budget-hours", "0", "--yes"])
+    captured = capsys.readouterr()
+    done = " ".join((captured.out + captured.err).split())
+    assert status == 0
+    assert "saliency stage: 2 domain(s)" in done

@@ -2,11 +2,13 @@
 
 In a terminal, rich bars (one per stage, with ETA). Elsewhere (a log file, ``nohup``, a cluster
 job) rich would draw nothing until the end, so plain lines are printed instead: one when a stage
-starts, then at most one per ``interval`` seconds, and one when it completes.
+starts, then at most one per ``interval`` seconds, and one when it completes. The Python API,
+where no terminal or notebook shows bars, writes the same lines to the ``instasal`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +26,7 @@ from rich.progress import (
 
 from instasal.typing import Progress
 
-__all__ = ["pipeline_progress"]
+__all__ = ["logged_progress", "pipeline_progress"]
 
 LOG_INTERVAL_S = 30.0
 """Seconds between two plain progress lines of one stage (outside a terminal)."""
@@ -45,7 +47,7 @@ def pipeline_progress(
     unit of work.
     """
     if not console.is_terminal:
-        yield _LineLog(console, interval, clock).update
+        yield _LineLog(_plain_printer(console), interval, clock).update
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -83,15 +85,37 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def _plain_printer(console: Console) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        console.print(line, highlight=False, markup=False)
+
+    return write
+
+
+def logged_progress(
+    logger: logging.Logger,
+    *,
+    interval: float = LOG_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Progress:
+    """A :class:`~instasal.typing.Progress` callback writing the plain lines of a console that
+    is not a terminal (each stage's start, at most one line per ``interval`` seconds with the
+    time left, its end) to ``logger`` at INFO: a script shows them by configuring logging
+    (``logging.basicConfig(level=logging.INFO)``), and is silent otherwise."""
+    return _LineLog(logger.info, interval, clock).update
+
+
 class _LineLog:
-    """Plain progress lines for a console that is not a terminal.
+    """Plain progress lines, each handed to ``write``.
 
     A stage is taken to have started at the previous update of any stage (or when the log was
     made), since its first callback only comes after its first unit of work.
     """
 
-    def __init__(self, console: Console, interval: float, clock: Callable[[], float]) -> None:
-        self.console = console
+    def __init__(
+        self, write: Callable[[str], None], interval: float, clock: Callable[[], float]
+    ) -> None:
+        self.write = write
         self.interval = interval
         self.clock = clock
         self.stages: dict[str, _Stage] = {}
@@ -116,4 +140,4 @@ class _LineLog:
         line += f", elapsed {_duration(elapsed)}"
         if 0 < done < total:
             line += f", eta {_duration(elapsed / done * (total - done))}"
-        self.console.print(line, highlight=False, markup=False)
+        self.write(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -220,12 +221,29 @@ def _show_note(
 _python_showwarning = warnings.showwarning
 
 
+class _ConsoleLines(logging.Handler):
+    """instasal's log records (the cost estimate, progress lines of the API) as plain lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
+
+
+def _show_log_lines() -> None:
+    logger = logging.getLogger("instasal")
+    if not any(isinstance(h, _ConsoleLines) for h in logger.handlers):
+        logger.addHandler(_ConsoleLines())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def run_app(argv: Sequence[str]) -> int:
     """Run the CLI on ``argv``; return the exit status (2, one line, on a user or OS error).
 
-    instasal's notes (:class:`~instasal.errors.InstasalWarning`) are printed as ``note: …`` lines.
+    instasal's notes (:class:`~instasal.errors.InstasalWarning`) are printed as ``note: …`` lines,
+    its log records (the saliency stage's cost estimate) as plain lines.
     """
     warnings.showwarning = _show_note
+    _show_log_lines()
     try:
         status = app(args=list(argv), standalone_mode=False)
     except InstasalError as error:

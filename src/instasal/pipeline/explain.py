@@ -63,7 +63,7 @@ from instasal.pipeline.results import ExplainResult
 from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
-from instasal.progress import pipeline_progress
+from instasal.progress import logged_progress, pipeline_progress
 from instasal.provenance import software_versions
 from instasal.report import write_subject_report
 from instasal.saliency import GradCamConfig, SmoothGradConfig
@@ -152,8 +152,9 @@ def explain_subject(
         Also write the self-contained HTML report.
     progress
         Called as ``progress(stage, done, total)``. ``"auto"`` (the default) shows progress bars
-        with the time left when standard error is a terminal or in a Jupyter notebook, and nothing
-        elsewhere; ``None`` shows nothing.
+        with the time left when standard error is a terminal or in a Jupyter notebook, and
+        elsewhere writes progress lines with the time left to the ``instasal`` logger at INFO
+        (``logging.basicConfig(level=logging.INFO)`` shows them); ``None`` shows nothing.
     trust_model_code
         Let a model given by path run code from its own files (see
         :func:`instasal.models.load_model`'s ``trust_code``).
@@ -274,10 +275,11 @@ def explain_subject(
 
 @contextmanager
 def _shown_progress() -> Iterator[Progress | None]:
-    """Progress bars where standard error is a terminal or a notebook; ``None`` elsewhere."""
+    """Progress bars where standard error is a terminal or a notebook; elsewhere progress lines
+    to the ``instasal`` logger (shown where the script configures logging)."""
     console = Console(stderr=True)
     if not (console.is_terminal or console.is_jupyter):
-        yield None
+        yield logged_progress(LOG)
         return
 
     with pipeline_progress(console) as shown:
