@@ -28,6 +28,7 @@ __all__ = [
     "SubjectAnatomy",
     "TemplateAnatomy",
     "deformation_coordinates",
+    "distance_near_brain",
     "load_template_anatomy",
     "sample_trilinear",
     "smooth_field",
@@ -247,6 +248,20 @@ def _distance_in_box(
     distance[features] = 0.0
     distance[box] = inside
     return distance
+
+
+def distance_near_brain(
+    features: BoolArray, brain_mask: BoolArray, margin_mm: float, resolution: float
+) -> FloatArray:
+    """Distance in mm to the nearest ``features`` voxel, exact within ``margin_mm`` of the
+    brain's bounding box (computed there only: a fraction of the grid at 1 mm); beyond it, the
+    box's largest distance. Features must lie inside that box."""
+    voxels = np.argwhere(brain_mask)
+    margin = int(np.ceil(margin_mm / resolution)) + 1
+    lower = np.maximum(voxels.min(axis=0) - margin, 0)
+    upper = np.minimum(voxels.max(axis=0) + margin + 1, np.array(brain_mask.shape))
+    box = tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper, strict=True))
+    return _distance_in_box(features, box, (resolution,) * 3)
 
 
 def _ventricle_mask(

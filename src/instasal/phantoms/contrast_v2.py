@@ -11,7 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from instasal.phantoms.anatomy import DEEP_GREY_BOX, SubjectAnatomy, smooth_field, soft_box
+from instasal.phantoms.anatomy import (
+    DEEP_GREY_BOX,
+    SubjectAnatomy,
+    distance_near_brain,
+    smooth_field,
+    soft_box,
+)
 from instasal.typing import BoolArray, FloatArray
 
 __all__ = [
@@ -29,9 +35,9 @@ __all__ = [
 
 # Tissue intensities relative to white matter (uniform draws per subject), docs/phantoms.md §v2.
 TISSUE_RANGES_V2: dict[str, tuple[float, float]] = {
-    "flair_grey": (1.12, 1.32),
-    "flair_csf": (0.06, 0.2),
-    "t1w_grey": (0.65, 0.8),
+    "flair_grey": (1.14, 1.33),
+    "flair_csf": (0.08, 0.22),
+    "t1w_grey": (0.64, 0.77),
     "t1w_csf": (0.16, 0.32),
     "t1w_deep_grey": (0.8, 0.9),
     "flair_scale": (300.0, 700.0),
@@ -42,16 +48,16 @@ TISSUE_RANGES_V2: dict[str, tuple[float, float]] = {
 # noise.
 ACQUISITION_RANGES_V2: dict[str, dict[str, tuple[float, float]]] = {
     "1.5T": {
-        "flair_snr": (12.0, 22.0),
+        "flair_snr": (13.0, 22.0),
         "t1w_snr": (21.0, 32.0),
-        "bias": (0.04, 0.08),
-        "noise_correlation": (0.2, 0.6),
+        "bias": (0.05, 0.09),
+        "noise_correlation": (0.23, 0.57),
     },
     "3T": {
-        "flair_snr": (20.0, 35.0),
+        "flair_snr": (20.0, 32.0),
         "t1w_snr": (30.0, 45.0),
-        "bias": (0.07, 0.12),
-        "noise_correlation": (0.2, 0.6),
+        "bias": (0.08, 0.13),
+        "noise_correlation": (0.23, 0.57),
     },
 }
 BIAS_SPACING_MM_V2 = 70.0
@@ -127,7 +133,7 @@ def _dirty_white_matter(
     if amplitude <= 0:
         return np.zeros(anatomy.t1.shape, dtype=np.float32)
     resolution = float(anatomy.template.resolution)
-    distance = ndimage.distance_transform_edt(anatomy.ventricles < 0.5, sampling=(resolution,) * 3)
+    distance = distance_near_brain(anatomy.ventricles >= 0.5, anatomy.brain_mask, 0.0, resolution)
     patches = np.clip(1.0 + 0.5 * smooth_field(rng, anatomy.t1.shape, resolution, 10.0), 0.0, None)
     return np.asarray(amplitude * np.exp(-distance / 8.0) * patches, dtype=np.float32)
 

@@ -11,7 +11,13 @@ from typing import Literal, TypeAlias
 import numpy as np
 from scipy import ndimage
 
-from instasal.phantoms.anatomy import DEEP_GREY_BOX, SubjectAnatomy, sample_trilinear, soft_box
+from instasal.phantoms.anatomy import (
+    DEEP_GREY_BOX,
+    SubjectAnatomy,
+    distance_near_brain,
+    sample_trilinear,
+    soft_box,
+)
 from instasal.phantoms.lesion_placement import (
     REGION_LABELS,
     Lesion,
@@ -45,8 +51,12 @@ class LesionParametersV2:
 
     Contrasts are peak intensities relative to white matter, minus 1 (FLAIR) or 1 minus them
     (T1w darkening); the measured lesion means are lower (core profile, partial volume).
-    ``infratentorial_share`` of the centres are drawn below the tentorium: SAMSEG's prior holds
-    only 0.6 % of its white-matter mass there, against roughly 10 % of lesions in MS cohorts.
+    ``infratentorial_share`` of the centres are drawn below the tentorium and
+    ``periventricular_share`` within the region atlas's periventricular band (≤ 4 mm from the
+    ventricles), uniformly; the rest follow SAMSEG's prior. Drawn from the prior alone, lesions
+    came out 0 % infratentorial (0.6 % of its white-matter mass lies there, against roughly 10 % of
+    lesions in MS cohorts) and 9 % abutting the ventricles (its 20-subject ventricles are larger
+    than MNI152's and an affine does not remove the difference in shape; docs/phantoms.md §v2).
     """
 
     count_mean: float = 22.0
@@ -72,6 +82,7 @@ class LesionParametersV2:
     black_hole_reference_mm3: float = 2000.0
     t1w_black_hole: tuple[float, float] = (0.35, 0.65)
     infratentorial_share: float = 0.08
+    periventricular_share: float = 0.3
     swapped_flair: tuple[float, float] = (0.08, 0.25)
     swapped_t1w: tuple[float, float] = (0.4, 0.75)
 
@@ -285,18 +296,31 @@ def _candidates(
 ) -> tuple[IntArray, FloatArray, FloatArray]:
     """White-matter voxels, their sampling weights and their ventricle-normal directions.
 
-    Supratentorial weights are the prior at each voxel's template position; infratentorial
-    voxels share ``infratentorial_share`` of the total uniformly.
+    Weights are the prior at each voxel's template position (supratentorial voxels), plus the
+    infratentorial and periventricular shares spread uniformly over those voxels (see
+    :class:`LesionParametersV2`).
     """
     white = np.argwhere((anatomy.white >= 0.6) & anatomy.brain_mask)
     voxels = white[rng.choice(len(white), size=min(len(white), 30000), replace=False)]
     positions = anatomy.to_template(voxels)
     weights = sample_trilinear(prior[..., None], positions.T.astype(np.float32))[:, 0]
-    below = atlas[voxels[:, 0], voxels[:, 1], voxels[:, 2]] == REGION_LABELS["infratentorial"]
-    share = LESION_PARAMETERS_V2.infratentorial_share
-    above = float(weights[~below].sum())
-    if below.any() and above > 0:
-        weights[below] = above * share / (1.0 - share) / below.sum()
+    labels = atlas[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+    below = labels == REGION_LABELS["infratentorial"]
+    weights[below] = 0.0
+    total = float(weights.sum())
+    if total > 0:
+        weights /= total
+        pools = (
+            (below, LESION_PARAMETERS_V2.infratentorial_share),
+            (
+                labels == REGION_LABELS["periventricular"],
+                LESION_PARAMETERS_V2.periventricular_share,
+            ),
+        )
+        weights *= 1.0 - sum(share for pool, share in pools if pool.any())
+        for pool, share in pools:
+            if pool.any():
+                weights[pool] += share / pool.sum()
     keep = weights > 0
     return voxels[keep], weights[keep], ventricle_gradients(anatomy, positions[keep])
 
@@ -306,7 +330,7 @@ def lesion_landmarks(anatomy: SubjectAnatomy) -> tuple[BoolArray, BoolArray]:
     (CSF ≥ ½ at least 8 mm inside the brain, atria and horns included) and cortical grey matter
     (grey ≥ ½ outside the deep grey nuclei)."""
     resolution = float(anatomy.template.resolution)
-    depth = ndimage.distance_transform_edt(anatomy.brain_mask, sampling=(resolution,) * 3)
+    depth = distance_near_brain(~anatomy.brain_mask, anatomy.brain_mask, resolution, resolution)
     ventricular = (anatomy.csf >= 0.5) & (depth >= 8.0)
     deep_grey = soft_box(anatomy.template.affine, anatomy.t1.shape, DEEP_GREY_BOX, 1.0) > 0.5
     return ventricular, (anatomy.grey >= 0.5) & ~deep_grey

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from instasal.phantoms.anatomy import (
     DEFORMATION_RANGES,
     Resolution,
     SubjectAnatomy,
+    distance_near_brain,
     load_template_anatomy,
     sample_trilinear,
     warp_anatomy,
@@ -53,7 +53,7 @@ DEFORMATION_RANGES_V2: dict[str, tuple[float, float]] = {
     "ventricle_expansion": (0.0, 0.2),
 }
 # Width of the band of extracerebral CSF a skull-stripping mask keeps around the brain.
-EXTRACEREBRAL_CSF_MM = (3.0, 6.0)
+EXTRACEREBRAL_CSF_MM = (2.0, 4.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +103,7 @@ def _stripping_mask(rng: np.random.Generator, anatomy: SubjectAnatomy) -> tuple[
     """Brain plus a band of extracerebral CSF, as BET/HD-BET masks keep; and the band's width."""
     resolution = float(anatomy.template.resolution)
     width = float(rng.uniform(*EXTRACEREBRAL_CSF_MM))
-    distance = ndimage.distance_transform_edt(~anatomy.brain_mask, sampling=(resolution,) * 3)
+    distance = distance_near_brain(anatomy.brain_mask, anatomy.brain_mask, width, resolution)
     return np.asarray(distance <= width), width
 
 
