@@ -183,27 +183,8 @@ def explain_subject(
     StateFileError
         When the earlier run's ``run.json`` is corrupt and ``overwrite`` is false.
     """
-    if progress == "auto":
-        with _shown_progress() as shown:
-            return explain_subject(
-                images,
-                model,
-                out,
-                reference=reference,
-                tissue_mask=tissue_mask,
-                regions=regions,
-                settings=settings,
-                channel_names=channel_names,
-                overwrite=overwrite,
-                report=report,
-                progress=shown,
-                trust_model_code=trust_model_code,
-                ignore_channel_names=ignore_channel_names,
-                budget_s=budget_s,
-            )
     settings = settings or ExplainSettings()
-    progress = progress or _noop
-    with output_folder_lock(out):
+    with _resolved_progress(progress) as progress, output_folder_lock(out):
         started = time.perf_counter()
         timings: dict[str, float] = {}
         inputs = read_inputs(images, channel_names, reference, tissue_mask, regions)
@@ -274,14 +255,17 @@ def explain_subject(
 
 
 @contextmanager
-def _shown_progress() -> Iterator[Progress | None]:
-    """Progress bars where standard error is a terminal or a notebook; elsewhere progress lines
-    to the ``instasal`` logger (shown where the script configures logging)."""
+def _resolved_progress(progress: Progress | Literal["auto"] | None) -> Iterator[Progress]:
+    """The run's progress callback: the one given; for ``"auto"`` progress bars where standard
+    error is a terminal or a notebook, elsewhere progress lines to the ``instasal`` logger
+    (shown where the script configures logging); for ``None`` one that shows nothing."""
+    if progress != "auto":
+        yield progress or _noop
+        return
     console = Console(stderr=True)
     if not (console.is_terminal or console.is_jupyter):
         yield logged_progress(LOG)
         return
-
     with pipeline_progress(console) as shown:
         yield shown
 
