@@ -10,7 +10,7 @@ import pytest
 from matplotlib.contour import ContourSet
 
 from instasal.report.html import _region_text, _volume_text
-from instasal.report.lesion_panels import lesion_scale, shared_scale
+from instasal.report.lesion_panels import lesion_scales, shared_scale
 from instasal.report.subject_figures import (
     figure_png,
     lesion_figure,
@@ -72,7 +72,7 @@ def test_a_lesion_of_a_one_voxel_thick_image_is_drawn_with_its_outline(
     domain[centre] = True
     saliency = np.stack([np.where(domain, 0.5, 0.0)] * 2)
     figure = lesion_figure(
-        [anatomy, anatomy], ["FLAIR", "T1w"], saliency, domain, np.eye(4), scale=1.0
+        [anatomy, anatomy], ["FLAIR", "T1w"], saliency, domain, np.eye(4), scales=[1.0, 1.0]
     )
     i, j, k = centre
     for axis, (x, y) in zip(figure.axes[:3], [(i, j), (i, k), (j, k)], strict=True):
@@ -99,7 +99,7 @@ def _lesion_figure_with_gradcam() -> tuple[matplotlib.figure.Figure, tuple[int, 
         saliency,
         domain,
         np.eye(4),
-        scale=0.2,
+        scales=[0.2, 0.05],
         gradcam=cam,
         gradcam_peak=0.0123,
     )
@@ -118,13 +118,12 @@ def test_every_panel_points_at_the_domain_centre_from_its_edges() -> None:
         assert np.asarray(ticks[">"].get_ydata())[0] == y
 
 
-def test_colour_bars_say_the_saliency_range_and_the_gradcam_peak() -> None:
+def test_each_saliency_row_has_its_range_on_its_colour_bar_and_gradcam_its_peak() -> None:
     figure, _ = _lesion_figure_with_gradcam()
-    labels = [axis.get_ylabel() for axis in figure.axes]
-    assert any("scale ±0.2 " in label for label in labels)
-    assert "fraction of raw peak 0.0123" in labels
-    saliency_bar = next(a for a in figure.axes if "scale ±0.2" in a.get_ylabel())
-    assert saliency_bar.get_ylim() == pytest.approx((-0.2, 0.2))
+    bars = {axis.get_ylabel(): axis for axis in figure.axes if axis.get_ylabel()}
+    assert bars["±0.2 logit / unit"].get_ylim() == pytest.approx((-0.2, 0.2))
+    assert bars["±0.05 logit / unit"].get_ylim() == pytest.approx((-0.05, 0.05))
+    assert bars["fraction of raw peak 0.0123"].get_ylim() == pytest.approx((0.0, 1.0))
 
 
 def test_gradcam_opacity_grows_with_its_value() -> None:
@@ -137,7 +136,7 @@ def test_gradcam_opacity_grows_with_its_value() -> None:
     assert overlay[8, 10, 3] == 0.0  # no Grad-CAM++ at the domain: anatomy shows
 
 
-def test_each_domain_has_its_own_range_and_the_run_one_shared_range() -> None:
+def test_each_map_has_its_own_range_and_the_run_one_shared_range() -> None:
     table = pd.DataFrame(
         {
             "peak_FLAIR": [0.12, 3.0, 0.0],
@@ -147,9 +146,11 @@ def test_each_domain_has_its_own_range_and_the_run_one_shared_range() -> None:
         }
     )
     rows = table.to_dict(orient="records")
-    assert lesion_scale(rows[0], ["FLAIR", "T1w"], fallback=9.0) == 0.15  # |trough_T1w|
-    assert lesion_scale(rows[1], ["FLAIR", "T1w"], fallback=9.0) == 3.5
-    assert lesion_scale(rows[2], ["FLAIR", "T1w"], fallback=9.0) == 9.0  # nothing to draw
+    channels = ["FLAIR", "T1w"]
+    assert lesion_scales(rows[0], channels, fallback=9.0) == {"FLAIR": 0.12, "T1w": 0.15}
+    assert lesion_scales(rows[1], channels, fallback=9.0) == {"FLAIR": 3.0, "T1w": 3.5}
+    # nothing to draw: the fallback
+    assert lesion_scales(rows[2], channels, fallback=9.0) == {"FLAIR": 9.0, "T1w": 9.0}
     assert shared_scale(table, ["FLAIR", "T1w"]) == 3.5
     assert shared_scale(table.iloc[[2]], ["FLAIR", "T1w"]) == 1.0
 

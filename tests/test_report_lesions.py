@@ -18,7 +18,7 @@ from conftest import load_nifti, write_linear_subject
 from instasal.io import read_subject
 from instasal.pipeline import ExplainResult, ExplainSettings, explain_subject
 from instasal.report.html import build_subject_report
-from instasal.report.lesion_panels import lesion_scale, shared_scale
+from instasal.report.lesion_panels import lesion_scales, shared_scale
 from instasal.report.viewer import crop_box
 from instasal.saliency import SmoothGradConfig
 from test_report_viewer import CATCH_ERRORS, _chromium, _pointwise_with_card
@@ -95,14 +95,14 @@ def test_tn_peaks_above_tp_peaks_are_explained_only_where_they_are(explained):
     assert "TN peaks above TP peaks." not in _rebuilt(explained, table=lower)[0]
 
 
-def test_each_panel_prints_its_own_range_and_carries_the_shared_one(explained):
+def test_each_panel_prints_its_maps_own_ranges_and_carries_the_shared_one(explained):
     result, _ = explained
     html = result.report.read_text()
     shared = shared_scale(result.table, CHANNELS)
     for row in result.table.to_dict(orient="records"):
-        own = lesion_scale(row, CHANNELS, shared)
+        own = lesion_scales(row, CHANNELS, shared)
         section = html.split(f'id="lesion-{row["id"]}"')[1].split('class="lesion-section"')[0]
-        assert f"±{own:.3g}, this domain's own" in section
+        assert f"FLAIR ±{own['FLAIR']:.3g}, T1w ±{own['T1w']:.3g}, each map's own" in section
         assert f"±{shared:.3g}, shared by every domain" in section
         assert 'class="own-scale"' in section and 'class="shared-scale"' in section
 
@@ -131,7 +131,9 @@ PROBE = """
     const volumes = JSON.parse(document.getElementById("viewer-data").textContent);
     const keys = volumes[document.getElementById("viewer-lesion").value].volumes.map(
       function (volume) { return volume.key; });
-    return nv.volumes[keys.indexOf("smoothgrad-FLAIR")].cal_max;
+    return ["FLAIR", "T1w"].map(function (name) {
+      return nv.volumes[keys.indexOf("smoothgrad-" + name)].cal_max;
+    });
   }
   async function probe() {
     const viewer = window.instasalViewer;
@@ -258,8 +260,10 @@ def test_table_panels_and_viewer_outline_in_chromium(explained, tmp_path, width)
     assert seen["ownShown"] == [n_panels, 0] and seen["sharedShown"] == [0, n_panels]
     row = result.table.set_index("id").loc[first].to_dict() | {"id": first}
     shared = shared_scale(result.table, CHANNELS)
-    assert seen["calMaxOwn"] == pytest.approx(lesion_scale(row, CHANNELS, shared), rel=1e-6)
-    assert seen["calMaxShared"] == pytest.approx(shared, rel=1e-6)
+    own = list(lesion_scales(row, CHANNELS, shared).values())
+    assert min(own) < shared  # so that the switch has something to change
+    assert seen["calMaxOwn"] == pytest.approx(own, rel=1e-6)
+    assert seen["calMaxShared"] == pytest.approx([shared, shared], rel=1e-6)
     assert seen["viewerChoiceSynced"]
     # the outline colours the voxel beside the domain and leaves the domain's own voxel as it was
     assert seen["outlined"]["domain"] == seen["plain"]["domain"]

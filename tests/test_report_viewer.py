@@ -77,7 +77,7 @@ def test_cropped_volumes_keep_world_positions_and_values(rng):
         saliency,
         domain,
         affine,
-        scale=2.0,
+        scales={"FLAIR": 2.0, "T1w": 0.5},
         gradcam=cam,
         half_window_mm=6.0,
     )
@@ -102,6 +102,7 @@ def test_cropped_volumes_keep_world_positions_and_values(rng):
         np.testing.assert_array_equal(data[tuple(ijk.T)], original[tuple(back.T)])
         assert image.header.get_xyzt_units()[0] == "mm"
     assert volumes[2].cal_max == 2.0 and volumes[2].colormap_negative == "winter"
+    assert volumes[3].cal_max == 0.5 and volumes[3].cal_min == pytest.approx(0.01)
 
 
 def test_bundled_niivue_script_is_inlinable_and_licensed():

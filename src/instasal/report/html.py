@@ -241,14 +241,14 @@ def _lesion_panels(
         progress("report panels", 0, len(panels))
     for row in panels:
         panel = lesion_panel(result, subject, row, scale)
-        viewer_data[str(row["id"])] = {"scale": panel.scale, "volumes": panel.volumes}
+        viewer_data[str(row["id"])] = {"scales": panel.scales, "volumes": panel.volumes}
         lesions.append(
             {
                 "id": int(row["id"]),
                 "type": row["type"],
                 "figure": _b64(panel.own_png),
                 "shared_figure": _b64(panel.shared_png),
-                "scale": f"{panel.scale:.3g}",
+                "scales": ", ".join(f"{k} ±{v:.3g}" for k, v in panel.scales.items()),
                 "facts": _lesion_facts(row, subject.channel_names),
             }
         )

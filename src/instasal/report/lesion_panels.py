@@ -1,10 +1,11 @@
 """One domain's panels in the subject report: its figure at its own colour range and at the run's
 shared range, and the cropped volumes of its interactive viewer.
 
-A lesion's SmoothGrad values are drawn on a diverging scale of half-range ``scale``: its own
-(the largest |peak| or |trough| over its channels), so a TP with peaks of 0.1 is not blank beside
-a TN with peaks of 3; and the range shared by every domain of the run (the largest over all of
-them), so colours compare between domains. Both figures are drawn; the page shows one at a time.
+A lesion's SmoothGrad map of each channel is drawn on a diverging scale: at its own range (the
+map's largest |peak| or |trough|), so a TP with peaks of 0.1 is not blank beside a TN with peaks
+of 3, nor a T1w map beside its FLAIR map; and at the range shared by every channel of every domain
+of the run (the largest over all of them), so colours compare. Both figures are drawn; the page
+shows one at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from instasal.pipeline.results import ExplainResult
 from instasal.report.subject_figures import figure_png, lesion_figure
 from instasal.report.viewer import lesion_volumes
 
-__all__ = ["LesionPanel", "lesion_panel", "lesion_scale", "panel_rows", "shared_scale"]
+__all__ = ["LesionPanel", "lesion_panel", "lesion_scales", "panel_rows", "shared_scale"]
 
 
 def _largest_magnitude(values: Sequence[Any]) -> float:
@@ -29,13 +30,16 @@ def _largest_magnitude(values: Sequence[Any]) -> float:
     return max(finite, default=0.0)
 
 
-def lesion_scale(row: Mapping[Hashable, Any], channels: Sequence[str], fallback: float) -> float:
-    """A domain's own colour range: its largest |peak| or |trough| over the channels
-    (``fallback`` where every value is 0 or missing, a map with nothing to draw)."""
-    largest = _largest_magnitude(
-        [row[f"{kind}_{name}"] for name in channels for kind in ("peak", "trough")]
-    )
-    return largest if largest > 0 else fallback
+def lesion_scales(
+    row: Mapping[Hashable, Any], channels: Sequence[str], fallback: float
+) -> dict[str, float]:
+    """The own colour range of each channel's map of a domain: its largest |peak| or |trough|
+    (``fallback`` where both are 0 or missing, a map with nothing to draw)."""
+    scales = {}
+    for name in channels:
+        largest = _largest_magnitude([row[f"peak_{name}"], row[f"trough_{name}"]])
+        scales[name] = largest if largest > 0 else fallback
+    return scales
 
 
 def shared_scale(table: pd.DataFrame, channels: Sequence[str]) -> float:
@@ -54,12 +58,12 @@ def panel_rows(table: pd.DataFrame, cap: int) -> list[dict[Hashable, Any]]:
 
 @dataclass(frozen=True)
 class LesionPanel:
-    """A domain's figure (PNG) at its own range and at the shared range, the two ranges, and the
-    volumes of its viewer (as JSON-ready dicts)."""
+    """A domain's figure (PNG) at its channels' own ranges and at the shared range, the own
+    ranges by channel, and the volumes of its viewer (as JSON-ready dicts)."""
 
     own_png: bytes
     shared_png: bytes
-    scale: float
+    scales: dict[str, float]
     volumes: list[dict[str, Any]]
 
 
@@ -80,29 +84,30 @@ def lesion_panel(
     cam = np.asarray(load_image(cam_path).dataobj, np.float32) if cam_path.exists() else None
     domain = result.instances.mask(lesion_id)
     anatomy = list(subject.data)
-    own = lesion_scale(row, channels, shared)
+    own = lesion_scales(row, channels, shared)
 
-    def draw(scale: float) -> bytes:
+    def draw(scales: list[float]) -> bytes:
         figure = lesion_figure(
             anatomy,
             channels,
             saliency,
             domain,
             subject.affine,
-            scale=scale,
+            scales=scales,
             gradcam=cam,
             gradcam_peak=float(row["gradcam_peak"]),
             title=f"domain {lesion_id} ({row['type']})",
         )
         return figure_png(figure)
 
-    own_png = draw(own)
+    own_png = draw(list(own.values()))
     volumes = lesion_volumes(
-        anatomy, channels, saliency, domain, subject.affine, scale=own, gradcam=cam
+        anatomy, channels, saliency, domain, subject.affine, scales=own, gradcam=cam
     )
+    same = all(scale == shared for scale in own.values())
     return LesionPanel(
         own_png,
-        own_png if own == shared else draw(shared),
+        own_png if same else draw([shared] * len(channels)),
         own,
         [asdict(volume) for volume in volumes],
     )

@@ -1,9 +1,9 @@
 """Figures of an explain run: per-lesion orthogonal slices and the summary plots.
 
-Saliency maps are quantitative: a lesion's channels are drawn with one diverging colour scale
-centred on zero, given by the caller (the report draws each lesion at its own range and again at
-the range shared by every lesion of the run) and printed on the colour bar, so colours compare
-between channels and, at the shared range, between lesions. Images are reoriented to RAS before
+Saliency maps are quantitative: each channel's map is drawn on a diverging colour scale centred
+on zero whose range the caller gives (the report draws each lesion's channels at their own ranges,
+and again all at the range shared by every lesion of the run, so colours compare across channels
+and lesions) and prints on the row's colour bar. Images are reoriented to RAS before
 slicing and shown in neurological convention (L on the left); every panel marks the domain with
 its outline and with ticks on the panel's edges at the domain's centre, visible however small the
 domain is.
@@ -130,7 +130,7 @@ def lesion_figure(
     domain: np.ndarray,
     affine: np.ndarray,
     *,
-    scale: float,
+    scales: Sequence[float],
     gradcam: np.ndarray | None = None,
     gradcam_peak: float = float("nan"),
     title: str = "",
@@ -145,9 +145,9 @@ def lesion_figure(
         The lesion's SmoothGrad map ``[C, X, Y, Z]``.
     domain
         The lesion domain; its contour and ticks at its centre are drawn on every panel.
-    scale
-        Half-range of the diverging colour scale of every channel (logit per intensity unit),
-        printed on the colour bar.
+    scales
+        Half-range of each channel's diverging colour scale (logit per intensity unit), printed
+        on its row's colour bar.
     gradcam
         The Grad-CAM++ map divided by its peak (so in [0, 1]), when computed.
     gradcam_peak
@@ -158,14 +158,14 @@ def lesion_figure(
     n_channels = len(anatomy)
     images = oriented[:n_channels]
     mask = oriented[2 * n_channels]
-    rows: list[tuple[str, np.ndarray, np.ndarray | None, str]] = [
-        (name, image, None, "") for name, image in zip(channel_names, images, strict=True)
+    rows: list[tuple[str, np.ndarray, np.ndarray | None, str, float]] = [
+        (name, image, None, "", 0.0) for name, image in zip(channel_names, images, strict=True)
     ]
     maps = oriented[n_channels : 2 * n_channels]
-    for name, image, value in zip(channel_names, images, maps, strict=True):
-        rows.append((f"SmoothGrad {name}", image, value, "saliency"))
+    for name, image, value, scale in zip(channel_names, images, maps, scales, strict=True):
+        rows.append((f"SmoothGrad {name}", image, value, "saliency", scale))
     if gradcam is not None:
-        rows.append(("Grad-CAM++ ÷ its peak", images[0], oriented[-1], "cam"))
+        rows.append(("Grad-CAM++ ÷ its peak", images[0], oriented[-1], "cam", 1.0))
     centre = [round(c) for c in np.argwhere(mask).mean(axis=0)]
     halves = [max(4, int(HALF_WINDOW_MM / s)) for s in spacing]
     windows = [_window(c, h, n) for c, h, n in zip(centre, halves, mask.shape, strict=True)]
@@ -179,24 +179,21 @@ def lesion_figure(
         [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]],
         _planes(mask, centre, windows),
     )
-    artists: dict[str, Any] = {}
-    for row, (label, image, overlay, kind) in enumerate(rows):
+    for row, (label, image, overlay, kind, scale) in enumerate(rows):
+        artist = None
         for column in range(3):
-            artist = _draw_panel(axes[row, column], geometry, column, image, overlay, kind, scale)
-            if artist is not None:
-                artists[kind] = artist
+            drawn = _draw_panel(axes[row, column], geometry, column, image, overlay, kind, scale)
+            artist = drawn if drawn is not None else artist
             if row == 0:
                 _label_top_panel(axes[row, column], column)
         axes[row, 0].set_ylabel(label, fontsize=8)
-    if "saliency" in artists:
-        saliency_axes = axes[n_channels : 2 * n_channels, 2].tolist()
-        bar = figure.colorbar(artists["saliency"], ax=saliency_axes, shrink=0.9, pad=0.02)
-        bar.set_label(f"saliency, scale ±{scale:.3g} (logit / intensity unit)", fontsize=8)
-        bar.ax.tick_params(labelsize=7)
-    if "cam" in artists:
-        bar = figure.colorbar(artists["cam"], ax=axes[-1, 2], shrink=0.9, pad=0.02)
-        bar.set_label(f"fraction of raw peak {gradcam_peak:.3g}", fontsize=8)
-        bar.ax.tick_params(labelsize=7)
+        if artist is not None:
+            bar = figure.colorbar(artist, ax=axes[row, 2], shrink=0.9, pad=0.02)
+            if kind == "saliency":
+                bar.set_label(f"±{scale:.3g} logit / unit", fontsize=7)
+            else:
+                bar.set_label(f"fraction of raw peak {gradcam_peak:.3g}", fontsize=7)
+            bar.ax.tick_params(labelsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -115,7 +115,7 @@ def lesion_volumes(
     domain: np.ndarray,
     affine: np.ndarray,
     *,
-    scale: float,
+    scales: Mapping[str, float],
     gradcam: np.ndarray | None,
     half_window_mm: float = VIEWER_HALF_WINDOW_MM,
 ) -> list[ViewerVolume]:
@@ -132,9 +132,9 @@ def lesion_volumes(
     affine
         Voxel-to-world affine of the grid; the crop's affine is shifted to the box's first voxel,
         so world positions are kept.
-    scale
-        Half-range of the SmoothGrad colour scale (the report's page can switch it to the range
-        shared by every domain).
+    scales
+        Half-range of each channel's SmoothGrad colour scale, by channel name (the report's page
+        can switch them to the range shared by every domain).
     gradcam
         The [0, 1]-normalised Grad-CAM++ map, or None when not computed.
     half_window_mm
@@ -169,8 +169,8 @@ def lesion_volumes(
                 _nifti_base64(saliency[index][box], cropped_affine),
                 "warm",
                 "winter",
-                scale * 0.02,
-                scale,
+                scales[name] * 0.02,
+                scales[name],
             )
         )
     if gradcam is not None:
