@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage
+from typer.testing import CliRunner
 
+from instasal.cli._app import app
 from instasal.errors import ConfigurationError
 from instasal.io import zscore_nonzero
 from instasal.phantoms import PhantomArm, make_phantom, write_cohort
@@ -246,3 +248,15 @@ def test_v2_cohort_records_generator_arm_and_draws(tmp_path: Path) -> None:
     subject = make_phantom(int(row["seed"]), generator="v2", arm=PhantomArm(anatomy="mni152"))
     assert row["anatomy"] == "mni152" and row["field_strength"] == subject.draws["field_strength"]
     assert int(row["n_lesions"]) == len(subject.lesions)
+
+
+def test_phantom_command_generates_a_v2_cohort(tmp_path: Path) -> None:
+    runner = CliRunner()
+    done = runner.invoke(app, ["phantom", str(tmp_path / "c"), "-n", "1", "--generator", "v2"])
+    assert done.exit_code == 0, done.output
+    parameters = json.loads((tmp_path / "c" / "phantom_parameters.json").read_text())
+    assert parameters["generator_version"] == "v2"
+    refused = runner.invoke(app, ["phantom", str(tmp_path / "d"), "--generator", "v3"])
+    assert refused.exit_code != 0
+    assert "--generator must be v1 or v2, got 'v3'" in str(refused.exception)
+    assert not (tmp_path / "d").exists()
