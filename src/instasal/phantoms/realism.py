@@ -25,6 +25,7 @@ __all__ = [
     "REALISM_TARGETS",
     "Target",
     "components",
+    "lesion_contrasts",
     "local_contrast",
     "subject_measures",
 ]

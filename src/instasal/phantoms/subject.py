@@ -51,7 +51,8 @@ class PhantomSubject:
     Attributes
     ----------
     flair, t1w
-        float32 ``[X, Y, Z]`` images, non-negative, zero outside the brain (skull-stripped).
+        float32 ``[X, Y, Z]`` images, non-negative; v1: zero outside the brain (skull-stripped);
+        v2: zero outside the brain and a band of extracerebral CSF, or the whole head (its arm).
     lesion_mask
         Ground-truth lesions (voxels with lesion partial volume ≥ 0.5).
     lesion_regions
