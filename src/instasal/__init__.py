@@ -1,6 +1,10 @@
 """instasal: instance-level quantitative saliency for 3D segmentation networks.
 
-The public API of SPEC §5 is re-exported here.
+The public API is re-exported here: the entry points (:func:`explain_subject`, :func:`run_cohort`,
+:func:`segment_subject`) with their settings (:class:`ExplainSettings`, :class:`SmoothGradConfig`,
+:class:`GradCamConfig`), the models (:func:`load_model`, :func:`card_of`), the subject in a
+model's space (:func:`read_subject`, :func:`prepare_subject`, :func:`predict_prepared`), lesion
+domains and the two methods.
 """
 
 from typing import TYPE_CHECKING
@@ -18,8 +22,14 @@ from instasal.provenance import instasal_version
 if TYPE_CHECKING:
     from instasal.instances import Instance, Instances, classify_instances, find_instances
     from instasal.io import Subject, read_subject
-    from instasal.models import available_models, load_model
+    from instasal.models import ModelCard, available_models, card_of, load_model
+    from instasal.models.segmentation import predict_prepared, segment_subject
+    from instasal.pipeline import ExplainSettings, explain_subject
+    from instasal.pipeline.cohort import run_cohort
+    from instasal.prepare import prepare_subject
     from instasal.saliency import (
+        GradCamConfig,
+        SmoothGradConfig,
         instance_gradcam,
         instance_gradcam_many,
         instance_smoothgrad,
@@ -37,8 +47,18 @@ _LAZY = {
     "find_instances": "instasal.instances",
     "Subject": "instasal.io",
     "read_subject": "instasal.io",
+    "ModelCard": "instasal.models",
     "available_models": "instasal.models",
+    "card_of": "instasal.models",
     "load_model": "instasal.models",
+    "predict_prepared": "instasal.models.segmentation",
+    "segment_subject": "instasal.models.segmentation",
+    "ExplainSettings": "instasal.pipeline",
+    "explain_subject": "instasal.pipeline",
+    "run_cohort": "instasal.pipeline.cohort",
+    "prepare_subject": "instasal.prepare",
+    "GradCamConfig": "instasal.saliency",
+    "SmoothGradConfig": "instasal.saliency",
     "instance_gradcam": "instasal.saliency",
     "instance_gradcam_many": "instasal.saliency",
     "instance_smoothgrad": "instasal.saliency",
@@ -55,16 +75,22 @@ __version__ = instasal_version()
 
 __all__ = [
     "ConfigurationError",
+    "ExplainSettings",
+    "GradCamConfig",
     "ImageError",
     "Instance",
     "Instances",
     "InstasalError",
+    "ModelCard",
     "ModelError",
     "OutputExistsError",
+    "SmoothGradConfig",
     "Subject",
     "__version__",
     "available_models",
+    "card_of",
     "classify_instances",
+    "explain_subject",
     "find_instances",
     "instance_gradcam",
     "instance_gradcam_many",
@@ -73,5 +99,9 @@ __all__ = [
     "load_model",
     "normalise_map",
     "patch_full_agreement",
+    "predict_prepared",
+    "prepare_subject",
     "read_subject",
+    "run_cohort",
+    "segment_subject",
 ]
