@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--domains", type=int, default=4, help="TP and FP domains per subject")
     args = parser.parse_args(argv)
 
-    from instasal.experiments.runner import prepared_subjects
+    from instasal.experiments.subjects import prepared_subjects
     from instasal.io import atomic_write_text
     from instasal.models import load_model
     from instasal.saliency import GradCamConfig, instance_gradcam_many

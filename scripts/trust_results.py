@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
         negative_neighbourhood,
         randomisation_summary,
     )
-    from instasal.experiments.runner import prepared_subjects
+    from instasal.experiments.subjects import prepared_subjects
     from instasal.io import atomic_write_json
     from instasal.models import load_model
     from instasal.trust import ablated_channels, ablation_agreement

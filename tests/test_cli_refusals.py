@@ -93,6 +93,14 @@ CASES = {
         ["experiment", "uncertainty", "{dataset}", "-o", "{dataset}/o", "--models", "nope"],
         UNKNOWN_MODEL,
     ),
+    "experiment compared with itself": (
+        ["experiment", "patch-vs-full", "{dataset}", "-o", "{dataset}/o", "--context", "full"],
+        "--context is the one compared with full: patch or deployed",
+    ),
+    "experiment context": (
+        ["experiment", "relocation", "{dataset}", "-o", "{dataset}/o", "--context", "window"],
+        "'window' is not one of",
+    ),
     "experiment missing dataset": (
         ["experiment", "context", "{missing}", "--out", "{dataset}/o"],
         "nothing: file not found",
@@ -220,10 +228,19 @@ def test_each_experiment_takes_only_its_own_options(files):
         "--max-lesions",
         "--band",
         "--seed",
+        "--context",
         "--no-overwrite",
         "--help",
     }
-    assert options("relocation") - common == {"--max-lesions", "--seed", "--no-overwrite", "--help"}
+    assert options("relocation") - common == {
+        "--max-lesions",
+        "--seed",
+        "--context",
+        "--no-overwrite",
+        "--help",
+    }
+    # every experiment runs in a context, named as explain names it
+    assert all("--context" in options(name) for name in ("patch-vs-full", "uncertainty"))
     assert "--band" not in options("uncertainty") and "--method" in options("uncertainty")
     stdout, stderr = _refusal(
         ["experiment", "relocation", files["dataset"], "-o", "o", "--method", "tta"]

@@ -5,23 +5,24 @@ anywhere keeps its voxel values and is detected under every relocation condition
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from torch import nn
 
-from instasal.experiments.runner import (
-    run_context_experiment,
-    run_relocation_experiment,
-    subject_quota,
-)
+from conftest import set_card
+from instasal.experiments.runner import run_context_experiment, run_relocation_experiment
+from instasal.experiments.subjects import explained_probability, prepared_subjects, subject_quota
 from instasal.instances import Instance, Instances
 from instasal.models import load_model
 from instasal.pipeline.cohort import subject_seed
 from instasal.pipeline.per_lesion import sample_domains
+from instasal.typing import Context
 
 
 @pytest.fixture
@@ -139,3 +140,75 @@ def test_a_subject_short_of_its_share_leaves_it_to_the_next() -> None:
     assert subject_quota(5, 0, 2) == 3  # rounded up
     assert subject_quota(5, 1, 1) == 4  # the first gave 1 of its 3
     assert subject_quota(5, 6, 1) == 0
+
+
+def test_the_context_experiment_runs_in_the_context_asked_and_records_it(
+    tmp_path: Path, good_dataset: Path, linear_model_path: Path
+) -> None:
+    model = load_model(linear_model_path)
+    curves = {}
+    contexts: list[Context | None] = [None, "deployed", "patch", "full"]
+    for context in contexts:
+        out = tmp_path / str(context)
+        summary = run_context_experiment(
+            good_dataset, model, out, volume_band_mm3=(100, 300), max_distance_mm=2, context=context
+        )
+        expected = context or "deployed"  # explain's default for a card with a patch size
+        assert summary["context"] == expected and summary["context_notes"] == []
+        records = pd.read_csv(out / "context_records.tsv", sep="\t")
+        assert set(records["context"]) == {expected}
+        curves[context] = records["mean_probability"].to_numpy()
+    # a pointwise model's probability does not depend on the forward window
+    for context in contexts:
+        np.testing.assert_allclose(curves[context], curves["full"], rtol=1e-6)
+
+
+class _WindowMean(nn.Module):
+    """Lesion logit 0.1·(FLAIR − 25) + 0.1·(mean FLAIR over the input it is given): the same at
+    every voxel whatever the window except for the mean, so each context gives another value."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flair = x[:, :1]
+        logit = 0.1 * (flair - 25.0) + 0.1 * flair.mean(dim=(2, 3, 4), keepdim=True)
+        return torch.cat([-logit, logit], dim=1)
+
+
+def _window_mean_model() -> nn.Module:
+    model = _WindowMean()
+    set_card(
+        model,
+        {
+            "name": "window mean",
+            "architecture": "module",
+            "threshold": 0.5,
+            "patch_size": [20, 16, 16],
+            "channel_names": ["FLAIR", "T1w"],
+            "normalisation": "none",
+        },
+    )
+    return model
+
+
+def test_explained_probability_is_the_forward_pass_of_the_context(good_dataset: Path) -> None:
+    model = _window_mean_model()
+    found: dict[str, np.ndarray] = {}
+    for context in ("deployed", "patch", "full"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepared = next(prepared_subjects(good_dataset, model, context=context))
+        assert prepared.context == context
+        (lesion,) = prepared.instances.of_kind("TP")
+        domain = prepared.instances.mask(lesion.id)
+        probability = explained_probability(prepared, model, prepared.x, domain)
+        assert np.isnan(probability[~domain]).all()
+        found[context] = probability[domain]
+        if context == "deployed":  # the prediction itself, to float32 round-off
+            np.testing.assert_allclose(found[context], prepared.probability[domain], atol=1e-6)
+        # by hand (softmax of ±logit): one pass over the whole volume, or over the patch, 20
+        # voxels along x centred on the lesion (x 6–8) and shifted into the volume: x 0–19
+        x = prepared.x.numpy()[0]
+        window = {"full": x, "patch": x[:20]}.get(context)
+        if window is not None:
+            logit = 0.1 * (x[domain] - 25.0) + 0.1 * window.mean()
+            np.testing.assert_allclose(found[context], 1 / (1 + np.exp(-2 * logit)), rtol=1e-5)
+    assert (found["patch"] > found["full"] + 1e-3).all()

@@ -1,4 +1,4 @@
-"""Patch-versus-full agreement (SPEC §2, Context): known values and the two contexts it compares."""
+"""Context-versus-full agreement (SPEC §2, Context): known values and the contexts it compares."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import SmoothGradOptions
+from conftest import SmoothGradOptions, set_card
 from instasal.errors import ConfigurationError
 from instasal.saliency import (
     SmoothGradConfig,
+    context_agreement,
     instance_smoothgrad,
     map_agreement,
     patch_full_agreement,
@@ -81,3 +82,23 @@ def test_the_configs_context_does_not_matter() -> None:
         for c in ("full", "patch")
     ]
     assert reports[0] == reports[1]
+
+
+def test_context_agreement_compares_the_deployed_context_with_full() -> None:
+    torch.manual_seed(2)
+    pointwise = nn.Conv3d(2, 2, 1)
+    set_card(pointwise, {"patch_size": [8, 8, 8]})
+    x, domain = torch.randn(2, 20, 20, 20), torch.zeros(20, 20, 20, dtype=torch.bool)
+    domain[4:6, 5, 5] = True
+    config = SmoothGradConfig(n_samples=2, context="deployed")
+    # a voxel's logit reads that voxel only: every window blends the one row the full pass gives
+    same = context_agreement(pointwise, x, domain, config)
+    assert same["correlation"] == pytest.approx(1.0) and same["relative_max_difference"] < 1e-6
+    assert same["full_mass_outside_window"] == 0.0
+    # instance norm lets every voxel of the volume move Ω's logits: mass outside the windows
+    dense = _Net(True)
+    set_card(dense, {"patch_size": [8, 8, 8]})
+    report = context_agreement(dense, x, domain, config)
+    assert 0 < report["full_mass_outside_window"] < 1 and report["correlation"] < 0.99
+    with pytest.raises(ConfigurationError, match="patch or deployed, got 'full'"):
+        context_agreement(dense, x, domain, SmoothGradConfig(context="full"))

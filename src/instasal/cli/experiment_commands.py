@@ -1,7 +1,8 @@
 """``instasal experiment NAME``: the paper's experiments over a dataset, one sub-command each.
 
 Each sub-command has only its own options; all write a table, a summary JSON and a figure under
-``--out``. Options are checked before torch is imported.
+``--out``, and take ``--context`` as ``explain`` does (the forward pass measured or explained;
+recorded in the outputs). Options are checked before torch is imported.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from instasal.cli._app import (
     require_dataset_channel_order,
     require_files,
 )
+from instasal.cli.commands import ContextOption
 from instasal.errors import ConfigurationError
 from instasal.folders import output_folder_lock
 from instasal.progress import pipeline_progress
-from instasal.typing import UncertaintyMethod, UncertaintySignal
+from instasal.typing import Context, UncertaintyMethod, UncertaintySignal
 
 __all__ = ["experiment_app"]
 
@@ -97,6 +99,7 @@ def context(
         typer.Option(help="TP volume band in mm³, low then high (0 <= low < high)."),
     ] = (90.0, 120.0),
     seed: SampleSeedOption = 0,
+    context: ContextOption = None,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -116,6 +119,7 @@ def context(
         volume_band_mm3=band,
         max_lesions=max_lesions,
         seed=seed,
+        context=context,
         overwrite=overwrite,
         ignore_channel_names=ignore_channel_names,
     )
@@ -130,6 +134,7 @@ def relocation(
     seed: Annotated[
         int, typer.Option(min=0, help="Seed of the lesions drawn and of their new places.")
     ] = 0,
+    context: ContextOption = None,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -146,6 +151,7 @@ def relocation(
         trust_model_code=trust_model_code,
         max_lesions=max_lesions,
         seed=seed,
+        context=context,
         overwrite=overwrite,
         ignore_channel_names=ignore_channel_names,
     )
@@ -160,11 +166,17 @@ def patch_vs_full(
     seed: Annotated[
         int, typer.Option(min=0, help="Seed of the lesions drawn and of the noise.")
     ] = 0,
+    context: Annotated[
+        Context,
+        typer.Option(help="The context compared with full: patch (the authors') or deployed."),
+    ] = "patch",
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
 ) -> None:
-    """Patch against full context: each lesion's SmoothGrad map with both forward windows."""
+    """Patch (or deployed) against full context: each lesion's SmoothGrad map in both."""
+    if context == "full":
+        raise ConfigurationError("--context is the one compared with full: patch or deployed")
     _check_inputs(dataset, [model], ignore_channel_names)
     from instasal.experiments.runner import run_patch_full_experiment
 
@@ -176,6 +188,7 @@ def patch_vs_full(
         trust_model_code=trust_model_code,
         max_lesions=max_lesions,
         seed=seed,
+        context=context,
         overwrite=overwrite,
         ignore_channel_names=ignore_channel_names,
     )
@@ -212,6 +225,7 @@ def uncertainty(
         int, typer.Option(min=1, help="Domains explained per subject, level and kind.")
     ] = 4,
     seed: Annotated[int, typer.Option(min=0, help="Seed of dropout and of the samples.")] = 0,
+    context: ContextOption = None,
     overwrite: OverwriteOption = False,
     trust_model_code: TrustOption = False,
     ignore_channel_names: IgnoreChannelNamesOption = False,
@@ -245,6 +259,7 @@ def uncertainty(
         n_samples=n_samples,
         max_explained=max_explained,
         seed=seed,
+        context=context,
         overwrite=overwrite,
         ignore_channel_names=ignore_channel_names,
     )

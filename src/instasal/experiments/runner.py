@@ -1,21 +1,19 @@
 """Dataset-level runs of the paper's experiments (SPEC §4, issue 8), writing tables and figures.
 
 Each function loads every subject of a BIDS-like dataset with a reference, segments it with the
-model, types its lesions, runs one experiment, and writes ``<out>/<name>.tsv``, a summary JSON and
-a figure, atomically.
+model, types its lesions (:mod:`instasal.experiments.subjects`), runs one experiment in the
+context asked for (``explain``'s choice by default), and writes ``<out>/<name>.tsv``, a summary
+JSON and a figure, atomically; the table and the summary record the context.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -23,149 +21,31 @@ if TYPE_CHECKING:
 
 import matplotlib.pyplot as plt
 
-from instasal.dataset import SubjectFiles, discover_dataset
 from instasal.errors import ConfigurationError
 from instasal.experiments.perilesional import PLATEAU_FRACTION, context_curve, summarise_curve
 from instasal.experiments.relocation import relocate
-from instasal.instances import Instance, Instances, classify_instances, find_instances
-from instasal.io import (
-    Subject,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    load_mask,
-    read_subject,
+from instasal.experiments.subjects import (
+    context_record,
+    explained_probability,
+    prepared_subjects,
+    reference_subjects,
+    sample_lesions,
+    subject_quota,
 )
-from instasal.models import predict_probability, with_model_channels
+from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.models.cards import card_of
-from instasal.models.segmentation import predict_prepared
-from instasal.pipeline.cohort import subject_seed
-from instasal.pipeline.per_lesion import sample_domains
-from instasal.prepare import prepare_subject
 from instasal.report.subject_figures import figure_png
-from instasal.saliency import SmoothGradConfig, patch_full_agreement
-from instasal.typing import PathLike, Progress, check_seed
+from instasal.saliency import context_agreement
+from instasal.typing import Context, PathLike, Progress, check_seed
 
 __all__ = [
-    "ExperimentSubject",
     "nan_to_none",
-    "prepared_subjects",
-    "reference_subjects",
     "run_context_experiment",
     "run_patch_full_experiment",
     "run_relocation_experiment",
-    "sample_lesions",
     "save_figure",
-    "subject_quota",
     "write_table",
 ]
-
-
-@dataclass(frozen=True, eq=False)
-class ExperimentSubject:
-    """A subject ready for experiments, in the model's input space (:mod:`instasal.prepare`).
-
-    Every array is on the working grid (the subject's voxels in the model's orientation), so the
-    experiments' lesion ids and voxel positions refer to that grid; ``network`` is what runs on
-    it (the model, or the model behind an in-graph resampling to its voxel size).
-    """
-
-    files: SubjectFiles
-    subject: Subject
-    x: torch.Tensor
-    network: nn.Module
-    probability: np.ndarray
-    instances: Instances
-    reference: np.ndarray
-    brain_mask: np.ndarray
-    wm_mask: np.ndarray
-
-
-def reference_subjects(dataset: PathLike, limit: int | None = None) -> list[SubjectFiles]:
-    """The subjects of ``dataset`` that have a reference lesion mask (the first ``limit``).
-
-    Raises
-    ------
-    ConfigurationError
-        If there is none.
-    """
-    subjects = [s for s in discover_dataset(dataset) if s.lesion_mask is not None]
-    if not subjects:
-        raise ConfigurationError(f"{dataset}: no subject with a reference lesion mask")
-    return subjects[:limit]
-
-
-def prepared_subjects(
-    dataset: PathLike,
-    model: nn.Module,
-    *,
-    limit: int | None = None,
-    ignore_channel_names: bool = False,
-) -> Iterator[ExperimentSubject]:
-    """Read, prepare, segment and type each subject of ``dataset`` that has a reference mask.
-
-    The experiments' ``ignore_channel_names`` is this one: take each subject's files as the
-    model's channels even where their names say another order
-    (:func:`instasal.channels.check_channel_files`); without it that is refused.
-    """
-
-    threshold = card_of(model).threshold
-    for files in reference_subjects(dataset, limit):
-        native = with_model_channels(
-            model, read_subject(files.images), ignore_channel_names=ignore_channel_names
-        )
-        prepared = prepare_subject(native, model)
-        subject = prepared.working
-        probability = predict_prepared(prepared)
-        assert files.lesion_mask is not None
-        reference = prepared.to_working(
-            load_mask(files.lesion_mask, native, role="reference lesion mask")
-        )
-        brain = (
-            prepared.to_working(load_mask(files.brain_mask, native))
-            if files.brain_mask
-            else subject.data[0] > 0
-        )
-        wm = prepared.to_working(load_mask(files.wm_mask, native)) if files.wm_mask else brain
-        predicted = find_instances(probability, subject.affine, threshold=threshold)
-        instances = classify_instances(predicted, reference)
-        yield ExperimentSubject(
-            files,
-            subject,
-            prepared.x,
-            prepared.network,
-            probability,
-            instances,
-            reference,
-            brain,
-            wm,
-        )
-
-
-def subject_quota(max_lesions: int | None, done: int, subjects_left: int) -> int | None:
-    """The lesions the next subject may add to an experiment capped at ``max_lesions`` in all.
-
-    What is left of the cap spread evenly over the ``subjects_left`` subjects (this one
-    included), rounded up: a subject with fewer leaves the rest to those after it, and the first
-    subjects do not fill the sample. ``None``: no cap.
-    """
-    if max_lesions is None:
-        return None
-    return max(0, -(-(max_lesions - done) // max(subjects_left, 1)))
-
-
-def sample_lesions(
-    prepared: ExperimentSubject, eligible: Sequence[Instance], quota: int | None, seed: int
-) -> list[Instance]:
-    """At most ``quota`` of the ``eligible`` domains of one subject, drawn at random, in id order.
-
-    The draw is explain's (:func:`instasal.pipeline.per_lesion.sample_domains`: uniform without
-    replacement per type), seeded by the run's seed and the subject id
-    (:func:`instasal.pipeline.cohort.subject_seed`): never the raster-order prefix of the ids,
-    which favours the first rows of the grid. ``None``: all of them.
-    """
-    chosen = Instances(prepared.instances.labels, prepared.instances.affine, tuple(eligible))
-    return sample_domains(chosen, quota, subject_seed(seed, prepared.files.subject_id))
 
 
 def write_table(out: Path, name: str, table: pd.DataFrame, overwrite: bool) -> Path:
@@ -190,6 +70,7 @@ def run_context_experiment(
     max_distance_mm: float = 34.0,
     max_lesions: int | None = None,
     seed: int = 0,
+    context: Context | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
@@ -198,16 +79,21 @@ def run_context_experiment(
 
     With ``max_lesions``, at most that many lesions in all, drawn at random with ``seed`` within
     each subject (:func:`sample_lesions`), the cap spread over the subjects
-    (:func:`subject_quota`).
+    (:func:`subject_quota`). The probability is that of ``context``'s forward pass
+    (:func:`explained_probability`; ``None``: as ``explain`` chooses, the prediction's own).
     """
     check_seed(seed)
     out = Path(out)
     low, high = volume_band_mm3
     frames: list[pd.DataFrame] = []
+    seen: list[tuple[Context, str | None]] = []
     n_subjects, done = len(reference_subjects(dataset)), 0
-    subjects = prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names)
+    subjects = prepared_subjects(
+        dataset, model, context=context, ignore_channel_names=ignore_channel_names
+    )
     for index, prepared in enumerate(subjects):
-        predict = functools.partial(_predict, prepared.network)
+        seen.append((prepared.context, prepared.context_note))
+        predict = functools.partial(explained_probability, prepared, model)
         eligible = [r for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
         quota = subject_quota(max_lesions, done, n_subjects - index)
         chosen = [r.id for r in sample_lesions(prepared, eligible, quota, seed)]
@@ -224,7 +110,9 @@ def run_context_experiment(
             max_iterations=max(1, round(max_distance_mm / spacing)),
             progress=progress,
         )
-        frames.append(result.records.assign(subject=prepared.files.subject_id))
+        frames.append(
+            result.records.assign(subject=prepared.files.subject_id, context=prepared.context)
+        )
     if not frames:
         raise ConfigurationError(
             f"{dataset}: no TP lesion with volume in {volume_band_mm3} mm³; widen volume_band_mm3"
@@ -266,15 +154,10 @@ def run_context_experiment(
         "of its value at the largest distance",
         "probability_alone": float(curve["mean_probability"].iloc[0]),
         "probability_at_max": float(curve["mean_probability"].iloc[-1]),
+        **context_record(seen),
     }
     atomic_write_json(out / "context_summary.json", summary, overwrite=overwrite)
     return summary
-
-
-def _predict(model: nn.Module, x: torch.Tensor, lesion: np.ndarray) -> np.ndarray:
-    """The probability, computed only by the windows that reach the lesion (exact there)."""
-
-    return predict_probability(model, x, region=lesion)
 
 
 def run_relocation_experiment(
@@ -286,6 +169,7 @@ def run_relocation_experiment(
     min_volume_mm3: float = 20.0,
     shell_mm: float = 4.0,
     seed: int = 0,
+    context: Context | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
@@ -293,16 +177,22 @@ def run_relocation_experiment(
     """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4).
 
     At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
-    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`).
+    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`). The
+    probability is that of ``context``'s forward pass (:func:`explained_probability`; ``None``:
+    as ``explain`` chooses, the prediction's own); the original probability is the prediction's.
     """
     check_seed(seed)
     out = Path(out)
     rows: list[dict[str, Any]] = []
     conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
+    seen: list[tuple[Context, str | None]] = []
     n_subjects, done = len(reference_subjects(dataset)), 0
-    subjects = prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names)
+    subjects = prepared_subjects(
+        dataset, model, context=context, ignore_channel_names=ignore_channel_names
+    )
     for index, prepared in enumerate(subjects):
-        predict = functools.partial(_predict, prepared.network)
+        seen.append((prepared.context, prepared.context_note))
+        predict = functools.partial(explained_probability, prepared, model)
         eligible = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
         quota = subject_quota(max_lesions, done, n_subjects - index)
         lesions = sample_lesions(prepared, eligible, quota, seed)
@@ -330,6 +220,7 @@ def run_relocation_experiment(
                         "volume_mm3": record.volume_mm3,
                         "original_mean_probability": float(prepared.probability[domain].mean()),
                         "condition": condition,
+                        "context": prepared.context,
                         "placed": outcome is not None,
                         "mean_probability": outcome.mean_probability if outcome else np.nan,
                         "detected": outcome.detected if outcome else np.nan,
@@ -358,6 +249,7 @@ def run_relocation_experiment(
         "detection_rate": {c: nan_to_none(rates[c]) for c in conditions},
         "n_placed": {c: int(counts[c]) if not pd.isna(counts[c]) else 0 for c in conditions},
         "shell_mm": shell_mm,
+        **context_record(seen),
     }
     atomic_write_json(out / "relocation_summary.json", summary, overwrite=overwrite)
     return summary
@@ -376,25 +268,41 @@ def run_patch_full_experiment(
     max_lesions: int = 20,
     n_samples: int = 2,
     seed: int = 0,
+    context: Context | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
 ) -> dict[str, Any]:
-    """Agreement of patch and full context SmoothGrad maps over TP lesions (SPEC §2).
+    """Agreement of a context's SmoothGrad maps with the full context's over TP lesions (SPEC §2).
 
-    At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
+    ``context`` is the one compared with ``full``: ``"patch"`` (``None``, the authors' two
+    contexts) or ``"deployed"`` (:func:`instasal.saliency.context_agreement`). At most
+    ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
     (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`); ``seed``
     also seeds the SmoothGrad noise.
+
+    Raises
+    ------
+    ConfigurationError
+        On ``context="full"`` (full is what the context is compared with).
     """
-    config = SmoothGradConfig(n_samples=n_samples, target=card_of(model).target_class, seed=seed)
+    if context == "full":
+        raise ConfigurationError(
+            "context is the one compared with full: patch or deployed, got 'full'"
+        )
     out = Path(out)
     rows: list[dict[str, Any]] = []
+    seen: list[tuple[Context, str | None]] = []
     n_subjects = len(reference_subjects(dataset))
-    subjects = prepared_subjects(dataset, model, ignore_channel_names=ignore_channel_names)
+    subjects = prepared_subjects(
+        dataset, model, context=context or "patch", ignore_channel_names=ignore_channel_names
+    )
     for index, prepared in enumerate(subjects):
+        seen.append((prepared.context, prepared.context_note))
+        config = prepared.smoothgrad(model, n_samples=n_samples, seed=seed)
         quota = subject_quota(max_lesions, len(rows), n_subjects - index)
         for record in sample_lesions(prepared, prepared.instances.of_kind("TP"), quota, seed):
-            agreement = patch_full_agreement(
+            agreement = context_agreement(
                 prepared.network, prepared.x, prepared.instances.mask(record.id), config
             )
             rows.append(
@@ -402,19 +310,22 @@ def run_patch_full_experiment(
                     "subject": prepared.files.subject_id,
                     "lesion_id": record.id,
                     "volume_mm3": record.volume_mm3,
+                    "context": prepared.context,
                     **agreement,
                 }
             )
             if progress is not None:
-                progress("patch vs full", len(rows), max_lesions)
+                progress(f"{prepared.context} vs full", len(rows), max_lesions)
     if not rows:
-        raise ConfigurationError(f"{dataset}: no TP lesion to compare patch and full context on")
+        raise ConfigurationError(f"{dataset}: no TP lesion to compare the contexts on")
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_table(out, "patch_vs_full", table, overwrite)
     numeric = table.select_dtypes("number").drop(columns=["lesion_id"])
     summary = {
         "n_lesions": len(table),
+        "compared_with": "full",
+        **context_record(seen),
         "median": {k: float(v) for k, v in numeric.median().items()},
         "min": {k: float(v) for k, v in numeric.min().items()},
         "max": {k: float(v) for k, v in numeric.max().items()},

@@ -24,13 +24,12 @@ from torch import nn
 
 from instasal.analyses.detection import error_detection
 from instasal.errors import ConfigurationError, OutputExistsError
-from instasal.experiments.runner import (
+from instasal.experiments.runner import nan_to_none, save_figure, write_table
+from instasal.experiments.subjects import (
     ExperimentSubject,
-    nan_to_none,
+    context_record,
     prepared_subjects,
     reference_subjects,
-    save_figure,
-    write_table,
 )
 from instasal.instances import Instances, connected_components
 from instasal.io import atomic_write_json
@@ -47,7 +46,7 @@ from instasal.models.uncertainty import (
 from instasal.prepare import ResampledNetwork
 from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
 from instasal.saliency.summaries import lesion_summary
-from instasal.typing import PathLike, Progress, check_choice
+from instasal.typing import Context, PathLike, Progress, check_choice
 
 __all__ = ["EXPLAINED_KINDS", "default_levels", "run_uncertainty_experiment"]
 
@@ -156,12 +155,12 @@ def _explain(
     progress: Progress | None,
 ) -> dict[int, dict[str, Any]]:
     """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map, with the
-    window of the subject's prepared network (target class, patch context at its patch size)."""
+    window of the subject's prepared network (target class, the subject's context)."""
     card = card_of(model)
     config = replace(
         smoothgrad,
         target=card.target_class,
-        context="patch" if card.patch_size is not None else "full",
+        context=prepared.context,
         patch_size=card.patch_size,
         size_divisibility=card.size_divisibility,
     )
@@ -295,6 +294,7 @@ def run_uncertainty_experiment(
     n_samples: int = 8,
     max_explained: int = 4,
     seed: int = 0,
+    context: Context | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     ignore_channel_names: bool = False,
@@ -323,12 +323,16 @@ def run_uncertainty_experiment(
     max_subjects
         Use the first subjects only.
     n_samples
-        SmoothGrad noise draws (paper: 50), patch context at the card's patch size.
+        SmoothGrad noise draws (paper: 50).
     max_explained
         Domains explained per subject, level and kind (found FN, false alarm), a seeded uniform
         sample; the other rows have no saliency columns.
     seed
         Seed of MC dropout, of the sample of explained domains and of the SmoothGrad noise.
+    context
+        The forward pass the maps differentiate, resolved as ``explain`` resolves it
+        (:func:`instasal.pipeline.context_choice.resolve_context`; ``None``: the prediction's
+        own); recorded in the summary.
     overwrite
         Replace existing outputs; otherwise they are refused before any work.
     ignore_channel_names
@@ -356,7 +360,11 @@ def run_uncertainty_experiment(
     started = time.perf_counter()
     sweeps: list[_SubjectSweep] = []
     subjects = prepared_subjects(
-        dataset, model, limit=max_subjects, ignore_channel_names=ignore_channel_names
+        dataset,
+        model,
+        limit=max_subjects,
+        context=context,
+        ignore_channel_names=ignore_channel_names,
     )
     for index, prepared in enumerate(subjects):
         if progress is not None:
@@ -395,6 +403,7 @@ class _SubjectSweep:
     counts: dict[str, Any]
     n_passes: int
     seconds: dict[str, float]
+    context: tuple[Context, str | None]
 
 
 def _sweep_subject(
@@ -446,7 +455,8 @@ def _sweep_subject(
         ),
         "n_FN": len(prepared.instances.of_kind("FN")),
     }
-    return _SubjectSweep(table, counts, uncertainty.n_passes, seconds)
+    context = (prepared.context, prepared.context_note)
+    return _SubjectSweep(table, counts, uncertainty.n_passes, seconds, context)
 
 
 def _write_outputs(
@@ -487,6 +497,7 @@ def _write_outputs(
         "n_FN": int(sum(c["n_FN"] for c in counts)),
         "per_level": curve.astype(object).where(curve.notna(), None).to_dict(orient="records"),
         "explained": {
+            **context_record([s.context for s in sweeps]),
             "n_samples": plan.smoothgrad.n_samples,
             "max_per_subject_level_kind": plan.max_explained,
             "n_found_FN_domains": n_found,

@@ -16,7 +16,11 @@ from instasal.lazy import lazy_exports
 from instasal.saliency.config import CamVariant, GradCamConfig, MemoryFormat, SmoothGradConfig
 
 if TYPE_CHECKING:
-    from instasal.saliency.agreement import map_agreement, patch_full_agreement
+    from instasal.saliency.agreement import (
+        context_agreement,
+        map_agreement,
+        patch_full_agreement,
+    )
     from instasal.saliency.engines import EngineChoice, cached_engine_choices
     from instasal.saliency.explained import explained_logits
     from instasal.saliency.gradcam import instance_gradcam, instance_gradcam_many, normalise_map
@@ -35,6 +39,7 @@ __all__ = [
     "SmoothGradConfig",
     "SmoothGradWork",
     "cached_engine_choices",
+    "context_agreement",
     "explained_logits",
     "instance_gradcam",
     "instance_gradcam_many",
@@ -51,6 +56,7 @@ __all__ = [
 _LAZY = {
     "map_agreement": "instasal.saliency.agreement",
     "patch_full_agreement": "instasal.saliency.agreement",
+    "context_agreement": "instasal.saliency.agreement",
     "EngineChoice": "instasal.saliency.engines",
     "cached_engine_choices": "instasal.saliency.engines",
     "explained_logits": "instasal.saliency.explained",

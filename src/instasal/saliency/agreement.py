@@ -1,4 +1,5 @@
-"""How far the ``patch`` context is from the ``full`` one for a model (SPEC §2, Context)."""
+"""How far the ``patch`` or ``deployed`` context is from the ``full`` one for a model (SPEC §2,
+Context)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from torch import nn
 
 from instasal.errors import ConfigurationError
 from instasal.saliency.config import SmoothGradConfig
+from instasal.saliency.deployed import deployed_forward
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.smoothgrad import instance_smoothgrad_many
 from instasal.saliency.windows import context_windows
 from instasal.typing import DomainLike, InputLike
 
-__all__ = ["map_agreement", "patch_full_agreement"]
+__all__ = ["context_agreement", "map_agreement", "patch_full_agreement"]
 
 
 def map_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -70,18 +72,52 @@ def patch_full_agreement(
         The entries of :func:`map_agreement` (patch against full) and ``full_mass_outside_patch``,
         the fraction of the full map's absolute sum that lies outside the patch.
     """
-    config = config or SmoothGradConfig()
+    config = replace(config or SmoothGradConfig(), context="patch")
+    result = context_agreement(model, x, domain, config)
+    result["full_mass_outside_patch"] = result.pop("full_mass_outside_window")
+    return result
+
+
+def context_agreement(
+    model: nn.Module, x: InputLike, domain: DomainLike, config: SmoothGradConfig
+) -> dict[str, float]:
+    """Compare instance SmoothGrad in ``config.context`` (``"patch"`` or ``"deployed"``) against
+    ``context="full"``, all other settings (seed included) shared.
+
+    Returns
+    -------
+    dict
+        The entries of :func:`map_agreement` (the context against full) and
+        ``full_mass_outside_window``: the fraction of the full map's absolute sum outside the
+        box of the input the context's forward reads (the patch; the prediction windows holding
+        Ω's voxels).
+
+    Raises
+    ------
+    ConfigurationError
+        When ``config.context`` is ``"full"``.
+    """
+    if config.context == "full":
+        raise ConfigurationError(
+            "context_agreement compares a context with full: config.context must be patch or "
+            "deployed, got 'full'"
+        )
     maps = {
         context: instance_smoothgrad_many(model, x, {0: domain}, replace(config, context=context))
-        for context in ("full", "patch")
+        for context in ("full", config.context)
     }
-    full, patch = maps["full"][0], maps["patch"][0]
+    full, compared = maps["full"][0], maps[config.context][0]
     spatial = tuple(as_input(x).shape[1:])
-    (window,), _ = context_windows(
-        model, [as_domain(domain, spatial)], "patch", config.patch_size, config.size_divisibility
-    )
+    mask = as_domain(domain, spatial)
+    if config.context == "deployed":
+        box = deployed_forward(model, spatial, config.patch_size).region(mask)
+    else:
+        (window,), _ = context_windows(
+            model, [mask], "patch", config.patch_size, config.size_divisibility
+        )
+        box = window.slices
     total = float(full.abs().sum())
-    inside = float(window.crop(full).abs().sum())
-    result = map_agreement(patch, full)
-    result["full_mass_outside_patch"] = (total - inside) / total if total > 0 else 0.0
+    inside = float(full[(slice(None), *box)].abs().sum())
+    result = map_agreement(compared, full)
+    result["full_mass_outside_window"] = (total - inside) / total if total > 0 else 0.0
     return result
