@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 from typer.testing import CliRunner
 
 from instasal.cli._app import app
@@ -20,7 +21,7 @@ from instasal.phantoms import PhantomArm, make_phantom, write_cohort
 from instasal.phantoms.anatomy import sample_trilinear
 from instasal.phantoms.contrast_v2 import noise_on_grid, pooled_noise
 from instasal.phantoms.lesion_placement import REGION_LABELS
-from instasal.phantoms.lesions_v2 import MIN_LESION_MM3
+from instasal.phantoms.lesions_v2 import MIN_LESION_MM3, lesion_occupancy
 from instasal.phantoms.realism import (
     REALISM_TARGETS,
     components,
@@ -91,10 +92,13 @@ def test_swapped_arm_changes_lesion_contrasts_only(mni_subject: SubjectV2) -> No
     swapped = generate_v2(21, 2, 40, PhantomArm(contrast="swapped", anatomy="mni152"))
     np.testing.assert_array_equal(swapped.lesions.mask, mni_subject.lesions.mask)
     np.testing.assert_array_equal(swapped.mimic_mask, mni_subject.mimic_mask)
-    # Beyond the lesions' partial-volume borders the images are the same, noise included.
+    # Beyond the lesions' partial-volume borders the images are the same, noise included; on the
+    # border just outside the ground truth (partial volume < ½) the lesion's contrast shows.
     outside = ~ndimage.binary_dilation(swapped.lesions.mask, iterations=2)
     np.testing.assert_array_equal(swapped.flair[outside], mni_subject.flair[outside])
     np.testing.assert_array_equal(swapped.t1w[outside], mni_subject.t1w[outside])
+    border = ndimage.binary_dilation(swapped.lesions.mask) & ~swapped.lesions.mask
+    assert np.mean(swapped.flair[border] != mni_subject.flair[border]) > 0.3
     standard_flair, standard_t1w, _ = lesion_contrasts(mni_subject)
     swapped_flair, swapped_t1w, _ = lesion_contrasts(swapped)
     # The spec's arm targets: FLAIR +0.05 to +0.20, T1w -0.50 to -0.25 (medians).
@@ -151,6 +155,37 @@ def test_every_lesion_is_at_least_the_minimum_and_labelled(mni_subject: SubjectV
     assert set(np.unique(lesions.regions)) <= {0, *REGION_LABELS.values()}
     assert not (lesions.mask & ~mni_subject.anatomy.brain_mask).any()
     assert not (lesions.mask & mni_subject.mimic_mask).any()
+
+
+def _solidity(component: np.ndarray) -> float:
+    """Volume over the convex hull of the component's voxel cubes."""
+    centres = np.argwhere(component).astype(float)
+    offsets = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for k in (-0.5, 0.5)])
+    corners = (centres[:, None, :] + offsets[None]).reshape(-1, 3)
+    return float(component.sum() / ConvexHull(corners).volume)
+
+
+def test_lesions_are_not_all_ovoids(mni_subject: SubjectV2, rng: np.random.Generator) -> None:
+    found = [c for _, c in components(mni_subject.lesions.mask, 8.0, min_mm3=200.0)]
+    assert len(found) >= 8
+    ellipsoids = []
+    for component in found:
+        radius = (3.0 * float(component.sum()) * 8.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        axes = (radius * np.exp(0.25 * rng.normal(size=3))).astype(np.float32)
+        rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        occupancy, _ = lesion_occupancy(
+            (31, 31, 31),
+            np.full(3, 15.2, np.float32),
+            [(np.zeros(3), axes, rotation)],
+            2.0,
+            0.0,
+            rng,
+        )
+        ellipsoids.append(_solidity(occupancy >= 0.5))
+    # Voxelised ellipsoids of the same volumes fill ~3/4 of their hull; v2's lobulated and
+    # irregular lesions much less.
+    assert min(ellipsoids) > 0.65
+    assert np.median([_solidity(c) for c in found]) < np.median(ellipsoids) - 0.1
 
 
 def test_lesion_centres_follow_the_samseg_prior(mni_subject: SubjectV2) -> None:
