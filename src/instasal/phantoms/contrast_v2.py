@@ -35,7 +35,7 @@ __all__ = [
 
 # Tissue intensities relative to white matter (uniform draws per subject), docs/phantoms.md §v2.
 TISSUE_RANGES_V2: dict[str, tuple[float, float]] = {
-    "flair_grey": (1.14, 1.33),
+    "flair_grey": (1.16, 1.33),
     "flair_csf": (0.08, 0.22),
     "t1w_grey": (0.64, 0.77),
     "t1w_csf": (0.16, 0.32),
@@ -50,13 +50,13 @@ ACQUISITION_RANGES_V2: dict[str, dict[str, tuple[float, float]]] = {
     "1.5T": {
         "flair_snr": (13.0, 22.0),
         "t1w_snr": (21.0, 32.0),
-        "bias": (0.05, 0.09),
+        "bias": (0.06, 0.1),
         "noise_correlation": (0.23, 0.57),
     },
     "3T": {
         "flair_snr": (20.0, 32.0),
         "t1w_snr": (30.0, 45.0),
-        "bias": (0.08, 0.13),
+        "bias": (0.09, 0.14),
         "noise_correlation": (0.23, 0.57),
     },
 }
