@@ -35,7 +35,7 @@ from instasal.experiments.subjects import (
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.models.cards import card_of
 from instasal.report.subject_figures import figure_png
-from instasal.saliency import context_agreement
+from instasal.saliency import SmoothGradConfig, context_agreement
 from instasal.typing import Context, PathLike, Progress, check_seed
 
 __all__ = [
@@ -299,7 +299,7 @@ def run_patch_full_experiment(
     )
     for index, prepared in enumerate(subjects):
         seen.append((prepared.context, prepared.context_note))
-        config = prepared.smoothgrad(model, n_samples=n_samples, seed=seed)
+        config = prepared.smoothgrad(model, SmoothGradConfig(n_samples=n_samples, seed=seed))
         quota = subject_quota(max_lesions, len(rows), n_subjects - index)
         for record in sample_lesions(prepared, prepared.instances.of_kind("TP"), quota, seed):
             agreement = context_agreement(

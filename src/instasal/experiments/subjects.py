@@ -13,7 +13,7 @@ order.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -69,10 +69,15 @@ class ExperimentSubject:
     context: Context
     context_note: str | None
 
-    def smoothgrad(self, model: nn.Module, **settings: Any) -> SmoothGradConfig:
-        """SmoothGrad settings in this subject's context for ``model`` (its target class)."""
-        return SmoothGradConfig(
-            target=card_of(model).target_class, context=self.context, **settings
+    def smoothgrad(
+        self, model: nn.Module, settings: SmoothGradConfig | None = None
+    ) -> SmoothGradConfig:
+        """``settings`` (``None``: the defaults) in this subject's context, for ``model``'s
+        target class."""
+        return replace(
+            settings or SmoothGradConfig(),
+            target=card_of(model).target_class,
+            context=self.context,
         )
 
 

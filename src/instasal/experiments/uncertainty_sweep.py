@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,15 +155,9 @@ def _explain(
     progress: Progress | None,
 ) -> dict[int, dict[str, Any]]:
     """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map, with the
-    window of the subject's prepared network (target class, the subject's context)."""
-    card = card_of(model)
-    config = replace(
-        smoothgrad,
-        target=card.target_class,
-        context=prepared.context,
-        patch_size=card.patch_size,
-        size_divisibility=card.size_divisibility,
-    )
+    window of the subject's prepared network (target class, the subject's context; patch size
+    and size divisibility from its card, as ``explain`` takes them)."""
+    config = prepared.smoothgrad(model, smoothgrad)
     subject = prepared.files.subject_id
     total_rows = sum(int(m.sum()) for m in masks.values()) * config.n_draws
     done = 0
