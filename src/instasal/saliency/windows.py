@@ -228,7 +228,8 @@ def context_windows(
     patch_size: int | Sequence[int] | None,
     size_divisibility: int | Sequence[int] | None,
 ) -> tuple[list[Window], tuple[int, ...] | None]:
-    """The window of every domain (SPEC §2 Context) and the network's size divisibility."""
+    """The window of every domain (SPEC §2 Context) and the network's size divisibility; for a
+    :class:`ModelGrid`, patches placed on the network's grid (see the module docstring)."""
     if context == "deployed":
         raise ConfigurationError(
             'context="deployed" blends the prediction\'s windows (instasal.saliency.deployed); '
