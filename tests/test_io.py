@@ -33,7 +33,7 @@ def test_read_subject_keeps_data_affine_and_geometry(two_channel_files, oblique_
     assert subject.channel_names == ("ch0", "ch1")  # unnamed: the model's card names them
     np.testing.assert_allclose(subject.spacing, (0.9, 1.1, 2.5), rtol=1e-5)
     assert subject.voxel_volume_mm3 == pytest.approx(0.9 * 1.1 * 2.5, rel=1e-5)
-    assert subject.name == "sub-01_FLAIR"
+    assert subject.name == "sub-01"
 
 
 def test_read_subject_from_one_4d_file(tmp_path, two_channel_files, oblique_affine):

@@ -91,3 +91,25 @@ def test_metrics_count_the_lesions_the_mask_holds(images: list[Path], tmp_path: 
     assert metrics.n_predicted == 1
     assert metrics.n_reference == 1
     assert metrics.dice == pytest.approx(1.0, abs=1e-12)  # the mask is its own reference
+
+
+def test_nnunet_channel_numbers_stay_out_of_the_subject_name(tmp_path: Path) -> None:
+    """``case_012_0000`` / ``case_012_0001``: every output is named ``case_012_…`` (the channel
+    number was kept in file names and the report title)."""
+    flair = np.ones((12, 12, 12), np.float32)
+    flair[3:6, 3:6, 3:6] = 3.0
+    t1w = np.full(flair.shape, 0.5, np.float32)
+    t1w[0, 0, 0] = 0.6
+    paths = []
+    for index, data in enumerate((flair, t1w)):
+        path = tmp_path / f"case_012_{index:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+        paths.append(path)
+    segmented = segment_subject(_model_without_threshold(), paths, tmp_path / "segment")
+    assert segmented.mask_path.name == "case_012_mask.nii.gz"
+    settings = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None)
+    explained = explain_subject(
+        paths, _model_without_threshold(), tmp_path / "explain", settings=settings, report=False
+    )
+    assert explained.layout.label == "case_012"
+    assert sorted(p.name for p in (tmp_path / "explain").glob("*.tsv"))[0].startswith("case_012_")

@@ -24,6 +24,7 @@ __all__ = [
     "channel_of_file",
     "check_channel_files",
     "declared_channel_names",
+    "subject_name",
 ]
 
 BIDS_ANATOMICAL_SUFFIXES: tuple[str, ...] = (
@@ -127,6 +128,33 @@ def channel_of_file(path: PathLike) -> str | int | None:
     if suffix in BIDS_ANATOMICAL_SUFFIXES:
         return suffix
     return _OTHER_SUFFIXES.get(suffix)
+
+
+_LOOSE_CHANNEL_SUFFIX = re.compile(r"_(flair|t1w|t2w|pd|pdw|t1|t2|mprage|ch\d+)$", re.IGNORECASE)
+"""Channel endings that are not BIDS (lower case, ``_T1``, ``_ch0``) but name a channel all the
+same: stripped from subject names too."""
+
+
+def subject_name(path: PathLike | None) -> str:
+    """The subject's name in output files: the image file's name without its extension and
+    without the channel it declares (a BIDS suffix such as ``_FLAIR``, ``_MPRAGE``, an nnU-Net
+    channel number such as ``_0000``, or a loose ``_t1``/``_ch0``); ``"subject"`` without a
+    file or when nothing is left.
+
+    >>> subject_name("sub-01_ses-2_FLAIR.nii.gz"), subject_name("case_012_0000.nii.gz")
+    ('sub-01_ses-2', 'case_012')
+    >>> subject_name("scan.nii"), subject_name("patient7_flair.nii.gz"), subject_name(None)
+    ('scan', 'patient7', 'subject')
+    """
+    if path is None:
+        return "subject"
+    name = Path(path).name
+    stem = _stem(Path(path)) or name
+    if channel_of_file(name) is not None:
+        stem = stem.rsplit("_", 1)[0]
+    else:
+        stem = _LOOSE_CHANNEL_SUFFIX.sub("", stem)
+    return stem or "subject"
 
 
 def check_channel_files(

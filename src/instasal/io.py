@@ -22,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from instasal.channels import subject_name
 from instasal.errors import ImageError, InstasalWarning, OutputExistsError, one_line
 from instasal.folders import temporary_prefix
 from instasal.typing import FloatArray, PathLike
@@ -109,13 +110,9 @@ class Subject:
 
     @property
     def name(self) -> str:
-        """A readable subject name: the first file's stem, else ``"subject"``."""
-        if not self.paths:
-            return "subject"
-        stem = self.paths[0].name
-        for suffix in (".nii.gz", ".nii"):
-            stem = stem.removesuffix(suffix)
-        return stem
+        """The subject's name in output files (:func:`instasal.channels.subject_name` of the
+        first file: no extension, no channel suffix or nnU-Net channel number)."""
+        return subject_name(self.paths[0] if self.paths else None)
 
     def normalised(self) -> Subject:
         """A copy z-scored per channel over non-zero voxels (the training normalisation)."""
@@ -132,10 +129,6 @@ class Subject:
         """
         _check_on_grid(data, self.shape)
         return GridImage(data, self.affine, self.header)
-
-
-def _nifti_stem(path: Path) -> str:
-    return path.name
 
 
 def load_image(path: PathLike) -> nib.Nifti1Image:

@@ -188,11 +188,7 @@ def segment_subject(
     subject = images if isinstance(images, Subject) else read_subject(_as_list(images))
     card = card_of(model)
     subject = with_model_channels(model, subject, ignore_channel_names=ignore_channel_names)
-    prefix = (
-        subject.name.removesuffix("_FLAIR")
-        if name is None
-        else plain_file_name(name, what="--name")
-    )
+    prefix = subject.name if name is None else plain_file_name(name, what="--name")
     folder = Path(out)
     probability_path = folder / f"{prefix}_prob.nii.gz"
     mask_path = folder / f"{prefix}_mask.nii.gz"

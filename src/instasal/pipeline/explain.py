@@ -49,7 +49,6 @@ from instasal.pipeline.outputs import (
     RunLayout,
     instances_lookup,
     prepare_run_folder,
-    subject_label,
     table_sidecar,
 )
 from instasal.pipeline.per_lesion import (
@@ -446,7 +445,7 @@ def identify_run(
 ) -> RunIdentity:
     """Name the run's files and hash everything its results depend on into its key."""
     subject = inputs.subject
-    label = subject_label(subject.paths[0] if subject.paths else None)
+    label = subject.name
     files = [{"path": str(p), "sha256": file_sha256(p)} for p in subject.paths]
     extra = {
         role: {"path": str(p), "sha256": file_sha256(Path(p))} for role, p in inputs.paths.items()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ __all__ = [
     "instances_lookup",
     "prepare_run_folder",
     "remove_run",
-    "subject_label",
     "table_sidecar",
     "write_json_unless_same",
     "write_text_unless_same",
@@ -39,18 +37,6 @@ __all__ = [
 COHORT_TRUST_TABLES = ("profiles", "trust_randomisation", "trust_curves")
 """The per-subject trust TSVs (``<subject>_<name>.tsv``) a cohort run with ``--trust`` gathers
 into ``<name>.tsv`` and ``instasal analyse`` reads."""
-
-_CHANNEL_SUFFIX = re.compile(r"_(FLAIR|T1w|T2w|PD|T1|MPRAGE|ch\d+)$", re.IGNORECASE)
-
-
-def subject_label(first_image: Path | None) -> str:
-    """The subject's output prefix: the first image's name without extension and channel suffix."""
-    if first_image is None:
-        return "subject"
-    name = first_image.name
-    for suffix in (".nii.gz", ".nii"):
-        name = name.removesuffix(suffix)
-    return _CHANNEL_SUFFIX.sub("", name) or "subject"
 
 
 @dataclass(frozen=True)
