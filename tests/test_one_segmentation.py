@@ -113,3 +113,14 @@ def test_nnunet_channel_numbers_stay_out_of_the_subject_name(tmp_path: Path) -> 
     )
     assert explained.layout.label == "case_012"
     assert sorted(p.name for p in (tmp_path / "explain").glob("*.tsv"))[0].startswith("case_012_")
+
+
+def test_lesion_volumes_print_as_the_whole_numbers_they_are() -> None:
+    """|det diag(2, 2, 2)| computes as 7.999999999999998: the table showed 7.999999999999998 mm³
+    for one 2 mm voxel."""
+    from instasal import find_instances
+
+    probability = np.zeros((8, 8, 8), np.float32)
+    probability[2, 2, 2:4] = 1.0
+    lesions = find_instances(probability, np.diag([2.0, 2.0, 2.0, 1.0]), threshold=0.5)
+    assert [str(r.volume_mm3) for r in lesions] == ["16.0"]

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from instasal.errors import ConfigurationError
-from instasal.io import voxel_to_world
+from instasal.io import voxel_to_world, voxel_volume_mm3
 from instasal.typing import BoolArray, Connectivity, IntArray
 
 __all__ = [
@@ -160,7 +160,7 @@ def label_components(mask: np.ndarray, connectivity: Connectivity = 18) -> tuple
 def _records(
     labels: IntArray, affine: np.ndarray, ids: Sequence[int], kinds: Sequence[InstanceKind]
 ) -> list[Instance]:
-    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+    voxel_volume = voxel_volume_mm3(affine)
     records = []
     objects = ndimage.find_objects(labels)
     for instance_id, kind in zip(ids, kinds, strict=True):
@@ -198,7 +198,7 @@ def connected_components(
 ) -> Instances:
     """Components of ``mask`` larger than ``min_volume_mm3`` as :class:`Instances` (SPEC §1)."""
     affine = np.asarray(affine, dtype=np.float64)
-    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+    voxel_volume = voxel_volume_mm3(affine)
     labels, n = lesion_components(mask, voxel_volume, connectivity, min_volume_mm3)
     ids = list(range(1, n + 1))
     return Instances(labels, affine, tuple(_records(labels, affine, ids, [kind] * len(ids))))
@@ -417,7 +417,7 @@ def sample_true_negatives(
         raise ConfigurationError(f"n must be >= 0, got {n}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    voxel_volume = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
+    voxel_volume = voxel_volume_mm3(affine)
     if lesion_mask.any():
         distance = ndimage.distance_transform_edt(~lesion_mask, sampling=spacing)
         allowed = tissue_mask & (distance >= min_distance_mm)

@@ -41,12 +41,25 @@ __all__ = [
     "load_mask",
     "read_subject",
     "voxel_to_world",
+    "voxel_volume_mm3",
     "write_nifti",
     "zscore_nonzero",
 ]
 
 DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1w")
 AFFINE_TOLERANCE_MM = 1e-3
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """The volume of one voxel of a grid, |det| of the affine's 3×3 part, to 12 significant digits
+    (the determinant of ``diag(2, 2, 2)`` computes as 7.999999999999998; lesion volumes are counts
+    times this, so they print as the whole numbers they are).
+
+    >>> voxel_volume_mm3(np.diag([2.0, 2.0, 2.0, 1.0]))
+    8.0
+    """
+    volume = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+    return float(f"{volume:.12g}")
 
 
 def voxel_to_world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
@@ -106,7 +119,7 @@ class Subject:
     @property
     def voxel_volume_mm3(self) -> float:
         """Volume of one voxel in mm³."""
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
+        return voxel_volume_mm3(self.affine)
 
     @property
     def name(self) -> str:

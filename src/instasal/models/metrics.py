@@ -30,7 +30,7 @@ import pandas as pd
 from instasal.dataset import discover_dataset
 from instasal.errors import ConfigurationError
 from instasal.instances import lesion_components
-from instasal.io import atomic_write_text, load_mask, read_subject, write_nifti
+from instasal.io import atomic_write_text, load_mask, read_subject, voxel_volume_mm3, write_nifti
 from instasal.models.cards import card_of
 from instasal.models.loaders import check_channels, load_model
 from instasal.models.segmentation import predict_subject
@@ -153,7 +153,7 @@ def lesion_metrics(
         raise ConfigurationError(
             f"reference shape {gt.shape} differs from the probability's {probability.shape}"
         )
-    voxel_volume = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+    voxel_volume = voxel_volume_mm3(affine)
     predicted, n_predicted = lesion_components(
         probability >= threshold, voxel_volume, connectivity, min_volume_mm3
     )
@@ -199,7 +199,7 @@ def detection_by_volume(
     """
     if len(edges_mm3) < 2 or any(b <= a for a, b in itertools.pairwise(edges_mm3)):
         raise ConfigurationError(f"edges_mm3 must increase, got {tuple(edges_mm3)}")
-    voxel_volume = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+    voxel_volume = voxel_volume_mm3(affine)
     gt = np.asarray(reference) != 0
     predicted, _ = lesion_components(
         np.asarray(probability) >= threshold, voxel_volume, connectivity, min_volume_mm3
