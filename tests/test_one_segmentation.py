@@ -124,3 +124,13 @@ def test_lesion_volumes_print_as_the_whole_numbers_they_are() -> None:
     probability[2, 2, 2:4] = 1.0
     lesions = find_instances(probability, np.diag([2.0, 2.0, 2.0, 1.0]), threshold=0.5)
     assert [str(r.volume_mm3) for r in lesions] == ["16.0"]
+
+
+def test_a_4d_input_says_which_volume_is_which_channel(images: list[Path], tmp_path: Path) -> None:
+    from instasal.errors import InstasalWarning
+
+    volumes = [np.asarray(load_nifti(p).dataobj) for p in images]
+    four_d = tmp_path / "sub-02.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack(volumes, axis=-1), load_nifti(images[0]).affine), four_d)
+    with pytest.warns(InstasalWarning, match="volume 0 as FLAIR, volume 1 as T1w"):
+        segment_subject(_model_without_threshold(), four_d, tmp_path / "segment")

@@ -30,6 +30,7 @@ import importlib
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -43,7 +44,7 @@ from monai.bundle import ComponentLocator, ConfigParser
 from torch import nn
 
 from instasal.channels import canonical_channel, channel_of_file, check_channel_files
-from instasal.errors import ModelError, one_line
+from instasal.errors import InstasalWarning, ModelError, one_line
 from instasal.io import Subject
 from instasal.models.allowed_classes import allowed_class
 from instasal.models.architectures import ARCHITECTURES, build_network
@@ -206,6 +207,14 @@ def with_model_channels(
         )
         for given, card_name, suffix in zip(subject.channel_names, declared, suffixes, strict=True)
     ]
+    if len(subject.paths) == 1 and len(names) > 1:
+        taken = ", ".join(f"volume {i} as {name}" for i, name in enumerate(names))
+        warnings.warn(
+            f"{subject.paths[0]}: one 4D image; its volumes are taken in the model's channel "
+            f"order: {taken} (give one file per channel to be sure of the order)",
+            InstasalWarning,
+            stacklevel=2,
+        )
     return replace(subject, channel_names=tuple(names))
 
 
