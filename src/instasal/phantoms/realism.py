@@ -146,10 +146,12 @@ def subject_measures(subject: SubjectV2) -> dict[str, float]:
     cortex = (anatomy.grey >= 0.85) & ~deep_grey & anatomy.brain_mask & ~subject.mimic_mask
     ventricles = (anatomy.ventricles >= 0.5) & (anatomy.csf >= 0.9) & ~subject.mimic_mask
     measures: dict[str, float] = {}
+    # Tissue ratios are local (each voxel over the normal white matter around it, 10 mm), so that
+    # the bias field, which differs between the brain's centre and its surface, does not enter.
     for name, image in (("flair", subject.flair), ("t1w", subject.t1w)):
-        white = float(np.median(image[normal]))
-        measures[f"{name}_grey_white"] = float(np.median(image[cortex])) / white
-        measures[f"{name}_csf_white"] = float(np.median(image[ventricles])) / white
+        white = _smooth_within(image, normal, 10.0 / resolution)
+        measures[f"{name}_grey_white"] = float(np.median(image[cortex] / white[cortex]))
+        measures[f"{name}_csf_white"] = float(np.median(image[ventricles] / white[ventricles]))
     snr, correlation = _noise_measures(subject.flair, subject.noise_free[0], normal, resolution)
     measures["flair_snr_1mm"] = snr
     measures["noise_correlation_1mm"] = correlation
