@@ -155,6 +155,7 @@ def test_every_lesion_is_at_least_the_minimum_and_labelled(mni_subject: SubjectV
     assert set(np.unique(lesions.regions)) <= {0, *REGION_LABELS.values()}
     assert not (lesions.mask & ~mni_subject.anatomy.brain_mask).any()
     assert not (lesions.mask & mni_subject.mimic_mask).any()
+    assert {record.region for record in lesions.lesions} == set(REGION_LABELS)
 
 
 def _solidity(component: np.ndarray) -> float:
