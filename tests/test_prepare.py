@@ -9,6 +9,7 @@ convolution; hand-computed normalisations.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -17,9 +18,10 @@ import torch
 from torch import nn
 
 from conftest import set_card
-from instasal.errors import ConfigurationError, InstasalWarning
+from instasal.errors import InstasalWarning, ModelError
 from instasal.instances import classify_instances, find_instances
 from instasal.io import Subject
+from instasal.models.cards import ModelCard
 from instasal.prepare import (
     Growth,
     Reorientation,
@@ -223,24 +225,28 @@ def test_prepare_notes_what_it_assumed_and_did() -> None:
 
 def test_normalisation_follows_the_card() -> None:
     data = np.array([[[[0.0, 2.0, 4.0]]]], dtype=np.float32)
-    np.testing.assert_allclose(normalise(data, {})[0, 0, 0], [0.0, -1.0, 1.0])
+    np.testing.assert_allclose(normalise(data, _card())[0, 0, 0], [0.0, -1.0, 1.0])
     np.testing.assert_allclose(
-        normalise(data, {"normalisation": "zscore"})[0, 0, 0],
+        normalise(data, _card(normalisation="zscore"))[0, 0, 0],
         [-1.2247449, 0.0, 1.2247449],
         rtol=1e-6,
     )
-    np.testing.assert_array_equal(normalise(data, {"normalisation": "none"}), data)
-    with pytest.raises(ConfigurationError, match="normalisation 'minmax' is not supported"):
-        normalise(data, {"normalisation": "minmax"})
+    np.testing.assert_array_equal(normalise(data, _card(normalisation="none")), data)
+    with pytest.raises(ModelError, match="normalisation must be one of"):
+        _card(normalisation="minmax")
+
+
+def _card(**fields: Any) -> ModelCard:
+    return ModelCard.from_dict({"name": "m", "architecture": "module", **fields})
 
 
 def test_nnunet_schemes_per_channel() -> None:
     ct = np.array([-2000.0, 0.0, 50.0, 3000.0], np.float32)
     mri = np.array([0.0, 1.0, 2.0, 3.0], np.float32)
     data = np.stack([ct, mri]).reshape(2, 1, 1, 4)
-    card = {
-        "normalisation": "nnunet",
-        "preprocessing": {
+    card = _card(
+        normalisation="nnunet",
+        preprocessing={
             "normalization_schemes": ["CTNormalization", "ZScoreNormalization"],
             "use_mask_for_norm": [False, True],
             "foreground_intensity_properties_per_channel": {
@@ -252,7 +258,7 @@ def test_nnunet_schemes_per_channel() -> None:
                 }
             },
         },
-    }
+    )
     out = normalise(data, card).reshape(2, 4)
     np.testing.assert_allclose(out[0], [-6.0, -2.0, 0.0, 6.0], rtol=1e-6)
     # every voxel is non-zero in some channel, so the mask is everything: plain z-score

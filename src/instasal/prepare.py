@@ -51,6 +51,7 @@ from torch import nn
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instances, relabel_in_raster_order
 from instasal.io import GridImage, Subject, zscore_nonzero
+from instasal.models.cards import ModelCard, card_of
 from instasal.typing import FloatArray
 
 __all__ = [
@@ -231,27 +232,28 @@ class ResampledNetwork(nn.Module):
 
     def __init__(self, network: nn.Module, spacing: Sequence[float]) -> None:
         super().__init__()
-        card = dict(getattr(network, "card", {}))
-        model_spacing = card.get("spacing_mm")
-        if not model_spacing:
+        card = card_of(network)
+        if card.spacing_mm is None:
             raise ConfigurationError(
-                f"model {card.get('name', type(network).__name__)!r} states no spacing_mm; "
-                "cannot resample to it"
+                f"model {card.name!r} states no spacing_mm; cannot resample to it"
             )
         self.network = network
-        self.spacing = tuple(float(s) for s in spacing)
-        self.model_spacing = tuple(float(s) for s in model_spacing)
-        self.divisibility = tuple(int(d) for d in card.get("size_divisibility") or (1, 1, 1))
-        restated = dict(card)
-        restated["spacing_mm"] = list(self.spacing)
-        restated["size_divisibility"] = [1, 1, 1]
-        if card.get("patch_size"):
-            sizes = zip(card["patch_size"], self.model_spacing, self.spacing, strict=True)
-            restated["patch_size"] = [max(1, round(p * m / s)) for p, m, s in sizes]
-        if card.get("gradcam_layer"):
-            restated["gradcam_layer"] = f"network.{card['gradcam_layer']}"
-        restated["resampled_from_mm"] = list(self.model_spacing)
-        self.card = restated
+        self.spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+        self.model_spacing = card.spacing_mm
+        self.divisibility = card.size_divisibility
+        patch = card.patch_size
+        if patch is not None:
+            sizes = zip(patch, self.model_spacing, self.spacing, strict=True)
+            x, y, z = (max(1, round(p * m / s)) for p, m, s in sizes)
+            patch = (x, y, z)
+        layer = None if card.gradcam_layer is None else f"network.{card.gradcam_layer}"
+        restated = card.updated(
+            spacing_mm=self.spacing,
+            size_divisibility=(1, 1, 1),
+            patch_size=patch,
+            gradcam_layer=layer,
+        )
+        self.card = restated.to_dict()
 
     def model_grid_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The network's grid for an input grid of ``shape`` (the same extent)."""
@@ -391,10 +393,10 @@ def prepare_subject(
     ConfigurationError
         On a normalisation scheme instasal cannot reproduce.
     """
-    card: Mapping[str, Any] = dict(getattr(model, "card", {}))
+    card = card_of(model)
     where = str(subject.paths[0]) if subject.paths else "subject"
     notes: list[str] = []
-    orientation = card.get("orientation")
+    orientation = card.orientation
     if orientation is None:
         notes.append(
             f"{where}: model card states no orientation; the array is used as stored "
@@ -410,7 +412,7 @@ def prepare_subject(
             "avoid it)"
         )
     network: nn.Module = model
-    model_spacing = card.get("spacing_mm")
+    model_spacing = card.spacing_mm
     if model_spacing and _needs_resampling(working.spacing, model_spacing, spacing_tolerance):
         network = ResampledNetwork(model, working.spacing)
         have = "×".join(f"{v:g}" for v in working.spacing)
@@ -434,21 +436,24 @@ def _needs_resampling(
     )
 
 
-def normalise(data: FloatArray, card: Mapping[str, Any], *, where: str = "subject") -> FloatArray:
+def normalise(data: FloatArray, card: ModelCard, *, where: str = "subject") -> FloatArray:
     """Normalise raw ``[C, X, Y, Z]`` the way the card says the model was trained.
 
     ``zscore_nonzero``: per channel over its non-zero voxels; ``zscore``: over all voxels;
     ``none``: unchanged; ``nnunet``: each channel by the scheme in
-    ``card["preprocessing"]["normalization_schemes"]`` (Z-score — masked to the non-zero voxels of
+    ``card.preprocessing["normalization_schemes"]`` (Z-score — masked to the non-zero voxels of
     all channels where ``use_mask_for_norm`` says so —, CT clipping and scaling by the training
     foreground's statistics, rescaling to [0, 1], or none).
+
+    The card's scheme is one of these four (:class:`~instasal.models.ModelCard` refuses any
+    other when the card is read).
 
     Raises
     ------
     ConfigurationError
-        On an unknown scheme.
+        On nnU-Net schemes that do not fit the channels.
     """
-    scheme = str(card.get("normalisation", "zscore_nonzero"))
+    scheme = card.normalisation
     values = np.asarray(data, dtype=np.float32)
     if scheme == "zscore_nonzero":
         return zscore_nonzero(values)
@@ -456,12 +461,7 @@ def normalise(data: FloatArray, card: Mapping[str, Any], *, where: str = "subjec
         return values
     if scheme == "zscore":
         return np.stack([_zscore(channel, None) for channel in values]).astype(np.float32)
-    if scheme == "nnunet":
-        return _nnunet_normalise(values, dict(card.get("preprocessing") or {}), where)
-    raise ConfigurationError(
-        f"{where}: model card normalisation {scheme!r} is not supported; "
-        "supported: zscore_nonzero, zscore, none, nnunet"
-    )
+    return _nnunet_normalise(values, card.preprocessing, where)
 
 
 def _zscore(channel: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -227,7 +227,9 @@ def attach_card(model: ModuleT, card: ModelCard) -> ModuleT:
 
 
 def card_of(model: nn.Module) -> ModelCard:
-    """The validated card of a loaded model.
+    """The validated card of a loaded model (SPEC §5's ``model.card``), with :class:`ModelCard`'s
+    defaults for the fields the dictionary leaves out (a hand-made card may give only some: its
+    name is then the module's class name, its architecture ``"module"``).
 
     Raises
     ------
@@ -240,4 +242,5 @@ def card_of(model: nn.Module) -> ModelCard:
             f"{type(model).__name__} has no model card; load it with instasal.load_model or set "
             "model.card to a card dictionary (see instasal.models.ModelCard)"
         )
-    return ModelCard.from_dict(payload, where=f"card of {type(model).__name__}")
+    named = {"name": type(model).__name__, "architecture": "module"} | payload
+    return ModelCard.from_dict(named, where=f"card of {type(model).__name__}")
