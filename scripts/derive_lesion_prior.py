@@ -31,8 +31,10 @@ import argparse
 import datetime
 import hashlib
 import json
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -63,7 +65,7 @@ def rasterise(samseg_root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     that grid's affine."""
     from samseg import gems
 
-    template = nib.load(samseg_root / ATLAS_FOLDER / "template.nii.gz")
+    template = nib.nifti1.load(samseg_root / ATLAS_FOLDER / "template.nii.gz")
     collection = gems.KvlMeshCollection()
     collection.read(str(samseg_root / ATLAS_FOLDER / "atlas_level2.txt.gz"))
     mesh = collection.reference_mesh
@@ -158,7 +160,7 @@ def _mni_ventricles() -> np.ndarray:
     (same rule: deep CSF connected to the ventricle bodies, opened by 2 mm)."""
     from nilearn import datasets
 
-    def load(loader) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def load(loader: Callable[..., Any]) -> np.ndarray:
         volume = loader(resolution=1).get_fdata().astype(np.float32)
         for axis in range(3):
             volume = ndimage.correlate1d(volume, [0.25, 0.5, 0.25], axis=axis, mode="constant")
