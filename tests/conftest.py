@@ -74,6 +74,21 @@ def row_of(frame: pd.DataFrame, label: str | tuple[str, ...]) -> pd.Series:
     return row
 
 
+def write_channels(
+    folder: Path,
+    channels: dict[str, np.ndarray],
+    affine: np.ndarray | None = None,
+    stem: str = "sub-01",
+) -> list[Path]:
+    """One NIfTI per channel, ``<stem>_<name>.nii.gz`` in ``folder``, in the order given."""
+    paths = []
+    for name, data in channels.items():
+        path = folder / f"{stem}_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
+        paths.append(path)
+    return paths
+
+
 def set_card(model: nn.Module, card: dict[str, object]) -> None:
     """Give ``model`` a (partial) card dictionary, as the loaders do (SPEC §5's ``model.card``)."""
     setattr(model, "card", card)  # noqa: B010 (nn.Module types attributes as Tensor | Module)

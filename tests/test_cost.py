@@ -7,13 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import set_card
+from conftest import set_card, write_channels
 from instasal.errors import ConfigurationError
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.cost import check_budget, estimate_cost
@@ -104,12 +103,7 @@ def subject(tmp_path: Path) -> list[Path]:
     flair[10:12, 10:12, 10:12] = 3.0
     t1w = np.full(flair.shape, 0.5, np.float32)
     t1w[0, 0, 0] = 0.6
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        path = tmp_path / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        paths.append(path)
-    return paths
+    return write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w})
 
 
 class Brightness(nn.Module):
@@ -121,7 +115,9 @@ class Brightness(nn.Module):
         with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.weight[1, 0, 1, 1, 1] = 4.0
-            self.conv.bias.copy_(torch.tensor([0.0, -8.0]))
+            bias = self.conv.bias
+            assert bias is not None
+            bias.copy_(torch.tensor([0.0, -8.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

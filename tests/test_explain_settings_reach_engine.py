@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import load_nifti, set_card
+from conftest import load_nifti, set_card, write_channels
 from instasal import (
     ExplainSettings,
     SmoothGradConfig,
@@ -69,12 +68,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     flair = rng.normal(0.0, 0.3, (12, 12, 12)).astype(np.float32)
     flair[4:7, 4:7, 4:7] += 3.0
     t1w = rng.normal(0.0, 0.3, (12, 12, 12)).astype(np.float32)
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        path = folder / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        paths.append(path)
-    return paths
+    return write_channels(folder, {"FLAIR": flair, "T1w": t1w})
 
 
 BASE = {"n_samples": 3, "noise_level": 0.1, "seed": 1}

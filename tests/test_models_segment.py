@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import FlairThreshold, load_nifti
+from conftest import FlairThreshold, load_nifti, write_channels
 from instasal.cli import model_commands  # noqa: F401  (registers train, segment, evaluate)
 from instasal.cli._app import run_app
 from instasal.errors import ModelError, OutputExistsError
@@ -58,12 +57,7 @@ def images(tmp_path: Path) -> list[Path]:
     flair = np.ones(lesion.shape, np.float32) + 2.0 * lesion
     t1w = np.full(lesion.shape, 0.5, np.float32)
     t1w[0, 0, 0] = 0.6  # not constant
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        path = tmp_path / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, affine), path)
-        paths.append(path)
-    return paths
+    return write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w}, affine)
 
 
 def test_segment_writes_probability_and_mask_on_the_input_grid(

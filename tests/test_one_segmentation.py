@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from conftest import FlairThreshold, load_nifti, set_card
+from conftest import FlairThreshold, load_nifti, set_card, write_channels
 from instasal.models.cards import ModelCard
 from instasal.models.metrics import lesion_metrics
 from instasal.models.segmentation import segment_subject
@@ -53,12 +53,7 @@ def images(tmp_path: Path) -> list[Path]:
     flair[10:13, 2:5, 8:11] = FLAIR_AT_04
     t1w = np.full(flair.shape, 0.5, np.float32)
     t1w[0, 0, 0] = 0.6  # not constant
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        path = tmp_path / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, affine), path)
-        paths.append(path)
-    return paths
+    return write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w}, affine)
 
 
 def test_explain_and_segment_write_the_same_mask_at_the_card_threshold(
@@ -100,11 +95,7 @@ def test_nnunet_channel_numbers_stay_out_of_the_subject_name(tmp_path: Path) -> 
     flair[3:6, 3:6, 3:6] = 3.0
     t1w = np.full(flair.shape, 0.5, np.float32)
     t1w[0, 0, 0] = 0.6
-    paths = []
-    for index, data in enumerate((flair, t1w)):
-        path = tmp_path / f"case_012_{index:04d}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        paths.append(path)
+    paths = write_channels(tmp_path, {"0000": flair, "0001": t1w}, stem="case_012")
     segmented = segment_subject(_model_without_threshold(), paths, tmp_path / "segment")
     assert segmented.mask_path.name == "case_012_mask.nii.gz"
     settings = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None)

@@ -13,14 +13,13 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from conftest import load_nifti
+from conftest import load_nifti, write_channels
 from instasal.io import read_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.prepare import prepare_subject
@@ -69,12 +68,7 @@ def images(tmp_path: Path, rng: np.random.Generator) -> list[Path]:
     flair = rng.normal(0.0, 0.3, SHAPE).astype(np.float32)
     t1w = rng.normal(0.0, 0.3, SHAPE).astype(np.float32)
     flair[11:13, 9:11, 9:11] = 4.0  # straddles the windows' overlap along every axis
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        path = tmp_path / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        paths.append(path)
-    return paths
+    return write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w})
 
 
 def _settings(context: str | None) -> ExplainSettings:

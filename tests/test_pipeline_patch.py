@@ -13,13 +13,12 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import load_nifti, set_pointwise
+from conftest import load_nifti, set_pointwise, write_channels
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.saliency import SmoothGradConfig
 
@@ -90,12 +89,7 @@ def images(tmp_path: Path, rng: np.random.Generator) -> list[Path]:
     flair = rng.normal(10.0, 0.2, SHAPE).astype(np.float32)
     t1w = rng.normal(10.0, 0.2, SHAPE).astype(np.float32)
     flair[18:21, 17:20, 19:22] = 40.0
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        path = tmp_path / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, affine), path)
-        paths.append(path)
-    return paths
+    return write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w}, affine)
 
 
 @pytest.mark.parametrize("context", ["patch", "full"])

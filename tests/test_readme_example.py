@@ -10,13 +10,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import PointwiseLinear, set_card
+from conftest import PointwiseLinear, set_card, write_channels
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -55,11 +54,8 @@ def test_the_readme_example_runs_as_written(
     flair = rng.normal(10.0, 0.2, (16, 16, 16)).astype(np.float32)
     flair[5:7, 5:7, 5:7] = 40.0
     t1w = rng.normal(10.0, 0.2, (16, 16, 16)).astype(np.float32)
-    for name, data in (("FLAIR", flair), ("T1w", t1w)):
-        nib.save(
-            nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])),
-            tmp_path / f"sub-001_{name}.nii.gz",
-        )
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w}, affine, stem="sub-001")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(instasal.models, "load_model", _tiny_model)
     monkeypatch.setattr(instasal.pipeline.explain, "load_model", _tiny_model)

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import FlairThreshold, set_card
+from conftest import FlairThreshold, set_card, write_channels
 from instasal.errors import InstasalWarning
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.saliency import SmoothGradConfig
@@ -30,11 +29,8 @@ def test_true_negatives_lie_in_the_first_channels_non_zero_voxels(tmp_path: Path
     flair[2:18, 2:18, 2:10] = 1.0  # the "brain": the lower half only
     flair[4:7, 4:7, 4:7] = 3.0  # one lesion
     t1w = np.where(flair > 0, 0.5, 0.0).astype(np.float32)
-    paths = []
-    for name, data in (("FLAIR", flair), ("T1w", t1w), ("lesion", (flair > 2).astype(np.uint8))):
-        path = tmp_path / f"sub-01_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        paths.append(path)
+    lesion = (flair > 2).astype(np.uint8)
+    paths = write_channels(tmp_path, {"FLAIR": flair, "T1w": t1w, "lesion": lesion})
     model = FlairThreshold()
     set_card(
         model,
