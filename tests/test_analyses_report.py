@@ -30,6 +30,7 @@ from instasal.analyses.cohort_figures import (
 )
 from instasal.cli import run_app
 from instasal.errors import ConfigurationError, ImageError, OutputExistsError
+from test_report_document import assert_notebook_frame
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEDIANS = {"TP": 2.0, "FP": 1.6, "FN": 1.2, "TN": 0.5}
@@ -190,7 +191,7 @@ def test_report_embeds_every_figure_and_escapes_text(rng):
     assert "<img src=x" not in report.html
     assert "<b>cohort</b>" not in report.html
     assert "&lt;b&gt;cohort&lt;/b&gt;" in report.html
-    assert report._repr_html_() == report.html
+    assert_notebook_frame(report._repr_html_(), report.html)
     assert_well_formed(report.html)
     for finding in report.analysis.findings:
         assert finding.verdict in report.html

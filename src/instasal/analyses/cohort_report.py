@@ -44,6 +44,7 @@ from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.provenance import software_versions
+from instasal.report.document import HtmlDocument
 from instasal.report.subject_figures import figure_png
 from instasal.report.trust_figures import deletion_figure, profile_figure, randomisation_figure
 
@@ -62,19 +63,12 @@ _FIGURE_FILES = {
 
 
 @dataclass(frozen=True)
-class CohortReport:
-    """A rendered cohort report: the HTML, the analysis behind it and its PNG figures by name."""
+class CohortReport(HtmlDocument):
+    """A rendered cohort report (:class:`~instasal.report.document.HtmlDocument`): the HTML, the
+    analysis behind it and its PNG figures by name."""
 
-    html: str
     analysis: CohortAnalysis
     figures: Mapping[str, bytes]
-
-    def save_as_html(self, path: Path | str, *, overwrite: bool = False) -> None:
-        """Write the self-contained HTML atomically (refused over an existing file by default)."""
-        atomic_write_text(path, self.html, overwrite=overwrite)
-
-    def _repr_html_(self) -> str:
-        return self.html
 
 
 def _number(value: Any, digits: int = 3) -> str:

@@ -13,9 +13,10 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from instasal.io import Subject, atomic_write_text
+from instasal.io import Subject
 from instasal.pipeline.outputs import PREDICTED_KINDS, explained_disagrees, table_sidecar
 from instasal.pipeline.results import ExplainResult
+from instasal.report.document import HtmlDocument
 from instasal.report.lesion_panels import lesion_panel, panel_rows, shared_scale
 from instasal.report.subject_figures import (
     HALF_WINDOW_MM,
@@ -34,7 +35,7 @@ from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, niivue_script
 from instasal.trust.ablation import ablated_channels, ablation_agreement
 from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
 from instasal.trust.similarity import NEIGHBOURHOOD_MM
-from instasal.typing import PathLike, Progress
+from instasal.typing import Progress
 
 __all__ = ["SubjectReport", "write_subject_report"]
 
@@ -147,17 +148,8 @@ def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str,
 
 
 @dataclass(frozen=True)
-class SubjectReport:
-    """An explain run's report; ``save_as_html`` writes it, notebooks show it inline."""
-
-    html: str
-
-    def save_as_html(self, path: PathLike, *, overwrite: bool = True) -> None:
-        """Write the report atomically."""
-        atomic_write_text(path, self.html, overwrite=overwrite)
-
-    def _repr_html_(self) -> str:
-        return self.html
+class SubjectReport(HtmlDocument):
+    """An explain run's report (:class:`~instasal.report.document.HtmlDocument`)."""
 
 
 def build_subject_report(
@@ -429,7 +421,7 @@ def write_subject_report(
 ) -> SubjectReport:
     """Build the report of ``result`` and write it to the run's ``report.html``."""
     report = build_subject_report(result, subject, provenance, progress)
-    report.save_as_html(result.layout.report)
+    report.save_as_html(result.layout.report, overwrite=True)
     return report
 
 
