@@ -14,6 +14,12 @@ import torch
 from torch import nn
 
 from instasal.typing import Aggregation, EngineName, PathLike
+from nnunet_artefacts import (  # noqa: F401  (the nnU-Net tests' session fixtures)
+    flipped_subject,
+    nnunet_written,
+    trained_folder,
+    two_folds_written,
+)
 
 
 @pytest.fixture

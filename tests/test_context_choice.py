@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ import pytest
 
 from conftest import PointwiseLinear, load_nifti, write_linear_subject
 from instasal.errors import ConfigurationError, InstasalWarning
+from instasal.io import read_subject
 from instasal.models import load_model
 from instasal.pipeline import ExplainSettings, context_choice, explain_subject
+from instasal.prepare import prepare_subject
 from instasal.saliency import SmoothGradConfig
+from instasal.saliency.deployed import DeployedForward
 from instasal.typing import Context
 
 N_SAMPLES = 3
@@ -158,3 +162,36 @@ def test_asking_for_deployed_where_it_is_not_reproduced_is_refused() -> None:
     card = {"name": "m", "patch_size": [8, 8, 8]}
     with pytest.raises(ConfigurationError, match="context deployed is not available"):
         context_choice.resolve_context("deployed", card, NNUNET_OBSTACLE)
+
+
+@pytest.mark.slow
+def test_nnunet_folders_default_to_nnunets_own_forward(
+    trained_folder: Path, flipped_subject: Path, tmp_path: Path
+) -> None:
+    """nnU-Net's default resampling is rebuilt in the graph: deployed, nnU-Net's forward stated
+    on the subject; plans resampling otherwise fall back to patch with a note, never silently."""
+    pytest.importorskip("nnunetv2")
+    files = [flipped_subject / f"case_{c:04d}.nii.gz" for c in (0, 1)]
+    with pytest.warns(InstasalWarning, match="resampled"):
+        prepared = prepare_subject(read_subject(files), load_model(trained_folder / "fold_all"))
+    assert context_choice.deployed_obstacle(prepared) is None
+    card = {"name": "nnunet", "patch_size": [16, 20, 24]}
+    assert context_choice.resolve_context(None, card, None) == ("deployed", None)
+    stating = context_choice.with_deployed_forward(prepared, "deployed", tta=True)
+    stated = getattr(stating.network, "deployed", None)
+    assert isinstance(stated, DeployedForward) and stated.shape == tuple(prepared.x.shape[1:])
+    assert type(stated.network).__name__ == "MirroredAverage"  # the prediction's mirroring
+    assert not hasattr(prepared.network, "deployed")  # the prepared network is left alone
+    assert context_choice.with_deployed_forward(prepared, "patch", tta=True) is prepared
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(trained_folder, crafted)
+    plans = json.loads((crafted / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["resampling_fn_data"] = "resample_torch_fornnunet"
+    (crafted / "plans.json").write_text(json.dumps(plans))
+    with pytest.warns(InstasalWarning, match="resampled"):
+        other = prepare_subject(read_subject(files), load_model(crafted / "fold_all"))
+    obstacle = context_choice.deployed_obstacle(other)
+    assert obstacle is not None and "resample_torch_fornnunet" in obstacle
+    context, note = context_choice.resolve_context(None, card, obstacle)
+    assert context == "patch" and note is not None and "resample_torch_fornnunet" in note

@@ -1,9 +1,7 @@
 """nnU-Net v2 trained-model folders written by nnunetv2's own planning, training, checkpoint code.
 
-A tiny raw dataset is planned and preprocessed by ``nnunetv2.experiment_planning`` and trained for
-one one-iteration epoch by ``nnUNetTrainer.run_training`` (fold ``all``), in a subprocess because
-nnU-Net reads its folders from environment variables at import time. The loaded model is then
-compared with nnU-Net's own predictor on the same voxels, and :func:`predict_nnunet` (and
+The folder (``nnunet_artefacts``: folds ``all``, 0 and 1 trained by nnU-Net) is loaded; the model
+is then compared with nnU-Net's own predictor on the same voxels, and :func:`predict_nnunet` (and
 ``segment``'s route through it) with the probabilities ``nnUNetv2_predict`` itself wrote, with and
 without its mirroring test-time augmentation, on a subject stored flipped at a voxel size that
 nnU-Net resamples.
@@ -12,15 +10,11 @@ nnU-Net resamples.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -37,128 +31,15 @@ from instasal.models.nnunet_predict import MirroredAverage, nnunet_tta_module, p
 from instasal.models.segmentation import predict_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.saliency import SmoothGradConfig
+from nnunet_artefacts import FLOAT16_PROBABILITY, nnunet_probability, subject_files
 
 nnunetv2 = pytest.importorskip("nnunetv2")
 
 pytestmark = pytest.mark.slow
 
-DATASET = "Dataset901_Tiny"
-MAKE_ARTEFACT = r"""
-import json, os, sys
-from pathlib import Path
-
-import nibabel as nib
-import numpy as np
-import torch
-
-
-def main(root):
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints, plan_experiments, preprocess,
-    )
-
-    raw = root / "raw" / "Dataset901_Tiny"
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    for case in range(2):
-        lesion = np.zeros((20, 24, 28), np.uint8)
-        lesion[8:12, 10:14, 12 + case : 16 + case] = 1
-        brain = np.zeros(lesion.shape, bool)
-        brain[2:-2, 2:-2, 2:-2] = True
-        flair = brain * (1 + 0.1 * rng.standard_normal(lesion.shape)) + lesion
-        t1w = brain * (1 + 0.1 * rng.standard_normal(lesion.shape)) - 0.5 * lesion
-        for channel, data in enumerate((flair, t1w)):
-            image = nib.Nifti1Image(data.astype(np.float32), affine)
-            nib.save(image, raw / "imagesTr" / f"case{case}_{channel:04d}.nii.gz")
-        nib.save(nib.Nifti1Image(lesion, affine), raw / "labelsTr" / f"case{case}.nii.gz")
-    generate_dataset_json(
-        str(raw), {0: "FLAIR", 1: "T1w"}, {"background": 0, "lesion": 1}, 2, ".nii.gz",
-        dataset_name="Dataset901_Tiny",
-    )
-    extract_fingerprints([901], num_processes=1, check_dataset_integrity=True, verbose=False)
-    plan_experiments([901])
-    preprocess([901], configurations=("3d_fullres",), num_processes=(1,), verbose=False)
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    preprocessed = root / "preprocessed" / "Dataset901_Tiny"
-    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
-    dataset = json.loads((preprocessed / "dataset.json").read_text())
-    plans["continue_training"] = False  # what nnU-Net's run_training entry point sets
-    trainer = nnUNetTrainer(plans, "3d_fullres", "all", dataset, device=torch.device("cpu"))
-    trainer.num_epochs = 1
-    trainer.num_iterations_per_epoch = 1
-    trainer.num_val_iterations_per_epoch = 1
-    trainer.run_training()
-    assert "torchvision" not in sys.modules
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(Path(sys.argv[1]))
-"""
-
-
-# nnUNetv2_predict run as its console script does, except that its trainer-class lookup (which
-# imports every trainer module, and so the broken torchvision) returns nnUNetTrainer directly: the
-# class the checkpoint names. Nothing else is replaced, so nnU-Net's numerics are its own.
-RUN_NNUNET_PREDICT = r"""
-import sys
-
-import nnunetv2.inference.predict_from_raw_data as predict_module
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-def find_trainer(name, *args, **kwargs):
-    assert name == "nnUNetTrainer", name
-    return nnUNetTrainer
-
-
-if __name__ == "__main__":
-    predict_module.recursive_find_trainer_class_by_name = find_trainer
-    sys.argv = ["nnUNetv2_predict", *sys.argv[1:]]
-    predict_module.predict_entry_point()
-    assert "torchvision" not in sys.modules
-"""
-# nnU-Net accumulates the sliding-window logits in float16 (ENVIRONMENT.md); its written
-# probabilities and ours come from the same code, so they agree to well within that round-off
-# (2**-11 relative on logits of order 1, about 1e-3 on a probability)
-FLOAT16_PROBABILITY = 1e-3
-
-
-def _environment(root: Path) -> dict[str, str]:
-    return os.environ | {
-        "nnUNet_raw": str(root / "raw"),
-        "nnUNet_preprocessed": str(root / "preprocessed"),
-        "nnUNet_results": str(root / "results"),
-        "nnUNet_n_proc_DA": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-@pytest.fixture(scope="module")
-def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("nnunet")
-    script = root / "make_artefact.py"
-    script.write_text(MAKE_ARTEFACT)
-    completed = subprocess.run(
-        [sys.executable, str(script), str(root)],
-        env=_environment(root),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    folder = root / "results" / DATASET / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    assert (folder / "fold_all" / "checkpoint_final.pth").is_file()
-    return folder
-
 
 def test_card_keeps_nnunet_preprocessing(trained_folder: Path) -> None:
-    model = load_model(trained_folder)
+    model = load_model(trained_folder / "fold_all")
     card = card_of(model)
     plans = json.loads((trained_folder / "plans.json").read_text())
     configuration = plans["configurations"]["3d_fullres"]
@@ -228,75 +109,28 @@ def test_network_agrees_with_nnunet_predictor(trained_folder: Path) -> None:
 
 
 def test_fold_choice_and_bad_checkpoints(trained_folder: Path, tmp_path: Path) -> None:
+    # the root is nnU-Net's choice without -f: the numbered folds, averaged; fold_all when named
+    assert card_of(load_model(trained_folder)).hyperparameters["fold"] == "fold_0+fold_1"
+    assert card_of(load_model(trained_folder / "fold_1")).hyperparameters["fold"] == "fold_1"
     copy = tmp_path / "trained"
     shutil.copytree(trained_folder, copy)
+    shutil.rmtree(copy / "fold_0")
+    shutil.rmtree(copy / "fold_1")
+    assert card_of(load_model(copy)).hyperparameters["fold"] == "fold_all"
     shutil.copytree(copy / "fold_all", copy / "fold_0")
-    with pytest.raises(ModelError, match=r"2 folds \(fold_0, fold_all\); pass one fold folder"):
-        load_model(copy)
-    assert card_of(load_model(copy / "fold_0")).hyperparameters["fold"] == "fold_0"
     checkpoint = copy / "fold_0" / "checkpoint_final.pth"
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    payload["inference_allowed_mirroring_axes"] = (0,)
+    torch.save(payload, checkpoint)
+    shutil.copytree(copy / "fold_all", copy / "fold_1")
+    with pytest.raises(ModelError, match=r"the folds were trained differently .*; pass one fold"):
+        load_model(copy)
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(ModelError, match=r"checkpoint_final\.pth: corrupt or unreadable nnU-Net"):
         load_model(copy / "fold_0")
     checkpoint.unlink()
     with pytest.raises(ModelError, match=r"checkpoint_final\.pth: checkpoint not found"):
         load_model(copy / "fold_0")
-
-
-@pytest.fixture(scope="module")
-def flipped_subject(trained_folder: Path) -> Path:
-    """A non-symmetric subject at 1.5 × 2 × 2.5 mm (the model's is 2 mm), stored x-flipped."""
-    folder = trained_folder.parents[2] / "test_input"
-    folder.mkdir()
-    rng = np.random.default_rng(5)
-    shape = (27, 24, 22)
-    brain = np.zeros(shape, bool)
-    brain[2:-3, 3:-2, 2:-2] = True
-    affine = np.array([[-1.5, 0, 0, 40.0], [0, 2.0, 0, -20.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]])
-    lesion = np.zeros(shape, bool)
-    lesion[6:13, 7:12, 5:9] = True
-    lesion[18:21, 14:17, 12:14] = True
-    flair = brain * (1 + 0.1 * rng.standard_normal(shape)) + lesion
-    t1w = brain * (1 + 0.1 * rng.standard_normal(shape)) - 0.5 * lesion
-    for channel, data in enumerate((flair, t1w)):
-        image = nib.Nifti1Image(data.astype(np.float32), affine)
-        nib.save(image, folder / f"case_{channel:04d}.nii.gz")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def nnunet_written(trained_folder: Path, flipped_subject: Path) -> dict[bool, tuple[Path, Path]]:
-    """``nnUNetv2_predict --save_probabilities`` outputs (probabilities, mask) by TTA on/off."""
-    root = trained_folder.parents[2]
-    script = root / "run_nnunet_predict.py"
-    script.write_text(RUN_NNUNET_PREDICT)
-    written = {}
-    for tta in (True, False):
-        out = root / ("predicted_tta" if tta else "predicted_no_tta")
-        arguments = ["-i", str(flipped_subject), "-o", str(out), "-d", DATASET, "-c", "3d_fullres"]
-        arguments += ["-f", "all", "--save_probabilities", "-device", "cpu", "-npp", "1"]
-        arguments += ["-nps", "1", "--disable_progress_bar"]
-        completed = subprocess.run(
-            [sys.executable, str(script), *arguments, *([] if tta else ["--disable_tta"])],
-            env=_environment(root),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        written[tta] = (out / "case.npz", out / "case.nii.gz")
-    return written
-
-
-def _subject_files(folder: Path) -> list[Path]:
-    return [folder / "case_0000.nii.gz", folder / "case_0001.nii.gz"]
-
-
-def _theirs(written: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
-    """nnU-Net's foreground probability and mask, back in the stored (nibabel) array order."""
-    probabilities = np.load(written[0])["probabilities"]  # (c, z, y, x) of the stored array
-    mask = np.asarray(load_nifti(written[1]).dataobj)
-    return probabilities[1].transpose(2, 1, 0).astype(np.float32), mask
 
 
 @pytest.mark.parametrize("tta", [True, False], ids=["default", "disable_tta"])
@@ -308,8 +142,8 @@ def test_predict_nnunet_reproduces_nnunetv2_predict(
 ) -> None:
     model = load_model(trained_folder / "fold_all")
     assert card_of(model).orientation == "stored"  # nnU-Net's SimpleITK reader
-    subject = read_subject(_subject_files(flipped_subject))
-    theirs, their_mask = _theirs(nnunet_written[tta])
+    subject = read_subject(subject_files(flipped_subject))
+    theirs, their_mask = nnunet_probability(nnunet_written[tta])
     ours = predict_nnunet(model, subject, tta=tta)
     assert ours.shape == subject.shape == their_mask.shape and ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
@@ -319,7 +153,7 @@ def test_predict_nnunet_reproduces_nnunetv2_predict(
     # segment's route: the preparation stage (a ResampledNetwork here) handing over to nnU-Net
     routed = predict_subject(model, subject, tta=tta)
     np.testing.assert_allclose(routed, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
-    one_channel = read_subject(_subject_files(flipped_subject)[:1])
+    one_channel = read_subject(subject_files(flipped_subject)[:1])
     with pytest.raises(ModelError, match="channel"):
         predict_nnunet(model, one_channel, tta=tta)
 
@@ -328,10 +162,10 @@ def test_mirroring_changes_the_prediction(
     trained_folder: Path, flipped_subject: Path, nnunet_written: dict[bool, tuple[Path, Path]]
 ) -> None:
     """The parity test above would fail if TTA were ignored: the two modes differ measurably."""
-    with_tta, _ = _theirs(nnunet_written[True])
-    without, _ = _theirs(nnunet_written[False])
+    with_tta, _ = nnunet_probability(nnunet_written[True])
+    without, _ = nnunet_probability(nnunet_written[False])
     assert np.abs(with_tta - without).max() > 20 * FLOAT16_PROBABILITY
-    subject = read_subject(_subject_files(flipped_subject))
+    subject = read_subject(subject_files(flipped_subject))
     ours = predict_nnunet(load_model(trained_folder / "fold_all"), subject, tta=False)
     assert np.abs(ours - with_tta).max() > 20 * FLOAT16_PROBABILITY
 
@@ -399,7 +233,7 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
     tmp_path: Path,
 ) -> None:
     model = load_model(trained_folder / "fold_all")
-    theirs, _ = _theirs(nnunet_written[True])
+    theirs, _ = nnunet_probability(nnunet_written[True])
     # a high threshold keeps the lesion (and so the Jacobian rows per mirror) few; below the
     # peak of nnU-Net's own prediction (the tiny network's training varies) so one lesion exists
     settings = ExplainSettings(
@@ -411,7 +245,7 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
         saliency_of="tta",
         reduced=True,
     )
-    result = explain_subject(_subject_files(flipped_subject), model, tmp_path, settings=settings)
+    result = explain_subject(subject_files(flipped_subject), model, tmp_path, settings=settings)
     probability = np.asarray(load_nifti(result.layout.probability).dataobj, dtype=np.float32)
     np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
     assert len(result.table) == 1 and np.isfinite(result.table["peak_FLAIR"]).all()
@@ -429,13 +263,13 @@ def test_segment_cli_writes_nnunet_predictions_in_both_modes(
     nnunet_written: dict[bool, tuple[Path, Path]],
     tmp_path: Path,
 ) -> None:
-    files = [str(f) for f in _subject_files(flipped_subject)]
+    files = [str(f) for f in subject_files(flipped_subject)]
     model = ["--model", str(trained_folder / "fold_all")]
     for tta, flag in ((True, []), (False, ["--no-tta"])):
         out = tmp_path / f"tta_{tta}"
         assert run_app(["segment", *files, *model, "--out", str(out), "--name", "s", *flag]) == 0
         written = load_nifti(out / "s_prob.nii.gz")
-        theirs, _ = _theirs(nnunet_written[tta])
+        theirs, _ = nnunet_probability(nnunet_written[tta])
         probability = np.asarray(written.dataobj, dtype=np.float32)
         np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
         # on the input's own (flipped) grid and affine

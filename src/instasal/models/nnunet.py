@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,7 +37,14 @@ from instasal.errors import ModelError
 from instasal.models.allowed_classes import allowed_class
 from instasal.models.cards import ModelCard, Normalisation, attach_card
 
-__all__ = ["NnUNetNetwork", "NnUNetSetup", "is_nnunet_folder", "load_nnunet_folder"]
+__all__ = [
+    "FoldAverage",
+    "NnUNetNetwork",
+    "NnUNetSetup",
+    "fold_networks",
+    "is_nnunet_folder",
+    "load_nnunet_folder",
+]
 
 CHECKPOINT_NAME = "checkpoint_final.pth"
 # nnU-Net's image readers and the array orientation each hands to the network
@@ -77,6 +84,34 @@ class NnUNetSetup:
     mirroring_axes: tuple[int, ...] | None
 
 
+class FoldAverage(nn.Module):
+    """The mean of several folds' logits, as ``nnUNetv2_predict -f 0 1 …`` averages them.
+
+    nnU-Net sums each fold's whole sliding-window prediction and divides by the number of folds;
+    the windows' blending is linear and the same for every fold, so averaging per window is the
+    same function.
+    """
+
+    def __init__(self, folds: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.folds = nn.ModuleList(folds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The folds' mean logits."""
+        total = self.folds[0](x)
+        for fold in self.folds[1:]:
+            total = total + fold(x)
+        return total / len(self.folds)
+
+
+def fold_networks(network: nn.Module) -> list[nn.Module]:
+    """The per-fold networks inside an :class:`NnUNetNetwork`'s ``network`` (one, or a
+    :class:`FoldAverage`'s folds)."""
+    if isinstance(network, FoldAverage):
+        return list(network.folds)
+    return [network]
+
+
 class NnUNetNetwork(nn.Module):
     """An nnU-Net network taking and returning ``[B, C, X, Y, Z]`` in our (nibabel) axis order.
 
@@ -88,6 +123,10 @@ class NnUNetNetwork(nn.Module):
     transpose_forward
         The plans' ``transpose_forward`` (a permutation of nnU-Net's ``(z, y, x)`` axes).
     """
+
+    own_prediction: ClassVar[str] = "nnU-Net's own predictor (crop, resampling, tiles, export)"
+    """What predicts this network (:func:`instasal.saliency.deployed.deployed_forward` refuses
+    to stand MONAI's sliding window in for it)."""
 
     def __init__(
         self,
@@ -133,48 +172,36 @@ def is_nnunet_folder(path: Path) -> bool:
 def load_nnunet_folder(path: Path, trust_code: bool = False) -> nn.Module:
     """Load an nnU-Net v2 trained-model folder (or a ``fold_X`` folder of one).
 
-    A folder with several folds needs the fold chosen: pass ``…/fold_X``. nnU-Net imports and
+    A folder with several folds is loaded as ``nnUNetv2_predict`` without ``-f`` finds its folds:
+    every ``fold_N`` with a checkpoint, their logits averaged (:class:`FoldAverage`);
+    ``fold_all`` where it is the only fold. Pass ``…/fold_X`` for one fold. nnU-Net imports and
     calls the classes ``plans.json`` names by dotted path; unless ``trust_code``, only network
     classes of ``dynamic_network_architectures`` and layers of ``torch.nn`` are accepted.
 
     Raises
     ------
     ModelError
-        When nnunetv2 is not installed, the checkpoint is missing or corrupt, the plans name a
-        class outside those packages (without ``trust_code``), or the weights do not fit the
-        network the plans describe.
+        When nnunetv2 is not installed, a checkpoint is missing or corrupt, the folds were trained
+        with different configurations, trainers or mirroring, the plans name a class outside
+        those packages (without ``trust_code``), or the weights do not fit the planned network.
     """
     try:
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     except ImportError as error:
         raise ModelError(
             f"{path}: loading an nnU-Net v2 folder needs nnunetv2 (pip install 'instasal[nnunet]')"
         ) from error
-    root, fold_folder = _resolve_fold(path)
+    root, fold_folders = _resolve_folds(path)
     plans = _read_json(root / "plans.json")
     dataset = _read_json(root / "dataset.json")
-    checkpoint_path = fold_folder / CHECKPOINT_NAME
-    checkpoint = _read_checkpoint(checkpoint_path)
-    configuration_name = str(checkpoint.get("init_args", {}).get("configuration", "3d_fullres"))
+    checkpoints = [_read_checkpoint(f / CHECKPOINT_NAME) for f in fold_folders]
+    configuration_name, trainer_name, mirroring = _agreed_training(checkpoints, fold_folders)
     try:
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(configuration_name)
         if not trust_code:
             _check_planned_classes(configuration, root / "plans.json")
             _check_looked_up_names(plans, configuration.configuration, root / "plans.json")
-        label_manager = plans_manager.get_label_manager(dataset)
-        in_channels = determine_num_input_channels(plans_manager, configuration, dataset)
-        network = get_network_from_plans(
-            configuration.network_arch_class_name,
-            configuration.network_arch_init_kwargs,
-            configuration.network_arch_init_kwargs_req_import,
-            in_channels,
-            label_manager.num_segmentation_heads,
-            allow_init=False,
-            deep_supervision=False,
-        )
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError, ImportError) as error:
@@ -182,38 +209,82 @@ def load_nnunet_folder(path: Path, trust_code: bool = False) -> nn.Module:
             f"{root / 'plans.json'}: cannot build configuration {configuration_name!r} "
             f"({' '.join(str(error).split())[:200]})"
         ) from error
-    try:
-        network.load_state_dict(checkpoint["network_weights"], strict=True)
-    except (KeyError, RuntimeError) as error:
-        raise ModelError(
-            f"{checkpoint_path}: weights do not fit the planned network "
-            f"({' '.join(str(error).split())[:200]})"
-        ) from error
-    mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+    folds = [
+        _fold_network(plans_manager, configuration, dataset, checkpoint, folder, root)
+        for checkpoint, folder in zip(checkpoints, fold_folders, strict=True)
+    ]
     setup = NnUNetSetup(
         plans_manager=plans_manager,
         configuration_manager=configuration,
         dataset=dataset,
         configuration_name=configuration_name,
-        trainer_name=str(checkpoint.get("trainer_name", "")),
-        mirroring_axes=tuple(int(a) for a in mirroring) if mirroring else None,
+        trainer_name=trainer_name,
+        mirroring_axes=mirroring,
     )
     orientation = _orientation(root, plans)
+    network = folds[0] if len(folds) == 1 else FoldAverage(folds)
     wrapped = NnUNetNetwork(network, plans_manager.transpose_forward, setup).eval()
-    card = _card(
-        root,
-        fold_folder,
-        plans_manager,
-        configuration,
-        configuration_name,
-        dataset,
-        label_manager,
-        checkpoint,
-        wrapped,
-        in_channels,
-        orientation,
-    )
+    card = _card(root, fold_folders, setup, wrapped, orientation)
     return attach_card(wrapped, card)
+
+
+def _fold_network(
+    plans_manager: Any,
+    configuration: Any,
+    dataset: Mapping[str, Any],
+    checkpoint: Mapping[str, Any],
+    folder: Path,
+    root: Path,
+) -> nn.Module:
+    """One fold's network, built from the plans as nnU-Net builds it, with its weights."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    try:
+        label_manager = plans_manager.get_label_manager(dataset)
+        network = get_network_from_plans(
+            configuration.network_arch_class_name,
+            configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import,
+            determine_num_input_channels(plans_manager, configuration, dataset),
+            label_manager.num_segmentation_heads,
+            allow_init=False,
+            deep_supervision=False,
+        )
+    except (KeyError, TypeError, ValueError, ImportError) as error:
+        raise ModelError(
+            f"{root / 'plans.json'}: cannot build configuration {configuration.configuration!r} "
+            f"({' '.join(str(error).split())[:200]})"
+        ) from error
+    try:
+        network.load_state_dict(checkpoint["network_weights"], strict=True)
+    except (KeyError, RuntimeError) as error:
+        raise ModelError(
+            f"{folder / CHECKPOINT_NAME}: weights do not fit the planned network "
+            f"({' '.join(str(error).split())[:200]})"
+        ) from error
+    return network
+
+
+def _agreed_training(
+    checkpoints: Sequence[Mapping[str, Any]], folders: Sequence[Path]
+) -> tuple[str, str, tuple[int, ...] | None]:
+    """The configuration, trainer and mirroring axes every fold was trained with."""
+    seen = []
+    for checkpoint in checkpoints:
+        configuration = str(checkpoint.get("init_args", {}).get("configuration", "3d_fullres"))
+        mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+        axes = tuple(int(a) for a in mirroring) if mirroring else None
+        seen.append((configuration, str(checkpoint.get("trainer_name", "")), axes))
+    if len(set(seen)) > 1:
+        listed = "; ".join(
+            f"{folder.name}: {c}, {t}, mirroring {a}"
+            for folder, (c, t, a) in zip(folders, seen, strict=True)
+        )
+        raise ModelError(
+            f"{folders[0].parent}: the folds were trained differently ({listed}); pass one fold"
+        )
+    return seen[0]
 
 
 def _orientation(root: Path, plans: Mapping[str, Any]) -> str:
@@ -314,18 +385,17 @@ def _check_looked_up_names(
             )
 
 
-def _resolve_fold(path: Path) -> tuple[Path, Path]:
+def _resolve_folds(path: Path) -> tuple[Path, list[Path]]:
+    """The folder's root and the folds to load: the one named, else nnU-Net's own choice."""
     if path.name.startswith("fold_"):
-        return path.parent, path
-    folds = sorted(p for p in path.glob("fold_*") if (p / CHECKPOINT_NAME).is_file())
-    if not folds:
-        raise ModelError(f"{path}: no fold_X/{CHECKPOINT_NAME} in this nnU-Net folder")
-    if len(folds) > 1:
-        names = ", ".join(p.name for p in folds)
-        raise ModelError(
-            f"{path}: {len(folds)} folds ({names}); pass one fold folder, e.g. {folds[0]}"
-        )
-    return path, folds[0]
+        return path.parent, [path]
+    trained = [p for p in path.glob("fold_*") if (p / CHECKPOINT_NAME).is_file()]
+    numbered = sorted((p for p in trained if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    if numbered:
+        return path, numbered
+    if trained:
+        return path, sorted(trained)[:1]
+    raise ModelError(f"{path}: no fold_X/{CHECKPOINT_NAME} in this nnU-Net folder")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -384,18 +454,18 @@ def _normalisation(schemes: Sequence[str], masked: Sequence[bool]) -> Normalisat
 
 def _card(
     root: Path,
-    fold_folder: Path,
-    plans_manager: Any,
-    configuration: Any,
-    configuration_name: str,
-    dataset: Mapping[str, Any],
-    label_manager: Any,
-    checkpoint: Mapping[str, Any],
+    fold_folders: Sequence[Path],
+    setup: NnUNetSetup,
     wrapped: NnUNetNetwork,
-    in_channels: int,
     orientation: str,
 ) -> ModelCard:
-    channels = dataset.get("channel_names", dataset.get("modality", {}))
+    """The card of the loaded folds (one card: they share plans, configuration and trainer)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    plans_manager, configuration = setup.plans_manager, setup.configuration_manager
+    label_manager = plans_manager.get_label_manager(setup.dataset)
+    in_channels = determine_num_input_channels(plans_manager, configuration, setup.dataset)
+    channels = setup.dataset.get("channel_names", setup.dataset.get("modality", {}))
     channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
     if len(channel_names) != in_channels:
         channel_names = [f"ch{k}" for k in range(in_channels)]
@@ -404,16 +474,17 @@ def _card(
     stages = len(configuration.network_arch_init_kwargs.get("n_conv_per_stage_decoder", [])) or (
         len(configuration.pool_op_kernel_sizes) - 1
     )
-    mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+    folds = "+".join(f.name for f in fold_folders)
+    mirroring = setup.mirroring_axes
     return ModelCard(
-        name=f"{root.name}/{fold_folder.name}",
+        name=f"{root.name}/{folds}",
         architecture="nnunetv2",
         hyperparameters={
             "network_class": configuration.network_arch_class_name,
             "arch_kwargs": dict(configuration.network_arch_init_kwargs),
-            "configuration": configuration_name,
-            "trainer": str(checkpoint.get("trainer_name", "")),
-            "fold": fold_folder.name,
+            "configuration": setup.configuration_name,
+            "trainer": setup.trainer_name,
+            "fold": folds,
         },
         channel_names=tuple(channel_names),
         out_channels=int(label_manager.num_segmentation_heads),
@@ -427,9 +498,12 @@ def _card(
         ),
         threshold=0.5,
         orientation=orientation,
-        gradcam_layer=f"network.decoder.stages.{max(stages - 2, 0)}",
+        # an ensemble runs each layer once per fold: no one activation to take a CAM of
+        gradcam_layer=(
+            f"network.decoder.stages.{max(stages - 2, 0)}" if len(fold_folders) == 1 else None
+        ),
         training={"nnunet_dataset": plans_manager.dataset_name, "plans": plans_manager.plans_name},
-        source=str(fold_folder / CHECKPOINT_NAME),
+        source=str(fold_folders[0] / CHECKPOINT_NAME if len(fold_folders) == 1 else root),
         preprocessing={
             "normalization_schemes": list(configuration.normalization_schemes),
             "use_mask_for_norm": list(configuration.use_mask_for_norm),

@@ -19,6 +19,7 @@ prepared subject, inside the resampling when there is one, where nnU-Net mirrors
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import itertools
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from instasal.errors import ModelError
 from instasal.io import Subject
 from instasal.models.cards import attach_card, card_of
 from instasal.models.loaders import check_channels
-from instasal.models.nnunet import NnUNetNetwork, NnUNetSetup
+from instasal.models.nnunet import NnUNetNetwork, NnUNetSetup, fold_networks
 from instasal.prepare import (
     PreparedSubject,
     ResampledNetwork,
@@ -144,7 +145,8 @@ def predict_nnunet(
     Parameters
     ----------
     model
-        A loaded nnU-Net v2 folder (:func:`instasal.load_model` on it).
+        A loaded nnU-Net v2 folder (:func:`instasal.load_model` on it); with several folds
+        their logits are averaged, as ``nnUNetv2_predict -f 0 1 …`` does.
     subject
         Raw intensities ``[C, X, Y, Z]`` on their stored grid, channels in the model's order.
     tta
@@ -187,11 +189,13 @@ def predict_nnunet(
             verbose_preprocessing=False,
             allow_tqdm=False,
         )
+    folds = fold_networks(network.network)
+    # nnU-Net loads each fold's weights into the network it is given: hand it a copy
     predictor.manual_initialization(
-        network.network,
+        copy.deepcopy(folds[0]),
         setup.plans_manager,
         setup.configuration_manager,
-        [network.network.state_dict()],
+        [fold.state_dict() for fold in folds],
         setup.dataset,
         setup.trainer_name,
         setup.mirroring_axes,

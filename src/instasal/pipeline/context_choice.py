@@ -1,9 +1,11 @@
 """Which context an explain run differentiates, and a guard against an unasked whole-volume run.
 
-By default a run explains the decision the model made: the deployed context, the sliding-window
-prediction's own forward (:mod:`instasal.saliency.deployed`), wherever instasal's prediction is
-that sliding window (resampled in the graph where the model runs at another voxel size); the
-patch context, with a note, where it is not reproduced (an nnU-Net folder's own predictor).
+By default a run explains the decision the model made: the deployed context, the prediction's own
+forward (:mod:`instasal.saliency.deployed`): instasal's sliding window (resampled in the graph
+where the model runs at another voxel size), or for an nnU-Net folder nnU-Net's own predictor
+rebuilt on the subject (:mod:`instasal.models.nnunet_deployed`: crop, resampling, tiles,
+mirroring, folds, export). The patch context, with a note, where the prediction is not reproduced
+(an nnU-Net folder whose plans resample with another function than nnU-Net's default).
 
 A model card without a patch size leaves only the whole volume as the forward pass to
 differentiate (``context="full"``). For a large volume and network that is days of work: every
@@ -25,6 +27,7 @@ import torch
 
 from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instance
+from instasal.models.nnunet_deployed import nnunet_deployed_obstacle, with_nnunet_deployed
 from instasal.models.nnunet_predict import nnunet_network
 from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
 from instasal.prepare import PreparedSubject
@@ -40,6 +43,7 @@ __all__ = [
     "deployed_obstacle",
     "full_context_seconds",
     "resolve_context",
+    "with_deployed_forward",
 ]
 
 FULL_CONTEXT_BUDGET_S = 3600.0
@@ -65,12 +69,23 @@ def _patch_hint(card: Mapping[str, Any]) -> str:
 
 def deployed_obstacle(prepared: PreparedSubject) -> str | None:
     """Why the deployed context cannot reproduce this model's prediction (``None``: it can)."""
-    if nnunet_network(prepared.network) is not None:
-        return (
-            "the prediction is nnU-Net's own predictor (its tiles, mirroring and resampling), "
-            "which the deployed context does not reproduce yet"
-        )
-    return None
+    if nnunet_network(prepared.network) is None:
+        return None
+    obstacle = nnunet_deployed_obstacle(prepared.network)
+    if obstacle is None:
+        return None
+    return f"the prediction is nnU-Net's own predictor, not rebuilt in the graph: {obstacle}"
+
+
+def with_deployed_forward(
+    prepared: PreparedSubject, context: Context, tta: bool
+) -> PreparedSubject:
+    """``prepared`` ready for ``context``: in the deployed context an nnU-Net folder's network
+    states nnU-Net's prediction on this subject (mirroring as the prediction did: ``tta``);
+    anything else unchanged (instasal's sliding window needs nothing of the subject)."""
+    if context != "deployed" or nnunet_network(prepared.network) is None:
+        return prepared
+    return with_nnunet_deployed(prepared, tta)
 
 
 def resolve_context(

@@ -43,6 +43,7 @@ from instasal.pipeline.context_choice import (
     check_full_context_cost,
     deployed_obstacle,
     resolve_context,
+    with_deployed_forward,
 )
 from instasal.pipeline.cost import CostEstimate, check_budget, estimate_cost
 from instasal.pipeline.outputs import (
@@ -361,6 +362,7 @@ def enter_model_space(
     context, context_note = resolve_context(
         settings.context, working_card, deployed_obstacle(prepared)
     )
+    prepared = with_deployed_forward(prepared, context, settings.tta)
     threshold = card.threshold if settings.threshold is None else settings.threshold
     target = card.target_class
     smoothgrad = replace(settings.smoothgrad, target=target, context=context)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
+from instasal.errors import ConfigurationError
 from instasal.saliency.inputs import target_channel
 from instasal.saliency.windows import (
     ModelGrid,
@@ -46,6 +47,7 @@ __all__ = [
     "DeployedForward",
     "ModelGrid",
     "Tiling",
+    "Uncomputed",
     "deployed_forward",
     "sliding_tiling",
 ]
@@ -75,6 +77,12 @@ class Tiling:
         Blending weight of each window voxel ``[*patch]``.
     total_weight
         Sum of the weights of every window at each voxel of the padded grid ``[*padded]``.
+    accumulate
+        The dtype the prediction sums the weighted windows and weights in, window after window
+        (nnU-Net's predictor: ``torch.float16``); ``None``: the input's. The blend's value is then
+        rounded as the prediction rounds it, its gradient that of the exact sum (rounding has
+        derivative zero almost everywhere, so the map is of the function the prediction's
+        arithmetic approximates).
     """
 
     shape: tuple[int, ...]
@@ -83,6 +91,7 @@ class Tiling:
     boxes: tuple[tuple[slice, ...], ...]
     importance: torch.Tensor
     total_weight: torch.Tensor
+    accumulate: torch.dtype | None = None
 
     @property
     def padded(self) -> tuple[int, ...]:
@@ -117,20 +126,58 @@ class Tiling:
         divisibility = resolve_size_divisibility(model, None, len(self.patch))
         extra = end_padding(self.patch, divisibility)
         blended: torch.Tensor | None = None
+        rounded: torch.Tensor | None = None
         for index in windows:
             box = (slice(None), slice(None), *self.boxes[index])
             weighted = padded_forward(model, padded[box], extra) * importance
             if blended is None:
                 blended = weighted.new_zeros((batch.shape[0], weighted.shape[1], *self.padded))
+                if self.accumulate is not None:
+                    rounded = blended.detach().to(self.accumulate)
             blended = blended.index_put(_box_indices(box, blended), weighted, accumulate=True)
+            if rounded is not None:
+                rounded[box] += weighted.detach()  # summed in float32, stored rounded
         if blended is None:
             raise ValueError("no window to blend")
-        total = self.total_weight.to(batch.device, batch.dtype)
-        inside = tuple(
-            slice(before, before + size)
-            for before, size in zip(self.pad_before, self.shape, strict=True)
+        inside = (
+            slice(None),
+            slice(None),
+            *(
+                slice(before, before + size)
+                for before, size in zip(self.pad_before, self.shape, strict=True)
+            ),
         )
-        return (blended / total)[(slice(None), slice(None), *inside)]
+        exact = (blended / self.total_weight.to(batch.device, batch.dtype))[inside]
+        if rounded is None:
+            return exact
+        total = self._rounded_total(rounded.dtype).to(batch.device)
+        value = (rounded.to(batch.dtype) / total.to(batch.dtype)).to(rounded.dtype)
+        return exact + (value[inside].to(batch.dtype) - exact).detach()
+
+    def _rounded_total(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weights summed window after window in ``dtype``."""
+        total = torch.zeros(self.padded, dtype=dtype)
+        weight = self.importance.to(dtype)
+        for box in self.boxes:
+            total[box] += weight
+        return total
+
+
+@dataclass(frozen=True, eq=False)
+class Uncomputed:
+    """Voxels for which the prediction computes no logit but states a constant (nnU-Net writes
+    background probability 1 outside its crop box), and that constant as logits.
+
+    Attributes
+    ----------
+    mask
+        ``[*shape]``, true where the prediction runs no window.
+    logits
+        ``[K]``: logits giving the prediction's probability there.
+    """
+
+    mask: torch.Tensor
+    logits: torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,12 +195,24 @@ class DeployedForward:
         (``None``: the input grid is the network's).
     shape
         The input grid.
+    uncomputed
+        Where the prediction states a constant instead of running windows (``None``: nowhere).
+    stored
+        The dtype the prediction stores its logits in on the input grid (nnU-Net's export:
+        ``torch.float16``; ``None``: the input's): values rounded so, gradients exact.
+    members
+        Networks whose whole blended predictions the prediction averages, each blended (and
+        rounded) on its own (nnU-Net's folds); empty: ``network``'s blend alone. The average is
+        ``network``'s blend in exact arithmetic, not after rounding.
     """
 
     network: nn.Module
     tiling: Tiling
     grid: ModelGrid | None
     shape: tuple[int, ...]
+    uncomputed: Uncomputed | None = None
+    stored: torch.dtype | None = None
+    members: tuple[nn.Module, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module, shape: Sequence[int], patch: Sequence[int]) -> DeployedForward:
@@ -185,7 +244,11 @@ class DeployedForward:
             held[:, column] = self._influence(index).reshape(-1)[where]
         cells: dict[tuple[int, ...], list[int]] = {}
         for row, flags in enumerate(held.tolist()):
-            key = tuple(w for w, flag in zip(windows, flags, strict=True) if flag)
+            # a voxel no window feeds (outside nnU-Net's crop box) has a constant logit: any
+            # window's graph gives its zero row
+            key = tuple(w for w, flag in zip(windows, flags, strict=True) if flag) or (
+                windows[0] if windows else 0,
+            )
             cells.setdefault(key, []).append(row)
         return {key: where[torch.tensor(rows)] for key, rows in cells.items()}
 
@@ -217,9 +280,34 @@ class DeployedForward:
         """Logits ``[B, K, *shape]`` of the prediction, exact wherever every window feeding a
         voxel is among ``windows``."""
         if self.grid is None:
+            logits = self._blend(batch, windows)
+        else:
+            inner = self._blend(self.grid.to_model_grid(batch), windows)
+            logits = self.grid.from_model_grid(inner, self.shape)
+        if self.stored is not None:
+            rounded = logits.detach().to(self.stored).to(logits.dtype)
+            logits = logits + (rounded - logits.detach())
+        if self.uncomputed is None:
+            return logits
+        constant = self.uncomputed.logits.to(logits.device, logits.dtype)
+        where = self.uncomputed.mask.to(logits.device)
+        return torch.where(where, constant.reshape(-1, *[1] * len(self.shape)), logits)
+
+    def _blend(self, batch: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:
+        """The blended logits on the tiles' grid: one network's, or the members' average, summed
+        (and divided) in :attr:`Tiling.accumulate` as the prediction sums them."""
+        if not self.members:
             return self.tiling.blended_logits(self.network, batch, windows)
-        inner = self.tiling.blended_logits(self.network, self.grid.to_model_grid(batch), windows)
-        return self.grid.from_model_grid(inner, self.shape)
+        parts = [self.tiling.blended_logits(m, batch, windows) for m in self.members]
+        exact = torch.stack(parts).mean(0)
+        dtype = self.tiling.accumulate
+        if dtype is None:
+            return exact
+        total = parts[0].detach().to(dtype)
+        for part in parts[1:]:
+            total += part.detach()
+        value = (total.to(exact.dtype) / len(parts)).to(dtype).to(exact.dtype)
+        return exact + (value - exact).detach()
 
     def target_logits(
         self, batch: torch.Tensor, windows: Sequence[int], target: int
@@ -234,11 +322,44 @@ class DeployedForward:
 def deployed_forward(
     model: nn.Module, shape: Sequence[int], patch_size: int | Sequence[int] | None
 ) -> DeployedForward:
-    """The deployed forward of ``model`` on grid ``shape``: windows of ``patch_size``, else of
-    the card's patch (of the network inside a :class:`ModelGrid`, on its own grid)."""
+    """The deployed forward of ``model`` on grid ``shape``: the one ``model.deployed`` states
+    (a prediction of its own, e.g. an nnU-Net folder's, built for one subject), else MONAI's
+    sliding window with windows of ``patch_size``, else of the card's patch (of the network
+    inside a :class:`ModelGrid`, on its own grid).
+
+    Raises
+    ------
+    ValueError
+        When the stated forward was built for another grid.
+    """
+    stated = getattr(model, "deployed", None)
+    if isinstance(stated, DeployedForward):
+        if stated.shape != tuple(int(n) for n in shape):
+            raise ValueError(
+                f"the model's deployed forward is for grid {stated.shape}, got {tuple(shape)}"
+            )
+        return stated
+    own = _own_prediction(model)
+    if own is not None:
+        raise ConfigurationError(
+            f"the prediction of this model is {own}, not a sliding window instasal runs: state it "
+            "on the subject first (instasal.pipeline.context_choice.with_deployed_forward)"
+        )
     network = model.network if isinstance(model, ModelGrid) else model
     given = None if isinstance(model, ModelGrid) else patch_size
     return DeployedForward.of(model, shape, resolve_patch_size(network, given, len(shape)))
+
+
+def _own_prediction(model: nn.Module) -> str | None:
+    """What predicts ``model`` (or a network it wraps) where that is not instasal's sliding
+    window: the ``own_prediction`` a network class states (an nnU-Net folder's predictor)."""
+    inner: object = model
+    while isinstance(inner, nn.Module):
+        own = getattr(inner, "own_prediction", None)
+        if isinstance(own, str):
+            return own
+        inner = getattr(inner, "network", None)
+    return None
 
 
 def _box_indices(box: tuple[slice, ...], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
