@@ -289,20 +289,42 @@ def test_sign_pattern_by_construction(rng):
 # --- aggregation vs size, error detection -----------------------------------------------------
 
 
-def test_aggregation_vs_size_sign_on_constructed_data(rng):
-    volume = rng.uniform(10, 2000, 80)
+def _size_tables(rng, n: int, max_slope: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean peaks falling as 1/volume; max peaks flat (or falling by ``max_slope`` per mm³)."""
+    volume = rng.uniform(10, 2000, n)
     base = pd.DataFrame({"type": "TP", "volume_mm3": volume})
-    table_max = base.assign(peak_FLAIR=rng.normal(2.0, 0.2, 80))  # flat in size
-    table_mean = base.assign(peak_FLAIR=5.0 / volume * np.exp(rng.normal(0, 0.1, 80)))
+    table_max = base.assign(peak_FLAIR=rng.normal(2.0, 0.2, n) - max_slope * volume)
+    table_mean = base.assign(peak_FLAIR=5.0 / volume * np.exp(rng.normal(0, 0.1, n)))
+    return table_max, table_mean
+
+
+def test_aggregation_vs_size_sign_on_constructed_data(rng):
+    table_max, table_mean = _size_tables(rng, 1000)
+    volume = table_max["volume_mm3"]
     result = aggregation_vs_size(table_max, table_mean)
     assert result.mean.rho < -0.9
     assert result.mean.rho == stats.spearmanr(volume, table_mean["peak_FLAIR"]).statistic
     assert result.max.p_value == stats.spearmanr(volume, table_max["peak_FLAIR"]).pvalue
-    assert abs(result.max.rho) < 0.3
+    assert abs(result.max.rho) < 0.1
     assert aggregation_finding(result).verdict == "reproduced"
     both_fall = aggregation_vs_size(table_mean, table_mean)
     assert aggregation_finding(both_fall).verdict == "not reproduced"
     assert aggregation_finding(None).verdict == "not testable"
+
+
+def test_max_not_falling_must_be_shown_not_assumed(rng):
+    """A weak but real fall of max peaks (ρ ≈ −0.3) is no "does not fall"; and at 80 lesions a
+    flat max cannot show that it does not fall (the old rule, "no fall with p < 0.001", passed
+    on that absence of evidence)."""
+    falling_max, table_mean = _size_tables(rng, 1000, max_slope=0.0001)
+    weak = aggregation_vs_size(falling_max, table_mean)
+    assert -0.4 < weak.max.rho < -0.2
+    assert aggregation_finding(weak).verdict == "not reproduced"
+
+    small = aggregation_vs_size(*_size_tables(rng, 80))
+    finding = aggregation_finding(small)
+    assert finding.verdict == "not reproduced"
+    assert "250 or more lesions let a flat one pass" in finding.note
 
 
 def test_error_detection_auc_is_mann_whitney(rng):

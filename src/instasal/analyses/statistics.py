@@ -21,10 +21,12 @@ from instasal.typing import FloatArray
 
 __all__ = [
     "ALPHA",
+    "SIZE_EQUIVALENCE_MARGIN",
     "Correlation",
     "Distribution",
     "TestResult",
     "describe",
+    "equivalence_sufficient_n",
     "holm",
     "least_sufficient_n",
     "rank_biserial",
@@ -33,6 +35,7 @@ __all__ = [
     "smallest_p_rank_sum",
     "smallest_p_signed_rank",
     "spearman",
+    "spearman_lower_bound",
     "wilcoxon_signed_rank",
 ]
 
@@ -245,6 +248,42 @@ def spearman(x: FloatArray, y: FloatArray) -> Correlation:
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         result = stats.spearmanr(x, y)
     return Correlation(n, float(result.statistic), float(result.pvalue))
+
+
+SIZE_EQUIVALENCE_MARGIN = 0.2
+"""The largest fall of Spearman's ρ(volume, peak) that still counts as "does not fall with size":
+a weak correlation at most (|ρ| < 0.2), fixed before any cohort was analysed with it."""
+
+
+def spearman_lower_bound(rho: float, n: int, alpha: float = ALPHA) -> float:
+    """The one-sided lower ``1 − alpha`` confidence bound of Spearman's ρ over ``n`` pairs.
+
+    Fisher's z with Fieller, Hartley and Pearson's (1957) standard error for Spearman's ρ,
+    ``√(1.06 / (n − 3))``: ``tanh(atanh ρ − z₁₋α · SE)``. NaN below 4 pairs.
+
+    Examples
+    --------
+    >>> round(spearman_lower_bound(0.0, 250), 3)
+    -0.2
+    """
+    if n < 4 or rho != rho:
+        return _NAN
+    clipped = float(np.clip(rho, -0.999999, 0.999999))
+    z = float(stats.norm.ppf(1.0 - alpha))
+    return float(np.tanh(np.arctanh(clipped) - z * np.sqrt(1.06 / (n - 3))))
+
+
+def equivalence_sufficient_n(margin: float = SIZE_EQUIVALENCE_MARGIN, alpha: float = ALPHA) -> int:
+    """The least number of pairs at which a ρ of 0 has its lower bound
+    (:func:`spearman_lower_bound`) above ``-margin``: below it, no data can show "no fall".
+
+    >>> equivalence_sufficient_n()
+    250
+    """
+    n = 4
+    while not spearman_lower_bound(0.0, n, alpha) > -margin:
+        n += 1
+    return n
 
 
 def roc_curve(
