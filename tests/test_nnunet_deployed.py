@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.io import read_subject
+from instasal.io import Subject, read_subject
 from instasal.models import card_of, load_model
 from instasal.models.nnunet_deployed import (
     nnunet_deployed_forward,
@@ -246,11 +246,15 @@ def test_map_is_autograd_through_the_whole_nnunet_forward(
 
 
 @pytest.mark.slow
-def test_plain_nnunet_network_refuses_the_monai_sliding_window(trained_folder: Path) -> None:
-    """Not a silent stand-in: without nnU-Net's forward stated on the subject, refused."""
+def test_what_cannot_be_nnunets_forward_is_refused(trained_folder: Path) -> None:
+    """Not a silent stand-in: without nnU-Net's forward stated on the subject, MONAI's sliding
+    window is refused; a subject without a non-zero voxel has no crop box, said in one line."""
     model = load_model(trained_folder / "fold_all")
     with pytest.raises(ConfigurationError, match=r"nnU-Net's own predictor.*with_deployed_forward"):
         deployed_forward(model, (16, 20, 24), None)
+    zeros = Subject(np.zeros((2, 16, 20, 24), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ConfigurationError, match=r"^subject: every voxel is 0; nnU-Net has no"):
+        nnunet_deployed_forward(prepare_subject(zeros, model), tta=False)
 
 
 @pytest.mark.slow
@@ -270,7 +274,6 @@ def test_explain_defaults_to_nnunets_deployed_forward(
         max_lesions=1,
         threshold=min(0.85, float(theirs.max()) - 0.05),
         tta=False,
-        reduced=True,
     )
     result = explain_subject(
         subject_files(flipped_subject), trained_folder / "fold_all", tmp_path, settings=settings
