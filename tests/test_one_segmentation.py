@@ -125,3 +125,19 @@ def test_a_4d_input_says_which_volume_is_which_channel(images: list[Path], tmp_p
     nib.save(nib.Nifti1Image(np.stack(volumes, axis=-1), load_nifti(images[0]).affine), four_d)
     with pytest.warns(InstasalWarning, match="volume 0 as FLAIR, volume 1 as T1w"):
         segment_subject(_model_without_threshold(), four_d, tmp_path / "segment")
+
+
+def test_a_run_below_the_papers_settings_says_so_without_being_told(
+    images: list[Path], tmp_path: Path
+) -> None:
+    """Only the demo's report had the banner: a user's N = 1 run said nothing."""
+    import json
+
+    settings = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None)
+    result = explain_subject(
+        images, _model_without_threshold(), tmp_path / "out", settings=settings
+    )
+    page = result.layout.report.read_text(encoding="utf-8")
+    assert "Reduced settings." in page and "used 1 noise samples" in page
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["settings"]["reduced"] is True

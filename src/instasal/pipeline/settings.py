@@ -14,6 +14,9 @@ from instasal.typing import Connectivity, Context, check_choice
 
 __all__ = ["DEFAULT_BUDGET_S", "DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
 
+PAPER_N_SAMPLES = 50
+"""The paper's SmoothGrad noise draws per domain."""
+
 DEFAULT_BUDGET_S = 3600.0
 """The longest saliency stage a run starts without being told to (seconds; see
 :mod:`instasal.pipeline.cost`)."""
@@ -52,8 +55,6 @@ class ExplainSettings:
     max_lesions
         Explain at most ``max_lesions`` domains of each type, drawn at random with the
         SmoothGrad seed (:func:`instasal.pipeline.per_lesion.sample_domains`; ``None``: all).
-    reduced
-        Marks settings reduced below the paper's for speed (the report says so).
     tta
         nnU-Net v2 folders: segment with nnU-Net's mirroring test-time augmentation
         (``nnUNetv2_predict``'s default); ``False`` as its ``--disable_tta``.
@@ -86,7 +87,6 @@ class ExplainSettings:
     min_volume_mm3: float = 5.0
     n_true_negatives: int = 10
     max_lesions: int | None = None
-    reduced: bool = False
     tta: bool = True
     saliency_of: SaliencyOf = "network"
     trust: bool = False
@@ -133,6 +133,26 @@ class ExplainSettings:
                 "once per mirror; turn Grad-CAM off (gradcam=None / --no-gradcam)"
             )
 
+    @property
+    def reductions(self) -> tuple[str, ...]:
+        """Each way these settings fall below the paper's, in words (empty: none): fewer noise
+        draws than its N = 50, or a sample of the domains instead of every one. The report,
+        the provenance and ``cohort.json`` flag such a run."""
+        below = []
+        if self.smoothgrad.n_samples < PAPER_N_SAMPLES:
+            below.append(f"N = {self.smoothgrad.n_samples} noise draws (paper: {PAPER_N_SAMPLES})")
+        if self.max_lesions is not None:
+            below.append(
+                f"at most {self.max_lesions} domain(s) of each type, drawn at random "
+                "(paper: every lesion)"
+            )
+        return tuple(below)
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the settings fall below the paper's (:attr:`reductions`)."""
+        return bool(self.reductions)
+
     def as_dict(self) -> dict[str, Any]:
         """The settings as a flat JSON-ready dict (``run.json``; the run key is its hash).
 
@@ -163,9 +183,7 @@ class ExplainSettings:
         }
 
 
-DEMO_SETTINGS = ExplainSettings(
-    SmoothGradConfig(n_samples=2), n_true_negatives=2, max_lesions=3, reduced=True
-)
+DEMO_SETTINGS = ExplainSettings(SmoothGradConfig(n_samples=2), n_true_negatives=2, max_lesions=3)
 """Reduced settings for ``instasal demo`` (within minutes on 2 CPU cores in the deployed context,
 whose rows cost the backward pass of every prediction window holding the voxel)."""
 
