@@ -243,7 +243,6 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
         max_lesions=1,
         threshold=min(0.85, float(theirs.max()) - 0.05),
         saliency_of="tta",
-        reduced=True,
     )
     result = explain_subject(subject_files(flipped_subject), model, tmp_path, settings=settings)
     probability = np.asarray(load_nifti(result.layout.probability).dataobj, dtype=np.float32)
