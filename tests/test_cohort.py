@@ -31,7 +31,17 @@ def test_subject_seeds_depend_on_subject_not_order():
 
 def test_cohort_gathers_tables_and_records_failures(tmp_path, linear_dataset, linear_model_path):
     out = tmp_path / "cohort"
-    result = run_cohort(linear_dataset, str(linear_model_path), out, settings=SETTINGS)
+    stages: list[str] = []
+    result = run_cohort(
+        linear_dataset,
+        str(linear_model_path),
+        out,
+        settings=SETTINGS,
+        progress=lambda stage, done, total: stages.append(stage),
+    )
+    # each subject's own stages show, not only "subjects 0/3" while one is explained
+    assert "segmenting (sub-01)" in stages
+    assert any(s.startswith("saliency of lesion(s)") and s.endswith("(sub-02)") for s in stages)
     assert result.done == ["sub-01", "sub-02"]
     assert list(result.failed) == ["sub-03"]
     assert "sub-03_T1w.nii.gz: contains 1 NaN/Inf voxels" in result.failed["sub-03"]

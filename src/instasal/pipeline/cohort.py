@@ -137,8 +137,11 @@ def _explain_one(
     key: str,
     options: CohortOptions,
     since: float,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Explain one subject (max aggregation, and mean when asked); return its status record.
+
+    ``progress`` (this process's runs only) receives the subject's own stages.
 
     The subject is held by its lock meanwhile; when another live worker holds it the record's
     state is ``held`` (nothing is written). A subject another worker finished (done, or failed
@@ -152,7 +155,7 @@ def _explain_one(
             done_before = not options.overwrite and finished.get("state") == "done"
             if done_before or float(finished.get("finished_at", 0.0)) >= since:
                 return finished | {"state": "reused"}
-            return _explain_held(subject, model, out, settings, key, options)
+            return _explain_held(subject, model, out, settings, key, options, progress)
     except OutputLockedError as error:
         return {
             "cohort_key": key,
@@ -169,6 +172,7 @@ def _explain_held(
     settings: ExplainSettings,
     key: str,
     options: CohortOptions,
+    progress: Progress | None,
 ) -> dict[str, Any]:
     """:func:`_explain_one` once the subject is held: explain it, write its status record."""
     started = time.perf_counter()
@@ -198,6 +202,7 @@ def _explain_held(
                 report=aggregation == "max",
                 ignore_channel_names=options.ignore_channel_names,
                 budget_s=options.budget_s,
+                progress=None if progress is None else _of_subject(progress, subject.subject_id),
             )
         status |= {"state": "done"}
     except InstasalError as error:
@@ -302,6 +307,15 @@ def run_cohort(
     plan = pending_subjects(run)
     explained = explain_subjects(run, plan, progress or _silent)
     return gather_cohort(run, plan, explained)
+
+
+def _of_subject(progress: Progress, subject_id: str) -> Progress:
+    """``progress`` with each of one subject's stages named after the subject."""
+
+    def update(stage: str, done: float, total: float) -> None:
+        progress(f"{stage} ({subject_id})", done, total)
+
+    return update
 
 
 def _silent(stage: str, done: float, total: float) -> None:
@@ -440,7 +454,7 @@ def explain_subjects(run: CohortRun, plan: CohortPlan, notify: Progress) -> Expl
     for subject in plan.todo:
         done = n_skipped + len(statuses)
         notify(f"subjects of cohort: explaining {subject.subject_id}", done, total)
-        statuses.append(explain_one(subject, run.network))
+        statuses.append(explain_one(subject, run.network, progress=notify))
         notify("subjects", done + 1, total)
     return ExplainedSubjects(statuses, time.perf_counter() - started)
 
