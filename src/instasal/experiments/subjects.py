@@ -29,7 +29,11 @@ from instasal.models.cards import card_of
 from instasal.models.inference import probability_from_logits
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.cohort import subject_seed
-from instasal.pipeline.context_choice import deployed_obstacle, resolve_context
+from instasal.pipeline.context_choice import (
+    deployed_obstacle,
+    resolve_context,
+    with_deployed_forward,
+)
 from instasal.pipeline.per_lesion import sample_domains
 from instasal.prepare import prepare_subject
 from instasal.saliency import SmoothGradConfig, explained_logits
@@ -128,6 +132,9 @@ def prepared_subjects(
         resolved, note = resolve_context(
             context, dict(getattr(prepared.network, "card", {})), deployed_obstacle(prepared)
         )
+        # an nnU-Net folder's deployed forward is its own predictor on this subject, mirrored as
+        # predict_prepared predicts it
+        prepared = with_deployed_forward(prepared, resolved, tta=True)
         subject = prepared.working
         probability = predict_prepared(prepared)
         assert files.lesion_mask is not None
