@@ -44,48 +44,46 @@ def _explained_voxels(out: Path) -> int:
     return int((np.asarray(load_nifti(labels).dataobj) > 0).sum())
 
 
-def test_over_the_budget_an_unasked_full_context_is_refused_before_any_lesion(
-    tmp_path, rng, monkeypatch
-):
+def test_over_the_budget_a_full_context_is_refused_before_any_lesion(tmp_path, rng):
     images = _subject(tmp_path, rng)
     model_path = _no_patch_model(tmp_path)
-    monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
     settings = ExplainSettings(
         smoothgrad=SmoothGradConfig(n_samples=N_SAMPLES), gradcam=None, n_true_negatives=0
     )
     out = tmp_path / "out"
     with pytest.raises(ConfigurationError) as caught:
-        explain_subject(images, load_model(model_path), out, settings=settings, progress=None)
+        explain_subject(
+            images, load_model(model_path), out, settings=settings, progress=None, budget_s=0.0
+        )
     message = str(caught.value)
     assert "\n" not in message
-    rows = int(re.search(r"for each of (\d+) Jacobian rows", message)[1])  # type: ignore[index]
+    rows = int(re.search(r"(\d+) Jacobian rows", message)[1])  # type: ignore[index]
     voxels = _explained_voxels(out)
     assert voxels > 0
     assert rows == N_SAMPLES * voxels  # one row per domain voxel and noise draw (max aggregation)
-    assert "states no patch size" in message
-    assert "pass --context full (context='full') to run it anyway" in message
+    assert "--yes to go ahead" in message
     assert f'"patch_size": [X, Y, Z] in {model_path.with_suffix(".json")}' in message
     assert (out / "lesions").is_dir()
     assert not list((out / "lesions").iterdir())  # no lesion explained
     assert not list(out.glob("*_lesions.tsv"))
 
 
-def test_mean_aggregation_counts_one_row_per_domain_and_draw(tmp_path, rng, monkeypatch):
+def test_mean_aggregation_counts_one_row_per_domain_and_draw(tmp_path, rng):
     images = _subject(tmp_path, rng)
-    monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
     settings = ExplainSettings(
         smoothgrad=SmoothGradConfig(n_samples=N_SAMPLES, aggregation="mean"),
         gradcam=None,
         n_true_negatives=0,
     )
     out = tmp_path / "out"
-    with pytest.raises(ConfigurationError, match=f"each of {N_SAMPLES} Jacobian rows"):
-        explain_subject(images, load_model(_no_patch_model(tmp_path)), out, settings=settings)
+    with pytest.raises(ConfigurationError, match=f" {N_SAMPLES} Jacobian rows"):
+        explain_subject(
+            images, load_model(_no_patch_model(tmp_path)), out, settings=settings, budget_s=0.0
+        )
 
 
-def test_asked_full_context_runs_whatever_the_budget(tmp_path, rng, monkeypatch):
+def test_without_a_budget_full_context_runs(tmp_path, rng):
     images = _subject(tmp_path, rng)
-    monkeypatch.setattr(context_choice, "FULL_CONTEXT_BUDGET_S", 0.0)
     settings = ExplainSettings(
         smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None, n_true_negatives=0, context="full"
     )
@@ -96,6 +94,7 @@ def test_asked_full_context_runs_whatever_the_budget(tmp_path, rng, monkeypatch)
         settings=settings,
         progress=None,
         report=False,
+        budget_s=None,
     )
     assert len(result.table) == 1
 
@@ -136,8 +135,8 @@ NNUNET_OBSTACLE = "the prediction is nnU-Net's own predictor"
     ("asked", "patch", "obstacle", "expected", "noted"),
     [
         (None, [8, 8, 8], None, "deployed", False),  # the prediction's own sliding window
-        (None, None, None, "full", False),  # no patch: the prediction is one whole-volume pass
-        ("deployed", None, None, "full", False),
+        (None, None, None, "full", True),  # no patch: the prediction is one whole-volume pass
+        ("deployed", None, None, "full", True),
         (None, [8, 8, 8], NNUNET_OBSTACLE, "patch", True),  # not reproduced: said, not silent
         ("patch", [8, 8, 8], None, "patch", False),
         ("full", [8, 8, 8], NNUNET_OBSTACLE, "full", False),
@@ -154,8 +153,10 @@ def test_the_default_context_is_the_predictions_own_forward(
     context, note = context_choice.resolve_context(asked, card, obstacle)
     assert context == expected
     assert (note is not None) == noted
-    if note is not None:
-        assert str(obstacle) in note and "explained_detects" in note
+    if note is not None and obstacle is not None:
+        assert obstacle in note and "explained_detects" in note
+    elif note is not None:  # full for want of a patch size: said, with how to state one
+        assert "states no patch size" in note and '"patch_size": [X, Y, Z]' in note
 
 
 def test_asking_for_deployed_where_it_is_not_reproduced_is_refused() -> None:

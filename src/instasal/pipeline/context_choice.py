@@ -1,4 +1,4 @@
-"""Which context an explain run differentiates, and a guard against an unasked whole-volume run.
+"""Which context an explain run differentiates.
 
 By default a run explains the decision the model made: the deployed context, the prediction's own
 forward (:mod:`instasal.saliency.deployed`): instasal's sliding window (resampled in the graph
@@ -8,46 +8,25 @@ mirroring, folds, export). The patch context, with a note, where the prediction 
 (an nnU-Net folder whose plans resample with another function than nnU-Net's default).
 
 A model card without a patch size leaves only the whole volume as the forward pass to
-differentiate (``context="full"``). For a large volume and network that is days of work: every
-voxel of every domain costs one backward pass through the whole volume per noise draw. Where the
-user did not ask for ``full`` the run measures one forward and one backward pass, and refuses
-before the per-lesion stage when the estimate exceeds :data:`FULL_CONTEXT_BUDGET_S`, saying what
-the user can choose instead; under the budget it notes the choice and the estimate in one line.
+differentiate (``context="full"``): every voxel of every domain then costs one backward pass
+through the whole volume per noise draw. The run notes it, with the card field that would allow
+the patch context (:func:`patch_hint`); what it costs is measured and held to the user's budget
+like every run's (:mod:`instasal.pipeline.cost`).
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from instasal.errors import ConfigurationError, InstasalWarning
-from instasal.instances import Instance
+from instasal.errors import ConfigurationError
 from instasal.models.nnunet_deployed import nnunet_deployed_obstacle, with_nnunet_deployed
 from instasal.models.nnunet_predict import nnunet_network
-from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
 from instasal.prepare import PreparedSubject
-from instasal.saliency import SmoothGradConfig
-from instasal.saliency.inputs import run_target_logits
-from instasal.saliency.model_state import inference_state, model_device
-from instasal.saliency.windows import end_padding, resolve_size_divisibility
 from instasal.typing import Context
 
-__all__ = [
-    "FULL_CONTEXT_BUDGET_S",
-    "check_full_context_cost",
-    "deployed_obstacle",
-    "full_context_seconds",
-    "resolve_context",
-    "with_deployed_forward",
-]
-
-FULL_CONTEXT_BUDGET_S = 3600.0
-"""The longest estimated saliency stage a run takes in full context without being asked to."""
+__all__ = ["deployed_obstacle", "patch_hint", "resolve_context", "with_deployed_forward"]
 
 
 def _card_file(card: Mapping[str, Any]) -> str:
@@ -60,7 +39,8 @@ def _card_file(card: Mapping[str, Any]) -> str:
     return "the model card (model.card)"
 
 
-def _patch_hint(card: Mapping[str, Any]) -> str:
+def patch_hint(card: Mapping[str, Any]) -> str:
+    """How the user gives this model's card a patch size (so that the patch context exists)."""
     return (
         f'state the network\'s training patch as "patch_size": [X, Y, Z] in {_card_file(card)} '
         "for patch context"
@@ -108,7 +88,7 @@ def resolve_context(
     if asked == "patch" and not has_patch:
         raise ConfigurationError(
             f"context patch needs the model's patch size, and model {card.get('name')!r} states "
-            f"none; {_patch_hint(card)}, or pass --context full (context='full')"
+            f"none; {patch_hint(card)}, or pass --context full (context='full')"
         )
     if asked == "deployed" and obstacle is not None and has_patch:
         raise ConfigurationError(
@@ -116,7 +96,11 @@ def resolve_context(
             "pass --context patch or --context full"
         )
     if not has_patch and asked in (None, "deployed"):
-        return "full", None
+        return "full", (
+            f"model {card.get('name')!r} states no patch size, so saliency differentiates the "
+            f"whole volume for every Jacobian row (as its prediction is one whole-volume pass); "
+            f"{patch_hint(card)}"
+        )
     if asked is not None:
         return asked, None
     if obstacle is None:
@@ -125,68 +109,3 @@ def resolve_context(
         f"maps differentiate one patch around each domain, not the prediction: {obstacle}; the "
         "table's explained_prob_mean/max and explained_detects say how far that forward differs"
     )
-
-
-def full_context_seconds(prepared: PreparedSubject, target: int) -> tuple[float, float]:
-    """Measured seconds of one forward and of one backward pass over the whole working volume."""
-    network = prepared.network
-    device = model_device(network)
-    x = prepared.x[None].to(device).requires_grad_(True)
-    divisibility = resolve_size_divisibility(network, None, x.ndim - 2)
-    with inference_state(network):
-        started = time.perf_counter()
-        logits = run_target_logits(network, x, target, end_padding(x.shape[2:], divisibility))
-        forward = time.perf_counter() - started
-        voxel = tuple(s // 2 for s in logits.shape)
-        started = time.perf_counter()
-        torch.autograd.grad(logits[voxel], x)
-        backward = time.perf_counter() - started
-    return forward, backward
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
-
-
-def check_full_context_cost(
-    prepared: PreparedSubject,
-    todo: Sequence[Instance],
-    smoothgrad: SmoothGradConfig,
-    card: Mapping[str, Any],
-) -> None:
-    """Refuse an unasked whole-volume saliency stage estimated over the budget; else note it.
-
-    The estimate is one forward pass per noise draw and batch of domains, plus one backward pass
-    per Jacobian row (every voxel of a domain with ``max`` aggregation, one per domain with
-    ``mean``), per noise draw, at the measured speed of this network on this volume.
-
-    Raises
-    ------
-    ConfigurationError
-        When the estimate exceeds :data:`FULL_CONTEXT_BUDGET_S`: the message gives the estimate
-        and the two choices (``--context full`` to run it anyway, a patch size in the card).
-    """
-    if not todo:
-        return
-
-    draws = smoothgrad.n_draws
-    per_draw = sum(r.n_voxels if smoothgrad.aggregation == "max" else 1 for r in todo)
-    rows = draws * per_draw
-    forward, backward = full_context_seconds(prepared, smoothgrad.target)
-    batches = -(-len(todo) // LESIONS_PER_BATCH)
-    estimate = draws * batches * forward + rows * backward
-    shape = "×".join(str(s) for s in prepared.x.shape[1:])
-    what = (
-        f"model {card.get('name')!r} states no patch size, so saliency differentiates the whole "
-        f"{shape} volume for each of {rows} Jacobian rows ({len(todo)} domain(s), {draws} noise "
-        f"draw(s)): about {_duration(estimate)} at the measured {backward:.2g} s per backward pass"
-    )
-    if estimate > FULL_CONTEXT_BUDGET_S:
-        raise ConfigurationError(
-            f"{what}; pass --context full (context='full') to run it anyway, or {_patch_hint(card)}"
-        )
-    warnings.warn(f"{what}; {_patch_hint(card)}", InstasalWarning, stacklevel=2)

@@ -16,7 +16,7 @@ None`` goes ahead).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -203,8 +203,10 @@ def check_budget(
     smoothgrad: SmoothGradConfig,
     max_lesions: int | None,
     where: str,
+    also: Sequence[str] = (),
 ) -> None:
-    """Refuse a saliency stage estimated over ``budget_s`` (``None``: no budget).
+    """Refuse a saliency stage estimated over ``budget_s`` (``None``: no budget); ``also``: more
+    choices that would shorten it for this model (e.g. stating a patch size in its card).
 
     Raises
     ------
@@ -225,6 +227,7 @@ def check_budget(
             "draw instead of one per voxel; its map is the gradient of the domain's mean logit, "
             "not the per-voxel maximum)"
         )
+    choices += also
     choices.append("a GPU")
     choices.append(
         f"or a larger budget (--budget-hours, or --yes to go ahead; now {duration(budget_s)})"

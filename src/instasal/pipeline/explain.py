@@ -40,8 +40,8 @@ from instasal.models import ModelCard, card_of, load_model, with_model_channels
 from instasal.models.nnunet_predict import with_mirrored_network
 from instasal.models.segmentation import predict_prepared
 from instasal.pipeline.context_choice import (
-    check_full_context_cost,
     deployed_obstacle,
+    patch_hint,
     resolve_context,
     with_deployed_forward,
 )
@@ -211,10 +211,6 @@ def explain_subject(
                 {},
                 len(table),
                 space.notes,
-            )
-        if settings.context is None and space.smoothgrad.context == "full":
-            check_full_context_cost(
-                space.prepared, resumed.todo, space.smoothgrad, space.card.to_dict()
             )
 
         estimate = estimate_saliency(space, found, resumed, settings, budget_s, run.label)
@@ -427,7 +423,9 @@ def estimate_saliency(
     estimate = estimate_cost(network, x, masks, space.smoothgrad, space.gradcam)
     if estimate.domains:
         LOG.info("%s: saliency stage: %s", where, estimate.line())
-    check_budget(estimate, budget_s, space.smoothgrad, settings.max_lesions, where)
+    full = space.smoothgrad.context == "full" and space.card.patch_size is None
+    also = (patch_hint(space.card.to_dict()),) if full else ()
+    check_budget(estimate, budget_s, space.smoothgrad, settings.max_lesions, where, also)
     return estimate
 
 
