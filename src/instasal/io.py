@@ -16,7 +16,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -126,10 +126,6 @@ class Subject:
         """The subject's name in output files (:func:`instasal.channels.subject_name` of the
         first file: no extension, no channel suffix or nnU-Net channel number)."""
         return subject_name(self.paths[0] if self.paths else None)
-
-    def normalised(self) -> Subject:
-        """A copy z-scored per channel over non-zero voxels (the training normalisation)."""
-        return replace(self, data=zscore_nonzero(self.data))
 
     def on_grid(self, data: np.ndarray) -> GridImage:
         """``data`` (``[X, Y, Z]``, or with more axes after them) on this subject's grid, to save

@@ -176,7 +176,8 @@ def predict_probability(
     --------
     >>> import instasal
     >>> model = instasal.load_model("unet")  # doctest: +SKIP
-    >>> p = predict_probability(model, subject.normalised().data)  # doctest: +SKIP
+    >>> prepared = instasal.prepare_subject(subject, model)  # doctest: +SKIP
+    >>> p = predict_probability(model, prepared.x)  # doctest: +SKIP
     """
     logits = predict_logits(
         model, x, overlap=overlap, sw_batch_size=sw_batch_size, device=device, region=region

@@ -103,11 +103,6 @@ class TemplateAnatomy:
         x, y, z = self.t1.shape
         return (int(x), int(y), int(z))
 
-    def world_to_voxel(self, world: FloatArray) -> FloatArray:
-        """Map world (RAS mm) coordinates ``[..., 3]`` to voxel coordinates of this grid."""
-        inverse = np.linalg.inv(self.affine)
-        return np.asarray(world, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
-
     def voxel_to_world(self, voxels: FloatArray | IntArray) -> FloatArray:
         """Map voxel coordinates ``[..., 3]`` of this grid to world (RAS mm) coordinates."""
         return np.asarray(voxels, dtype=np.float64) @ self.affine[:3, :3].T + self.affine[:3, 3]

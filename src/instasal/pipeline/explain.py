@@ -315,6 +315,8 @@ class ModelSpace:
     network: nn.Module
     prepared: PreparedSubject
     card: ModelCard
+    fingerprint: str
+    """SHA-256 of the network's weights (:func:`model_fingerprint`), computed once."""
     threshold: float
     smoothgrad: SmoothGradConfig
     gradcam: GradCamConfig | None
@@ -367,6 +369,7 @@ def enter_model_space(
         network,
         prepared,
         card,
+        model_fingerprint(network),
         threshold,
         smoothgrad,
         gradcam,
@@ -456,7 +459,7 @@ def identify_run(
         {
             "inputs": files,
             "extra": extra,
-            "model": model_fingerprint(space.network),
+            "model": space.fingerprint,
             "settings": settings.as_dict(),
             "context": space.smoothgrad.context,
             "threshold": space.threshold,
@@ -677,7 +680,7 @@ def write_provenance(
         "inputs": run.inputs,
         "extra_inputs": run.extra_inputs,
         "model": {
-            "fingerprint_sha256": model_fingerprint(space.network),
+            "fingerprint_sha256": space.fingerprint,
             "card": space.card.to_dict(),
         },
         "settings": settings.as_dict(),
