@@ -289,7 +289,9 @@ def test_sign_pattern_by_construction(rng):
 # --- aggregation vs size, error detection -----------------------------------------------------
 
 
-def _size_tables(rng, n: int, max_slope: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _size_tables(
+    rng: np.random.Generator, n: int, max_slope: float = 0.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean peaks falling as 1/volume; max peaks flat (or falling by ``max_slope`` per mm³)."""
     volume = rng.uniform(10, 2000, n)
     base = pd.DataFrame({"type": "TP", "volume_mm3": volume})

@@ -3,9 +3,10 @@
 The paper's max aggregation costs a backward pass per domain voxel per noise draw, and the
 forward passes go through the context's window (a patch, the whole volume, or every sliding
 window of the prediction that holds the domain). :func:`estimate_cost` counts that work exactly
-(:func:`instasal.saliency.smoothgrad_work`) and times it on the run's own network and input: one
-noise draw of a few of the largest domain's voxels, once with ``max`` and once with ``mean``
-aggregation, gives the seconds of one window's forward pass and of one Jacobian row through it.
+(:func:`instasal.saliency.smoothgrad_work`) and times it on the run's own network and input:
+one noise draw of a compact blob of the largest domain's voxels, once with ``max`` and once with
+``mean`` aggregation, gives the seconds of one window's forward pass and of one Jacobian row
+through it.
 The same counts and times the Grad-CAM++ pass of each domain.
 
 :func:`check_budget` stops a run estimated over the user's budget with the choices in one line:
@@ -42,9 +43,11 @@ __all__ = [
 ]
 
 CALIBRATION_VOXELS = 16
-"""Voxels of the largest domain whose rows are timed: spread over the domain, so that their
-windows are the domain's, and enough for the engine to choose its batched backward as it does in
-the run (:func:`instasal.saliency.engines.aggregate_rows`)."""
+"""Voxels of the largest domain whose rows are timed: a compact blob at its centre, whose voxels
+share forward passes as the domain's do (in the deployed context voxels spread apart each need
+their own set of windows, and a row could not be told from a forward pass), and enough for the
+engine to choose its batched backward as it does in the run
+(:func:`instasal.saliency.engines.aggregate_rows`)."""
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _spread(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """At most ``count`` of ``mask``'s voxels, evenly spaced in raster order (first and last
-    included), as a mask of the same shape."""
-    flat = torch.nonzero(mask.reshape(-1)).reshape(-1)
-    chosen = flat[np.linspace(0, len(flat) - 1, min(count, len(flat))).round().astype(int)]
-    spread = torch.zeros(mask.numel(), dtype=torch.bool)
-    spread[chosen] = True
-    return spread.reshape(mask.shape)
+def _compact(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` voxels of ``mask`` nearest its centroid (ties in raster order), as a mask of
+    the same shape: a blob whose voxels share forward passes as a domain's voxels do."""
+    voxels = torch.nonzero(mask)
+    centre = voxels.double().mean(dim=0)
+    distance = ((voxels.double() - centre) ** 2).sum(dim=1)
+    order = torch.argsort(distance, stable=True)[:count]
+    compact = torch.zeros_like(mask, dtype=torch.bool)
+    compact[tuple(voxels[order].T)] = True
+    return compact
 
 
 def _timed(run: Callable[[], object]) -> float:
@@ -134,9 +139,11 @@ def _row_and_forward_seconds(
     """Seconds of one Jacobian row and of one forward pass through one window, from one noise
     draw of a few of ``mask``'s voxels with max and with mean aggregation (t = passes · forward +
     window rows · row, two equations in two unknowns)."""
-    probe = {0: _spread(mask, CALIBRATION_VOXELS)}
+    warm = replace(config, n_samples=1, aggregation="mean")
+    instance_smoothgrad_many(network, x, {0: _compact(mask, 1)}, warm)  # first-call costs, untimed
+    probe = {0: _compact(mask, CALIBRATION_VOXELS)}
     measured = []
-    for aggregation in ("mean", "max"):  # mean first: it also warms the forward pass up
+    for aggregation in ("mean", "max"):
         once = replace(config, n_samples=1, aggregation=aggregation)
         started = time.perf_counter()
         instance_smoothgrad_many(network, x, probe, once)
