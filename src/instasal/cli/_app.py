@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -228,12 +229,21 @@ class _ConsoleLines(logging.Handler):
         console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
 
 
-def _show_log_lines() -> None:
+@contextmanager
+def _log_lines_shown() -> Iterator[None]:
+    """instasal's log records printed for the length of one command; the logger's state is
+    restored afterwards (an API call later in the same process logs as the caller set up)."""
     logger = logging.getLogger("instasal")
-    if not any(isinstance(h, _ConsoleLines) for h in logger.handlers):
-        logger.addHandler(_ConsoleLines())
+    handler, level, propagate = _ConsoleLines(), logger.level, logger.propagate
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def run_app(argv: Sequence[str]) -> int:
@@ -243,7 +253,11 @@ def run_app(argv: Sequence[str]) -> int:
     its log records (the saliency stage's cost estimate) as plain lines.
     """
     warnings.showwarning = _show_note
-    _show_log_lines()
+    with _log_lines_shown():
+        return _run_app(argv)
+
+
+def _run_app(argv: Sequence[str]) -> int:
     try:
         status = app(args=list(argv), standalone_mode=False)
     except InstasalError as error:
