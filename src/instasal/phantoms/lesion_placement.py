@@ -23,6 +23,7 @@ __all__ = [
     "LESION_PARAMETERS",
     "REGION_LABELS",
     "Lesion",
+    "LesionCanvas",
     "LesionParameters",
     "LesionRegion",
     "LesionSet",
@@ -365,7 +366,7 @@ def _draw_contrast(rng: np.random.Generator, volume_mm3: float) -> tuple[float, 
 
 
 @dataclass(frozen=True, eq=False)
-class _Canvas:
+class LesionCanvas:
     """The images and masks lesions are drawn into (arrays updated in place)."""
 
     flair: FloatArray
@@ -379,7 +380,7 @@ class _Canvas:
 def _draw_lesion(
     rng: np.random.Generator,
     anatomy: SubjectAnatomy,
-    canvas: _Canvas,
+    canvas: LesionCanvas,
     centre: IntArray,
     region: LesionRegion,
     volume: float,
@@ -490,7 +491,7 @@ def insert_lesions(
     candidate voxel in this subject is skipped in favour of the others.
     """
     fluid = anatomy.csf >= 0.9
-    canvas = _Canvas(
+    canvas = LesionCanvas(
         flair=flair.copy(),
         t1w=t1w.copy(),
         mask=np.zeros(flair.shape, dtype=bool),

@@ -21,6 +21,7 @@ from instasal.phantoms.anatomy import (
 from instasal.phantoms.lesion_placement import (
     REGION_LABELS,
     Lesion,
+    LesionCanvas,
     LesionRegion,
     LesionSet,
     ventricle_gradients,
@@ -179,16 +180,6 @@ def _contrast(
     return float(flair), float(-t1w), faint
 
 
-@dataclass(frozen=True, eq=False)
-class _Canvas:
-    flair: FloatArray
-    t1w: FloatArray
-    mask: BoolArray
-    regions: IntArray
-    csf_flair: float
-    csf_t1w: float
-
-
 def _shape(
     rng: np.random.Generator, volume: float, elongate: bool, direction: FloatArray
 ) -> tuple[list[tuple[FloatArray, FloatArray, FloatArray]], float]:
@@ -213,7 +204,7 @@ def _shape(
 def _draw(
     rng: np.random.Generator,
     anatomy: SubjectAnatomy,
-    canvas: _Canvas,
+    canvas: LesionCanvas,
     centre: IntArray,
     elongate: bool,
     direction: FloatArray,
@@ -374,7 +365,7 @@ def insert_lesions_v2(
     ``csf_levels`` are the FLAIR and T1w CSF intensities (white-matter units) that partial volume
     with CSF is undone against.
     """
-    canvas = _Canvas(
+    canvas = LesionCanvas(
         flair=flair.copy(),
         t1w=t1w.copy(),
         mask=np.zeros(flair.shape, dtype=bool),
