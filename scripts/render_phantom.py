@@ -27,8 +27,9 @@ import numpy as np
 
 from instasal.phantoms import make_phantom
 from instasal.phantoms.anatomy import load_template_anatomy
-from instasal.phantoms.arms import Generator, PhantomArm
+from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.reference_data import load_colin27
+from instasal.typing import Generator
 
 
 def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:

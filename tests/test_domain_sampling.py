@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from instasal.instances import Instance, InstanceKind, Instances
+from instasal.instances import Instance, Instances
 from instasal.pipeline.per_lesion import sample_domains
+from instasal.typing import InstanceKind
 
 
 def _domains(kinds: list[InstanceKind]) -> Instances:

@@ -23,7 +23,6 @@ from instasal.instances import classify_instances, find_instances
 from instasal.io import Subject
 from instasal.models.cards import ModelCard
 from instasal.prepare import (
-    Growth,
     Reorientation,
     ResampledNetwork,
     normalise,
@@ -32,6 +31,7 @@ from instasal.prepare import (
     resample,
 )
 from instasal.saliency import instance_smoothgrad
+from instasal.typing import Growth
 
 SHAPE = (5, 6, 7)
 

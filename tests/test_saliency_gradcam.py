@@ -14,7 +14,7 @@ from torch import nn
 from conftest import set_card
 from instasal.errors import ConfigurationError
 from instasal.saliency import GradCamConfig, instance_gradcam, instance_gradcam_many, normalise_map
-from instasal.saliency.config import CamVariant
+from instasal.typing import CamVariant
 
 SHAPE = (12, 10, 8)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, TypeAlias
 
 import cc3d
 import numpy as np
@@ -18,7 +17,7 @@ from scipy import ndimage
 
 from instasal.errors import ConfigurationError
 from instasal.io import voxel_to_world, voxel_volume_mm3
-from instasal.typing import BoolArray, Connectivity, IntArray
+from instasal.typing import BoolArray, Connectivity, InstanceKind, IntArray
 
 __all__ = [
     "PREDICTED_KINDS",
@@ -34,7 +33,6 @@ __all__ = [
     "sample_true_negatives",
 ]
 
-InstanceKind: TypeAlias = Literal["lesion", "TP", "FP", "FN", "TN"]
 TN_FALLBACK_VOLUMES_MM3 = (10.0, 200.0)
 
 

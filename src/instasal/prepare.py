@@ -40,7 +40,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -52,7 +52,7 @@ from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.instances import Instances, relabel_in_raster_order
 from instasal.io import GridImage, Subject, zscore_nonzero
 from instasal.models.cards import ModelCard, card_of
-from instasal.typing import FloatArray
+from instasal.typing import FloatArray, Growth
 
 __all__ = [
     "SPACING_TOLERANCE",
@@ -72,7 +72,6 @@ SPACING_TOLERANCE = 0.05
 """Relative voxel-size difference per axis below which no resampling is done."""
 # what the grid maps move between grids: a NumPy array or a torch tensor, returned as the same kind
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-Growth: TypeAlias = Literal["linear", "nearest"]
 OBLIQUE_NOTE_DEGREES = 1.0
 """Angles between the grid's axes and the world axes above which a note says so."""
 

@@ -17,19 +17,35 @@ if TYPE_CHECKING:  # names for the aliases below; importing torch here would slo
 __all__ = [
     "MAX_SEED",
     "Aggregation",
+    "AnatomyChoice",
+    "ArchitectureName",
     "BoolArray",
+    "CamVariant",
+    "CandidateKind",
+    "Condition",
     "Connectivity",
     "Context",
+    "ContrastArm",
     "DomainLike",
     "EngineName",
+    "ExactEngine",
     "Executor",
     "FloatArray",
+    "Generator",
+    "Growth",
     "InputLike",
+    "InstanceKind",
     "IntArray",
+    "LesionRegion",
+    "MemoryFormat",
+    "Metric",
     "ModelLike",
     "NoiseRange",
+    "Normalisation",
+    "OutputActivation",
     "PathLike",
     "Progress",
+    "Resolution",
     "TnPool",
     "UncertaintyMethod",
     "UncertaintySignal",
@@ -58,6 +74,29 @@ Executor: TypeAlias = Literal["local", "ray"]
 TnPool: TypeAlias = Literal["wm", "gm", "brain"]
 UncertaintyMethod: TypeAlias = Literal["tta", "mc_dropout", "ensemble"]
 UncertaintySignal: TypeAlias = Literal["max", "mean", "sd"]
+InstanceKind: TypeAlias = Literal["lesion", "TP", "FP", "FN", "TN"]
+"""A domain Ω's type: a predicted lesion without a reference, or its confusion-matrix cell."""
+MemoryFormat: TypeAlias = Literal["contiguous", "channels_last"]
+CamVariant: TypeAlias = Literal["gradcam++", "gradcam"]
+ExactEngine: TypeAlias = Literal["naive", "batched"]
+"""The engines :data:`EngineName` ``"auto"`` chooses between."""
+Normalisation: TypeAlias = Literal["zscore_nonzero", "zscore", "none", "nnunet"]
+OutputActivation: TypeAlias = Literal["softmax", "sigmoid"]
+ArchitectureName: TypeAlias = Literal["unet", "nnunet", "swinunetr"]
+CandidateKind: TypeAlias = Literal["found_FN", "other_lesion", "false_alarm"]
+Condition: TypeAlias = Literal["white_matter", "outside", "outside_with_shell"]
+"""Where the relocation experiment moves a lesion."""
+Metric: TypeAlias = Literal["peak", "trough", "inside_mean", "ring_mean", "reliance"]
+"""The saliency number the error-mode analysis compares between domain types."""
+Growth: TypeAlias = Literal["linear", "nearest"]
+"""How :func:`instasal.prepare.resample` interpolates: images linearly, label maps nearest."""
+Generator: TypeAlias = Literal["v1", "v2"]
+"""The phantom generator."""
+ContrastArm: TypeAlias = Literal["standard", "swapped"]
+AnatomyChoice: TypeAlias = Literal["drawn", "mni152", "colin27"]
+Resolution: TypeAlias = Literal[1, 2]
+"""A phantom's voxel size in mm."""
+LesionRegion: TypeAlias = Literal["periventricular", "juxtacortical", "deep", "infratentorial"]
 
 
 class Progress(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations, pairwise
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,10 +18,10 @@ from scipy import stats
 
 from instasal.analyses._table import DOMAIN_TYPES, finite_values, require_columns, select_types
 from instasal.analyses.statistics import Distribution, describe, holm, rank_biserial
+from instasal.typing import Metric
 
 __all__ = ["ErrorModes", "GroupSummary", "Metric", "PairwiseTest", "error_modes"]
 
-Metric = Literal["peak", "trough", "inside_mean", "ring_mean", "reliance"]
 
 _MIN_SAMPLES = 2
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from instasal.errors import ConfigurationError
+from instasal.typing import Condition
 
 __all__ = ["Placement", "RelocationOutcome", "find_placement", "relocate"]
-
-Condition = Literal["white_matter", "outside", "outside_with_shell"]
 
 
 @dataclass(frozen=True)

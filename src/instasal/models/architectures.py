@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeAlias, cast, get_args
+from typing import Any, cast, get_args
 
 import torch
 from monai.networks.nets import DynUNet, SwinUNETR, UNet
 from torch import nn
 
 from instasal.errors import ModelError
+from instasal.typing import ArchitectureName
 
 __all__ = [
     "ARCHITECTURES",
@@ -38,7 +39,6 @@ __all__ = [
     "size_divisibility",
 ]
 
-ArchitectureName: TypeAlias = Literal["unet", "nnunet", "swinunetr"]
 ARCHITECTURES: tuple[str, ...] = get_args(ArchitectureName)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 from torch import nn
 
 from instasal.errors import ModelError
 from instasal.io import DEFAULT_CHANNELS
+from instasal.typing import Normalisation, OutputActivation
 
 __all__ = [
     "ModelCard",
@@ -26,8 +27,6 @@ __all__ = [
     "read_card",
 ]
 
-Normalisation: TypeAlias = Literal["zscore_nonzero", "zscore", "none", "nnunet"]
-OutputActivation: TypeAlias = Literal["softmax", "sigmoid"]
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 

@@ -35,7 +35,8 @@ from torch import nn
 
 from instasal.errors import ModelError
 from instasal.models.allowed_classes import allowed_class
-from instasal.models.cards import ModelCard, Normalisation, attach_card
+from instasal.models.cards import ModelCard, attach_card
+from instasal.typing import Normalisation
 
 __all__ = [
     "FoldAverage",

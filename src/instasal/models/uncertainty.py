@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from instasal.saliency.inputs import as_input
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.typing import (
     BoolArray,
+    CandidateKind,
     Connectivity,
     FloatArray,
     UncertaintyMethod,
@@ -56,7 +56,6 @@ __all__ = [
     "voxel_uncertainty",
 ]
 
-CandidateKind: TypeAlias = Literal["found_FN", "other_lesion", "false_alarm"]
 
 _DROPOUT_TYPES = (
     nn.Dropout,

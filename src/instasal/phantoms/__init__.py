@@ -8,8 +8,9 @@ MS puts them and FLAIR hyperintensities that are not lesions.
 
 from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.bids_writer import write_cohort
-from instasal.phantoms.lesion_placement import REGION_LABELS, Lesion, LesionRegion
+from instasal.phantoms.lesion_placement import REGION_LABELS, Lesion
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
+from instasal.typing import LesionRegion
 
 __all__ = [
     "REGION_LABELS",

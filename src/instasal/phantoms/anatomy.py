@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
 
 import numpy as np
 from nilearn import datasets
 from scipy import ndimage
 
 from instasal.errors import ConfigurationError
-from instasal.typing import BoolArray, FloatArray, IntArray
+from instasal.typing import BoolArray, FloatArray, IntArray, Resolution
 
 __all__ = [
     "DEEP_GREY_BOX",
@@ -37,7 +36,6 @@ __all__ = [
     "warp_anatomy",
 ]
 
-Resolution: TypeAlias = Literal[1, 2]
 
 # Subject deformation (uniform draws): affine scale and rotation about the grid centre, radial
 # expansion around the ventricles (Gaussian weight of width VENTRICLE_EXPANSION_WIDTH_MM), and the

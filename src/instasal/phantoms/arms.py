@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, get_args
 
 from instasal.errors import ConfigurationError
+from instasal.typing import AnatomyChoice, ContrastArm, Generator, check_choice
 
 __all__ = ["AnatomyChoice", "ContrastArm", "Generator", "PhantomArm"]
-
-Generator: TypeAlias = Literal["v1", "v2"]
-ContrastArm: TypeAlias = Literal["standard", "swapped"]
-AnatomyChoice: TypeAlias = Literal["drawn", "mni152", "colin27"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +32,12 @@ class PhantomArm:
     anatomy: AnatomyChoice = "drawn"
 
     def __post_init__(self) -> None:
-        if self.contrast not in get_args(ContrastArm):
-            raise ConfigurationError(
-                f"contrast must be one of {get_args(ContrastArm)}, got {self.contrast!r}"
-            )
+        check_choice("contrast", self.contrast, ContrastArm)
         if not isinstance(self.skull_stripped, bool):
             raise ConfigurationError(
                 f"skull_stripped must be True or False, got {self.skull_stripped!r}"
             )
-        if self.anatomy not in get_args(AnatomyChoice):
-            raise ConfigurationError(
-                f"anatomy must be one of {get_args(AnatomyChoice)}, got {self.anatomy!r}"
-            )
+        check_choice("anatomy", self.anatomy, AnatomyChoice)
         if not self.skull_stripped and self.anatomy == "mni152":
             raise ConfigurationError(
                 "skull_stripped=False needs the Colin27 head (anatomy 'colin27' or 'drawn'); "

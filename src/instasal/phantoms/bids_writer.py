@@ -30,12 +30,11 @@ import numpy as np
 
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.io import atomic_write_json, atomic_write_text, write_nifti
-from instasal.phantoms.anatomy import Resolution
-from instasal.phantoms.arms import Generator, PhantomArm
+from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.subject import PhantomSubject, generation_parameters, make_phantom
 from instasal.phantoms.subject_v2 import generation_parameters_v2
 from instasal.provenance import instasal_version
-from instasal.typing import PathLike, Progress, check_seed
+from instasal.typing import Generator, PathLike, Progress, Resolution, check_seed
 
 __all__ = [
     "DERIVATIVES_NAME",

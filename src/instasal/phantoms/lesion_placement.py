@@ -11,13 +11,12 @@ brighter than white matter on FLAIR and iso- to hypo-intense on T1w.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
 
 import numpy as np
 from scipy import ndimage
 
 from instasal.phantoms.anatomy import SubjectAnatomy, sample_trilinear
-from instasal.typing import BoolArray, FloatArray, IntArray
+from instasal.typing import BoolArray, FloatArray, IntArray, LesionRegion
 
 __all__ = [
     "LESION_PARAMETERS",
@@ -35,7 +34,6 @@ __all__ = [
     "ventricle_gradients",
 ]
 
-LesionRegion: TypeAlias = Literal["periventricular", "juxtacortical", "deep", "infratentorial"]
 REGION_LABELS: dict[LesionRegion, int] = {
     "periventricular": 1,
     "juxtacortical": 2,

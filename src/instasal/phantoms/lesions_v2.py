@@ -22,11 +22,10 @@ from instasal.phantoms.lesion_placement import (
     REGION_LABELS,
     Lesion,
     LesionCanvas,
-    LesionRegion,
     LesionSet,
     ventricle_gradients,
 )
-from instasal.typing import BoolArray, FloatArray, IntArray
+from instasal.typing import BoolArray, ContrastArm, FloatArray, IntArray, LesionRegion
 
 __all__ = [
     "LESION_PARAMETERS_V2",
@@ -37,8 +36,6 @@ __all__ = [
     "lesion_landmarks",
     "lesion_occupancy",
 ]
-
-from instasal.phantoms.arms import ContrastArm
 
 ShapeKind: TypeAlias = Literal["ovoid", "lobulated", "irregular"]
 # The smallest lesion ground truth holds at either grid (docs/phantoms.md §v2, minimum lesion size).

@@ -18,12 +18,11 @@ from scipy import ndimage
 
 from instasal.errors import ConfigurationError
 from instasal.phantoms.anatomy import (
-    Resolution,
     TemplateAnatomy,
     load_template_anatomy,
     template_from_maps,
 )
-from instasal.typing import FloatArray
+from instasal.typing import FloatArray, Resolution
 
 __all__ = [
     "COLIN27_FILE",

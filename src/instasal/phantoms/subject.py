@@ -13,11 +13,10 @@ from instasal.phantoms.anatomy import (
     DEFORMATION_RANGES,
     FREE_FORM_SPACING_MM,
     VENTRICLE_EXPANSION_WIDTH_MM,
-    Resolution,
     load_template_anatomy,
     warp_anatomy,
 )
-from instasal.phantoms.arms import Generator, PhantomArm
+from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.contrast import (
     BIAS_SPACING_MM,
     CONTRAST_RANGES,
@@ -37,7 +36,7 @@ from instasal.phantoms.lesion_placement import (
 )
 from instasal.phantoms.mimics import MIMIC_PARAMETERS, insert_mimics
 from instasal.phantoms.subject_v2 import generate_v2
-from instasal.typing import BoolArray, FloatArray, IntArray, check_seed
+from instasal.typing import BoolArray, FloatArray, Generator, IntArray, Resolution, check_seed
 
 __all__ = ["MAX_LESIONS", "PhantomSubject", "generation_parameters", "make_phantom"]
 

@@ -10,7 +10,6 @@ import numpy as np
 
 from instasal.phantoms.anatomy import (
     DEFORMATION_RANGES,
-    Resolution,
     SubjectAnatomy,
     distance_near_brain,
     load_template_anatomy,
@@ -36,7 +35,7 @@ from instasal.phantoms.lesions_v2 import (
 from instasal.phantoms.mimics import MIMIC_PARAMETERS, insert_mimics
 from instasal.phantoms.mimics_v2 import MIMIC_PARAMETERS_V2, insert_mimics_v2
 from instasal.phantoms.reference_data import load_colin27, load_lesion_prior, reference_provenance
-from instasal.typing import BoolArray, FloatArray, IntArray
+from instasal.typing import BoolArray, FloatArray, IntArray, Resolution
 
 __all__ = [
     "DEFORMATION_RANGES_V2",

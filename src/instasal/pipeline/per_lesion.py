@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from instasal.instances import Instance, InstanceKind, Instances
+from instasal.instances import Instance, Instances
 from instasal.models.cards import ModelCard
 from instasal.models.inference import probability_from_logits
 from instasal.pipeline.outputs import RunLayout
@@ -25,7 +25,7 @@ from instasal.saliency import (
     smoothgrad_work,
 )
 from instasal.saliency.summaries import lesion_summary, saliency_columns
-from instasal.typing import Progress
+from instasal.typing import InstanceKind, Progress
 
 __all__ = [
     "DOMAIN_KINDS",

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING
 
 from instasal.errors import ConfigurationError
 from instasal.typing import (
     Aggregation,
+    CamVariant,
     Context,
     EngineName,
+    MemoryFormat,
     NoiseRange,
     check_choice,
     check_seed,
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["CamVariant", "GradCamConfig", "MemoryFormat", "SmoothGradConfig", "as_sizes"]
-
-MemoryFormat: TypeAlias = Literal["contiguous", "channels_last"]
-CamVariant: TypeAlias = Literal["gradcam++", "gradcam"]
 
 
 def as_sizes(value: int | Sequence[int] | None) -> int | tuple[int, ...] | None:

@@ -23,12 +23,12 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import torch
 from torch import nn
 
-from instasal.typing import Aggregation, EngineName
+from instasal.typing import Aggregation, EngineName, ExactEngine
 
 __all__ = [
     "DEFAULT_CPU_MEMORY_BUDGET",
@@ -43,7 +43,6 @@ __all__ = [
     "saved_tensor_bytes",
 ]
 
-ExactEngine: TypeAlias = Literal["naive", "batched"]
 
 DEFAULT_CPU_MEMORY_BUDGET = 2 * 1024**3
 MAX_ROWS_PER_CALL = 64
