@@ -11,12 +11,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from instasal.dataset import REGION_LABELS
 from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.bids_writer import subject_seeds
 from instasal.phantoms.realism import REALISM_TARGETS, lesion_contrasts, subject_measures
 from instasal.phantoms.subject_v2 import generate_v2
 
-REGIONS = ("periventricular", "juxtacortical", "deep", "infratentorial")
+REGIONS: tuple[str, ...] = tuple(REGION_LABELS)
 
 
 def _spread(values: list[float], digits: int = 2) -> str:

@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 from scipy import ndimage
 
+from instasal.dataset import REGION_LABELS
 from instasal.phantoms import PhantomSubject, make_phantom
 from instasal.phantoms.anatomy import load_template_anatomy
 from instasal.phantoms.arms import PhantomArm
@@ -157,10 +158,7 @@ def cohort_statistics(n_subjects: int, seed: int, resolution: int) -> None:
     print(f"component volume mm³: {_quantiles(rows['component_volume'])}")
     print(
         "region shares: "
-        + ", ".join(
-            f"{name} {regions[name] / total:.2f}"
-            for name in ("periventricular", "juxtacortical", "deep", "infratentorial")
-        )
+        + ", ".join(f"{name} {regions[name] / total:.2f}" for name in REGION_LABELS)
     )
     print(f"faint share: {faint / total:.2f}")
     print(f"drawn peak FLAIR contrast: {_quantiles(drawn_flair, 2)}")

@@ -357,7 +357,7 @@ def test_regions_from_the_atlas_enable_region_pruning(cohort_folder, tmp_path, s
     shape = (30, 4, 4)
     atlas = np.zeros(shape, np.uint8)
     atlas[:15] = 2  # juxtacortical
-    atlas[15:] = 3  # deep white matter
+    atlas[15:] = 3  # deep (white matter)
     for subject, rows in table.groupby("subject"):
         for channel in ("FLAIR", "T1w"):
             image = rng.normal(size=shape).astype(np.float32)
@@ -369,7 +369,7 @@ def test_regions_from_the_atlas_enable_region_pruning(cohort_folder, tmp_path, s
             labels[lesion_id, 0, 0] = lesion_id  # ids 1–24: 1–14 in label 2, 15–24 in label 3
         _write_labels(cohort_folder / subject / f"{subject}_desc-instances_dseg.nii.gz", labels)
     relabelled = assign_regions(table, cohort_folder, dataset)
-    expected = np.where(table["id"] < 15, "juxtacortical", "deep white matter")
+    expected = np.where(table["id"] < 15, "juxtacortical", "deep")
     assert relabelled["region"].tolist() == expected.tolist()
     assert table["region"].isna().all()  # the input table is not modified
 

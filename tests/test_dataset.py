@@ -8,10 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from instasal.dataset import SubjectFiles, discover_dataset
+from instasal.dataset import REGION_LABELS, SubjectFiles, discover_dataset
 from instasal.errors import ImageError
 from instasal.io import load_mask, read_subject
+from instasal.phantoms import REGION_LABELS as PHANTOM_LABELS
 from instasal.phantoms import make_phantom, write_cohort
+from instasal.pipeline.per_lesion import region_of
 
 
 def _write(path: Path) -> Path:
@@ -121,3 +123,12 @@ def test_ambiguous_channel_is_named(tmp_path: Path) -> None:
 def test_bad_channels_argument(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="channels must be a non-empty sequence"):
         discover_dataset(tmp_path, channels="FLAIR")
+
+
+def test_region_labels_have_one_definition_that_phantoms_and_the_lesion_table_share() -> None:
+    """A phantom's region label reads back as the name the phantom gave it (``deep`` is 3)."""
+    assert PHANTOM_LABELS is REGION_LABELS
+    domain = np.ones((2, 2, 2), bool)
+    for name, label in REGION_LABELS.items():
+        assert region_of(np.full((2, 2, 2), label, np.uint8), domain) == name
+    assert region_of(np.full((2, 2, 2), 3, np.uint8), domain) == "deep"

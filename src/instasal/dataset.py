@@ -19,9 +19,18 @@ from pathlib import Path
 
 from instasal.errors import ImageError
 from instasal.io import DEFAULT_CHANNELS
-from instasal.typing import PathLike
+from instasal.typing import LesionRegion, PathLike
 
-__all__ = ["DERIVATIVE_SUFFIXES", "SubjectFiles", "discover_dataset"]
+__all__ = ["DERIVATIVE_SUFFIXES", "REGION_LABELS", "SubjectFiles", "discover_dataset"]
+
+REGION_LABELS: dict[LesionRegion, int] = {
+    "periventricular": 1,
+    "juxtacortical": 2,
+    "deep": 3,
+    "infratentorial": 4,
+}
+"""The labels of a region map (``desc-lesionregion_dseg``, ``desc-regions_dseg``; 0: no region),
+by region name: the phantoms write them, the lesion table's ``region`` column reads them back."""
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DERIVATIVE_SUFFIXES: dict[str, str] = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from instasal.dataset import REGION_LABELS
 from instasal.phantoms.anatomy import SubjectAnatomy, sample_trilinear
 from instasal.typing import BoolArray, FloatArray, IntArray, LesionRegion
 
@@ -33,13 +34,6 @@ __all__ = [
     "soft_ellipsoid",
     "ventricle_gradients",
 ]
-
-REGION_LABELS: dict[LesionRegion, int] = {
-    "periventricular": 1,
-    "juxtacortical": 2,
-    "deep": 3,
-    "infratentorial": 4,
-}
 
 
 @dataclass(frozen=True)

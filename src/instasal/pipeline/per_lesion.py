@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from instasal.dataset import REGION_LABELS
 from instasal.instances import Instance, Instances
 from instasal.models.cards import ModelCard
 from instasal.models.inference import probability_from_logits
@@ -39,12 +40,8 @@ __all__ = [
     "table_columns",
 ]
 
-REGION_NAMES = {
-    1: "periventricular",
-    2: "juxtacortical",
-    3: "deep white matter",
-    4: "infratentorial",
-}
+REGION_NAMES: dict[int, str] = {label: name for name, label in REGION_LABELS.items()}
+"""A region map's label → its name in the lesion table (:data:`instasal.dataset.REGION_LABELS`)."""
 LESIONS_PER_BATCH = 4
 """Domains explained together (sharing noise draws and forward passes); the resume granularity."""
 
