@@ -24,7 +24,7 @@ from instasal.errors import ImageError, InstasalWarning, ModelError
 from instasal.models import card_of, load_model
 from instasal.models.segmentation import segment_subject
 from instasal.pipeline import ExplainSettings, explain_subject
-from instasal.saliency import SmoothGradConfig
+from instasal.saliency import GradCamConfig, SmoothGradConfig
 
 FAST = ExplainSettings(SmoothGradConfig(n_samples=2), n_true_negatives=1)
 """The default settings (Grad-CAM++ on) with fewer noise samples."""
@@ -244,8 +244,18 @@ def test_size_divisibility_found_at_load_and_padded(
 
 
 def test_model_without_a_gradcam_layer_skips_gradcam_with_a_note(
-    tmp_path: Path, linear_dataset: Path
+    tmp_path: Path, linear_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The run asks GradCamConfig.layer_of, the one place that resolves a layer, and skips on
+    its refusal."""
+    asked: list[str | None] = []
+    layer_of = GradCamConfig.layer_of
+
+    def spy(config: GradCamConfig, model: torch.nn.Module) -> str:
+        asked.append(config.layer)
+        return layer_of(config, model)
+
+    monkeypatch.setattr(GradCamConfig, "layer_of", spy)
     model = PointwiseLinear().eval()
     card = {"name": "plain", "architecture": "module", "threshold": 0.5}
     set_card(model, card | {"patch_size": list(LINEAR_SHAPE), "channel_names": ["FLAIR", "T1w"]})
@@ -254,6 +264,7 @@ def test_model_without_a_gradcam_layer_skips_gradcam_with_a_note(
             _images(linear_dataset), model, tmp_path / "o", settings=FAST, progress=None
         )
     assert len(result.table) == 1 and result.table["gradcam_peak"].isna().all()
+    assert asked == [None]
 
 
 def _speckled_subject(tmp_path: Path, count: int) -> list[Path]:

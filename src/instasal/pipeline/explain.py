@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from instasal.errors import InstasalWarning
+from instasal.errors import ConfigurationError, InstasalWarning
 from instasal.folders import model_files, output_folder_lock
 from instasal.instances import Instance, Instances, classify_instances, find_instances
 from instasal.io import (
@@ -397,18 +397,19 @@ def _gradcam_window(
     obstacle = capture_obstacle(network, None)
     if obstacle is not None:
         return None, skipped.format(obstacle)
-    layer = settings.gradcam.layer
-    if layer and prepared.resampled:
-        layer = f"network.{layer}"  # the prepared network wraps the model
-    layer = layer or dict(getattr(prepared.network, "card", {})).get("gradcam_layer")
-    if not layer:
+    config = settings.gradcam
+    if config.layer and prepared.resampled:  # the prepared network wraps the model
+        config = replace(config, layer=f"network.{config.layer}")
+    try:
+        layer = config.layer_of(prepared.network)
+    except ConfigurationError:  # neither the settings nor the card name one: skip, not fail
         return None, skipped.format(
             "its card names no layer (pass --gradcam-layer / GradCamConfig(layer=...))"
         )
     obstacle = capture_obstacle(prepared.network, layer)
     if obstacle is not None:
         return None, skipped.format(obstacle)
-    return replace(settings.gradcam, layer=layer, target=target, context=context), None
+    return replace(config, layer=layer, target=target, context=context), None
 
 
 def estimate_saliency(
