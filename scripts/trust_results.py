@@ -9,7 +9,8 @@ Example (a small, preliminary run)::
 Per subject it writes ``<subject>_randomisation.tsv`` (the verdicts and every cascading step,
 region and measure against the null), ``<subject>_faithfulness.tsv`` (deletion and insertion
 numbers, the better-than-the-image verdicts, channel ablation and the saliency reliance it is
-compared with) and ``<subject>_profiles.tsv`` to ``--out`` (a subject whose three files exist is
+compared with, and the sign-pattern rings of the trained and the fully randomised SmoothGrad
+maps) and ``<subject>_profiles.tsv`` to ``--out`` (a subject whose three files exist is
 skipped, so a stopped run resumes), then ``summary.json`` with the cohort verdicts over every
 subject there. TP lesions are taken largest first, at most ``--lesions`` per subject.
 """
@@ -91,7 +92,9 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
         }
         summary = lesion_summary(maps["smoothgrad"], omega, spacing, names)
         reliance = {f"reliance_{c}": summary[f"reliance_{c}"] for c in names}
-        row = {"lesion": record.id, **faithful.numbers, **verdicts, **shares, **reliance}
+        rings = sanity.ring_columns("smoothgrad")
+        row = {"lesion": record.id, "type": "TP", **faithful.numbers, **verdicts, **shares}
+        row |= reliance | rings
         tables["faithfulness"].append(pd.DataFrame([row]))
         profile = radial_profile(
             maps["smoothgrad"], omega, spacing, channel_names=prepared.subject.channel_names
@@ -146,7 +149,7 @@ def main(argv: list[str]) -> int:
         "ablation": ablation_agreement(
             read["faithfulness"], ablated_channels(read["faithfulness"])
         ),
-        "negative_neighbourhood": negative_neighbourhood(read["profiles"], channel="FLAIR"),
+        "negative_neighbourhood": negative_neighbourhood(read["faithfulness"]),
         "settings": vars(args) | {"cohort": str(args.cohort), "out": str(args.out)},
     }
     atomic_write_json(args.out / "summary.json", summary, overwrite=True)

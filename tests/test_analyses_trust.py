@@ -12,46 +12,53 @@ from instasal.analyses.trust_summary import (
     randomisation_summary,
 )
 from instasal.errors import ConfigurationError
-
-SHELLS = [(0, 0.0, 0.0), (1, 0.0, 2.0), (2, 2.0, 4.0), (3, 4.0, 6.0), (4, 6.0, 8.0), (5, 8.0, 10.0)]
-
-
-def _profiles(curves: dict[tuple[str, int], list[float]], kind: str = "TP") -> pd.DataFrame:
-    rows = [
-        (subject, lesion, kind, "FLAIR", shell, inner, outer, 10, mean)
-        for (subject, lesion), means in curves.items()
-        for (shell, inner, outer), mean in zip(SHELLS, means, strict=True)
-    ]
-    columns = ["subject", "lesion", "type", "channel", "shell", "inner_mm", "outer_mm", "n_voxels"]
-    return pd.DataFrame(rows, columns=[*columns, "mean"])
+from instasal.trust import SIGN_PLACES
 
 
-def test_negative_neighbourhood_reproduced_when_every_subject_dips_below_zero() -> None:
-    dip = [2.0, 0.5, -0.1, -0.4, -0.2, -5.0]  # shells 0, 1 and 5 lie outside the 2–8 mm band
-    # Lesion ids differ between subjects, as they do in lesion tables.
-    curves = {(f"s{i}", 10 * i + lesion): dip for i in range(4) for lesion in (1, 2)}
-    verdict = negative_neighbourhood(_profiles(curves), channel="FLAIR")
-    assert verdict["minimum"] == pytest.approx(-0.4, abs=1e-12)
-    assert verdict["minimum_outer_mm"] == 6.0
-    assert verdict["interval"] == pytest.approx([-0.4, -0.4], abs=1e-12)
-    assert verdict["reproduced"] and verdict["share_negative"] == 1.0
-    assert (verdict["n_lesions"], verdict["n_subjects"]) == (8, 4)
-    assert verdict["sign_test"]["n_below"] == 4
-    assert verdict["sign_test"]["p_value"] == pytest.approx(1 / 16, rel=1e-12)
+def _rings(values: dict[str, tuple[float, float]], subjects: int, kind: str = "TP") -> pd.DataFrame:
+    """Two lesions per subject, every lesion with the same (trained, random) value per ring;
+    rings not named are 0 in both."""
+    rows = []
+    for subject in range(subjects):
+        for lesion in (1, 2):
+            row: dict[str, object] = {"subject": f"s{subject}", "id": lesion, "type": kind}
+            for place in SIGN_PLACES:
+                trained, random = values.get(place, (0.0, 0.0))
+                row |= {f"sign_{place}_smoothgrad": trained}
+                row |= {f"sign_{place}_smoothgrad_random": random}
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def test_one_positive_subject_keeps_the_interval_above_zero_at_its_upper_end() -> None:
-    curves = {("s0", 1): [1, 1, -1.0, -1.0, -1.0, 0], ("s1", 1): [1, 1, 0.5, 0.5, 0.5, 0]}
-    curves |= {("s2", 1): [1, 1, 0.5, 0.5, 0.5, 0]}
-    profiles = pd.concat([_profiles(curves), _profiles({("s3", 1): [0, 0, -9, -9, -9, 0]}, "FP")])
-    verdict = negative_neighbourhood(profiles, channel="FLAIR")
-    # The mean TP profile is flat at 0 in the band; a resample of only s1/s2 gives +0.5.
-    assert verdict["minimum"] == pytest.approx(0.0, abs=1e-12)
-    assert verdict["interval"][1] == pytest.approx(0.5, abs=1e-12)
-    assert not verdict["reproduced"]
-    assert verdict["share_negative"] == pytest.approx(1 / 3)
+def test_negative_neighbourhood_reproduced_when_every_subject_is_below_zero_and_the_null() -> (
+    None
+):
+    table = pd.concat([_rings({"ring_4_6mm": (-0.2, 0.05)}, 12), _rings({}, 3, "FP")])
+    found = negative_neighbourhood(table)
+    assert found["verdict"] == "reproduced" and not found["note"]
+    assert (found["n_lesions"], found["n_subjects"]) == (24, 12)
+    rings = {ring["place"]: ring for ring in found["rings"]}
+    deep = rings["ring_4_6mm"]
+    assert deep["trained"]["estimate"] == pytest.approx(-0.2, abs=1e-12)
+    assert deep["difference"]["estimate"] == pytest.approx(-0.25, abs=1e-12)
+    assert deep["trained"]["level"] == pytest.approx(0.999, abs=1e-12)
+    # both sign tests 12 of 12 below: p = 2⁻¹²; Holm over four rings multiplies the smallest by 4
+    assert deep["p"] == pytest.approx(0.5**12, rel=1e-12)
+    assert deep["p_holm"] == pytest.approx(4 * 0.5**12, rel=1e-12)
+    # a ring at 0 has no sign to test: p = 1, kept in Holm's family
+    assert rings["ring_0_2mm"]["p"] == 1.0
+
+
+def test_one_subject_above_zero_leaves_the_finding_not_reproduced() -> None:
+    table = _rings({"ring_2_4mm": (-0.3, 0.0)}, 11)
+    rising = _rings({"ring_2_4mm": (0.3, 0.0)}, 1).assign(subject="s11")
+    found = negative_neighbourhood(pd.concat([table, rising]))
+    ring = {r["place"]: r for r in found["rings"]}["ring_2_4mm"]
+    # 11 of 12 below: P(X ≥ 11) = 13 / 4096, times 4 rings > 0.001
+    assert ring["p"] == pytest.approx(13 / 4096, rel=1e-12)
+    assert found["verdict"] == "not reproduced"
     with pytest.raises(ConfigurationError, match="lacks the columns"):
-        negative_neighbourhood(profiles.drop(columns="subject"), channel="FLAIR")
+        negative_neighbourhood(table.drop(columns="subject"))
 
 
 def test_randomisation_summary_applies_the_cohort_share() -> None:

@@ -174,9 +174,11 @@ def test_cohort_trust_gathers_the_checks_and_analyse_summarises_them(
     assert gain["estimate"] == pytest.approx(tp["deletion_gain_smoothgrad_logit"].mean(), rel=1e-12)
     assert gain["n_subjects"] == 2
     assert trust["ablation"]["n_lesions"] == len(tp)
-    # a 1×1×1 linear model's map is 0 outside Ω: the profile's minimum is 0, not below it
+    # a 1×1×1 linear model's map is 0 outside Ω: no ring below 0, and 2 subjects cannot test it
     neighbourhood = trust["negative_neighbourhood"]
-    assert abs(neighbourhood["minimum"]) <= 1e-6 and neighbourhood["reproduced"] is False
+    assert neighbourhood["verdict"] == "not testable at this n"
+    for ring in neighbourhood["rings"]:
+        assert abs(ring["trained"]["estimate"]) <= 1e-6 and ring["p"] == 1.0
     rows = pd.read_csv(out / "analysis" / "trust.tsv", sep="\t")
     checks = {"randomisation", "faithfulness", "modality reliance", "negative neighbourhood"}
     assert set(rows["check"]) == checks

@@ -121,4 +121,4 @@ def test_profile_figure_plots_mean_per_type_at_shell_middles() -> None:
     np.testing.assert_allclose(y, [1.5, 0.4, -0.3], atol=1e-12)
     np.testing.assert_allclose(_lines(t1w)["TP (n=2)"][1], [-1.5, -0.4, 0.3], atol=1e-12)
     assert _lines(flair)["FP (n=1)"][1] == pytest.approx([0.7])
-    assert "rule band 2–8 mm" in _legend(flair)
+    assert _legend(flair) == ["FP (n=1)", "TP (n=2)"]

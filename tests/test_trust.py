@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 from skimage.metrics import structural_similarity
 from torch import nn
 
 from instasal.errors import ConfigurationError
 from instasal.saliency import GradCamConfig, SmoothGradConfig
 from instasal.trust import (
+    SIGN_PLACES,
     ablation_agreement,
     baseline_values,
     channel_ablation,
@@ -24,9 +26,9 @@ from instasal.trust import (
     model_free_orders,
     neighbourhood,
     parameter_layers,
-    profile_minimum,
     radial_profile,
     randomisation,
+    sign_rings,
     spearman_abs,
     spearman_signed,
     ssim,
@@ -418,16 +420,18 @@ def test_radial_profile_shell_means_of_a_distance_map_with_anisotropic_spacing()
     np.testing.assert_allclose(t1w, -2.0 * flair["mean"].to_numpy() + 1.0, atol=1e-9)
 
 
-def test_profile_minimum_searches_only_shells_wholly_inside_the_band() -> None:
-    profile = pd.DataFrame(
-        {
-            "shell": [0, 1, 2, 3, 4, 5],
-            "inner_mm": [0.0, 0.0, 2.0, 4.0, 6.0, 8.0],
-            "outer_mm": [0.0, 2.0, 4.0, 6.0, 8.0, 10.0],
-            "n_voxels": [5, 10, 20, 30, 40, 50],
-            "channel": ["FLAIR"] * 6,
-            "mean": [-9.0, -5.0, 0.3, -0.2, 0.1, -7.0],
-        }
-    )
-    assert profile_minimum(profile, "FLAIR") == (-0.2, 6.0)
-    assert np.isnan(profile_minimum(profile, "T1w")[0])
+def test_sign_rings_are_fixed_in_mm_and_scaled_by_the_largest_magnitude_within_8_mm() -> None:
+    omega = np.zeros((20, 16, 24), bool)
+    omega[9:11, 7:9, 11:13] = True
+    spacing = (1.0, 1.5, 0.8)
+    distance = ndimage.distance_transform_edt(~omega, sampling=spacing)
+    first = np.where(omega, 3.0, np.cos(distance))  # largest |value| within 8 mm: Ω's 3.0
+    first[distance > 8] = 50.0  # beyond the rings: neither in a ring nor in the scale
+    rings = sign_rings(np.stack([first, 100 * first]), omega, spacing)  # channel 0 only
+    assert list(rings) == ["inside", *SIGN_PLACES]
+    assert rings["inside"] == pytest.approx(1.0, abs=1e-12)
+    for place, (inner, outer) in zip(SIGN_PLACES, [(0, 2), (2, 4), (4, 6), (6, 8)], strict=True):
+        members = ~omega & (distance > inner) & (distance <= outer)
+        expected = np.cos(distance[members]).mean() / 3.0
+        assert rings[place] == pytest.approx(expected, abs=1e-12)
+    assert all(np.isnan(v) for v in sign_rings(np.zeros(omega.shape), omega, spacing).values())

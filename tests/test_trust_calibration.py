@@ -9,16 +9,21 @@ the model altogether (the input itself, a distance map). A check that cannot tel
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from instasal.analyses.statistics import ALPHA
+from instasal.analyses.trust_summary import negative_neighbourhood
 from instasal.saliency import SmoothGradConfig
 from instasal.trust import (
+    SIGN_PLACES,
     VARIANTS,
     FaithfulnessResult,
     MapMethod,
@@ -272,3 +277,86 @@ def test_ablation_finds_the_only_channel_each_network_reads() -> None:
             assert rows[(fill, unused)]["drop"] == pytest.approx(0.0, abs=1e-6)
             assert abs(float(rows[(fill, used)]["drop"])) > 1e-3
             assert abs(float(rows[(fill, used)]["share"])) == pytest.approx(1.0, abs=1e-5)
+
+
+class CentreSurround(nn.Module):
+    """Lesion logit at u: a little of FLAIR at u minus a positive, uneven weighting of FLAIR at
+    2 < d ≤ 6 mm (a learned kernel): the map of a one-voxel Ω is negative in the 2–4 and 4–6 mm
+    rings by construction, and zero in the others. Weights beyond 8 mm bring the kernel's mean to
+    0, so that randomised copies (normal draws with the kernel's mean and SD) have no offset of
+    their own (with a negative mean every copy's map is negative everywhere: ``docs/trust.md``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        offsets = np.indices(SHAPE) - np.asarray(CENTRE)[:, None, None, None]
+        radius = np.sqrt((offsets**2).sum(axis=0))
+        ring = (radius > 2) & (radius <= 6)
+        weights = np.where(ring, np.random.default_rng(6).uniform(0.5, 1.5, ring.shape), 0.0)
+        kernel = -weights / weights.sum()
+        kernel[CENTRE] = 0.01
+        far = radius > 8
+        kernel[far] = -kernel.sum() / far.sum()
+        kernel = np.roll(kernel, [-c for c in CENTRE], axis=(0, 1, 2))
+        self.filter = CircularFilter(torch.from_numpy(kernel).float())
+        self.head = Head((0.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.filter(x[:, :1]))
+
+
+def _sign_verdict(model: nn.Module, **options: object) -> dict[str, Any]:
+    """The cohort sign-pattern verdict over 12 'subjects' (one lesion each; the random weights
+    seeded per subject, as independent subjects would give independent copies)."""
+    omega = _single_voxel()
+    rows = []
+    for subject in range(12):
+        result = randomisation(
+            model,
+            _image(omega),
+            omega,
+            spacing=(1, 1, 1),
+            smoothgrad=NOISELESS,
+            steps=2,
+            modes=("cascading",),
+            seed=subject,
+            **options,  # type: ignore[arg-type]
+        )
+        rows.append({"subject": f"s{subject}", "type": "TP"} | result.ring_columns("smoothgrad"))
+    return negative_neighbourhood(pd.DataFrame(rows))
+
+
+def test_sign_rule_finds_a_learned_negative_surround_and_only_that() -> None:
+    found = _sign_verdict(CentreSurround())
+    assert found["verdict"] == "reproduced"
+    rings = {ring["place"]: ring for ring in found["rings"]}
+    assert rings["ring_2_4mm"]["trained"]["estimate"] < 0
+    assert rings["ring_2_4mm"]["p_holm"] < ALPHA
+    assert rings["ring_6_8mm"]["trained"]["estimate"] == pytest.approx(0.0, abs=1e-6)
+    # a surround the model reads with positive weights is no negative neighbourhood
+    assert _sign_verdict(RingNetwork())["verdict"] == "not reproduced"
+
+
+def test_sign_rule_fails_when_the_null_is_broken() -> None:
+    def keep(module: nn.Module, generator: torch.Generator) -> None:
+        """A 'randomiser' that changes nothing: every copy is the trained network."""
+
+    found = _sign_verdict(CentreSurround(), randomise=keep)
+    assert found["verdict"] == "not reproduced"
+    rings = {ring["place"]: ring for ring in found["rings"]}
+    assert rings["ring_2_4mm"]["sign_test_trained"]["p_value"] < ALPHA  # negative, but
+    assert rings["ring_2_4mm"]["sign_test_difference"]["n"] == 0  # no different from the null
+
+
+def test_sign_rule_says_when_too_few_subjects_could_reach_the_level() -> None:
+    table = pd.DataFrame(
+        {"subject": [f"s{k}" for k in range(5)], "type": "TP"}
+        | {f"sign_{p}_smoothgrad": -0.5 for p in SIGN_PLACES}
+        | {f"sign_{p}_smoothgrad_random": 0.1 for p in SIGN_PLACES}
+    )
+    found = negative_neighbourhood(table)
+    assert found["verdict"] == "not testable at this n"
+    assert "12 or more subjects" in found["note"]
+    assert (
+        negative_neighbourhood(table.drop(columns="sign_ring_0_2mm_smoothgrad"))["verdict"]
+        == "not testable"
+    )

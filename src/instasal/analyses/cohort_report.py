@@ -168,7 +168,7 @@ def build_cohort_report(
         are in ``figures``.
     """
     trust_tables = trust_tables or {}
-    analysis = analyse_tables(table_max, table_mean, trust_tables.get("profiles"))
+    analysis = analyse_tables(table_max, table_mean)
     figures = _figures(table_max, table_mean, analysis)
     if analysis.trust is not None:
         figures |= _trust_figures(trust_tables, analysis)
@@ -252,17 +252,11 @@ def _trust_rows(summary: dict[str, Any] | None) -> dict[str, Any] | None:
         for row in frame.to_dict(orient="records")
     ]
     neighbourhood = summary["negative_neighbourhood"] or {}
-    sign = neighbourhood.get("sign_test")
     return {
         "types": "/".join(summary["types"]),
         "rows": rows,
-        "share_negative": _number(neighbourhood.get("share_negative", float("nan"))),
-        "sign": (
-            f"{sign['n_below']} of {sign['n']} subjects below 0, one-sided p = "
-            f"{_p_value(sign['p_value'])}"
-            if sign
-            else ""
-        ),
+        "neighbourhood": neighbourhood.get("verdict", ""),
+        "neighbourhood_note": neighbourhood.get("note", ""),
     }
 
 

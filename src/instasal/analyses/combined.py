@@ -130,7 +130,6 @@ class CohortAnalysis:
 def analyse_tables(
     table_max: pd.DataFrame,
     table_mean: pd.DataFrame | None = None,
-    profiles: pd.DataFrame | None = None,
 ) -> CohortAnalysis:
     """Run every cohort analysis of SPEC §4 on lesion tables (none is modified).
 
@@ -140,10 +139,8 @@ def analyse_tables(
         The cohort lesion table with max aggregation (the paper's v3; the pipeline default).
     table_mean
         The same cohort with mean aggregation, for the aggregation-vs-size analysis, or None.
-    profiles
-        The cohort's radial profiles (``cohort --trust``), for the negative-neighbourhood rule of
-        ``docs/trust.md``, or None. The trust verdicts (``trust``) are computed when
-        ``table_max`` holds the trust columns.
+        The trust verdicts (``trust``) are computed when ``table_max`` holds the trust columns
+        (``cohort --trust``).
     """
     require_columns(table_max, ("type", "volume_mm3"))
     names = channel_names(table_max)
@@ -187,9 +184,7 @@ def analyse_tables(
     by_subject = "subject" in table_max.columns and (
         table_mean is None or "subject" in table_mean.columns
     )
-    trust = (
-        cohort_trust(table_max, profiles, channel=primary, types=detected) if by_subject else None
-    )
+    trust = cohort_trust(table_max, types=detected) if by_subject else None
     subjects_level = (
         subject_level(table_max, modes, modality, aggregation, table_mean) if by_subject else None
     )

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from instasal.analyses.statistics import ALPHA, holm
 from instasal.analyses.subjects import cluster_bootstrap, subject_sign_test
 from instasal.errors import ConfigurationError
 from instasal.trust.ablation import ablated_channels, ablation_agreement
-from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
+from instasal.trust.profiles import SIGN_PLACES, SIGN_ROUNDOFF
 from instasal.trust.sanity import COHORT_PASS_SHARE
 
 __all__ = [
@@ -97,63 +98,109 @@ def _has_faithfulness(table: pd.DataFrame) -> bool:
     return any(str(c).startswith("deletion_gain_") for c in table.columns)
 
 
+SIGN_RESAMPLES = 20000
+"""Resamples of the sign-pattern intervals: at the tests' level (99.9 %) each tail holds 10."""
+
+
+def _sign_test_limit(n_subjects: int, rings: int) -> str:
+    """The note when ``rings`` Holm-adjusted sign tests over ``n_subjects`` cannot reach α."""
+    smallest = rings * 0.5**n_subjects
+    if smallest < ALPHA:
+        return ""
+    needed = int(np.ceil(np.log2(rings / ALPHA) + 1e-12))
+    return (
+        f"with {n_subjects} subjects the smallest Holm-adjusted one-sided sign-test p over "
+        f"{rings} rings is {smallest:.2g}, not below {ALPHA:g}: it needs {needed} or more subjects"
+    )
+
+
 def negative_neighbourhood(
-    profiles: pd.DataFrame,
+    lesions: pd.DataFrame,
     *,
-    channel: str,
-    lesion_type: str = "TP",
-    band_mm: tuple[float, float] = TROUGH_BAND_MM,
+    method: str = "smoothgrad",
+    types: tuple[str, ...] = ("TP",),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The paper's negative-neighbourhood finding re-tested by the rule of ``docs/trust.md``.
+    """The paper's negative neighbourhood at fixed rings, against the randomised-network null.
 
-    ``profiles`` is the tidy profile table of :func:`instasal.trust.radial_profile` with
-    ``subject``, ``lesion`` and ``type`` added. Over the shells lying wholly in ``band_mm``, the
-    minimum of the cohort's mean ``lesion_type`` profile of ``channel`` is bootstrapped over
-    subjects (recomputed in every resample); the finding is **reproduced** when the interval's
-    upper end is below 0. Reported with it: the share of lesions whose own ``profile_minimum`` is
-    below 0 and a one-sided sign test over subjects of their mean profile's minimum.
+    ``lesions`` holds one row per lesion with ``subject``, ``type`` and the columns of
+    :meth:`instasal.trust.RandomisationResult.ring_columns`: ``sign_<ring>_<method>`` (the
+    trained map's first-channel mean in the ring over its largest magnitude within 8 mm) and
+    ``sign_<ring>_<method>_random`` (the same of the fully randomised copies, median). Per fixed
+    ring of :data:`SIGN_PLACES` and subject, the mean over its lesions of the trained value and of
+    trained − random. The rule (``docs/trust.md``, fixed before the rerun): a ring is negative
+    when one-sided sign tests over subjects find both means below 0 more often than not (the
+    ring's p is the larger of the two: both must hold); the finding is ``reproduced`` when a
+    ring's Holm-adjusted p (over the rings) is below :data:`~instasal.analyses.statistics.ALPHA`,
+    ``not testable at this n`` when too few subjects leave that out of reach whatever the data,
+    ``not testable`` without the columns or lesions, else ``not reproduced``. Cluster-bootstrap
+    intervals (subjects resampled) at level ``1 − ALPHA`` of both lesion means are reported with
+    each ring, not in the rule.
     """
-    _require(
-        profiles,
-        ["subject", "lesion", "type", "channel", "shell", "inner_mm", "outer_mm", "mean"],
-        "the profile table",
-    )
-    low, high = band_mm
-    rows = profiles[(profiles["type"] == lesion_type) & (profiles["channel"] == channel)]
-    band = rows[
-        (rows["shell"] > 0) & (rows["inner_mm"] >= low - 1e-9) & (rows["outer_mm"] <= high + 1e-9)
-    ]
-    wide = band.pivot_table(
-        index=["subject", "lesion"], columns="shell", values="mean", aggfunc="first"
-    )
-    if wide.empty:
-        nan = float("nan")
-        return {"n_lesions": 0, "n_subjects": 0, "reproduced": False, "minimum": nan}
-    per_lesion = [
-        profile_minimum(group, channel, band_mm)[0]
-        for _, group in rows.groupby(["subject", "lesion"])
-    ]
-    per_subject = wide.groupby(level="subject").mean().min(axis=1, skipna=True).to_numpy()
-    values = wide.to_numpy(dtype=float)
-
-    def deepest(resample: np.ndarray) -> float:
-        return float(np.nanmin(np.nanmean(resample, axis=0)))
-
-    interval = cluster_bootstrap(
-        values, wide.index.get_level_values("subject").to_numpy(), deepest, seed=seed
-    )
-    mean_profile = np.nanmean(values, axis=0)
-    outer = band.groupby("shell")["outer_mm"].first()
+    _require(lesions, ["subject", "type"], "the lesion table")
+    columns = [f"sign_{place}_{method}" for place in SIGN_PLACES]
+    nulls = [f"{column}_random" for column in columns]
+    rows = lesions[lesions["type"].astype(str).isin(types)]
+    if not set(columns + nulls) <= set(rows.columns) or rows.empty:
+        return {
+            "method": method,
+            "n_lesions": 0,
+            "n_subjects": 0,
+            "rings": [],
+            "verdict": "not testable",
+            "note": "no sign-pattern columns or no lesions",
+        }
+    subjects = rows["subject"].astype(str).to_numpy()
+    found: list[dict[str, Any]] = []
+    for place, column, null in zip(SIGN_PLACES, columns, nulls, strict=True):
+        trained = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+        difference = trained - pd.to_numeric(rows[null], errors="coerce").to_numpy(float)
+        per_subject = {
+            name: pd.DataFrame({"subject": subjects, "value": values})
+            .groupby("subject")["value"]
+            .mean()
+            .to_numpy()
+            for name, values in (("trained", trained), ("difference", difference))
+        }
+        tests = {
+            name: subject_sign_test(np.where(np.abs(values) <= SIGN_ROUNDOFF, 0.0, values))
+            for name, values in per_subject.items()
+        }
+        intervals = {
+            name: cluster_bootstrap(
+                values, subjects, n_resamples=SIGN_RESAMPLES, level=1 - ALPHA, seed=seed
+            ).to_dict()
+            for name, values in (("trained", trained), ("difference", difference))
+        }
+        p_values = [tests["trained"]["p_value"], tests["difference"]["p_value"]]  # NaN: no sign
+        found.append(
+            {
+                "place": place,
+                "trained": intervals["trained"],
+                "difference": intervals["difference"],
+                "sign_test_trained": tests["trained"],
+                "sign_test_difference": tests["difference"],
+                "p": float(max(p_values)) if all(np.isfinite(p_values)) else 1.0,
+            }
+        )
+    adjusted = holm([ring["p"] for ring in found])
+    for ring, value in zip(found, adjusted, strict=True):
+        ring["p_holm"] = float(value)
+    n_subjects = len(set(subjects))
+    note = _sign_test_limit(n_subjects, len(SIGN_PLACES))
+    if any(ring["p_holm"] < ALPHA for ring in found):
+        verdict = "reproduced"
+    elif note:
+        verdict = "not testable at this n"
+    else:
+        verdict = "not reproduced"
     return {
-        "n_lesions": len(wide),
-        "n_subjects": interval.n_subjects,
-        "minimum": interval.estimate,
-        "minimum_outer_mm": float(outer[wide.columns[int(np.nanargmin(mean_profile))]]),
-        "interval": [interval.low, interval.high],
-        "reproduced": bool(interval.high < 0),
-        "share_negative": float(np.mean(np.asarray(per_lesion) < 0)),
-        "sign_test": subject_sign_test(per_subject),
+        "method": method,
+        "n_lesions": len(rows),
+        "n_subjects": n_subjects,
+        "rings": found,
+        "verdict": verdict,
+        "note": note,
     }
 
 
@@ -163,9 +210,7 @@ def _truthy(values: pd.Series) -> pd.Series:
 
 def cohort_trust(
     table: pd.DataFrame,
-    profiles: pd.DataFrame | None = None,
     *,
-    channel: str,
     types: tuple[str, ...] = ("TP",),
     seed: int = 0,
 ) -> dict[str, Any] | None:
@@ -176,12 +221,7 @@ def cohort_trust(
     table
         The cohort lesion table (``subject``, ``type`` and the trust columns of ``explain
         --trust``: ``randomisation_passes_<method>``, ``randomisation_crossing_<method>``,
-        ``deletion_gain_<order>_logit`` …).
-    profiles
-        The cohort's gathered profile TSVs (``subject``, ``id``, ``type``, ``channel``, shells),
-        or None.
-    channel
-        The channel of the negative-neighbourhood rule (FLAIR).
+        ``deletion_gain_<order>_logit``, ``sign_<ring>_<method>`` …).
     types
         The domain types the verdicts are computed over (TP by default, as in ``docs/trust.md``).
     seed
@@ -193,9 +233,8 @@ def cohort_trust(
         ``types``, ``randomisation`` (:func:`randomisation_summary`), ``ablation``
         (:func:`instasal.trust.ablation_agreement` of saliency reliance and the normal-tissue
         ablation share; None without them), ``faithfulness`` (:func:`faithfulness_summary`) and
-        ``negative_neighbourhood``
-        (:func:`negative_neighbourhood`, None without profiles); None when the table holds no
-        trust column.
+        ``negative_neighbourhood`` (:func:`negative_neighbourhood`); None when the table holds
+        no trust column.
     """
     methods = [
         c.removeprefix("randomisation_passes_")
@@ -221,14 +260,6 @@ def cohort_trust(
         ]
         or [pd.DataFrame(columns=["method", "passes", "crossing_step"])]
     )
-    neighbourhood = None
-    if profiles is not None and len(profiles):
-        neighbourhood = negative_neighbourhood(
-            profiles.rename(columns={"id": "lesion"}),
-            channel=channel,
-            lesion_type=types[0],
-            seed=seed,
-        )
     channels = ablated_channels(rows)
     return {
         "types": list(types),
@@ -237,15 +268,16 @@ def cohort_trust(
         "faithfulness": (
             faithfulness_summary(rows, seed=seed) if _has_faithfulness(rows) else None
         ),
-        "negative_neighbourhood": neighbourhood,
+        "negative_neighbourhood": negative_neighbourhood(table, types=types, seed=seed),
     }
 
 
 def trust_frame(summary: dict[str, Any]) -> pd.DataFrame:
     """:func:`cohort_trust`'s verdicts as one row per check and quantity (``trust.tsv``).
 
-    Columns: ``check``, ``quantity``, ``estimate``, ``low``, ``high`` (the 95 % cluster-bootstrap
-    interval where there is one), ``n_subjects``, ``n_lesions`` and ``verdict``.
+    Columns: ``check``, ``quantity``, ``estimate``, ``low``, ``high`` (the cluster-bootstrap
+    interval where there is one: 95 %, 99.9 % for the negative neighbourhood), ``n_subjects``,
+    ``n_lesions`` and ``verdict``.
     """
     rows: list[dict[str, Any]] = []
     for method, found in summary["randomisation"].items():
@@ -286,18 +318,22 @@ def trust_frame(summary: dict[str, Any]) -> pd.DataFrame:
             }
         )
     found = summary["negative_neighbourhood"]
-    if found is not None and found.get("n_lesions"):
-        rows.append(
-            {
-                "check": "negative neighbourhood",
-                "quantity": "minimum of the mean profile, 2-8 mm",
-                "estimate": found["minimum"],
-                "low": found["interval"][0],
-                "high": found["interval"][1],
-                "n_subjects": found["n_subjects"],
-                "n_lesions": found["n_lesions"],
-                "verdict": "reproduced" if found["reproduced"] else "not reproduced",
-            }
-        )
+    for ring in found["rings"] if found else []:
+        for quantity, interval in (
+            ("trained", ring["trained"]),
+            ("trained − random", ring["difference"]),
+        ):
+            rows.append(
+                {
+                    "check": "negative neighbourhood",
+                    "quantity": f"mean scaled FLAIR saliency, {ring['place']}, {quantity}",
+                    "estimate": interval["estimate"],
+                    "low": interval["low"],
+                    "high": interval["high"],
+                    "n_subjects": interval["n_subjects"],
+                    "n_lesions": interval["n_values"],
+                    "verdict": f"Holm p {ring['p_holm']:.2g}; finding {found['verdict']}",
+                }
+            )
     columns = ["check", "quantity", "estimate", "low", "high", "n_subjects", "n_lesions", "verdict"]
     return pd.DataFrame(rows).reindex(columns=columns)

@@ -145,6 +145,7 @@ def trust_checks(
             verdict = sanity.verdict(method)
             row[f"randomisation_passes_{method}"] = verdict["passes"]
             row[f"randomisation_crossing_{method}"] = verdict["crossing_step"]
+            row |= sanity.ring_columns(method)
         maps = {"smoothgrad": instance_smoothgrad_many(network, x, {0: omega}, smoothgrad)[0]}
         if gradcam is not None:
             maps["gradcam"] = instance_gradcam_many(network, x, {0: omega}, gradcam)[0]
@@ -180,6 +181,10 @@ TRUST_COLUMNS: dict[str, str] = {
     "the randomised copies than they are to each other, which differ more than two noise draws "
     "(docs/trust.md)",
     "randomisation_crossing": "First cascading step at which the map changed (n/a: never)",
+    "sign_inside": "Mean of the first channel's map over the domain, over the map's largest "
+    "magnitude within 8 mm (_random: median over the fully randomised copies)",
+    "sign_ring": "Mean of the first channel's map in the named ring outside the domain, over the "
+    "map's largest magnitude within 8 mm (_random: median over the fully randomised copies)",
     "ablation_drop": "Mean lesion logit over the domain minus its value with the channel replaced "
     "by the normal-tissue mean (_shell: by the 5-10 mm shell mean)",
     "ablation_share": "The channel's ablation drop over the sum of all channels' absolute drops",

@@ -33,7 +33,7 @@ from instasal.report.trust_figures import (
 )
 from instasal.report.viewer import VIEWER_HALF_WINDOW_MM, niivue_script
 from instasal.trust.ablation import ablated_channels, ablation_agreement
-from instasal.trust.profiles import TROUGH_BAND_MM, profile_minimum
+from instasal.trust.profiles import SIGN_PLACES, SIGN_ROUNDOFF
 from instasal.trust.similarity import NEIGHBOURHOOD_MM
 from instasal.typing import Progress
 
@@ -85,9 +85,9 @@ def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str,
 
     The verdicts follow the rules of ``docs/trust.md``: a domain's map passes randomisation when
     it has changed at the last cascading step; an order of a map is better than the image when
-    its deletion and insertion areas of the logit both beat the best model-free order; it has
-    a negative neighbourhood when its profile minimum of the first channel between 2 and 8 mm is
-    below 0.
+    its deletion and insertion areas of the logit both beat the best model-free order; the
+    sign pattern counts the domains whose scaled first-channel SmoothGrad mean is below 0, and
+    below the fully randomised networks', in one of the fixed rings.
     """
     layout, table = result.layout, result.table
     paths = (layout.trust_randomisation, layout.trust_curves, layout.profiles)
@@ -127,15 +127,19 @@ def trust_section(result: ExplainResult, channels: tuple[str, ...]) -> dict[str,
             f"{agreement['n_lesions']} domains the channel with the largest saliency reliance is "
             "the one whose replacement by the normal-tissue mean lowers the lesion logit most."
         )
-    low, high = TROUGH_BAND_MM
-    for kind, group in profiles.groupby("type", sort=True):
-        minima = [profile_minimum(rows, channels[0])[0] for _, rows in group.groupby("id")]
-        negative = int(np.sum(np.asarray(minima) < 0))
-        verdicts.append(
-            f"Radial profile, {kind}: {negative} of {len(minima)} domains have a negative "
-            f"{channels[0]} neighbourhood (profile minimum between {low:g} and {high:g} mm "
-            "below 0)."
-        )
+    rings = [f"sign_{place}_smoothgrad" for place in SIGN_PLACES]
+    if set(rings) <= set(table.columns) and "type" in table.columns:
+        trained = table[rings].to_numpy(float)
+        null = table[[f"{ring}_random" for ring in rings]].to_numpy(float)
+        below = (trained < -SIGN_ROUNDOFF) & (trained < null - SIGN_ROUNDOFF)
+        negative = np.asarray(below.any(axis=1))
+        for kind, members in table.groupby("type", sort=True).indices.items():
+            verdicts.append(
+                f"Sign pattern, {kind}: {int(negative[members].sum())} of {len(members)} domains "
+                f"have a {channels[0]} SmoothGrad mean below 0, and below the fully randomised "
+                "networks', in one of the fixed rings 0–2, 2–4, 4–6 or 6–8 mm around the domain "
+                "(means scaled by each map's largest magnitude)."
+            )
     figures = [
         ("model randomisation cascade", randomisation_figure(steps)),
         ("deletion and insertion curves", deletion_figure(curves)),

@@ -20,7 +20,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from instasal.report.subject_figures import SALIENCY_UNIT, TYPE_COLOURS
-from instasal.trust.profiles import TROUGH_BAND_MM
 from instasal.trust.sanity import VERDICT_REGION
 
 __all__ = [
@@ -211,15 +210,12 @@ def profile_figure(profiles: pd.DataFrame, channels: Sequence[str]) -> Figure:
     Returns
     -------
     matplotlib.figure.Figure
-        Per type the mean profile over its domains and the min–max band; the band searched by
-        the negative-neighbourhood rule (``docs/trust.md``) is shaded.
+        Per type the mean profile over its domains and the min–max band.
     """
     figure, axes = plt.subplots(1, len(channels), figsize=(3.7 * len(channels), 3.2), squeeze=False)
     placed = profiles.assign(distance_mm=_distance(profiles))
-    low, high = TROUGH_BAND_MM
     for axis, channel in zip(axes[0], channels, strict=True):
         rows = placed[placed["channel"] == channel]
-        axis.axvspan(low, high, color="0.92", lw=0, label=f"rule band {low:g}–{high:g} mm")
         axis.axhline(0, color="0.5", lw=0.6)
         for kind, group in rows.groupby("type", sort=True):
             label = f"{kind} (n={group['id'].nunique()})"

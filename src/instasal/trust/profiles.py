@@ -21,17 +21,27 @@ from instasal.typing import BoolArray, FloatArray
 __all__ = [
     "PROFILE_COLUMNS",
     "PROFILE_MAX_MM",
-    "TROUGH_BAND_MM",
-    "profile_minimum",
+    "SIGN_PLACES",
+    "SIGN_RINGS_MAX_MM",
+    "SIGN_RING_WIDTH_MM",
+    "SIGN_ROUNDOFF",
     "radial_profile",
     "shell_width",
+    "sign_rings",
 ]
 
 PROFILE_MAX_MM = 10.0
 """How far from Ω the profile reaches (mm)."""
-TROUGH_BAND_MM: tuple[float, float] = (2.0, 8.0)
-"""The shells lying wholly in this band (mm) are searched for the profile minimum."""
 PROFILE_COLUMNS = ["shell", "inner_mm", "outer_mm", "n_voxels", "channel", "mean"]
+SIGN_RING_WIDTH_MM = 2.0
+SIGN_RINGS_MAX_MM = 8.0
+"""The fixed rings of the sign-pattern rule: ``0–2, 2–4, 4–6, 6–8 mm`` outside Ω, whatever the
+voxel size (``docs/trust.md``)."""
+SIGN_PLACES = ("ring_0_2mm", "ring_2_4mm", "ring_4_6mm", "ring_6_8mm")
+"""The names :func:`sign_rings` gives the fixed rings."""
+SIGN_ROUNDOFF = 1e-6
+"""Scaled means within this of 0 count as 0: float32 maps' round-off relative to their largest
+magnitude (a ring the map does not reach reads −5e-9, not a negative value)."""
 
 
 def shell_width(spacing: Sequence[float]) -> float:
@@ -125,29 +135,47 @@ def _crop_around(domain: BoolArray, spacing: Sequence[float], max_mm: float) -> 
     )
 
 
-def profile_minimum(
-    profile: pd.DataFrame,
-    channel: str,
-    band_mm: tuple[float, float] = TROUGH_BAND_MM,
-) -> tuple[float, float]:
-    """The smallest shell mean of ``channel`` among shells lying wholly in ``band_mm``.
+def sign_rings(
+    saliency: FloatArray, domain: BoolArray, spacing: Sequence[float]
+) -> dict[str, float]:
+    """The first channel's mean inside Ω and in the fixed rings, over its largest magnitude.
+
+    The rings are the shells of :func:`radial_profile` :data:`SIGN_RING_WIDTH_MM` wide out to
+    :data:`SIGN_RINGS_MAX_MM`; each mean is divided by the largest ``|map|`` of the first channel
+    within that distance of Ω (Ω included), so that maps of different scale (a trained and a
+    randomised network) compare by their shape and sign alone.
 
     Returns
     -------
-    tuple of float
-        ``(minimum, its shell's outer radius in mm)``; ``(nan, nan)`` when no shell of the band
-        holds voxels. Below 0: the lesion has a negative neighbourhood (``docs/trust.md``).
+    dict
+        ``"inside"`` and ``"ring_<a>_<b>mm"`` (e.g. ``ring_2_4mm``) to the scaled mean; NaN for
+        a ring without voxels, and for every entry when the map is zero there.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> omega = np.zeros((12, 12, 12), bool)
+    >>> omega[6, 6, 6] = True
+    >>> saliency = np.where(omega, 2.0, -0.5)
+    >>> rings = sign_rings(saliency, omega, (1, 1, 1))
+    >>> rings["inside"], rings["ring_4_6mm"]
+    (1.0, -0.25)
+    >>> list(rings)
+    ['inside', 'ring_0_2mm', 'ring_2_4mm', 'ring_4_6mm', 'ring_6_8mm']
     """
-    low, high = band_mm
-    rows = profile[
-        (profile["channel"] == channel)
-        & (profile["inner_mm"] >= low - 1e-9)
-        & (profile["outer_mm"] <= high + 1e-9)
-        & (profile["shell"] > 0)
-        & profile["mean"].notna()
-    ]
-    if rows.empty:
-        return float("nan"), float("nan")
-    means = rows["mean"].to_numpy(dtype=float)
-    deepest = int(np.argmin(means))
-    return float(means[deepest]), float(rows["outer_mm"].to_numpy(dtype=float)[deepest])
+    values = np.asarray(saliency, dtype=np.float64)
+    first = values if values.ndim == 3 else values[0]
+    profile = radial_profile(
+        first, domain, spacing, max_mm=SIGN_RINGS_MAX_MM, width_mm=SIGN_RING_WIDTH_MM
+    )
+    crop = _crop_around(np.asarray(domain, dtype=bool), spacing, SIGN_RINGS_MAX_MM)
+    local = np.asarray(domain, dtype=bool)[crop]
+    distance = ndimage.distance_transform_edt(~local, sampling=tuple(float(s) for s in spacing))
+    scale = float(np.abs(first[crop][distance <= SIGN_RINGS_MAX_MM]).max())
+    rings: dict[str, float] = {}
+    for shell, inner, outer, mean in profile[["shell", "inner_mm", "outer_mm", "mean"]].itertuples(
+        index=False
+    ):
+        name = "inside" if shell == 0 else f"ring_{inner:g}_{outer:g}mm"
+        rings[name] = float(mean) / scale if scale > 0 else float("nan")
+    return rings

@@ -30,6 +30,7 @@ from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.smoothgrad import instance_smoothgrad_many
 from instasal.saliency.windows import context_windows, end_padding
+from instasal.trust.profiles import sign_rings
 from instasal.trust.similarity import (
     NEIGHBOURHOOD_MM,
     SIMILARITY_MEASURES,
@@ -216,11 +217,19 @@ class RandomisationResult:
     slices
         For the report: ``{(method, step): 2D slice}`` of ``|map|`` (channel 0) through Ω's centre
         along the last axis, step 0 the trained model, cascading steps after it (first seed).
+    rings
+        The sign pattern against its null: one row per method, map and place, ``method``,
+        ``map`` (``"trained"``, or ``"random"`` for a copy at the last cascading step, every
+        block random), ``copy`` (0 for the trained map, 1… the copies), ``place`` (``inside``,
+        ``ring_0_2mm`` … ``ring_6_8mm``) and ``relative`` (:func:`~instasal.trust.sign_rings`:
+        the first channel's mean there over its largest magnitude within 8 mm). Empty without
+        the cascading mode.
     """
 
     table: pd.DataFrame
     blocks: list[tuple[str, ...]]
     slices: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    rings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def verdict(self, method: str) -> dict[str, Any]:
         """``passes`` (changed at the last cascading step) and ``crossing_step`` (first such step,
@@ -239,6 +248,23 @@ class RandomisationResult:
             "passes": bool(changed["changed"].iloc[-1]),
             "crossing_step": int(crossed.iloc[0]) if not crossed.empty else None,
         }
+
+    def ring_columns(self, method: str) -> dict[str, float]:
+        """The sign pattern of one method as lesion-table columns: ``sign_<place>_<method>``
+        (the trained map) and ``sign_<place>_<method>_random`` (the median over the fully
+        randomised copies), places as in :attr:`rings`; empty without the cascading mode."""
+        if self.rings.empty:
+            return {}
+        rows = self.rings[self.rings["method"] == method]
+        columns: dict[str, float] = {}
+        for place, group in rows.groupby("place", sort=False):
+            trained = group.loc[group["map"] == "trained", "relative"]
+            random = group.loc[group["map"] == "random", "relative"].dropna()
+            columns[f"sign_{place}_{method}"] = float(trained.iloc[0])
+            columns[f"sign_{place}_{method}_random"] = (
+                float(random.median()) if not random.empty else float("nan")
+            )
+        return columns
 
 
 IDENTICAL = 1e-6
@@ -483,6 +509,7 @@ def randomisation(
     repeat = _compute(map_methods, model, x, mask, noise_seed(config.seed, 1))
     slices = {(name, 0): _centre_slice(m, regions["near"], omega) for name, m in trained.items()}
     rows = []
+    rings = [_rings(trained, omega, spacing, "trained", 0)]
     for mode in modes:
         for step in range(1, len(blocks) + 1):
             indices = list(range(step)) if mode == "cascading" else [step - 1]
@@ -508,4 +535,28 @@ def randomisation(
                     rows.append(keys | {"layers": ";".join(blocks[step - 1])} | compared)
                 if mode == "cascading":
                     slices[(name, step)] = _centre_slice(candidates[0], regions["near"], omega)
-    return RandomisationResult(pd.DataFrame(rows), blocks, slices)
+            if mode == "cascading" and step == len(blocks):
+                rings += [
+                    _rings(maps, omega, spacing, "random", copy)
+                    for copy, maps in enumerate(randomised, start=1)
+                ]
+    ring_table = pd.concat(rings, ignore_index=True) if "cascading" in modes else pd.DataFrame()
+    return RandomisationResult(pd.DataFrame(rows), blocks, slices, ring_table)
+
+
+def _rings(
+    maps: Mapping[str, np.ndarray],
+    omega: np.ndarray,
+    spacing: Sequence[float],
+    kind: str,
+    copy: int,
+) -> pd.DataFrame:
+    """:func:`~instasal.trust.sign_rings` of each method's map as rows of
+    :attr:`RandomisationResult.rings`."""
+    return pd.DataFrame(
+        [
+            {"method": name, "map": kind, "copy": copy, "place": place, "relative": value}
+            for name, saliency_map in maps.items()
+            for place, value in sign_rings(saliency_map, omega, spacing).items()
+        ]
+    )
