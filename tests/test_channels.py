@@ -104,6 +104,7 @@ def test_declared_channel_names_without_loading(tmp_path: Path) -> None:
     (nnunet.parent / "dataset.json").write_text(
         json.dumps({"channel_names": {"1": "T2", "0": "T1"}})
     )
+    (nnunet.parent / "plans.json").write_text("{}")  # with dataset.json: an nnU-Net folder
     assert declared_channel_names(str(nnunet)) == ("T1", "T2")
     assert declared_channel_names(str(nnunet.parent)) == ("T1", "T2")
     assert declared_channel_names(str(tmp_path / "elsewhere.pt")) is None

@@ -36,7 +36,8 @@ def files(tmp_path):
     return {"image": str(image), "dataset": str(dataset), "missing": str(tmp_path / "nothing")}
 
 
-UNKNOWN_MODEL = "unknown model 'nope'; built-in models are nnunet, swinunetr, unet"
+# The same words as load_model's refusal: the command line asks model_source, as load_model does.
+UNKNOWN_MODEL = "unknown model 'nope'; built-in models are unet, nnunet, swinunetr; or give a"
 
 CASES = {
     "segment missing image": (
@@ -50,6 +51,14 @@ CASES = {
     "segment missing model file": (
         ["segment", "{image}", "--out", "{dataset}/o", "--model", "{missing}.pt"],
         "nothing.pt: model file or folder not found",
+    ),
+    "segment model folder of neither kind": (
+        ["segment", "{image}", "--out", "{dataset}/o", "--model", "{dataset}"],
+        "dataset: folder is neither a MONAI bundle (configs/, models/) nor an nnU-Net v2",
+    ),
+    "explain factory weights missing": (
+        ["explain", "{image}", "--out", "{dataset}/o", "-m", "os.path:join={missing}.pt"],
+        "nothing.pt: checkpoint not found",
     ),
     "segment threshold": (
         ["segment", "{image}", "--out", "{dataset}/o", "--threshold", "1.5"],
@@ -111,7 +120,7 @@ CASES = {
     ),
     "train architecture": (
         ["train", "{dataset}", "--val", "{dataset}", "-o", "{dataset}/o", "-a", "resnet"],
-        "--architecture must be one of nnunet, swinunetr, unet, got 'resnet'",
+        "--architecture must be one of unet, nnunet, swinunetr, got 'resnet'",
     ),
     "train missing cohort": (
         ["train", "{missing}", "--val", "{dataset}", "--out", "{dataset}/o"],

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
-from instasal.errors import ImageError
+from instasal.errors import ImageError, ModelError
+from instasal.model_sources import model_source, weights_folder
 from instasal.typing import PathLike
 
 __all__ = [
@@ -219,22 +219,23 @@ def declared_channel_names(model: str) -> tuple[str, ...] | None:
     Read from the built-in card (``instasal/weights/<name>.json``), the card beside a weights or
     TorchScript file (``<file stem>.json``, also for ``module:factory=weights.pt``), or an nnU-Net
     folder's ``dataset.json`` (also from one of its ``fold_X`` folders). ``None`` when none of
-    these states them (the loaded model's card is checked later).
+    these states them (the loaded model's card is checked later), also for a model that
+    :func:`instasal.model_sources.model_source` refuses (which says why in its own message).
     """
-    if re.fullmatch(r"\w+", model):
-        builtin = resources.files("instasal").joinpath("weights", f"{model}.json")
-        if builtin.is_file():
-            return _names_in(builtin.read_text(encoding="utf-8"))
-    path = Path(model.rsplit("=", 1)[-1])
-    if path.is_dir():
-        for folder in (path, path.parent):
-            if (folder / "dataset.json").is_file():
-                return _names_in((folder / "dataset.json").read_text(encoding="utf-8"))
+    try:
+        source = model_source(model)
+    except ModelError:
         return None
-    sidecar = path.with_suffix(".json")
-    if path.suffix and sidecar.is_file():
-        return _names_in(sidecar.read_text(encoding="utf-8"))
-    return None
+    if source.kind == "bundle":
+        return None
+    if source.kind == "builtin":
+        card = weights_folder() / f"{source.path.name}.json"
+    elif source.kind == "nnunet":
+        root = source.path.parent if source.path.name.startswith("fold_") else source.path
+        card = root / "dataset.json"
+    else:
+        card = source.path.with_suffix(".json")
+    return _names_in(card.read_text(encoding="utf-8")) if card.is_file() else None
 
 
 def _names_in(text: str) -> tuple[str, ...] | None:

@@ -40,6 +40,7 @@ __all__ = [
     "MemoryFormat",
     "Metric",
     "ModelLike",
+    "ModelSourceKind",
     "NoiseRange",
     "Normalisation",
     "OutputActivation",
@@ -97,6 +98,10 @@ AnatomyChoice: TypeAlias = Literal["drawn", "mni152", "colin27"]
 Resolution: TypeAlias = Literal[1, 2]
 """A phantom's voxel size in mm."""
 LesionRegion: TypeAlias = Literal["periventricular", "juxtacortical", "deep", "infratentorial"]
+ModelSourceKind: TypeAlias = Literal[
+    "builtin", "factory", "bundle", "nnunet", "exported", "torchscript"
+]
+"""What a model name or path refers to (:func:`instasal.model_sources.model_source`)."""
 
 
 class Progress(Protocol):

@@ -9,7 +9,6 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,9 +21,9 @@ from instasal.errors import (
     ImageError,
     InstasalError,
     InstasalWarning,
-    ModelError,
     describe_os_error,
 )
+from instasal.model_sources import BUILTIN_MODELS, model_source
 
 ImagesArgument = Annotated[
     list[Path], typer.Argument(help="One NIfTI per channel in the model's order (FLAIR first).")
@@ -45,9 +44,8 @@ OutOption = Annotated[
 
 
 def builtin_model_names() -> list[str]:
-    """Names of the bundled models (their weight cards), read without importing torch."""
-    weights = resources.files("instasal").joinpath("weights")
-    return sorted(p.name[: -len(".json")] for p in weights.iterdir() if p.name.endswith(".json"))
+    """Names of the built-in models, as :func:`instasal.models.available_models` (no torch)."""
+    return list(BUILTIN_MODELS)
 
 
 ModelOption = Annotated[
@@ -115,31 +113,17 @@ def require_files(*paths: Path | None) -> None:
 
 
 def check_model(model: str) -> None:
-    """Refuse, in one line and before torch is imported, a model that cannot be loaded by name.
-
-    A built-in name, an existing file or folder, or ``module:factory=weights.pt`` with an
-    existing weights file passes; what a file holds is checked when it is loaded.
+    """Refuse, in one line and before torch is imported, a model that ``load_model`` would not
+    find: the same decision (:func:`instasal.model_sources.model_source`), so the same messages.
+    What a file holds is checked when it is loaded.
 
     Raises
     ------
     ModelError
-        On an unknown built-in name (the message lists the built-in models) or a missing path.
+        On an unknown built-in name (the message lists the built-in models), a missing path, or a
+        folder that is neither a MONAI bundle nor an nnU-Net v2 folder.
     """
-    factory, separator, weights = model.partition("=")
-    if separator and ":" in factory:
-        if not Path(weights).exists():
-            raise ModelError(f"{weights}: model weights file not found")
-        return
-    path = Path(model)
-    if model in builtin_model_names() or path.exists():
-        return
-    if path.suffix or len(path.parts) > 1:
-        raise ModelError(f"{path}: model file or folder not found")
-    raise ModelError(
-        f"unknown model {model!r}; built-in models are {', '.join(builtin_model_names())}; or "
-        "give a TorchScript file, a MONAI bundle folder, an nnU-Net v2 folder or "
-        "module:factory=weights.pt"
-    )
+    model_source(model)
 
 
 def limit_torch_threads(threads: int) -> None:

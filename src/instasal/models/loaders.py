@@ -34,7 +34,6 @@ import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,17 @@ from torch import nn
 from instasal.channels import canonical_channel, channel_of_file, check_channel_files
 from instasal.errors import InstasalWarning, ModelError, one_line
 from instasal.io import Subject
+from instasal.model_sources import (
+    BUILTIN_MODELS,
+    FACTORY_PATTERN,
+    model_source,
+    weights_folder,
+)
 from instasal.models.allowed_classes import allowed_class
-from instasal.models.architectures import ARCHITECTURES, build_network
+from instasal.models.architectures import build_network
 from instasal.models.cards import ModelCard, attach_card, card_of, read_card
 from instasal.models.divisibility import bundle_size_divisibility, size_divisibility_of
-from instasal.models.nnunet import is_nnunet_folder, load_nnunet_folder
+from instasal.models.nnunet import load_nnunet_folder
 
 __all__ = [
     "FACTORY_PATTERN",
@@ -62,16 +67,8 @@ __all__ = [
     "with_model_channels",
 ]
 
-FACTORY_PATTERN = re.compile(
-    r"^(?P<module>[A-Za-z_][\w.]*):(?P<factory>[A-Za-z_]\w*)=(?P<weights>.+)$"
-)
 CARD_EXTRA_FILE = "instasal_card.json"
 _STATE_DICT_KEYS = ("state_dict", "model", "network_weights", "network")
-
-
-def weights_folder() -> Path:
-    """The folder holding the shipped weights and cards (``instasal/weights``)."""
-    return Path(str(resources.files("instasal"))) / "weights"
 
 
 def available_models() -> list[str]:
@@ -82,7 +79,7 @@ def available_models() -> list[str]:
     >>> available_models()[0]
     'unet'
     """
-    return list(ARCHITECTURES)
+    return list(BUILTIN_MODELS)
 
 
 def load_model(name_or_path: str | Path, *, trust_code: bool = False) -> nn.Module:
@@ -112,33 +109,18 @@ def load_model(name_or_path: str | Path, *, trust_code: bool = False) -> nn.Modu
     >>> model.card["channel_names"]  # doctest: +SKIP
     ['FLAIR', 'T1w']
     """
-    text = str(name_or_path)
-    if text in ARCHITECTURES:
-        return _load_builtin(text)
-    match = FACTORY_PATTERN.match(text)
-    if match is not None:
-        return _load_factory(match["module"], match["factory"], Path(match["weights"]))
-    path = Path(name_or_path)
-    if path.is_dir():
-        if (path / "configs").is_dir():
-            return _load_bundle(path, trust_code)
-
-        if is_nnunet_folder(path):
-            return load_nnunet_folder(path, trust_code)
-        raise ModelError(
-            f"{path}: folder is neither a MONAI bundle (configs/, models/) nor an nnU-Net v2 "
-            "trained-model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)"
-        )
-    if path.is_file():
-        if _is_exported(path):
-            return _load_exported(path, path.with_suffix(".json"))
-        return _load_torchscript(path)
-    if path.suffix or len(path.parts) > 1:
-        raise ModelError(f"{path}: model file or folder not found")
-    raise ModelError(
-        f"unknown model {text!r}; built-in models are {', '.join(available_models())}; or give a "
-        "TorchScript file, a MONAI bundle folder, an nnU-Net v2 folder or module:factory=weights.pt"
-    )
+    source = model_source(name_or_path)
+    if source.kind == "builtin":
+        return _load_builtin(source.path.name)
+    if source.kind == "factory":
+        return _load_factory(source.module, source.factory, source.path)
+    if source.kind == "bundle":
+        return _load_bundle(source.path, trust_code)
+    if source.kind == "nnunet":
+        return load_nnunet_folder(source.path, trust_code)
+    if source.kind == "exported":
+        return _load_exported(source.path, source.path.with_suffix(".json"))
+    return _load_torchscript(source.path)
 
 
 def check_channels(
@@ -278,18 +260,6 @@ def _load_builtin(name: str) -> nn.Module:
             f"`instasal train --architecture {name}` or load another model"
         )
     return _load_exported(weights, card_path, source="builtin")
-
-
-def _is_exported(path: Path) -> bool:
-    """Whether ``path`` is a state dict beside a full card of a built-in architecture."""
-    card_path = path.with_suffix(".json")
-    if path.suffix != ".pt" or not card_path.is_file():
-        return False
-    try:
-        architecture = json.loads(card_path.read_text()).get("architecture")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return architecture in ARCHITECTURES
 
 
 def _load_exported(weights: Path, card_path: Path, source: str | None = None) -> nn.Module:

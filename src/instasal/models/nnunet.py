@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from instasal.errors import ModelError
+from instasal.model_sources import is_nnunet_folder
 from instasal.models.allowed_classes import allowed_class
 from instasal.models.cards import ModelCard, attach_card
 from instasal.typing import Normalisation
@@ -162,12 +163,6 @@ class NnUNetNetwork(nn.Module):
         """:meth:`to_ours` as three integers."""
         x, y, z = self.to_ours(values)
         return int(x), int(y), int(z)
-
-
-def is_nnunet_folder(path: Path) -> bool:
-    """Whether ``path`` is an nnU-Net v2 trained-model folder or one of its ``fold_X`` folders."""
-    root = path.parent if path.name.startswith("fold_") else path
-    return (root / "plans.json").is_file() and (root / "dataset.json").is_file()
 
 
 def load_nnunet_folder(path: Path, trust_code: bool = False) -> nn.Module:
