@@ -10,9 +10,11 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import load_nifti
 from instasal.errors import ConfigurationError, OutputExistsError
 from instasal.pipeline import ExplainSettings
 from instasal.pipeline.cohort import run_cohort, subject_seed
@@ -185,3 +187,43 @@ def test_cohort_trust_gathers_the_checks_and_analyse_summarises_them(
     assert "Can the maps be trusted?" in report.html
     for name in ("trust_randomisation", "trust_deletion_insertion", "trust_profiles"):
         assert (out / "analysis" / "figures" / f"{name}.png").stat().st_size > 0
+
+
+def test_with_mean_segments_each_subject_once(
+    tmp_path, linear_dataset, linear_model_path, monkeypatch
+):
+    """The mean pass explains the max pass's domains of one prediction: one per subject."""
+    import instasal.pipeline.explain as explain
+
+    calls: list[int] = []
+    predict = explain.predict_prepared
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "predict_prepared", counted)
+    out = tmp_path / "cohort"
+    subjects = ["sub-01", "sub-02"]
+    result = run_cohort(
+        linear_dataset,
+        str(linear_model_path),
+        out,
+        settings=SETTINGS,
+        subjects=subjects,
+        with_mean=True,
+        progress=None,
+    )
+    assert result.done == subjects
+    assert len(calls) == len(subjects)
+    maxima = pd.read_csv(out / "lesions.tsv", sep="\t")
+    means = pd.read_csv(out / "lesions_mean.tsv", sep="\t")
+    domain = ["subject", "id", "type", "volume_mm3", "prob_mean", "prob_max"]
+    pd.testing.assert_frame_equal(means[domain], maxima[domain])
+    assert len(maxima) > len(subjects)  # lesions and TN domains of both subjects
+    for participant in subjects:
+        for name in ("desc-lesion_probseg", "desc-instances_dseg"):
+            own = out / participant / f"{participant}_{name}.nii.gz"
+            mean = out / participant / "mean" / f"{participant}_{name}.nii.gz"
+            own_data = np.asarray(load_nifti(own).dataobj)
+            assert np.array_equal(own_data, np.asarray(load_nifti(mean).dataobj))

@@ -59,7 +59,7 @@ from instasal.pipeline.outputs import (
 )
 from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, run_key
 from instasal.pipeline.tn_pools import tn_pool_mask, tn_pool_path
-from instasal.typing import Aggregation, Executor, PathLike, Progress, TnPool, check_choice
+from instasal.typing import Executor, PathLike, Progress, TnPool, check_choice
 
 __all__ = ["CohortResult", "run_cohort", "subject_seed"]
 
@@ -181,29 +181,23 @@ def _explain_held(
     status: dict[str, Any] = {"cohort_key": key, "subject": subject.subject_id}
     try:
         tissue = tn_pool_mask(subject, options.tn_from, out / "tn_pools")
-        runs: list[tuple[Aggregation, Path]] = [("max", out / subject.subject_id)]
-        if options.with_mean:
-            runs.append(("mean", out / subject.subject_id / "mean"))
-        for aggregation, folder in runs:
-            explain_subject(
-                subject.images,
-                model,
-                folder,
-                reference=subject.lesion_mask,
-                tissue_mask=tissue,
-                regions=subject.region_map,
-                settings=replace(
-                    subject_settings,
-                    smoothgrad=replace(subject_settings.smoothgrad, aggregation=aggregation),
-                    gradcam=subject_settings.gradcam if aggregation == "max" else None,
-                    trust=subject_settings.trust and aggregation == "max",
-                ),
-                overwrite=options.overwrite,
-                report=aggregation == "max",
-                ignore_channel_names=options.ignore_channel_names,
-                budget_s=options.budget_s,
-                progress=None if progress is None else _of_subject(progress, subject.subject_id),
-            )
+        explain_subject(
+            subject.images,
+            model,
+            out / subject.subject_id,
+            reference=subject.lesion_mask,
+            tissue_mask=tissue,
+            regions=subject.region_map,
+            settings=replace(
+                subject_settings,
+                smoothgrad=replace(subject_settings.smoothgrad, aggregation="max"),
+            ),
+            overwrite=options.overwrite,
+            ignore_channel_names=options.ignore_channel_names,
+            budget_s=options.budget_s,
+            progress=None if progress is None else _of_subject(progress, subject.subject_id),
+            mean_out=out / subject.subject_id / "mean" if options.with_mean else None,
+        )
         status |= {"state": "done"}
     except InstasalError as error:
         status |= {"state": "failed", "error": str(error)}

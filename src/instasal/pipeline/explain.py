@@ -120,6 +120,7 @@ def explain_subject(
     trust_model_code: bool = False,
     ignore_channel_names: bool = False,
     budget_s: float | None = DEFAULT_BUDGET_S,
+    mean_out: PathLike | None = None,
 ) -> ExplainResult:
     """Segment a subject, find its lesions, and explain each one (SPEC §1–§3; issue 6).
 
@@ -167,10 +168,15 @@ def explain_subject(
         input (:func:`instasal.pipeline.cost.estimate_cost`; logged to the ``instasal`` logger and
         kept in the provenance); a stage estimated over ``budget_s`` seconds is refused with the
         choices that shorten it. ``None``: no budget (the command line's ``--yes``).
+    mean_out
+        Also explain the same domains with mean aggregation into this folder (its own run, with
+        its own key and tables; SmoothGrad only: no Grad-CAM++, trust checks or report), over
+        this run's prediction and domains rather than segmenting the subject again.
 
     Returns
     -------
     ExplainResult
+        The run in ``out`` (with ``mean_out``, not the mean run: its table is written there).
 
     Raises
     ------
@@ -186,68 +192,131 @@ def explain_subject(
     settings = settings or ExplainSettings()
     with _resolved_progress(progress) as progress, output_folder_lock(out):
         started = time.perf_counter()
-        timings: dict[str, float] = {}
         inputs = read_inputs(images, channel_names, reference, tissue_mask, regions)
         space = enter_model_space(inputs, model, settings, trust_model_code, ignore_channel_names)
-        run = identify_run(inputs, space, settings, Path(out))
-        complete = open_run(run, overwrite, progress, [*inputs.files, *model_files(model)])
-        timings["validate_s"] = time.perf_counter() - started
+        options = RunOptions(overwrite, report, budget_s, (*inputs.files, *model_files(model)))
+        result, found = explain_in_space(
+            inputs, space, settings, Path(out), options, progress, started
+        )
+        if mean_out is not None:
+            mean_settings, mean_space = with_mean_aggregation(settings, space)
+            mean_options = replace(options, report=False)
+            with output_folder_lock(mean_out):
+                explain_in_space(
+                    inputs,
+                    mean_space,
+                    mean_settings,
+                    Path(mean_out),
+                    mean_options,
+                    progress,
+                    time.perf_counter(),
+                    found,
+                )
+        return result
 
-        step = time.perf_counter()
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run treats its folder and budget (the arguments of :func:`explain_subject`)."""
+
+    overwrite: bool
+    report: bool
+    budget_s: float | None
+    files: tuple[Path, ...]
+    """The run's input files (images, masks, the model's files), never written over."""
+
+
+def with_mean_aggregation(
+    settings: ExplainSettings, space: ModelSpace
+) -> tuple[ExplainSettings, ModelSpace]:
+    """The settings and model space of the mean-aggregation run beside a max run: SmoothGrad
+    with mean aggregation, no Grad-CAM++ and no trust checks, the same prepared subject."""
+    settings = replace(
+        settings,
+        smoothgrad=replace(settings.smoothgrad, aggregation="mean"),
+        gradcam=None,
+        trust=False,
+    )
+    space = replace(
+        space,
+        smoothgrad=replace(space.smoothgrad, aggregation="mean"),
+        gradcam=None,
+        gradcam_skipped=None,
+    )
+    return settings, space
+
+
+def explain_in_space(
+    inputs: SubjectInputs,
+    space: ModelSpace,
+    settings: ExplainSettings,
+    out: Path,
+    options: RunOptions,
+    progress: Progress,
+    started: float,
+    segmented: Segmentation | None = None,
+) -> tuple[ExplainResult, Segmentation]:
+    """Stages 3–8 of :func:`explain_subject` in ``out`` (locked by the caller), timed from
+    ``started``; with ``segmented`` (another run's domains of this subject in this space)
+    nothing is predicted, its probability and domains are written here."""
+    timings: dict[str, float] = {}
+    run = identify_run(inputs, space, settings, out)
+    complete = open_run(run, options.overwrite, progress, options.files)
+    timings["validate_s"] = time.perf_counter() - started
+
+    step = time.perf_counter()
+    if segmented is None:
         probability = segment(space.prepared, run.layout, settings, progress)
-        timings["segment_s"] = time.perf_counter() - step
         progress("finding domains", 0, 1)
         found = find_domains(probability, space, inputs, run.layout, settings)
         progress("finding domains", 1, 1)
-        resumed = resume(found, run, settings.max_lesions, settings.smoothgrad.seed)
-        if complete:  # a finished run is left untouched
-            table = run.layout.read_table()
-            return ExplainResult(
-                run.layout.root,
-                run.layout,
-                table,
-                found.native,
-                settings,
-                {},
-                len(table),
-                space.notes,
-            )
-
-        estimate = estimate_saliency(space, found, resumed, settings, budget_s, run.label)
-        timings["estimate_s"] = estimate.total_s
-        step = time.perf_counter()
-        lesions = found.lesion_space(space.prepared, inputs.regions)
-        plan = LesionPlan(
-            space.smoothgrad,
-            space.gradcam,
-            run.layout,
-            run.key,
-            space.threshold,
-            space.card,
-        )
-        rows = [*resumed.rows, *explain_lesions(resumed.todo, lesions, plan, progress)]
-        timings["saliency_s"] = time.perf_counter() - step
-
-        table = write_tables(rows, resumed.chosen, lesions, space, run.layout, settings, progress)
-        timings["total_s"] = time.perf_counter() - started
-        notes = (*space.notes, *found.notes)
-        provenance = write_provenance(
-            run, space, found, settings, len(rows), resumed.reused, timings, notes
-        )
+    else:
+        found = segmented
+        write_segmentation(found, space.prepared, inputs.subject, run.layout)
+    timings["segment_s"] = time.perf_counter() - step
+    resumed = resume(found, run, settings.max_lesions, settings.smoothgrad.seed)
+    if complete:  # a finished run is left untouched
+        table = run.layout.read_table()
         result = ExplainResult(
-            run.layout.root,
-            run.layout,
-            table,
-            found.native,
-            settings,
-            timings,
-            resumed.reused,
-            notes,
+            run.layout.root, run.layout, table, found.native, settings, {}, len(table), space.notes
         )
-        if report:
-            write_report(result, space.prepared.native, provenance, progress)
-        _write_manifest(run, complete=True)
-        return result
+        return result, found
+
+    estimate = estimate_saliency(space, found, resumed, settings, options.budget_s, run.label)
+    timings["estimate_s"] = estimate.total_s
+    step = time.perf_counter()
+    lesions = found.lesion_space(space.prepared, inputs.regions)
+    plan = LesionPlan(
+        space.smoothgrad,
+        space.gradcam,
+        run.layout,
+        run.key,
+        space.threshold,
+        space.card,
+    )
+    rows = [*resumed.rows, *explain_lesions(resumed.todo, lesions, plan, progress)]
+    timings["saliency_s"] = time.perf_counter() - step
+
+    table = write_tables(rows, resumed.chosen, lesions, space, run.layout, settings, progress)
+    timings["total_s"] = time.perf_counter() - started
+    notes = (*space.notes, *found.notes)
+    provenance = write_provenance(
+        run, space, found, settings, len(rows), resumed.reused, timings, notes
+    )
+    result = ExplainResult(
+        run.layout.root,
+        run.layout,
+        table,
+        found.native,
+        settings,
+        timings,
+        resumed.reused,
+        notes,
+    )
+    if options.report:
+        write_report(result, space.prepared.native, provenance, progress)
+    _write_manifest(run, complete=True)
+    return result, found
 
 
 @contextmanager
@@ -554,14 +623,31 @@ def find_domains(
         prepared, probability, space.threshold, settings, inputs.reference, inputs.tissue
     )
     native, native_ids = prepared.native_instances(instances)
-    if not layout.mask.exists():  # else this run's key wrote it (a resumed or finished run)
-        inputs.subject.on_grid(native.predicted_mask()).save(layout.mask)
-    if not layout.instances.exists():
-        inputs.subject.on_grid(native.labels.astype(np.int16)).save(layout.instances)
     notes = _true_negative_shortfall(instances, settings.n_true_negatives, inputs)
     for note in notes:
         warnings.warn(note, InstasalWarning, stacklevel=2)
-    return Segmentation(probability, instances, native, native_ids, notes)
+    found = Segmentation(probability, instances, native, native_ids, notes)
+    write_segmentation(found, prepared, inputs.subject, layout, probability=False)
+    return found
+
+
+def write_segmentation(
+    found: Segmentation,
+    prepared: PreparedSubject,
+    subject: Subject,
+    layout: RunLayout,
+    *,
+    probability: bool = True,
+) -> None:
+    """Write the probability (unless ``probability`` is false), the mask and the instance map
+    on the stored grid where this run's key has not written them yet (a resumed or finished
+    run keeps its files)."""
+    if probability and not layout.probability.exists():
+        prepared.native_image(found.probability).save(layout.probability, overwrite=True)
+    if not layout.mask.exists():
+        subject.on_grid(found.native.predicted_mask()).save(layout.mask)
+    if not layout.instances.exists():
+        subject.on_grid(found.native.labels.astype(np.int16)).save(layout.instances)
 
 
 def _true_negative_shortfall(
