@@ -12,7 +12,9 @@ numbers, the better-than-the-image verdicts, channel ablation and the saliency r
 compared with, and the sign-pattern rings of the trained and the fully randomised SmoothGrad
 maps) and ``<subject>_profiles.tsv`` to ``--out`` (a subject whose three files exist is
 skipped, so a stopped run resumes), then ``summary.json`` with the cohort verdicts over every
-subject there. TP lesions are taken largest first, at most ``--lesions`` per subject.
+subject there. At most ``--lesions`` TP lesions per subject are drawn at random, seeded by
+``--seed`` and the subject id (``instasal.experiments.subjects.sample_lesions``, the draw of
+``explain --max-lesions``; earlier runs took the largest first).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ KINDS = ("randomisation", "faithfulness", "profiles")
 
 
 def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
+    from instasal.experiments.subjects import sample_lesions
     from instasal.saliency import (
         GradCamConfig,
         SmoothGradConfig,
@@ -42,9 +45,10 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
     layer = card.get("gradcam_layer")
     gradcam = GradCamConfig(layer, context="patch") if layer else None
     spacing = prepared.subject.spacing
-    records = sorted(prepared.instances.of_kind("TP"), key=lambda r: -r.n_voxels)
+    eligible = prepared.instances.of_kind("TP")
+    records = sample_lesions(prepared, eligible, args.lesions, args.seed)
     tables: dict[str, list[pd.DataFrame]] = {kind: [] for kind in KINDS}
-    for record in records[: args.lesions]:
+    for record in records:
         omega = prepared.instances.mask(record.id)
         sanity = randomisation(
             prepared.network,
@@ -114,6 +118,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=8, help="SmoothGrad noise samples")
     parser.add_argument("--steps", type=int, default=5, help="randomisation blocks")
     parser.add_argument("--random", type=int, default=3, help="random deletion orders")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the draw of the lesions")
     args = parser.parse_args(argv)
 
     from instasal.analyses.trust_summary import (
