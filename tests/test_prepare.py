@@ -265,6 +265,41 @@ def test_nnunet_schemes_per_channel() -> None:
     np.testing.assert_allclose(out[1], (mri - 1.5) / np.std(mri), rtol=1e-6)
 
 
+def test_nnunet_zscore_masked_to_the_nonzero_region_as_nnunet_does(
+    rng: np.random.Generator,
+) -> None:
+    """A zero background: with ``use_mask_for_norm`` the statistics come from the non-zero region
+    (any channel non-zero, as nnU-Net's ``create_nonzero_mask``) and the background stays 0;
+    nnU-Net's own ``ZScoreNormalization`` is the oracle."""
+    zscore = pytest.importorskip(
+        "nnunetv2.preprocessing.normalization.default_normalization_schemes"
+    ).ZScoreNormalization
+    cropping = pytest.importorskip("nnunetv2.preprocessing.cropping.cropping")
+    data = np.zeros((2, 7, 6, 5), np.float32)
+    data[:, 1:-1, 1:-1, 1:-1] = rng.uniform(5.0, 9.0, (2, 5, 4, 3))
+    data[1, 0, 0, 0] = 3.0  # non-zero in one channel only: inside the mask of both
+    use_mask = [True, False]
+    card = _card(
+        normalisation="nnunet",
+        preprocessing={
+            "normalization_schemes": ["ZScoreNormalization", "ZScoreNormalization"],
+            "use_mask_for_norm": use_mask,
+            "foreground_intensity_properties_per_channel": {},
+        },
+    )
+    ours = normalise(data, card)
+    seg = np.where(cropping.create_nonzero_mask(data), 0, -1)
+    for channel, masked in enumerate(use_mask):
+        scheme = zscore(use_mask_for_norm=masked, intensityproperties={})
+        theirs = scheme.run(data[channel].copy(), seg)
+        np.testing.assert_allclose(ours[channel], theirs, rtol=1e-5, atol=1e-6)
+    background = seg == -1
+    assert background.sum() > 0 and (ours[0][background] == 0).all()
+    # the mask matters: over all voxels the first channel would differ
+    unmasked = zscore(use_mask_for_norm=False, intensityproperties={}).run(data[0].copy())
+    assert not np.allclose(ours[0], unmasked, atol=1e-3)
+
+
 def test_ensemble_members_are_resampled_like_the_explained_network() -> None:
     from instasal.experiments.uncertainty_sweep import _on_working_grid
 
