@@ -25,12 +25,13 @@ from instasal.cli import model_commands  # noqa: F401  (registers segment)
 from instasal.cli._app import run_app
 from instasal.errors import ConfigurationError, ModelError
 from instasal.io import read_subject, zscore_nonzero
-from instasal.models import card_of, load_model, predict_logits
+from instasal.models import attach_card, card_of, load_model, predict_logits, with_model_channels
 from instasal.models.nnunet import NnUNetNetwork
 from instasal.models.nnunet_predict import MirroredAverage, nnunet_tta_module, predict_nnunet
 from instasal.models.segmentation import predict_subject
 from instasal.pipeline import ExplainSettings, explain_subject
-from instasal.saliency import SmoothGradConfig
+from instasal.prepare import ResampledNetwork, prepare_subject
+from instasal.saliency import SmoothGradConfig, instance_smoothgrad
 from nnunet_artefacts import FLOAT16_PROBABILITY, nnunet_probability, subject_files
 
 nnunetv2 = pytest.importorskip("nnunetv2")
@@ -243,11 +244,40 @@ def test_explain_segments_as_nnunet_and_explains_the_mirrored_logit(
         max_lesions=1,
         threshold=min(0.85, float(theirs.max()) - 0.05),
         saliency_of="tta",
+        context="full",  # the whole-volume mirrored average, which the oracle below restates
     )
     result = explain_subject(subject_files(flipped_subject), model, tmp_path, settings=settings)
     probability = np.asarray(load_nifti(result.layout.probability).dataobj, dtype=np.float32)
     np.testing.assert_allclose(probability, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
-    assert len(result.table) == 1 and np.isfinite(result.table["peak_FLAIR"]).all()
+    assert len(result.table) == 1
+    # Oracle: instance SmoothGrad called directly on the mean over the 8 mirrorings of the
+    # network (at the model's voxel size, inside the resampling, as nnU-Net mirrors).
+    assert nnunet_tta_module(model).axes == (0, 1, 2)  # the fixture's checkpoint mirrors all
+    prepared = prepare_subject(
+        with_model_channels(model, read_subject(subject_files(flipped_subject))), model
+    )
+    assert isinstance(prepared.network, ResampledNetwork)
+    inner = prepared.network.network
+    mirrored = attach_card(MirroredAverage(inner, (0, 1, 2)), card_of(inner))
+    native_id = int(result.table["id"].iloc[0])
+    domain = prepared.to_working(result.instances.mask(native_id))
+    direct = instance_smoothgrad(
+        ResampledNetwork(mirrored, prepared.network.spacing),
+        prepared.x,
+        torch.from_numpy(np.ascontiguousarray(domain)),
+        target=card_of(model).target_class,
+        n_samples=1,
+        seed=settings.smoothgrad.seed,
+    )
+    expected = prepared.to_native(direct.numpy())
+    written = load_nifti(result.layout.smoothgrad(native_id, "FLAIR")).get_fdata(dtype=np.float32)
+    scale = float(np.abs(expected[0]).max())
+    assert scale > 0
+    # float32 round-off of sums over 8 mirrored forwards and their backward passes
+    float32_round_off = 1e-5 * scale
+    np.testing.assert_allclose(written, expected[0], rtol=0, atol=float32_round_off)
+    peak = float(result.table["peak_FLAIR"].iloc[0])
+    assert peak == pytest.approx(float(expected[0].max()), rel=0, abs=float32_round_off)
     provenance = json.loads(result.layout.provenance.read_text())
     assert provenance["settings"]["saliency_of"] == "tta" and provenance["settings"]["tta"]
     report = result.report.read_text()
