@@ -161,6 +161,7 @@ LAYERS = {
     "channels": 1,
     "folders": 1,
     "progress": 1,
+    "model_sources": 1,
     "instances": 2,
     "saliency": 2,
     "prepare": 3,
