@@ -76,10 +76,11 @@ def test_explain_forwards_the_budget(
     _invoke(
         [
             *("explain", files["flair"], files["t1w"], "--out", files["out"] + "/explain"),
-            *("--budget-hours", "2.5"),
+            *("--budget-hours", "2.5", "--max-stride", "2"),
         ]
     )
     assert calls["budget_s"] == pytest.approx(9000.0, abs=1e-9)
+    assert calls["settings"].smoothgrad.max_stride == 2
     assert calls["overwrite"] is False
 
 
@@ -93,9 +94,10 @@ def test_cohort_forwards_every_run_option(
         [
             *("cohort", files["dataset"], "--out", files["out"] + "/cohort"),
             *("--overwrite", "--trust-model-code", "--ignore-channel-names", "--yes"),
-            *("--tn-from", "brain", "--with-mean"),
+            *("--tn-from", "brain", "--with-mean", "--max-stride", "3"),
         ]
     )
+    assert calls["settings"].smoothgrad.max_stride == 3
     assert calls["overwrite"] is True
     assert calls["trust_model_code"] is True
     assert calls["ignore_channel_names"] is True

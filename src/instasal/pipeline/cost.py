@@ -234,6 +234,10 @@ def check_budget(
             "draw instead of one per voxel; its map is the gradient of the domain's mean logit, "
             "not the per-voxel maximum)"
         )
+        choices.append(
+            "the labelled approximation --max-stride 2 (max over every 2nd voxel of the domain "
+            "along each axis, about 8x fewer rows of large domains; error in docs/saliency.md)"
+        )
     choices += also
     choices.append("a GPU")
     choices.append(

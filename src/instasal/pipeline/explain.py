@@ -68,6 +68,7 @@ from instasal.provenance import software_versions
 from instasal.report import write_subject_report
 from instasal.saliency import GradCamConfig, SmoothGradConfig
 from instasal.saliency.gradcam import capture_obstacle
+from instasal.saliency.summaries import saliency_columns
 from instasal.typing import Context, ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
@@ -721,6 +722,13 @@ def write_tables(
     if space.gradcam_skipped is not None:
         for column in ("gradcam_peak", "gradcam_peak_voxel"):
             sidecar[column]["Description"] += f" (empty: Grad-CAM++ {space.gradcam_skipped})"
+    if space.smoothgrad.approximate:
+        stride = space.smoothgrad.max_stride
+        for column in saliency_columns(channels):
+            sidecar[column]["Description"] += (
+                f" (APPROXIMATE: max aggregation over every {stride}th voxel of the domain along "
+                "each axis, not every voxel; docs/saliency.md gives its error)"
+            )
     if settings.trust:
         progress("trust checks", 0, 1)
         table, sidecar = with_trust(

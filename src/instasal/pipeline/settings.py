@@ -136,11 +136,17 @@ class ExplainSettings:
     @property
     def reductions(self) -> tuple[str, ...]:
         """Each way these settings fall below the paper's, in words (empty: none): fewer noise
-        draws than its N = 50, or a sample of the domains instead of every one. The report,
-        the provenance and ``cohort.json`` flag such a run."""
+        draws than its N = 50, the labelled max-aggregation approximation, or a sample of the
+        domains instead of every one. The report, the provenance and ``cohort.json`` flag such a
+        run."""
         below = []
         if self.smoothgrad.n_samples < PAPER_N_SAMPLES:
             below.append(f"N = {self.smoothgrad.n_samples} noise draws (paper: {PAPER_N_SAMPLES})")
+        if self.smoothgrad.approximate:
+            below.append(
+                f"approximate max aggregation over every {self.smoothgrad.max_stride}th voxel "
+                "of each domain along each axis (paper: every voxel)"
+            )
         if self.max_lesions is not None:
             below.append(
                 f"at most {self.max_lesions} domain(s) of each type, drawn at random "
@@ -180,7 +186,7 @@ class ExplainSettings:
             "tta": self.tta,
             "saliency_of": self.saliency_of,
             "trust": self.trust,
-        }
+        } | ({"max_stride": smoothgrad.max_stride} if smoothgrad.approximate else {})
 
 
 DEMO_SETTINGS = ExplainSettings(SmoothGradConfig(n_samples=2), n_true_negatives=2, max_lesions=3)
