@@ -19,11 +19,6 @@ from instasal.saliency import config
 ALLOWED_ELSEWHERE = {
     # Internal to the v2 lesion generator: no user chooses a shape, the parameters draw it.
     "phantoms/lesions_v2.py": {"ShapeKind"},
-    # Being moved by their owners in the same change (issue 26): trust/, findings and settings.
-    "analyses/findings.py": {"Verdict"},
-    "pipeline/settings.py": {"SaliencyOf"},
-    "trust/sanity.py": {"Mode"},
-    "trust/faithfulness.py": {"Baseline"},
 }
 
 

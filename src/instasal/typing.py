@@ -26,6 +26,7 @@ __all__ = [
     "Connectivity",
     "Context",
     "ContrastArm",
+    "DeletionBaseline",
     "DomainLike",
     "EngineName",
     "ExactEngine",
@@ -46,10 +47,13 @@ __all__ = [
     "OutputActivation",
     "PathLike",
     "Progress",
+    "RandomisationMode",
     "Resolution",
+    "SaliencyOf",
     "TnPool",
     "UncertaintyMethod",
     "UncertaintySignal",
+    "Verdict",
     "check_choice",
     "check_seed",
 ]
@@ -67,6 +71,12 @@ ModelLike: TypeAlias = "str | os.PathLike[str] | nn.Module"
 """A loaded model, or what :func:`instasal.load_model` loads one from (name or path)."""
 
 Connectivity: TypeAlias = Literal[6, 18, 26]
+SaliencyOf: TypeAlias = Literal["network", "tta"]
+Verdict: TypeAlias = Literal[
+    "reproduced", "not reproduced", "not testable", "not testable at this n"
+]
+RandomisationMode: TypeAlias = Literal["cascading", "independent"]
+DeletionBaseline: TypeAlias = Literal["local_mean", "blur"]
 Aggregation: TypeAlias = Literal["max", "mean"]
 Context: TypeAlias = Literal["deployed", "full", "patch"]
 EngineName: TypeAlias = Literal["naive", "batched", "auto"]

@@ -12,7 +12,7 @@ Every threshold is :data:`~instasal.analyses.statistics.ALPHA` = 0.001, the leve
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from instasal.analyses.error_modes import ErrorModes
 from instasal.analyses.reliance import ModalityReliance, SignPattern
@@ -27,6 +27,7 @@ from instasal.analyses.statistics import (
     smallest_p_signed_rank,
     spearman_lower_bound,
 )
+from instasal.typing import Verdict
 
 __all__ = [
     "Finding",
@@ -37,7 +38,6 @@ __all__ = [
     "sign_finding",
 ]
 
-Verdict = Literal["reproduced", "not reproduced", "not testable", "not testable at this n"]
 
 PAPER_ORDER: tuple[str, ...] = ("TP", "FP", "FN", "TN")
 

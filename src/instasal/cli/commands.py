@@ -26,10 +26,10 @@ from instasal.cli._app import (
     require_files,
 )
 from instasal.errors import ConfigurationError
-from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, SaliencyOf
+from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings
 from instasal.progress import pipeline_progress
 from instasal.saliency.config import GradCamConfig, SmoothGradConfig
-from instasal.typing import Aggregation, Context, Executor, NoiseRange, TnPool
+from instasal.typing import Aggregation, Context, Executor, NoiseRange, SaliencyOf, TnPool
 
 if TYPE_CHECKING:
     from instasal.pipeline.results import ExplainResult

@@ -6,11 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from instasal.errors import ConfigurationError
 from instasal.saliency.config import GradCamConfig, SmoothGradConfig
-from instasal.typing import Connectivity, Context, check_choice
+from instasal.typing import Connectivity, Context, SaliencyOf, check_choice
 
 __all__ = ["DEFAULT_BUDGET_S", "DEMO_SETTINGS", "ExplainSettings", "file_sha256", "run_key"]
 
@@ -21,7 +21,6 @@ DEFAULT_BUDGET_S = 3600.0
 """The longest saliency stage a run starts without being told to (seconds; see
 :mod:`instasal.pipeline.cost`)."""
 
-SaliencyOf = Literal["network", "tta"]
 
 _PER_RUN = ("target", "context", "patch_size", "size_divisibility")
 """Config fields an explain run sets itself, from ``context`` and the model card."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,14 @@ from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.summaries import ring_mask
 from instasal.saliency.windows import context_windows, end_padding, padded_forward
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, neighbourhood
-from instasal.typing import BoolArray, Context, DomainLike, FloatArray, InputLike
+from instasal.typing import (
+    BoolArray,
+    Context,
+    DeletionBaseline,
+    DomainLike,
+    FloatArray,
+    InputLike,
+)
 
 __all__ = [
     "BASELINE_BLUR_MM",
@@ -37,7 +43,6 @@ __all__ = [
     "DELETION_STEPS",
     "MODEL_FREE_ORDERS",
     "VARIANTS",
-    "Baseline",
     "FaithfulnessResult",
     "WindowEvaluator",
     "baseline_values",
@@ -48,7 +53,6 @@ __all__ = [
     "window_evaluator",
 ]
 
-Baseline = Literal["local_mean", "blur"]
 BASELINE_SHELL_MM = 5.0
 """Width of the tissue shell beyond ``N`` whose mean is the ``"local_mean"`` baseline."""
 BASELINE_BLUR_MM = 5.0
@@ -66,7 +70,7 @@ def baseline_values(
     domain: BoolArray,
     spacing: Sequence[float],
     *,
-    baseline: Baseline = "local_mean",
+    baseline: DeletionBaseline = "local_mean",
     tissue: BoolArray | None = None,
     neighbourhood_mm: float = NEIGHBOURHOOD_MM,
 ) -> FloatArray:
@@ -370,7 +374,7 @@ def deletion_insertion(
     maps: Mapping[str, torch.Tensor | FloatArray],
     *,
     spacing: Sequence[float],
-    baseline: Baseline = "local_mean",
+    baseline: DeletionBaseline = "local_mean",
     tissue: BoolArray | None = None,
     neighbourhood_mm: float = NEIGHBOURHOOD_MM,
     n_steps: int = DELETION_STEPS,

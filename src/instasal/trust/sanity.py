@@ -15,7 +15,7 @@ import io
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ from instasal.trust.similarity import (
     omega_mean,
     peak_ratio,
 )
-from instasal.typing import DomainLike, InputLike
+from instasal.typing import DomainLike, InputLike, RandomisationMode
 
 __all__ = [
     "COHORT_PASS_SHARE",
@@ -73,7 +73,6 @@ COHORT_PASS_SHARE = 0.9
 
 Randomiser = Callable[[nn.Module, torch.Generator], None]
 """``randomise(module, generator)``: replace the module's own parameters in place."""
-Mode = Literal["cascading", "independent"]
 
 
 def matched_normal(module: nn.Module, generator: torch.Generator) -> None:
@@ -423,7 +422,7 @@ def randomisation(
     gradcam: GradCamConfig | None = None,
     methods: Mapping[str, MapMethod] | None = None,
     steps: int | None = None,
-    modes: Sequence[Mode] = ("cascading", "independent"),
+    modes: Sequence[RandomisationMode] = ("cascading", "independent"),
     null_seeds: int = NULL_SEEDS,
     neighbourhood_mm: float = NEIGHBOURHOOD_MM,
     seed: int = 0,
