@@ -55,9 +55,13 @@ def test_counted_rows_are_the_rows_computed(context: Context, aggregation: Aggre
     config = SmoothGradConfig(
         n_samples=2, context=context, aggregation=aggregation, patch_size=(6, 6, 6)
     )
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[float, float]] = []
     instance_smoothgrad_many(
-        model, x, _domains(), config, progress=lambda done, total: calls.append((done, total))
+        model,
+        x,
+        _domains(),
+        config,
+        progress=lambda _stage, done, total: calls.append((done, total)),
     )
     work = smoothgrad_work(model, x, _domains(), config)
     assert calls[-1] == (work.rows, work.rows)

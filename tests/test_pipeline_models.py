@@ -303,6 +303,10 @@ def test_report_caps_its_lesion_panels_and_every_stage_reports_progress(
     assert panels[0] == (0, 5) and panels[-1] == (5, 5)
     stages = {stage.split(" of ")[0] for stage, _, _ in calls}
     assert {"segmenting", "finding domains", "writing tables", "report panels"} <= stages
+    saliency = [(done, total) for stage, done, total in calls if stage.startswith("saliency of")]
+    assert len({total for _, total in saliency}) == 1  # one count over all batches
+    assert saliency[-1][0] == saliency[-1][1] > 0
+    assert [done for done, _ in saliency] == sorted(done for done, _ in saliency)
     provenance = json.loads(result.layout.provenance.read_text())
     assert provenance["report"] == {"panels_cap": 5, "panels_shown": 5, "panels_left_out": 7}
 

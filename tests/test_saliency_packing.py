@@ -105,13 +105,13 @@ def test_progress_counts_every_draws_rows_once_when_packed(case):
     model, x, domain = case
     other = torch.zeros_like(domain)
     other[0, 0, 0] = True
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[float, float]] = []
     instance_smoothgrad_many(
         model,
         x,
         {1: domain, 2: other},
         SmoothGradConfig(n_samples=5, draws_per_pass=2),
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda _stage, done, total: calls.append((done, total)),
     )
     rows = 5 * (int(domain.sum()) + 1)
     assert calls[-1] == (rows, rows)

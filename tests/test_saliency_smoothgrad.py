@@ -239,21 +239,22 @@ def test_many_domains_equal_one_call_per_domain_and_report_progress() -> None:
         7: _domain(SHAPE, [(6, 5, 4)]),
         9: _domain(SHAPE, [(4, 4, 3), (4, 5, 3), (5, 5, 3)]),
     }
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[str, float, float]] = []
     kwargs: SmoothGradOptions = {"n_samples": 3, "seed": 11, "engine": "naive"}
     maps = instance_smoothgrad_many(
         model,
         x,
         domains,
         SmoothGradConfig(**kwargs),
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
     )
     assert list(maps) == [3, 7, 9]
     for domain_id, domain in domains.items():
         assert torch.equal(maps[domain_id], instance_smoothgrad(model, x, domain, **kwargs))
-    assert calls[-1] == (18, 18) and [done for done, _ in calls] == sorted(
-        done for done, _ in calls
-    )
+    # instasal.typing.Progress: (stage, done, total), 6 voxels x 3 draws rows in all
+    assert {stage for stage, _, _ in calls} == {"SmoothGrad rows"}
+    assert calls[-1] == ("SmoothGrad rows", 18, 18)
+    assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
     assert instance_smoothgrad_many(model, x, {}) == {}
 
 

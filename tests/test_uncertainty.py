@@ -312,9 +312,21 @@ def test_runner_finds_the_missed_lesion_at_known_levels(
 ):
     model = load_model(linear_model_path)
     out = tmp_path / "q3"
+    calls: list[tuple[str, float, float]] = []
     summary = run_uncertainty_experiment(
-        missed_dataset, model, out, levels=(0.2, 0.3, 0.45), n_samples=2, max_explained=1
+        missed_dataset,
+        model,
+        out,
+        levels=(0.2, 0.3, 0.45),
+        n_samples=2,
+        max_explained=1,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
     )
+    saliency = [call for call in calls if call[0].startswith("saliency of")]
+    assert saliency
+    for subject in {stage for stage, _, _ in saliency}:
+        last = [(done, total) for stage, done, total in saliency if stage == subject][-1]
+        assert last[0] == last[1] > 0  # every Jacobian row of the subject's domains counted
     curve = pd.read_csv(out / "uncertainty_curve.tsv", sep="\t")
     assert list(curve["n_FN_found"]) == [2, 2, 0]
     assert list(curve["false_alarms_per_subject"]) == [1.0, 0.0, 0.0]

@@ -167,7 +167,7 @@ def _explain(
         batch = {i: masks[i] for i in ids[start : start + _LESIONS_PER_CALL]}
         offset = done
 
-        def report(rows: int, _total: int, offset: int = offset) -> None:
+        def report(_stage: str, rows: float, _total: float, offset: int = offset) -> None:
             if progress is not None:
                 progress(f"saliency of {subject}", offset + rows, total_rows)
 

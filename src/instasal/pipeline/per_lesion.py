@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,9 @@ def explain_lesions(
         offset = done_rows
         ids = ", ".join(str(space.native_ids[r.id]) for r in batch)
 
-        def report_rows(done: int, total: int, offset: float = offset, ids: str = ids) -> None:
+        def report_rows(
+            _stage: str, done: float, _total: float, offset: float = offset, ids: str = ids
+        ) -> None:
             progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
 
         maps, cams = _batch_maps(batch, space, plan, report_rows)
@@ -203,7 +205,7 @@ def _batch_maps(
     batch: Sequence[Instance],
     space: SubjectSpace,
     plan: LesionPlan,
-    progress: Callable[[int, int], None],
+    progress: Progress,
 ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """SmoothGrad maps ``[C, X, Y, Z]`` and Grad-CAM maps (when asked) of one batch's domains."""
     network, x = space.prepared.network, space.prepared.x

@@ -193,9 +193,9 @@ class _RowStream:
         logits: torch.Tensor,
         inputs: torch.Tensor,
         domains: Sequence[torch.Tensor],
-        progress: Callable[[int], None] | None,
+        advance: Callable[[int], None] | None,
     ) -> None:
-        self.inputs, self.progress = inputs, progress
+        self.inputs, self.advance = inputs, advance
         self.draws = inputs.shape[0]
         self.flat = logits.reshape(self.draws, -1)
         self.voxels = torch.cat([d for d in domains])
@@ -229,8 +229,8 @@ class _RowStream:
         if timed:
             _synchronise(self.inputs.device)
         seconds = time.perf_counter() - started
-        if self.progress is not None:
-            self.progress((stop - self.done) * self.draws)
+        if self.advance is not None:
+            self.advance((stop - self.done) * self.draws)
         self.done = stop
         return seconds
 
@@ -261,7 +261,7 @@ def aggregate_rows(
     aggregation: Aggregation,
     engine: EngineName,
     rows_per_call: int,
-    progress: Callable[[int], None] | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """``A_Ω(x̃)`` for every domain placed in one forward pass (SPEC §2, aggregation).
 
@@ -282,8 +282,9 @@ def aggregate_rows(
         mean logit over Ω (one backward pass per domain; batched over domains by ``"batched"``).
     engine, rows_per_call
         The engine and its rows per backward call (see the module docstring).
-    progress
-        Called with the number of rows just finished (rows of every draw counted).
+    advance
+        Called with the number of rows just finished (rows of every draw counted): an
+        increment for the caller's count, not a :class:`instasal.typing.Progress`.
 
     Returns
     -------
@@ -291,8 +292,8 @@ def aggregate_rows(
         One map shaped like ``inputs`` per domain: per draw, that draw's aggregation.
     """
     if aggregation == "mean":
-        return _mean_rows(logits, inputs, domains, engine, rows_per_call, progress)
-    stream = _RowStream(logits, inputs, domains, progress)
+        return _mean_rows(logits, inputs, domains, engine, rows_per_call, advance)
+    stream = _RowStream(logits, inputs, domains, advance)
     if engine == "auto":
         key = (tuple(inputs.shape), str(inputs.device), str(inputs.dtype))
         choices = _CHOICES.setdefault(model, {})
@@ -313,7 +314,7 @@ def _mean_rows(
     domains: Sequence[torch.Tensor],
     engine: EngineName,
     rows_per_call: int,
-    progress: Callable[[int], None] | None,
+    advance: Callable[[int], None] | None,
 ) -> list[torch.Tensor]:
     draws = inputs.shape[0]
     weights = []
@@ -332,6 +333,6 @@ def _mean_rows(
                 logits, inputs, torch.stack(chunk), retain_graph=True, is_grads_batched=True
             )[0]
             maps.extend(batched.unbind(0))
-        if progress is not None:
-            progress(len(chunk) * draws)
+        if advance is not None:
+            advance(len(chunk) * draws)
     return maps

@@ -39,7 +39,7 @@ from instasal.saliency.windows import (
     shared_windows,
     window_for,
 )
-from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange
+from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange, Progress
 
 __all__ = [
     "SmoothGradWork",
@@ -342,7 +342,7 @@ def _summed_over_draws(
                         aggregation=config.aggregation,
                         engine=config.engine,
                         rows_per_call=rows_under_budget(graph_bytes, budget, config.rows_per_call),
-                        progress=advance,
+                        advance=advance,
                     )
                     del logits
                     for index, voxels, aggregated in zip(
@@ -365,7 +365,7 @@ def instance_smoothgrad_many(
     domains: Mapping[int, DomainLike],
     config: SmoothGradConfig | None = None,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[int, torch.Tensor]:
     """Instance SmoothGrad maps of all domains of one subject, sharing noise and forward passes.
 
@@ -375,8 +375,9 @@ def instance_smoothgrad_many(
     (``context="patch"``) or per draw and distinct set of prediction windows
     (``context="deployed"``) instead of one per draw and domain. Settings as in
     :func:`instance_smoothgrad`, given once as a :class:`SmoothGradConfig` (``None``: its
-    defaults); ``progress(done_rows, total_rows)`` is called after every backward call, counting
-    Jacobian rows (backward passes with ``aggregation="mean"``).
+    defaults); ``progress("SmoothGrad rows", done_rows, total_rows)``
+    (:class:`instasal.typing.Progress`; ``None``: silent) is called after every backward call,
+    counting Jacobian rows (backward passes with ``aggregation="mean"``).
 
     Returns
     -------
@@ -410,7 +411,7 @@ def instance_smoothgrad_many(
         nonlocal done_rows
         done_rows += rows
         if progress is not None:
-            progress(done_rows, total_rows)
+            progress("SmoothGrad rows", done_rows, total_rows)
 
     sums = _summed_over_draws(model, x_model, plan, config, n_draws, advance)
     return {
