@@ -180,8 +180,8 @@ def test_api_refuses_swapped_files_and_ignore_channel_names_overrides(
         explain_subject(swapped, model, tmp_path / "x", settings=settings, progress=None)
     assert not (tmp_path / "x").exists()
     with pytest.raises(ImageError, match="say the channels are T1w, FLAIR"):
-        segment_subject(model, list(swapped), tmp_path / "s")
-    result = segment_subject(model, list(swapped), tmp_path / "s", ignore_channel_names=True)
+        segment_subject(list(swapped), model, tmp_path / "s")
+    result = segment_subject(list(swapped), model, tmp_path / "s", ignore_channel_names=True)
     assert result.probability_path.exists()
     explained = explain_subject(
         swapped,

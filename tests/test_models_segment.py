@@ -63,7 +63,7 @@ def images(tmp_path: Path) -> list[Path]:
 def test_segment_writes_probability_and_mask_on_the_input_grid(
     images: list[Path], tmp_path: Path
 ) -> None:
-    result = segment_subject(_model(), images, tmp_path / "out")
+    result = segment_subject(images, _model(), tmp_path / "out")  # as explain_subject
     assert result.probability_path.name == "sub-01_prob.nii.gz"
     assert result.mask_path.name == "sub-01_mask.nii.gz"
     source = load_nifti(images[0])
@@ -81,13 +81,23 @@ def test_segment_writes_probability_and_mask_on_the_input_grid(
 
 
 def test_segment_refuses_to_overwrite_before_any_work(images: list[Path], tmp_path: Path) -> None:
-    segment_subject(_model(), images, tmp_path)
+    segment_subject(images, _model(), tmp_path)
     before = (tmp_path / "sub-01_mask.nii.gz").stat().st_mtime_ns
     with pytest.raises(OutputExistsError, match=r"sub-01_prob\.nii\.gz: exists already"):
-        segment_subject(_model(), images, tmp_path)
+        segment_subject(images, _model(), tmp_path)
     assert (tmp_path / "sub-01_mask.nii.gz").stat().st_mtime_ns == before
-    segment_subject(_model(), images, tmp_path, overwrite=True, threshold=0.99)
+    segment_subject(images, _model(), tmp_path, overwrite=True, threshold=0.99)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_segment_refuses_the_model_before_the_images(images: list[Path], tmp_path: Path) -> None:
+    """The order of explain_subject, (images, model, out); the earlier (model, images, out) is
+    refused in one line naming both arguments, before any file is written."""
+    with pytest.raises(
+        TypeError, match=r"segment_subject\(images, model, out\): images is a model"
+    ):
+        segment_subject(_model(), images, tmp_path / "out")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
 
 
 def test_resampling_to_the_model_spacing_keeps_the_input_grid(images: list[Path]) -> None:
@@ -104,7 +114,7 @@ def test_channels_are_checked(images: list[Path], tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="expects channel 0 to be 'FLAIR', got 'T1w'"):
         predict_subject(_model(), read_subject(images[::-1], ["T1w", "FLAIR"]))
     with pytest.raises(ModelError, match=r"expects 2 channel\(s\) \(FLAIR, T1w\), got 1"):
-        segment_subject(_model(), [images[0]], tmp_path)
+        segment_subject([images[0]], _model(), tmp_path)
 
 
 def test_segment_command(

@@ -63,7 +63,7 @@ def test_explain_and_segment_write_the_same_mask_at_the_card_threshold(
     explained = explain_subject(
         images, _model_without_threshold(), tmp_path / "explain", settings=settings
     )
-    segmented = segment_subject(_model_without_threshold(), images, tmp_path / "segment")
+    segmented = segment_subject(images, _model_without_threshold(), tmp_path / "segment")
 
     assert segmented.threshold == ModelCard.__dataclass_fields__["threshold"].default
     explain_mask = np.asarray(load_nifti(explained.layout.mask).dataobj) > 0
@@ -78,7 +78,7 @@ def test_explain_and_segment_write_the_same_mask_at_the_card_threshold(
 
 
 def test_metrics_count_the_lesions_the_mask_holds(images: list[Path], tmp_path: Path) -> None:
-    segmented = segment_subject(_model_without_threshold(), images, tmp_path / "segment")
+    segmented = segment_subject(images, _model_without_threshold(), tmp_path / "segment")
     affine = load_nifti(images[0]).affine
     metrics = lesion_metrics(
         segmented.mask, segmented.probability, affine, threshold=segmented.threshold
@@ -96,7 +96,7 @@ def test_nnunet_channel_numbers_stay_out_of_the_subject_name(tmp_path: Path) -> 
     t1w = np.full(flair.shape, 0.5, np.float32)
     t1w[0, 0, 0] = 0.6
     paths = write_channels(tmp_path, {"0000": flair, "0001": t1w}, stem="case_012")
-    segmented = segment_subject(_model_without_threshold(), paths, tmp_path / "segment")
+    segmented = segment_subject(paths, _model_without_threshold(), tmp_path / "segment")
     assert segmented.mask_path.name == "case_012_mask.nii.gz"
     settings = ExplainSettings(smoothgrad=SmoothGradConfig(n_samples=1), gradcam=None)
     explained = explain_subject(
@@ -124,7 +124,7 @@ def test_a_4d_input_says_which_volume_is_which_channel(images: list[Path], tmp_p
     four_d = tmp_path / "sub-02.nii.gz"
     nib.save(nib.Nifti1Image(np.stack(volumes, axis=-1), load_nifti(images[0]).affine), four_d)
     with pytest.warns(InstasalWarning, match="volume 0 as FLAIR, volume 1 as T1w"):
-        segment_subject(_model_without_threshold(), four_d, tmp_path / "segment")
+        segment_subject(four_d, _model_without_threshold(), tmp_path / "segment")
 
 
 def test_a_run_below_the_papers_settings_says_so_without_being_told(

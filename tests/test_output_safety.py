@@ -272,5 +272,5 @@ def test_the_library_refuses_an_empty_output_path(
         elif function == "run_cohort":
             run_cohort(linear_dataset, str(linear_model_path), "", settings=SETTINGS)
         else:
-            segment_subject(load_model(str(linear_model_path)), _images(linear_dataset), "")
+            segment_subject(_images(linear_dataset), load_model(str(linear_model_path)), "")
     assert sorted(Path().rglob("*")) == before

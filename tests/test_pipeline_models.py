@@ -124,7 +124,7 @@ def test_nan_prediction_is_refused_by_segment(
 ) -> None:
     model = load_model(nan_model_path)
     with pytest.raises(ModelError, match=r"model 'nan_model' predicted \d+ NaN or infinite"):
-        segment_subject(model, _images(linear_dataset), tmp_path / "out")
+        segment_subject(_images(linear_dataset), model, tmp_path / "out")
     assert not list((tmp_path / "out").glob("*.nii.gz"))
 
 
@@ -180,7 +180,7 @@ def test_channel_names_come_from_the_model_card(
 def test_segment_takes_the_model_cards_channels(
     tmp_path: Path, t2_pd_files: list[Path], t2_pd_model_path: Path
 ) -> None:
-    result = segment_subject(load_model(t2_pd_model_path), t2_pd_files, tmp_path / "out")
+    result = segment_subject(t2_pd_files, load_model(t2_pd_model_path), tmp_path / "out")
     assert result.mask.sum() == 27
 
 
@@ -239,7 +239,7 @@ def test_size_divisibility_found_at_load_and_padded(
     assert len(result.table) == 1 and result.table["prob_max"].iloc[0] > 0.99
     provenance = json.loads(result.layout.provenance.read_text())
     assert provenance["model"]["card"]["size_divisibility"] == [16, 16, 16]
-    segmented = segment_subject(load_model(path), _images(linear_dataset), tmp_path / "s")
+    segmented = segment_subject(_images(linear_dataset), load_model(path), tmp_path / "s")
     assert segmented.mask.sum() == 27
 
 

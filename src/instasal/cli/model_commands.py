@@ -204,8 +204,8 @@ def segment(
     from instasal.models.segmentation import segment_subject
 
     result = segment_subject(
-        load_model(model, trust_code=trust_model_code),
         list(images),
+        load_model(model, trust_code=trust_model_code),
         out,
         name=name,
         threshold=threshold,

@@ -126,8 +126,8 @@ def predict_subject(
 
 
 def segment_subject(
-    model: nn.Module,
     images: Subject | PathLike | Sequence[PathLike],
+    model: nn.Module,
     out: PathLike,
     *,
     name: str | None = None,
@@ -140,12 +140,14 @@ def segment_subject(
 ) -> SegmentationResult:
     """Segment one subject and write ``<name>_prob.nii.gz`` and ``<name>_mask.nii.gz`` in ``out``.
 
+    The arguments come in the order of :func:`instasal.explain_subject`: images, model, out.
+
     Parameters
     ----------
-    model
-        A loaded model (:func:`instasal.load_model`).
     images
         A :class:`~instasal.io.Subject`, or its channel files in the model's order (FLAIR first).
+    model
+        A loaded model (:func:`instasal.load_model`).
     out
         Output folder (created if missing), locked for the run (a second run into it is refused
         while this one lives).
@@ -178,13 +180,20 @@ def segment_subject(
         When another live run holds ``out``.
     ImageError, ModelError
         On unreadable images or channels that do not match the model.
+    TypeError
+        When ``images`` is a model (the order of releases before issue 26).
 
     Examples
     --------
     >>> model = instasal.load_model("unet")  # doctest: +SKIP
     >>> files = ["sub-001_FLAIR.nii.gz", "sub-001_T1w.nii.gz"]
-    >>> segment_subject(model, files, "out")  # doctest: +SKIP
+    >>> segment_subject(files, model, "out")  # doctest: +SKIP
     """
+    if isinstance(images, nn.Module):
+        raise TypeError(
+            "segment_subject(images, model, out): images is a model "
+            f"({type(images).__name__}); pass the images first, as explain_subject takes them"
+        )
     subject = images if isinstance(images, Subject) else read_subject(_as_list(images))
     card = card_of(model)
     subject = with_model_channels(model, subject, ignore_channel_names=ignore_channel_names)
