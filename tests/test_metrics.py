@@ -199,3 +199,7 @@ def test_evaluate_cohort_with_an_exact_model(tmp_path: Path) -> None:
     assert (tmp_path / "tables" / "metrics_summary.tsv").is_file()
     with pytest.raises(FileExistsError, match="exists already"):
         evaluate_cohort([model], tmp_path / "cohort", out=tmp_path / "tables")
+    # the 27 mm³ lesions are below a 30 mm³ evaluation minimum: none is counted, none is found
+    per_subject, summary = evaluate_cohort([model], tmp_path / "cohort", min_volume_mm3=30.0)
+    assert list(per_subject["n_reference"]) == [0, 0]
+    assert summary.loc[0, "min_volume_mm3"] == 30.0

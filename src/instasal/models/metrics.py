@@ -259,6 +259,7 @@ def evaluate_cohort(
     out: PathLike | None = None,
     threshold: float | None = None,
     overlap: float = 0.5,
+    min_volume_mm3: float = 5.0,
     overwrite: bool = False,
     write_probabilities: bool = False,
     progress: Progress | None = None,
@@ -281,6 +282,11 @@ def evaluate_cohort(
         Decision threshold for every model; default: each model card's own.
     overlap
         Sliding-window overlap.
+    min_volume_mm3
+        Reference and predicted components of at most this volume are not lesions (the
+        deployed rule's 5 mm³ by default). Phantoms v2 state a 24 mm³ minimum for ground truth
+        and evaluation (``instasal.phantoms.lesions_v2.MIN_LESION_MM3``, ``docs/phantoms.md``):
+        evaluate v2 cohorts with it.
     overwrite
         Replace existing tables in ``out``.
     write_probabilities
@@ -327,13 +333,20 @@ def evaluate_cohort(
                 target = Path(out) / card.name / f"{files.subject_id}_prob.nii.gz"
                 write_nifti(probability, subject.affine, target, overwrite=overwrite)
             reference = load_mask(lesion_mask, subject, role="reference lesion mask")
-            metrics = lesion_metrics(reference, probability, subject.affine, threshold=used)
+            metrics = lesion_metrics(
+                reference,
+                probability,
+                subject.affine,
+                threshold=used,
+                min_volume_mm3=min_volume_mm3,
+            )
             results.append(metrics)
             rows.append({"model": card.name, "subject": files.subject_id} | metrics.as_dict())
             done += 1
             if progress is not None:
                 progress(f"segmentation of {card.name} {files.subject_id}", done, total)
-        summaries.append({"model": card.name, "threshold": used} | summarise_metrics(results))
+        settings = {"model": card.name, "threshold": used, "min_volume_mm3": min_volume_mm3}
+        summaries.append(settings | summarise_metrics(results))
     per_subject, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
     if out is not None:
         folder = Path(out)
