@@ -1,25 +1,20 @@
-"""The cohort report (SPEC §4): self-contained HTML and the files of ``instasal analyse``.
+"""The cohort report (SPEC §4): its analysis, figures and the files of ``instasal analyse``.
 
-:func:`build_cohort_report` renders a :class:`~instasal.analyses.combined.CohortAnalysis` with its
-figures (PNG, base64-embedded) through a package template with autoescaping;
-:func:`analyse_cohort` does it for a cohort run folder and writes ``analysis/`` atomically.
+:func:`build_cohort_report` computes a :class:`~instasal.analyses.combined.CohortAnalysis` and its
+figures (PNG) and hands them to :func:`instasal.report.cohort.render_cohort_report`, the one place
+that renders the page; :func:`analyse_cohort` does it for a cohort run folder and writes
+``analysis/`` atomically.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import numpy as np
 import pandas as pd
 
 from instasal.analyses._table import LesionTableError, read_lesion_table
@@ -33,10 +28,7 @@ from instasal.analyses.cohort_figures import (
     sign_pattern_figure,
 )
 from instasal.analyses.combined import CohortAnalysis, analyse_tables, jsonable
-from instasal.analyses.pruning import PruningResult, RegionPruningComparison
 from instasal.analyses.regions import assign_regions
-from instasal.analyses.reliance import ModalityReliance, SignPattern
-from instasal.analyses.size import AggregationVsSize
 from instasal.analyses.statistics import ALPHA
 from instasal.analyses.tn_sensitivity import tn_sensitivity
 from instasal.analyses.trust_summary import trust_frame
@@ -44,7 +36,7 @@ from instasal.errors import OutputExistsError
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.pipeline.outputs import COHORT_TRUST_TABLES
 from instasal.provenance import software_versions
-from instasal.report.document import HtmlDocument
+from instasal.report.cohort import CohortReport, render_cohort_report
 from instasal.report.subject_figures import figure_png
 from instasal.report.trust_figures import deletion_figure, profile_figure, randomisation_figure
 
@@ -60,37 +52,6 @@ _FIGURE_FILES = {
     "trust_curves": "trust_deletion_insertion.png",
     "profiles": "trust_profiles.png",
 }
-
-
-@dataclass(frozen=True)
-class CohortReport(HtmlDocument):
-    """A rendered cohort report (:class:`~instasal.report.document.HtmlDocument`): the HTML, the
-    analysis behind it and its PNG figures by name."""
-
-    analysis: CohortAnalysis
-    figures: Mapping[str, bytes]
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, bool | str):
-        return str(value)
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    return f"{float(value):.{digits}g}"
-
-
-def _p_value(value: float) -> str:
-    if math.isnan(value):
-        return "n/a"
-    return "< 1e-300" if value < 1e-300 else f"{value:.2g}"
-
-
-def _provenance_value(value: Any) -> str:
-    if isinstance(value, Mapping | list | tuple):
-        return json.dumps(jsonable(value), sort_keys=True)
-    return str(value)
 
 
 def _figures(
@@ -172,189 +133,20 @@ def build_cohort_report(
     figures = _figures(table_max, table_mean, analysis)
     if analysis.trust is not None:
         figures |= _trust_figures(trust_tables, analysis)
-    primary = analysis.channels[0]
-    modes = analysis.error_modes
-    template_text = (
-        resources.files("instasal.analyses").joinpath("templates/cohort.html").read_text("utf-8")
-    )
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    html = environment.from_string(template_text).render(
+    return render_cohort_report(
+        analysis,
+        figures,
         title=title,
-        primary=primary,
-        secondary=analysis.channels[1],
-        detected="/".join(analysis.detected_types),
-        alpha=f"{ALPHA:g}",
-        log_span=f"{LOG_SPAN:g}",
-        log_scale=error_modes_log_scale(table_max, modes),
-        counts_text=", ".join(f"{v} {k}" for k, v in analysis.type_counts.items()) or "no domain",
-        n_subjects=len(analysis.subject_counts),
-        findings=[f.to_dict() for f in analysis.findings],
-        groups=[{k: _number(v) for k, v in group.to_dict().items()} for group in modes.groups],
-        tests=[
-            {
-                "pair": f"{t.first} vs {t.second}",
-                "n": f"{t.n_first} / {t.n_second}",
-                "u": _number(t.u_statistic, 6),
-                "p": _p_value(t.p_value),
-                "p_holm": _p_value(t.p_holm),
-                "r": _number(t.rank_biserial),
-                "reason": t.reason,
-            }
-            for t in modes.tests
-        ],
-        median_order=" > ".join(modes.median_order) or "n/a",
-        modality=_modality_rows(analysis.modality),
-        sign=_sign_rows(analysis.sign),
-        aggregation=_aggregation_rows(analysis.aggregation),
-        detection=analysis.detection,
-        auc=_number(analysis.detection.auc),
-        pruning=_pruning_rows(analysis.pruning),
-        region_pruning=_region_pruning_text(analysis.region_pruning),
-        ranking=_frame_rows(analysis.feature_ranking),
-        pruning_features=_frame_rows(analysis.pruning_features),
-        subject_columns=list(analysis.subject_counts.columns),
-        subject_rows=analysis.subject_counts.astype(str).to_dict(orient="records"),
-        provenance=[(str(k), _provenance_value(v)) for k, v in provenance.items()],
-        figures={k: base64.b64encode(v).decode("ascii") for k, v in figures.items()},
-        trust=_trust_rows(analysis.trust),
-        subject_level=_subject_level_rows(analysis.subject_level),
-        tn_pools=_frame_rows(tn_pools),
+        provenance={
+            key: jsonable(value) if isinstance(value, Mapping | list | tuple) else value
+            for key, value in provenance.items()
+        },
+        trust_table=None if analysis.trust is None else trust_frame(analysis.trust),
+        alpha=ALPHA,
+        log_scale=error_modes_log_scale(table_max, analysis.error_modes),
+        log_span=LOG_SPAN,
+        tn_pools=tn_pools,
     )
-    return CohortReport(html, analysis, figures)
-
-
-def _subject_level_rows(frame: pd.DataFrame | None) -> list[dict[str, str]] | None:
-    if frame is None or frame.empty:
-        return None
-    return [
-        {
-            "analysis": row["analysis"],
-            "quantity": row["quantity"],
-            "domain": f"{row['domain_test']}: p = {_p_value(row['domain_p'])} "
-            f"(n = {row['n_domains']})",
-            "subject": f"{_number(row['estimate'])} [{_number(row['low'])}, "
-            f"{_number(row['high'])}] ({row['n_subjects']} subjects)",
-            "excludes": "yes" if row["excludes_null"] else "no",
-        }
-        for row in frame.to_dict(orient="records")
-    ]
-
-
-def _trust_rows(summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    if summary is None:
-        return None
-    frame = trust_frame(summary)
-    rows = [
-        {
-            str(k): "" if pd.isna(v) else v if isinstance(v, str) else _number(v)
-            for k, v in row.items()
-        }
-        for row in frame.to_dict(orient="records")
-    ]
-    neighbourhood = summary["negative_neighbourhood"] or {}
-    return {
-        "types": "/".join(summary["types"]),
-        "rows": rows,
-        "neighbourhood": neighbourhood.get("verdict", ""),
-        "neighbourhood_note": neighbourhood.get("note", ""),
-    }
-
-
-def _frame_rows(frame: pd.DataFrame | None) -> list[dict[str, str]] | None:
-    if frame is None or frame.empty:
-        return None
-    return [
-        {str(k): v if isinstance(v, str) else _number(v) for k, v in row.items()}
-        for row in frame.to_dict(orient="records")
-    ]
-
-
-def _pruning_rows(result: PruningResult | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    rows = []
-    for name, counts in (("before pruning", result.test_before), ("after", result.test_after)):
-        rows.append(
-            {
-                "name": name,
-                "tp": counts.true_positive,
-                "fp": counts.false_positive,
-                "fn": counts.false_negative,
-                "precision": _number(counts.precision),
-                "recall": _number(counts.recall),
-                "f1": _number(counts.f1),
-            }
-        )
-    return {
-        "feature": result.feature,
-        "threshold": _number(result.threshold),
-        "n_validation": len(result.validation_subjects),
-        "n_test": len(result.test_subjects),
-        "rows": rows,
-    }
-
-
-def _region_pruning_text(result: RegionPruningComparison | None) -> dict[str, str] | None:
-    if result is None:
-        return None
-    medians = result.to_dict()["median_test_f1"]
-    return {
-        "n_splits": str(len(result.splits)),
-        "before": _number(medians["before"]),
-        "global": _number(medians["global"]),
-        "regional": _number(medians["regional"]),
-        "better": f"{result.share_regional_better:.0%}",
-        "worse": f"{result.share_regional_worse:.0%}",
-        "difference": _number(result.median_f1_difference),
-        "low": _number(result.f1_difference_range_90[0]),
-        "high": _number(result.f1_difference_range_90[1]),
-    }
-
-
-def _modality_rows(result: ModalityReliance | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    return {
-        "rows": [
-            {k: _number(v) for k, v in row.items()}
-            for row in result.to_frame().to_dict(orient="records")
-        ],
-        "fraction": f"{result.fraction_first_dominates:.1%}",
-        "statistic": _number(result.test.statistic, 6),
-        "p": _p_value(result.test.p_value),
-        "reason": result.test.reason,
-        "n_missing": result.n_missing,
-    }
-
-
-def _sign_rows(result: SignPattern) -> dict[str, Any]:
-    rows = []
-    for row in result.to_frame().to_dict(orient="records"):
-        shown = {k: _number(v) for k, v in row.items()}
-        shown["fraction_expected_sign"] = (
-            "n/a"
-            if math.isnan(row["fraction_expected_sign"])
-            else f"{row['fraction_expected_sign']:.1%}"
-        )
-        shown["p_value"] = _p_value(row["p_value"])
-        rows.append(shown)
-    both = "n/a" if math.isnan(result.fraction_both) else f"{result.fraction_both:.1%}"
-    return {"rows": rows, "both": both}
-
-
-def _aggregation_rows(result: AggregationVsSize | None) -> list[dict[str, str]] | None:
-    if result is None:
-        return None
-    return [
-        {
-            "aggregation": str(row["aggregation"]),
-            "n": _number(row["n"]),
-            "rho": _number(row["rho"]),
-            "p": _p_value(row["p_value"]),
-            "reason": str(row["reason"]),
-        }
-        for row in result.to_frame().to_dict(orient="records")
-    ]
 
 
 def _file_facts(path: Path, table: pd.DataFrame) -> dict[str, Any]:
