@@ -16,8 +16,17 @@ import torch
 from torch import nn
 
 from conftest import set_card
-from instasal.experiments.runner import run_context_experiment, run_relocation_experiment
-from instasal.experiments.subjects import explained_probability, prepared_subjects, subject_quota
+from instasal.experiments.runner import (
+    run_context_experiment,
+    run_patch_full_experiment,
+    run_relocation_experiment,
+)
+from instasal.experiments.subjects import (
+    explained_probability,
+    prepared_subjects,
+    sampled_tp_lesions,
+    subject_quota,
+)
 from instasal.instances import Instance, Instances
 from instasal.models import load_model
 from instasal.pipeline.cohort import subject_seed
@@ -133,6 +142,44 @@ def _tp_records(n: int) -> tuple[Instance, ...]:
         Instance(i, 216.0, 27, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), ((0, 1), (0, 1), (0, 1)), "TP")
         for i in range(1, n + 1)
     )
+
+
+def test_the_experiments_one_loop_samples_the_eligible_tp_lesions_under_the_cap(
+    rows_dataset: Path, linear_model_path: Path
+) -> None:
+    """The loop the context, relocation and patch-vs-full runs share: eligible TP lesions only,
+    drawn as explain draws them, a cap of 5 spread over two subjects as 3 then 2."""
+    model = load_model(linear_model_path)
+    sampled = {
+        prepared.files.subject_id: lesions
+        for prepared, lesions in sampled_tp_lesions(
+            rows_dataset, model, eligible=lambda r: r.id % 2 == 0, max_lesions=5, seed=7
+        )
+    }
+    even = Instances(
+        np.zeros((62, 10, 10), np.int32),
+        np.eye(4),
+        tuple(r for r in _tp_records(10) if r.id % 2 == 0),
+    )
+    for subject, quota in (("sub-01", 3), ("sub-02", 2)):
+        expected = sample_domains(even, quota, subject_seed(7, subject))
+        assert [r.id for r in sampled[subject]] == [r.id for r in expected]
+        assert all(r.kind == "TP" and r.id % 2 == 0 for r in sampled[subject])
+
+
+def test_patch_vs_full_draws_its_lesions_through_the_same_loop(
+    tmp_path: Path, rows_dataset: Path, linear_model_path: Path
+) -> None:
+    model = load_model(linear_model_path)
+    summary = run_patch_full_experiment(
+        rows_dataset, model, tmp_path / "pf", max_lesions=3, n_samples=1, seed=2
+    )
+    table = pd.read_csv(tmp_path / "pf" / "patch_vs_full.tsv", sep="\t")
+    assert summary["n_lesions"] == len(table) == 3
+    row = Instances(np.zeros((62, 10, 10), np.int32), np.eye(4), _tp_records(10))
+    for subject, quota in (("sub-01", 2), ("sub-02", 1)):
+        expected = {r.id for r in sample_domains(row, quota, subject_seed(2, subject))}
+        assert set(table.loc[table["subject"] == subject, "lesion_id"]) == expected
 
 
 def test_a_subject_short_of_its_share_leaves_it_to_the_next() -> None:

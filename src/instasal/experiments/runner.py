@@ -27,10 +27,7 @@ from instasal.experiments.relocation import relocate
 from instasal.experiments.subjects import (
     context_record,
     explained_probability,
-    prepared_subjects,
-    reference_subjects,
-    sample_lesions,
-    subject_quota,
+    sampled_tp_lesions,
 )
 from instasal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from instasal.models.cards import card_of
@@ -78,28 +75,29 @@ def run_context_experiment(
     """Perilesional context over the TP lesions of a volume band (authors: 90–120 mm³ at 1 mm).
 
     With ``max_lesions``, at most that many lesions in all, drawn at random with ``seed`` within
-    each subject (:func:`sample_lesions`), the cap spread over the subjects
-    (:func:`subject_quota`). The probability is that of ``context``'s forward pass
-    (:func:`explained_probability`; ``None``: as ``explain`` chooses, the prediction's own).
+    each subject, the cap spread over the subjects (:func:`sampled_tp_lesions`). The probability
+    is that of ``context``'s forward pass (:func:`explained_probability`; ``None``: as
+    ``explain`` chooses, the prediction's own).
     """
     check_seed(seed)
     out = Path(out)
     low, high = volume_band_mm3
     frames: list[pd.DataFrame] = []
     seen: list[tuple[Context, str | None]] = []
-    n_subjects, done = len(reference_subjects(dataset)), 0
-    subjects = prepared_subjects(
-        dataset, model, context=context, ignore_channel_names=ignore_channel_names
-    )
-    for index, prepared in enumerate(subjects):
+    for prepared, lesions in sampled_tp_lesions(
+        dataset,
+        model,
+        eligible=lambda r: low <= r.volume_mm3 <= high,
+        max_lesions=max_lesions,
+        seed=seed,
+        context=context,
+        ignore_channel_names=ignore_channel_names,
+    ):
         seen.append((prepared.context, prepared.context_note))
-        predict = functools.partial(explained_probability, prepared, model)
-        eligible = [r for r in prepared.instances.of_kind("TP") if low <= r.volume_mm3 <= high]
-        quota = subject_quota(max_lesions, done, n_subjects - index)
-        chosen = [r.id for r in sample_lesions(prepared, eligible, quota, seed)]
-        done += len(chosen)
-        if not chosen:
+        if not lesions:
             continue
+        predict = functools.partial(explained_probability, prepared, model)
+        chosen = [r.id for r in lesions]
         spacing = float(min(prepared.subject.spacing))
         result = context_curve(
             predict,
@@ -176,27 +174,27 @@ def run_relocation_experiment(
 ) -> dict[str, Any]:
     """Relocate TP lesions to WM, outside the brain, and outside with their shell (SPEC §4).
 
-    At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
-    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`). The
-    probability is that of ``context``'s forward pass (:func:`explained_probability`; ``None``:
-    as ``explain`` chooses, the prediction's own); the original probability is the prediction's.
+    At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject, the
+    cap spread over the subjects (:func:`sampled_tp_lesions`). The probability is that of
+    ``context``'s forward pass (:func:`explained_probability`; ``None``: as ``explain`` chooses,
+    the prediction's own); the original probability is the prediction's.
     """
     check_seed(seed)
     out = Path(out)
     rows: list[dict[str, Any]] = []
     conditions: list[Any] = ["white_matter", "outside", "outside_with_shell"]
     seen: list[tuple[Context, str | None]] = []
-    n_subjects, done = len(reference_subjects(dataset)), 0
-    subjects = prepared_subjects(
-        dataset, model, context=context, ignore_channel_names=ignore_channel_names
-    )
-    for index, prepared in enumerate(subjects):
+    for prepared, lesions in sampled_tp_lesions(
+        dataset,
+        model,
+        eligible=lambda r: r.volume_mm3 >= min_volume_mm3,
+        max_lesions=max_lesions,
+        seed=seed,
+        context=context,
+        ignore_channel_names=ignore_channel_names,
+    ):
         seen.append((prepared.context, prepared.context_note))
         predict = functools.partial(explained_probability, prepared, model)
-        eligible = [r for r in prepared.instances.of_kind("TP") if r.volume_mm3 >= min_volume_mm3]
-        quota = subject_quota(max_lesions, done, n_subjects - index)
-        lesions = sample_lesions(prepared, eligible, quota, seed)
-        done += len(lesions)
         for record in lesions:
             domain = prepared.instances.mask(record.id)
             for condition in conditions:
@@ -277,9 +275,9 @@ def run_patch_full_experiment(
 
     ``context`` is the one compared with ``full``: ``"patch"`` (``None``, the authors' two
     contexts) or ``"deployed"`` (:func:`instasal.saliency.context_agreement`). At most
-    ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
-    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`); ``seed``
-    also seeds the SmoothGrad noise.
+    ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject, the cap
+    spread over the subjects (:func:`sampled_tp_lesions`); ``seed`` also seeds the SmoothGrad
+    noise.
 
     Raises
     ------
@@ -293,15 +291,18 @@ def run_patch_full_experiment(
     out = Path(out)
     rows: list[dict[str, Any]] = []
     seen: list[tuple[Context, str | None]] = []
-    n_subjects = len(reference_subjects(dataset))
-    subjects = prepared_subjects(
-        dataset, model, context=context or "patch", ignore_channel_names=ignore_channel_names
-    )
-    for index, prepared in enumerate(subjects):
+    for prepared, lesions in sampled_tp_lesions(
+        dataset,
+        model,
+        eligible=lambda _: True,
+        max_lesions=max_lesions,
+        seed=seed,
+        context=context or "patch",
+        ignore_channel_names=ignore_channel_names,
+    ):
         seen.append((prepared.context, prepared.context_note))
         config = prepared.smoothgrad(model, SmoothGradConfig(n_samples=n_samples, seed=seed))
-        quota = subject_quota(max_lesions, len(rows), n_subjects - index)
-        for record in sample_lesions(prepared, prepared.instances.of_kind("TP"), quota, seed):
+        for record in lesions:
             agreement = context_agreement(
                 prepared.network, prepared.x, prepared.instances.mask(record.id), config
             )

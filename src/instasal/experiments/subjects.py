@@ -12,7 +12,7 @@ order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "prepared_subjects",
     "reference_subjects",
     "sample_lesions",
+    "sampled_tp_lesions",
     "subject_quota",
 ]
 
@@ -214,3 +215,32 @@ def sample_lesions(
     """
     chosen = Instances(prepared.instances.labels, prepared.instances.affine, tuple(eligible))
     return sample_domains(chosen, quota, subject_seed(seed, prepared.files.subject_id))
+
+
+def sampled_tp_lesions(
+    dataset: PathLike,
+    model: nn.Module,
+    *,
+    eligible: Callable[[Instance], bool],
+    max_lesions: int | None,
+    seed: int,
+    context: Context | None = None,
+    ignore_channel_names: bool = False,
+) -> Iterator[tuple[ExperimentSubject, list[Instance]]]:
+    """Each subject of ``dataset`` with a reference (:func:`prepared_subjects`) and its sample of
+    the TP lesions that are ``eligible``: the one loop of the lesion experiments.
+
+    At most ``max_lesions`` lesions in all, drawn at random with ``seed`` within each subject
+    (:func:`sample_lesions`), the cap spread over the subjects (:func:`subject_quota`); ``None``:
+    every eligible lesion. A subject whose sample is empty is still yielded (its context counts).
+    """
+    n_subjects, done = len(reference_subjects(dataset)), 0
+    subjects = prepared_subjects(
+        dataset, model, context=context, ignore_channel_names=ignore_channel_names
+    )
+    for index, prepared in enumerate(subjects):
+        candidates = [r for r in prepared.instances.of_kind("TP") if eligible(r)]
+        quota = subject_quota(max_lesions, done, n_subjects - index)
+        lesions = sample_lesions(prepared, candidates, quota, seed)
+        done += len(lesions)
+        yield prepared, lesions
