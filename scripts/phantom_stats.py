@@ -17,16 +17,15 @@ import time
 from collections import Counter
 
 import numpy as np
-from scipy import ndimage
 
 from instasal.dataset import REGION_LABELS
 from instasal.phantoms import PhantomSubject, make_phantom
 from instasal.phantoms.anatomy import load_template_anatomy
 from instasal.phantoms.arms import PhantomArm
 from instasal.phantoms.bids_writer import subject_seeds
+from instasal.phantoms.realism import components, local_contrast
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-CONNECTIVITY_18 = ndimage.generate_binary_structure(3, 2)
 
 
 def _quantiles(values: list[float] | np.ndarray, digits: int = 1) -> str:
@@ -39,35 +38,12 @@ def _quantiles(values: list[float] | np.ndarray, digits: int = 1) -> str:
     )
 
 
-def _components(mask: np.ndarray, voxel_mm3: float, min_mm3: float = 5.0) -> list[tuple]:
-    """``(slices, component mask within them)`` of each 18-connected component above ``min_mm3``."""
-    labels, _ = ndimage.label(mask, structure=CONNECTIVITY_18)
-    found = []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        component = labels[box] == index
-        if component.sum() * voxel_mm3 > min_mm3:
-            found.append((box, component))
-    return found
-
-
-def _local_contrast(
-    image: np.ndarray, normal_white: np.ndarray, box: tuple, component: np.ndarray, shell: int
-) -> float | None:
-    """Mean over the component / median of normal white matter in a shell around it, minus 1."""
-    padded = tuple(
-        slice(max(s.start - shell - 1, 0), min(s.stop + shell + 1, n))
-        for s, n in zip(box, image.shape, strict=True)
-    )
-    inner = np.zeros(image[padded].shape, dtype=bool)
-    offset = tuple(s.start - p.start for s, p in zip(box, padded, strict=True))
-    inner[tuple(slice(o, o + n) for o, n in zip(offset, component.shape, strict=True))] = component
-    ring = ndimage.binary_dilation(inner, CONNECTIVITY_18, iterations=shell + 1)
-    ring &= ~ndimage.binary_dilation(inner, CONNECTIVITY_18, iterations=1) & normal_white[padded]
-    if ring.sum() < 5:
-        return None
-    return float(image[padded][inner].mean()) / float(np.median(image[padded][ring])) - 1.0
+def _components(
+    mask: np.ndarray, voxel_mm3: float, min_mm3: float = 5.0
+) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """The components of more than ``min_mm3`` (strictly: the size rule of
+    :func:`instasal.instances.lesion_components`), as :func:`components` finds them."""
+    return [(box, c) for box, c in components(mask, voxel_mm3) if c.sum() * voxel_mm3 > min_mm3]
 
 
 BASELINE_THRESHOLDS = (1.3, 1.45, 1.6)
@@ -109,7 +85,7 @@ def _subject_rows(subject: PhantomSubject) -> dict[str, list[float]]:
     rows.update(_threshold_baseline(subject, normal))
     for name, image in (("flair", subject.flair), ("t1w", subject.t1w)):
         for kind, found in (("component", components), ("mimic", mimics)):
-            values = [_local_contrast(image, normal, box, c, shell) for box, c in found]
+            values = [local_contrast(image, normal, box, c, shell) for box, c in found]
             rows[f"{kind}_{name}"] = [value for value in values if value is not None]
     return rows
 
