@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from instasal.errors import ConfigurationError
 from instasal.pipeline.settings import ExplainSettings
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
+from instasal.saliency import SmoothGradConfig, instance_smoothgrad
 from instasal.saliency.smoothgrad import row_lattice, smoothgrad_work
 from instasal.typing import Context
 from test_saliency_smoothgrad import _reference_map, _SmallNonlinear
@@ -57,10 +57,9 @@ def test_approximate_map_is_the_exact_max_over_the_lattice_rows(context: Context
     model = _SmallNonlinear().double()
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
     omega = _blob()
-    config = SmoothGradConfig(
-        n_samples=1, noise_level=0.0, context=context, patch_size=10, max_stride=2
+    saliency = instance_smoothgrad(  # the keyword front door builds the config
+        model, x, omega, n_samples=1, noise_level=0.0, context=context, patch_size=10, max_stride=2
     )
-    saliency = instance_smoothgrad_many(model, x, {1: omega}, config)[1]
     expected = _reference_map(model, x, row_lattice(omega, 2), 1, "max")
     np.testing.assert_allclose(saliency.numpy(), expected, rtol=1e-10, atol=1e-12)
     exact = _reference_map(model, x, omega, 1, "max")

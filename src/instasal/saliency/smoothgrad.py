@@ -476,6 +476,7 @@ def instance_smoothgrad(
     memory_budget_bytes: int | None = None,
     draws_per_pass: int | None = None,
     memory_format: MemoryFormat = "contiguous",
+    max_stride: int = 1,
 ) -> torch.Tensor:
     """Instance SmoothGrad map of one domain Ω (SPEC §2, API of §5).
 
@@ -517,6 +518,9 @@ def instance_smoothgrad(
         map to float32 round-off, 1 the one-draw-per-pass procedure exactly.
     memory_format
         ``"contiguous"`` or ``"channels_last"`` (see :class:`SmoothGradConfig`).
+    max_stride
+        ``1``: exact max aggregation; ``s > 1``: the labelled approximation over Ω's voxels on a
+        lattice of stride ``s`` (see :class:`SmoothGradConfig`).
 
     Returns
     -------
@@ -556,5 +560,6 @@ def instance_smoothgrad(
         memory_budget_bytes=memory_budget_bytes,
         draws_per_pass=draws_per_pass,
         memory_format=memory_format,
+        max_stride=max_stride,
     )
     return instance_smoothgrad_many(model, x, {0: domain}, config)[0]
