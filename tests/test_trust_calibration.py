@@ -84,18 +84,33 @@ class Head(nn.Module):
         return feature * self.weight.view(1, 2, 1, 1, 1)
 
 
+def _radius() -> np.ndarray:
+    """Each voxel's distance (mm) from the grid's centre voxel."""
+    offsets = np.indices(SHAPE) - np.asarray(CENTRE)[:, None, None, None]
+    return np.asarray(np.sqrt((offsets**2).sum(axis=0)))
+
+
+def _ring_weights(seed: int) -> np.ndarray:
+    """Uneven positive weights (0.5–1.5) at 2 < d ≤ 6 mm from the centre, summing to 1."""
+    radius = _radius()
+    ring = (radius > 2) & (radius <= 6)
+    weights = np.where(ring, np.random.default_rng(seed).uniform(0.5, 1.5, ring.shape), 0.0)
+    return np.asarray(weights / weights.sum())
+
+
+def _centred_at_origin(kernel: np.ndarray) -> torch.Tensor:
+    """A kernel written around the centre voxel, moved to the FFT's origin."""
+    return torch.from_numpy(np.roll(kernel, [-c for c in CENTRE], axis=(0, 1, 2))).float()
+
+
 class RingNetwork(nn.Module):
     """Lesion logit at u: a positive, spatially uneven weighting of FLAIR at 2 < d ≤ 6 mm from u
     (T1w is never read), then a head."""
 
     def __init__(self) -> None:
         super().__init__()
-        offsets = np.indices(SHAPE) - np.asarray(CENTRE)[:, None, None, None]
-        radius = np.sqrt((offsets**2).sum(axis=0))
-        ring = (radius > 2) & (radius <= 6)
-        weights = np.where(ring, np.random.default_rng(4).uniform(0.5, 1.5, ring.shape), 0.0)
-        kernel = np.roll(weights / weights.sum(), [-c for c in CENTRE], axis=(0, 1, 2))
-        self.ring = CircularFilter(torch.from_numpy(kernel).float())
+        kernel = _centred_at_origin(_ring_weights(4))
+        self.ring = CircularFilter(kernel)
         self.head = Head((0.0, 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -288,16 +303,11 @@ class CentreSurround(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        offsets = np.indices(SHAPE) - np.asarray(CENTRE)[:, None, None, None]
-        radius = np.sqrt((offsets**2).sum(axis=0))
-        ring = (radius > 2) & (radius <= 6)
-        weights = np.where(ring, np.random.default_rng(6).uniform(0.5, 1.5, ring.shape), 0.0)
-        kernel = -weights / weights.sum()
+        kernel = -_ring_weights(6)
         kernel[CENTRE] = 0.01
-        far = radius > 8
+        far = _radius() > 8
         kernel[far] = -kernel.sum() / far.sum()
-        kernel = np.roll(kernel, [-c for c in CENTRE], axis=(0, 1, 2))
-        self.filter = CircularFilter(torch.from_numpy(kernel).float())
+        self.filter = CircularFilter(_centred_at_origin(kernel))
         self.head = Head((0.0, 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
