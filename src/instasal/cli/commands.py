@@ -117,7 +117,8 @@ MaxStrideOption = Annotated[
     typer.Option(
         min=1,
         help="1: exact max aggregation. s > 1: a labelled approximation, the max over every s-th "
-        "voxel of each domain along each axis (about s³ fewer rows; flagged in the report).",
+        "voxel of each domain along each axis (about s³ fewer rows; flagged in the report). Not "
+        "quantitative: peaks fell to about half (docs/saliency.md).",
     ),
 ]
 ContextOption = Annotated[

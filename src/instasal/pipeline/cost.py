@@ -236,7 +236,8 @@ def check_budget(
         )
         choices.append(
             "the labelled approximation --max-stride 2 (max over every 2nd voxel of the domain "
-            "along each axis, about 8x fewer rows of large domains; error in docs/saliency.md)"
+            "along each axis, about 8x fewer rows of large domains; not quantitative: peaks fell "
+            "to about half on the built-in models, docs/saliency.md)"
         )
     choices += also
     choices.append("a GPU")

@@ -89,9 +89,9 @@ class SmoothGradConfig:
         ``1`` (the default): max aggregation is exact, over every voxel of Ω. ``s > 1``: a
         labelled **approximation** for CPUs: the maximum is taken over the rows of Ω's voxels on
         a lattice of stride ``s`` through the voxel nearest Ω's centroid
-        (:func:`instasal.saliency.smoothgrad.row_lattice`), about ``s³`` times fewer rows; its
-        error against the exact map is measured in ``docs/saliency.md``. Ignored by mean
-        aggregation (one row per draw already).
+        (:func:`instasal.saliency.smoothgrad.row_lattice`), about ``s³`` times fewer rows. Not
+        quantitative: on the built-in models peaks fell to about half of the exact ones
+        (``docs/saliency.md``). Ignored by mean aggregation (one row per draw already).
     """
 
     target: int = 1
