@@ -30,9 +30,7 @@ def _rings(values: dict[str, tuple[float, float]], subjects: int, kind: str = "T
     return pd.DataFrame(rows)
 
 
-def test_negative_neighbourhood_reproduced_when_every_subject_is_below_zero_and_the_null() -> (
-    None
-):
+def test_negative_neighbourhood_reproduced_when_every_subject_is_below_zero_and_the_null() -> None:
     table = pd.concat([_rings({"ring_4_6mm": (-0.2, 0.05)}, 12), _rings({}, 3, "FP")])
     found = negative_neighbourhood(table)
     assert found["verdict"] == "reproduced" and not found["note"]
