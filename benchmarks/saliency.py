@@ -1,6 +1,8 @@
 """Instance SmoothGrad speed: the authors' procedure against our engines and contexts (issue 5).
 
-One model (a MONAI UNet, random weights), one input and one lesion, measured in one run:
+One model (a MONAI UNet with random weights, or with ``--model`` any model instasal loads: a
+built-in name, a TorchScript file, an nnU-Net v2 folder), one input and one lesion, measured in
+one run:
 
 - ``authors``: the authors' procedure — full-volume forward pass, one ``torch.autograd.grad`` per
   lesion voxel (parameters left requiring gradients, as in their scripts);
@@ -26,7 +28,7 @@ process's peak resident-set growth during the measurement on the CPU (``ru_maxrs
 one-off measurement runs (and is reported) before ``auto`` is timed. Not a timed test.
 
 Usage: ``python benchmarks/saliency.py [--quick] [--device cpu|cuda] [--rows R] [--draws D]
-[--repeats K] [--width small|authors] [--threads T]``.
+[--repeats K] [--width small|authors] [--threads T] [--model NAME_OR_PATH]``.
 The last line is ``speedup_vs_authors: <X>x`` (authors' s/row over ``auto/patch`` s/row).
 """
 
@@ -60,6 +62,7 @@ class Setting:
     draws: int = 1
     width: str = "small"
     seed: int = 0
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,17 @@ def build(setting: Setting) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor
     from monai.networks.nets import UNet
 
     torch.manual_seed(setting.seed)
-    channels = WIDTHS[setting.width]
-    strides = (2,) * (len(channels) - 1)
-    model = UNet(3, 2, 2, channels=channels, strides=strides, num_res_units=2, norm=setting.norm)
-    model = model.to(setting.device)
+    if setting.model is not None:
+        from instasal.models import load_model
+
+        model = load_model(setting.model).to(setting.device)
+    else:
+        channels = WIDTHS[setting.width]
+        strides = (2,) * (len(channels) - 1)
+        model = UNet(
+            3, 2, 2, channels=channels, strides=strides, num_res_units=2, norm=setting.norm
+        )
+        model = model.to(setting.device)
     generator = torch.Generator().manual_seed(setting.seed)
     noise = torch.randn(1, 2, *setting.volume, generator=generator)
     x = torch.nn.functional.avg_pool3d(noise, 5, stride=1, padding=2)[0]
@@ -244,6 +254,19 @@ def _warm_up(model: torch.nn.Module, x: torch.Tensor, patch: int | None) -> None
         model(inputs.unsqueeze(0).to(device))
 
 
+def _parameters(setting: Setting) -> str:
+    """The loaded model's parameter count, in a child process (the parent runs no torch)."""
+    context = multiprocessing.get_context("fork" if setting.device == "cpu" else "spawn")
+    with context.Pool(1) as pool:
+        count = pool.apply(_count_parameters, (setting,))
+    return f"{count / 1e6:.1f} M"
+
+
+def _count_parameters(setting: Setting) -> int:
+    model, _, _ = build(setting)
+    return sum(p.numel() for p in model.parameters())
+
+
 def _hardware(device: str, threads: int) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
@@ -281,8 +304,11 @@ def main() -> None:
     parser.add_argument(
         "--norm", choices=("batch", "instance"), default="batch", help="batch: the authors' U-Net"
     )
+    parser.add_argument(
+        "--model", default=None, help="a model instasal loads (name, file, folder) instead"
+    )
     args = parser.parse_args()
-    quick = QUICK_AUTHORS if args.width == "authors" else QUICK
+    quick = QUICK_AUTHORS if args.width == "authors" or args.model else QUICK
     geometry: dict[str, Any] = quick if args.quick else PAPER
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     setting = Setting(
@@ -294,6 +320,7 @@ def main() -> None:
         norm=args.norm,
         draws=args.draws or geometry["draws"],
         width=args.width,
+        model=args.model,
     )
     names = [
         "authors",
@@ -309,12 +336,19 @@ def main() -> None:
     ]
     if device == "cuda":
         names.append("floor")
+    if setting.model is not None:
+        # A loaded model's deployed forward is its own predictor's (an nnU-Net folder's crops,
+        # resampling and tiles), stated per subject by the pipeline; this synthetic input has none.
+        names.remove("auto/deployed")
     print(f"hardware: {_hardware(device, args.threads)}")
+    described = (
+        f"{setting.model} ({_parameters(setting)} parameters)"
+        if setting.model
+        else f"MONAI UNet channels {WIDTHS[setting.width]}, 2 res units, {setting.norm} norm"
+    )
     print(
-        f"model: MONAI UNet channels {WIDTHS[setting.width]}, 2 res units, {setting.norm} norm "
-        "(eval); volume "
-        f"{setting.volume}, patch {setting.patch}³, lesion of {setting.rows} voxels, "
-        f"{setting.draws} noise draws"
+        f"model: {described} (eval); volume {setting.volume}, patch {setting.patch}³, lesion of "
+        f"{setting.rows} voxels, {setting.draws} noise draws"
     )
     results = {name: _in_child(setting, name) for name in names}
     ratios = [authors_over(results["authors"], results["auto/full"])]
@@ -361,14 +395,15 @@ def main() -> None:
             / results[f"auto/{context}"].seconds_per_row
         )
         print(f"draws forwarded together vs one per pass ({context}): {packed:.2f}x")
-    deployed = results["auto/deployed"]
-    assert deployed.saliency_map is not None
-    cost = deployed.seconds_per_row / results["auto/patch"].seconds_per_row
-    gap = map_agreement(deployed.saliency_map, reference)["relative_max_difference"]
-    print(
-        f"deployed vs patch context: {cost:.2f}x the cost per row; deployed vs full map: "
-        f"relative max difference {gap:.2e}"
-    )
+    if "auto/deployed" in results:
+        deployed = results["auto/deployed"]
+        assert deployed.saliency_map is not None
+        cost = deployed.seconds_per_row / results["auto/patch"].seconds_per_row
+        gap = map_agreement(deployed.saliency_map, reference)["relative_max_difference"]
+        print(
+            f"deployed vs patch context: {cost:.2f}x the cost per row; deployed vs full map: "
+            f"relative max difference {gap:.2e}"
+        )
     layout = (
         results["auto/patch"].seconds_per_row / results["auto/patch/channels_last"].seconds_per_row
     )
