@@ -143,7 +143,6 @@ def flipped_subject(trained_folder: Path) -> Path:
     """A non-symmetric subject at 1.5 × 2 × 2.5 mm (the model's is 2 mm), stored x-flipped."""
     folder = trained_folder.parents[2] / "test_input"
     folder.mkdir()
-    rng = np.random.default_rng(5)
     shape = (27, 24, 22)
     brain = np.zeros(shape, bool)
     brain[2:-3, 3:-2, 2:-2] = True
@@ -151,12 +150,21 @@ def flipped_subject(trained_folder: Path) -> Path:
     lesion = np.zeros(shape, bool)
     lesion[6:13, 7:12, 5:9] = True
     lesion[18:21, 14:17, 12:14] = True
-    flair = brain * (1 + 0.1 * rng.standard_normal(shape)) + lesion
-    t1w = brain * (1 + 0.1 * rng.standard_normal(shape)) - 0.5 * lesion
+    write_case(folder, brain, lesion, affine, seed=5)
+    return folder
+
+
+def write_case(
+    folder: Path, brain: np.ndarray, lesion: np.ndarray, affine: np.ndarray, *, seed: int
+) -> None:
+    """``case_0000`` (FLAIR: tissue at 1 with 10 % noise, the lesion +1) and ``case_0001`` (T1w:
+    the lesion −0.5) in nnU-Net's file naming."""
+    rng = np.random.default_rng(seed)
+    flair = brain * (1 + 0.1 * rng.standard_normal(brain.shape)) + lesion
+    t1w = brain * (1 + 0.1 * rng.standard_normal(brain.shape)) - 0.5 * lesion
     for channel, data in enumerate((flair, t1w)):
         image = nib.Nifti1Image(data.astype(np.float32), affine)
         nib.save(image, folder / f"case_{channel:04d}.nii.gz")
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -35,6 +34,7 @@ from nnunet_artefacts import (
     nnunet_probability,
     run_nnunet_predict,
     subject_files,
+    write_case,
 )
 
 nnunetv2 = pytest.importorskip("nnunetv2")
@@ -136,18 +136,12 @@ def tiled_subject(trained_folder: Path) -> Path:
     with 8 overlapping tiles, its brain inside a zero border (cropped away)."""
     folder = trained_folder.parents[2] / "tiled_input"
     folder.mkdir(exist_ok=True)
-    rng = np.random.default_rng(11)
     shape = (40, 56, 20)
     brain = np.zeros(shape, bool)
     brain[3:-4, 5:-3, 1:-2] = True
     lesion = np.zeros(shape, bool)
     lesion[14:22, 20:30, 5:8] = True
-    affine = np.diag([1.2, 1.0, 4.0, 1.0])
-    flair = brain * (1 + 0.1 * rng.standard_normal(shape)) + lesion
-    t1w = brain * (1 + 0.1 * rng.standard_normal(shape)) - 0.5 * lesion
-    for channel, data in enumerate((flair, t1w)):
-        image = nib.Nifti1Image(data.astype(np.float32), affine)
-        nib.save(image, folder / f"case_{channel:04d}.nii.gz")
+    write_case(folder, brain, lesion, np.diag([1.2, 1.0, 4.0, 1.0]), seed=11)
     return folder
 
 
