@@ -16,10 +16,17 @@ import torch
 from torch import nn
 
 from conftest import set_card
-from instasal.experiments.runner import (
+from instasal.errors import ConfigurationError, OutputExistsError
+from instasal.experiments import (
+    ExperimentOptions,
+    PatchFullResult,
+    context_figure,
+    relocation_figure,
     run_context_experiment,
     run_patch_full_experiment,
     run_relocation_experiment,
+    run_uncertainty_experiment,
+    write_experiment,
 )
 from instasal.experiments.subjects import (
     explained_probability,
@@ -45,38 +52,44 @@ def good_dataset(linear_dataset):
 
 def test_context_curve_of_a_pointwise_model_is_flat(tmp_path, good_dataset, linear_model_path):
     model = load_model(linear_model_path)
-    summary = run_context_experiment(
-        good_dataset, model, tmp_path / "ctx", volume_band_mm3=(100, 300), max_distance_mm=6
+    result = run_context_experiment(
+        good_dataset, model, volume_band_mm3=(100, 300), max_distance_mm=6
     )
+    assert list(result.curve["distance_mm"]) == [0.0, 2.0, 4.0, 6.0]
+    np.testing.assert_allclose(
+        result.curve["mean_probability"], result.curve["mean_probability"][0], rtol=1e-5
+    )
+    assert (result.curve["detection_rate"] == 1.0).all()
+    assert result.plateau_mm == 0.0
+    assert result.n_lesions == 2
+    write_experiment(result, tmp_path / "ctx", context_figure(result))
     curve = pd.read_csv(tmp_path / "ctx" / "context_curve.tsv", sep="\t")
-    assert list(curve["distance_mm"]) == [0.0, 2.0, 4.0, 6.0]
-    np.testing.assert_allclose(curve["mean_probability"], curve["mean_probability"][0], rtol=1e-5)
-    assert (curve["detection_rate"] == 1.0).all()
-    assert summary["plateau_mm"] == 0.0
-    assert summary["n_lesions"] == 2
-    assert json.loads((tmp_path / "ctx" / "context_summary.json").read_text())["n_lesions"] == 2
+    pd.testing.assert_frame_equal(curve, result.curve)
+    summary = json.loads((tmp_path / "ctx" / "context_summary.json").read_text())
+    assert summary == result.summary() and summary["n_lesions"] == 2
     capped = run_context_experiment(
-        good_dataset,
-        model,
-        tmp_path / "capped",
-        volume_band_mm3=(100, 300),
-        max_distance_mm=6,
-        max_lesions=2,
+        good_dataset, model, volume_band_mm3=(100, 300), max_distance_mm=6, max_lesions=2
     )
-    assert capped["n_lesions"] == 2  # one lesion per subject: the cap counts lesions, not rows
+    assert capped.n_lesions == 2  # one lesion per subject: the cap counts lesions, not rows
 
 
 def test_relocated_lesions_of_a_pointwise_model_are_always_detected(
     tmp_path, good_dataset, linear_model_path
 ):
     model = load_model(linear_model_path)
-    summary = run_relocation_experiment(good_dataset, model, tmp_path / "rel", shell_mm=2.0)
-    table = pd.read_csv(tmp_path / "rel" / "relocation.tsv", sep="\t")
-    placed = table[table["placed"]]
+    result = run_relocation_experiment(good_dataset, model, shell_mm=2.0)
+    placed = result.table[result.table["placed"]]
     assert set(placed["condition"]) == {"white_matter", "outside", "outside_with_shell"}
     assert placed["detected"].all()
-    assert summary["detection_rate"]["outside"] == 1.0
-    assert (tmp_path / "rel" / "relocation.png").stat().st_size > 0
+    assert result.detection_rate()["outside"] == 1.0
+    assert result.n_placed() == dict(placed.groupby("condition").size())
+    written = write_experiment(result, tmp_path / "rel", relocation_figure(result))
+    assert [path.name for path in written] == [
+        "relocation.tsv",
+        "relocation.png",
+        "relocation_summary.json",
+    ]
+    assert (tmp_path / "rel" / "relocation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _write_row_of_lesions(root: Path, participant: str, rng: np.random.Generator) -> None:
@@ -108,20 +121,24 @@ def rows_dataset(tmp_path: Path, rng: np.random.Generator) -> Path:
     return tmp_path / "rows"
 
 
-def _drawn(dataset: Path, model: nn.Module, out: Path, seed: int) -> dict[str, set[int]]:
-    run_context_experiment(
-        dataset, model, out, volume_band_mm3=(100, 300), max_distance_mm=2, max_lesions=4, seed=seed
+def _drawn(dataset: Path, model: nn.Module, seed: int) -> dict[str, set[int]]:
+    result = run_context_experiment(
+        dataset,
+        model,
+        ExperimentOptions(seed=seed),
+        volume_band_mm3=(100, 300),
+        max_distance_mm=2,
+        max_lesions=4,
     )
-    records = pd.read_csv(out / "context_records.tsv", sep="\t")
-    return {str(s): set(group["lesion_id"]) for s, group in records.groupby("subject")}
+    return {str(s): set(group["lesion_id"]) for s, group in result.records.groupby("subject")}
 
 
 def test_max_lesions_draws_at_random_with_the_seed_spread_over_subjects(
-    tmp_path: Path, rows_dataset: Path, linear_model_path: Path
+    rows_dataset: Path, linear_model_path: Path
 ) -> None:
     model = load_model(linear_model_path)
-    draws = [_drawn(rows_dataset, model, tmp_path / f"seed{s}", s) for s in range(4)]
-    assert _drawn(rows_dataset, model, tmp_path / "again", 0) == draws[0]
+    draws = [_drawn(rows_dataset, model, s) for s in range(4)]
+    assert _drawn(rows_dataset, model, 0) == draws[0]
     row = Instances(np.zeros((62, 10, 10), np.int32), np.eye(4), _tp_records(10))
     for seed, drawn in enumerate(draws):
         # the cap of 4 spread over the two subjects, not filled by the first one
@@ -168,18 +185,58 @@ def test_the_experiments_one_loop_samples_the_eligible_tp_lesions_under_the_cap(
 
 
 def test_patch_vs_full_draws_its_lesions_through_the_same_loop(
-    tmp_path: Path, rows_dataset: Path, linear_model_path: Path
+    rows_dataset: Path, linear_model_path: Path
 ) -> None:
     model = load_model(linear_model_path)
-    summary = run_patch_full_experiment(
-        rows_dataset, model, tmp_path / "pf", max_lesions=3, n_samples=1, seed=2
+    result = run_patch_full_experiment(
+        rows_dataset, model, ExperimentOptions(seed=2), max_lesions=3, n_samples=1
     )
-    table = pd.read_csv(tmp_path / "pf" / "patch_vs_full.tsv", sep="\t")
-    assert summary["n_lesions"] == len(table) == 3
+    table = result.table
+    assert result.summary()["n_lesions"] == len(table) == 3
     row = Instances(np.zeros((62, 10, 10), np.int32), np.eye(4), _tp_records(10))
     for subject, quota in (("sub-01", 2), ("sub-02", 1)):
         expected = {r.id for r in sample_domains(row, quota, subject_seed(2, subject))}
         assert set(table.loc[table["subject"] == subject, "lesion_id"]) == expected
+
+
+def test_writing_is_refused_before_any_file_where_one_exists(tmp_path: Path) -> None:
+    table = pd.DataFrame({"subject": ["sub-01"], "lesion_id": [1], "cosine": [0.25]})
+    result = PatchFullResult(table, "patch", ())
+    (tmp_path / "pf").mkdir()
+    (tmp_path / "pf" / "patch_vs_full_summary.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match=r"patch_vs_full_summary\.json: exists already"):
+        write_experiment(result, tmp_path / "pf")
+    assert not (tmp_path / "pf" / "patch_vs_full.tsv").exists()  # the table, written first
+    with pytest.raises(ConfigurationError, match="PatchFullResult has no figure"):
+        write_experiment(result, tmp_path / "figure", object())  # type: ignore[arg-type]
+    written = write_experiment(result, tmp_path / "pf", overwrite=True)
+    assert [path.name for path in written] == ["patch_vs_full.tsv", "patch_vs_full_summary.json"]
+    assert json.loads(written[1].read_text()) == {
+        "n_lesions": 1,
+        "compared_with": "full",
+        "context": "patch",
+        "context_notes": [],
+        "median": {"cosine": 0.25},
+        "min": {"cosine": 0.25},
+        "max": {"cosine": 0.25},
+    }
+
+
+def test_a_call_written_for_the_old_signatures_is_refused(tmp_path: Path) -> None:
+    runs = (
+        run_context_experiment,
+        run_relocation_experiment,
+        run_patch_full_experiment,
+        run_uncertainty_experiment,
+    )
+    for run in runs:
+        with pytest.raises(TypeError, match="options must be an ExperimentOptions, got PosixPath"):
+            run(tmp_path, nn.Identity(), tmp_path / "out")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):
+            run(tmp_path, nn.Identity(), seed=1)  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match=r"context must be one of .* got 'window'"):
+        ExperimentOptions(context="window")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_subject_short_of_its_share_leaves_it_to_the_next() -> None:
@@ -190,21 +247,25 @@ def test_a_subject_short_of_its_share_leaves_it_to_the_next() -> None:
 
 
 def test_the_context_experiment_runs_in_the_context_asked_and_records_it(
-    tmp_path: Path, good_dataset: Path, linear_model_path: Path
+    good_dataset: Path, linear_model_path: Path
 ) -> None:
     model = load_model(linear_model_path)
     curves = {}
     contexts: list[Context | None] = [None, "deployed", "patch", "full"]
     for context in contexts:
-        out = tmp_path / str(context)
-        summary = run_context_experiment(
-            good_dataset, model, out, volume_band_mm3=(100, 300), max_distance_mm=2, context=context
+        result = run_context_experiment(
+            good_dataset,
+            model,
+            ExperimentOptions(context=context),
+            volume_band_mm3=(100, 300),
+            max_distance_mm=2,
         )
         expected = context or "deployed"  # explain's default for a card with a patch size
+        assert result.context == expected and result.context_notes == ()
+        summary = result.summary()
         assert summary["context"] == expected and summary["context_notes"] == []
-        records = pd.read_csv(out / "context_records.tsv", sep="\t")
-        assert set(records["context"]) == {expected}
-        curves[context] = records["mean_probability"].to_numpy()
+        assert set(result.records["context"]) == {expected}
+        curves[context] = result.records["mean_probability"].to_numpy()
     # a pointwise model's probability does not depend on the forward window
     for context in contexts:
         np.testing.assert_allclose(curves[context], curves["full"], rtol=1e-6)

@@ -135,10 +135,8 @@ def test_the_command_line_refuses_a_seed_beyond_64_bits_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_relocation_experiment_refuses_a_seed_beyond_64_bits(tmp_path: Path) -> None:
-    from torch import nn
-
-    from instasal.experiments.runner import run_relocation_experiment
+def test_the_experiment_options_refuse_a_seed_beyond_64_bits() -> None:
+    from instasal.experiments import ExperimentOptions
 
     with pytest.raises(ConfigurationError, match=r"^seed must be a whole number from 0"):
-        run_relocation_experiment(tmp_path, nn.Identity(), tmp_path / "out", seed=2**70)
+        ExperimentOptions(seed=2**70)

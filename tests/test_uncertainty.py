@@ -25,7 +25,8 @@ from torch import nn
 from conftest import LINEAR_AFFINE, LINEAR_SHAPE, PointwiseLinear
 from instasal.cli import run_app
 from instasal.errors import ConfigurationError, ModelError, OutputExistsError
-from instasal.experiments.uncertainty_sweep import default_levels, run_uncertainty_experiment
+from instasal.experiments import run_uncertainty_experiment, uncertainty_figure, write_experiment
+from instasal.experiments.uncertainty_sweep import default_levels
 from instasal.instances import Instances, classify_instances, find_instances
 from instasal.models import ModelCard, attach_card, load_model
 from instasal.models.uncertainty import (
@@ -313,10 +314,9 @@ def test_runner_finds_the_missed_lesion_at_known_levels(
     model = load_model(linear_model_path)
     out = tmp_path / "q3"
     calls: list[tuple[str, float, float]] = []
-    summary = run_uncertainty_experiment(
+    result = run_uncertainty_experiment(
         missed_dataset,
         model,
-        out,
         levels=(0.2, 0.3, 0.45),
         n_samples=2,
         max_explained=1,
@@ -327,32 +327,40 @@ def test_runner_finds_the_missed_lesion_at_known_levels(
     for subject in {stage for stage, _, _ in saliency}:
         last = [(done, total) for stage, done, total in saliency if stage == subject][-1]
         assert last[0] == last[1] > 0  # every Jacobian row of the subject's domains counted
-    curve = pd.read_csv(out / "uncertainty_curve.tsv", sep="\t")
+    curve = result.curve
     assert list(curve["n_FN_found"]) == [2, 2, 0]
     assert list(curve["false_alarms_per_subject"]) == [1.0, 0.0, 0.0]
     assert list(curve["sensitivity_before"]) == [0.5] * 3
     assert list(curve["sensitivity_after"]) == [1.0, 1.0, 0.5]
-    table = pd.read_csv(out / "uncertainty_candidates.tsv", sep="\t")
+    table = result.candidates
     assert sorted(table["kind"]) == ["false_alarm"] * 2 + ["found_FN"] * 4
     np.testing.assert_allclose(table["volume_mm3"], 64.0)
     # a pointwise model commutes with flips: the TTA max is the plain probability
     np.testing.assert_allclose(table["max_probability"], table["plain_max_probability"], atol=1e-6)
     # its lesion-logit gradient is 1.5 for FLAIR everywhere, whatever the noise
     np.testing.assert_allclose(table["peak_FLAIR"], 1.5, rtol=1e-5)
-    assert summary["explained"]["auc_peak_FLAIR"] == 0.5  # all ties
-    assert summary["explained"]["auc_max_probability"] == 1.0  # 0.37 > 0.26
-    assert summary["n_FN"] == 2 and summary["n_passes"] == 8
-    assert json.loads((out / "uncertainty_summary.json").read_text())["levels"] == [0.2, 0.3, 0.45]
+    assert result.auc_peak == 0.5  # all ties
+    assert result.auc_max_probability == 1.0  # 0.37 > 0.26
+    assert result.n_FN == 2 and result.n_passes == 8
+    write_experiment(result, out, uncertainty_figure(result))
+    summary = json.loads((out / "uncertainty_summary.json").read_text())
+    assert summary["levels"] == [0.2, 0.3, 0.45]
+    assert summary["explained"]["auc_peak_FLAIR"] == 0.5
+    assert summary == result.summary()
+    written = pd.read_csv(out / "uncertainty_curve.tsv", sep="\t")
+    assert list(written["n_FN_found"]) == [2, 2, 0]
     assert (out / "uncertainty.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(OutputExistsError, match=r"uncertainty_candidates\.tsv: exists already"):
-        run_uncertainty_experiment(missed_dataset, model, out, levels=(0.2,))
     again = run_uncertainty_experiment(
-        missed_dataset, model, out, levels=(0.2,), n_samples=1, max_subjects=1, overwrite=True
+        missed_dataset, model, levels=(0.2,), n_samples=1, max_subjects=1
     )
-    assert again["n_subjects"] == 1
+    assert again.n_subjects == 1
+    with pytest.raises(OutputExistsError, match=r"uncertainty_candidates\.tsv: exists already"):
+        write_experiment(again, out)
+    write_experiment(again, out, overwrite=True)
+    assert json.loads((out / "uncertainty_summary.json").read_text())["n_subjects"] == 1
 
 
-def test_runner_arguments_are_checked(tmp_path, missed_dataset, linear_model_path):
+def test_runner_arguments_are_checked(missed_dataset, linear_model_path):
     model = load_model(linear_model_path)
     assert default_levels("max", 0.4) == (0.1, 0.2, 0.4, 0.8)
     bad = {
@@ -368,8 +376,7 @@ def test_runner_arguments_are_checked(tmp_path, missed_dataset, linear_model_pat
     }
     for message, arguments in bad.items():
         with pytest.raises(ConfigurationError, match=message):
-            run_uncertainty_experiment(missed_dataset, model, tmp_path / "bad", **arguments)  # type: ignore[arg-type]
-    assert not (tmp_path / "bad" / "uncertainty_summary.json").exists()
+            run_uncertainty_experiment(missed_dataset, model, **arguments)  # type: ignore[arg-type]
 
 
 def test_cli_runs_the_uncertainty_experiment(tmp_path, missed_dataset, linear_model_path):

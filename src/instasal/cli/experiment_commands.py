@@ -8,9 +8,8 @@ recorded in the outputs). Options are checked before torch is imported.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.markup import escape
@@ -33,6 +32,9 @@ from instasal.errors import ConfigurationError
 from instasal.folders import output_folder_lock
 from instasal.progress import pipeline_progress
 from instasal.typing import Context, UncertaintyMethod, UncertaintySignal
+
+if TYPE_CHECKING:
+    from instasal.experiments.options import ExperimentOptions
 
 __all__ = ["experiment_app"]
 
@@ -71,21 +73,32 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 def _run(
-    runner: Callable[..., dict[str, Any]],
+    name: str,
     dataset: Path,
     model: str,
     out: Path,
+    options: ExperimentOptions,
     *,
+    overwrite: bool,
     trust_model_code: bool,
-    **options: Any,
+    **parameters: Any,
 ) -> None:
-    """Load the model, hold ``out``, run the experiment with progress and print its summary."""
+    """Load the model, hold ``out`` (the experiment's files refused before any work unless
+    ``overwrite``), run experiment ``name`` with progress, draw its figure, write the result and
+    print its summary."""
+    from instasal.experiments.catalogue import EXPERIMENTS
+    from instasal.experiments.results import refuse_existing, write_experiment
     from instasal.models import load_model
 
+    experiment = EXPERIMENTS[name]
     network = load_model(model, trust_code=trust_model_code)
-    with output_folder_lock(out), pipeline_progress(console) as progress:
-        summary = runner(dataset, network, out, progress=progress, **options)
-    _print_summary(summary, out)
+    with output_folder_lock(out):
+        refuse_existing(experiment.outputs, out, overwrite)
+        with pipeline_progress(console) as progress:
+            result = experiment.run(dataset, network, options, progress=progress, **parameters)
+        figure = None if experiment.figure is None else experiment.figure(result)
+        write_experiment(result, out, figure, overwrite=overwrite)
+    _print_summary(result.summary(), out)
 
 
 @experiment_app.command("context")
@@ -108,20 +121,21 @@ def context(
     if not 0.0 <= band[0] < band[1]:
         raise ConfigurationError(f"--band must be two volumes 0 <= low < high, got {band}")
     _check_inputs(dataset, [model], ignore_channel_names)
-    from instasal.experiments.runner import run_context_experiment
+    from instasal.experiments.options import ExperimentOptions
 
+    options = ExperimentOptions(
+        seed=seed, context=context, ignore_channel_names=ignore_channel_names
+    )
     _run(
-        run_context_experiment,
+        "context",
         dataset,
         model,
         out,
+        options,
+        overwrite=overwrite,
         trust_model_code=trust_model_code,
         volume_band_mm3=band,
         max_lesions=max_lesions,
-        seed=seed,
-        context=context,
-        overwrite=overwrite,
-        ignore_channel_names=ignore_channel_names,
     )
 
 
@@ -141,19 +155,20 @@ def relocation(
 ) -> None:
     """Relocation: a lesion copied into white matter, out of the brain, and out with its rim."""
     _check_inputs(dataset, [model], ignore_channel_names)
-    from instasal.experiments.runner import run_relocation_experiment
+    from instasal.experiments.options import ExperimentOptions
 
+    options = ExperimentOptions(
+        seed=seed, context=context, ignore_channel_names=ignore_channel_names
+    )
     _run(
-        run_relocation_experiment,
+        "relocation",
         dataset,
         model,
         out,
+        options,
+        overwrite=overwrite,
         trust_model_code=trust_model_code,
         max_lesions=max_lesions,
-        seed=seed,
-        context=context,
-        overwrite=overwrite,
-        ignore_channel_names=ignore_channel_names,
     )
 
 
@@ -178,19 +193,20 @@ def patch_vs_full(
     if context == "full":
         raise ConfigurationError("--context is the one compared with full: patch or deployed")
     _check_inputs(dataset, [model], ignore_channel_names)
-    from instasal.experiments.runner import run_patch_full_experiment
+    from instasal.experiments.options import ExperimentOptions
 
+    options = ExperimentOptions(
+        seed=seed, context=context, ignore_channel_names=ignore_channel_names
+    )
     _run(
-        run_patch_full_experiment,
+        "patch-vs-full",
         dataset,
         model,
         out,
+        options,
+        overwrite=overwrite,
         trust_model_code=trust_model_code,
         max_lesions=max_lesions,
-        seed=seed,
-        context=context,
-        overwrite=overwrite,
-        ignore_channel_names=ignore_channel_names,
     )
 
 
@@ -242,14 +258,19 @@ def uncertainty(
     if not all(math.isfinite(value) and value >= 0 for value in level or []):
         raise ConfigurationError(f"--level must be finite numbers >= 0, got {level}")
     _check_inputs(dataset, [model, *(models or [])], ignore_channel_names)
-    from instasal.experiments.uncertainty_sweep import run_uncertainty_experiment
+    from instasal.experiments.options import ExperimentOptions
     from instasal.models import load_model
 
+    options = ExperimentOptions(
+        seed=seed, context=context, ignore_channel_names=ignore_channel_names
+    )
     _run(
-        run_uncertainty_experiment,
+        "uncertainty",
         dataset,
         model,
         out,
+        options,
+        overwrite=overwrite,
         trust_model_code=trust_model_code,
         method=method,
         signal=signal,
@@ -258,8 +279,4 @@ def uncertainty(
         max_subjects=max_subjects,
         n_samples=n_samples,
         max_explained=max_explained,
-        seed=seed,
-        context=context,
-        overwrite=overwrite,
-        ignore_channel_names=ignore_channel_names,
     )

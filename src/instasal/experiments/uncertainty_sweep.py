@@ -14,25 +14,26 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from torch import nn
 
 from instasal.analyses.detection import error_detection
-from instasal.errors import ConfigurationError, OutputExistsError
-from instasal.experiments.runner import nan_to_none, save_figure, write_table
+from instasal.errors import ConfigurationError
+from instasal.experiments.options import ExperimentOptions, check_options
+from instasal.experiments.results import (
+    UncertaintyResult,
+    context_fields,
+    explained_domains,
+)
 from instasal.experiments.subjects import (
     ExperimentSubject,
-    context_record,
     prepared_subjects,
     reference_subjects,
 )
 from instasal.instances import Instances, connected_components
-from instasal.io import atomic_write_json
 from instasal.models.cards import ModelCard, card_of
 from instasal.models.uncertainty import (
     Candidates,
@@ -51,12 +52,6 @@ from instasal.typing import Context, PathLike, Progress, check_choice
 __all__ = ["EXPLAINED_KINDS", "default_levels", "run_uncertainty_experiment"]
 
 EXPLAINED_KINDS: tuple[str, ...] = ("found_FN", "false_alarm")
-OUTPUTS = (
-    "uncertainty_candidates.tsv",
-    "uncertainty_curve.tsv",
-    "uncertainty_summary.json",
-    "uncertainty.png",
-)
 _LESIONS_PER_CALL = 8
 
 
@@ -236,48 +231,10 @@ def _curve(
     return pd.DataFrame(rows)
 
 
-def _figure(curve: pd.DataFrame, domains: pd.DataFrame, peak: str, auc: float) -> Any:
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    left.plot(curve["false_alarms_per_subject"], curve["fraction_FN_found"], "o-", color="#1b9e77")
-    for _, row in curve.iterrows():
-        left.annotate(
-            f"{row['level']:g}",
-            (row["false_alarms_per_subject"], row["fraction_FN_found"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
-        )
-    left.set_xlabel("false-alarm candidates per subject")
-    left.set_ylabel("missed lesions found (fraction of FN)")
-    left.set_ylim(0, 1)
-    left.set_title("candidate rule swept over levels", fontsize=9)
-    rng = np.random.default_rng(0)
-    for position, (kind, colour) in enumerate(
-        (("found_FN", "#d95f02"), ("false_alarm", "#7570b3"))
-    ):
-        values = domains.loc[domains["kind"] == kind, peak].dropna().to_numpy()
-        jitter = rng.uniform(-0.15, 0.15, size=values.size)
-        right.scatter(position + jitter, values, s=10, alpha=0.6, color=colour)
-        if values.size:
-            right.hlines(np.median(values), position - 0.25, position + 0.25, color="k")
-    right.set_xticks(
-        [0, 1],
-        [
-            f"found FN (n={int((domains['kind'] == 'found_FN').sum())})",
-            f"false alarm (n={int((domains['kind'] == 'false_alarm').sum())})",
-        ],
-    )
-    right.set_ylabel(f"{peak.replace('_', ' ')} saliency")
-    right.set_title(f"explained candidates, ROC AUC {auc:.2f}", fontsize=9)
-    figure.tight_layout()
-    return figure
-
-
 def run_uncertainty_experiment(
     dataset: PathLike,
     model: nn.Module,
-    out: PathLike,
+    options: ExperimentOptions = ExperimentOptions(),
     *,
     method: UncertaintyMethod = "tta",
     signal: UncertaintySignal = "max",
@@ -287,12 +244,8 @@ def run_uncertainty_experiment(
     max_subjects: int | None = None,
     n_samples: int = 8,
     max_explained: int = 4,
-    seed: int = 0,
-    context: Context | None = None,
-    overwrite: bool = False,
     progress: Progress | None = None,
-    ignore_channel_names: bool = False,
-) -> dict[str, Any]:
+) -> UncertaintyResult:
     """Candidates for missed lesions from uncertainty, typed and explained, over a dataset.
 
     Parameters
@@ -301,10 +254,11 @@ def run_uncertainty_experiment(
         A BIDS-like dataset; subjects with a reference lesion mask are used.
     model
         The loaded model whose misses are sought (its card's threshold gives the prediction).
-    out
-        Output folder: ``uncertainty_candidates.tsv`` (one row per candidate and level),
-        ``uncertainty_curve.tsv`` (one row per level), ``uncertainty_summary.json`` and
-        ``uncertainty.png``.
+    options
+        The run's seed (of MC dropout, of the sample of explained domains and of the SmoothGrad
+        noise), the context the maps differentiate (resolved as ``explain`` resolves it,
+        :func:`instasal.pipeline.context_choice.resolve_context`; ``None``: the prediction's
+        own), and the channel-name check.
     method
         ``"tta"`` (8 flips), ``"mc_dropout"`` (``dropout_passes`` passes) or ``"ensemble"``
         (``model`` with the members ``ensemble``); see :mod:`instasal.models.uncertainty`.
@@ -321,32 +275,25 @@ def run_uncertainty_experiment(
     max_explained
         Domains explained per subject, level and kind (found FN, false alarm), a seeded uniform
         sample; the other rows have no saliency columns.
-    seed
-        Seed of MC dropout, of the sample of explained domains and of the SmoothGrad noise.
-    context
-        The forward pass the maps differentiate, resolved as ``explain`` resolves it
-        (:func:`instasal.pipeline.context_choice.resolve_context`; ``None``: the prediction's
-        own); recorded in the summary.
-    overwrite
-        Replace existing outputs; otherwise they are refused before any work.
-    ignore_channel_names
-        As in :func:`instasal.experiments.runner.prepared_subjects`.
+    progress
+        Called with each stage, rows done and rows in all.
 
     Returns
     -------
-    dict
-        The summary written to ``uncertainty_summary.json``.
+    UncertaintyResult
+        The candidates and the per-level curve, written by
+        :func:`~instasal.experiments.results.write_experiment` as
+        ``uncertainty_candidates.tsv``, ``uncertainty_curve.tsv``, ``uncertainty_summary.json``
+        and, given :func:`~instasal.experiments.figures.uncertainty_figure`, ``uncertainty.png``.
     """
+    check_options(options)
     card = card_of(model)
     levels = tuple(
         float(v) for v in (default_levels(signal, card.threshold) if levels is None else levels)
     )
     _check_arguments(method, signal, levels, max_subjects, max_explained)
+    seed = options.seed
     smoothgrad = SmoothGradConfig(n_samples=n_samples, seed=seed)
-    out = Path(out)
-    for name in OUTPUTS:
-        if (out / name).exists() and not overwrite:
-            raise OutputExistsError(f"{out / name}: exists already (pass overwrite=True)")
     plan = _SweepPlan(
         method, signal, levels, tuple(ensemble), dropout_passes, smoothgrad, max_explained, seed
     )
@@ -357,8 +304,8 @@ def run_uncertainty_experiment(
         dataset,
         model,
         limit=max_subjects,
-        context=context,
-        ignore_channel_names=ignore_channel_names,
+        context=options.context,
+        ignore_channel_names=options.ignore_channel_names,
     )
     for index, prepared in enumerate(subjects):
         if progress is not None:
@@ -371,7 +318,7 @@ def run_uncertainty_experiment(
         raise ConfigurationError(
             f"{dataset}: no candidate domain at levels {list(levels)}; lower the levels"
         )
-    return _write_outputs(table, sweeps, plan, card, out, overwrite, started)
+    return _result(table, sweeps, plan, card, started)
 
 
 @dataclass(frozen=True)
@@ -453,57 +400,46 @@ def _sweep_subject(
     return _SubjectSweep(table, counts, uncertainty.n_passes, seconds, context)
 
 
-def _write_outputs(
+def _result(
     table: pd.DataFrame,
     sweeps: Sequence[_SubjectSweep],
     plan: _SweepPlan,
     card: ModelCard,
-    out: Path,
-    overwrite: bool,
     started: float,
-) -> dict[str, Any]:
-    """The per-level curve, the ROC AUC of the explained sample, the tables, figure and summary."""
+) -> UncertaintyResult:
+    """The per-level curve and the ROC AUC of the explained sample, with the sweep's counts."""
     peak = f"peak_{card.channel_names[0]}"
     if peak not in table:
         table[peak] = np.nan
     counts = [s.counts for s in sweeps]
     curve = _curve(table, pd.DataFrame(counts), plan.levels, peak)
-    domains = table.drop_duplicates(["subject", "domain"])
-    explained = domains[domains[peak].notna()]
+    explained = explained_domains(table, peak)
     auc, n_found, n_false = _auc(explained, peak)
-    out.mkdir(parents=True, exist_ok=True)
-    write_table(out, "uncertainty_candidates", table, overwrite)
-    write_table(out, "uncertainty_curve", curve, overwrite)
-    save_figure(_figure(curve, explained, peak, auc), out / "uncertainty.png", overwrite)
     seconds = {
         part: float(sum(s.seconds[part] for s in sweeps)) for part in ("uncertainty", "saliency")
     }
-    summary = {
-        "method": plan.method,
-        "signal": plan.signal,
-        "n_passes": sweeps[-1].n_passes,
-        "levels": list(plan.levels),
-        "candidate_rule": f"18-connected components of voxels whose {plan.signal} over the "
-        "passes is >= level and that neither overlap nor touch a predicted lesion "
-        f"(plain probability >= {card.threshold}), volume > 5 mm³",
-        "n_subjects": len(counts),
-        "n_reference_lesions": int(sum(c["n_reference_lesions"] for c in counts)),
-        "n_FN": int(sum(c["n_FN"] for c in counts)),
-        "per_level": curve.astype(object).where(curve.notna(), None).to_dict(orient="records"),
-        "explained": {
-            **context_record([s.context for s in sweeps]),
-            "n_samples": plan.smoothgrad.n_samples,
-            "max_per_subject_level_kind": plan.max_explained,
-            "n_found_FN_domains": n_found,
-            "n_false_alarm_domains": n_false,
-            f"auc_{peak}": nan_to_none(auc),
-            "auc_max_probability": nan_to_none(_auc(explained, "max_probability")[0]),
-        },
-        "seconds": {**seconds, "total": time.perf_counter() - started},
-        "seed": plan.seed,
-    }
-    atomic_write_json(out / "uncertainty_summary.json", summary, overwrite=overwrite)
-    return summary
+    return UncertaintyResult(
+        candidates=table,
+        curve=curve,
+        method=plan.method,
+        signal=plan.signal,
+        levels=plan.levels,
+        threshold=card.threshold,
+        n_passes=sweeps[-1].n_passes,
+        n_subjects=len(counts),
+        n_reference_lesions=int(sum(c["n_reference_lesions"] for c in counts)),
+        n_FN=int(sum(c["n_FN"] for c in counts)),
+        **context_fields([s.context for s in sweeps]),
+        n_samples=plan.smoothgrad.n_samples,
+        max_explained=plan.max_explained,
+        peak=peak,
+        n_found_FN_domains=n_found,
+        n_false_alarm_domains=n_false,
+        auc_peak=auc,
+        auc_max_probability=_auc(explained, "max_probability")[0],
+        seconds={**seconds, "total": time.perf_counter() - started},
+        seed=plan.seed,
+    )
 
 
 def _on_working_grid(members: Sequence[nn.Module], network: nn.Module) -> list[nn.Module]:
