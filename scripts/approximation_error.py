@@ -42,14 +42,12 @@ def _domain_rows(prepared, model, args) -> pd.DataFrame:
     import torch
 
     from instasal.experiments.subjects import sample_lesions
-    from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
-    from instasal.saliency.smoothgrad import smoothgrad_work
+    from instasal.saliency import InstanceSmoothGrad, SmoothGradConfig
     from instasal.trust import neighbourhood
 
-    base = prepared.smoothgrad(
-        model, SmoothGradConfig(n_samples=args.samples, seed=args.seed, engine="batched")
-    )
-    base = replace(base, context=args.context)
+    base = SmoothGradConfig(n_samples=args.samples, seed=args.seed, engine="batched")
+    explained = replace(prepared.explained(model), context=args.context)
+    exact_method = InstanceSmoothGrad(prepared.network, base)
     eligible = [*prepared.instances.of_kind("TP"), *prepared.instances.of_kind("FP")]
     spacing = prepared.subject.spacing
     flair = list(prepared.subject.channel_names).index("FLAIR")
@@ -59,15 +57,14 @@ def _domain_rows(prepared, model, args) -> pd.DataFrame:
         near = neighbourhood(omega, spacing)
         domain = {0: torch.from_numpy(omega)}
         started = time.perf_counter()
-        exact = instance_smoothgrad_many(prepared.network, prepared.x, domain, base)[0].numpy()
+        exact = exact_method.attribute(prepared.x, domain, explained)[0].numpy()
         seconds_exact = time.perf_counter() - started
-        rows_exact = smoothgrad_work(prepared.network, prepared.x, domain, base).rows
+        rows_exact = exact_method.work(prepared.x, domain, explained).rows
         scale = float(np.abs(exact[:, near]).max())
         for stride in args.strides:
-            config = replace(base, max_stride=stride)
+            method = InstanceSmoothGrad(prepared.network, replace(base, max_stride=stride))
             started = time.perf_counter()
-            approx = instance_smoothgrad_many(prepared.network, prepared.x, domain, config)[0]
-            approx = approx.numpy()
+            approx = method.attribute(prepared.x, domain, explained)[0].numpy()
             seconds = time.perf_counter() - started
             pair = np.stack([exact[:, near].ravel(), approx[:, near].ravel()])
             rows.append(
@@ -80,9 +77,7 @@ def _domain_rows(prepared, model, args) -> pd.DataFrame:
                     "correlation": float(np.corrcoef(pair)[0, 1]),
                     "max_error": float(np.abs(pair[0] - pair[1]).max() / scale),
                     "rows_exact": rows_exact,
-                    "rows_approximate": smoothgrad_work(
-                        prepared.network, prepared.x, domain, config
-                    ).rows,
+                    "rows_approximate": method.work(prepared.x, domain, explained).rows,
                     "seconds_exact": seconds_exact,
                     "seconds_approximate": seconds,
                 }

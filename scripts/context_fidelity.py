@@ -44,7 +44,12 @@ from instasal.models.inference import probability_from_logits
 from instasal.models.segmentation import predict_prepared
 from instasal.phantoms import write_cohort
 from instasal.prepare import prepare_subject
-from instasal.saliency import SmoothGradConfig, explained_logits, instance_smoothgrad_many
+from instasal.saliency import (
+    ExplainedPass,
+    InstanceSmoothGrad,
+    SmoothGradConfig,
+    explained_logits,
+)
 
 MODELS = ("unet", "nnunet", "swinunetr")
 CONTEXTS = ("deployed", "patch", "full")
@@ -71,7 +76,7 @@ def _lesion_rows(model_name: str, cohort: Path, timed: int) -> tuple[list[dict],
                 prepared.network,
                 prepared.x,
                 domains,
-                SmoothGradConfig(context=context, target=card.target_class),  # type: ignore[arg-type]
+                ExplainedPass(target=card.target_class, context=context),  # type: ignore[arg-type]
             )
             for context in CONTEXTS
         }
@@ -99,13 +104,12 @@ def _timings(
 ) -> list[dict]:
     chosen = sorted(domains)[:timed]
     rows = []
+    method = InstanceSmoothGrad(prepared.network, SmoothGradConfig(n_samples=1))
     for context in CONTEXTS:
-        config = SmoothGradConfig(n_samples=1, context=context, target=target)  # type: ignore[arg-type]
+        explained = ExplainedPass(target=target, context=context)  # type: ignore[arg-type]
         for domain_id in chosen:
             started = time.perf_counter()
-            instance_smoothgrad_many(
-                prepared.network, prepared.x, {domain_id: domains[domain_id]}, config
-            )
+            method.attribute(prepared.x, {domain_id: domains[domain_id]}, explained)
             seconds = time.perf_counter() - started
             voxels = int(domains[domain_id].sum())
             rows.append(

@@ -61,10 +61,11 @@ def main(argv: list[str]) -> int:
     from instasal.experiments.subjects import prepared_subjects
     from instasal.io import atomic_write_text
     from instasal.models import load_model
-    from instasal.saliency import GradCamConfig, instance_gradcam_many
+    from instasal.saliency import ExplainedPass, GradCamConfig, instance_gradcam_many
     from instasal.trust import deletion_insertion
 
     model = load_model(args.model)
+    patch = ExplainedPass(context="patch")
     rows = []
     for prepared in prepared_subjects(args.cohort, model, limit=args.subjects):
         name = prepared.files.subject_id
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
             domains = {r.id: prepared.instances.mask(r.id) for r in records[: args.domains]}
             maps = {
                 label: instance_gradcam_many(
-                    prepared.network, prepared.x, domains, GradCamConfig(layer, context="patch")
+                    prepared.network, prepared.x, domains, GradCamConfig(layer), patch
                 )
                 for label, layer in LAYERS.items()
             }
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
                     {f"gradcam_{label}": m for label, m in per_layer.items()},
                     spacing=prepared.subject.spacing,
                     tissue=prepared.brain_mask,
-                    context="patch",
+                    explained=patch,
                 )
                 for label, saliency_map in per_layer.items():
                     rows.append(

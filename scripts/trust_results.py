@@ -32,18 +32,20 @@ KINDS = ("randomisation", "faithfulness", "profiles")
 def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
     from instasal.experiments.subjects import sample_lesions
     from instasal.saliency import (
+        ExplainedPass,
         GradCamConfig,
+        InstanceGradCam,
+        InstanceSmoothGrad,
         SmoothGradConfig,
-        instance_gradcam_many,
-        instance_smoothgrad_many,
     )
     from instasal.saliency.summaries import lesion_summary
     from instasal.trust import channel_ablation, deletion_insertion, radial_profile, randomisation
 
     card = prepared.network.card
-    config = SmoothGradConfig(n_samples=args.samples, context="patch", seed=0)
+    config = SmoothGradConfig(n_samples=args.samples, seed=0)
+    patch = ExplainedPass(context="patch")
     layer = card.get("gradcam_layer")
-    gradcam = GradCamConfig(layer, context="patch") if layer else None
+    gradcam = GradCamConfig(layer) if layer else None
     spacing = prepared.subject.spacing
     eligible = prepared.instances.of_kind("TP")
     records = sample_lesions(prepared, eligible, args.lesions, args.seed)
@@ -57,16 +59,19 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
             spacing=spacing,
             smoothgrad=config,
             gradcam=gradcam,
+            explained=patch,
             steps=args.steps,
             modes=("cascading",),
         )
         rows = [{"method": m, **sanity.verdict(m)} for m in sorted(set(sanity.table["method"]))]
         verdicts = pd.DataFrame(rows).assign(lesion=record.id)
         tables["randomisation"].append(verdicts.merge(sanity.table, on="method"))
-        smoothgrad = instance_smoothgrad_many(prepared.network, prepared.x, {0: omega}, config)[0]
+        method = InstanceSmoothGrad(prepared.network, config)
+        smoothgrad = method.attribute(prepared.x, {0: omega}, patch)[0]
         maps = {"smoothgrad": smoothgrad.cpu().numpy()}
         if gradcam is not None:
-            cam = instance_gradcam_many(prepared.network, prepared.x, {0: omega}, gradcam)[0]
+            cam_method = InstanceGradCam(prepared.network, gradcam)
+            cam = cam_method.attribute(prepared.x, {0: omega}, patch)[0]
             maps["gradcam"] = cam.cpu().numpy()
         faithful = deletion_insertion(
             prepared.network,
@@ -75,7 +80,7 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
             maps,
             spacing=spacing,
             tissue=prepared.brain_mask,
-            context="patch",
+            explained=patch,
             n_random=args.random,
         )
         verdicts = {f"better_than_image_{k}": v for k, v in faithful.better_than_image.items()}
@@ -87,7 +92,7 @@ def _subject_tables(prepared, args) -> dict[str, pd.DataFrame]:
             spacing=spacing,
             channel_names=names,
             tissue=prepared.brain_mask,
-            context="patch",
+            explained=patch,
         )
         normal = ablation[ablation["fill"] == "tissue_mean"]
         shares = {

@@ -55,15 +55,14 @@ def two_channel_files(
 
 
 class SmoothGradOptions(TypedDict, total=False):
-    """Keyword options that tests pass alike to several SmoothGrad calls (never ``context``)."""
+    """Keyword options that tests pass alike to several SmoothGrad calls: settings of the method
+    (:class:`instasal.saliency.SmoothGradConfig`), never of the forward pass explained."""
 
-    target: int
     n_samples: int
     noise_level: float
     seed: int
     engine: EngineName
     aggregation: Aggregation
-    patch_size: int
 
 
 def load_nifti(path: PathLike) -> nib.Nifti1Image:

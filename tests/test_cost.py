@@ -16,7 +16,7 @@ from conftest import set_card, write_channels
 from instasal.errors import ConfigurationError
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.pipeline.cost import check_budget, estimate_cost
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many, smoothgrad_work
+from instasal.saliency import ExplainedPass, InstanceSmoothGrad, SmoothGradConfig
 from instasal.typing import Aggregation, Context
 
 
@@ -52,18 +52,16 @@ def _model() -> nn.Module:
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 def test_counted_rows_are_the_rows_computed(context: Context, aggregation: Aggregation) -> None:
     model, x = _model(), torch.randn(2, 12, 12, 12)
-    config = SmoothGradConfig(
-        n_samples=2, context=context, aggregation=aggregation, patch_size=(6, 6, 6)
-    )
+    method = InstanceSmoothGrad(model, SmoothGradConfig(n_samples=2, aggregation=aggregation))
+    explained = ExplainedPass(context=context, patch_size=(6, 6, 6))
     calls: list[tuple[float, float]] = []
-    instance_smoothgrad_many(
-        model,
+    method.attribute(
         x,
         _domains(),
-        config,
+        explained,
         progress=lambda _stage, done, total: calls.append((done, total)),
     )
-    work = smoothgrad_work(model, x, _domains(), config)
+    work = method.work(x, _domains(), explained)
     assert calls[-1] == (work.rows, work.rows)
     assert {total for _, total in calls} == {work.rows}
     if aggregation == "max" and context != "deployed":
@@ -75,16 +73,17 @@ def test_counted_rows_are_the_rows_computed(context: Context, aggregation: Aggre
 
 def test_zero_noise_counts_one_draw() -> None:
     model, x = _model(), torch.randn(2, 12, 12, 12)
-    config = SmoothGradConfig(n_samples=5, noise_level=0.0, context="full")
-    assert smoothgrad_work(model, x, _domains(), config).draws == 1
+    config = SmoothGradConfig(n_samples=5, noise_level=0.0)
+    assert InstanceSmoothGrad(model, config).work(x, _domains()).draws == 1
 
 
 def test_estimate_counts_every_domain_and_the_budget_names_the_choices() -> None:
     model, x = _model(), torch.randn(2, 12, 12, 12)
-    config = SmoothGradConfig(n_samples=4, context="patch", patch_size=(6, 6, 6))
-    estimate = estimate_cost(model, x, _domains(), config, None)
+    config = SmoothGradConfig(n_samples=4)
+    explained = ExplainedPass(context="patch", patch_size=(6, 6, 6))
+    estimate = estimate_cost(model, x, _domains(), config, None, explained)
     assert estimate.domains == 2
-    assert estimate.rows == smoothgrad_work(model, x, _domains(), config).rows
+    assert estimate.rows == InstanceSmoothGrad(model, config).work(x, _domains(), explained).rows
     assert estimate.seconds_per_row > 0
     assert estimate.total_s > 0
     assert f"{estimate.rows:,} Jacobian rows" in estimate.line()

@@ -14,6 +14,7 @@ from torch import nn
 
 from conftest import load_nifti, set_card, write_channels
 from instasal import (
+    ExplainedPass,
     ExplainSettings,
     SmoothGradConfig,
     explain_subject,
@@ -106,8 +107,9 @@ def test_each_setting_changes_the_maps_as_the_engine_does(
     for name, values in VARIANTS.items():
         result, maps = runs[name]
         domains = {int(i): result.instances.mask(int(i)) for i in result.table["id"]}
-        config = SmoothGradConfig(**values, context="patch", target=1)  # type: ignore[arg-type]
-        direct = instance_smoothgrad_many(prepared.network, prepared.x, domains, config)
+        config = SmoothGradConfig(**values)  # type: ignore[arg-type]
+        explained = ExplainedPass(target=1, context="patch")
+        direct = instance_smoothgrad_many(prepared.network, prepared.x, domains, config, explained)
         for lesion_id, written in maps.items():
             expected = direct[lesion_id].numpy()
             scale = float(np.abs(expected).max())

@@ -27,7 +27,7 @@ from instasal.models.nnunet_deployed import (
 from instasal.models.nnunet_predict import predict_nnunet
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.prepare import PreparedSubject, prepare_subject
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
+from instasal.saliency import ExplainedPass, SmoothGradConfig, instance_smoothgrad_many
 from instasal.saliency.deployed import deployed_forward
 from nnunet_artefacts import (
     FLOAT16_PROBABILITY,
@@ -226,8 +226,9 @@ def test_map_is_autograd_through_the_whole_nnunet_forward(
     domain[15:17, 24:26, 6] = True  # between tiles: its voxels depend on several
     domain[2, 2, 2] = True  # outside nnU-Net's crop box: a constant, its row zero
     assert len(forward.cells(domain)) > 1
-    config = SmoothGradConfig(noise_level=0.0, context="deployed", target=1, engine="naive")
-    got = instance_smoothgrad_many(stating.network, prepared.x, {1: domain}, config)[1]
+    config = SmoothGradConfig(noise_level=0.0, engine="naive")
+    explained = ExplainedPass(target=1, context="deployed")
+    got = instance_smoothgrad_many(stating.network, prepared.x, {1: domain}, config, explained)[1]
     leaf = prepared.x[None].clone().requires_grad_(True)
     logits = forward.logits(leaf, range(len(forward.tiling.boxes)))[0, 1]
     expected: torch.Tensor | None = None

@@ -23,7 +23,7 @@ from conftest import load_nifti, write_channels
 from instasal.io import read_subject
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.prepare import prepare_subject
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
+from instasal.saliency import ExplainedPass, SmoothGradConfig, instance_smoothgrad_many
 from instasal.trust.faithfulness import deletion_insertion, window_evaluator
 
 SHAPE = (24, 20, 20)
@@ -152,13 +152,14 @@ def test_deletion_in_the_deployed_context_evaluates_the_predictions_logit(
     assert isinstance(prediction, torch.Tensor)
     omega = np.zeros(SHAPE, dtype=bool)
     omega[11:13, 9:11, 9:11] = True
-    slices, evaluate = window_evaluator(model, omega, context="deployed", volume=x)
+    deployed = ExplainedPass(context="deployed")
+    slices, evaluate = window_evaluator(model, omega, explained=deployed, volume=x)
     ((probability, logit),) = evaluate([x[(slice(None), *slices)].numpy()])
     expected = torch.softmax(prediction[0], dim=0)[1][torch.from_numpy(omega)]
     assert probability == pytest.approx(float(expected.double().mean()), abs=1e-5)
     assert logit == pytest.approx(float(prediction[0, 1][torch.from_numpy(omega)].mean()), abs=1e-4)
     saliency_map = instance_smoothgrad_many(
-        model, x, {1: omega}, SmoothGradConfig(noise_level=0.0, context="deployed")
+        model, x, {1: omega}, SmoothGradConfig(noise_level=0.0), deployed
     )[1]
     faithful = deletion_insertion(
         model,
@@ -168,7 +169,7 @@ def test_deletion_in_the_deployed_context_evaluates_the_predictions_logit(
         spacing=(1.0, 1.0, 1.0),
         n_steps=10,
         n_random=1,
-        context="deployed",
+        explained=deployed,
     )
     start = faithful.curves[faithful.curves["fraction"] == 0]
     assert np.allclose(start[start["kind"] == "deletion"]["logit_mean"], logit, atol=1e-4)

@@ -157,15 +157,10 @@ def test_patch_context_equals_the_naive_loop_on_the_patch_and_is_zero_outside(
     start = min(max((lo + hi + 1) // 2 - SIDE // 2, 0), SIDE)  # centred, shifted inside
     window = (slice(start, start + SIDE), slice(None), slice(None))
     expected = _naive_smoothgrad(patched, wide, domain, window)
-    common: SmoothGradOptions = {
-        "target": 1,
-        "n_samples": N_SAMPLES,
-        "noise_level": NOISE_LEVEL,
-        "seed": SEED,
-    }
-    patch = instance_smoothgrad(patched, wide, domain, context="patch", **common)
+    common: SmoothGradOptions = {"n_samples": N_SAMPLES, "noise_level": NOISE_LEVEL, "seed": SEED}
+    patch = instance_smoothgrad(patched, wide, domain, target=1, context="patch", **common)
     _assert_float32_close(patch, expected)
-    full = instance_smoothgrad(patched, wide, domain, context="full", **common)
+    full = instance_smoothgrad(patched, wide, domain, target=1, context="full", **common)
     outside = torch.ones_like(domain)
     outside[window] = False
     assert float(full[0][outside].abs().max()) > 0  # full context does see beyond the patch
@@ -178,12 +173,7 @@ def test_patch_spanning_the_volume_equals_full_context(network, t1, monkeypatch)
     monkeypatch.setattr(network, "card", card.to_dict())
     patched = network
     domain = _uncertain_voxels(network, t1, 3)
-    common: SmoothGradOptions = {
-        "target": 1,
-        "n_samples": N_SAMPLES,
-        "noise_level": NOISE_LEVEL,
-        "seed": SEED,
-    }
-    patch = instance_smoothgrad(patched, t1, domain, context="patch", **common)
-    full = instance_smoothgrad(patched, t1, domain, context="full", **common)
+    common: SmoothGradOptions = {"n_samples": N_SAMPLES, "noise_level": NOISE_LEVEL, "seed": SEED}
+    patch = instance_smoothgrad(patched, t1, domain, target=1, context="patch", **common)
+    full = instance_smoothgrad(patched, t1, domain, target=1, context="full", **common)
     _assert_float32_close(patch, full)

@@ -11,6 +11,7 @@ from torch import nn
 from conftest import SmoothGradOptions, set_card
 from instasal.errors import ConfigurationError
 from instasal.saliency import (
+    ExplainedPass,
     SmoothGradConfig,
     context_agreement,
     instance_smoothgrad,
@@ -55,10 +56,12 @@ def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
     x = torch.randn(2, 36, 32, 28)
     domain = torch.zeros(36, 32, 28, dtype=torch.bool)
     domain[10:12, 20, 14] = True
-    kwargs: SmoothGradOptions = {"patch_size": 20, "n_samples": 2, "seed": 4, "engine": "naive"}
-    report = patch_full_agreement(model, x, domain, SmoothGradConfig(**kwargs))
-    full = instance_smoothgrad(model, x, domain, context="full", **kwargs)
-    patch = instance_smoothgrad(model, x, domain, context="patch", **kwargs)
+    kwargs: SmoothGradOptions = {"n_samples": 2, "seed": 4, "engine": "naive"}
+    report = patch_full_agreement(
+        model, x, domain, SmoothGradConfig(**kwargs), ExplainedPass(patch_size=20)
+    )
+    full = instance_smoothgrad(model, x, domain, context="full", patch_size=20, **kwargs)
+    patch = instance_smoothgrad(model, x, domain, context="patch", patch_size=20, **kwargs)
     expected = map_agreement(patch, full)
     for key, value in expected.items():
         assert report[key] == pytest.approx(value)
@@ -72,13 +75,13 @@ def test_patch_full_agreement_compares_the_two_contexts(dense: bool) -> None:
     assert not math.isnan(report["correlation"])
 
 
-def test_the_configs_context_does_not_matter() -> None:
+def test_the_given_context_does_not_matter() -> None:
     torch.manual_seed(1)
     model, x = _Net(True), torch.randn(2, 24, 24, 24)
     domain = torch.zeros(24, 24, 24, dtype=torch.bool)
     domain[10:12, 10, 10] = True
     reports = [
-        patch_full_agreement(model, x, domain, SmoothGradConfig(context=c, patch_size=12))
+        patch_full_agreement(model, x, domain, None, ExplainedPass(context=c, patch_size=12))
         for c in ("full", "patch")
     ]
     assert reports[0] == reports[1]
@@ -90,15 +93,15 @@ def test_context_agreement_compares_the_deployed_context_with_full() -> None:
     set_card(pointwise, {"patch_size": [8, 8, 8]})
     x, domain = torch.randn(2, 20, 20, 20), torch.zeros(20, 20, 20, dtype=torch.bool)
     domain[4:6, 5, 5] = True
-    config = SmoothGradConfig(n_samples=2, context="deployed")
+    config, deployed = SmoothGradConfig(n_samples=2), ExplainedPass(context="deployed")
     # a voxel's logit reads that voxel only: every window blends the one row the full pass gives
-    same = context_agreement(pointwise, x, domain, config)
+    same = context_agreement(pointwise, x, domain, config, deployed)
     assert same["correlation"] == pytest.approx(1.0) and same["relative_max_difference"] < 1e-6
     assert same["full_mass_outside_window"] == 0.0
     # instance norm lets every voxel of the volume move Ω's logits: mass outside the windows
     dense = _Net(True)
     set_card(dense, {"patch_size": [8, 8, 8]})
-    report = context_agreement(dense, x, domain, config)
+    report = context_agreement(dense, x, domain, config, deployed)
     assert 0 < report["full_mass_outside_window"] < 1 and report["correlation"] < 0.99
     with pytest.raises(ConfigurationError, match="patch or deployed, got 'full'"):
-        context_agreement(dense, x, domain, SmoothGradConfig(context="full"))
+        context_agreement(dense, x, domain, config, ExplainedPass(context="full"))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from instasal.errors import ConfigurationError
 from instasal.pipeline.settings import ExplainSettings
 from instasal.saliency import SmoothGradConfig, instance_smoothgrad
-from instasal.saliency.smoothgrad import row_lattice, smoothgrad_work
+from instasal.saliency.smoothgrad import InstanceSmoothGrad, row_lattice
 from instasal.typing import Context
 from test_saliency_smoothgrad import _reference_map, _SmallNonlinear
 
@@ -70,8 +70,10 @@ def test_approximation_counts_its_rows_and_is_flagged() -> None:
     model = _SmallNonlinear()
     omega = _blob()
     x = torch.randn(2, *SHAPE)
-    exact = smoothgrad_work(model, x, {1: omega}, SmoothGradConfig(n_samples=3))
-    approximate = smoothgrad_work(model, x, {1: omega}, SmoothGradConfig(n_samples=3, max_stride=2))
+    exact = InstanceSmoothGrad(model, SmoothGradConfig(n_samples=3)).work(x, {1: omega})
+    approximate = InstanceSmoothGrad(model, SmoothGradConfig(n_samples=3, max_stride=2)).work(
+        x, {1: omega}
+    )
     assert exact.rows == 3 * int(omega.sum())
     assert approximate.rows == 3 * int(row_lattice(omega, 2).sum()) < exact.rows
     mean = SmoothGradConfig(aggregation="mean", max_stride=2)

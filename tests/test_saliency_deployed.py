@@ -10,7 +10,12 @@ from torch import nn
 
 from instasal.errors import ConfigurationError
 from instasal.prepare import ResampledNetwork, resample
-from instasal.saliency import SmoothGradConfig, explained_logits, instance_smoothgrad_many
+from instasal.saliency import (
+    ExplainedPass,
+    SmoothGradConfig,
+    explained_logits,
+    instance_smoothgrad_many,
+)
 from instasal.saliency.deployed import (
     SLIDING_WINDOW_OVERLAP,
     SLIDING_WINDOW_SIGMA_SCALE,
@@ -23,6 +28,7 @@ from instasal.typing import Aggregation
 # float32 sums of a few hundred products of O(1) terms: ~1e-6 of the largest entry
 ROUND_OFF = 1e-5
 PATCH = (8, 8, 8)
+DEPLOYED = ExplainedPass(context="deployed")
 
 
 class _Net(nn.Module):
@@ -85,10 +91,8 @@ def test_deployed_maps_are_the_rows_of_monais_sliding_window_logit(
     net = _Net().eval()
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
     domains = _domains(shape)
-    config = SmoothGradConfig(
-        noise_level=0.0, context="deployed", aggregation=aggregation, engine="naive"
-    )
-    maps = instance_smoothgrad_many(net, x, domains, config)
+    config = SmoothGradConfig(noise_level=0.0, aggregation=aggregation, engine="naive")
+    maps = instance_smoothgrad_many(net, x, domains, config, DEPLOYED)
     for domain_id, domain in domains.items():
         expected = _oracle(net, x, domain, 1, aggregation)
         peak = float(expected.abs().max())
@@ -101,8 +105,8 @@ def test_deployed_smoothgrad_averages_the_oracle_over_the_same_noise_draws() -> 
     shape = (20, 14, 10)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2))
     domain = _domains(shape)[1]
-    config = SmoothGradConfig(n_samples=2, noise_level=0.1, seed=7, context="deployed")
-    got = instance_smoothgrad_many(net, x, {1: domain}, config)[1]
+    config = SmoothGradConfig(n_samples=2, noise_level=0.1, seed=7)
+    got = instance_smoothgrad_many(net, x, {1: domain}, config, DEPLOYED)[1]
     draws = noisy_inputs(x, n_samples=2, noise_level=0.1, noise_range="per_channel", seed=7)
     expected = torch.stack([_oracle(net, d, domain, 1, "max") for d in draws]).mean(0)
     peak = float(expected.abs().max())
@@ -117,7 +121,7 @@ def test_deployed_differs_from_patch_and_full_where_windows_blend() -> None:
     domain = {1: _domains(shape)[1]}
     maps = {
         context: instance_smoothgrad_many(
-            net, x, domain, SmoothGradConfig(noise_level=0.0, context=context)
+            net, x, domain, SmoothGradConfig(noise_level=0.0), ExplainedPass(context=context)
         )[1]
         for context in ("deployed", "patch", "full")
     }
@@ -152,9 +156,9 @@ def test_deployed_without_a_patch_size_is_refused_not_replaced() -> None:
     x = torch.randn(2, 12, 12, 12)
     domain = {1: _domains((12, 12, 12))[1]}
     with pytest.raises(ConfigurationError, match="patch_size"):
-        instance_smoothgrad_many(net, x, domain, SmoothGradConfig(context="deployed"))
+        instance_smoothgrad_many(net, x, domain, SmoothGradConfig(), DEPLOYED)
     with pytest.raises(ConfigurationError, match="deployed"):
-        context_windows(net, list(domain.values()), "deployed", None, None)
+        context_windows(net, list(domain.values()), DEPLOYED)
 
 
 def test_a_resampled_network_is_explained_through_the_predictions_resampling() -> None:
@@ -167,8 +171,8 @@ def test_a_resampled_network_is_explained_through_the_predictions_resampling() -
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     domain = torch.zeros(shape, dtype=torch.bool)
     domain[12:14, 9:11, 8:9] = True
-    config = SmoothGradConfig(noise_level=0.0, context="deployed", engine="naive")
-    got = instance_smoothgrad_many(model, x, {1: domain}, config)[1]
+    config = SmoothGradConfig(noise_level=0.0, engine="naive")
+    got = instance_smoothgrad_many(model, x, {1: domain}, config, DEPLOYED)[1]
     leaf = x.clone().requires_grad_(True)
     inner = resample(leaf[None], model.model_grid_shape(shape))[0]
     logits = resample(_monai_logits(net, inner)[None], shape, grow="nearest")[0, 1]
@@ -179,5 +183,5 @@ def test_a_resampled_network_is_explained_through_the_predictions_resampling() -
     assert best is not None
     peak = float(best.abs().max())
     torch.testing.assert_close(got, best, rtol=0, atol=ROUND_OFF * peak)
-    explained = explained_logits(model, x, {1: domain}, config)[1]
+    explained = explained_logits(model, x, {1: domain}, DEPLOYED)[1]
     torch.testing.assert_close(explained[1], logits.detach()[domain], rtol=0, atol=ROUND_OFF)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instasal.prepare import ResampledNetwork
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
+from instasal.saliency import ExplainedPass, SmoothGradConfig, instance_smoothgrad_many
 from instasal.saliency.noise import noise_grid, noisy_inputs
 from instasal.saliency.summaries import lesion_summary
 from instasal.typing import Context
@@ -66,10 +66,11 @@ def test_an_exact_1mm_copy_gets_the_2mm_densities_with_noise_on(context: Context
     net = _Net().eval()
     fine_model = ResampledNetwork(net, [1.0, 1.0, 1.0]).eval()
     x = torch.randn(2, *COARSE, generator=torch.Generator().manual_seed(8))
-    config = SmoothGradConfig(n_samples=2, noise_level=0.1, context=context, seed=5)
-    coarse = instance_smoothgrad_many(net, x, _domains(), config)
+    method = SmoothGradConfig(n_samples=2, noise_level=0.1, seed=5)
+    explained = ExplainedPass(context=context)
+    coarse = instance_smoothgrad_many(net, x, _domains(), method, explained)
     fine_domains = {i: _finer(d) for i, d in _domains().items()}
-    fine = instance_smoothgrad_many(fine_model, _finer(x), fine_domains, config)
+    fine = instance_smoothgrad_many(fine_model, _finer(x), fine_domains, method, explained)
     for i, domain in _domains().items():
         expected = _finer(coarse[i]) / 8
         peak = float(expected.abs().max())

@@ -14,7 +14,12 @@ from captum.attr import Saliency
 from torch import nn
 
 from conftest import SmoothGradOptions, set_card
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad, instance_smoothgrad_many
+from instasal.saliency import (
+    ExplainedPass,
+    SmoothGradConfig,
+    instance_smoothgrad,
+    instance_smoothgrad_many,
+)
 from instasal.saliency.noise import noise_sigmas, noisy_inputs
 from instasal.typing import Aggregation, Context, EngineName, NoiseRange
 
@@ -327,19 +332,24 @@ def test_many_domains_with_patches_share_coinciding_patches_and_equal_single_cal
         2: _domain((40, 36, 32), [(2, 2, 2), (2, 3, 2)]),  # same corner patch
         3: _domain((40, 36, 32), [(30, 20, 20)]),
     }
-    kwargs: SmoothGradOptions = {"patch_size": 20, "n_samples": 2, "engine": "naive"}
+    kwargs: SmoothGradOptions = {"n_samples": 2, "engine": "naive"}
     forwards = []
     handle = model.first.register_forward_hook(lambda *args: forwards.append(1))
     try:
         maps = instance_smoothgrad_many(
-            model, x, domains, SmoothGradConfig(context="patch", **kwargs)
+            model,
+            x,
+            domains,
+            SmoothGradConfig(**kwargs),
+            ExplainedPass(context="patch", patch_size=20),
         )
     finally:
         handle.remove()
     assert len(forwards) == 2 * 2  # two distinct patches per noise draw
     for domain_id, domain in domains.items():
         assert torch.equal(
-            maps[domain_id], instance_smoothgrad(model, x, domain, context="patch", **kwargs)
+            maps[domain_id],
+            instance_smoothgrad(model, x, domain, context="patch", patch_size=20, **kwargs),
         )
 
 

@@ -4,7 +4,9 @@ The public API is re-exported here: the entry points (:func:`explain_subject`, :
 :func:`segment_subject`) with their settings (:class:`ExplainSettings`, :class:`SmoothGradConfig`,
 :class:`GradCamConfig`), the models (:func:`load_model`, :func:`card_of`), the subject in a
 model's space (:func:`read_subject`, :func:`prepare_subject`, :func:`predict_prepared`), lesion
-domains and the two methods.
+domains and the two methods (objects :class:`InstanceSmoothGrad` and :class:`InstanceGradCam`
+called with the forward pass explained, :class:`ExplainedPass`; and the keyword functions of SPEC
+§5).
 """
 
 from typing import TYPE_CHECKING
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
     from instasal.pipeline.cohort import run_cohort
     from instasal.prepare import prepare_subject
     from instasal.saliency import (
+        ExplainedPass,
         GradCamConfig,
+        InstanceGradCam,
+        InstanceSmoothGrad,
         SmoothGradConfig,
         instance_gradcam,
         instance_gradcam_many,
@@ -57,7 +62,10 @@ _LAZY = {
     "explain_subject": "instasal.pipeline",
     "run_cohort": "instasal.pipeline.cohort",
     "prepare_subject": "instasal.prepare",
+    "ExplainedPass": "instasal.saliency",
     "GradCamConfig": "instasal.saliency",
+    "InstanceGradCam": "instasal.saliency",
+    "InstanceSmoothGrad": "instasal.saliency",
     "SmoothGradConfig": "instasal.saliency",
     "instance_gradcam": "instasal.saliency",
     "instance_gradcam_many": "instasal.saliency",
@@ -76,9 +84,12 @@ __version__ = instasal_version()
 __all__ = [
     "ConfigurationError",
     "ExplainSettings",
+    "ExplainedPass",
     "GradCamConfig",
     "ImageError",
     "Instance",
+    "InstanceGradCam",
+    "InstanceSmoothGrad",
     "Instances",
     "InstasalError",
     "ModelCard",

@@ -231,7 +231,7 @@ def run_patch_full_experiment(
         raise ConfigurationError(
             "context is the one compared with full: patch or deployed, got 'full'"
         )
-    seed = options.seed
+    config = SmoothGradConfig(n_samples=n_samples, seed=options.seed)
     rows: list[dict[str, Any]] = []
     seen: _Seen = []
     for prepared, lesions in _tp_lesions(
@@ -243,10 +243,13 @@ def run_patch_full_experiment(
         seen=seen,
         context=options.context or "patch",
     ):
-        config = prepared.smoothgrad(model, SmoothGradConfig(n_samples=n_samples, seed=seed))
         for record in lesions:
             agreement = context_agreement(
-                prepared.network, prepared.x, prepared.instances.mask(record.id), config
+                prepared.network,
+                prepared.x,
+                prepared.instances.mask(record.id),
+                config,
+                prepared.explained(model),
             )
             rows.append(
                 {

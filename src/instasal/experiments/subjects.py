@@ -13,7 +13,7 @@ order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from instasal.pipeline.context_choice import (
 )
 from instasal.pipeline.per_lesion import sample_domains
 from instasal.prepare import prepare_subject
-from instasal.saliency import SmoothGradConfig, explained_logits
+from instasal.saliency import ExplainedPass, explained_logits
 from instasal.typing import Context, PathLike, check_choice
 
 __all__ = [
@@ -74,16 +74,11 @@ class ExperimentSubject:
     context: Context
     context_note: str | None
 
-    def smoothgrad(
-        self, model: nn.Module, settings: SmoothGradConfig | None = None
-    ) -> SmoothGradConfig:
-        """``settings`` (``None``: the defaults) in this subject's context, for ``model``'s
-        target class."""
-        return replace(
-            settings or SmoothGradConfig(),
-            target=card_of(model).target_class,
-            context=self.context,
-        )
+    def explained(self, model: nn.Module) -> ExplainedPass:
+        """The forward pass explained: this subject's context, ``model``'s target class (patch
+        size and size divisibility from the prepared network's card, as ``explain`` takes
+        them)."""
+        return ExplainedPass(target=card_of(model).target_class, context=self.context)
 
 
 def reference_subjects(dataset: PathLike, limit: int | None = None) -> list[SubjectFiles]:
@@ -184,8 +179,8 @@ def explained_probability(
     domain (:func:`instasal.saliency.explained_logits`).
     """
     mask = torch.from_numpy(np.ascontiguousarray(domain))
-    config = prepared.smoothgrad(model)
-    logits = explained_logits(prepared.network, x, {0: mask}, config)[0].numpy()
+    explained = prepared.explained(model)
+    logits = explained_logits(prepared.network, x, {0: mask}, explained)[0].numpy()
     probability = np.full(domain.shape, np.nan, dtype=np.float32)
     probability[domain] = probability_from_logits(logits, card_of(model))
     return probability

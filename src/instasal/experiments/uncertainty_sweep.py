@@ -45,7 +45,7 @@ from instasal.models.uncertainty import (
     voxel_uncertainty,
 )
 from instasal.prepare import ResampledNetwork
-from instasal.saliency import SmoothGradConfig, instance_smoothgrad_many
+from instasal.saliency import InstanceSmoothGrad, SmoothGradConfig
 from instasal.saliency.summaries import lesion_summary
 from instasal.typing import Context, PathLike, Progress, check_choice
 
@@ -149,12 +149,11 @@ def _explain(
     smoothgrad: SmoothGradConfig,
     progress: Progress | None,
 ) -> dict[int, dict[str, Any]]:
-    """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map, with the
-    window of the subject's prepared network (target class, the subject's context; patch size
-    and size divisibility from its card, as ``explain`` takes them)."""
-    config = prepared.smoothgrad(model, smoothgrad)
+    """Lesion-table saliency columns (SPEC §2) of each domain's instance SmoothGrad map, of the
+    subject's explained forward pass (:meth:`ExperimentSubject.explained`)."""
+    method, explained = InstanceSmoothGrad(model, smoothgrad), prepared.explained(model)
     subject = prepared.files.subject_id
-    total_rows = sum(int(m.sum()) for m in masks.values()) * config.n_draws
+    total_rows = sum(int(m.sum()) for m in masks.values()) * smoothgrad.n_draws
     done = 0
     columns: dict[int, dict[str, Any]] = {}
     ids = list(masks)
@@ -166,8 +165,8 @@ def _explain(
             if progress is not None:
                 progress(f"saliency of {subject}", offset + rows, total_rows)
 
-        maps = instance_smoothgrad_many(model, prepared.x, batch, config, progress=report)
-        done += sum(int(m.sum()) for m in batch.values()) * config.n_draws
+        maps = method.attribute(prepared.x, batch, explained, progress=report)
+        done += sum(int(m.sum()) for m in batch.values()) * smoothgrad.n_draws
         for domain_id, saliency in maps.items():
             columns[domain_id] = lesion_summary(
                 saliency.detach().cpu().numpy(),

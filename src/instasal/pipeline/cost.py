@@ -3,7 +3,7 @@
 The paper's max aggregation costs a backward pass per domain voxel per noise draw, and the
 forward passes go through the context's window (a patch, the whole volume, or every sliding
 window of the prediction that holds the domain). :func:`estimate_cost` counts that work exactly
-(:func:`instasal.saliency.smoothgrad_work`) and times it on the run's own network and input:
+(:meth:`instasal.saliency.InstanceSmoothGrad.work`) and times it on the run's own network and input:
 one noise draw of a compact blob of the largest domain's voxels, once with ``max`` and once with
 ``mean`` aggregation, gives the seconds of one window's forward pass and of one Jacobian row
 through it.
@@ -28,11 +28,11 @@ from torch import nn
 from instasal.errors import ConfigurationError
 from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
 from instasal.saliency import (
+    ExplainedPass,
     GradCamConfig,
+    InstanceGradCam,
+    InstanceSmoothGrad,
     SmoothGradConfig,
-    instance_gradcam_many,
-    instance_smoothgrad_many,
-    smoothgrad_work,
 )
 
 __all__ = [
@@ -134,20 +134,24 @@ def _timed(run: Callable[[], object]) -> float:
 
 
 def _row_and_forward_seconds(
-    network: nn.Module, x: torch.Tensor, mask: torch.Tensor, config: SmoothGradConfig
+    network: nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    config: SmoothGradConfig,
+    explained: ExplainedPass,
 ) -> tuple[float, float]:
     """Seconds of one Jacobian row and of one forward pass through one window, from one noise
     draw of a few of ``mask``'s voxels with max and with mean aggregation (t = passes · forward +
     window rows · row, two equations in two unknowns)."""
-    warm = replace(config, n_samples=1, aggregation="mean")
-    instance_smoothgrad_many(network, x, {0: _compact(mask, 1)}, warm)  # first-call costs, untimed
+    warm = InstanceSmoothGrad(network, replace(config, n_samples=1, aggregation="mean"))
+    warm.attribute(x, {0: _compact(mask, 1)}, explained)  # first-call costs, untimed
     probe = {0: _compact(mask, CALIBRATION_VOXELS)}
     measured = []
     for aggregation in ("mean", "max"):
-        once = replace(config, n_samples=1, aggregation=aggregation)
+        once = InstanceSmoothGrad(network, replace(config, n_samples=1, aggregation=aggregation))
         started = time.perf_counter()
-        instance_smoothgrad_many(network, x, probe, once)
-        measured.append((smoothgrad_work(network, x, probe, once), time.perf_counter() - started))
+        once.attribute(x, probe, explained)
+        measured.append((once.work(x, probe, explained), time.perf_counter() - started))
     (mean_work, mean_s), (max_work, max_s) = measured
     extra_rows = max_work.window_rows - mean_work.window_rows
     if extra_rows > 0 and max_s > mean_s:
@@ -165,6 +169,7 @@ def estimate_cost(
     domains: Mapping[int, torch.Tensor],
     smoothgrad: SmoothGradConfig,
     gradcam: GradCamConfig | None,
+    explained: ExplainedPass,
 ) -> CostEstimate:
     """Count and time the saliency stage of ``domains`` (in the order they will be explained).
 
@@ -178,11 +183,12 @@ def estimate_cost(
         return CostEstimate(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
     largest = max(ids, key=lambda i: int(np.count_nonzero(np.asarray(domains[i]))))
     probe = torch.as_tensor(np.asarray(domains[largest]), dtype=torch.bool)
-    row, forward = _row_and_forward_seconds(network, x, probe, smoothgrad)
+    row, forward = _row_and_forward_seconds(network, x, probe, smoothgrad, explained)
+    method = InstanceSmoothGrad(network, smoothgrad)
     rows = passes = window_rows = draws = 0
     for start in range(0, len(ids), LESIONS_PER_BATCH):
         batch = {i: domains[i] for i in ids[start : start + LESIONS_PER_BATCH]}
-        work = smoothgrad_work(network, x, batch, smoothgrad)
+        work = method.work(x, batch, explained)
         draws = work.draws
         rows += work.rows
         passes += work.window_passes + work.window_passes // max(work.draws, 1)
@@ -190,7 +196,8 @@ def estimate_cost(
     gradcam_s = 0.0
     if gradcam is not None:
         first = {largest: domains[largest]}
-        gradcam_s = _timed(lambda: instance_gradcam_many(network, x, first, gradcam)) * len(ids)
+        cam = InstanceGradCam(network, gradcam)
+        gradcam_s = _timed(lambda: cam.attribute(x, first, explained)) * len(ids)
     total = passes * forward + window_rows * row + gradcam_s
     return CostEstimate(
         len(ids),

@@ -66,10 +66,10 @@ from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.progress import logged_progress, pipeline_progress
 from instasal.provenance import software_versions
 from instasal.report import write_subject_report
-from instasal.saliency import GradCamConfig, SmoothGradConfig
+from instasal.saliency import ExplainedPass, GradCamConfig, SmoothGradConfig
 from instasal.saliency.gradcam import capture_obstacle
 from instasal.saliency.summaries import saliency_columns
-from instasal.typing import Context, ModelLike, PathLike, Progress
+from instasal.typing import ModelLike, PathLike, Progress
 
 __all__ = ["ExplainResult", "explain_subject", "model_fingerprint"]
 
@@ -290,6 +290,7 @@ def explain_in_space(
     plan = LesionPlan(
         space.smoothgrad,
         space.gradcam,
+        space.explained,
         run.layout,
         run.key,
         space.threshold,
@@ -377,9 +378,9 @@ class ModelSpace:
     """Stage 2, prepare: the subject in the model's input space and the choices resolved there.
 
     ``card`` is the loaded model's card; ``threshold`` the settings' or else the card's;
-    ``smoothgrad`` and ``gradcam`` the settings' configs with the window resolved for this model
-    (target class from the card, context from the settings or the card, the Grad-CAM layer named
-    inside the prepared network), as every later stage receives them.
+    ``smoothgrad`` and ``gradcam`` the methods' settings (the Grad-CAM layer named inside the
+    prepared network) and ``explained`` the forward pass their maps are of (target class from the
+    card, context from the settings or the card), as every later stage receives them.
     """
 
     network: nn.Module
@@ -390,6 +391,7 @@ class ModelSpace:
     threshold: float
     smoothgrad: SmoothGradConfig
     gradcam: GradCamConfig | None
+    explained: ExplainedPass
     geometry: dict[str, Any]
     gradcam_skipped: str | None = None
     """Why Grad-CAM++ was asked for but cannot run on this model (``None``: it runs or was off)."""
@@ -432,17 +434,16 @@ def enter_model_space(
     )
     prepared = with_deployed_forward(prepared, context, settings.tta)
     threshold = card.threshold if settings.threshold is None else settings.threshold
-    target = card.target_class
-    smoothgrad = replace(settings.smoothgrad, target=target, context=context)
-    gradcam, skipped = _gradcam_window(settings, network, prepared, target, context)
+    gradcam, skipped = _gradcam_layer(settings, network, prepared)
     space = ModelSpace(
         network,
         prepared,
         card,
         model_fingerprint(network),
         threshold,
-        smoothgrad,
+        settings.smoothgrad,
         gradcam,
+        ExplainedPass(target=card.target_class, context=context),
         prepared.geometry(),
         skipped,
         context_note,
@@ -452,12 +453,8 @@ def enter_model_space(
     return space
 
 
-def _gradcam_window(
-    settings: ExplainSettings,
-    network: nn.Module,
-    prepared: PreparedSubject,
-    target: int,
-    context: Context,
+def _gradcam_layer(
+    settings: ExplainSettings, network: nn.Module, prepared: PreparedSubject
 ) -> tuple[GradCamConfig | None, str | None]:
     """The run's Grad-CAM config (its layer named inside the prepared network); or ``None`` and
     why it is skipped: no layer named, or none a forward hook can record (TorchScript)."""
@@ -479,7 +476,7 @@ def _gradcam_window(
     obstacle = capture_obstacle(prepared.network, layer)
     if obstacle is not None:
         return None, skipped.format(obstacle)
-    return replace(config, layer=layer, target=target, context=context), None
+    return replace(config, layer=layer), None
 
 
 def estimate_saliency(
@@ -494,10 +491,10 @@ def estimate_saliency(
     ``budget_s`` (:mod:`instasal.pipeline.cost`)."""
     masks = {r.id: torch.from_numpy(found.instances.mask(r.id)) for r in resumed.todo}
     network, x = space.prepared.network, space.prepared.x
-    estimate = estimate_cost(network, x, masks, space.smoothgrad, space.gradcam)
+    estimate = estimate_cost(network, x, masks, space.smoothgrad, space.gradcam, space.explained)
     if estimate.domains:
         LOG.info("%s: saliency stage: %s", where, estimate.line())
-    full = space.smoothgrad.context == "full" and space.card.patch_size is None
+    full = space.explained.context == "full" and space.card.patch_size is None
     also = (patch_hint(space.card.to_dict()),) if full else ()
     check_budget(estimate, budget_s, space.smoothgrad, settings.max_lesions, where, also)
     return estimate
@@ -532,7 +529,7 @@ def identify_run(
             "extra": extra,
             "model": space.fingerprint,
             "settings": settings.as_dict(),
-            "context": space.smoothgrad.context,
+            "context": space.explained.context,
             "threshold": space.threshold,
             "geometry": {k: v for k, v in space.geometry.items() if k != "notes"},
         }
@@ -739,6 +736,7 @@ def write_tables(
             layout,
             space.smoothgrad,
             space.gradcam,
+            space.explained,
         )
         progress("trust checks", 1, 1)
     layout.write_table(table, sidecar)
@@ -749,12 +747,12 @@ def write_tables(
     return table
 
 
-def _gradcam_context(gradcam: GradCamConfig | None) -> str | None:
+def _gradcam_context(space: ModelSpace) -> str | None:
     """The window Grad-CAM++ ran in: the patch window where the maps are deployed (a layer's
     activation belongs to one window; docs/method.md)."""
-    if gradcam is None:
+    if space.gradcam is None:
         return None
-    return "patch" if gradcam.context == "deployed" else gradcam.context
+    return "patch" if space.explained.context == "deployed" else space.explained.context
 
 
 def write_provenance(
@@ -781,11 +779,11 @@ def write_provenance(
         "settings": settings.as_dict(),
         "geometry": space.geometry,
         "resolved": {
-            "context": space.smoothgrad.context,
+            "context": space.explained.context,
             "threshold": space.threshold,
-            "target": space.smoothgrad.target,
+            "target": space.explained.target,
             "gradcam_layer": space.gradcam.layer if space.gradcam else None,
-            "gradcam_context": _gradcam_context(space.gradcam),
+            "gradcam_context": _gradcam_context(space),
             "gradcam_skipped": space.gradcam_skipped,
         },
         "notes": list(notes),

@@ -17,13 +17,13 @@ from instasal.models.inference import probability_from_logits
 from instasal.pipeline.outputs import RunLayout
 from instasal.prepare import PreparedSubject
 from instasal.saliency import (
+    ExplainedPass,
     GradCamConfig,
+    InstanceGradCam,
+    InstanceSmoothGrad,
     SmoothGradConfig,
     explained_logits,
-    instance_gradcam_many,
-    instance_smoothgrad_many,
     normalise_map,
-    smoothgrad_work,
 )
 from instasal.saliency.summaries import lesion_summary, saliency_columns
 from instasal.typing import InstanceKind, Progress
@@ -124,8 +124,10 @@ class LesionPlan:
     Attributes
     ----------
     smoothgrad, gradcam
-        The run's SmoothGrad and Grad-CAM configs with their window (target class, context)
-        resolved for this model (``gradcam=None``: no Grad-CAM); passed to the methods as they are.
+        The run's SmoothGrad and Grad-CAM configs, the Grad-CAM layer named in the prepared
+        network (``gradcam=None``: no Grad-CAM); passed to the methods as they are.
+    explained
+        The forward pass both methods explain (target class, context), resolved for this model.
     layout, key
         The run's files and run key (each domain's record carries the key).
     threshold, card
@@ -136,6 +138,7 @@ class LesionPlan:
 
     smoothgrad: SmoothGradConfig
     gradcam: GradCamConfig | None
+    explained: ExplainedPass
     layout: RunLayout
     key: str
     threshold: float
@@ -153,10 +156,10 @@ def explain_lesions(
     """
     batches = [todo[i : i + LESIONS_PER_BATCH] for i in range(0, len(todo), LESIONS_PER_BATCH)]
     network, x = space.prepared.network, space.prepared.x
+    smoothgrad = InstanceSmoothGrad(network, plan.smoothgrad)
+    gradcam = None if plan.gradcam is None else InstanceGradCam(network, plan.gradcam)
     batch_rows = [
-        smoothgrad_work(
-            network, x, {r.id: space.instances.mask(r.id) for r in batch}, plan.smoothgrad
-        ).rows
+        smoothgrad.work(x, {r.id: space.instances.mask(r.id) for r in batch}, plan.explained).rows
         for batch in batches
     ]
     total_rows = float(sum(batch_rows))
@@ -171,12 +174,20 @@ def explain_lesions(
         ) -> None:
             progress(f"saliency of lesion(s) {ids}", offset + done, total_rows)
 
-        maps, cams = _batch_maps(batch, space, plan, report_rows)
+        domains = {r.id: space.instances.mask(r.id) for r in batch}
+        maps = smoothgrad.attribute(x, domains, plan.explained, progress=report_rows)
+        cams = {} if gradcam is None else gradcam.attribute(x, domains, plan.explained)
         explained = _explained_columns(batch, space, plan)
         done_rows += batch_total
         for record in batch:
+            cam = cams.get(record.id)
             row = _write_lesion(
-                space, record, maps[record.id], cams.get(record.id), explained[record.id], plan
+                space,
+                record,
+                maps[record.id].detach().cpu().numpy(),
+                None if cam is None else cam.detach().cpu().numpy(),
+                explained[record.id],
+                plan,
             )
             rows.append(row)
     return rows
@@ -190,7 +201,7 @@ def _explained_columns(
     network, x = space.prepared.network, space.prepared.x
     domains = {r.id: space.instances.mask(r.id) for r in batch}
     columns: dict[int, dict[str, Any]] = {}
-    for domain_id, logits in explained_logits(network, x, domains, plan.smoothgrad).items():
+    for domain_id, logits in explained_logits(network, x, domains, plan.explained).items():
         values = logits.numpy().astype(np.float32)[:, :, None, None]
         probability = probability_from_logits(values, plan.card).reshape(-1)
         columns[domain_id] = {
@@ -199,23 +210,6 @@ def _explained_columns(
             "explained_detects": bool((probability >= plan.threshold).mean() >= 0.5),
         }
     return columns
-
-
-def _batch_maps(
-    batch: Sequence[Instance],
-    space: SubjectSpace,
-    plan: LesionPlan,
-    progress: Progress,
-) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """SmoothGrad maps ``[C, X, Y, Z]`` and Grad-CAM maps (when asked) of one batch's domains."""
-    network, x = space.prepared.network, space.prepared.x
-    domains = {r.id: space.instances.mask(r.id) for r in batch}
-    maps = instance_smoothgrad_many(network, x, domains, plan.smoothgrad, progress=progress)
-    cams = instance_gradcam_many(network, x, domains, plan.gradcam) if plan.gradcam else {}
-    return (
-        {i: m.detach().cpu().numpy() for i, m in maps.items()},
-        {i: m.detach().cpu().numpy() for i, m in cams.items()},
-    )
 
 
 def _write_lesion(

@@ -22,10 +22,6 @@ DEFAULT_BUDGET_S = 3600.0
 :mod:`instasal.pipeline.cost`)."""
 
 
-_PER_RUN = ("target", "context", "patch_size", "size_divisibility")
-"""Config fields an explain run sets itself, from ``context`` and the model card."""
-
-
 @dataclass(frozen=True)
 class ExplainSettings:
     """What :func:`instasal.pipeline.explain_subject` computes, and how.
@@ -34,12 +30,11 @@ class ExplainSettings:
     ----------
     smoothgrad
         Instance SmoothGrad (SPEC §2; paper: N = 50, 5 %, max aggregation): N, noise, aggregation,
-        engine and seed, which also seeds TN sampling. The run sets the config's window (target
-        class, context, patch size, size divisibility) from ``context`` and the model card, so
-        those fields must keep their defaults here.
+        engine and seed, which also seeds TN sampling.
     gradcam
         Instance Grad-CAM++ (SPEC §3) with its variant and layer (``layer=None``: the model card's
-        default layer); ``None``: no Grad-CAM. Its window is set by the run as SmoothGrad's.
+        default layer); ``None``: no Grad-CAM. The forward pass both explain (target class,
+        context, patch) is resolved by the run from ``context`` and the model card.
     context
         ``"deployed"``, ``"patch"`` or ``"full"``; ``None`` picks the prediction's own forward:
         ``"deployed"`` (the sliding window over the card's patch), or ``"full"`` when the card
@@ -100,16 +95,6 @@ class ExplainSettings:
             raise ConfigurationError(
                 f"gradcam must be a GradCamConfig or None, got {self.gradcam!r}"
             )
-        for name, config, default in (
-            ("smoothgrad", self.smoothgrad, SmoothGradConfig()),
-            ("gradcam", self.gradcam, GradCamConfig()),
-        ):
-            for key in _PER_RUN:
-                if config is not None and getattr(config, key) != getattr(default, key):
-                    raise ConfigurationError(
-                        f"{name}.{key} is set by the run (from context and the model card); "
-                        f"give the context as ExplainSettings(context=...) instead"
-                    )
         if self.context is not None:
             check_choice("context", self.context, Context)
         check_choice("connectivity", self.connectivity, Connectivity)

@@ -21,10 +21,11 @@ from instasal.io import atomic_write_text
 from instasal.pipeline.outputs import RunLayout
 from instasal.pipeline.per_lesion import SubjectSpace
 from instasal.saliency import (
+    ExplainedPass,
     GradCamConfig,
+    InstanceGradCam,
+    InstanceSmoothGrad,
     SmoothGradConfig,
-    instance_gradcam_many,
-    instance_smoothgrad_many,
 )
 from instasal.trust import channel_ablation, deletion_insertion, radial_profile, randomisation
 
@@ -71,7 +72,7 @@ ABLATION_SUFFIXES = {"tissue_mean": "", "shell_mean": "_shell"}
 
 
 def _ablation_columns(
-    space: SubjectSpace, omega: np.ndarray, smoothgrad: SmoothGradConfig
+    space: SubjectSpace, omega: np.ndarray, explained: ExplainedPass
 ) -> dict[str, float]:
     """``ablation_drop_<channel>[_shell]`` and ``ablation_share_<channel>[_shell]`` of a domain."""
     prepared = space.prepared
@@ -81,10 +82,7 @@ def _ablation_columns(
         omega,
         spacing=prepared.working.spacing,
         channel_names=prepared.working.channel_names,
-        target=smoothgrad.target,
-        context=smoothgrad.context,
-        patch_size=smoothgrad.patch_size,
-        size_divisibility=smoothgrad.size_divisibility,
+        explained=explained,
     )
     columns: dict[str, float] = {}
     for row in table.to_dict(orient="records"):
@@ -99,6 +97,7 @@ def trust_checks(
     space: SubjectSpace,
     smoothgrad: SmoothGradConfig,
     gradcam: GradCamConfig | None,
+    explained: ExplainedPass,
 ) -> TrustTables:
     """Run the trust checks on the working-grid domains ``records``.
 
@@ -108,9 +107,10 @@ def trust_checks(
         Domains of ``space.instances`` to check.
     space
         The subject on both grids.
-    smoothgrad, gradcam
-        The run's configs as :func:`instasal.pipeline.explain_subject` resolved them (window set;
-        ``gradcam=None``: no Grad-CAM); SmoothGrad's seed also seeds the random weights and orders.
+    smoothgrad, gradcam, explained
+        The run's configs and explained forward pass as :func:`instasal.pipeline.explain_subject`
+        resolved them (``gradcam=None``: no Grad-CAM); SmoothGrad's seed also seeds the random
+        weights and orders.
 
     Returns
     -------
@@ -123,6 +123,8 @@ def trust_checks(
     profiles: list[pd.DataFrame] = []
     steps: list[pd.DataFrame] = []
     curves: list[pd.DataFrame] = []
+    smoothgrad_method = InstanceSmoothGrad(network, smoothgrad)
+    gradcam_method = None if gradcam is None else InstanceGradCam(network, gradcam)
     for record in records:
         omega = space.instances.mask(record.id)
         native_id = space.native_ids[record.id]
@@ -133,6 +135,7 @@ def trust_checks(
             spacing=spacing,
             smoothgrad=smoothgrad,
             gradcam=gradcam,
+            explained=explained,
             steps=RANDOMISATION_STEPS,
             modes=("cascading",),
             seed=smoothgrad.seed,
@@ -146,9 +149,9 @@ def trust_checks(
             row[f"randomisation_passes_{method}"] = verdict["passes"]
             row[f"randomisation_crossing_{method}"] = verdict["crossing_step"]
             row |= sanity.ring_columns(method)
-        maps = {"smoothgrad": instance_smoothgrad_many(network, x, {0: omega}, smoothgrad)[0]}
-        if gradcam is not None:
-            maps["gradcam"] = instance_gradcam_many(network, x, {0: omega}, gradcam)[0]
+        maps = {"smoothgrad": smoothgrad_method.attribute(x, {0: omega}, explained)[0]}
+        if gradcam_method is not None:
+            maps["gradcam"] = gradcam_method.attribute(x, {0: omega}, explained)[0]
         arrays = {name: m.detach().cpu().numpy() for name, m in maps.items()}
         faithful = deletion_insertion(
             network,
@@ -156,14 +159,11 @@ def trust_checks(
             omega,
             arrays,
             spacing=spacing,
-            target=smoothgrad.target,
-            context=smoothgrad.context,
-            patch_size=smoothgrad.patch_size,
-            size_divisibility=smoothgrad.size_divisibility,
             seed=smoothgrad.seed,
+            explained=explained,
         )
         verdicts = {f"better_than_image_{k}": v for k, v in faithful.better_than_image.items()}
-        ablation = _ablation_columns(space, omega, smoothgrad)
+        ablation = _ablation_columns(space, omega, explained)
         rows.append(row | faithful.numbers | verdicts | ablation)
         curves.append(faithful.curves.assign(**keys))
         profile = radial_profile(
@@ -214,6 +214,7 @@ def with_trust(
     layout: RunLayout,
     smoothgrad: SmoothGradConfig,
     gradcam: GradCamConfig | None,
+    explained: ExplainedPass,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
     """The lesion table and its sidecar with the trust columns; writes the trust TSVs.
 
@@ -222,7 +223,7 @@ def with_trust(
     domain, method and cascading step) and ``layout.trust_curves`` (one row per domain, order,
     curve and point).
     """
-    found = trust_checks(records, space, smoothgrad, gradcam)
+    found = trust_checks(records, space, smoothgrad, gradcam, explained)
     for path, frame in (
         (layout.profiles, found.profiles),
         (layout.trust_randomisation, found.randomisation),

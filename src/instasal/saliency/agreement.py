@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.config import SmoothGradConfig
+from instasal.saliency.config import ExplainedPass, SmoothGradConfig
 from instasal.saliency.deployed import deployed_forward
 from instasal.saliency.inputs import as_domain, as_input
-from instasal.saliency.smoothgrad import instance_smoothgrad_many
+from instasal.saliency.smoothgrad import InstanceSmoothGrad
 from instasal.saliency.windows import context_windows
 from instasal.typing import DomainLike, InputLike
 
@@ -54,7 +54,11 @@ def map_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str,
 
 
 def patch_full_agreement(
-    model: nn.Module, x: InputLike, domain: DomainLike, config: SmoothGradConfig | None = None
+    model: nn.Module,
+    x: InputLike,
+    domain: DomainLike,
+    config: SmoothGradConfig | None = None,
+    explained: ExplainedPass | None = None,
 ) -> dict[str, float]:
     """Compare instance SmoothGrad with ``context="patch"`` against ``context="full"`` (SPEC §2).
 
@@ -63,8 +67,11 @@ def patch_full_agreement(
     model, x, domain
         As in :func:`instasal.saliency.instance_smoothgrad`.
     config
-        The SmoothGrad settings of both maps (``None``: the defaults); its ``context`` is replaced
-        by each of the two, all else (seed included, so both see the same noisy voxels) is shared.
+        The SmoothGrad settings of both maps (``None``: the defaults), seed included, so both see
+        the same noisy voxels.
+    explained
+        The target, patch size and size divisibility (``None``: the defaults); its context is
+        replaced by each of the two.
 
     Returns
     -------
@@ -72,17 +79,21 @@ def patch_full_agreement(
         The entries of :func:`map_agreement` (patch against full) and ``full_mass_outside_patch``,
         the fraction of the full map's absolute sum that lies outside the patch.
     """
-    config = replace(config or SmoothGradConfig(), context="patch")
-    result = context_agreement(model, x, domain, config)
+    patch = replace(explained or ExplainedPass(), context="patch")
+    result = context_agreement(model, x, domain, config, patch)
     result["full_mass_outside_patch"] = result.pop("full_mass_outside_window")
     return result
 
 
 def context_agreement(
-    model: nn.Module, x: InputLike, domain: DomainLike, config: SmoothGradConfig
+    model: nn.Module,
+    x: InputLike,
+    domain: DomainLike,
+    config: SmoothGradConfig | None,
+    explained: ExplainedPass,
 ) -> dict[str, float]:
-    """Compare instance SmoothGrad in ``config.context`` (``"patch"`` or ``"deployed"``) against
-    ``context="full"``, all other settings (seed included) shared.
+    """Compare instance SmoothGrad in ``explained.context`` (``"patch"`` or ``"deployed"``)
+    against ``context="full"``, all other settings (seed included) shared.
 
     Returns
     -------
@@ -95,26 +106,24 @@ def context_agreement(
     Raises
     ------
     ConfigurationError
-        When ``config.context`` is ``"full"``.
+        When ``explained.context`` is ``"full"``.
     """
-    if config.context == "full":
+    if explained.context == "full":
         raise ConfigurationError(
-            "context_agreement compares a context with full: config.context must be patch or "
+            "context_agreement compares a context with full: explained.context must be patch or "
             "deployed, got 'full'"
         )
-    maps = {
-        context: instance_smoothgrad_many(model, x, {0: domain}, replace(config, context=context))
-        for context in ("full", config.context)
-    }
-    full, compared = maps["full"][0], maps[config.context][0]
+    method = InstanceSmoothGrad(model, config)
+    full, compared = (
+        method.attribute(x, {0: domain}, replace(explained, context=context))[0]
+        for context in ("full", explained.context)
+    )
     spatial = tuple(as_input(x).shape[1:])
     mask = as_domain(domain, spatial)
-    if config.context == "deployed":
-        box = deployed_forward(model, spatial, config.patch_size).region(mask)
+    if explained.context == "deployed":
+        box = deployed_forward(model, spatial, explained.patch_size).region(mask)
     else:
-        (window,), _ = context_windows(
-            model, [mask], "patch", config.patch_size, config.size_divisibility
-        )
+        (window,), _ = context_windows(model, [mask], explained)
         box = window.slices
     total = float(full.abs().sum())
     inside = float(full[(slice(None), *box)].abs().sum())

@@ -27,7 +27,14 @@ from instasal.typing import (
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["CamVariant", "GradCamConfig", "MemoryFormat", "SmoothGradConfig", "as_sizes"]
+__all__ = [
+    "CamVariant",
+    "ExplainedPass",
+    "GradCamConfig",
+    "MemoryFormat",
+    "SmoothGradConfig",
+    "as_sizes",
+]
 
 
 def as_sizes(value: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
@@ -41,13 +48,56 @@ def _check_target(target: object) -> None:
 
 
 @dataclass(frozen=True)
-class SmoothGradConfig:
-    """The settings of instance SmoothGrad, validated at construction (SPEC §2 and §5).
+class ExplainedPass:
+    """The forward pass a saliency map is the derivative of, and its output channel (SPEC §2,
+    Context): given per call to a method, beside the method's own settings.
 
     Attributes
     ----------
     target
-        Output channel explained (see :func:`instasal.saliency.inputs.target_channel`).
+        Output channel explained (see :func:`instasal.saliency.inputs.target_channel`); for a
+        single-output model 0 and 1 both mean its only channel.
+    context
+        ``"full"`` (the whole volume in one pass), ``"patch"`` (one training-size patch around Ω,
+        zero outside it) or ``"deployed"`` (the sliding-window prediction itself,
+        :mod:`instasal.saliency.deployed`).
+    patch_size
+        The patch of ``"patch"`` and the prediction windows of ``"deployed"``; ``None``:
+        ``model.card["patch_size"]``.
+    size_divisibility
+        The network's input size divisibility (an integer or one per axis); ``None``:
+        ``model.card["size_divisibility"]``, else unknown. Inputs are zero-padded at the end of
+        each axis to a multiple of it (output cropped back); a patch too small for Ω is enlarged
+        to a multiple of it (of 16 where unknown).
+
+    Examples
+    --------
+    >>> ExplainedPass(context="patch", patch_size=[32, 32, 32]).patch_size
+    (32, 32, 32)
+    """
+
+    target: int = 1
+    context: Context = "full"
+    patch_size: int | Sequence[int] | None = None
+    size_divisibility: int | Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("context", self.context, Context)
+        _check_target(self.target)
+        # Sizes given as any sequence are kept as tuples, so equal passes compare and hash equal.
+        object.__setattr__(self, "patch_size", as_sizes(self.patch_size))
+        object.__setattr__(self, "size_divisibility", as_sizes(self.size_divisibility))
+
+
+@dataclass(frozen=True)
+class SmoothGradConfig:
+    """The settings of instance SmoothGrad, validated at construction (SPEC §2 and §5).
+
+    The forward pass explained (output channel, context, patch, size divisibility) is not part
+    of a method's settings: it is given per call, as an :class:`ExplainedPass`.
+
+    Attributes
+    ----------
     n_samples
         N, the number of noise draws (paper: 50).
     noise_level
@@ -57,19 +107,10 @@ class SmoothGradConfig:
         ``"per_channel"`` or ``"first_channel"`` (the authors' scripts).
     aggregation
         ``"max"`` (paper v3) or ``"mean"`` (paper v1).
-    context
-        ``"full"`` (whole volume) or ``"patch"`` (one training-size patch around Ω).
-    patch_size
-        Patch size for ``context="patch"``; ``None``: ``model.card["patch_size"]``.
     seed
         Seed of the noise generator, from 0 to 2**63 - 1 (:data:`instasal.typing.MAX_SEED`).
     engine
         ``"naive"``, ``"batched"`` or ``"auto"`` (see :mod:`instasal.saliency.engines`).
-    size_divisibility
-        The network's input size divisibility (an integer or one per axis); ``None``:
-        ``model.card["size_divisibility"]``, else unknown. Inputs are zero-padded at the end of
-        each axis to a multiple of it (output cropped back); a patch too small for Ω is enlarged
-        to a multiple of it (of 16 where unknown).
     rows_per_call
         Jacobian rows per batched backward call; ``None``: as many as fit the memory budget.
     memory_budget_bytes
@@ -94,16 +135,12 @@ class SmoothGradConfig:
         (``docs/saliency.md``). Ignored by mean aggregation (one row per draw already).
     """
 
-    target: int = 1
     n_samples: int = 50
     noise_level: float = 0.05
     noise_range: NoiseRange = "per_channel"
     aggregation: Aggregation = "max"
-    context: Context = "full"
-    patch_size: int | Sequence[int] | None = None
     seed: int = 0
     engine: EngineName = "auto"
-    size_divisibility: int | Sequence[int] | None = None
     rows_per_call: int | None = None
     memory_budget_bytes: int | None = None
     draws_per_pass: int | None = None
@@ -112,11 +149,9 @@ class SmoothGradConfig:
 
     def __post_init__(self) -> None:
         check_choice("aggregation", self.aggregation, Aggregation)
-        check_choice("context", self.context, Context)
         check_choice("noise_range", self.noise_range, NoiseRange)
         check_choice("engine", self.engine, EngineName)
         check_choice("memory_format", self.memory_format, MemoryFormat)
-        _check_target(self.target)
         check_seed(self.seed)
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int):
             raise ConfigurationError(f"n_samples must be an integer, got {self.n_samples!r}")
@@ -137,9 +172,6 @@ class SmoothGradConfig:
             raise ConfigurationError(
                 f"memory_budget_bytes must be >= 1, got {self.memory_budget_bytes}"
             )
-        # Sizes given as any sequence are kept as tuples, so equal configs compare and hash equal.
-        object.__setattr__(self, "patch_size", as_sizes(self.patch_size))
-        object.__setattr__(self, "size_divisibility", as_sizes(self.size_divisibility))
 
     @property
     def approximate(self) -> bool:
@@ -163,27 +195,21 @@ class GradCamConfig:
         ``model.card["gradcam_layer"]``.
     variant
         ``"gradcam++"`` or ``"gradcam"``.
-    target, context, patch_size, size_divisibility
-        As in :class:`instasal.saliency.SmoothGradConfig`.
+
+    The forward pass explained is given per call, as an :class:`ExplainedPass`; its
+    ``"deployed"`` context is run on the patch window here (a layer's activation belongs to one
+    window, not to the blend of the prediction's windows).
     """
 
     layer: str | None = None
     variant: CamVariant = "gradcam++"
-    target: int = 1
-    context: Context = "full"
-    patch_size: int | Sequence[int] | None = None
-    size_divisibility: int | Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         check_choice("variant", self.variant, CamVariant)
-        check_choice("context", self.context, Context)
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
             raise ConfigurationError(
                 f"layer {self.layer!r} is not a module name (one of model.named_modules())"
             )
-        _check_target(self.target)
-        object.__setattr__(self, "patch_size", as_sizes(self.patch_size))
-        object.__setattr__(self, "size_divisibility", as_sizes(self.size_divisibility))
 
     def layer_of(self, model: nn.Module) -> str:
         """The layer: :attr:`layer`, else the model card's ``gradcam_layer``.

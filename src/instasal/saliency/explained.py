@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from instasal.saliency.config import SmoothGradConfig
+from instasal.saliency.config import ExplainedPass
 from instasal.saliency.deployed import deployed_forward
 from instasal.saliency.inputs import as_domains, as_input
 from instasal.saliency.model_state import inference_state, model_device
@@ -33,10 +33,10 @@ def explained_logits(
     model: nn.Module,
     x: InputLike,
     domains: Mapping[int, DomainLike],
-    config: SmoothGradConfig,
+    explained: ExplainedPass,
 ) -> dict[int, torch.Tensor]:
-    """Logits ``[K, n_voxels]`` of the forward pass ``config.context`` differentiates, at each
-    domain's voxels (C order), on the noise-free input.
+    """Logits ``[K, n_voxels]`` of the forward pass ``explained`` names, at each domain's voxels
+    (C order), on the noise-free input (every output channel: ``explained.target`` is not used).
 
     Examples
     --------
@@ -44,7 +44,7 @@ def explained_logits(
     >>> net = torch.nn.Conv3d(2, 2, 1)
     >>> domain = torch.zeros(4, 4, 4, dtype=torch.bool)
     >>> domain[1, 1, 1:3] = True
-    >>> explained_logits(net, torch.randn(2, 4, 4, 4), {7: domain}, SmoothGradConfig())[7].shape
+    >>> explained_logits(net, torch.randn(2, 4, 4, 4), {7: domain}, ExplainedPass())[7].shape
     torch.Size([2, 2])
     """
     x = as_input(x)
@@ -55,8 +55,8 @@ def explained_logits(
     volume = x.detach().to(device)
     found: dict[int, torch.Tensor] = {}
     with inference_state(model), torch.no_grad():
-        if config.context == "deployed":
-            deployed = deployed_forward(model, masks[0].shape, config.patch_size)
+        if explained.context == "deployed":
+            deployed = deployed_forward(model, masks[0].shape, explained.patch_size)
             groups: dict[tuple[int, ...], list[int]] = {}
             for index, mask in enumerate(masks):
                 groups.setdefault(deployed.covering(mask), []).append(index)
@@ -65,9 +65,7 @@ def explained_logits(
                 for index in members:
                     found[ids[index]] = logits[:, masks[index].to(device)].cpu()
             return found
-        windows, divisibility = context_windows(
-            model, masks, config.context, config.patch_size, config.size_divisibility
-        )
+        windows, divisibility = context_windows(model, masks, explained)
         for window, members in shared_windows(windows).items():
             crop = window.crop(volume)[None]
             logits = padded_forward(model, crop, end_padding(window.size, divisibility))[0]

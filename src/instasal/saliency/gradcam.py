@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError, ModelError
-from instasal.saliency.config import CamVariant, GradCamConfig
+from instasal.saliency.config import CamVariant, ExplainedPass, GradCamConfig
 from instasal.saliency.inputs import as_domains, as_input, run_target_logits
 from instasal.saliency.model_state import inference_state, model_device
 from instasal.saliency.windows import context_windows, end_padding, shared_windows
 from instasal.typing import Context, DomainLike, InputLike
 
 __all__ = [
+    "InstanceGradCam",
     "LayerCapture",
     "cam_from_activations",
     "capture_layer",
@@ -156,60 +157,110 @@ def normalise_map(saliency_map: torch.Tensor) -> torch.Tensor:
     return (saliency_map - low) / (high - low)
 
 
-def instance_gradcam_many(
-    model: nn.Module, x: InputLike, domains: Mapping[int, DomainLike], config: GradCamConfig
-) -> dict[int, torch.Tensor]:
-    """Instance Grad-CAM maps ``[X, Y, Z]`` of several domains, one forward pass per window.
+class InstanceGradCam:
+    """Instance Grad-CAM++ (or Grad-CAM) of one model at one layer (SPEC §3): constructed once,
+    then called on subjects, domains and the forward pass to explain.
 
-    Equal to one :func:`instance_gradcam` call per domain with the same settings, given once as a
-    :class:`GradCamConfig`.
+    Parameters
+    ----------
+    model
+        Any module mapping ``[B, C, X, Y, Z]`` to logits ``[B, K, X, Y, Z]``.
+    config
+        The method's settings (``None``: :class:`GradCamConfig`'s); its layer, else the model
+        card's ``gradcam_layer``, is resolved here.
+
+    Raises
+    ------
+    ConfigurationError
+        If neither the config nor the model card names a layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.Conv3d(4, 2, 1))
+    >>> domain = torch.zeros(8, 8, 8, dtype=torch.bool)
+    >>> domain[3:5, 3:5, 3:5] = True
+    >>> method = InstanceGradCam(net, GradCamConfig(layer="0"))
+    >>> method.layer, method.attribute(torch.randn(2, 8, 8, 8), {4: domain})[4].shape
+    ('0', torch.Size([8, 8, 8]))
     """
-    layer = config.layer_of(model)
-    x = as_input(x)
-    spatial = tuple(x.shape[1:])
-    ids, masks = as_domains(domains, spatial)
-    if not masks:
-        return {}
-    # The layer's activation is one window's: in the deployed context the map is that of the
-    # prediction window centred on Ω, the patch window (docs/method.md says why).
-    context = "patch" if config.context == "deployed" else config.context
-    windows, divisibility = context_windows(
-        model, masks, context, config.patch_size, config.size_divisibility
-    )
-    groups = shared_windows(windows)
 
-    device = model_device(model)
-    maps: dict[int, torch.Tensor] = {}
-    with inference_state(model), torch.enable_grad(), capture_layer(model, layer) as capture:
-        for window, members in groups.items():
-            inputs = window.crop(x.detach().to(device)).unsqueeze(0).clone().requires_grad_(True)
-            capture.activations.clear()
-            padding = end_padding(window.size, divisibility)
-            logits = run_target_logits(model, inputs, config.target, padding)
-            if len(capture.activations) != 1:
-                raise ConfigurationError(
-                    f"layer {layer!r} ran {len(capture.activations)} times in one forward pass; "
-                    "choose a layer that runs exactly once"
-                )
-            activations = capture.activations[0]
-            for index in members:
-                score = logits[masks[index][window.slices].to(device)].sum()
-                (gradients,) = torch.autograd.grad(
-                    score, activations, retain_graph=True, allow_unused=True
-                )
-                if gradients is None:
+    def __init__(self, model: nn.Module, config: GradCamConfig | None = None) -> None:
+        self.model = model
+        self.config = config or GradCamConfig()
+        self.layer = self.config.layer_of(model)
+
+    def attribute(
+        self,
+        x: InputLike,
+        domains: Mapping[int, DomainLike],
+        explained: ExplainedPass | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Maps ``[X, Y, Z]`` of several domains, raw, one forward pass per window.
+
+        Equal to one :func:`instance_gradcam` call per domain with the same settings.
+        ``explained`` as in :meth:`instasal.saliency.InstanceSmoothGrad.attribute`; its
+        ``"deployed"`` context is run on the patch window (a layer's activation belongs to one
+        prediction window, not to their blend: ``docs/method.md``).
+        """
+        model, layer = self.model, self.layer
+        explained = explained or ExplainedPass()
+        x = as_input(x)
+        spatial = tuple(x.shape[1:])
+        ids, masks = as_domains(domains, spatial)
+        if not masks:
+            return {}
+        if explained.context == "deployed":
+            explained = replace(explained, context="patch")
+        windows, divisibility = context_windows(model, masks, explained)
+        groups = shared_windows(windows)
+
+        device = model_device(model)
+        maps: dict[int, torch.Tensor] = {}
+        with inference_state(model), torch.enable_grad(), capture_layer(model, layer) as capture:
+            for window, members in groups.items():
+                crop = window.crop(x.detach().to(device)).unsqueeze(0)
+                inputs = crop.clone().requires_grad_(True)
+                capture.activations.clear()
+                padding = end_padding(window.size, divisibility)
+                logits = run_target_logits(model, inputs, explained.target, padding)
+                if len(capture.activations) != 1:
                     raise ConfigurationError(
-                        f"layer {layer!r} does not influence the model's output; choose a layer "
-                        "on the path to the logits"
+                        f"layer {layer!r} ran {len(capture.activations)} times in one forward "
+                        "pass; choose a layer that runs exactly once"
                     )
-                cam = cam_from_activations(activations[0].detach(), gradients[0], config.variant)
-                # The layer saw the padded input: upsample to it, then drop the padding.
-                padded_size = [n + extra for n, extra in zip(window.size, padding, strict=True)]
-                cam = _upsample(cam, padded_size)[tuple(slice(0, n) for n in window.size)]
-                placed = window.place(cam, spatial)
-                maps[ids[index]] = placed.to(x.device)
-            del logits, activations
-    return {domain_id: maps[domain_id] for domain_id in ids}
+                activations = capture.activations[0]
+                for index in members:
+                    score = logits[masks[index][window.slices].to(device)].sum()
+                    (gradients,) = torch.autograd.grad(
+                        score, activations, retain_graph=True, allow_unused=True
+                    )
+                    if gradients is None:
+                        raise ConfigurationError(
+                            f"layer {layer!r} does not influence the model's output; choose a "
+                            "layer on the path to the logits"
+                        )
+                    cam = cam_from_activations(
+                        activations[0].detach(), gradients[0], self.config.variant
+                    )
+                    # The layer saw the padded input: upsample to it, then drop the padding.
+                    padded = [n + extra for n, extra in zip(window.size, padding, strict=True)]
+                    cam = _upsample(cam, padded)[tuple(slice(0, n) for n in window.size)]
+                    maps[ids[index]] = window.place(cam, spatial).to(x.device)
+                del logits, activations
+        return {domain_id: maps[domain_id] for domain_id in ids}
+
+
+def instance_gradcam_many(
+    model: nn.Module,
+    x: InputLike,
+    domains: Mapping[int, DomainLike],
+    config: GradCamConfig | None = None,
+    explained: ExplainedPass | None = None,
+) -> dict[int, torch.Tensor]:
+    """``InstanceGradCam(model, config).attribute(x, domains, explained)``: the maps of several
+    domains (see :meth:`InstanceGradCam.attribute`)."""
+    return InstanceGradCam(model, config).attribute(x, domains, explained)
 
 
 def instance_gradcam(
@@ -258,12 +309,6 @@ def instance_gradcam(
         On an unknown layer (nearby names listed) or variant, or the input errors of
         :func:`instasal.saliency.instance_smoothgrad`.
     """
-    config = GradCamConfig(
-        layer=layer,
-        variant=variant,
-        target=target,
-        context=context,
-        patch_size=patch_size,
-        size_divisibility=size_divisibility,
-    )
-    return instance_gradcam_many(model, x, {0: domain}, config)[0]
+    explained = ExplainedPass(target, context, patch_size, size_divisibility)
+    method = InstanceGradCam(model, GradCamConfig(layer=layer, variant=variant))
+    return method.attribute(x, {0: domain}, explained)[0]

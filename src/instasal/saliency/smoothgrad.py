@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from instasal.saliency.config import MemoryFormat, SmoothGradConfig
+from instasal.saliency.config import ExplainedPass, MemoryFormat, SmoothGradConfig
 from instasal.saliency.deployed import DeployedForward, deployed_forward
 from instasal.saliency.engines import (
     EngineName,
@@ -42,11 +42,11 @@ from instasal.saliency.windows import (
 from instasal.typing import Aggregation, Context, DomainLike, InputLike, NoiseRange, Progress
 
 __all__ = [
+    "InstanceSmoothGrad",
     "SmoothGradWork",
     "instance_smoothgrad",
     "instance_smoothgrad_many",
     "row_lattice",
-    "smoothgrad_work",
 ]
 
 
@@ -174,31 +174,38 @@ class _DomainPlan:
     units: list[_Unit]
     divisibility: tuple[int, ...] | None
     deployed: DeployedForward | None
+    target: int
 
     @classmethod
     def of(
-        cls, model: nn.Module, masks: Sequence[torch.Tensor], config: SmoothGradConfig
+        cls,
+        model: nn.Module,
+        masks: Sequence[torch.Tensor],
+        config: SmoothGradConfig,
+        explained: ExplainedPass,
     ) -> _DomainPlan:
-        if config.context == "deployed":
-            return cls._deployed(model, masks, config)
-        windows, divisibility = context_windows(
-            model, masks, config.context, config.patch_size, config.size_divisibility
-        )
+        if explained.context == "deployed":
+            return cls._deployed(model, masks, config, explained)
+        windows, divisibility = context_windows(model, masks, explained)
         rows = _row_masks(masks, config)
         voxels = [_flat_voxels(w, m) for w, m in zip(windows, rows, strict=True)]
         units = [
             _Unit(w, None, members, [voxels[i] for i in members])
             for w, members in shared_windows(windows).items()
         ]
-        return cls(windows, voxels, units, divisibility, None)
+        return cls(windows, voxels, units, divisibility, None, explained.target)
 
     @classmethod
     def _deployed(
-        cls, model: nn.Module, masks: Sequence[torch.Tensor], config: SmoothGradConfig
+        cls,
+        model: nn.Module,
+        masks: Sequence[torch.Tensor],
+        config: SmoothGradConfig,
+        explained: ExplainedPass,
     ) -> _DomainPlan:
         """Whole-grid rows of the sliding-window prediction: one unit per set of prediction
         windows, serving the voxels (of any domain) that depend on exactly those windows."""
-        deployed = deployed_forward(model, masks[0].shape, config.patch_size)
+        deployed = deployed_forward(model, masks[0].shape, explained.patch_size)
         whole = window_for(masks[0], "full")
         groups: dict[tuple[int, ...], tuple[list[int], list[torch.Tensor]]] = {}
         rows = _row_masks(masks, config)
@@ -213,15 +220,16 @@ class _DomainPlan:
             [_Unit(whole, tiles, *served) for tiles, served in groups.items()],
             None,
             deployed,
+            explained.target,
         )
 
-    def forward(self, model: nn.Module, unit: _Unit, target: int) -> ForwardPass:
+    def forward(self, model: nn.Module, unit: _Unit) -> ForwardPass:
         """The forward pass of ``unit``: its window's (padded to the size divisibility), or the
-        blend of its prediction windows."""
+        blend of its prediction windows, to the target logits."""
         if unit.tiles is None or self.deployed is None:
             padding = end_padding(unit.window.size, self.divisibility)
-            return partial(run_target_logits, model, target=target, padding=padding)
-        return partial(self.deployed.target_logits, windows=unit.tiles, target=target)
+            return partial(run_target_logits, model, target=self.target, padding=padding)
+        return partial(self.deployed.target_logits, windows=unit.tiles, target=self.target)
 
     def work(self, aggregation: Aggregation, draws: int) -> SmoothGradWork:
         """What ``draws`` noise draws cost: per unit, a row per voxel it serves (max) or per
@@ -238,7 +246,7 @@ class _DomainPlan:
 
 @dataclass(frozen=True)
 class SmoothGradWork:
-    """The work of one :func:`instance_smoothgrad_many` call, counted before it runs.
+    """The work of one :meth:`InstanceSmoothGrad.attribute` call, counted before it runs.
 
     Attributes
     ----------
@@ -328,7 +336,7 @@ def _summed_over_draws(
                 for inputs, logits, graph_bytes in _forward_passes(
                     model,
                     [unit.window.crop(d) for d in chunk],
-                    plan.forward(model, unit, config.target),
+                    plan.forward(model, unit),
                     _MEMORY_FORMATS[config.memory_format],
                 ):
                     if done_draws == 0:
@@ -359,30 +367,17 @@ def _summed_over_draws(
     return totals
 
 
-def instance_smoothgrad_many(
-    model: nn.Module,
-    x: InputLike,
-    domains: Mapping[int, DomainLike],
-    config: SmoothGradConfig | None = None,
-    *,
-    progress: Progress | None = None,
-) -> dict[int, torch.Tensor]:
-    """Instance SmoothGrad maps of all domains of one subject, sharing noise and forward passes.
+class InstanceSmoothGrad:
+    """Instance SmoothGrad of one model with fixed settings (SPEC §2): constructed once, then
+    called on subjects, domains and the forward pass to explain.
 
-    The same as ``{i: instance_smoothgrad(model, x, d, ...) for i, d in domains.items()}`` with the
-    same settings (identical with ``engine="naive"``; to float32 round-off otherwise), but with one
-    forward pass per noise draw (``context="full"``), per draw and distinct patch
-    (``context="patch"``) or per draw and distinct set of prediction windows
-    (``context="deployed"``) instead of one per draw and domain. Settings as in
-    :func:`instance_smoothgrad`, given once as a :class:`SmoothGradConfig` (``None``: its
-    defaults); ``progress("SmoothGrad rows", done_rows, total_rows)``
-    (:class:`instasal.typing.Progress`; ``None``: silent) is called after every backward call,
-    counting Jacobian rows (backward passes with ``aggregation="mean"``).
-
-    Returns
-    -------
-    dict of int to torch.Tensor
-        ``{domain id: [C, X, Y, Z] map}``, in the order of ``domains``.
+    Parameters
+    ----------
+    model
+        Any module mapping ``[B, C, X, Y, Z]`` to logits ``[B, K, X, Y, Z]`` (see
+        :func:`instance_smoothgrad`).
+    config
+        The method's settings (``None``: the paper's, :class:`SmoothGradConfig`).
 
     Examples
     --------
@@ -391,33 +386,106 @@ def instance_smoothgrad_many(
     >>> x = torch.randn(2, 8, 8, 8)
     >>> first, second = torch.zeros(2, 8, 8, 8, dtype=torch.bool)
     >>> first[1:3, 1:3, 1:3] = second[5:7, 5:7, 5:7] = True
-    >>> config = SmoothGradConfig(n_samples=2)
-    >>> maps = instance_smoothgrad_many(net, x, {1: first, 2: second}, config)
+    >>> method = InstanceSmoothGrad(net, SmoothGradConfig(n_samples=2))
+    >>> maps = method.attribute(x, {1: first, 2: second}, ExplainedPass(target=1))
     >>> sorted(maps), maps[1].shape
     ([1, 2], torch.Size([2, 8, 8, 8]))
+    >>> method.work(x, {1: first}).rows  # 8 voxels, 2 draws
+    16
     """
-    config = config or SmoothGradConfig()
-    x = as_input(x)
-    spatial = tuple(x.shape[1:])
-    ids, masks = as_domains(domains, spatial)
-    if not masks:
-        return {}
-    plan = _DomainPlan.of(model, masks, config)
-    x_model = x.detach().to(model_device(model))
-    n_draws = _draws_needed(x, config)
-    total_rows, done_rows = plan.work(config.aggregation, n_draws).rows, 0
 
-    def advance(rows: int) -> None:
-        nonlocal done_rows
-        done_rows += rows
-        if progress is not None:
-            progress("SmoothGrad rows", done_rows, total_rows)
+    def __init__(self, model: nn.Module, config: SmoothGradConfig | None = None) -> None:
+        self.model = model
+        self.config = config or SmoothGradConfig()
 
-    sums = _summed_over_draws(model, x_model, plan, config, n_draws, advance)
-    return {
-        domain_id: window.place(total / n_draws, spatial).to(x.device)
-        for domain_id, window, total in zip(ids, plan.windows, sums, strict=True)
-    }
+    def attribute(
+        self,
+        x: InputLike,
+        domains: Mapping[int, DomainLike],
+        explained: ExplainedPass | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """The maps of all domains of one subject, sharing noise draws and forward passes.
+
+        The same as one :func:`instance_smoothgrad` call per domain with the same settings
+        (identical with ``engine="naive"``; to float32 round-off otherwise), but with one forward
+        pass per noise draw (``context="full"``), per draw and distinct patch (``"patch"``) or per
+        draw and distinct set of prediction windows (``"deployed"``) instead of one per draw and
+        domain.
+
+        Parameters
+        ----------
+        x
+            One subject ``[C, X, Y, Z]``, normalised as for training; not modified.
+        domains
+            ``{domain id: boolean [X, Y, Z]}``.
+        explained
+            The forward pass and output channel explained (``None``: :class:`ExplainedPass`'s
+            defaults, the whole volume's lesion logit).
+        progress
+            ``progress("SmoothGrad rows", done_rows, total_rows)``
+            (:class:`instasal.typing.Progress`; ``None``: silent), called after every backward
+            call, counting Jacobian rows (backward passes with ``aggregation="mean"``).
+
+        Returns
+        -------
+        dict of int to torch.Tensor
+            ``{domain id: [C, X, Y, Z] map}``, in the order of ``domains``.
+        """
+        config = self.config
+        x = as_input(x)
+        spatial = tuple(x.shape[1:])
+        ids, masks = as_domains(domains, spatial)
+        if not masks:
+            return {}
+        plan = _DomainPlan.of(self.model, masks, config, explained or ExplainedPass())
+        x_model = x.detach().to(model_device(self.model))
+        n_draws = _draws_needed(x, config)
+        total_rows, done_rows = plan.work(config.aggregation, n_draws).rows, 0
+
+        def advance(rows: int) -> None:
+            nonlocal done_rows
+            done_rows += rows
+            if progress is not None:
+                progress("SmoothGrad rows", done_rows, total_rows)
+
+        sums = _summed_over_draws(self.model, x_model, plan, config, n_draws, advance)
+        return {
+            domain_id: window.place(total / n_draws, spatial).to(x.device)
+            for domain_id, window, total in zip(ids, plan.windows, sums, strict=True)
+        }
+
+    def work(
+        self,
+        x: InputLike,
+        domains: Mapping[int, DomainLike],
+        explained: ExplainedPass | None = None,
+    ) -> SmoothGradWork:
+        """The work :meth:`attribute` does for these arguments, without doing it: its noise
+        draws, Jacobian rows (a row per voxel of each domain with ``max``, one per domain with
+        ``mean``, per window unit serving it) and forward passes."""
+        x = as_input(x)
+        _, masks = as_domains(domains, tuple(x.shape[1:]))
+        draws = _draws_needed(x, self.config)
+        if not masks:
+            return SmoothGradWork(draws, 0, 0, 0)
+        plan = _DomainPlan.of(self.model, masks, self.config, explained or ExplainedPass())
+        return plan.work(self.config.aggregation, draws)
+
+
+def instance_smoothgrad_many(
+    model: nn.Module,
+    x: InputLike,
+    domains: Mapping[int, DomainLike],
+    config: SmoothGradConfig | None = None,
+    explained: ExplainedPass | None = None,
+    *,
+    progress: Progress | None = None,
+) -> dict[int, torch.Tensor]:
+    """``InstanceSmoothGrad(model, config).attribute(x, domains, explained, progress=progress)``:
+    the maps of all domains of one subject (see :meth:`InstanceSmoothGrad.attribute`)."""
+    return InstanceSmoothGrad(model, config).attribute(x, domains, explained, progress=progress)
 
 
 def _draws_needed(x: torch.Tensor, config: SmoothGradConfig) -> int:
@@ -425,36 +493,6 @@ def _draws_needed(x: torch.Tensor, config: SmoothGradConfig) -> int:
     ``A_Ω(x)`` exactly (SPEC §5)."""
     noiseless = not bool((noise_sigmas(x, config.noise_level, config.noise_range) != 0).any())
     return 1 if noiseless else config.n_samples
-
-
-def smoothgrad_work(
-    model: nn.Module,
-    x: InputLike,
-    domains: Mapping[int, DomainLike],
-    config: SmoothGradConfig | None = None,
-) -> SmoothGradWork:
-    """The work :func:`instance_smoothgrad_many` does for these arguments, without doing it:
-    its noise draws, Jacobian rows (a row per voxel of each domain with ``max``, one per domain
-    with ``mean``, per window unit serving it) and forward passes.
-
-    Examples
-    --------
-    >>> import torch
-    >>> net = torch.nn.Conv3d(2, 2, 3, padding=1)
-    >>> domain = torch.zeros(8, 8, 8, dtype=torch.bool)
-    >>> domain[1:3, 1:3, 1:3] = True
-    >>> x, config = torch.randn(2, 8, 8, 8), SmoothGradConfig(n_samples=3)
-    >>> work = smoothgrad_work(net, x, {1: domain}, config)
-    >>> work.rows, work.window_passes
-    (24, 3)
-    """
-    config = config or SmoothGradConfig()
-    x = as_input(x)
-    _, masks = as_domains(domains, tuple(x.shape[1:]))
-    draws = _draws_needed(x, config)
-    if not masks:
-        return SmoothGradWork(draws, 0, 0, 0)
-    return _DomainPlan.of(model, masks, config).work(config.aggregation, draws)
 
 
 def instance_smoothgrad(
@@ -546,20 +584,17 @@ def instance_smoothgrad(
     torch.Size([2, 8, 8, 8])
     """
     config = SmoothGradConfig(
-        target=target,
         n_samples=n_samples,
         noise_level=noise_level,
         noise_range=noise_range,
         aggregation=aggregation,
-        context=context,
-        patch_size=patch_size,
         seed=seed,
         engine=engine,
-        size_divisibility=size_divisibility,
         rows_per_call=rows_per_call,
         memory_budget_bytes=memory_budget_bytes,
         draws_per_pass=draws_per_pass,
         memory_format=memory_format,
         max_stride=max_stride,
     )
-    return instance_smoothgrad_many(model, x, {0: domain}, config)[0]
+    explained = ExplainedPass(target, context, patch_size, size_divisibility)
+    return InstanceSmoothGrad(model, config).attribute(x, {0: domain}, explained)[0]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instasal.errors import ConfigurationError
+from instasal.saliency.config import ExplainedPass
 from instasal.typing import Context
 
 __all__ = [
@@ -222,21 +223,19 @@ def window_for(
 
 
 def context_windows(
-    model: nn.Module,
-    domains: Sequence[torch.Tensor],
-    context: Context,
-    patch_size: int | Sequence[int] | None,
-    size_divisibility: int | Sequence[int] | None,
+    model: nn.Module, domains: Sequence[torch.Tensor], explained: ExplainedPass
 ) -> tuple[list[Window], tuple[int, ...] | None]:
-    """The window of every domain (SPEC §2 Context) and the network's size divisibility; for a
-    :class:`ModelGrid`, patches placed on the network's grid (see the module docstring)."""
+    """The window of every domain in ``explained``'s context (SPEC §2 Context) and the network's
+    size divisibility; for a :class:`ModelGrid`, patches placed on the network's grid (see the
+    module docstring)."""
+    context, patch_size = explained.context, explained.patch_size
     if context == "deployed":
         raise ConfigurationError(
             'context="deployed" blends the prediction\'s windows (instasal.saliency.deployed); '
             "it has no single window per domain"
         )
     ndim = domains[0].ndim
-    divisibility = resolve_size_divisibility(model, size_divisibility, ndim)
+    divisibility = resolve_size_divisibility(model, explained.size_divisibility, ndim)
     if context == "full":
         return [window_for(d, "full") for d in domains], divisibility
     if isinstance(model, ModelGrid):

@@ -17,10 +17,11 @@ from scipy import stats
 from torch import nn
 
 from instasal.errors import ConfigurationError
+from instasal.saliency.config import ExplainedPass
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.trust.faithfulness import baseline_values, window_evaluator
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, neighbourhood
-from instasal.typing import BoolArray, Context, DomainLike, InputLike
+from instasal.typing import BoolArray, DomainLike, InputLike
 
 __all__ = ["ABLATION_FILLS", "ablated_channels", "ablation_agreement", "channel_ablation"]
 
@@ -61,10 +62,7 @@ def channel_ablation(
     channel_names: Sequence[str] | None = None,
     tissue: BoolArray | None = None,
     neighbourhood_mm: float = NEIGHBOURHOOD_MM,
-    target: int = 1,
-    context: Context = "full",
-    patch_size: int | Sequence[int] | None = None,
-    size_divisibility: int | Sequence[int] | None = None,
+    explained: ExplainedPass | None = None,
 ) -> pd.DataFrame:
     """The change in Ω's mean lesion logit when each channel is replaced by a constant.
 
@@ -80,8 +78,9 @@ def channel_ablation(
     tissue, neighbourhood_mm
         Tissue voxels (default: where any channel is non-zero) and the neighbourhood of Ω kept out
         of the normal-tissue mean.
-    target, context, patch_size, size_divisibility
-        Which logit and which forward pass, as saliency uses them.
+    explained
+        Which logit and which forward pass (:class:`instasal.saliency.ExplainedPass`; ``None``:
+        the whole volume's lesion logit), as saliency uses them.
 
     Returns
     -------
@@ -102,10 +101,7 @@ def channel_ablation(
     slices, evaluate = window_evaluator(
         model,
         omega,
-        target=target,
-        context=context,
-        patch_size=patch_size,
-        size_divisibility=size_divisibility,
+        explained=explained,
         volume=volume,
     )
     local = volume[(slice(None), *slices)]

@@ -22,6 +22,7 @@ from scipy import ndimage
 from torch import nn
 
 from instasal.errors import ConfigurationError
+from instasal.saliency.config import ExplainedPass
 from instasal.saliency.deployed import DeployedForward, deployed_forward
 from instasal.saliency.inputs import as_domain, as_input, target_channel
 from instasal.saliency.model_state import inference_state, model_device
@@ -30,7 +31,6 @@ from instasal.saliency.windows import context_windows, end_padding, padded_forwa
 from instasal.trust.similarity import NEIGHBOURHOOD_MM, neighbourhood
 from instasal.typing import (
     BoolArray,
-    Context,
     DeletionBaseline,
     DomainLike,
     FloatArray,
@@ -246,10 +246,7 @@ def window_evaluator(
     model: nn.Module,
     omega: BoolArray,
     *,
-    target: int = 1,
-    context: Context = "full",
-    patch_size: int | Sequence[int] | None = None,
-    size_divisibility: int | Sequence[int] | None = None,
+    explained: ExplainedPass | None = None,
     batch_size: int = 4,
     volume: InputLike | None = None,
 ) -> tuple[tuple[slice, ...], WindowEvaluator]:
@@ -265,17 +262,19 @@ def window_evaluator(
     activation = (
         str(card.get("output_activation", "softmax")) if isinstance(card, dict) else "softmax"
     )
-    if context == "deployed":
+    explained = explained or ExplainedPass()
+    target = explained.target
+    if explained.context == "deployed":
         if volume is None:
             raise ConfigurationError("the deployed context evaluates Ω in the whole volume")
-        forward = deployed_forward(model, mask.shape, patch_size)
+        forward = deployed_forward(model, mask.shape, explained.patch_size)
         slices = forward.region(mask)
         placed = _DeployedWindow(forward, forward.covering(mask), as_input(volume), slices)
         evaluate = WindowEvaluator(
             model, (0,) * mask.ndim, mask[slices], target, activation, batch_size, placed
         )
         return slices, evaluate
-    (window,), divisibility = context_windows(model, [mask], context, patch_size, size_divisibility)
+    (window,), divisibility = context_windows(model, [mask], explained)
     slices = tuple(window.slices)
     evaluate = WindowEvaluator(
         model,
@@ -380,10 +379,7 @@ def deletion_insertion(
     n_steps: int = DELETION_STEPS,
     n_random: int = 3,
     seed: int = 0,
-    target: int = 1,
-    context: Context = "full",
-    patch_size: int | Sequence[int] | None = None,
-    size_divisibility: int | Sequence[int] | None = None,
+    explained: ExplainedPass | None = None,
     batch_size: int = 4,
 ) -> FaithfulnessResult:
     """Deletion and insertion curves of Ω's mean probability and logit, per order and variant.
@@ -411,9 +407,9 @@ def deletion_insertion(
         Steps from none to all of the replaced voxels (``n_steps + 1`` points per curve).
     n_random, seed
         Random orders, seeded with ``(seed, i)``; ``seed`` also breaks ties of the other orders.
-    target, context, patch_size, size_divisibility
-        Which logit, and which forward pass: the whole volume or the patch around Ω, as in
-        :func:`instasal.instance_smoothgrad`.
+    explained
+        Which logit, and which forward pass (:class:`instasal.saliency.ExplainedPass`; ``None``:
+        the whole volume's lesion logit), as the maps were computed.
     batch_size
         Perturbed inputs per forward pass.
 
@@ -441,10 +437,7 @@ def deletion_insertion(
     slices, evaluate = window_evaluator(
         model,
         omega,
-        target=target,
-        context=context,
-        patch_size=patch_size,
-        size_divisibility=size_divisibility,
+        explained=explained,
         batch_size=batch_size,
         volume=volume,
     )

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from instasal.errors import ConfigurationError
-from instasal.saliency.config import GradCamConfig, SmoothGradConfig
+from instasal.saliency.config import ExplainedPass, GradCamConfig, SmoothGradConfig
 from instasal.saliency.deployed import deployed_forward
-from instasal.saliency.gradcam import instance_gradcam_many
+from instasal.saliency.gradcam import InstanceGradCam
 from instasal.saliency.inputs import as_domain, as_input
 from instasal.saliency.model_state import inference_state, model_device
-from instasal.saliency.smoothgrad import instance_smoothgrad_many
+from instasal.saliency.smoothgrad import InstanceSmoothGrad
 from instasal.saliency.windows import context_windows, end_padding
 from instasal.trust.profiles import sign_rings
 from instasal.trust.similarity import (
@@ -342,19 +342,17 @@ def noise_seed(seed: int, draw: int) -> int:
 
 
 def _first_window(
-    model: nn.Module, x: torch.Tensor, mask: torch.Tensor, config: SmoothGradConfig
+    model: nn.Module, x: torch.Tensor, mask: torch.Tensor, explained: ExplainedPass
 ) -> tuple[tuple[slice, ...], torch.Tensor]:
     """The explained window of Ω (slices) and the input batch a forward pass over it takes.
 
     In the deployed context the window is the box the prediction windows holding Ω take in, and
     the batch one patch around Ω (the layers of one window's forward pass are those of all)."""
-    if config.context == "deployed":
-        region = deployed_forward(model, mask.shape, config.patch_size).region(mask)
-        _, batch = _first_window(model, x, mask, replace(config, context="patch"))
+    if explained.context == "deployed":
+        region = deployed_forward(model, mask.shape, explained.patch_size).region(mask)
+        _, batch = _first_window(model, x, mask, replace(explained, context="patch"))
         return region, batch
-    (window,), divisibility = context_windows(
-        model, [mask], config.context, config.patch_size, config.size_divisibility
-    )
+    (window,), divisibility = context_windows(model, [mask], explained)
     batch = window.crop(x.detach()).unsqueeze(0)
     padding = end_padding(window.size, divisibility)
     pairs = [amount for extra in reversed(padding) for amount in (0, extra)]
@@ -373,6 +371,7 @@ def _methods(
     model: nn.Module,
     smoothgrad: SmoothGradConfig,
     gradcam: GradCamConfig | None,
+    explained: ExplainedPass,
     extra: Mapping[str, MapMethod],
 ) -> dict[str, MapMethod]:
     """SmoothGrad, Grad-CAM when configured (its layer named for ``model``), and ``extra``."""
@@ -380,7 +379,8 @@ def _methods(
     def smoothgrad_map(
         net: nn.Module, x: torch.Tensor, mask: torch.Tensor, seed: int
     ) -> torch.Tensor:
-        return instance_smoothgrad_many(net, x, {0: mask}, replace(smoothgrad, seed=seed))[0]
+        method = InstanceSmoothGrad(net, replace(smoothgrad, seed=seed))
+        return method.attribute(x, {0: mask}, explained)[0]
 
     methods: dict[str, MapMethod] = {"smoothgrad": smoothgrad_map}
     if gradcam is not None:
@@ -389,7 +389,7 @@ def _methods(
         def gradcam_map(
             net: nn.Module, x: torch.Tensor, mask: torch.Tensor, seed: int
         ) -> torch.Tensor:
-            return instance_gradcam_many(net, x, {0: mask}, resolved)[0]
+            return InstanceGradCam(net, resolved).attribute(x, {0: mask}, explained)[0]
 
         methods["gradcam"] = gradcam_map
     clash = set(extra) & set(methods)
@@ -420,6 +420,7 @@ def randomisation(
     spacing: Sequence[float],
     smoothgrad: SmoothGradConfig | None = None,
     gradcam: GradCamConfig | None = None,
+    explained: ExplainedPass | None = None,
     methods: Mapping[str, MapMethod] | None = None,
     steps: int | None = None,
     modes: Sequence[RandomisationMode] = ("cascading", "independent"),
@@ -440,12 +441,13 @@ def randomisation(
     spacing
         Voxel size in mm (for the neighbourhood of Ω).
     smoothgrad
-        Instance SmoothGrad settings (default: :class:`~instasal.saliency.SmoothGradConfig`'s);
-        its window (context, patch size) is the explained window.
+        Instance SmoothGrad settings (default: :class:`~instasal.saliency.SmoothGradConfig`'s).
     gradcam
         Instance Grad-CAM++ (or Grad-CAM) settings, checked alongside (``layer=None``:
-        ``model.card["gradcam_layer"]``); ``None``: Grad-CAM is left out. Give it the same window
-        (``target``, ``context``, patch size) as ``smoothgrad`` to check the maps of one run.
+        ``model.card["gradcam_layer"]``); ``None``: Grad-CAM is left out.
+    explained
+        The forward pass and target of both methods' maps (``None``: the whole volume's lesion
+        logit, :class:`~instasal.saliency.ExplainedPass`); its window is the checked window.
     methods
         Further map methods by name, ``method(model, x, omega, noise_seed) -> map``, checked the
         same way: a map that ignores the model (the input itself, a distance map) is the negative
@@ -498,11 +500,12 @@ def randomisation(
     x = as_input(x)
     mask = as_domain(domain, tuple(x.shape[1:]))
     omega = mask.numpy()
-    window_slices, batch = _first_window(model, x, mask, config)
+    explained = explained or ExplainedPass()
+    window_slices, batch = _first_window(model, x, mask, explained)
     window = np.zeros(omega.shape, dtype=bool)
     window[window_slices] = True
     regions = {"near": neighbourhood(omega, spacing, neighbourhood_mm) & window, "window": window}
-    map_methods = _methods(model, config, gradcam, methods or {})
+    map_methods = _methods(model, config, gradcam, explained, methods or {})
     blocks = layer_blocks(parameter_layers(model, batch), steps)
     trained = _compute(map_methods, model, x, mask, config.seed)
     repeat = _compute(map_methods, model, x, mask, noise_seed(config.seed, 1))
