@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 import torch
@@ -136,3 +137,47 @@ def test_channels_last_input_gives_the_oracle_map_contiguous(case, engine):
     assert got.is_contiguous()
     gap = float((got - expected).abs().max()) / float(expected.abs().max())
     assert gap < ROUND_OFF
+
+
+class _Sleeps(_Bent):
+    """A forward pass that costs ``per_call + per_draw_squared × B²`` seconds for a batch of B:
+    a fixed cost that packing shares, or one that grows faster than the batch (activations
+    leaving the caches); records the batch sizes of the differentiated passes."""
+
+    def __init__(self, per_call: float, per_draw_squared: float) -> None:
+        super().__init__()
+        self.per_call, self.per_draw_squared = per_call, per_draw_squared
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # not the no-grad check that batches are independent
+            self.batches.append(x.shape[0])
+        time.sleep(self.per_call + self.per_draw_squared * x.shape[0] ** 2)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    ("per_call", "per_draw_squared", "then"),
+    [(0.05, 0.0, [3]), (0.0, 0.01, [1, 1, 1])],
+    ids=["fixed-cost-packs", "growing-cost-runs-one-draw"],
+)
+def test_draws_per_pass_is_chosen_by_timing_packed_against_one_draw(
+    per_call: float, per_draw_squared: float, then: list[int]
+) -> None:
+    model = _Sleeps(per_call, per_draw_squared).eval()
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(4))
+    domain = torch.zeros(8, 8, 8, dtype=torch.bool)
+    domain[3:5, 4, 4] = True
+    config = SmoothGradConfig(n_samples=13, engine="naive")
+    first = instance_smoothgrad_many(model, x, {1: domain}, config)[1]
+    # 1 draw (memory), 8 packed and 1 alone, both timed; the cheaper per draw for the rest
+    assert model.batches == [1, 8, 1, *then]
+    model.batches.clear()
+    again = instance_smoothgrad_many(model, x, {1: domain}, config)[1]
+    assert model.batches == [1, *([8, 4] if then == [3] else [1] * 12)]  # remembered
+    one_by_one = instance_smoothgrad_many(
+        model, x, {1: domain}, SmoothGradConfig(n_samples=13, engine="naive", draws_per_pass=1)
+    )[1]
+    scale = float(one_by_one.abs().max())
+    for got in (first, again):
+        torch.testing.assert_close(got, one_by_one, rtol=0, atol=ROUND_OFF * scale)

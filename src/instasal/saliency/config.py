@@ -117,10 +117,12 @@ class SmoothGradConfig:
         Memory one batched call may use; ``None``: half the free GPU memory, 2 GiB on the CPU.
     draws_per_pass
         Noise draws forwarded together in one batch, their Jacobian rows pulled in the same
-        backward calls (each draw's rows from its own graph: exact); ``None``: after a first pass
-        of one draw, as many as the memory budget holds, at most
-        ``instasal.saliency.smoothgrad.MAX_DRAWS_PER_PASS``. Models
-        that mix the samples of a batch are detected and run one draw at a time.
+        backward calls (each draw's rows from its own graph: exact); ``None``: chosen by
+        measurement: after a first pass of one draw, a pass of as many as the memory budget
+        holds (at most ``instasal.saliency.smoothgrad.MAX_DRAWS_PER_PASS``) is timed against a
+        pass of one, and the faster per draw runs the rest (remembered per model, input size,
+        device and settings). Models that mix the samples of a batch are detected and run one
+        draw at a time.
     memory_format
         Layout of the differentiated input: ``"contiguous"`` or ``"channels_last"`` (channels
         innermost, which convolutions then keep; faster for convolutional U-Nets on the CPU, see

@@ -12,6 +12,7 @@ Maps are in logit units per input-intensity unit and are never rescaled.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,10 +65,49 @@ _INDEPENDENT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], bool
 )
 
 
-def _draws_per_pass(config: SmoothGradConfig, bytes_per_draw: int, budget: int) -> int:
-    if config.draws_per_pass is not None:
-        return config.draws_per_pass
-    return max(1, min(MAX_DRAWS_PER_PASS, budget // max(bytes_per_draw, 1)))
+_PACKS_FASTER: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _DrawPacking:
+    """How many noise draws each forward pass takes, chosen by measurement where not given.
+
+    The first pass forwards one draw and measures the bytes its graph saves. Without
+    ``draws_per_pass``, the second forwards as many draws as the memory budget holds (at most
+    :data:`MAX_DRAWS_PER_PASS`) and the third one draw, both timed; the cheaper per draw runs the
+    rest, and is remembered per model, input size, device and settings, so later calls go
+    straight to it. Forwarding draws together shares each backward call's fixed costs, but a
+    batch's activations may no longer fit the CPU's caches (measured: slower on nnU-Net's full
+    volume, faster on its patch; ``docs/saliency.md``). Either way the map is the same to float32
+    round-off.
+    """
+
+    def __init__(self, model: nn.Module, config: SmoothGradConfig, key: tuple[object, ...]) -> None:
+        self.config, self.key = config, key
+        self.known = _PACKS_FASTER.setdefault(model, {})
+        self.bytes_per_draw = 0
+        self.packed_s: float | None = None
+
+    def size(self, done_draws: int, budget: int) -> int:
+        """Draws of the next pass, after ``done_draws``."""
+        if done_draws == 0:
+            return 1
+        if self.config.draws_per_pass is not None:
+            return self.config.draws_per_pass
+        faster = self.known.get(self.key)
+        if faster is False or (faster is None and self.packed_s is not None):
+            return 1  # measured slower, or the one-draw pass timed against the packed one
+        return max(1, min(MAX_DRAWS_PER_PASS, budget // max(self.bytes_per_draw, 1)))
+
+    def record(self, done_draws: int, draws: int, seconds: float) -> None:
+        """Time a pass of ``draws`` draws that started after ``done_draws``."""
+        if done_draws == 0 or self.config.draws_per_pass is not None or self.key in self.known:
+            return
+        if draws > 1:
+            self.packed_s = seconds / draws
+        elif self.packed_s is not None:
+            self.known[self.key] = self.packed_s < seconds
 
 
 ForwardPass = Callable[[torch.Tensor], torch.Tensor]
@@ -313,7 +353,7 @@ def _summed_over_draws(
     """``Σ_n A_Ω(x + ε_n)`` of each domain on its window, over the ``n_draws`` noise draws.
 
     The first pass forwards one draw and measures its graph; the later ones as many draws as the
-    settings and the memory budget allow.
+    settings, the memory budget and the measured speed allow (:class:`_DrawPacking`).
     """
     budget = config.memory_budget_bytes or default_memory_budget(x_model.device)
     sums: list[torch.Tensor | None] = [None] * len(plan.windows)
@@ -325,11 +365,23 @@ def _summed_over_draws(
         seed=config.seed,
         grid=noise_grid(model, x_model.shape[1:]),
     )
-    done_draws, bytes_per_draw = 0, 0
+    key = (
+        tuple(x_model.shape),
+        str(x_model.device),
+        config.aggregation,
+        config.engine,
+        config.memory_format,
+        plan.units[0].window.size,
+        plan.deployed is not None,
+    )
+    packing, done_draws = _DrawPacking(model, config, key), 0
     with inference_state(model), torch.enable_grad():
         while done_draws < n_draws:
-            size = 1 if done_draws == 0 else _draws_per_pass(config, bytes_per_draw, budget)
-            chunk = [next(draws) for _ in range(min(size, n_draws - done_draws))]
+            started = time.perf_counter()
+            chunk = [
+                next(draws)
+                for _ in range(min(packing.size(done_draws, budget), n_draws - done_draws))
+            ]
             parts = _DrawParts(plan, config.aggregation, len(chunk))
             for unit in plan.units:
                 offset = 0
@@ -341,7 +393,9 @@ def _summed_over_draws(
                 ):
                     if done_draws == 0:
                         volume_bytes = x_model.numel() * x_model.element_size()
-                        bytes_per_draw = max(bytes_per_draw, graph_bytes + volume_bytes)
+                        packing.bytes_per_draw = max(
+                            packing.bytes_per_draw, graph_bytes + volume_bytes
+                        )
                     maps = aggregate_rows(
                         model,
                         logits,
@@ -361,6 +415,9 @@ def _summed_over_draws(
             for index, drawn in parts.summed():
                 previous = sums[index]
                 sums[index] = drawn if previous is None else previous + drawn
+            if x_model.device.type == "cuda":
+                torch.cuda.synchronize(x_model.device)
+            packing.record(done_draws, len(chunk), time.perf_counter() - started)
             done_draws += len(chunk)
     totals = [total for total in sums if total is not None]
     assert len(totals) == len(sums), "every domain is in one window group and n_draws >= 1"
