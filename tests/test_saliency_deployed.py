@@ -23,7 +23,7 @@ from instasal.saliency.deployed import (
 )
 from instasal.saliency.noise import noisy_inputs
 from instasal.saliency.windows import context_windows
-from instasal.typing import Aggregation
+from instasal.typing import Aggregation, EngineName
 
 # float32 sums of a few hundred products of O(1) terms: ~1e-6 of the largest entry
 ROUND_OFF = 1e-5
@@ -185,3 +185,34 @@ def test_a_resampled_network_is_explained_through_the_predictions_resampling() -
     torch.testing.assert_close(got, best, rtol=0, atol=ROUND_OFF * peak)
     explained = explained_logits(model, x, {1: domain}, DEPLOYED)[1]
     torch.testing.assert_close(explained[1], logits.detach()[domain], rtol=0, atol=ROUND_OFF)
+
+
+@pytest.mark.parametrize("engine", ["naive", "batched"])
+def test_windows_whose_graphs_overflow_the_budget_are_checkpointed_to_the_same_map(
+    engine: EngineName,
+) -> None:
+    """A budget below one unit's graph (here: 1 byte) rebuilds each window's graph in the
+    backward pass instead of keeping all of them: more forward passes, the oracle's map."""
+    net = _Net().eval()
+    shape = (20, 14, 10)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(6))
+    domain = _domains(shape)[1]
+    calls: list[int] = []
+    handle = net.first.register_forward_hook(lambda *_: calls.append(1))
+    maps: dict[int | None, torch.Tensor] = {}
+    forwards: dict[int | None, int] = {}
+    try:
+        for budget in (None, 1):
+            calls.clear()
+            config = SmoothGradConfig(
+                noise_level=0.0, engine=engine, memory_budget_bytes=budget, rows_per_call=2
+            )
+            maps[budget] = instance_smoothgrad_many(net, x, {1: domain}, config, DEPLOYED)[1]
+            forwards[budget] = len(calls)
+    finally:
+        handle.remove()
+    assert forwards[1] > forwards[None]  # the windows ran again in the backward passes
+    expected = _oracle(net, x, domain, 1, "max")
+    peak = float(expected.abs().max())
+    for budget in (None, 1):
+        torch.testing.assert_close(maps[budget], expected, rtol=0, atol=ROUND_OFF * peak)

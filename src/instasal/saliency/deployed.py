@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
@@ -113,12 +114,20 @@ class Tiling:
         return tuple(i for i, box in enumerate(self.boxes) if bool(padded[box].any()))
 
     def blended_logits(
-        self, model: nn.Module, batch: torch.Tensor, windows: Sequence[int]
+        self,
+        model: nn.Module,
+        batch: torch.Tensor,
+        windows: Sequence[int],
+        *,
+        checkpoint: bool = False,
     ) -> torch.Tensor:
         """The prediction's logits ``[B, K, *shape]`` where ``windows`` are all that hold a voxel.
 
         Exact at every voxel all of whose windows are among ``windows`` (elsewhere the missing
-        windows' share is left out); differentiable in ``batch`` ``[B, C, *shape]``.
+        windows' share is left out); differentiable in ``batch`` ``[B, C, *shape]``. With
+        ``checkpoint``, each window's forward keeps no graph: a backward pass runs it again,
+        one window at a time, so that memory holds one window's graph instead of all of theirs
+        (the same logits and gradients; each backward pass costs a forward pass more per window).
         """
         padded = F.pad(batch, self.padding_pairs())
         importance = self.importance.to(batch.device, batch.dtype)
@@ -129,7 +138,13 @@ class Tiling:
         rounded: torch.Tensor | None = None
         for index in windows:
             box = (slice(None), slice(None), *self.boxes[index])
-            weighted = padded_forward(model, padded[box], extra) * importance
+            if checkpoint:
+                window_logits = torch.utils.checkpoint.checkpoint(
+                    padded_forward, model, padded[box], extra, use_reentrant=False
+                )
+            else:
+                window_logits = padded_forward(model, padded[box], extra)
+            weighted = window_logits * importance
             if blended is None:
                 blended = weighted.new_zeros((batch.shape[0], weighted.shape[1], *self.padded))
                 if self.accumulate is not None:
@@ -276,13 +291,15 @@ class DeployedForward:
         spread = self.grid.from_model_grid(inner[None, None].float(), self.shape)[0, 0]
         return spread > 0
 
-    def logits(self, batch: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:
+    def logits(
+        self, batch: torch.Tensor, windows: Sequence[int], *, checkpoint: bool = False
+    ) -> torch.Tensor:
         """Logits ``[B, K, *shape]`` of the prediction, exact wherever every window feeding a
-        voxel is among ``windows``."""
+        voxel is among ``windows`` (``checkpoint``: see :meth:`Tiling.blended_logits`)."""
         if self.grid is None:
-            logits = self._blend(batch, windows)
+            logits = self._blend(batch, windows, checkpoint)
         else:
-            inner = self._blend(self.grid.to_model_grid(batch), windows)
+            inner = self._blend(self.grid.to_model_grid(batch), windows, checkpoint)
             logits = self.grid.from_model_grid(inner, self.shape)
         if self.stored is not None:
             rounded = logits.detach().to(self.stored).to(logits.dtype)
@@ -293,12 +310,15 @@ class DeployedForward:
         where = self.uncomputed.mask.to(logits.device)
         return torch.where(where, constant.reshape(-1, *[1] * len(self.shape)), logits)
 
-    def _blend(self, batch: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:
+    def _blend(self, batch: torch.Tensor, windows: Sequence[int], checkpoint: bool) -> torch.Tensor:
         """The blended logits on the tiles' grid: one network's, or the members' average, summed
         (and divided) in :attr:`Tiling.accumulate` as the prediction sums them."""
         if not self.members:
-            return self.tiling.blended_logits(self.network, batch, windows)
-        parts = [self.tiling.blended_logits(m, batch, windows) for m in self.members]
+            return self.tiling.blended_logits(self.network, batch, windows, checkpoint=checkpoint)
+        parts = [
+            self.tiling.blended_logits(m, batch, windows, checkpoint=checkpoint)
+            for m in self.members
+        ]
         exact = torch.stack(parts).mean(0)
         dtype = self.tiling.accumulate
         if dtype is None:
@@ -310,11 +330,11 @@ class DeployedForward:
         return exact + (value - exact).detach()
 
     def target_logits(
-        self, batch: torch.Tensor, windows: Sequence[int], target: int
+        self, batch: torch.Tensor, windows: Sequence[int], target: int, *, checkpoint: bool = False
     ) -> torch.Tensor:
         """The target channel of :meth:`logits`: ``[*shape]`` for a batch of one, else
         ``[B, *shape]`` (as :func:`instasal.saliency.inputs.run_target_logits`)."""
-        logits = self.logits(batch, windows)
+        logits = self.logits(batch, windows, checkpoint=checkpoint)
         chosen = logits[:, target_channel(target, logits.shape[1])]
         return chosen[0] if chosen.shape[0] == 1 else chosen
 

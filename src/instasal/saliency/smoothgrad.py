@@ -141,9 +141,11 @@ def _forward_passes(
     crops: Sequence[torch.Tensor],
     forward: ForwardPass,
     memory_format: torch.memory_format,
+    bytes_per_draw: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Forward the noisy crops of one window: all in one batch where the model treats them
-    independently, else one by one. Yields the leaf, its target logits and the graph's bytes."""
+    independently, else one by one. Yields the leaf, its target logits and the graph's bytes
+    (at least ``bytes_per_draw`` per draw: what a checkpointed forward holds in its backward)."""
     if len(crops) > 1 and _packs_independently(model, crops, forward):
         batches = [torch.stack(list(crops))]
     else:
@@ -152,7 +154,7 @@ def _forward_passes(
         inputs = batch.clone(memory_format=memory_format).requires_grad_(True)
         with saved_tensor_bytes() as graph_bytes:
             logits = forward(inputs)
-        yield inputs, logits, graph_bytes[0]
+        yield inputs, logits, max(graph_bytes[0], bytes_per_draw * inputs.shape[0])
 
 
 def row_lattice(domain: torch.Tensor, stride: int) -> torch.Tensor:
@@ -263,13 +265,32 @@ class _DomainPlan:
             explained.target,
         )
 
-    def forward(self, model: nn.Module, unit: _Unit) -> ForwardPass:
+    def forward(self, model: nn.Module, unit: _Unit, checkpoint: bool = False) -> ForwardPass:
         """The forward pass of ``unit``: its window's (padded to the size divisibility), or the
-        blend of its prediction windows, to the target logits."""
+        blend of its prediction windows (``checkpoint``: each window's graph rebuilt in the
+        backward pass, :meth:`instasal.saliency.deployed.Tiling.blended_logits`), to the target
+        logits."""
         if unit.tiles is None or self.deployed is None:
             padding = end_padding(unit.window.size, self.divisibility)
             return partial(run_target_logits, model, target=self.target, padding=padding)
-        return partial(self.deployed.target_logits, windows=unit.tiles, target=self.target)
+        return partial(
+            self.deployed.target_logits,
+            windows=unit.tiles,
+            target=self.target,
+            checkpoint=checkpoint,
+        )
+
+    def window_graph_bytes(self, model: nn.Module, x_model: torch.Tensor) -> int:
+        """Bytes autograd saves for one prediction window of one draw (0 outside the deployed
+        context): a unit's graph is about its windows' count times that."""
+        if self.deployed is None:
+            return 0
+        unit = next(u for u in self.units if u.tiles)
+        assert unit.tiles is not None
+        leaf = x_model[None].detach().clone().requires_grad_(True)
+        with saved_tensor_bytes() as saved:
+            self.deployed.target_logits(leaf, unit.tiles[:1], self.target)
+        return saved[0]
 
     def work(self, aggregation: Aggregation, draws: int) -> SmoothGradWork:
         """What ``draws`` noise draws cost: per unit, a row per voxel it serves (max) or per
@@ -376,6 +397,14 @@ def _summed_over_draws(
     )
     packing, done_draws = _DrawPacking(model, config, key), 0
     with inference_state(model), torch.enable_grad():
+        # A deployed unit blends every prediction window holding its voxels, each window's graph
+        # kept for the backward pass: where they would not fit the budget together, each window
+        # is checkpointed (its graph rebuilt in the backward pass, one window at a time).
+        window_bytes = plan.window_graph_bytes(model, x_model)
+        checkpointed = [
+            unit.tiles is not None and len(unit.tiles) * window_bytes > budget
+            for unit in plan.units
+        ]
         while done_draws < n_draws:
             started = time.perf_counter()
             chunk = [
@@ -383,13 +412,14 @@ def _summed_over_draws(
                 for _ in range(min(packing.size(done_draws, budget), n_draws - done_draws))
             ]
             parts = _DrawParts(plan, config.aggregation, len(chunk))
-            for unit in plan.units:
+            for unit, checkpoint in zip(plan.units, checkpointed, strict=True):
                 offset = 0
                 for inputs, logits, graph_bytes in _forward_passes(
                     model,
                     [unit.window.crop(d) for d in chunk],
-                    plan.forward(model, unit),
+                    plan.forward(model, unit, checkpoint),
                     _MEMORY_FORMATS[config.memory_format],
+                    window_bytes if checkpoint else 0,
                 ):
                     if done_draws == 0:
                         volume_bytes = x_model.numel() * x_model.element_size()
