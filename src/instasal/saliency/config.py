@@ -115,6 +115,8 @@ class SmoothGradConfig:
         Jacobian rows per batched backward call; ``None``: as many as fit the memory budget.
     memory_budget_bytes
         Memory one batched call may use; ``None``: half the free GPU memory, 2 GiB on the CPU.
+        In the deployed context also the most one forward graph may hold: a group of prediction
+        windows whose graphs would exceed it is checkpointed window by window (the same map).
     draws_per_pass
         Noise draws forwarded together in one batch, their Jacobian rows pulled in the same
         backward calls (each draw's rows from its own graph: exact); ``None``: chosen by
