@@ -84,7 +84,10 @@ def test_the_given_context_does_not_matter() -> None:
         patch_full_agreement(model, x, domain, None, ExplainedPass(context=c, patch_size=12))
         for c in ("full", "patch")
     ]
-    assert reports[0] == reports[1]
+    # the same computation twice; draws forwarded together or one by one (chosen by timing)
+    # agree to float32 round-off of the summed rows (seen: 7e-9 on entries of order 0.1)
+    for key, value in reports[0].items():
+        assert reports[1][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
 def test_context_agreement_compares_the_deployed_context_with_full() -> None:
