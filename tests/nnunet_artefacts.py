@@ -20,7 +20,7 @@ import pytest
 
 DATASET = "Dataset901_Tiny"
 MAKE_ARTEFACT = r"""
-import json, os, sys
+import json, os, random, sys
 from pathlib import Path
 
 import nibabel as nib
@@ -66,7 +66,13 @@ def main(root):
     # two cases: nnU-Net's own five-fold split needs five, so the two folds are written out
     splits = [{"train": ["case0"], "val": ["case1"]}, {"train": ["case1"], "val": ["case0"]}]
     (preprocessed / "splits_final.json").write_text(json.dumps(splits))
-    for fold in ("all", 0, 1):
+    for seed, fold in enumerate(("all", 0, 1)):
+        # nnU-Net does not seed its initialisation, patch sampling and augmentation: seeded here
+        # (one seed per fold, so the two folds' networks differ), the folders and so every
+        # comparison with them are the same in every test session
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         # what nnU-Net's run_training entry point sets (the trainer pops it from the plans)
         plans["continue_training"] = False
         trainer = nnUNetTrainer(plans, "3d_fullres", fold, dataset, device=torch.device("cpu"))

@@ -28,7 +28,7 @@ from instasal.models.nnunet_predict import predict_nnunet
 from instasal.pipeline import ExplainSettings, explain_subject
 from instasal.prepare import PreparedSubject, prepare_subject
 from instasal.saliency import ExplainedPass, SmoothGradConfig, instance_smoothgrad_many
-from instasal.saliency.deployed import deployed_forward
+from instasal.saliency.deployed import Tiling, deployed_forward
 from nnunet_artefacts import (
     FLOAT16_PROBABILITY,
     nnunet_probability,
@@ -152,12 +152,36 @@ def tiled_written(trained_folder: Path, tiled_subject: Path) -> dict[bool, tuple
     return {False: run_nnunet_predict(trained_folder.parents[2], tiled_subject, ["all"], False)}
 
 
-def _deployed_probability(prepared: PreparedSubject, tta: bool) -> np.ndarray:
-    """Target probability of the deployed forward on the stored grid."""
+def _deployed_probability(prepared: PreparedSubject, tta: bool) -> tuple[np.ndarray, float]:
+    """Target probability of the deployed forward on the stored grid, and how far float16
+    rounding flips can move it (``_float16_flip_bound``)."""
     forward = nnunet_deployed_forward(prepared, tta)
     with torch.no_grad():
         logits = forward.logits(prepared.x[None], range(len(forward.tiling.boxes)))[0]
-    return np.asarray(prepared.to_native(torch.softmax(logits, 0)[1].numpy()))
+    probability = np.asarray(prepared.to_native(torch.softmax(logits, 0)[1].numpy()))
+    return probability, _float16_flip_bound(logits, forward.tiling)
+
+
+def _float16_flip_bound(logits: torch.Tensor, tiling: Tiling) -> float:
+    """nnU-Net sums each tile's weighted logits and weights in float16 and divides in float16: a
+    logit passes ``k + 1`` roundings and its weight ``k``, ``k`` the tiles over a voxel. Inputs
+    that differ at float32 round-off (ours and nnU-Net's resampled images) can round to the
+    neighbouring float16 value at any of them, a relative change of 2**-10 each; a two-class
+    probability moves by at most a quarter of the change of the two logits."""
+    overlap = torch.zeros(tiling.padded, dtype=torch.int32)
+    for box in tiling.boxes:
+        overlap[box] += 1
+    relative = (2 * int(overlap.max()) + 1) * 2.0**-10
+    return 0.25 * 2 * relative * float(logits.abs().max())
+
+
+def _assert_nnunet_probability(ours: np.ndarray, theirs: np.ndarray, flip_bound: float) -> None:
+    """Equal to float32 round-off but where a float16 sum rounded the other way."""
+    difference = np.abs(ours - theirs)
+    # float32 network sums and nnU-Net's float64 export resampling (measured 2.4e-4): all but
+    # the few voxels whose float16 sums flipped (seen: 7 of 44,800)
+    assert np.quantile(difference, 0.999) <= FLOAT16_PROBABILITY
+    assert difference.max() <= flip_bound
 
 
 @pytest.mark.slow
@@ -182,10 +206,8 @@ def test_deployed_probability_is_nnunetv2_predicts(
     with pytest.warns(match="resampled"):
         prepared = prepare_subject(read_subject(subject_files(folder)), model)
     theirs, _ = nnunet_probability(written[tta])
-    ours = _deployed_probability(prepared, tta)
-    # nnU-Net's float16 sums are reproduced; what is left is its float16 export of logits
-    # resampled in float64 where ours are in float32, and float32 network sums (measured 2.4e-4)
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=FLOAT16_PROBABILITY)
+    ours, flip_bound = _deployed_probability(prepared, tta)
+    _assert_nnunet_probability(ours, theirs, flip_bound)
     if which == "tiled":
         assert len(nnunet_deployed_forward(prepared, tta).tiling.boxes) == 8
 
@@ -203,9 +225,8 @@ def test_two_folds_are_predicted_and_explained_as_nnunet_averages_them(
     )
     with pytest.warns(match="resampled"):
         prepared = prepare_subject(subject, ensemble)
-    np.testing.assert_allclose(
-        _deployed_probability(prepared, True), theirs, rtol=0, atol=FLOAT16_PROBABILITY
-    )
+    ours, flip_bound = _deployed_probability(prepared, True)
+    _assert_nnunet_probability(ours, theirs, flip_bound)
     for fold in ("fold_0", "fold_1"):  # the average is neither fold's prediction
         single = predict_nnunet(load_model(trained_folder / fold), subject)
         assert np.abs(single - theirs).max() > 20 * FLOAT16_PROBABILITY
