@@ -53,7 +53,8 @@ def main() -> None:
                 and ((done["model"] == model) & (done["subject"] == subject.subject_id)).any()
             ):
                 continue
-            out = args.out / model / subject.subject_id
+            # a model path's last part (an absolute path joined whole would write into it)
+            out = args.out / Path(model).name / subject.subject_id
             explain_subject(
                 subject.images,
                 model,
