@@ -14,8 +14,8 @@ from torch import nn
 
 from conftest import set_card, write_channels
 from instasal.errors import ConfigurationError
-from instasal.pipeline import ExplainSettings, explain_subject
-from instasal.pipeline.cost import check_budget, estimate_cost
+from instasal.pipeline import ExplainSettings, cost, explain_subject
+from instasal.pipeline.cost import MEASURING, check_budget, estimate_cost
 from instasal.saliency import ExplainedPass, InstanceSmoothGrad, SmoothGradConfig
 from instasal.typing import Aggregation, Context
 
@@ -97,6 +97,38 @@ def test_estimate_counts_every_domain_and_the_budget_names_the_choices() -> None
     assert message.startswith("sub-01: the saliency stage would take about")
     for choice in ("--max-lesions", "now 3", "--n-samples", "--aggregation mean", "a GPU", "--yes"):
         assert choice in message
+
+
+@pytest.mark.parametrize(("rows_s", "voxels"), [(0.0, 2), (1e9, cost.CALIBRATION_VOXELS)])
+def test_the_measurement_times_fewer_voxels_where_a_pass_is_slow(
+    monkeypatch: pytest.MonkeyPatch, rows_s: float, voxels: int
+) -> None:
+    """The blob shrinks to two voxels where one single-voxel pass exceeds the time allowed for
+    the rows, and stays at sixteen where it fits; progress names the measurement, pass by pass."""
+    blobs: list[int] = []
+    compact = cost._compact
+
+    def spy(mask: torch.Tensor, count: int) -> torch.Tensor:
+        blobs.append(count)
+        return compact(mask, count)
+
+    monkeypatch.setattr(cost, "_compact", spy)
+    monkeypatch.setattr(cost, "CALIBRATION_ROWS_S", rows_s)
+    large = torch.zeros(12, 12, 12, dtype=torch.bool)
+    large[2:9, 2:9, 2:9] = True  # 343 voxels: room for either blob
+    calls: list[tuple[str, int, int]] = []
+    estimate = estimate_cost(
+        _model(),
+        torch.randn(2, 12, 12, 12),
+        {1: large},
+        SmoothGradConfig(n_samples=2),
+        None,
+        ExplainedPass(context="patch", patch_size=(6, 6, 6)),
+        lambda stage, done, total: calls.append((stage, done, total)),
+    )
+    assert blobs == [1, voxels]
+    assert estimate.seconds_per_row > 0
+    assert calls == [(MEASURING, done, 4) for done in range(5)]
 
 
 @pytest.fixture

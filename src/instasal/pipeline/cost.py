@@ -6,7 +6,8 @@ window of the prediction that holds the domain). :func:`estimate_cost` counts th
 (:meth:`instasal.saliency.InstanceSmoothGrad.work`) and times it on the run's own network and input:
 one noise draw of a compact blob of the largest domain's voxels, once with ``max`` and once with
 ``mean`` aggregation, gives the seconds of one window's forward pass and of one Jacobian row
-through it.
+through it. The blob is smaller where one pass is slow (many windows, mirrored), so the
+measurement itself stays short.
 The same counts and times the Grad-CAM++ pass of each domain.
 
 :func:`check_budget` stops a run estimated over the user's budget with the choices in one line:
@@ -34,8 +35,10 @@ from instasal.saliency import (
     InstanceSmoothGrad,
     SmoothGradConfig,
 )
+from instasal.typing import Progress
 
 __all__ = [
+    "CALIBRATION_ROWS_S",
     "CALIBRATION_VOXELS",
     "CostEstimate",
     "check_budget",
@@ -47,7 +50,17 @@ CALIBRATION_VOXELS = 16
 share forward passes as the domain's do (in the deployed context voxels spread apart each need
 their own set of windows, and a row could not be told from a forward pass), and enough for the
 engine to choose its batched backward as it does in the run
-(:func:`instasal.saliency.engines.aggregate_rows`)."""
+(:func:`instasal.saliency.engines.aggregate_rows`). Fewer where one pass is slow
+(:data:`CALIBRATION_ROWS_S`), never fewer than two."""
+
+CALIBRATION_ROWS_S = 30.0
+"""About how long the timed rows may take: the blob has as many voxels as one timed pass of a
+single voxel fits in this time, between two and :data:`CALIBRATION_VOXELS` (a deployed nnU-Net
+folder with mirroring costs tens of seconds per row on a CPU, and sixteen rows took over 15 min
+before the run said anything)."""
+
+MEASURING = "measuring the saliency stage's cost"
+"""The progress stage of the measurement (four passes, the Grad-CAM++ one fifth where asked)."""
 
 
 @dataclass(frozen=True)
@@ -139,19 +152,28 @@ def _row_and_forward_seconds(
     mask: torch.Tensor,
     config: SmoothGradConfig,
     explained: ExplainedPass,
+    progress: Progress,
+    steps: int,
 ) -> tuple[float, float]:
     """Seconds of one Jacobian row and of one forward pass through one window, from one noise
     draw of a few of ``mask``'s voxels with max and with mean aggregation (t = passes · forward +
-    window rows · row, two equations in two unknowns)."""
+    window rows · row, two equations in two unknowns). ``progress`` is told after each of the
+    four passes, of ``steps``."""
     warm = InstanceSmoothGrad(network, replace(config, n_samples=1, aggregation="mean"))
-    warm.attribute(x, {0: _compact(mask, 1)}, explained)  # first-call costs, untimed
-    probe = {0: _compact(mask, CALIBRATION_VOXELS)}
+    single = {0: _compact(mask, 1)}
+    warm.attribute(x, single, explained)  # first-call costs, untimed
+    progress(MEASURING, 1, steps)
+    single_s = _timed(lambda: warm.attribute(x, single, explained))
+    progress(MEASURING, 2, steps)
+    voxels = int(np.clip(CALIBRATION_ROWS_S / max(single_s, 1e-9), 2, CALIBRATION_VOXELS))
+    probe = {0: _compact(mask, voxels)}
     measured = []
     for aggregation in ("mean", "max"):
         once = InstanceSmoothGrad(network, replace(config, n_samples=1, aggregation=aggregation))
         started = time.perf_counter()
         once.attribute(x, probe, explained)
         measured.append((once.work(x, probe, explained), time.perf_counter() - started))
+        progress(MEASURING, 2 + len(measured), steps)
     (mean_work, mean_s), (max_work, max_s) = measured
     extra_rows = max_work.window_rows - mean_work.window_rows
     if extra_rows > 0 and max_s > mean_s:
@@ -163,6 +185,10 @@ def _row_and_forward_seconds(
     return each, each
 
 
+def _silent(stage: str, done: int, total: int) -> None:
+    """No progress to show."""
+
+
 def estimate_cost(
     network: nn.Module,
     x: torch.Tensor,
@@ -170,12 +196,14 @@ def estimate_cost(
     smoothgrad: SmoothGradConfig,
     gradcam: GradCamConfig | None,
     explained: ExplainedPass,
+    progress: Progress | None = None,
 ) -> CostEstimate:
     """Count and time the saliency stage of ``domains`` (in the order they will be explained).
 
     Batches of :data:`~instasal.pipeline.per_lesion.LESIONS_PER_BATCH` domains share forward
     passes as the per-lesion stage shares them; the explained forward's columns cost one more
-    forward pass per batch window.
+    forward pass per batch window. ``progress`` is called as ``progress(MEASURING, done, total)``
+    after each timed pass.
     """
     started = time.perf_counter()
     ids = list(domains)
@@ -183,7 +211,12 @@ def estimate_cost(
         return CostEstimate(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
     largest = max(ids, key=lambda i: int(np.count_nonzero(np.asarray(domains[i]))))
     probe = torch.as_tensor(np.asarray(domains[largest]), dtype=torch.bool)
-    row, forward = _row_and_forward_seconds(network, x, probe, smoothgrad, explained)
+    progress = progress or _silent
+    steps = 5 if gradcam is not None else 4
+    progress(MEASURING, 0, steps)
+    row, forward = _row_and_forward_seconds(
+        network, x, probe, smoothgrad, explained, progress, steps
+    )
     method = InstanceSmoothGrad(network, smoothgrad)
     rows = passes = window_rows = draws = 0
     for start in range(0, len(ids), LESIONS_PER_BATCH):
@@ -198,6 +231,7 @@ def estimate_cost(
         first = {largest: domains[largest]}
         cam = InstanceGradCam(network, gradcam)
         gradcam_s = _timed(lambda: cam.attribute(x, first, explained)) * len(ids)
+        progress(MEASURING, steps, steps)
     total = passes * forward + window_rows * row + gradcam_s
     return CostEstimate(
         len(ids),

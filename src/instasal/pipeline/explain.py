@@ -283,7 +283,9 @@ def explain_in_space(
         )
         return result, found
 
-    estimate = estimate_saliency(space, found, resumed, settings, options.budget_s, run.label)
+    estimate = estimate_saliency(
+        space, found, resumed, settings, options.budget_s, run.label, progress
+    )
     timings["estimate_s"] = estimate.total_s
     step = time.perf_counter()
     lesions = found.lesion_space(space.prepared, inputs.regions)
@@ -486,12 +488,15 @@ def estimate_saliency(
     settings: ExplainSettings,
     budget_s: float | None,
     where: str,
+    progress: Progress,
 ) -> CostEstimate:
     """Count and time the saliency stage on this network and input, log it, and refuse it over
-    ``budget_s`` (:mod:`instasal.pipeline.cost`)."""
+    ``budget_s`` (:mod:`instasal.pipeline.cost`); ``progress`` shows the measurement."""
     masks = {r.id: torch.from_numpy(found.instances.mask(r.id)) for r in resumed.todo}
     network, x = space.prepared.network, space.prepared.x
-    estimate = estimate_cost(network, x, masks, space.smoothgrad, space.gradcam, space.explained)
+    estimate = estimate_cost(
+        network, x, masks, space.smoothgrad, space.gradcam, space.explained, progress
+    )
     if estimate.domains:
         LOG.info("%s: saliency stage: %s", where, estimate.line())
     full = space.explained.context == "full" and space.card.patch_size is None
