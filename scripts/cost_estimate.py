@@ -3,7 +3,7 @@
 
 For each built-in model, ``explain_subject`` runs on phantom subjects of a seed no model was
 trained on (default settings but ``--n-samples`` draws and ``--max-lesions`` domains of each type,
-deployed context, Grad-CAM++ on, no report) and its provenance gives the estimate made before the
+deployed context, Grad-CAM++ on, no report; progress and the estimate are logged) and its provenance gives the estimate made before the
 first lesion (``timings.estimate_s``) beside the measured stage (``timings.saliency_s``).
 
 Writes ``estimates.tsv`` in ``--out`` (one row per model and subject, appended as each finishes;
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--max-lesions", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["unet", "nnunet", "swinunetr"])
     args = parser.parse_args()
+    # the estimate and progress with the time left, as the run goes
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cohort = args.out / "cohort"
     if not cohort.exists():
         write_cohort(cohort, n_subjects=args.subjects, seed=args.seed)
@@ -62,7 +65,7 @@ def main() -> None:
                 reference=subject.lesion_mask,
                 settings=settings,
                 report=False,
-                progress=None,
+                progress="auto",
                 budget_s=None,
             )
             timings = json.loads((out / "provenance.json").read_text())["timings"]

@@ -185,7 +185,7 @@ def _row_and_forward_seconds(
     return each, each
 
 
-def _silent(stage: str, done: int, total: int) -> None:
+def _silent(stage: str, done: float, total: float) -> None:
     """No progress to show."""
 
 
@@ -211,12 +211,10 @@ def estimate_cost(
         return CostEstimate(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
     largest = max(ids, key=lambda i: int(np.count_nonzero(np.asarray(domains[i]))))
     probe = torch.as_tensor(np.asarray(domains[largest]), dtype=torch.bool)
-    progress = progress or _silent
+    report: Progress = progress or _silent
     steps = 5 if gradcam is not None else 4
-    progress(MEASURING, 0, steps)
-    row, forward = _row_and_forward_seconds(
-        network, x, probe, smoothgrad, explained, progress, steps
-    )
+    report(MEASURING, 0, steps)
+    row, forward = _row_and_forward_seconds(network, x, probe, smoothgrad, explained, report, steps)
     method = InstanceSmoothGrad(network, smoothgrad)
     rows = passes = window_rows = draws = 0
     for start in range(0, len(ids), LESIONS_PER_BATCH):
@@ -231,7 +229,7 @@ def estimate_cost(
         first = {largest: domains[largest]}
         cam = InstanceGradCam(network, gradcam)
         gradcam_s = _timed(lambda: cam.attribute(x, first, explained)) * len(ids)
-        progress(MEASURING, steps, steps)
+        report(MEASURING, steps, steps)
     total = passes * forward + window_rows * row + gradcam_s
     return CostEstimate(
         len(ids),
