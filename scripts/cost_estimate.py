@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """How close is the up-front estimate of the saliency stage to the time it takes?
 
-For each built-in model, ``explain_subject`` runs on phantom subjects of a seed no model was
-trained on (default settings but ``--n-samples`` draws and ``--max-lesions`` domains of each type,
-deployed context, Grad-CAM++ on, no report; progress and the estimate are logged) and its provenance gives the estimate made before the
-first lesion (``timings.estimate_s``) beside the measured stage (``timings.saliency_s``).
+For each model (a built-in name or a model path), ``explain_subject`` runs on phantom subjects of
+a seed no model was trained on (default settings but ``--n-samples`` draws and ``--max-lesions``
+domains of each type, deployed context, Grad-CAM++ on, no report; progress and the estimate are
+logged) and its provenance gives the estimate made before the first lesion
+(``timings.estimate_s``) beside the measured stage (``timings.saliency_s``).
 
 Writes ``estimates.tsv`` in ``--out`` (one row per model and subject, appended as each finishes;
 rows already there are skipped when run again) and prints the ratio actual / estimate.
