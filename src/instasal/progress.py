@@ -26,10 +26,14 @@ from rich.progress import (
 
 from instasal.typing import Progress
 
-__all__ = ["logged_progress", "pipeline_progress"]
+__all__ = ["logged_progress", "pipeline_progress", "silent_progress"]
 
 LOG_INTERVAL_S = 30.0
 """Seconds between two plain progress lines of one stage (outside a terminal)."""
+
+
+def silent_progress(stage: str, done: float, total: float) -> None:
+    """A :class:`~instasal.typing.Progress` callback that shows nothing."""
 
 
 @contextmanager

@@ -59,6 +59,7 @@ from instasal.pipeline.outputs import (
 )
 from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, run_key
 from instasal.pipeline.tn_pools import tn_pool_mask, tn_pool_path
+from instasal.progress import silent_progress
 from instasal.typing import Executor, PathLike, Progress, TnPool, check_choice
 
 __all__ = ["CohortResult", "run_cohort", "subject_seed"]
@@ -299,7 +300,7 @@ def run_cohort(
     check_output_folder(out)
     run = open_cohort(dataset, model, Path(out), settings, subjects, options)
     plan = pending_subjects(run)
-    explained = explain_subjects(run, plan, progress or _silent)
+    explained = explain_subjects(run, plan, progress or silent_progress)
     return gather_cohort(run, plan, explained)
 
 
@@ -310,10 +311,6 @@ def _of_subject(progress: Progress, subject_id: str) -> Progress:
         progress(f"{stage} ({subject_id})", done, total)
 
     return update
-
-
-def _silent(stage: str, done: float, total: float) -> None:
-    """A progress callback that shows nothing."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from torch import nn
 
 from instasal.errors import ConfigurationError
 from instasal.pipeline.per_lesion import LESIONS_PER_BATCH
+from instasal.progress import silent_progress
 from instasal.saliency import (
     ExplainedPass,
     GradCamConfig,
@@ -185,10 +186,6 @@ def _row_and_forward_seconds(
     return each, each
 
 
-def _silent(stage: str, done: float, total: float) -> None:
-    """No progress to show."""
-
-
 def estimate_cost(
     network: nn.Module,
     x: torch.Tensor,
@@ -211,7 +208,7 @@ def estimate_cost(
         return CostEstimate(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
     largest = max(ids, key=lambda i: int(np.count_nonzero(np.asarray(domains[i]))))
     probe = torch.as_tensor(np.asarray(domains[largest]), dtype=torch.bool)
-    report: Progress = progress or _silent
+    report: Progress = progress or silent_progress
     steps = 5 if gradcam is not None else 4
     report(MEASURING, 0, steps)
     row, forward = _row_and_forward_seconds(network, x, probe, smoothgrad, explained, report, steps)

@@ -63,7 +63,7 @@ from instasal.pipeline.results import ExplainResult
 from instasal.pipeline.settings import DEFAULT_BUDGET_S, ExplainSettings, file_sha256, run_key
 from instasal.pipeline.trust_checks import with_trust
 from instasal.prepare import PreparedSubject, prepare_subject
-from instasal.progress import logged_progress, pipeline_progress
+from instasal.progress import logged_progress, pipeline_progress, silent_progress
 from instasal.provenance import software_versions
 from instasal.report import write_subject_report
 from instasal.saliency import ExplainedPass, GradCamConfig, SmoothGradConfig
@@ -83,10 +83,6 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _noop(stage: str, done: float, total: float) -> None:
-    return None
 
 
 def _load_subject(
@@ -329,7 +325,7 @@ def _resolved_progress(progress: Progress | Literal["auto"] | None) -> Iterator[
     error is a terminal or a notebook, elsewhere progress lines to the ``instasal`` logger
     (shown where the script configures logging); for ``None`` one that shows nothing."""
     if progress != "auto":
-        yield progress or _noop
+        yield progress or silent_progress
         return
     console = Console(stderr=True)
     if not (console.is_terminal or console.is_jupyter):
